@@ -1,0 +1,46 @@
+# Skython: `make run` starts it on this machine, `make test` runs every suite.
+# Heavy builds live outside the repository so clean clones reuse them.
+SHELL := /bin/bash
+CACHE ?= $(HOME)/.cache/skython
+export CARGO_TARGET_DIR ?= $(CACHE)/target
+VENV ?= $(CACHE)/venv
+VENV_FULL ?= $(CACHE)/venv-full
+ADDR ?= 127.0.0.1:8080
+DATA_DIR ?= .skython
+SKYTHON_RELEASE := $(CARGO_TARGET_DIR)/release/skython
+SKYTHON_DEBUG := $(CARGO_TARGET_DIR)/debug/skython
+
+.PHONY: run test build venv venv-full generate lint unit e2e clean
+
+## run: build what is missing, then start Skython at http://$(ADDR) (data in $(DATA_DIR))
+run: venv
+	cargo build --release -p skython-cli
+	$(SKYTHON_RELEASE) up --addr $(ADDR) --data-dir $(DATA_DIR) --python $(VENV)/bin/python
+
+## test: formatting, lints, unit tests, integration and end-to-end tests over real processes
+test: venv lint
+	cargo build -p skython-cli
+	SKYTHON_BIN=$(SKYTHON_DEBUG) SKYTHON_PYTHON=$(VENV)/bin/python cargo test --workspace --no-fail-fast
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+## venv: the standard Python runtime (numpy, pandas, scipy, requests, bs4), pinned in runtime/
+venv:
+	@scripts/venv.sh runtime/requirements.txt $(VENV)
+
+## venv-full: the full runtime (adds tensorflow and keras); start with
+##   skython up --python-full $(VENV_FULL)/bin/python
+venv-full:
+	@scripts/venv.sh runtime/requirements-full.txt $(VENV_FULL)
+
+## generate: rewrite the generated artifacts (docs/openapi.json) from the code
+generate:
+	SKYTHON_WRITE_GENERATED=1 cargo test -p skython-gateway committed_openapi_is_current
+
+build:
+	cargo build --release -p skython-cli
+
+clean:
+	rm -rf $(DATA_DIR)

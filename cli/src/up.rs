@@ -1,0 +1,167 @@
+//! `skython up`: the local install: gateway, zygote and SQLite store in one process.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use skython_crds::Runtime;
+use skython_gateway::{AdminToken, AppState, GatewayConfig, Limits};
+use skython_runner::{RuntimeConfig, Zygote};
+use skython_store::{SqliteStore, Store};
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Address to listen on.
+    #[arg(long, env = "SKYTHON_ADDR", default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Where the store (skython.db), the admin token and the runtime files live.
+    #[arg(long, env = "SKYTHON_DATA_DIR", default_value = ".skython")]
+    data_dir: PathBuf,
+    /// Python of the standard runtime (a venv with numpy, pandas, scipy, requests, bs4).
+    /// Default: ~/.cache/skython/venv/bin/python if present (`make venv`), else python3.
+    #[arg(long, env = "SKYTHON_PYTHON")]
+    python: Option<PathBuf>,
+    /// Python of the full runtime (adds tensorflow and keras; `make venv-full`). Unset: no full runtime.
+    #[arg(long, env = "SKYTHON_PYTHON_FULL")]
+    python_full: Option<PathBuf>,
+    /// Modules the zygote imports before forking workers, comma-separated.
+    /// Default: numpy,pandas,scipy,requests,bs4. Empty: none (slower cold starts).
+    #[arg(long, env = "SKYTHON_PRELOAD")]
+    preload: Option<String>,
+    /// Base URL that clients use (for the `url` of functions). Default: http://ADDR.
+    #[arg(long, env = "SKYTHON_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Sets the admin's token instead of generating one (for automation).
+    #[arg(long = "admin-token", env = "SKYTHON_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Largest request body in bytes.
+    #[arg(long, env = "SKYTHON_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
+    max_body_bytes: usize,
+    /// Largest JSON return value in bytes.
+    #[arg(long, env = "SKYTHON_MAX_RESULT_BYTES", default_value_t = Limits::default().max_result_bytes)]
+    max_result_bytes: usize,
+    /// Largest value one store() may write, in bytes.
+    #[arg(long, env = "SKYTHON_MAX_STATE_VALUE_BYTES", default_value_t = Limits::default().max_state_value_bytes)]
+    max_state_value_bytes: usize,
+    /// Calls that may wait for a busy function's worker before new ones get 429.
+    #[arg(long, env = "SKYTHON_QUEUE_LIMIT", default_value_t = Limits::default().queue_limit)]
+    queue_limit: usize,
+    /// Log filter (tracing syntax).
+    #[arg(long, env = "SKYTHON_LOG", default_value = "info")]
+    log: String,
+}
+
+fn default_python() -> PathBuf {
+    if let Some(home) = std::env::var_os("HOME") {
+        let venv = PathBuf::from(home).join(".cache/skython/venv/bin/python");
+        if venv.exists() {
+            return venv;
+        }
+    }
+    PathBuf::from("python3")
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
+        .with_writer(std::io::stderr)
+        .init();
+    let data_dir = args.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let data_dir = data_dir.canonicalize()?;
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&data_dir.join("skython.db")).context("opening the embedded store")?,
+    );
+    let admin = skython_gateway::bootstrap_admin(store.as_ref(), &data_dir, args.admin_token.as_deref())
+        .await
+        .context("creating the admin user")?;
+
+    let python_path = data_dir.join("runtime");
+    skython_runner::install_python_files(&python_path).context("writing the runtime's Python files")?;
+    let runtime = |python: PathBuf| {
+        Arc::new(Zygote::new(RuntimeConfig {
+            python,
+            python_path: python_path.clone(),
+            preload: args.preload.clone(),
+            workdir: std::env::temp_dir(),
+        }))
+    };
+    let mut zygotes = HashMap::new();
+    let python = args.python.clone().unwrap_or_else(default_python);
+    zygotes.insert(Runtime::Standard, runtime(python.clone()));
+    if let Some(full) = args.python_full.clone() {
+        zygotes.insert(Runtime::Full, runtime(full));
+    }
+    for (rt, z) in &zygotes {
+        let hello = z.start().await.with_context(|| {
+            format!(
+                "the {} runtime ({}) did not start; run `make venv` or pass --python",
+                rt.as_str(),
+                python.display()
+            )
+        })?;
+        if !hello.missing.is_empty() {
+            eprintln!("warning: the {} runtime lacks: {}", rt.as_str(), hello.missing.join("; "));
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("listening on {}", args.addr))?;
+    let addr = listener.local_addr()?;
+    let url = args.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let config = GatewayConfig {
+        public_url: url.clone(),
+        limits: Limits {
+            max_body_bytes: args.max_body_bytes,
+            max_result_bytes: args.max_result_bytes,
+            max_state_value_bytes: args.max_state_value_bytes,
+            queue_limit: args.queue_limit,
+            ..Limits::default()
+        },
+    };
+    let state = AppState::new(config, store, zygotes)?;
+    let app = skython_gateway::app(state);
+
+    println!("Skython is running at {url}");
+    match admin {
+        AdminToken::Created { token, file } => {
+            println!("created user admin; its API token: {token}");
+            if let Some(f) = file {
+                println!("(saved in {}; `export SKYTHON_TOKEN=$(cat {})`)", f.display(), f.display());
+            }
+        }
+        AdminToken::FromEnv => println!("admin token: from SKYTHON_ADMIN_TOKEN"),
+        AdminToken::Existing { file: Some(f) } => println!("admin token: in {}", f.display()),
+        AdminToken::Existing { file: None } => println!("admin token: set earlier (SKYTHON_ADMIN_TOKEN)"),
+    }
+    tracing::info!(%addr, data_dir = %data_dir.display(), "listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+    tracing::info!("shutting down; waiting up to 10 s for calls in flight");
+    tokio::spawn(async {
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        tracing::warn!("calls still running after 10 s; exiting");
+        std::process::exit(0);
+    });
+}

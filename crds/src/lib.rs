@@ -1,0 +1,270 @@
+//! The `SkyFunction` custom resource: the one function model of Skython.
+//!
+//! Local mode stores this type in its embedded store, the REST API speaks its field names, and on
+//! Kubernetes it is a real custom resource (`skython.io/v1alpha1`) that the operator reconciles.
+//! This crate owns the type, its defaults and its validation; it does no I/O.
+
+#![forbid(unsafe_code)]
+
+mod validate;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use validate::{FieldError, is_dns_label, parse_cpu_millis, parse_memory_bytes};
+
+/// A plain Python function served as an HTTP endpoint at `/fn/{owner}/{endpoint}`.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "skython.io",
+    version = "v1alpha1",
+    kind = "SkyFunction",
+    plural = "skyfunctions",
+    shortname = "skyfn",
+    namespaced,
+    status = "SkyFunctionStatus",
+    printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".spec.endpoint"}"#,
+    printcolumn = r#"{"name":"Owner","type":"string","jsonPath":".spec.owner"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.readyReplicas"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SkyFunctionSpec {
+    /// The user that owns the function (a DNS label).
+    pub owner: String,
+    /// The endpoint name, unique per owner (a DNS label: lowercase letters, digits and '-').
+    pub endpoint: String,
+    /// The Python module source.
+    pub source: String,
+    /// The function to call. Default: `main` if defined, else the only public top-level function.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<String>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub visibility: Visibility,
+    #[serde(default)]
+    pub runtime: Runtime,
+    #[serde(default)]
+    pub resources: Resources,
+    /// Wall-clock limit of one call; past it the worker is killed and the call answers 504.
+    #[serde(default = "default_timeout_seconds")]
+    #[schemars(range(min = 1, max = 900))]
+    pub timeout_seconds: u32,
+    /// Calls one replica serves at once. Each in-flight call runs in its own Python worker
+    /// process, so this is also the largest worker pool a replica grows to.
+    #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1, max = 64))]
+    pub concurrency: u32,
+    #[serde(default)]
+    pub scaling: Scaling,
+    /// Environment variables given to the function's workers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    /// Only the owner sees the function in listings (anyone may still call its endpoint).
+    #[default]
+    Private,
+    /// Listed in the skybox catalogue.
+    Public,
+}
+
+/// The Python runtime profile: which preinstalled libraries the function can import.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// numpy, pandas, scipy, requests, beautifulsoup4.
+    #[default]
+    Standard,
+    /// The standard libraries plus tensorflow and keras.
+    Full,
+}
+
+impl Runtime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Standard => "standard",
+            Runtime::Full => "full",
+        }
+    }
+}
+
+/// Resource limits of one worker (Kubernetes quantity syntax).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    /// CPU share, e.g. `500m` or `1`.
+    #[serde(default = "default_cpu")]
+    pub cpu: String,
+    /// Memory limit, e.g. `256Mi` or `1Gi`.
+    #[serde(default = "default_memory")]
+    pub memory: String,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources {
+            cpu: default_cpu(),
+            memory: default_memory(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Scaling {
+    /// Replicas (local mode: warm workers) kept even when idle.
+    #[serde(default)]
+    #[schemars(range(max = 100))]
+    pub min_replicas: u32,
+    #[serde(default = "default_max_replicas")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_replicas: u32,
+    /// In-flight calls per replica the autoscaler aims for. Default: `concurrency`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub target_concurrency: Option<u32>,
+    /// Idle time after which workers (and replicas) are stopped, down to `minReplicas`.
+    #[serde(default = "default_idle_seconds")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub idle_seconds_to_zero: u32,
+}
+
+impl Default for Scaling {
+    fn default() -> Self {
+        Scaling {
+            min_replicas: 0,
+            max_replicas: default_max_replicas(),
+            target_concurrency: None,
+            idle_seconds_to_zero: default_idle_seconds(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct EnvVar {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+fn default_timeout_seconds() -> u32 {
+    30
+}
+fn default_concurrency() -> u32 {
+    4
+}
+fn default_max_replicas() -> u32 {
+    10
+}
+fn default_idle_seconds() -> u32 {
+    300
+}
+fn default_cpu() -> String {
+    "1".into()
+}
+fn default_memory() -> String {
+    "512Mi".into()
+}
+
+/// What the platform observed about a function.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SkyFunctionStatus {
+    /// `Ready` with a reason and message.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    pub ready_replicas: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The entry function's signature, read from the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
+}
+
+/// The callable's parameters and return annotation, as written in the source.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Signature {
+    pub entrypoint: String,
+    #[serde(default)]
+    pub params: Vec<Param>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub returns: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub doc: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Param {
+    pub name: String,
+    /// `positional_only`, `positional_or_keyword`, `var_positional`, `keyword_only`, `var_keyword`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotation: Option<String>,
+    /// The default's source text; absent when the parameter is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+}
+
+impl SkyFunctionSpec {
+    /// A spec with every optional field at its default.
+    pub fn new(owner: &str, endpoint: &str, source: &str) -> Self {
+        SkyFunctionSpec {
+            owner: owner.into(),
+            endpoint: endpoint.into(),
+            source: source.into(),
+            entrypoint: None,
+            description: String::new(),
+            tags: Vec::new(),
+            visibility: Visibility::default(),
+            runtime: Runtime::default(),
+            resources: Resources::default(),
+            timeout_seconds: default_timeout_seconds(),
+            concurrency: default_concurrency(),
+            scaling: Scaling::default(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Every problem with the spec, each naming its field; empty when valid.
+    pub fn validate(&self) -> Vec<FieldError> {
+        validate::spec(self)
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        parse_memory_bytes(&self.resources.memory).unwrap_or(512 << 20)
+    }
+
+    pub fn cpu_millis(&self) -> u64 {
+        parse_cpu_millis(&self.resources.cpu).unwrap_or(1000)
+    }
+
+    pub fn env_map(&self) -> BTreeMap<String, String> {
+        self.env
+            .iter()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect()
+    }
+}
+
+impl SkyFunctionStatus {
+    pub fn ready_condition(&self) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == "Ready")
+    }
+}

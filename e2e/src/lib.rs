@@ -1,0 +1,184 @@
+//! Harness for the end-to-end tests: starts the real `skython up` binary on a free port with a
+//! temporary data directory and the runtime virtualenv, and talks to it over real HTTP.
+//!
+//! The binary is `$SKYTHON_BIN` (the Makefile sets it), else `skython` next to the test
+//! executable's `deps/` directory. The Python is `$SKYTHON_PYTHON`, else the default of `up`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+pub const TOKEN: &str = "sky_e2e_admin_token";
+
+pub fn skython_bin() -> PathBuf {
+    if let Some(b) = std::env::var_os("SKYTHON_BIN") {
+        return b.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("skython"))
+        .expect("target dir");
+    assert!(bin.exists(), "{} is missing: run `cargo build -p skython-cli` (or `make test`)", bin.display());
+    bin
+}
+
+pub struct Skython {
+    child: Option<Child>,
+    pub url: String,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    http: reqwest::blocking::Client,
+}
+
+impl Skython {
+    /// A fresh instance with its own data directory.
+    pub fn start(extra: &[&str]) -> Skython {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let mut s = Skython::start_in(&dir, extra);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// An instance on an existing data directory (for restarts).
+    pub fn start_in(data_dir: &Path, extra: &[&str]) -> Skython {
+        let mut cmd = Command::new(skython_bin());
+        cmd.args(["up", "--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("SKYTHON_ADMIN_TOKEN", TOKEN)
+            .env("SKYTHON_LOG", "warn,skython_runner=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("start skython up");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("Skython is running at ") {
+                    let _ = tx.send(url.trim().to_string());
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(u) => u,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("skython up did not print its URL within 120 s (see stderr above)");
+            }
+        };
+        Skython {
+            child: Some(child),
+            url,
+            data_dir: data_dir.to_path_buf(),
+            _tmp: None,
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("client"),
+        }
+    }
+
+    /// Stops the server (SIGTERM, then waits).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            for _ in 0..150 {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    fn send(&self, req: reqwest::blocking::RequestBuilder) -> (u16, Value) {
+        let resp = req.send().expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, body)
+    }
+
+    pub fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.url))
+            .bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        self.send(req)
+    }
+
+    /// POST /api/v1/functions with the given spec fields.
+    pub fn deploy(&self, spec: Value) -> (u16, Value) {
+        self.api(reqwest::Method::POST, "/functions", Some(spec))
+    }
+
+    /// Deploys `source` as admin/`endpoint` and asserts it became ready.
+    pub fn deploy_ok(&self, endpoint: &str, source: &str, more: Value) -> Value {
+        let mut spec = json!({"endpoint": endpoint, "source": source});
+        if let Value::Object(m) = more {
+            spec.as_object_mut().expect("object").extend(m);
+        }
+        let (status, body) = self.deploy(spec);
+        assert_eq!(status, 201, "deploy {endpoint}: {body}");
+        assert_eq!(body["status"]["conditions"][0]["status"], "True", "{body}");
+        body
+    }
+
+    /// POST /fn/{name} with a raw body.
+    pub fn call_raw(&self, name: &str, body: impl Into<reqwest::blocking::Body>) -> (u16, Value) {
+        self.send(self.http.post(format!("{}/fn/{name}", self.url)).body(body))
+    }
+
+    pub fn call(&self, name: &str, args: Value) -> (u16, Value) {
+        self.call_raw(name, args.to_string())
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let resp = self.http.get(format!("{}{path}", self.url)).send().expect("request");
+        (resp.status().as_u16(), resp.text().expect("body"))
+    }
+
+    /// The value of one Prometheus sample, e.g. `skython_workers{function="admin/f"}`.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        let (_, text) = self.get("/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok()))
+    }
+}
+
+impl Drop for Skython {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}

@@ -1,0 +1,481 @@
+//! The developer API under `/api/v1`: deploy, read, replace, delete and list functions, test-run
+//! drafts, and read recent invocations and logs. Bearer-token auth.
+
+use std::collections::BTreeSet;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use skython_crds::{Runtime, Signature, SkyFunctionSpec, SkyFunctionStatus, Visibility, is_dns_label};
+use skython_runner::{Inspection, SourceError, run_once};
+use skython_store::{FunctionFilter, FunctionRecord, Invocation, StateScope};
+
+use crate::AppState;
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ApiResult};
+use crate::invoke::{CallOutput, check_args};
+
+/// A function as the API shows it: the spec fields, then what the platform observed.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionView {
+    #[serde(flatten)]
+    pub spec: SkyFunctionSpec,
+    pub status: SkyFunctionStatus,
+    pub generation: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<FunctionRecord> for FunctionView {
+    fn from(r: FunctionRecord) -> Self {
+        FunctionView {
+            spec: r.spec,
+            status: r.status,
+            generation: r.generation,
+            created_at: r.created_at.to_string(),
+            updated_at: r.updated_at.to_string(),
+        }
+    }
+}
+
+/// A function in a listing (without its source).
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionSummary {
+    pub owner: String,
+    pub endpoint: String,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub visibility: Visibility,
+    pub runtime: Runtime,
+    pub ready: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct FunctionList {
+    pub items: Vec<FunctionSummary>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only this owner's functions.
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitQuery {
+    /// How many, newest first (default 50, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// A draft to run once without deploying it.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TestRunRequest {
+    pub source: String,
+    #[serde(default)]
+    pub entrypoint: Option<String>,
+    /// The arguments: an object (keywords) or an array (positional). Default `{}`.
+    #[serde(default)]
+    pub args: Option<Value>,
+    /// State is kept apart from the deployed function's, under this endpoint name.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub runtime: Runtime,
+    #[serde(default)]
+    pub timeout_seconds: Option<u32>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TestRunResponse {
+    /// The HTTP status the deployed endpoint would answer with.
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
+    pub logs: String,
+    pub duration_ms: f64,
+    pub signature: Signature,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct InvocationList {
+    pub items: Vec<InvocationView>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InvocationView {
+    pub request_id: String,
+    pub started_at: String,
+    pub duration_ms: f64,
+    pub status: u16,
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub logs: String,
+    pub cold_start: bool,
+}
+
+impl From<Invocation> for InvocationView {
+    fn from(i: Invocation) -> Self {
+        InvocationView {
+            request_id: i.request_id,
+            started_at: i.started_at.to_string(),
+            duration_ms: i.duration_ms,
+            status: i.status,
+            outcome: i.outcome,
+            error: i.error,
+            logs: i.logs,
+            cold_start: i.cold_start,
+        }
+    }
+}
+
+/// The spec's top-level field names, from its schema: anything else in a body is a mistake.
+static SPEC_FIELDS: LazyLock<BTreeSet<String>> = LazyLock::new(|| {
+    let schema = schemars::schema_for!(SkyFunctionSpec);
+    schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default()
+});
+
+/// Reads a spec from a request body, filling `owner` (the caller) and `endpoint` (the path).
+pub fn parse_spec(mut body: Value, user: &AuthUser, path: Option<(&str, &str)>) -> ApiResult<SkyFunctionSpec> {
+    let obj = body
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("invalid_body", "the body must be a JSON object of SkyFunction spec fields"))?;
+    let unknown: Vec<&String> = obj.keys().filter(|k| !SPEC_FIELDS.contains(*k)).collect();
+    if !unknown.is_empty() {
+        let known: Vec<&str> = SPEC_FIELDS.iter().map(String::as_str).collect();
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!("unknown field(s) {unknown:?}; the spec fields are {}", known.join(", ")),
+        ));
+    }
+    for (field, from_path) in [("owner", path.map(|p| p.0)), ("endpoint", path.map(|p| p.1))] {
+        match (obj.get(field), from_path) {
+            (Some(Value::String(given)), Some(p)) if given != p => {
+                return Err(ApiError::bad_request(
+                    "invalid_body",
+                    format!("{field} {given:?} in the body differs from {p:?} in the URL"),
+                ));
+            }
+            (None, Some(p)) => {
+                obj.insert(field.into(), p.into());
+            }
+            _ => {}
+        }
+    }
+    obj.entry("owner").or_insert_with(|| user.0.name.clone().into());
+    let spec: SkyFunctionSpec =
+        serde_json::from_value(body).map_err(|e| ApiError::bad_request("invalid_body", format!("invalid spec: {e}")))?;
+    let errors = spec.validate();
+    if !errors.is_empty() {
+        let message = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+        return Err(ApiError::bad_request("invalid_spec", message).with("fields", serde_json::to_value(&errors).unwrap_or_default()));
+    }
+    if !user.may_manage(&spec.owner) {
+        return Err(ApiError::forbidden(format!("{} may not manage functions of {}", user.0.name, spec.owner)));
+    }
+    Ok(spec)
+}
+
+fn source_error(e: SourceError) -> ApiError {
+    let code: &'static str = match e.code.as_str() {
+        "syntax_error" => "syntax_error",
+        "no_entrypoint" => "no_entrypoint",
+        "ambiguous_entrypoint" => "ambiguous_entrypoint",
+        "entrypoint_not_found" => "entrypoint_not_found",
+        _ => "invalid_source",
+    };
+    let mut err = ApiError::bad_request(code, e.message);
+    if let Some(l) = e.line {
+        err = err.with("line", l);
+    }
+    if let Some(c) = e.column {
+        err = err.with("column", c);
+    }
+    if let Some(t) = e.text {
+        err = err.with("text", t);
+    }
+    if let Some(c) = e.candidates {
+        err = err.with("candidates", c);
+    }
+    err
+}
+
+/// Syntax check and entry function, without running anything.
+async fn inspect(app: &AppState, runtime: Runtime, source: &str, filename: &str, entrypoint: Option<&str>) -> ApiResult<Signature> {
+    let zygote = app.deployments.zygote(runtime).ok_or_else(|| {
+        ApiError::bad_request(
+            "runtime_unavailable",
+            format!(
+                "runtime {:?} is not installed on this server (available: {})",
+                runtime.as_str(),
+                app.deployments.runtimes().join(", ")
+            ),
+        )
+    })?;
+    match zygote.inspect(source, filename, entrypoint).await {
+        Ok(Inspection::Ok { signature }) => Ok(signature),
+        Ok(Inspection::Invalid { error }) => Err(source_error(error)),
+        Err(e) => {
+            tracing::error!("inspecting a source failed: {e}");
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "runtime_unavailable", "the Python runtime is not available; see the server log"))
+        }
+    }
+}
+
+fn condition(ready: bool, reason: &str, message: String, generation: i64) -> Condition {
+    Condition {
+        type_: "Ready".into(),
+        status: if ready { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: Time(jiff::Timestamp::now()),
+        observed_generation: Some(generation),
+    }
+}
+
+/// Installs a stored version: new pool, one warm worker, status written back.
+async fn activate(app: &AppState, mut record: FunctionRecord) -> ApiResult<FunctionRecord> {
+    let (owner, endpoint) = (record.spec.owner.clone(), record.spec.endpoint.clone());
+    let cond = match app.deployments.replace(&record) {
+        None => condition(false, "RuntimeUnavailable", format!("runtime {:?} is not installed", record.spec.runtime.as_str()), record.generation),
+        Some(deployed) => {
+            let warm = deployed.pool.limits().min_workers.max(1);
+            match deployed.pool.warm(warm).await {
+                Ok(()) => condition(true, "WorkerReady", "a worker loaded the function".into(), record.generation),
+                Err(skython_runner::Error::Load(e)) => {
+                    condition(false, "LoadFailed", e.message, record.generation)
+                }
+                Err(e) => condition(false, "RuntimeUnavailable", e.to_string(), record.generation),
+            }
+        }
+    };
+    let ready = cond.status == "True";
+    record.status.conditions = vec![cond];
+    record.status.ready_replicas = u32::from(ready);
+    record.status.observed_generation = Some(record.generation);
+    record.status.url = Some(format!("{}/fn/{owner}/{endpoint}", app.config.public_url.trim_end_matches('/')));
+    app.store.set_function_status(&owner, &endpoint, &record.status).await?;
+    Ok(record)
+}
+
+pub async fn create_function(
+    State(app): State<AppState>,
+    user: AuthUser,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(body) = body?;
+    let spec = parse_spec(body, &user, None)?;
+    let signature = inspect(&app, spec.runtime, &spec.source, &format!("{}.py", spec.endpoint), spec.entrypoint.as_deref()).await?;
+    let now = jiff::Timestamp::now();
+    let record = FunctionRecord {
+        status: SkyFunctionStatus { signature: Some(signature), ..Default::default() },
+        spec,
+        generation: 1,
+        created_at: now,
+        updated_at: now,
+    };
+    app.store.create_function(&record).await?;
+    let record = activate(&app, record).await?;
+    Ok((StatusCode::CREATED, Json(FunctionView::from(record))).into_response())
+}
+
+pub async fn replace_function(
+    State(app): State<AppState>,
+    user: AuthUser,
+    Path((owner, endpoint)): Path<(String, String)>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> ApiResult<Json<FunctionView>> {
+    let Json(body) = body?;
+    let spec = parse_spec(body, &user, Some((&owner, &endpoint)))?;
+    let current = app
+        .store
+        .get_function(&owner, &endpoint)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("function {owner}/{endpoint} does not exist; create it with POST /api/v1/functions")))?;
+    let signature = inspect(&app, spec.runtime, &spec.source, &format!("{endpoint}.py"), spec.entrypoint.as_deref()).await?;
+    let record = FunctionRecord {
+        status: SkyFunctionStatus { signature: Some(signature), ..Default::default() },
+        spec,
+        generation: current.generation + 1,
+        created_at: current.created_at,
+        updated_at: jiff::Timestamp::now(),
+    };
+    app.store.replace_function(&record, current.generation).await?;
+    Ok(Json(activate(&app, record).await?.into()))
+}
+
+/// The function if the caller may see it: its owner and the admin always, others if public.
+async fn visible(app: &AppState, user: &AuthUser, owner: &str, endpoint: &str) -> ApiResult<FunctionRecord> {
+    let missing = || ApiError::new(StatusCode::NOT_FOUND, "function_not_found", format!("no function {owner}/{endpoint}"));
+    if !is_dns_label(owner) || !is_dns_label(endpoint) {
+        return Err(missing());
+    }
+    match app.store.get_function(owner, endpoint).await? {
+        Some(r) if user.may_manage(owner) || r.spec.visibility == Visibility::Public => Ok(r),
+        _ => Err(missing()),
+    }
+}
+
+pub async fn get_function(
+    State(app): State<AppState>,
+    user: AuthUser,
+    Path((owner, endpoint)): Path<(String, String)>,
+) -> ApiResult<Json<FunctionView>> {
+    Ok(Json(visible(&app, &user, &owner, &endpoint).await?.into()))
+}
+
+pub async fn delete_function(
+    State(app): State<AppState>,
+    user: AuthUser,
+    Path((owner, endpoint)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    visible(&app, &user, &owner, &endpoint).await?;
+    if !user.may_manage(&owner) {
+        return Err(ApiError::forbidden(format!("{} may not delete functions of {owner}", user.0.name)));
+    }
+    app.deployments.remove(&owner, &endpoint);
+    app.metrics.forget(&format!("{owner}/{endpoint}"));
+    if !app.store.delete_function(&owner, &endpoint).await? {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "function_not_found", format!("no function {owner}/{endpoint}")));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn list_functions(
+    State(app): State<AppState>,
+    user: AuthUser,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<Json<FunctionList>> {
+    let Query(q) = query?;
+    let filter = match (&q.owner, user.0.is_admin) {
+        (Some(o), true) => FunctionFilter { owner: Some(o.clone()), include_public: false },
+        (None, true) => FunctionFilter::default(),
+        (Some(o), false) if *o == user.0.name => FunctionFilter { owner: Some(o.clone()), include_public: false },
+        // Someone else's functions: only the public ones.
+        (Some(_), false) => FunctionFilter { owner: None, include_public: true },
+        (None, false) => FunctionFilter { owner: Some(user.0.name.clone()), include_public: true },
+    };
+    let records = app.store.list_functions(&filter).await?;
+    let items = records
+        .into_iter()
+        .filter(|r| q.owner.as_ref().is_none_or(|o| r.spec.owner == *o))
+        .map(|r| FunctionSummary {
+            ready: r.status.ready_condition().is_some_and(|c| c.status == "True"),
+            url: r.status.url.clone(),
+            signature: r.status.signature.clone(),
+            updated_at: r.updated_at.to_string(),
+            owner: r.spec.owner,
+            endpoint: r.spec.endpoint,
+            description: r.spec.description,
+            tags: r.spec.tags,
+            visibility: r.spec.visibility,
+            runtime: r.spec.runtime,
+        })
+        .collect();
+    Ok(Json(FunctionList { items }))
+}
+
+pub async fn test_run(
+    State(app): State<AppState>,
+    user: AuthUser,
+    body: Result<Json<TestRunRequest>, JsonRejection>,
+) -> ApiResult<Json<TestRunResponse>> {
+    let Json(req) = body?;
+    let endpoint = req.endpoint.clone().unwrap_or_else(|| "draft".into());
+    let mut spec = SkyFunctionSpec::new(&user.0.name, &endpoint, &req.source);
+    spec.entrypoint = req.entrypoint.clone();
+    spec.runtime = req.runtime;
+    if let Some(t) = req.timeout_seconds {
+        spec.timeout_seconds = t;
+    }
+    let errors = spec.validate();
+    if !errors.is_empty() {
+        let message = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+        return Err(ApiError::bad_request("invalid_spec", message));
+    }
+    let args = serde_json::to_vec(req.args.as_ref().unwrap_or(&Value::Object(Default::default())))
+        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+    let args = check_args(&args)?.to_vec();
+    let signature = inspect(&app, spec.runtime, &spec.source, &format!("{endpoint}.py"), spec.entrypoint.as_deref()).await?;
+    let zygote = app.deployments.zygote(spec.runtime).ok_or_else(|| ApiError::internal("runtime vanished"))?;
+    let worker_spec = app.deployments.worker_spec(&spec, &signature.entrypoint);
+    // Drafts keep their state apart from the deployed function's.
+    let state = app.deployments.scoped_state(StateScope { owner: spec.owner.clone(), function: format!("~draft/{endpoint}") });
+    let started = Instant::now();
+    let res = run_once(zygote, &worker_spec, &args, &state, Duration::from_secs(spec.timeout_seconds.into())).await;
+    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let out = CallOutput::from_result(res);
+    let body: Value = serde_json::from_slice(&out.body).unwrap_or(Value::Null);
+    let ok = out.status == StatusCode::OK;
+    Ok(Json(TestRunResponse {
+        status: out.status.as_u16(),
+        result: ok.then(|| body.clone()),
+        error: (!ok).then(|| body.get("error").cloned().unwrap_or(Value::Null)),
+        logs: out.logs,
+        duration_ms,
+        signature,
+    }))
+}
+
+fn limit(q: Result<Query<LimitQuery>, QueryRejection>) -> ApiResult<usize> {
+    let Query(q) = q?;
+    match q.limit.unwrap_or(50) {
+        0 => Err(ApiError::bad_request("bad_query", "limit must be at least 1")),
+        n => Ok(n.min(1000)),
+    }
+}
+
+pub async fn invocations(
+    State(app): State<AppState>,
+    user: AuthUser,
+    Path((owner, endpoint)): Path<(String, String)>,
+    query: Result<Query<LimitQuery>, QueryRejection>,
+) -> ApiResult<Json<InvocationList>> {
+    let n = limit(query)?;
+    visible(&app, &user, &owner, &endpoint).await?;
+    if !user.may_manage(&owner) {
+        return Err(ApiError::forbidden("only the owner may read a function's invocations"));
+    }
+    app.recorder.flush().await;
+    let items = app.store.recent_invocations(&owner, &endpoint, n).await?;
+    Ok(Json(InvocationList { items: items.into_iter().map(Into::into).collect() }))
+}
+
+/// Like `invocations`, but only the calls that printed something or failed.
+pub async fn logs(
+    State(app): State<AppState>,
+    user: AuthUser,
+    Path((owner, endpoint)): Path<(String, String)>,
+    query: Result<Query<LimitQuery>, QueryRejection>,
+) -> ApiResult<Json<InvocationList>> {
+    let Json(all) = invocations(State(app), user, Path((owner, endpoint)), Ok(Query(LimitQuery { limit: Some(1000) }))).await?;
+    let n = limit(query)?;
+    let items = all.items.into_iter().filter(|i| !i.logs.is_empty() || i.error.is_some()).take(n).collect();
+    Ok(Json(InvocationList { items }))
+}

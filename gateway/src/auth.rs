@@ -1,0 +1,149 @@
+//! Bearer tokens: random, shown once, stored only as SHA-256 hashes.
+
+use std::path::Path;
+
+use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use skython_store::{Store, StoreError, User};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+pub const ADMIN: &str = "admin";
+
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("sky_{}", hex::encode(bytes))
+}
+
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// The authenticated caller of a developer-API request.
+pub struct AuthUser(pub User);
+
+impl AuthUser {
+    /// Owners act on their own functions; the admin on everyone's.
+    pub fn may_manage(&self, owner: &str) -> bool {
+        self.0.is_admin || self.0.name == owner
+    }
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let unauthorized = |msg: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", msg);
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| unauthorized("this API needs `Authorization: Bearer <token>`"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?;
+        match state.store.user_by_token_hash(&hash_token(token)).await? {
+            Some(user) => Ok(AuthUser(user)),
+            None => Err(unauthorized("the token is not valid")),
+        }
+    }
+}
+
+/// What `skython up` tells the person starting it about the admin token.
+#[derive(Debug, PartialEq)]
+pub enum AdminToken {
+    /// A new admin was created with this token (also written to the token file).
+    Created { token: String, file: Option<std::path::PathBuf> },
+    /// The token was set from the environment.
+    FromEnv,
+    /// The admin exists; its token is in this file if it is still there.
+    Existing { file: Option<std::path::PathBuf> },
+}
+
+/// Creates the `admin` user on first start, or applies `SKYTHON_ADMIN_TOKEN`.
+pub async fn bootstrap_admin(
+    store: &dyn Store,
+    data_dir: &Path,
+    env_token: Option<&str>,
+) -> Result<AdminToken, StoreError> {
+    let file = data_dir.join("admin.token");
+    let exists = store.get_user(ADMIN).await?.is_some();
+    match (exists, env_token) {
+        (true, Some(t)) => {
+            store.set_user_token(ADMIN, &hash_token(t)).await?;
+            Ok(AdminToken::FromEnv)
+        }
+        (false, Some(t)) => {
+            store.create_user(ADMIN, &hash_token(t), true).await?;
+            Ok(AdminToken::FromEnv)
+        }
+        (true, None) => Ok(AdminToken::Existing {
+            file: file.exists().then_some(file),
+        }),
+        (false, None) => {
+            let token = new_token();
+            store.create_user(ADMIN, &hash_token(&token), true).await?;
+            let written = write_secret(&file, &token).map_err(|e| {
+                tracing::warn!("could not write {}: {e}", file.display());
+            });
+            Ok(AdminToken::Created {
+                token,
+                file: written.ok().map(|_| file),
+            })
+        }
+    }
+}
+
+fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(f, "{secret}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_unique_and_hashes_stable() {
+        let (a, b) = (new_token(), new_token());
+        assert_ne!(a, b);
+        assert!(a.starts_with("sky_") && a.len() == 52);
+        assert_eq!(hash_token("x"), hash_token("x"));
+        assert_ne!(hash_token(&a), hash_token(&b));
+    }
+
+    #[tokio::test]
+    async fn admin_bootstrap() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = skython_store::SqliteStore::open_in_memory().unwrap();
+        let AdminToken::Created { token, file } = bootstrap_admin(&store, dir.path(), None).await.unwrap() else {
+            panic!("expected a new admin")
+        };
+        assert_eq!(std::fs::read_to_string(file.unwrap()).unwrap().trim(), token);
+        assert!(store.user_by_token_hash(&hash_token(&token)).await.unwrap().unwrap().is_admin);
+        // Second start: nothing changes.
+        assert!(matches!(
+            bootstrap_admin(&store, dir.path(), None).await.unwrap(),
+            AdminToken::Existing { file: Some(_) }
+        ));
+        // The environment replaces the token.
+        assert_eq!(bootstrap_admin(&store, dir.path(), Some("t2")).await.unwrap(), AdminToken::FromEnv);
+        assert!(store.user_by_token_hash(&hash_token(&token)).await.unwrap().is_none());
+        assert_eq!(store.user_by_token_hash(&hash_token("t2")).await.unwrap().unwrap().name, ADMIN);
+    }
+}

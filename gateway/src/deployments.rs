@@ -1,0 +1,286 @@
+//! `Deployments`: the live worker pool of every called function, built on demand from the store,
+//! replaced when a function changes and emptied by the idle reaper.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use skython_crds::{Runtime, SkyFunctionSpec};
+use skython_runner::{PoolLimits, StateAnswer, StateHandler, StateRequest, WorkerPool, WorkerSpec, Zygote};
+use skython_store::{FunctionRecord, StateScope, Store};
+
+use crate::Limits;
+
+type Key = (String, String);
+
+/// One function version's pool.
+pub struct Deployed {
+    pub label: String,
+    pub generation: i64,
+    pub pool: WorkerPool,
+    pub state: ScopedState,
+}
+
+pub struct Deployments {
+    store: Arc<dyn Store>,
+    zygotes: HashMap<Runtime, Arc<Zygote>>,
+    limits: Limits,
+    live: RwLock<HashMap<Key, Arc<Deployed>>>,
+}
+
+impl Deployments {
+    pub fn new(store: Arc<dyn Store>, zygotes: HashMap<Runtime, Arc<Zygote>>, limits: Limits) -> Self {
+        Deployments {
+            store,
+            zygotes,
+            limits,
+            live: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub fn zygote(&self, runtime: Runtime) -> Option<&Arc<Zygote>> {
+        self.zygotes.get(&runtime)
+    }
+
+    pub fn runtimes(&self) -> Vec<&'static str> {
+        let mut r: Vec<_> = self.zygotes.keys().map(|r| r.as_str()).collect();
+        r.sort();
+        r
+    }
+
+    /// The function's pool, loading the function from the store on first use.
+    pub async fn get(&self, owner: &str, endpoint: &str) -> skython_store::Result<Option<Arc<Deployed>>> {
+        let key = (owner.to_string(), endpoint.to_string());
+        if let Some(d) = self.read().get(&key) {
+            return Ok(Some(d.clone()));
+        }
+        let Some(record) = self.store.get_function(owner, endpoint).await? else {
+            return Ok(None);
+        };
+        let Some(fresh) = self.build(&record) else {
+            return Ok(None);
+        };
+        // Someone may have deployed meanwhile: theirs is at least as new as what we read.
+        let mut live = self.write();
+        Ok(Some(live.entry(key).or_insert_with(|| Arc::new(fresh)).clone()))
+    }
+
+    /// Installs the pool of a new version and retires the previous one.
+    pub fn replace(&self, record: &FunctionRecord) -> Option<Arc<Deployed>> {
+        let fresh = Arc::new(self.build(record)?);
+        let key = (record.owner().to_string(), record.endpoint().to_string());
+        let old = self.write().insert(key, fresh.clone());
+        if let Some(old) = old {
+            old.pool.retire();
+        }
+        Some(fresh)
+    }
+
+    pub fn remove(&self, owner: &str, endpoint: &str) {
+        if let Some(old) = self.write().remove(&(owner.to_string(), endpoint.to_string())) {
+            old.pool.retire();
+        }
+    }
+
+    /// Stops idle workers everywhere; returns how many.
+    pub fn reap(&self) -> usize {
+        let now = Instant::now();
+        let pools: Vec<_> = self.read().values().cloned().collect();
+        pools.iter().map(|d| d.pool.reap(now)).sum()
+    }
+
+    /// Every live pool, for metrics.
+    pub fn all(&self) -> Vec<Arc<Deployed>> {
+        self.read().values().cloned().collect()
+    }
+
+    fn build(&self, record: &FunctionRecord) -> Option<Deployed> {
+        let spec = &record.spec;
+        let zygote = self.zygotes.get(&spec.runtime)?.clone();
+        let entrypoint = record
+            .status
+            .signature
+            .as_ref()
+            .map(|s| s.entrypoint.clone())
+            .or_else(|| spec.entrypoint.clone())
+            .unwrap_or_else(|| "main".into());
+        Some(Deployed {
+            label: format!("{}/{}", spec.owner, spec.endpoint),
+            generation: record.generation,
+            pool: WorkerPool::new(zygote, self.worker_spec(spec, &entrypoint), pool_limits(spec, &self.limits)),
+            state: ScopedState {
+                store: self.store.clone(),
+                scope: StateScope {
+                    owner: spec.owner.clone(),
+                    function: spec.endpoint.clone(),
+                },
+                max_value_bytes: self.limits.max_state_value_bytes,
+            },
+        })
+    }
+
+    pub fn worker_spec(&self, spec: &SkyFunctionSpec, entrypoint: &str) -> WorkerSpec {
+        WorkerSpec {
+            label: format!("{}/{}", spec.owner, spec.endpoint),
+            source: spec.source.clone(),
+            filename: format!("{}.py", spec.endpoint),
+            entrypoint: entrypoint.into(),
+            env: spec.env_map(),
+            memory_bytes: Some(spec.memory_bytes()),
+            // A call may use as much CPU time as its wall-clock budget (plus a second of slack).
+            cpu_seconds_per_call: Some(u64::from(spec.timeout_seconds) + 1),
+            max_result_bytes: self.limits.max_result_bytes,
+            max_log_bytes: self.limits.max_log_bytes,
+            max_state_value_bytes: self.limits.max_state_value_bytes,
+        }
+    }
+
+    pub fn scoped_state(&self, scope: StateScope) -> ScopedState {
+        ScopedState {
+            store: self.store.clone(),
+            scope,
+            max_value_bytes: self.limits.max_state_value_bytes,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Key, Arc<Deployed>>> {
+        self.live.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Key, Arc<Deployed>>> {
+        self.live.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The local meaning of the spec's scaling fields: one replica whose pool holds up to
+/// `concurrency` workers, keeps `minReplicas` of them warm, and stops the rest after idling.
+pub fn pool_limits(spec: &SkyFunctionSpec, limits: &Limits) -> PoolLimits {
+    let max_workers = spec.concurrency.max(1) as usize;
+    PoolLimits {
+        max_workers,
+        min_workers: (spec.scaling.min_replicas as usize).min(max_workers),
+        queue_limit: limits.queue_limit,
+        idle_timeout: Duration::from_secs(spec.scaling.idle_seconds_to_zero.into()),
+        call_timeout: Duration::from_secs(spec.timeout_seconds.into()),
+    }
+}
+
+/// Answers a worker's state requests within one (owner, function) scope.
+pub struct ScopedState {
+    store: Arc<dyn Store>,
+    scope: StateScope,
+    max_value_bytes: usize,
+}
+
+const MAX_KEY_CHARS: usize = 512;
+const MAX_KEYS_LISTED: usize = 10_000;
+
+#[async_trait]
+impl StateHandler for ScopedState {
+    async fn handle(&self, request: StateRequest) -> StateAnswer {
+        let key = match &request {
+            StateRequest::Load { key } | StateRequest::Store { key, .. } | StateRequest::Delete { key } => {
+                Some(key)
+            }
+            StateRequest::Keys { .. } => None,
+        };
+        if let Some(key) = key
+            && (key.is_empty() || key.chars().count() > MAX_KEY_CHARS)
+        {
+            return StateAnswer::refused("bad_key", format!("state keys must be 1-{MAX_KEY_CHARS} characters"));
+        }
+        let s = &self.scope;
+        let res = match request {
+            StateRequest::Load { key } => self.store.state_get(s, &key).await.map(|v| StateAnswer {
+                ok: true,
+                found: Some(v.is_some()),
+                value: v,
+                ..Default::default()
+            }),
+            StateRequest::Store { key, value } => {
+                if value.len() > self.max_value_bytes {
+                    return StateAnswer::refused(
+                        "value_too_large",
+                        format!(
+                            "the value for {key:?} is {} bytes of JSON, more than the limit of {} bytes",
+                            value.len(),
+                            self.max_value_bytes
+                        ),
+                    );
+                }
+                if serde_json::from_str::<serde::de::IgnoredAny>(&value).is_err() {
+                    return StateAnswer::refused("bad_value", "state values must be JSON");
+                }
+                self.store.state_put(s, &key, &value).await.map(|()| StateAnswer {
+                    ok: true,
+                    ..Default::default()
+                })
+            }
+            StateRequest::Delete { key } => self.store.state_delete(s, &key).await.map(|found| StateAnswer {
+                ok: true,
+                found: Some(found),
+                ..Default::default()
+            }),
+            StateRequest::Keys { prefix } => {
+                self.store
+                    .state_keys(s, &prefix, MAX_KEYS_LISTED)
+                    .await
+                    .map(|keys| StateAnswer {
+                        ok: true,
+                        keys: Some(keys),
+                        ..Default::default()
+                    })
+            }
+        };
+        res.unwrap_or_else(|e| {
+            tracing::error!(owner = %s.owner, function = %s.function, "state request failed: {e}");
+            StateAnswer::refused("storage_error", "the state storage failed; try again")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_scaling_maps_to_pool_limits() {
+        let mut spec = SkyFunctionSpec::new("a", "f", "def f(): pass");
+        spec.concurrency = 3;
+        spec.scaling.min_replicas = 5;
+        spec.scaling.idle_seconds_to_zero = 7;
+        spec.timeout_seconds = 2;
+        let l = pool_limits(&spec, &Limits::default());
+        assert_eq!(l.max_workers, 3);
+        assert_eq!(l.min_workers, 3, "never more warm workers than the pool may hold");
+        assert_eq!(l.idle_timeout, Duration::from_secs(7));
+        assert_eq!(l.call_timeout, Duration::from_secs(2));
+        assert_eq!(l.queue_limit, Limits::default().queue_limit);
+    }
+
+    #[tokio::test]
+    async fn state_is_scoped_and_limited() {
+        let store: Arc<dyn Store> = Arc::new(skython_store::SqliteStore::open_in_memory().unwrap());
+        let mk = |owner: &str, f: &str| ScopedState {
+            store: store.clone(),
+            scope: StateScope { owner: owner.into(), function: f.into() },
+            max_value_bytes: 16,
+        };
+        let (a, b) = (mk("alice", "f"), mk("bob", "f"));
+        let put = a.handle(StateRequest::Store { key: "n".into(), value: "1".into() }).await;
+        assert!(put.ok);
+        let got = a.handle(StateRequest::Load { key: "n".into() }).await;
+        assert_eq!(got.value.as_deref(), Some("1"));
+        let other = b.handle(StateRequest::Load { key: "n".into() }).await;
+        assert_eq!(other.found, Some(false));
+        let big = a.handle(StateRequest::Store { key: "n".into(), value: format!("\"{}\"", "x".repeat(20)) }).await;
+        assert_eq!(big.error.unwrap().code, "value_too_large");
+        let bad = a.handle(StateRequest::Store { key: "n".into(), value: "{".into() }).await;
+        assert_eq!(bad.error.unwrap().code, "bad_value");
+        let empty = a.handle(StateRequest::Load { key: String::new() }).await;
+        assert_eq!(empty.error.unwrap().code, "bad_key");
+        // What was stored before the refused writes is intact.
+        assert_eq!(a.handle(StateRequest::Load { key: "n".into() }).await.value.as_deref(), Some("1"));
+    }
+}

@@ -1,0 +1,284 @@
+//! `POST /fn/{owner}/{endpoint}`: any HTTP client calls a deployed function with a JSON body.
+
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use skython_crds::is_dns_label;
+use skython_runner::{CallResult, Error as RunnerError, FunctionError, Outcome};
+use skython_store::Invocation;
+use tracing::Instrument;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// A call's answer, ready to send and to record.
+pub struct CallOutput {
+    pub status: StatusCode,
+    /// JSON: the return value, or `{"error": {...}}`.
+    pub body: Bytes,
+    /// `ok` or the error code.
+    pub outcome: String,
+    pub error: Option<String>,
+    pub logs: String,
+}
+
+impl CallOutput {
+    fn failed(e: ApiError, logs: String) -> Self {
+        CallOutput {
+            status: e.status,
+            body: Bytes::from(e.body().to_string()),
+            outcome: e.code.to_string(),
+            error: Some(e.message),
+            logs,
+        }
+    }
+
+    /// Maps what the runner reported to the HTTP answer.
+    pub fn from_result(res: Result<CallResult, RunnerError>) -> Self {
+        match res {
+            Ok(CallResult { outcome: Outcome::Returned(json), logs }) => CallOutput {
+                status: StatusCode::OK,
+                body: json,
+                outcome: "ok".into(),
+                error: None,
+                logs,
+            },
+            Ok(CallResult { outcome: Outcome::Failed(err), logs }) => Self::failed(function_error(err), logs),
+            Err(RunnerError::Load(err)) => {
+                let mut logs = err.logs.clone().unwrap_or_default();
+                if let Some(tb) = &err.traceback {
+                    logs.push_str(tb);
+                }
+                Self::failed(function_error(err), logs)
+            }
+            Err(e) => Self::failed(runner_error(e), String::new()),
+        }
+    }
+}
+
+fn function_error(err: FunctionError) -> ApiError {
+    let status = match err.code.as_str() {
+        "bad_arguments" | "bad_json" => StatusCode::BAD_REQUEST,
+        "load_timeout" => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let code: &'static str = match err.code.as_str() {
+        "bad_arguments" => "bad_arguments",
+        "bad_json" => "bad_json",
+        "function_error" => "function_error",
+        "load_error" => "load_error",
+        "load_timeout" => "load_timeout",
+        "unserializable_result" => "unserializable_result",
+        "result_too_large" => "result_too_large",
+        _ => "function_error",
+    };
+    let mut e = ApiError::new(status, code, err.message);
+    if let Some(t) = err.type_ {
+        e = e.with("type", t);
+    }
+    if let Some(expected) = err.expected {
+        e = e.with("expected", expected);
+    }
+    e
+}
+
+fn runner_error(e: RunnerError) -> ApiError {
+    let msg = e.to_string();
+    match e {
+        RunnerError::Timeout(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", format!("{msg}; the worker was stopped")),
+        RunnerError::Crashed(_) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "worker_crashed",
+            format!("{msg}: the process exited (os._exit, a crash in native code, or a resource limit); it will be replaced"),
+        ),
+        RunnerError::QueueFull { .. } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", msg),
+        RunnerError::QueueTimeout(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "queue_timeout", msg),
+        RunnerError::Retired => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "retry", format!("{msg}; call again")),
+        other => {
+            tracing::error!("runtime failure: {other}");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "runtime_unavailable",
+                "the Python runtime failed to start a worker; see the server log",
+            )
+        }
+    }
+}
+
+/// Checks the body before any worker sees it: JSON, and an object or array (or empty).
+pub fn check_args(body: &[u8]) -> Result<&[u8], ApiError> {
+    let trimmed = body.trim_ascii();
+    if trimmed.is_empty() {
+        return Ok(b"{}");
+    }
+    if nesting_exceeds(trimmed, MAX_NESTING) {
+        return Err(ApiError::bad_request(
+            "bad_json",
+            format!("the request body nests arrays and objects more than {MAX_NESTING} levels deep"),
+        ));
+    }
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(trimmed) {
+        return Err(ApiError::bad_request("bad_json", format!("the request body is not valid JSON: {e}")));
+    }
+    match trimmed[0] {
+        b'{' | b'[' => Ok(trimmed),
+        _ => Err(ApiError::bad_request(
+            "bad_arguments",
+            "the request body must be a JSON object (keyword arguments) or a JSON array (positional arguments)",
+        )),
+    }
+}
+
+/// Deepest nesting of arrays and objects accepted in arguments.
+pub const MAX_NESTING: usize = 100;
+
+/// Whether `json` nests deeper than `max` (brackets inside strings do not count). A byte scan,
+/// so a hostile body costs no recursion here or in the worker.
+fn nesting_exceeds(json: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+pub fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+pub async fn call_function(
+    State(app): State<AppState>,
+    Path((owner, endpoint)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let started_at = jiff::Timestamp::now();
+    let started = Instant::now();
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "function_not_found", format!("no function {owner}/{endpoint}"));
+    if !is_dns_label(&owner) || !is_dns_label(&endpoint) {
+        return Err(not_found());
+    }
+    let body = body?;
+    let args = check_args(&body)?;
+    let deployed = app.deployments.get(&owner, &endpoint).await?.ok_or_else(not_found)?;
+    let rid = request_id(&headers);
+    let span = tracing::info_span!("call", function = %deployed.label, request_id = %rid);
+    let args = Bytes::copy_from_slice(args);
+    // The call runs in its own task so a client that hangs up does not cut a worker off mid-call.
+    let task = {
+        let deployed = deployed.clone();
+        tokio::spawn(async move { deployed.pool.call(&args, &deployed.state).await }.instrument(span))
+    };
+    let (res, cold_start) = match task.await {
+        Ok(Ok(report)) => (Ok(report.result), report.cold_start),
+        Ok(Err(e)) => {
+            let cold = matches!(e, RunnerError::Load(_));
+            (Err(e), cold)
+        }
+        Err(join) => {
+            tracing::error!("call task failed: {join}");
+            return Err(ApiError::internal("the call failed unexpectedly"));
+        }
+    };
+    let out = CallOutput::from_result(res);
+    let elapsed = started.elapsed();
+    let m = &app.metrics;
+    m.calls.with_label_values(&[deployed.label.as_str(), out.outcome.as_str()]).inc();
+    m.call_duration.with_label_values(&[deployed.label.as_str()]).observe(elapsed.as_secs_f64());
+    if cold_start {
+        m.cold_starts.with_label_values(&[deployed.label.as_str()]).inc();
+    }
+    app.recorder.record(Invocation {
+        request_id: rid,
+        owner,
+        endpoint,
+        started_at,
+        duration_ms: elapsed.as_secs_f64() * 1000.0,
+        status: out.status.as_u16(),
+        outcome: out.outcome.clone(),
+        error: out.error.clone(),
+        logs: out.logs.clone(),
+        cold_start,
+    });
+    let mut resp = (out.status, out.body).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if cold_start {
+        h.insert("x-skython-cold-start", HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_are_checked_before_any_worker_sees_them() {
+        assert_eq!(check_args(b"").unwrap(), b"{}");
+        assert_eq!(check_args(b" {\"a\": 1} \n").unwrap(), b"{\"a\": 1}");
+        assert_eq!(check_args(b"[1,2]").unwrap(), b"[1,2]");
+        assert_eq!(check_args(b"{\"a\":").unwrap_err().code, "bad_json");
+        assert_eq!(check_args(b"a=1&b=2").unwrap_err().code, "bad_json");
+        assert_eq!(check_args(b"42").unwrap_err().code, "bad_arguments");
+        assert_eq!(check_args(b"null").unwrap_err().code, "bad_arguments");
+        let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+        assert_eq!(check_args(deep.as_bytes()).map_err(|e| e.code), Err("bad_json"), "nesting is bounded");
+        let ok = "[".repeat(100) + &"]".repeat(100);
+        assert!(check_args(ok.as_bytes()).is_ok());
+        assert!(check_args(br#"{"a": "[[[[\"[[["}"#).is_ok(), "brackets in strings do not count");
+    }
+
+    #[test]
+    fn outcomes_map_to_statuses() {
+        let fe = |code: &str| {
+            CallOutput::from_result(Ok(CallResult {
+                outcome: Outcome::Failed(FunctionError {
+                    code: code.into(),
+                    type_: Some("ValueError".into()),
+                    message: "m".into(),
+                    traceback: Some("tb".into()),
+                    expected: None,
+                    logs: None,
+                }),
+                logs: String::new(),
+            }))
+        };
+        let out = fe("function_error");
+        assert_eq!(out.status, StatusCode::INTERNAL_SERVER_ERROR);
+        let body: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
+        assert_eq!(body, serde_json::json!({"error": {"code": "function_error", "type": "ValueError", "message": "m"}}));
+        assert_eq!(fe("bad_arguments").status, StatusCode::BAD_REQUEST);
+        let st = |e| CallOutput::from_result(Err(e)).status;
+        assert_eq!(st(RunnerError::Timeout(std::time::Duration::from_secs(1))), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(st(RunnerError::Crashed("x".into())), StatusCode::BAD_GATEWAY);
+        assert_eq!(st(RunnerError::QueueFull { workers: 1, queue: 1 }), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(st(RunnerError::Spawn("x".into())), StatusCode::SERVICE_UNAVAILABLE);
+    }
+}

@@ -1,0 +1,183 @@
+//! The Skython gateway: one axum app that serves
+//!
+//! - `POST /fn/{owner}/{endpoint}`: calls of deployed functions, routed to warm Python workers;
+//! - `/api/v1/...`: the developer API (deploy, test-run, invocations, logs), OpenAPI at
+//!   `/api/openapi.json`;
+//! - `/healthz`, `/readyz`, `/metrics`.
+//!
+//! It owns the [`Deployments`] (a worker pool per called function) and answers the workers'
+//! state requests from the [`Store`]. Everything it knows lives in the store; the pools are a
+//! cache that is rebuilt on demand.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod deployments;
+pub mod error;
+pub mod invoke;
+pub mod metrics;
+pub mod openapi;
+mod recorder;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, Request, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use skython_crds::Runtime;
+use skython_runner::Zygote;
+use skython_store::Store;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use auth::{AdminToken, bootstrap_admin};
+pub use deployments::Deployments;
+pub use metrics::Metrics;
+pub use recorder::Recorder;
+
+/// Per-call limits the gateway enforces for every function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Largest request body (413 above).
+    pub max_body_bytes: usize,
+    /// Largest JSON return value.
+    pub max_result_bytes: usize,
+    /// Output kept per call; the rest is counted and said to be dropped.
+    pub max_log_bytes: usize,
+    /// Largest JSON value one `store()` may write.
+    pub max_state_value_bytes: usize,
+    /// Callers that may wait for a busy function's worker (429 above).
+    pub queue_limit: usize,
+    /// Invocations kept per function.
+    pub invocations_kept: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 6 << 20,
+            max_result_bytes: 10 << 20,
+            max_log_bytes: 64 << 10,
+            max_state_value_bytes: 1 << 20,
+            queue_limit: 1000,
+            invocations_kept: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The base URL clients use, for the `url` of functions.
+    pub public_url: String,
+    pub limits: Limits,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<GatewayConfig>,
+    pub store: Arc<dyn Store>,
+    pub deployments: Arc<Deployments>,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+}
+
+impl AppState {
+    /// Wires the state and starts its background tasks (invocation writer, idle reaper).
+    pub fn new(
+        config: GatewayConfig,
+        store: Arc<dyn Store>,
+        zygotes: HashMap<Runtime, Arc<Zygote>>,
+    ) -> Result<Self, prometheus::Error> {
+        let metrics = Arc::new(Metrics::new()?);
+        let deployments = Arc::new(Deployments::new(store.clone(), zygotes, config.limits.clone()));
+        let recorder = Recorder::start(store.clone(), metrics.clone(), config.limits.invocations_kept);
+        let reaper = Arc::downgrade(&deployments);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let Some(d) = reaper.upgrade() else { return };
+                let n = d.reap();
+                if n > 0 {
+                    tracing::debug!(stopped = n, "stopped idle workers");
+                }
+            }
+        });
+        Ok(AppState {
+            config: Arc::new(config),
+            store,
+            deployments,
+            metrics,
+            recorder,
+        })
+    }
+}
+
+/// The whole HTTP surface.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.config.limits.max_body_bytes;
+    let api = Router::new()
+        .route("/functions", post(api::create_function).get(api::list_functions))
+        .route(
+            "/functions/{owner}/{endpoint}",
+            get(api::get_function)
+                .put(api::replace_function)
+                .delete(api::delete_function),
+        )
+        .route("/functions/{owner}/{endpoint}/invocations", get(api::invocations))
+        .route("/functions/{owner}/{endpoint}/logs", get(api::logs))
+        .route("/test-run", post(api::test_run));
+    Router::new()
+        .route("/fn/{owner}/{endpoint}", post(invoke::call_function))
+        .nest("/api/v1", api)
+        .route("/api/openapi.json", get(openapi_json))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .fallback(|| async { error::ApiError::not_found("no such route; see /api/openapi.json") })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                let rid = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                tracing::debug_span!("http", method = %req.method(), uri = %req.uri(), request_id = %rid)
+            }),
+        )
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn openapi_json() -> impl IntoResponse {
+    axum::Json(openapi::document())
+}
+
+async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
+    for rt in app.deployments.runtimes() {
+        let runtime = if rt == "full" { Runtime::Full } else { Runtime::Standard };
+        if let Some(z) = app.deployments.zygote(runtime)
+            && let Err(e) = z.start().await
+        {
+            return (StatusCode::SERVICE_UNAVAILABLE, format!("runtime {rt}: {e}")).into_response();
+        }
+    }
+    if let Err(e) = app.store.get_user(auth::ADMIN).await {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")).into_response();
+    }
+    "ready".into_response()
+}
+
+async fn metrics_text(State(app): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))],
+        app.metrics.render(&app.deployments),
+    )
+}

@@ -1,0 +1,81 @@
+//! Prometheus metrics of the gateway (`/metrics`).
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::deployments::Deployments;
+
+pub struct Metrics {
+    registry: Registry,
+    pub calls: IntCounterVec,
+    pub call_duration: HistogramVec,
+    pub cold_starts: IntCounterVec,
+    pub workers: IntGaugeVec,
+    pub invocation_records_dropped: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("skython".into()), None)?;
+        let calls = IntCounterVec::new(
+            Opts::new("calls_total", "Endpoint calls by function and outcome"),
+            &["function", "outcome"],
+        )?;
+        let call_duration = HistogramVec::new(
+            HistogramOpts::new("call_duration_seconds", "Endpoint call latency, as the gateway saw it")
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0, 60.0,
+                ]),
+            &["function"],
+        )?;
+        let cold_starts = IntCounterVec::new(
+            Opts::new("cold_starts_total", "Calls that had to start a worker first"),
+            &["function"],
+        )?;
+        let workers = IntGaugeVec::new(
+            Opts::new("workers", "Live Python workers per function"),
+            &["function"],
+        )?;
+        let invocation_records_dropped = IntCounter::new(
+            "invocation_records_dropped_total",
+            "Invocation records not kept because the writer fell behind",
+        )?;
+        registry.register(Box::new(calls.clone()))?;
+        registry.register(Box::new(call_duration.clone()))?;
+        registry.register(Box::new(cold_starts.clone()))?;
+        registry.register(Box::new(workers.clone()))?;
+        registry.register(Box::new(invocation_records_dropped.clone()))?;
+        Ok(Metrics {
+            registry,
+            calls,
+            call_duration,
+            cold_starts,
+            workers,
+            invocation_records_dropped,
+        })
+    }
+
+    /// The text exposition, with worker counts read from the pools at scrape time.
+    pub fn render(&self, deployments: &Deployments) -> String {
+        self.workers.reset();
+        for d in deployments.all() {
+            self.workers
+                .with_label_values(&[d.label.as_str()])
+                .add(d.pool.live() as i64);
+        }
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!("encoding metrics failed: {e}");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// Forgets a deleted function's series.
+    pub fn forget(&self, label: &str) {
+        let _ = self.call_duration.remove_label_values(&[label]);
+        let _ = self.cold_starts.remove_label_values(&[label]);
+    }
+}

@@ -1,0 +1,615 @@
+"""Skython's Python side: the zygote and the workers it forks.
+
+The gateway starts this module once per runtime profile (`python -m skython_runtime`) with a Unix
+socket on fd 3. The zygote imports the runtime libraries and does their first-use work once, then
+forks a worker per request; a worker loads one function's source and serves calls on its own
+socket until the gateway closes it. The wire format is described in runner/PROTOCOL.md.
+"""
+
+import array
+import ast
+import asyncio
+import base64
+import dataclasses
+import datetime
+import decimal
+import enum
+import fractions
+import gc
+import inspect
+import io
+import json
+import linecache
+import math
+import os
+import pathlib
+import resource
+import signal
+import socket
+import struct
+import sys
+import time
+import traceback
+import types
+import uuid
+
+HEADER = struct.Struct("<IB")
+LARGE_FRAME = 64 * 1024
+
+# Control channel (gateway <-> zygote).
+HELLO, SPAWN, SPAWNED, SPAWN_FAILED, INSPECT = b"H", b"S", b"P", b"E", b"I"
+# Worker channel (gateway <-> worker).
+READY, LOAD_ERROR, CALL, STATE_REQ, STATE_ANS, LOG, OK, ERROR = (
+    b"R", b"L", b"C", b"Q", b"A", b"G", b"O", b"X")
+
+DEFAULT_PRELOAD = "numpy,pandas,scipy,requests,bs4"
+MODULE_NAME = "skython_function"
+
+
+class Channel:
+    """Length-framed messages on a stream socket: u32 LE payload length, u8 kind, payload."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.rfile = sock.makefile("rb", buffering=LARGE_FRAME)
+
+    def send(self, kind, payload=b""):
+        hdr = HEADER.pack(len(payload), kind[0])
+        if len(payload) < LARGE_FRAME:
+            self.sock.sendall(hdr + payload)
+        else:
+            self.sock.sendall(hdr)
+            self.sock.sendall(payload)
+
+    def send_json(self, kind, obj):
+        self.send(kind, json.dumps(obj, ensure_ascii=False).encode())
+
+    def recv(self):
+        hdr = self.rfile.read(HEADER.size)
+        if len(hdr) < HEADER.size:
+            raise EOFError
+        n, kind = HEADER.unpack(hdr)
+        payload = self.rfile.read(n)
+        if len(payload) < n:
+            raise EOFError
+        return bytes([kind]), payload
+
+
+def recv_control(sock):
+    """One control frame and any file descriptors sent with it."""
+    fds, hdr = [], b""
+    while len(hdr) < HEADER.size:
+        data, anc, _flags, _addr = sock.recvmsg(
+            HEADER.size - len(hdr), socket.CMSG_SPACE(16), socket.MSG_CMSG_CLOEXEC)
+        if not data:
+            raise EOFError
+        for level, kind, cdata in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.extend(array.array("i", cdata[: len(cdata) - len(cdata) % 4]))
+        hdr += data
+    n, kind = HEADER.unpack(hdr)
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return bytes([kind]), bytes(buf), fds
+
+
+# ---------------------------------------------------------------- JSON encoding of return values
+
+class Unencodable(Exception):
+    pass
+
+
+def _is_nan_like(o):
+    try:
+        return o is None or (isinstance(o, float) and math.isnan(o)) or bool(o != o)
+    except Exception:
+        return False
+
+
+def to_json_compatible(o):
+    """One conversion step for a value `json` cannot encode itself; raises TypeError otherwise."""
+    mod = type(o).__module__ or ""
+    if mod.startswith("numpy"):
+        if hasattr(o, "tolist"):  # ndarray and numpy scalars
+            return o.tolist()
+    if mod.startswith("pandas"):
+        name = type(o).__name__
+        if name == "DataFrame":
+            return o.to_dict(orient="records")
+        if name == "Series":
+            if type(o.index).__name__ == "RangeIndex" and o.index.start == 0 and o.index.step == 1:
+                return o.tolist()
+            return {str(k) if not isinstance(k, (str, int, float, bool)) else k: v
+                    for k, v in o.items()}
+        if name in ("NaTType", "NAType"):
+            return None
+        if name == "Timedelta":
+            return o.total_seconds()
+        if hasattr(o, "tolist"):  # Index, Categorical, arrays
+            return o.tolist()
+    if isinstance(o, (datetime.datetime, datetime.date, datetime.time)):
+        return o.isoformat()
+    if isinstance(o, datetime.timedelta):
+        return o.total_seconds()
+    if isinstance(o, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(o)).decode("ascii")
+    if isinstance(o, (set, frozenset)):
+        try:
+            return sorted(o)
+        except TypeError:
+            return list(o)
+    if isinstance(o, (decimal.Decimal, fractions.Fraction)):
+        return float(o)
+    if isinstance(o, uuid.UUID):
+        return str(o)
+    if isinstance(o, pathlib.PurePath):
+        return str(o)
+    if isinstance(o, enum.Enum):
+        return o.value
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return {f.name: getattr(o, f.name) for f in dataclasses.fields(o)}
+    if isinstance(o, (range, type({}.keys())), type({}.values()))):
+        return list(o)
+    if callable(getattr(o, "model_dump", None)):  # pydantic v2 models
+        return o.model_dump()
+    raise TypeError(type(o).__name__)
+
+
+def _sanitize(o, depth=0):
+    """The slow path: NaN/inf become null, odd dict keys become strings."""
+    if depth > 200:
+        raise Unencodable("the return value is nested more than 200 levels deep (or is circular)")
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if o is None or isinstance(o, (str, int, bool)):
+        return o
+    if isinstance(o, dict):
+        out = {}
+        for k, v in o.items():
+            if not (k is None or isinstance(k, (str, int, float, bool))):
+                try:
+                    k = to_json_compatible(k)
+                except TypeError:
+                    pass
+                if not (k is None or isinstance(k, (str, int, float, bool))):
+                    k = str(k)
+            out[k] = _sanitize(v, depth + 1)
+        return out
+    if isinstance(o, (list, tuple)):
+        return [_sanitize(v, depth + 1) for v in o]
+    if _is_nan_like(o) and type(o).__module__.startswith(("pandas", "numpy")):
+        return None
+    try:
+        return _sanitize(to_json_compatible(o), depth + 1)
+    except TypeError:
+        raise Unencodable(
+            f"the return value contains a {type(o).__module__}.{type(o).__qualname__}, which cannot"
+            " be encoded as JSON; return dicts, lists, strings, numbers, booleans or None (numpy,"
+            " pandas, datetime, bytes, sets and dataclasses are converted automatically)") from None
+
+
+def encode(value):
+    """JSON bytes for a return value or state value; raises Unencodable with a clear message."""
+    try:
+        s = json.dumps(value, default=to_json_compatible, allow_nan=False,
+                       ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError):
+        try:
+            s = json.dumps(_sanitize(value), allow_nan=False, ensure_ascii=False,
+                           separators=(",", ":"))
+        except RecursionError:
+            raise Unencodable("the return value is nested too deeply (or is circular)") from None
+    return s.encode("utf-8", "surrogatepass")
+
+
+# ---------------------------------------------------------------- inspecting a source (deploy time)
+
+def _params_from_ast(fn):
+    a = fn.args
+    out = []
+
+    def add(arg, kind, default=None):
+        out.append({k: v for k, v in {
+            "name": arg.arg, "kind": kind,
+            "annotation": ast.unparse(arg.annotation) if arg.annotation else None,
+            "default": ast.unparse(default) if default is not None else None,
+        }.items() if v is not None})
+
+    positional = a.posonlyargs + a.args
+    defaults = [None] * (len(positional) - len(a.defaults)) + list(a.defaults)
+    for i, arg in enumerate(positional):
+        add(arg, "positional_only" if i < len(a.posonlyargs) else "positional_or_keyword",
+            defaults[i])
+    if a.vararg:
+        add(a.vararg, "var_positional")
+    for arg, d in zip(a.kwonlyargs, a.kw_defaults):
+        add(arg, "keyword_only", d)
+    if a.kwarg:
+        add(a.kwarg, "var_keyword")
+    return out
+
+
+def inspect_source(source, filename, entrypoint=None):
+    """Syntax check and entry-point resolution, without running the source."""
+    try:
+        tree = ast.parse(source, filename)
+        compile(tree, filename, "exec", dont_inherit=True)
+    except SyntaxError as e:
+        line, col = e.lineno or 0, e.offset or 0
+        return {"ok": False, "error": {
+            "code": "syntax_error",
+            "message": f"{type(e).__name__}: {e.msg} (line {line}, column {col})",
+            "line": line, "column": col, "text": (e.text or "").rstrip("\n")}}
+    except ValueError as e:  # e.g. null bytes
+        return {"ok": False, "error": {"code": "syntax_error", "message": str(e)}}
+    defs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    public = [n for n in defs if not n.startswith("_")]
+    if entrypoint:
+        if entrypoint not in defs:
+            bound = any(isinstance(n, (ast.Assign, ast.Import, ast.ImportFrom, ast.ClassDef))
+                        and entrypoint in _bound_names(n) for n in tree.body)
+            if not bound:
+                return {"ok": False, "error": {
+                    "code": "entrypoint_not_found",
+                    "message": f"entrypoint {entrypoint!r} is not defined at the top level of the"
+                               f" source; top-level functions: {', '.join(defs) or 'none'}",
+                    "candidates": list(defs)}}
+            return {"ok": True, "signature": {"entrypoint": entrypoint, "params": []}}
+        name = entrypoint
+    elif "main" in defs:
+        name = "main"
+    elif len(public) == 1:
+        name = public[0]
+    elif not public:
+        return {"ok": False, "error": {
+            "code": "no_entrypoint",
+            "message": "the source defines no public top-level function; define one (for example"
+                       " `def main(...)`) or set `entrypoint`",
+            "candidates": []}}
+    else:
+        return {"ok": False, "error": {
+            "code": "ambiguous_entrypoint",
+            "message": f"the source defines several public functions ({', '.join(public)}) and no"
+                       " `main`; set `entrypoint` to the one to call, or prefix helpers with `_`",
+            "candidates": public}}
+    fn = defs[name]
+    sig = {"entrypoint": name, "params": _params_from_ast(fn)}
+    if fn.returns is not None:
+        sig["returns"] = ast.unparse(fn.returns)
+    doc = ast.get_docstring(fn)
+    if doc:
+        sig["doc"] = doc
+    return {"ok": True, "signature": sig}
+
+
+def _bound_names(node):
+    if isinstance(node, ast.ClassDef):
+        return {node.name}
+    if isinstance(node, ast.Assign):
+        return {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return {(a.asname or a.name).split(".")[0] for a in node.names}
+
+
+# ---------------------------------------------------------------- the worker
+
+class Capture(io.TextIOBase):
+    """Collects one call's print() and stderr output, up to a limit that is stated, not silent."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.reset()
+
+    def reset(self):
+        self.parts, self.size, self.dropped = [], 0, 0
+
+    def writable(self):
+        return True
+
+    def write(self, s):
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        room = self.limit - self.size
+        if len(s) <= room:
+            self.parts.append(s)
+            self.size += len(s)
+        else:
+            if room > 0:
+                self.parts.append(s[:room])
+                self.size += room
+            self.dropped += len(s) - max(room, 0)
+        return len(s)
+
+    def take(self):
+        text = "".join(self.parts)
+        if self.dropped:
+            text += f"\n[skython: output truncated, {self.dropped} more characters not kept]\n"
+        self.reset()
+        return text
+
+
+class CpuLimitExceeded(Exception):
+    pass
+
+
+def _on_sigxcpu(_signum, _frame):
+    raise CpuLimitExceeded("the call used more CPU time than the function's limit")
+
+
+class Worker:
+    def __init__(self, chan, spec):
+        self.chan = chan
+        self.spec = spec
+        self.capture = Capture(int(spec.get("maxLogBytes", 64 * 1024)))
+        self.max_result = int(spec.get("maxResultBytes", 10 << 20))
+        self.cpu_seconds = spec.get("cpuSecondsPerCall")
+        self.fn = None
+        self.sig = None
+
+    def _error(self, code, exc=None, message=None, **extra):
+        err = {"code": code}
+        if exc is not None:
+            err["type"] = type(exc).__name__
+            err["message"] = message if message is not None else str(exc)
+            tb = exc.__traceback__
+            # Drop the runtime's own frames so the owner sees only their code.
+            while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+                tb = tb.tb_next
+            err["traceback"] = "".join(traceback.format_exception(type(exc), exc, tb))
+        else:
+            err["message"] = message
+        err.update(extra)
+        return err
+
+    def load(self):
+        spec = self.spec
+        source, filename = spec["source"], spec["filename"]
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        module = types.ModuleType(MODULE_NAME)
+        module.__file__ = filename
+        sys.modules[MODULE_NAME] = module
+        started = time.perf_counter()
+        sys.stdout = sys.stderr = self.capture
+        try:
+            exec(compile(source, filename, "exec", dont_inherit=True), module.__dict__)
+            fn = module.__dict__.get(spec["entrypoint"])
+            if not callable(fn):
+                raise LookupError(f"{spec['entrypoint']!r} is not a callable defined by the source")
+        except BaseException as e:  # noqa: BLE001 - user code may raise anything, even SystemExit
+            err = self._error("load_error", e,
+                              message=f"loading the function failed: {type(e).__name__}: {e}")
+            err["logs"] = self.capture.take()
+            self.chan.send_json(LOAD_ERROR, err)
+            return False
+        finally:
+            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        self.fn = fn
+        try:
+            self.sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            self.sig = None
+        self.chan.send_json(READY, {"pid": os.getpid(),
+                                    "loadMs": (time.perf_counter() - started) * 1000,
+                                    "logs": self.capture.take()})
+        return True
+
+    def describe(self):
+        name = self.spec["entrypoint"]
+        return f"{name}{self.sig}" if self.sig is not None else f"{name}(...)"
+
+    def expected(self):
+        if self.sig is None:
+            return []
+        out = []
+        for p in self.sig.parameters.values():
+            item = {"name": p.name, "kind": p.kind.name.lower()}
+            if p.annotation is not p.empty:
+                item["annotation"] = inspect.formatannotation(p.annotation)
+            if p.default is not p.empty:
+                item["default"] = repr(p.default)
+            out.append(item)
+        return out
+
+    def call(self, payload):
+        try:
+            args = json.loads(payload) if payload.strip() else {}
+        except (ValueError, RecursionError) as e:
+            return ERROR, self._error("bad_json", message=f"the request body is not valid JSON: {e}")
+        if isinstance(args, dict):
+            pos, kw = (), args
+        elif isinstance(args, list):
+            pos, kw = args, {}
+        else:
+            return ERROR, self._error(
+                "bad_arguments",
+                message=f"the request body must be a JSON object (keyword arguments) or array"
+                        f" (positional arguments), got {type(args).__name__}; expected"
+                        f" {self.describe()}", expected=self.expected())
+        if self.sig is not None:
+            try:
+                self.sig.bind(*pos, **kw)
+            except TypeError as e:
+                return ERROR, self._error(
+                    "bad_arguments", message=f"{e}; expected {self.describe()}",
+                    expected=self.expected())
+        if self.cpu_seconds:
+            used = resource.getrusage(resource.RUSAGE_SELF)
+            limit = int(used.ru_utime + used.ru_stime + self.cpu_seconds) + 1
+            resource.setrlimit(resource.RLIMIT_CPU, (limit, resource.RLIM_INFINITY))
+        sys.stdout = sys.stderr = self.capture
+        try:
+            result = self.fn(*pos, **kw)
+            if inspect.isawaitable(result):
+                result = asyncio.run(_await(result))
+            body = encode(result)
+        except Unencodable as e:
+            return ERROR, self._error("unserializable_result", message=str(e))
+        except BaseException as e:  # noqa: BLE001
+            err = self._error("function_error", e)
+            sys.__stderr__.flush()
+            self.capture.write(err["traceback"])
+            return ERROR, err
+        finally:
+            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        if len(body) > self.max_result:
+            return ERROR, self._error(
+                "result_too_large",
+                message=f"the return value encodes to {len(body)} bytes of JSON, more than the"
+                        f" limit of {self.max_result} bytes")
+        return OK, body
+
+    def serve(self):
+        chan = self.chan
+        while True:
+            try:
+                kind, payload = chan.recv()
+            except (EOFError, OSError):
+                return
+            if kind != CALL:
+                continue
+            out_kind, out = self.call(payload)
+            logs = self.capture.take()
+            if logs:
+                chan.send(LOG, logs.encode("utf-8", "replace"))
+            if out_kind == OK:
+                chan.send(OK, out)
+            else:
+                chan.send_json(ERROR, out)
+
+    def state(self, op, **fields):
+        """A store/load/delete/keys request answered by the gateway, scoped to this function."""
+        fields["op"] = op
+        self.chan.send_json(STATE_REQ, fields)
+        kind, payload = self.chan.recv()
+        if kind != STATE_ANS:
+            raise RuntimeError(f"unexpected frame {kind!r} while waiting for a state answer")
+        return json.loads(payload)
+
+
+async def _await(awaitable):
+    return await awaitable
+
+
+def _apply_limits(spec):
+    mem = spec.get("memoryBytes")
+    if mem:
+        # Address space counts what the zygote already mapped (shared, copy-on-write), so the
+        # limit is the function's budget on top of that.
+        with open("/proc/self/status") as f:
+            vm = next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:")), 0)
+        limit = vm + int(mem)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    if spec.get("cpuSecondsPerCall"):
+        signal.signal(signal.SIGXCPU, _on_sigxcpu)
+
+
+def _die_with_parent():
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - best effort: the worker also exits on EOF
+        pass
+
+
+def worker_main(fd, spec):
+    os.setsid()  # its own process group, so the gateway can kill it with everything it started
+    _die_with_parent()
+    for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()  # forked children would otherwise share one stream
+    os.environ.update(spec.get("env") or {})
+    _apply_limits(spec)
+    gc.enable()
+    chan = Channel(socket.socket(fileno=fd))
+    worker = Worker(chan, spec)
+    import skython
+    skython._worker = worker
+    if worker.load():
+        worker.serve()
+
+
+# ---------------------------------------------------------------- the zygote
+
+def _preload():
+    names = os.environ.get("SKYTHON_PRELOAD", DEFAULT_PRELOAD)
+    loaded, missing = [], []
+    for name in filter(None, (n.strip() for n in names.split(","))):
+        try:
+            __import__(name)
+            loaded.append(name)
+        except Exception as e:  # noqa: BLE001
+            missing.append(f"{name}: {type(e).__name__}: {e}")
+    # First-use work that import alone does not do, so that no worker pays it.
+    if "numpy" in sys.modules:
+        np = sys.modules["numpy"]
+        a = np.arange(16, dtype=float).reshape(4, 4)
+        encode({"x": (a @ a).sum(), "y": a[0]})
+    if "pandas" in sys.modules:
+        pd = sys.modules["pandas"]
+        df = pd.DataFrame({"a": [1, 2], "b": [0.5, None], "t": pd.to_datetime(["2024-01-01"] * 2)})
+        encode({"df": df, "s": df["a"], "sum": df.sum(numeric_only=True)})
+        df.describe()
+    encode({"d": datetime.datetime.now(), "b": b"x", "s": {1}})
+    return loaded, missing
+
+
+def zygote_main():
+    ctl = socket.socket(fileno=3)
+    started = time.perf_counter()
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    _die_with_parent()
+    loaded, missing = _preload()
+    import skython  # noqa: F401 - imported once here so that workers inherit it
+    gc.collect()
+    gc.freeze()  # keep the preloaded objects out of the workers' collections (fewer COW faults)
+    Channel(ctl).send_json(HELLO, {
+        "pid": os.getpid(), "python": sys.version.split()[0], "preloaded": loaded,
+        "missing": missing, "startMs": (time.perf_counter() - started) * 1000})
+    out = Channel(ctl)
+    while True:
+        try:
+            kind, payload, fds = recv_control(ctl)
+        except (EOFError, ConnectionResetError):
+            return
+        if kind == INSPECT:
+            req = json.loads(payload)
+            out.send_json(INSPECT, inspect_source(req["source"], req["filename"],
+                                                   req.get("entrypoint")))
+        elif kind == SPAWN:
+            spec = json.loads(payload)
+            if len(fds) != 1:
+                for fd in fds:
+                    os.close(fd)
+                out.send_json(SPAWN_FAILED, {"message": f"expected one socket, got {len(fds)}"})
+                continue
+            try:
+                pid = os.fork()
+            except OSError as e:
+                os.close(fds[0])
+                out.send_json(SPAWN_FAILED, {"message": f"fork failed: {e}"})
+                continue
+            if pid == 0:
+                code = 0
+                try:
+                    ctl.close()
+                    os.set_inheritable(fds[0], False)
+                    worker_main(fds[0], spec)
+                except BaseException:  # noqa: BLE001
+                    traceback.print_exc()
+                    code = 1
+                finally:
+                    os._exit(code)
+            os.close(fds[0])
+            out.send_json(SPAWNED, {"pid": pid})
+        else:
+            for fd in fds:
+                os.close(fd)
+
+
+if __name__ == "__main__":
+    zygote_main()

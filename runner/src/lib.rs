@@ -1,0 +1,117 @@
+//! The Python runtime of Skython.
+//!
+//! ```text
+//!  gateway ──control socket──▶ Zygote (python -m skython_runtime: numpy, pandas, … imported once)
+//!     │                           │ fork per worker
+//!     └──── worker socket ──────▶ Worker (one function's module loaded; serves calls one at a time)
+//! ```
+//!
+//! [`Zygote`] is the single place where workers are spawned. [`WorkerPool`] keeps the warm workers
+//! of one function version: it grows with concurrent calls up to its limit, queues a bounded number
+//! of callers, replaces workers that crash or time out, and stops idle ones. The local gateway
+//! uses it in-process; the runner pod uses the same pool. The wire format is in `PROTOCOL.md`.
+
+#![deny(unsafe_code)]
+
+pub mod pool;
+pub mod protocol;
+pub mod worker;
+pub mod zygote;
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::time::Duration;
+
+pub use pool::{CallReport, PoolLimits, WorkerPool, run_once};
+pub use protocol::{FunctionError, Hello, StateAnswer, StateRequest, WorkerSpec};
+pub use worker::{CallResult, Outcome, StateHandler, Worker};
+pub use zygote::{Inspection, RuntimeConfig, SourceError, Zygote};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("could not start the Python runtime {python}: {reason}")]
+    Start { python: String, reason: String },
+    #[error("the Python runtime broke the protocol: {0}")]
+    Protocol(String),
+    #[error("starting a worker failed: {0}")]
+    Spawn(String),
+    #[error("{}", .0.message)]
+    Load(FunctionError),
+    #[error("{0}")]
+    Crashed(String),
+    #[error("the function did not return within {0:?}")]
+    Timeout(Duration),
+    #[error("all {workers} workers are busy and {queue} calls are already waiting")]
+    QueueFull { workers: usize, queue: usize },
+    #[error("no worker became free within {0:?}")]
+    QueueTimeout(Duration),
+    #[error("the function was replaced while the call waited")]
+    Retired,
+    #[error("worker I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad message from the Python runtime: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+const RUNTIME_PY: &str = include_str!("../python/skython_runtime.py");
+const SKYTHON_PY: &str = include_str!("../python/skython/__init__.py");
+
+/// Writes the runtime's Python files into `dir` (the zygote's import path), replacing older ones.
+pub fn install_python_files(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir.join("skython"))?;
+    write_if_changed(&dir.join("skython_runtime.py"), RUNTIME_PY)?;
+    write_if_changed(&dir.join("skython").join("__init__.py"), SKYTHON_PY)
+}
+
+fn write_if_changed(path: &Path, content: &str) -> std::io::Result<()> {
+    if std::fs::read_to_string(path).is_ok_and(|c| c == content) {
+        return Ok(());
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content)?;
+    std::fs::rename(tmp, path)
+}
+
+/// The zygote's whole environment: nothing of the gateway's (which may hold secrets) leaks in.
+pub(crate) fn base_env(python_path: &Path) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PYTHONPATH".into(), python_path.display().to_string()),
+        ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
+        ("PYTHONUNBUFFERED".into(), "1".into()),
+        // Many workers share the machine's cores: one BLAS thread each avoids oversubscription.
+        ("OPENBLAS_NUM_THREADS".into(), "1".into()),
+        ("OMP_NUM_THREADS".into(), "1".into()),
+        ("MKL_NUM_THREADS".into(), "1".into()),
+        ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+        ("LANG".into(), "C.UTF-8".into()),
+    ];
+    // Machine-specific settings that numpy needs to run correctly here (see the machine notes).
+    for key in ["OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "TZ", "SSL_CERT_FILE"] {
+        if let Ok(v) = std::env::var(key) {
+            env.push((key.into(), v));
+        }
+    }
+    env
+}
+
+/// Makes `fd` the child's fd 3 (the zygote's control socket).
+#[allow(unsafe_code)]
+pub(crate) fn pass_fd_as_3(cmd: &mut tokio::process::Command, fd: OwnedFd) {
+    let raw = fd.as_raw_fd();
+    // SAFETY: between fork and exec the closure only calls dup2/fcntl, which are
+    // async-signal-safe, and touches no memory shared with other threads. `fd` stays open in
+    // the parent until the Command is dropped because the closure owns it.
+    unsafe {
+        cmd.pre_exec(move || {
+            let _keep = &fd;
+            if raw == 3 {
+                nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))?;
+            } else {
+                nix::unistd::dup2_raw(&fd, 3)?;
+            }
+            Ok(())
+        });
+    }
+}

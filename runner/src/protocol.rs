@@ -1,0 +1,188 @@
+//! Frames and messages of the worker protocol (see `PROTOCOL.md`).
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+pub const HEADER_LEN: usize = 5;
+
+pub mod kind {
+    pub const HELLO: u8 = b'H';
+    pub const INSPECT: u8 = b'I';
+    pub const SPAWN: u8 = b'S';
+    pub const SPAWNED: u8 = b'P';
+    pub const SPAWN_FAILED: u8 = b'E';
+    pub const READY: u8 = b'R';
+    pub const LOAD_ERROR: u8 = b'L';
+    pub const CALL: u8 = b'C';
+    pub const STATE_REQ: u8 = b'Q';
+    pub const STATE_ANS: u8 = b'A';
+    pub const LOG: u8 = b'G';
+    pub const OK: u8 = b'O';
+    pub const ERROR: u8 = b'X';
+}
+
+pub fn header(kind: u8, len: usize) -> [u8; HEADER_LEN] {
+    let n = (len as u32).to_le_bytes();
+    [n[0], n[1], n[2], n[3], kind]
+}
+
+/// Writes one frame with a single write call (header and payload copied together).
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    kind: u8,
+    payload: &[u8],
+) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(HEADER_LEN + payload.len());
+    buf.extend_from_slice(&header(kind, payload.len()));
+    buf.extend_from_slice(payload);
+    w.write_all(&buf).await
+}
+
+/// Reads one frame; refuses payloads above `max_len` so a broken peer cannot make us allocate.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_len: usize,
+) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut hdr = [0u8; HEADER_LEN];
+    r.read_exact(&mut hdr).await?;
+    let len = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) as usize;
+    if len > max_len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the limit of {max_len}"),
+        ));
+    }
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload).await?;
+    Ok((hdr[4], payload))
+}
+
+/// What the zygote says once it is ready to fork workers.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hello {
+    pub pid: i32,
+    pub python: String,
+    #[serde(default)]
+    pub preloaded: Vec<String>,
+    #[serde(default)]
+    pub missing: Vec<String>,
+    pub start_ms: f64,
+}
+
+/// Everything a worker needs to load one function.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerSpec {
+    /// `owner/endpoint`, for logs.
+    pub label: String,
+    pub source: String,
+    /// The file name tracebacks show.
+    pub filename: String,
+    pub entrypoint: String,
+    pub env: std::collections::BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds_per_call: Option<u64>,
+    pub max_result_bytes: usize,
+    pub max_log_bytes: usize,
+    pub max_state_value_bytes: usize,
+}
+
+/// An error reported by Python code: the function's exception, bad arguments, a load failure.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct FunctionError {
+    pub code: String,
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceback: Option<String>,
+    /// For `bad_arguments`: the parameters the function takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<serde_json::Value>,
+    /// Output printed while loading (load errors only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ready {
+    pub pid: i32,
+    pub load_ms: f64,
+    #[serde(default)]
+    pub logs: String,
+}
+
+/// A worker's state request; the gateway decides the (owner, function) scope, not the worker.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum StateRequest {
+    Load { key: String },
+    Store { key: String, value: String },
+    Delete { key: String },
+    Keys { #[serde(default)] prefix: String },
+}
+
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+pub struct StateAnswer {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub found: Option<bool>,
+    /// JSON text of a loaded value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<StateAnswerError>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StateAnswerError {
+    pub code: String,
+    pub message: String,
+}
+
+impl StateAnswer {
+    pub fn refused(code: &str, message: impl Into<String>) -> Self {
+        StateAnswer {
+            ok: false,
+            error: Some(StateAnswerError {
+                code: code.into(),
+                message: message.into(),
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_oversized_frames_are_refused() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        write_frame(&mut a, kind::CALL, br#"{"a":1}"#).await.unwrap();
+        write_frame(&mut a, kind::OK, &[b'x'; 100]).await.unwrap();
+        assert_eq!(
+            read_frame(&mut b, 64).await.unwrap(),
+            (kind::CALL, br#"{"a":1}"#.to_vec())
+        );
+        let err = read_frame(&mut b, 64).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn state_requests_parse() {
+        let r: StateRequest =
+            serde_json::from_str(r#"{"op":"store","key":"n","value":"1"}"#).unwrap();
+        assert_eq!(r, StateRequest::Store { key: "n".into(), value: "1".into() });
+        let r: StateRequest = serde_json::from_str(r#"{"op":"keys"}"#).unwrap();
+        assert_eq!(r, StateRequest::Keys { prefix: String::new() });
+        assert!(serde_json::from_str::<StateRequest>(r#"{"op":"drop"}"#).is_err());
+    }
+}

@@ -1,0 +1,874 @@
+//! The embedded backend: one SQLite file in the data directory. SQLite is transactional, needs no
+//! server and survives crashes (WAL), which is what a single-machine install wants: the whole
+//! store is one file next to the rest of the data, backed up by copying it.
+//!
+//! Threading: one [`Connection`] behind a [`Mutex`] in an [`Arc`]; every call runs its SQL on
+//! tokio's blocking pool (`spawn_blocking`) so the async runtime never waits on disk or on the
+//! lock. A poisoned lock or a failed blocking task is a [`StoreError::Backend`], never a panic.
+//! Multi-statement writes run in one `IMMEDIATE` transaction; invocation writes arrive in batches
+//! (one transaction each).
+//!
+//! Layout: specs and statuses are JSON text columns (the visibility is copied into its own column
+//! so listings filter in SQL); timestamps are integer microseconds since the Unix epoch, so
+//! sub-microsecond precision is dropped on the way in. `PRAGMA user_version` holds the schema
+//! version; a database written by a newer Skython is refused rather than misread.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use skython_crds::{SkyFunctionStatus, Visibility};
+
+use crate::{
+    FunctionFilter, FunctionRecord, Invocation, Result, StateScope, Store, StoreError, User,
+};
+
+/// The schema this code reads and writes, kept in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+/// How long a statement waits for another connection's lock before failing with `SQLITE_BUSY`.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    is_admin INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS functions (
+    owner TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    visibility TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    status TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (owner, endpoint)
+);
+CREATE TABLE IF NOT EXISTS state (
+    owner TEXT NOT NULL,
+    function TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (owner, function, key)
+);
+CREATE TABLE IF NOT EXISTS invocations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    owner TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    duration_ms REAL NOT NULL,
+    status INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    error TEXT,
+    logs TEXT NOT NULL,
+    cold_start INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS invocations_by_function ON invocations (owner, endpoint, id);
+";
+
+/// The embedded [`Store`]: one SQLite database (a file, or memory for tests). Cloning is cheap and
+/// shares the connection.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Backend(Box::new(e))
+}
+
+fn schema_version(conn: &Connection) -> Result<i64> {
+    conn.pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(backend)
+}
+
+fn newer_schema(version: i64) -> StoreError {
+    StoreError::Backend(
+        format!(
+            "the database has schema version {version}, newer than the {SCHEMA_VERSION} this \
+             Skython knows; upgrade Skython (or point it at another data directory)"
+        )
+        .into(),
+    )
+}
+
+/// True when `e` is a violation of a UNIQUE or PRIMARY KEY constraint.
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    use rusqlite::ffi;
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(ffi::Error { extended_code, .. }, _)
+            if *extended_code == ffi::SQLITE_CONSTRAINT_UNIQUE
+                || *extended_code == ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+    )
+}
+
+fn micros(t: Timestamp) -> i64 {
+    t.as_microsecond()
+}
+
+fn from_micros(us: i64) -> rusqlite::Result<Timestamp> {
+    Timestamp::from_microsecond(us).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Integer, Box::new(e))
+    })
+}
+
+fn json_col<T: serde::de::DeserializeOwned>(idx: usize, text: String) -> rusqlite::Result<T> {
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+impl SqliteStore {
+    /// Opens the database file at `path`, creating it (and its parent directory) and the schema if
+    /// missing. Fails with [`StoreError::Backend`] if the file was written by a newer schema.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(backend)?;
+        }
+        Self::init(Connection::open(path).map_err(backend)?)
+    }
+
+    /// A private, empty in-memory database (for tests): gone when the last clone is dropped.
+    pub fn open_in_memory() -> Result<SqliteStore> {
+        Self::init(Connection::open_in_memory().map_err(backend)?)
+    }
+
+    fn init(mut conn: Connection) -> Result<SqliteStore> {
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
+        // Refuse a newer database before changing anything in it (not even its journal mode).
+        let version = schema_version(&conn)?;
+        if version > SCHEMA_VERSION {
+            return Err(newer_schema(version));
+        }
+        // An in-memory database answers `memory`; a file on a filesystem without shared memory
+        // may keep its old mode. Both still work, only with less concurrency.
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(backend)?;
+        if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
+            tracing::warn!(journal_mode = %mode, "SQLite refused WAL mode; continuing without it");
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(backend)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(backend)?;
+
+        // Schema and version move together; IMMEDIATE takes the write lock first, so two
+        // processes opening a fresh file at once cannot interleave (the second waits, then finds
+        // everything in place).
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let version = schema_version(&tx)?;
+        match version {
+            // Fresh file, or already current: the schema is idempotent.
+            0 | SCHEMA_VERSION => tx.execute_batch(SCHEMA).map_err(backend)?,
+            // Migrations from older versions go here, one arm per step.
+            v if v > SCHEMA_VERSION => return Err(newer_schema(v)),
+            v => {
+                return Err(StoreError::Backend(
+                    format!("the database has unknown schema version {v}").into(),
+                ));
+            }
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn with<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| StoreError::Backend("the database lock was poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(backend)?
+    }
+}
+
+fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        name: r.get(0)?,
+        is_admin: r.get(1)?,
+        created_at: from_micros(r.get(2)?)?,
+    })
+}
+
+fn function_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FunctionRecord> {
+    Ok(FunctionRecord {
+        spec: json_col(0, r.get(0)?)?,
+        status: json_col(1, r.get(1)?)?,
+        generation: r.get(2)?,
+        created_at: from_micros(r.get(3)?)?,
+        updated_at: from_micros(r.get(4)?)?,
+    })
+}
+
+fn visibility(v: Visibility) -> &'static str {
+    match v {
+        Visibility::Private => "private",
+        Visibility::Public => "public",
+    }
+}
+
+fn label(owner: &str, endpoint: &str) -> String {
+    format!("function {owner}/{endpoint}")
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_user(&self, name: &str, token_hash: &str, is_admin: bool) -> Result<User> {
+        let (name, token_hash) = (name.to_string(), token_hash.to_string());
+        self.with(move |c| {
+            // Stored at microsecond precision, so return exactly what a later read gives.
+            let created_at = from_micros(micros(Timestamp::now())).map_err(backend)?;
+            let inserted = c.execute(
+                "INSERT INTO users (name, token_hash, is_admin, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![name, token_hash, is_admin, micros(created_at)],
+            );
+            match inserted {
+                Ok(_) => Ok(User {
+                    name,
+                    is_admin,
+                    created_at,
+                }),
+                Err(e) if is_unique_violation(&e) => {
+                    let name_taken: bool = c
+                        .query_row(
+                            "SELECT EXISTS (SELECT 1 FROM users WHERE name = ?1)",
+                            [&name],
+                            |r| r.get(0),
+                        )
+                        .map_err(backend)?;
+                    Err(StoreError::Conflict(if name_taken {
+                        format!("user {name} already exists")
+                    } else {
+                        format!("cannot create user {name}: the token is already in use")
+                    }))
+                }
+                Err(e) => Err(backend(e)),
+            }
+        })
+        .await
+    }
+
+    async fn get_user(&self, name: &str) -> Result<Option<User>> {
+        let name = name.to_string();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT name, is_admin, created_at FROM users WHERE name = ?1",
+                [name],
+                user_row,
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<User>> {
+        let h = token_hash.to_string();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT name, is_admin, created_at FROM users WHERE token_hash = ?1",
+                [h],
+                user_row,
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn set_user_token(&self, name: &str, token_hash: &str) -> Result<()> {
+        let (name, h) = (name.to_string(), token_hash.to_string());
+        self.with(move |c| {
+            let updated = c.execute(
+                "UPDATE users SET token_hash = ?2 WHERE name = ?1",
+                params![name, h],
+            );
+            match updated {
+                Ok(0) => Err(StoreError::NotFound(format!("user {name}"))),
+                Ok(_) => Ok(()),
+                Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
+                    "cannot set the token of user {name}: the token is already in use"
+                ))),
+                Err(e) => Err(backend(e)),
+            }
+        })
+        .await
+    }
+
+    async fn create_function(&self, record: &FunctionRecord) -> Result<()> {
+        let r = record.clone();
+        self.with(move |c| {
+            let n = c
+                .execute(
+                    "INSERT INTO functions (owner, endpoint, visibility, spec, status, generation, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+                    params![
+                        r.spec.owner,
+                        r.spec.endpoint,
+                        visibility(r.spec.visibility),
+                        serde_json::to_string(&r.spec).map_err(backend)?,
+                        serde_json::to_string(&r.status).map_err(backend)?,
+                        r.generation,
+                        micros(r.created_at),
+                        micros(r.updated_at)
+                    ],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "{} already exists",
+                    label(&r.spec.owner, &r.spec.endpoint)
+                )));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn replace_function(
+        &self,
+        record: &FunctionRecord,
+        expected_generation: i64,
+    ) -> Result<()> {
+        let r = record.clone();
+        self.with(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE functions SET visibility = ?3, spec = ?4, status = ?5, generation = ?6,
+                     created_at = ?7, updated_at = ?8
+                     WHERE owner = ?1 AND endpoint = ?2 AND generation = ?9",
+                    params![
+                        r.spec.owner,
+                        r.spec.endpoint,
+                        visibility(r.spec.visibility),
+                        serde_json::to_string(&r.spec).map_err(backend)?,
+                        serde_json::to_string(&r.status).map_err(backend)?,
+                        r.generation,
+                        micros(r.created_at),
+                        micros(r.updated_at),
+                        expected_generation
+                    ],
+                )
+                .map_err(backend)?;
+            if n == 1 {
+                return Ok(());
+            }
+            let exists: bool = c
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM functions WHERE owner = ?1 AND endpoint = ?2)",
+                    params![r.spec.owner, r.spec.endpoint],
+                    |row| row.get(0),
+                )
+                .map_err(backend)?;
+            let what = label(&r.spec.owner, &r.spec.endpoint);
+            if exists {
+                Err(StoreError::Conflict(format!(
+                    "{what} was changed by someone else meanwhile; read it again and retry"
+                )))
+            } else {
+                Err(StoreError::NotFound(what))
+            }
+        })
+        .await
+    }
+
+    async fn get_function(&self, owner: &str, endpoint: &str) -> Result<Option<FunctionRecord>> {
+        let (o, e) = (owner.to_string(), endpoint.to_string());
+        self.with(move |c| {
+            c.query_row(
+                "SELECT spec, status, generation, created_at, updated_at FROM functions
+                 WHERE owner = ?1 AND endpoint = ?2",
+                params![o, e],
+                function_row,
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn list_functions(&self, filter: &FunctionFilter) -> Result<Vec<FunctionRecord>> {
+        let (owner, public) = (filter.owner.clone(), filter.include_public);
+        self.with(move |c| {
+            // owner only: `owner = ?1`; public only: the second arm; both: either; neither: all.
+            // (`owner = NULL` is never true, so an absent owner matches nothing by itself.)
+            let mut st = c
+                .prepare_cached(
+                    "SELECT spec, status, generation, created_at, updated_at FROM functions
+                     WHERE (?1 IS NULL AND NOT ?2) OR owner = ?1 OR (?2 AND visibility = 'public')
+                     ORDER BY owner, endpoint",
+                )
+                .map_err(backend)?;
+            st.query_map(params![owner, public], function_row)
+                .map_err(backend)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn delete_function(&self, owner: &str, endpoint: &str) -> Result<bool> {
+        let (o, e) = (owner.to_string(), endpoint.to_string());
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let n = tx
+                .execute(
+                    "DELETE FROM functions WHERE owner = ?1 AND endpoint = ?2",
+                    params![o, e],
+                )
+                .map_err(backend)?;
+            tx.execute(
+                "DELETE FROM state WHERE owner = ?1 AND function = ?2",
+                params![o, e],
+            )
+            .map_err(backend)?;
+            tx.execute(
+                "DELETE FROM invocations WHERE owner = ?1 AND endpoint = ?2",
+                params![o, e],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn set_function_status(
+        &self,
+        owner: &str,
+        endpoint: &str,
+        status: &SkyFunctionStatus,
+    ) -> Result<()> {
+        let (o, e) = (owner.to_string(), endpoint.to_string());
+        let s = serde_json::to_string(status).map_err(backend)?;
+        self.with(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE functions SET status = ?3 WHERE owner = ?1 AND endpoint = ?2",
+                    params![o, e, s],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(label(&o, &e)));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn state_get(&self, scope: &StateScope, key: &str) -> Result<Option<String>> {
+        let (s, k) = (scope.clone(), key.to_string());
+        self.with(move |c| {
+            c.query_row(
+                "SELECT value FROM state WHERE owner = ?1 AND function = ?2 AND key = ?3",
+                params![s.owner, s.function, k],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn state_put(&self, scope: &StateScope, key: &str, json: &str) -> Result<()> {
+        let (s, k, v) = (scope.clone(), key.to_string(), json.to_string());
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO state (owner, function, key, value, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (owner, function, key) DO UPDATE SET value = excluded.value,
+                 updated_at = excluded.updated_at",
+                params![s.owner, s.function, k, v, micros(Timestamp::now())],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn state_delete(&self, scope: &StateScope, key: &str) -> Result<bool> {
+        let (s, k) = (scope.clone(), key.to_string());
+        self.with(move |c| {
+            let n = c
+                .execute(
+                    "DELETE FROM state WHERE owner = ?1 AND function = ?2 AND key = ?3",
+                    params![s.owner, s.function, k],
+                )
+                .map_err(backend)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn state_keys(
+        &self,
+        scope: &StateScope,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let (s, p) = (scope.clone(), prefix.to_string());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(move |c| {
+            // substr() compares literally: '%' and '_' in the prefix are not wildcards.
+            let mut st = c
+                .prepare(
+                    "SELECT key FROM state WHERE owner = ?1 AND function = ?2
+                     AND substr(key, 1, length(?3)) = ?3 ORDER BY key LIMIT ?4",
+                )
+                .map_err(backend)?;
+            st.query_map(params![s.owner, s.function, p, limit], |r| r.get(0))
+                .map_err(backend)?
+                .collect::<rusqlite::Result<Vec<String>>>()
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn record_invocations(
+        &self,
+        batch: &[Invocation],
+        retain_per_function: usize,
+    ) -> Result<()> {
+        let batch = batch.to_vec();
+        let keep = i64::try_from(retain_per_function).unwrap_or(i64::MAX);
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            {
+                let mut ins = tx
+                    .prepare_cached(
+                        "INSERT INTO invocations (owner, endpoint, request_id, started_at, duration_ms,
+                         status, outcome, error, logs, cold_start)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    )
+                    .map_err(backend)?;
+                for i in &batch {
+                    ins.execute(params![
+                        i.owner,
+                        i.endpoint,
+                        i.request_id,
+                        micros(i.started_at),
+                        i.duration_ms,
+                        i.status,
+                        i.outcome,
+                        i.error,
+                        i.logs,
+                        i.cold_start
+                    ])
+                    .map_err(backend)?;
+                }
+                let mut functions: Vec<(&str, &str)> = batch
+                    .iter()
+                    .map(|i| (i.owner.as_str(), i.endpoint.as_str()))
+                    .collect();
+                functions.sort_unstable();
+                functions.dedup();
+                let mut prune = tx
+                    .prepare_cached(
+                        "DELETE FROM invocations WHERE owner = ?1 AND endpoint = ?2 AND id <=
+                         (SELECT id FROM invocations WHERE owner = ?1 AND endpoint = ?2
+                          ORDER BY id DESC LIMIT 1 OFFSET ?3)",
+                    )
+                    .map_err(backend)?;
+                for (o, e) in functions {
+                    prune.execute(params![o, e, keep]).map_err(backend)?;
+                }
+            }
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn recent_invocations(
+        &self,
+        owner: &str,
+        endpoint: &str,
+        limit: usize,
+    ) -> Result<Vec<Invocation>> {
+        let (o, e) = (owner.to_string(), endpoint.to_string());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(move |c| {
+            let mut st = c
+                .prepare(
+                    "SELECT request_id, owner, endpoint, started_at, duration_ms, status, outcome,
+                     error, logs, cold_start FROM invocations
+                     WHERE owner = ?1 AND endpoint = ?2 ORDER BY id DESC LIMIT ?3",
+                )
+                .map_err(backend)?;
+            st.query_map(params![o, e, limit], |r| {
+                Ok(Invocation {
+                    request_id: r.get(0)?,
+                    owner: r.get(1)?,
+                    endpoint: r.get(2)?,
+                    started_at: from_micros(r.get(3)?)?,
+                    duration_ms: r.get(4)?,
+                    status: r.get(5)?,
+                    outcome: r.get(6)?,
+                    error: r.get(7)?,
+                    logs: r.get(8)?,
+                    cold_start: r.get(9)?,
+                })
+            })
+            .map_err(backend)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(backend)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skython_crds::SkyFunctionSpec;
+
+    fn record(owner: &str, endpoint: &str) -> FunctionRecord {
+        let now = from_micros(micros(Timestamp::now())).unwrap();
+        FunctionRecord {
+            spec: SkyFunctionSpec::new(owner, endpoint, "def main(): return 1"),
+            status: SkyFunctionStatus::default(),
+            generation: 1,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn scope(owner: &str, function: &str) -> StateScope {
+        StateScope {
+            owner: owner.into(),
+            function: function.into(),
+        }
+    }
+
+    fn invocation(owner: &str, endpoint: &str, id: usize) -> Invocation {
+        Invocation {
+            request_id: format!("r{id}"),
+            owner: owner.into(),
+            endpoint: endpoint.into(),
+            started_at: from_micros(micros(Timestamp::now())).unwrap(),
+            duration_ms: 1.5,
+            status: 200,
+            outcome: "ok".into(),
+            error: None,
+            logs: format!("log {id}\n"),
+            cold_start: id == 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn users() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let u = s.create_user("alice", "h1", false).await.unwrap();
+        assert_eq!(s.get_user("alice").await.unwrap(), Some(u.clone()));
+        assert_eq!(s.user_by_token_hash("h1").await.unwrap(), Some(u));
+        assert!(matches!(
+            s.create_user("alice", "h2", false).await,
+            Err(StoreError::Conflict(m)) if m.contains("alice")
+        ));
+        s.set_user_token("alice", "h3").await.unwrap();
+        assert!(s.user_by_token_hash("h1").await.unwrap().is_none());
+        assert_eq!(
+            s.user_by_token_hash("h3").await.unwrap().unwrap().name,
+            "alice"
+        );
+        assert!(matches!(
+            s.set_user_token("nobody", "x").await,
+            Err(StoreError::NotFound(m)) if m == "user nobody"
+        ));
+        assert!(s.get_user("nobody").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn functions_round_trip_with_optimistic_concurrency() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let r = record("alice", "add");
+        s.create_function(&r).await.unwrap();
+        assert_eq!(s.get_function("alice", "add").await.unwrap(), Some(r.clone()));
+        assert!(matches!(
+            s.create_function(&r).await,
+            Err(StoreError::Conflict(m)) if m == "function alice/add already exists"
+        ));
+        let mut r2 = r.clone();
+        r2.generation = 2;
+        r2.spec.source = "def main(): return 2".into();
+        s.replace_function(&r2, 1).await.unwrap();
+        assert_eq!(s.get_function("alice", "add").await.unwrap(), Some(r2.clone()));
+        assert!(matches!(
+            s.replace_function(&r2, 1).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            s.replace_function(&record("alice", "nope"), 1).await,
+            Err(StoreError::NotFound(_))
+        ));
+        let status = SkyFunctionStatus {
+            ready_replicas: 1,
+            ..Default::default()
+        };
+        s.set_function_status("alice", "add", &status).await.unwrap();
+        let got = s.get_function("alice", "add").await.unwrap().unwrap();
+        assert_eq!((got.status, got.generation), (status.clone(), 2));
+        assert!(matches!(
+            s.set_function_status("alice", "nope", &status).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn listing_filters_by_owner_and_visibility() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let mut public = record("bob", "pub");
+        public.spec.visibility = Visibility::Public;
+        for r in [record("bob", "b"), record("alice", "z"), record("alice", "a"), public] {
+            s.create_function(&r).await.unwrap();
+        }
+        let names = |v: Vec<FunctionRecord>| {
+            v.into_iter()
+                .map(|r| format!("{}/{}", r.spec.owner, r.spec.endpoint))
+                .collect::<Vec<_>>()
+        };
+        let f = |owner: Option<&str>, include_public| FunctionFilter {
+            owner: owner.map(String::from),
+            include_public,
+        };
+        assert_eq!(
+            names(s.list_functions(&f(None, false)).await.unwrap()),
+            ["alice/a", "alice/z", "bob/b", "bob/pub"]
+        );
+        assert_eq!(
+            names(s.list_functions(&f(Some("alice"), false)).await.unwrap()),
+            ["alice/a", "alice/z"]
+        );
+        assert_eq!(
+            names(s.list_functions(&f(Some("alice"), true)).await.unwrap()),
+            ["alice/a", "alice/z", "bob/pub"]
+        );
+        assert_eq!(
+            names(s.list_functions(&f(None, true)).await.unwrap()),
+            ["bob/pub"]
+        );
+    }
+
+    #[tokio::test]
+    async fn state_is_isolated_and_prefixes_are_literal() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let (a, a2, b) = (scope("alice", "f"), scope("alice", "g"), scope("bob", "f"));
+        s.state_put(&a, "n", "1").await.unwrap();
+        s.state_put(&a, "n", "2").await.unwrap();
+        assert_eq!(s.state_get(&a, "n").await.unwrap().as_deref(), Some("2"));
+        assert_eq!(s.state_get(&a2, "n").await.unwrap(), None);
+        assert_eq!(s.state_get(&b, "n").await.unwrap(), None);
+        for k in ["a%b", "a_c", "abc", "axe"] {
+            s.state_put(&a, k, "0").await.unwrap();
+        }
+        assert_eq!(s.state_keys(&a, "a%", 10).await.unwrap(), ["a%b"]);
+        assert_eq!(s.state_keys(&a, "a_", 10).await.unwrap(), ["a_c"]);
+        assert_eq!(
+            s.state_keys(&a, "", 3).await.unwrap(),
+            ["a%b", "a_c", "abc"]
+        );
+        assert!(s.state_keys(&b, "", 10).await.unwrap().is_empty());
+        assert!(s.state_delete(&a, "n").await.unwrap());
+        assert!(!s.state_delete(&a, "n").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn delete_removes_only_that_functions_state_and_invocations() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        s.create_function(&record("alice", "f")).await.unwrap();
+        s.create_function(&record("alice", "g")).await.unwrap();
+        s.state_put(&scope("alice", "f"), "k", "1").await.unwrap();
+        s.state_put(&scope("alice", "g"), "k", "1").await.unwrap();
+        s.record_invocations(&[invocation("alice", "f", 1), invocation("alice", "g", 2)], 10)
+            .await
+            .unwrap();
+        assert!(s.delete_function("alice", "f").await.unwrap());
+        assert!(!s.delete_function("alice", "f").await.unwrap());
+        assert!(s.get_function("alice", "f").await.unwrap().is_none());
+        assert!(s.state_get(&scope("alice", "f"), "k").await.unwrap().is_none());
+        assert!(s.recent_invocations("alice", "f", 10).await.unwrap().is_empty());
+        assert!(s.state_get(&scope("alice", "g"), "k").await.unwrap().is_some());
+        assert_eq!(s.recent_invocations("alice", "g", 10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn invocations_keep_the_newest() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let batch: Vec<_> = (0..7).map(|i| invocation("alice", "f", i)).collect();
+        s.record_invocations(&batch[..4], 5).await.unwrap();
+        s.record_invocations(&batch[4..], 5).await.unwrap();
+        s.record_invocations(&[invocation("bob", "f", 9)], 5).await.unwrap();
+        let got = s.recent_invocations("alice", "f", 100).await.unwrap();
+        let ids: Vec<_> = got.iter().map(|i| i.request_id.as_str()).collect();
+        assert_eq!(ids, ["r6", "r5", "r4", "r3", "r2"]);
+        assert_eq!(got[0], batch[6]);
+        assert_eq!(s.recent_invocations("alice", "f", 2).await.unwrap().len(), 2);
+        assert_eq!(s.recent_invocations("bob", "f", 10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn data_survives_reopening_and_newer_schemas_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/skython.db");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.create_function(&record("alice", "f")).await.unwrap();
+            s.state_put(&scope("alice", "f"), "n", "41").await.unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert!(s.get_function("alice", "f").await.unwrap().is_some());
+        assert_eq!(
+            s.state_get(&scope("alice", "f"), "n").await.unwrap().as_deref(),
+            Some("41")
+        );
+        drop(s);
+        let c = Connection::open(&path).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+        drop(c);
+        assert!(matches!(
+            SqliteStore::open(&path),
+            Err(StoreError::Backend(m)) if m.to_string().contains("99")
+        ));
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_all_land() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let sc = scope("alice", "f");
+        let tasks: Vec<_> = (0..50)
+            .map(|i| {
+                let (s, sc) = (s.clone(), sc.clone());
+                tokio::spawn(async move { s.state_put(&sc, &format!("k{i:02}"), "1").await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(s.state_keys(&sc, "k", 100).await.unwrap().len(), 50);
+    }
+}
