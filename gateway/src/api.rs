@@ -6,7 +6,8 @@ use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -151,6 +152,17 @@ impl From<Invocation> for InvocationView {
     }
 }
 
+/// Parses a JSON body whatever its content type says (`curl -d` sends form encoding).
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    if body.trim_ascii().is_empty() {
+        return Err(ApiError::bad_request("invalid_body", "the request body is empty; send a JSON object"));
+    }
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::bad_request("invalid_body", format!("invalid body: {e}")),
+        _ => ApiError::bad_request("bad_json", format!("the request body is not valid JSON: {e}")),
+    })
+}
+
 /// The spec's top-level field names, from its schema: anything else in a body is a mistake.
 static SPEC_FIELDS: LazyLock<BTreeSet<String>> = LazyLock::new(|| {
     let schema = schemars::schema_for!(SkyFunctionSpec);
@@ -287,9 +299,9 @@ async fn activate(app: &AppState, mut record: FunctionRecord) -> ApiResult<Funct
 pub async fn create_function(
     State(app): State<AppState>,
     user: AuthUser,
-    body: Result<Json<Value>, JsonRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let Json(body) = body?;
+    let body: Value = json_body(&body?)?;
     let spec = parse_spec(body, &user, None)?;
     let signature = inspect(&app, spec.runtime, &spec.source, &format!("{}.py", spec.endpoint), spec.entrypoint.as_deref()).await?;
     let now = jiff::Timestamp::now();
@@ -309,9 +321,9 @@ pub async fn replace_function(
     State(app): State<AppState>,
     user: AuthUser,
     Path((owner, endpoint)): Path<(String, String)>,
-    body: Result<Json<Value>, JsonRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<FunctionView>> {
-    let Json(body) = body?;
+    let body: Value = json_body(&body?)?;
     let spec = parse_spec(body, &user, Some((&owner, &endpoint)))?;
     let current = app
         .store
@@ -404,9 +416,9 @@ pub async fn list_functions(
 pub async fn test_run(
     State(app): State<AppState>,
     user: AuthUser,
-    body: Result<Json<TestRunRequest>, JsonRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<TestRunResponse>> {
-    let Json(req) = body?;
+    let req: TestRunRequest = json_body(&body?)?;
     let endpoint = req.endpoint.clone().unwrap_or_else(|| "draft".into());
     let mut spec = SkyFunctionSpec::new(&user.0.name, &endpoint, &req.source);
     spec.entrypoint = req.entrypoint.clone();

@@ -33,7 +33,7 @@ use skython_crds::Runtime;
 use skython_runner::Zygote;
 use skython_store::Store;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 pub use auth::{AdminToken, bootstrap_admin};
 pub use deployments::Deployments;
@@ -150,7 +150,9 @@ pub fn app(state: AppState) -> Router {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
                 tracing::debug_span!("http", method = %req.method(), uri = %req.uri(), request_id = %rid)
-            }),
+            })
+            // A function's 5xx is the function's business, not a gateway failure worth an ERROR.
+            .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)

@@ -152,7 +152,7 @@ def to_json_compatible(o):
         return o.value
     if dataclasses.is_dataclass(o) and not isinstance(o, type):
         return {f.name: getattr(o, f.name) for f in dataclasses.fields(o)}
-    if isinstance(o, (range, type({}.keys())), type({}.values()))):
+    if isinstance(o, (range, type({}.keys()), type({}.values()))):
         return list(o)
     if callable(getattr(o, "model_dump", None)):  # pydantic v2 models
         return o.model_dump()

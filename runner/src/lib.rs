@@ -109,7 +109,8 @@ pub(crate) fn pass_fd_as_3(cmd: &mut tokio::process::Command, fd: OwnedFd) {
             if raw == 3 {
                 nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))?;
             } else {
-                nix::unistd::dup2_raw(&fd, 3)?;
+                // The returned OwnedFd is fd 3 itself: keep it open across exec.
+                let _ = std::os::fd::IntoRawFd::into_raw_fd(nix::unistd::dup2_raw(&fd, 3)?);
             }
             Ok(())
         });

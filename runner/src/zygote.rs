@@ -116,6 +116,8 @@ impl Zygote {
             python: cfg.python.display().to_string(),
             reason: e.to_string(),
         })?;
+        // The Command holds the child's end of the socket; drop it so a dying zygote means EOF.
+        drop(cmd);
         ours.set_nonblocking(true)?;
         let mut ctl = UnixStream::from_std(ours)?;
         let (k, payload) =

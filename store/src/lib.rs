@@ -107,8 +107,11 @@ pub trait Store: Send + Sync + 'static {
     async fn create_function(&self, record: &FunctionRecord) -> Result<()>;
     /// Replaces an existing function if its generation is still `expected_generation`:
     /// `NotFound` if absent, `Conflict` if someone else changed it meanwhile.
-    async fn replace_function(&self, record: &FunctionRecord, expected_generation: i64)
-    -> Result<()>;
+    async fn replace_function(
+        &self,
+        record: &FunctionRecord,
+        expected_generation: i64,
+    ) -> Result<()>;
     async fn get_function(&self, owner: &str, endpoint: &str) -> Result<Option<FunctionRecord>>;
     /// Sorted by owner, then endpoint.
     async fn list_functions(&self, filter: &FunctionFilter) -> Result<Vec<FunctionRecord>>;
@@ -128,12 +131,19 @@ pub trait Store: Send + Sync + 'static {
     /// False if the key did not exist.
     async fn state_delete(&self, scope: &StateScope, key: &str) -> Result<bool>;
     /// Keys starting with `prefix`, sorted, at most `limit`.
-    async fn state_keys(&self, scope: &StateScope, prefix: &str, limit: usize)
-    -> Result<Vec<String>>;
+    async fn state_keys(
+        &self,
+        scope: &StateScope,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>>;
 
     /// Appends finished calls, keeping only the newest `retain_per_function` per function.
-    async fn record_invocations(&self, batch: &[Invocation], retain_per_function: usize)
-    -> Result<()>;
+    async fn record_invocations(
+        &self,
+        batch: &[Invocation],
+        retain_per_function: usize,
+    ) -> Result<()>;
     /// Newest first.
     async fn recent_invocations(
         &self,

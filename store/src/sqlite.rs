@@ -648,7 +648,14 @@ mod tests {
     use skython_crds::SkyFunctionSpec;
 
     fn record(owner: &str, endpoint: &str) -> FunctionRecord {
-        let now = from_micros(micros(Timestamp::now())).unwrap();
+        record_at(
+            owner,
+            endpoint,
+            from_micros(micros(Timestamp::now())).unwrap(),
+        )
+    }
+
+    fn record_at(owner: &str, endpoint: &str, now: Timestamp) -> FunctionRecord {
         FunctionRecord {
             spec: SkyFunctionSpec::new(owner, endpoint, "def main(): return 1"),
             status: SkyFunctionStatus::default(),
@@ -688,7 +695,18 @@ mod tests {
         assert_eq!(s.user_by_token_hash("h1").await.unwrap(), Some(u));
         assert!(matches!(
             s.create_user("alice", "h2", false).await,
-            Err(StoreError::Conflict(m)) if m.contains("alice")
+            Err(StoreError::Conflict(m)) if m == "user alice already exists"
+        ));
+        assert!(matches!(
+            s.create_user("bob", "h1", true).await,
+            Err(StoreError::Conflict(m)) if m.contains("bob") && m.contains("token")
+        ));
+        assert!(s.get_user("bob").await.unwrap().is_none());
+        let admin = s.create_user("root", "hr", true).await.unwrap();
+        assert!(admin.is_admin);
+        assert!(matches!(
+            s.set_user_token("root", "h1").await,
+            Err(StoreError::Conflict(m)) if m.contains("root")
         ));
         s.set_user_token("alice", "h3").await.unwrap();
         assert!(s.user_by_token_hash("h1").await.unwrap().is_none());
@@ -708,7 +726,10 @@ mod tests {
         let s = SqliteStore::open_in_memory().unwrap();
         let r = record("alice", "add");
         s.create_function(&r).await.unwrap();
-        assert_eq!(s.get_function("alice", "add").await.unwrap(), Some(r.clone()));
+        assert_eq!(
+            s.get_function("alice", "add").await.unwrap(),
+            Some(r.clone())
+        );
         assert!(matches!(
             s.create_function(&r).await,
             Err(StoreError::Conflict(m)) if m == "function alice/add already exists"
@@ -717,25 +738,73 @@ mod tests {
         r2.generation = 2;
         r2.spec.source = "def main(): return 2".into();
         s.replace_function(&r2, 1).await.unwrap();
-        assert_eq!(s.get_function("alice", "add").await.unwrap(), Some(r2.clone()));
+        assert_eq!(
+            s.get_function("alice", "add").await.unwrap(),
+            Some(r2.clone())
+        );
+        // A stale writer that still believes generation 1 loses, and changes nothing.
+        let mut stale = r.clone();
+        stale.generation = 2;
+        stale.spec.source = "def main(): return 'stale'".into();
         assert!(matches!(
-            s.replace_function(&r2, 1).await,
-            Err(StoreError::Conflict(_))
+            s.replace_function(&stale, 1).await,
+            Err(StoreError::Conflict(m)) if m.starts_with("function alice/add ")
         ));
-        assert!(matches!(
-            s.replace_function(&record("alice", "nope"), 1).await,
-            Err(StoreError::NotFound(_))
-        ));
+        assert_eq!(
+            s.get_function("alice", "add").await.unwrap(),
+            Some(r2.clone())
+        );
+        let missing = s.replace_function(&record("alice", "nope"), 1).await;
+        assert!(matches!(&missing, Err(StoreError::NotFound(m)) if m == "function alice/nope"));
+        assert_eq!(
+            missing.unwrap_err().to_string(),
+            "function alice/nope not found"
+        );
         let status = SkyFunctionStatus {
             ready_replicas: 1,
             ..Default::default()
         };
-        s.set_function_status("alice", "add", &status).await.unwrap();
+        s.set_function_status("alice", "add", &status)
+            .await
+            .unwrap();
         let got = s.get_function("alice", "add").await.unwrap().unwrap();
         assert_eq!((got.status, got.generation), (status.clone(), 2));
+        assert_eq!(got.spec, r2.spec);
         assert!(matches!(
             s.set_function_status("alice", "nope", &status).await,
-            Err(StoreError::NotFound(_))
+            Err(StoreError::NotFound(m)) if m == "function alice/nope"
+        ));
+        assert!(s.get_function("alice", "nope").await.unwrap().is_none());
+        assert!(s.get_function("bob", "add").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn timestamps_keep_microseconds() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let mut r = record("alice", "t");
+        r.created_at = Timestamp::new(1_700_000_000, 123_456_789).unwrap();
+        r.updated_at = Timestamp::new(-1, 999_999_000).unwrap();
+        s.create_function(&r).await.unwrap();
+        let got = s.get_function("alice", "t").await.unwrap().unwrap();
+        assert_eq!(
+            got.created_at,
+            Timestamp::new(1_700_000_000, 123_456_000).unwrap()
+        );
+        assert_eq!(got.updated_at, r.updated_at);
+    }
+
+    #[tokio::test]
+    async fn a_poisoned_lock_is_a_backend_error() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let conn = s.conn.clone();
+        let _ = std::thread::spawn(move || {
+            let _guard = conn.lock().unwrap();
+            panic!("poison the lock");
+        })
+        .join();
+        assert!(matches!(
+            s.get_user("alice").await,
+            Err(StoreError::Backend(m)) if m.to_string().contains("poisoned")
         ));
     }
 
@@ -744,7 +813,12 @@ mod tests {
         let s = SqliteStore::open_in_memory().unwrap();
         let mut public = record("bob", "pub");
         public.spec.visibility = Visibility::Public;
-        for r in [record("bob", "b"), record("alice", "z"), record("alice", "a"), public] {
+        for r in [
+            record("bob", "b"),
+            record("alice", "z"),
+            record("alice", "a"),
+            public,
+        ] {
             s.create_function(&r).await.unwrap();
         }
         let names = |v: Vec<FunctionRecord>| {
@@ -783,16 +857,40 @@ mod tests {
         assert_eq!(s.state_get(&a, "n").await.unwrap().as_deref(), Some("2"));
         assert_eq!(s.state_get(&a2, "n").await.unwrap(), None);
         assert_eq!(s.state_get(&b, "n").await.unwrap(), None);
+        assert!(!s.state_delete(&b, "n").await.unwrap());
+        // Same key in the other scopes: each scope sees only its own value and keys.
+        s.state_put(&a2, "n", "\"g\"").await.unwrap();
+        s.state_put(&b, "n", "{\"bob\":true}").await.unwrap();
+        assert_eq!(s.state_get(&a, "n").await.unwrap().as_deref(), Some("2"));
+        assert_eq!(
+            s.state_get(&a2, "n").await.unwrap().as_deref(),
+            Some("\"g\"")
+        );
+        assert_eq!(
+            s.state_get(&b, "n").await.unwrap().as_deref(),
+            Some("{\"bob\":true}")
+        );
+        assert!(s.state_delete(&b, "n").await.unwrap());
+        assert_eq!(s.state_get(&a, "n").await.unwrap().as_deref(), Some("2"));
+        assert_eq!(s.state_keys(&a2, "", 10).await.unwrap(), ["n"]);
         for k in ["a%b", "a_c", "abc", "axe"] {
             s.state_put(&a, k, "0").await.unwrap();
         }
         assert_eq!(s.state_keys(&a, "a%", 10).await.unwrap(), ["a%b"]);
         assert_eq!(s.state_keys(&a, "a_", 10).await.unwrap(), ["a_c"]);
         assert_eq!(
+            s.state_keys(&a, "a", 10).await.unwrap(),
+            ["a%b", "a_c", "abc", "axe"]
+        );
+        assert_eq!(s.state_keys(&a, "a", 2).await.unwrap(), ["a%b", "a_c"]);
+        assert!(s.state_keys(&a, "zz", 10).await.unwrap().is_empty());
+        assert!(s.state_keys(&a, "a", 0).await.unwrap().is_empty());
+        assert_eq!(
             s.state_keys(&a, "", 3).await.unwrap(),
             ["a%b", "a_c", "abc"]
         );
         assert!(s.state_keys(&b, "", 10).await.unwrap().is_empty());
+        assert_eq!(s.state_keys(&a2, "", 10).await.unwrap(), ["n"]);
         assert!(s.state_delete(&a, "n").await.unwrap());
         assert!(!s.state_delete(&a, "n").await.unwrap());
     }
@@ -804,16 +902,37 @@ mod tests {
         s.create_function(&record("alice", "g")).await.unwrap();
         s.state_put(&scope("alice", "f"), "k", "1").await.unwrap();
         s.state_put(&scope("alice", "g"), "k", "1").await.unwrap();
-        s.record_invocations(&[invocation("alice", "f", 1), invocation("alice", "g", 2)], 10)
-            .await
-            .unwrap();
+        s.record_invocations(
+            &[invocation("alice", "f", 1), invocation("alice", "g", 2)],
+            10,
+        )
+        .await
+        .unwrap();
         assert!(s.delete_function("alice", "f").await.unwrap());
         assert!(!s.delete_function("alice", "f").await.unwrap());
         assert!(s.get_function("alice", "f").await.unwrap().is_none());
-        assert!(s.state_get(&scope("alice", "f"), "k").await.unwrap().is_none());
-        assert!(s.recent_invocations("alice", "f", 10).await.unwrap().is_empty());
-        assert!(s.state_get(&scope("alice", "g"), "k").await.unwrap().is_some());
-        assert_eq!(s.recent_invocations("alice", "g", 10).await.unwrap().len(), 1);
+        assert!(
+            s.state_get(&scope("alice", "f"), "k")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            s.recent_invocations("alice", "f", 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            s.state_get(&scope("alice", "g"), "k")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            s.recent_invocations("alice", "g", 10).await.unwrap().len(),
+            1
+        );
     }
 
     #[tokio::test]
@@ -822,28 +941,82 @@ mod tests {
         let batch: Vec<_> = (0..7).map(|i| invocation("alice", "f", i)).collect();
         s.record_invocations(&batch[..4], 5).await.unwrap();
         s.record_invocations(&batch[4..], 5).await.unwrap();
-        s.record_invocations(&[invocation("bob", "f", 9)], 5).await.unwrap();
+        s.record_invocations(&[invocation("bob", "f", 9)], 5)
+            .await
+            .unwrap();
         let got = s.recent_invocations("alice", "f", 100).await.unwrap();
         let ids: Vec<_> = got.iter().map(|i| i.request_id.as_str()).collect();
         assert_eq!(ids, ["r6", "r5", "r4", "r3", "r2"]);
         assert_eq!(got[0], batch[6]);
-        assert_eq!(s.recent_invocations("alice", "f", 2).await.unwrap().len(), 2);
+        assert_eq!(
+            s.recent_invocations("alice", "f", 2).await.unwrap().len(),
+            2
+        );
         assert_eq!(s.recent_invocations("bob", "f", 10).await.unwrap().len(), 1);
+
+        // One batch spanning two functions prunes each to its own newest N.
+        let mixed: Vec<_> = (10..16)
+            .map(|i| invocation(if i % 2 == 0 { "carol" } else { "dave" }, "f", i))
+            .collect();
+        s.record_invocations(&mixed, 2).await.unwrap();
+        let ids = |v: Vec<Invocation>| v.into_iter().map(|i| i.request_id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(s.recent_invocations("carol", "f", 10).await.unwrap()),
+            ["r14", "r12"]
+        );
+        assert_eq!(
+            ids(s.recent_invocations("dave", "f", 10).await.unwrap()),
+            ["r15", "r13"]
+        );
+        // Functions outside the batch are not pruned.
+        assert_eq!(
+            s.recent_invocations("alice", "f", 100).await.unwrap().len(),
+            5
+        );
+        s.record_invocations(&[], 0).await.unwrap();
+        assert!(
+            s.recent_invocations("nobody", "f", 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[tokio::test]
     async fn data_survives_reopening_and_newer_schemas_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/skython.db");
+        let created = from_micros(micros(Timestamp::now())).unwrap();
         {
             let s = SqliteStore::open(&path).unwrap();
-            s.create_function(&record("alice", "f")).await.unwrap();
+            s.create_function(&record_at("alice", "f", created))
+                .await
+                .unwrap();
             s.state_put(&scope("alice", "f"), "n", "41").await.unwrap();
         }
         let s = SqliteStore::open(&path).unwrap();
-        assert!(s.get_function("alice", "f").await.unwrap().is_some());
+        {
+            let c = s.conn.lock().unwrap();
+            let pragma = |name: &str| -> String {
+                c.pragma_query_value(None, name, |r| r.get::<_, rusqlite::types::Value>(0))
+                    .map(|v| format!("{v:?}"))
+                    .unwrap()
+            };
+            assert_eq!(pragma("journal_mode"), r#"Text("wal")"#);
+            assert_eq!(pragma("synchronous"), "Integer(1)"); // NORMAL
+            assert_eq!(pragma("foreign_keys"), "Integer(1)");
+            assert_eq!(pragma("busy_timeout"), "Integer(5000)");
+            assert_eq!(pragma("user_version"), "Integer(1)");
+        }
         assert_eq!(
-            s.state_get(&scope("alice", "f"), "n").await.unwrap().as_deref(),
+            s.get_function("alice", "f").await.unwrap(),
+            Some(record_at("alice", "f", created))
+        );
+        assert_eq!(
+            s.state_get(&scope("alice", "f"), "n")
+                .await
+                .unwrap()
+                .as_deref(),
             Some("41")
         );
         drop(s);
@@ -852,11 +1025,17 @@ mod tests {
         drop(c);
         assert!(matches!(
             SqliteStore::open(&path),
-            Err(StoreError::Backend(m)) if m.to_string().contains("99")
+            Err(StoreError::Backend(m)) if m.to_string().contains("schema version 99")
         ));
+        // Refusing leaves the file as it was.
+        let c = Connection::open(&path).unwrap();
+        let v: i64 = c
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 99);
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_writes_all_land() {
         let s = SqliteStore::open_in_memory().unwrap();
         let sc = scope("alice", "f");
@@ -869,6 +1048,8 @@ mod tests {
         for t in tasks {
             t.await.unwrap().unwrap();
         }
-        assert_eq!(s.state_keys(&sc, "k", 100).await.unwrap().len(), 50);
+        let keys = s.state_keys(&sc, "k", 100).await.unwrap();
+        let want: Vec<_> = (0..50).map(|i| format!("k{i:02}")).collect();
+        assert_eq!(keys, want);
     }
 }
