@@ -61,7 +61,11 @@ impl Client {
             .or_else(|| env("SKYTHON_URL"))
             .or(cfg.url)
             .unwrap_or_else(|| "http://127.0.0.1:8080".into());
-        let token = s.token.clone().or_else(|| env("SKYTHON_TOKEN")).or(cfg.token);
+        let token = s
+            .token
+            .clone()
+            .or_else(|| env("SKYTHON_TOKEN"))
+            .or(cfg.token);
         Ok(Client {
             http: reqwest::Client::builder().build()?,
             url: url.trim_end_matches('/').to_string(),
@@ -69,7 +73,11 @@ impl Client {
         })
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> anyhow::Result<reqwest::RequestBuilder> {
+    fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> anyhow::Result<reqwest::RequestBuilder> {
         let token = self.token.as_ref().ok_or_else(|| {
             anyhow!("no API token: pass --token, set SKYTHON_TOKEN, or run `skython login` (the admin token is printed by `skython up` and saved in .skython/admin.token)")
         })?;
@@ -79,14 +87,20 @@ impl Client {
             .bearer_auth(token))
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<(reqwest::StatusCode, Value)> {
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("could not reach Skython at {} (is `skython up` running?)", self.url))?;
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
+        let resp = req.send().await.with_context(|| {
+            format!(
+                "could not reach Skython at {} (is `skython up` running?)",
+                self.url
+            )
+        })?;
         let status = resp.status();
         let bytes = resp.bytes().await?;
-        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         Ok((status, body))
     }
 }
@@ -94,10 +108,17 @@ impl Client {
 /// `error: <message>` from the common error shape.
 fn api_error(status: reqwest::StatusCode, body: &Value) -> anyhow::Error {
     let e = &body["error"];
-    let mut msg = format!("{} ({status})", e["message"].as_str().unwrap_or("request failed"));
+    let mut msg = format!(
+        "{} ({status})",
+        e["message"].as_str().unwrap_or("request failed")
+    );
     if let (Some(line), Some(text)) = (e["line"].as_u64(), e["text"].as_str()) {
         let col = e["column"].as_u64().unwrap_or(1).max(1) as usize;
-        msg.push_str(&format!("\n  {line} | {text}\n  {} | {}^", " ".repeat(line.to_string().len()), " ".repeat(col - 1)));
+        msg.push_str(&format!(
+            "\n  {line} | {text}\n  {} | {}^",
+            " ".repeat(line.to_string().len()),
+            " ".repeat(col - 1)
+        ));
     }
     anyhow!(msg)
 }
@@ -119,8 +140,11 @@ pub struct DeployArgs {
     #[arg(long = "tag")]
     tags: Vec<String>,
     /// List the function in the public catalogue.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "private")]
     public: bool,
+    /// Keep the function out of the public catalogue (the default for new functions).
+    #[arg(long)]
+    private: bool,
     #[arg(long)]
     description: Option<String>,
     /// The function to call (default: `main`, else the only public function).
@@ -132,7 +156,7 @@ pub struct DeployArgs {
     /// Calls served at once (worker processes).
     #[arg(long)]
     concurrency: Option<u32>,
-    /// Deploy for another owner (admin only).
+    /// Deploy for another owner (admin only). Default: the token's user.
     #[arg(long)]
     owner: Option<String>,
     #[command(flatten)]
@@ -141,7 +165,8 @@ pub struct DeployArgs {
 
 pub async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
     let client = Client::new(&a.server)?;
-    let source = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    let source = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("reading {}", a.file.display()))?;
     let endpoint = match &a.endpoint {
         Some(e) => e.clone(),
         None => a
@@ -151,65 +176,99 @@ pub async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
             .map(|s| s.to_lowercase().replace('_', "-"))
             .ok_or_else(|| anyhow!("pass --endpoint NAME"))?,
     };
-    let mut spec = json!({"endpoint": endpoint, "source": source, "tags": a.tags,
-        "visibility": if a.public { "public" } else { "private" }});
+    let spinner = ProgressBar::new_spinner()
+        .with_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}")?);
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    spinner.set_message(format!("deploying {endpoint}…"));
+    let started = Instant::now();
+    let owner = match &a.owner {
+        Some(o) => o.clone(),
+        None => {
+            let (status, me) = client
+                .send(client.request(reqwest::Method::GET, "/api/v1/me")?)
+                .await?;
+            if !status.is_success() {
+                return Err(api_error(status, &me));
+            }
+            me["name"].as_str().unwrap_or_default().to_string()
+        }
+    };
+    let path = format!("/api/v1/functions/{owner}/{endpoint}");
+    let (status, current) = client
+        .send(client.request(reqwest::Method::GET, &path)?)
+        .await?;
+    // An update keeps every field the command line does not set.
+    let (method, url, mut spec) = match status.as_u16() {
+        200 => {
+            let mut spec = current;
+            if let Some(obj) = spec.as_object_mut() {
+                for k in ["status", "generation", "createdAt", "updatedAt"] {
+                    obj.remove(k);
+                }
+            }
+            (reqwest::Method::PUT, path, spec)
+        }
+        404 => (
+            reqwest::Method::POST,
+            "/api/v1/functions".to_string(),
+            json!({"owner": owner, "endpoint": endpoint}),
+        ),
+        _ => return Err(api_error(status, &current)),
+    };
+    spec["source"] = source.into();
+    let visibility = match (a.public, a.private) {
+        (true, _) => Some("public"),
+        (_, true) => Some("private"),
+        _ => None,
+    };
     for (k, v) in [
+        ("visibility", visibility.map(Value::from)),
+        (
+            "tags",
+            (!a.tags.is_empty()).then(|| Value::from(a.tags.clone())),
+        ),
         ("description", a.description.clone().map(Value::from)),
         ("entrypoint", a.entrypoint.clone().map(Value::from)),
         ("timeoutSeconds", a.timeout.map(Value::from)),
         ("concurrency", a.concurrency.map(Value::from)),
-        ("owner", a.owner.clone().map(Value::from)),
     ] {
         if let Some(v) = v {
             spec[k] = v;
         }
     }
-    let spinner = ProgressBar::new_spinner().with_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}")?);
-    spinner.enable_steady_tick(Duration::from_millis(100));
-    spinner.set_message(format!("deploying {endpoint}: checking the source and starting a worker…"));
-    let started = Instant::now();
-    let (mut status, mut body) = client.send(client.request(reqwest::Method::POST, "/api/v1/functions")?.json(&spec)).await?;
-    if status == reqwest::StatusCode::CONFLICT {
-        let owner = body_owner(&spec, &client).await?;
-        spinner.set_message(format!("updating {owner}/{endpoint}…"));
-        (status, body) = client
-            .send(client.request(reqwest::Method::PUT, &format!("/api/v1/functions/{owner}/{endpoint}"))?.json(&spec))
-            .await?;
-    }
+    spinner.set_message(format!(
+        "deploying {owner}/{endpoint}: checking the source and starting a worker…"
+    ));
+    let (status, body) = client
+        .send(client.request(method, &url)?.json(&spec))
+        .await?;
     spinner.finish_and_clear();
     if !status.is_success() {
         return Err(api_error(status, &body));
     }
     let ready = &body["status"]["conditions"][0];
-    let label = format!("{}/{}", body["owner"].as_str().unwrap_or("?"), body["endpoint"].as_str().unwrap_or("?"));
+    let label = format!("{owner}/{endpoint}");
     let url = body["status"]["url"].as_str().unwrap_or_default();
     if ready["status"] == "True" {
         let sig = &body["status"]["signature"];
-        println!("✓ deployed {label} (generation {}) in {:.1}s", body["generation"], started.elapsed().as_secs_f64());
-        println!("  calls {}({})", sig["entrypoint"].as_str().unwrap_or("?"), params(sig));
+        println!(
+            "✓ deployed {label} (generation {}) in {:.1}s",
+            body["generation"],
+            started.elapsed().as_secs_f64()
+        );
+        println!(
+            "  calls {}({})",
+            sig["entrypoint"].as_str().unwrap_or("?"),
+            params(sig)
+        );
         println!("  curl -X POST {url} -d '{{...}}'");
         Ok(())
     } else {
-        bail!("{label} was saved but is not ready: {}", ready["message"].as_str().unwrap_or("unknown reason"))
+        bail!(
+            "{label} was saved but is not ready: {}",
+            ready["message"].as_str().unwrap_or("unknown reason")
+        )
     }
-}
-
-async fn body_owner(spec: &Value, client: &Client) -> anyhow::Result<String> {
-    if let Some(o) = spec["owner"].as_str() {
-        return Ok(o.into());
-    }
-    // The default owner is the token's user: learn it from our own listing.
-    let (status, body) = client.send(client.request(reqwest::Method::GET, "/api/v1/functions")?).await?;
-    if !status.is_success() {
-        return Err(api_error(status, &body));
-    }
-    let endpoint = spec["endpoint"].as_str().unwrap_or_default();
-    body["items"]
-        .as_array()
-        .and_then(|items| items.iter().find(|i| i["endpoint"] == endpoint))
-        .and_then(|i| i["owner"].as_str())
-        .map(String::from)
-        .ok_or_else(|| anyhow!("{endpoint} exists but is not yours; pass --owner"))
 }
 
 fn params(sig: &Value) -> String {
@@ -251,7 +310,8 @@ pub async fn invoke(a: InvokeArgs) -> anyhow::Result<()> {
         Some(s) => s.to_string(),
         None => "{}".into(),
     };
-    serde_json::from_str::<Value>(&args).with_context(|| format!("the arguments are not valid JSON: {args}"))?;
+    serde_json::from_str::<Value>(&args)
+        .with_context(|| format!("the arguments are not valid JSON: {args}"))?;
     let resp = client
         .http
         .post(format!("{}/fn/{owner}/{endpoint}", client.url))
@@ -280,7 +340,13 @@ pub async fn logs(a: LogsArgs) -> anyhow::Result<()> {
     let (owner, endpoint) = split_name(&a.name)?;
     let client = Client::new(&a.server)?;
     let (status, body) = client
-        .send(client.request(reqwest::Method::GET, &format!("/api/v1/functions/{owner}/{endpoint}/logs?limit={}", a.limit))?)
+        .send(client.request(
+            reqwest::Method::GET,
+            &format!(
+                "/api/v1/functions/{owner}/{endpoint}/logs?limit={}",
+                a.limit
+            ),
+        )?)
         .await?;
     if !status.is_success() {
         return Err(api_error(status, &body));
@@ -327,12 +393,22 @@ pub async fn ls(a: LsArgs) -> anyhow::Result<()> {
         return Err(api_error(status, &body));
     }
     let items = body["items"].as_array().cloned().unwrap_or_default();
-    println!("{:<32} {:<6} {:<8} {:<24} URL", "FUNCTION", "READY", "VISIBLE", "TAGS");
+    println!(
+        "{:<32} {:<6} {:<8} {:<24} URL",
+        "FUNCTION", "READY", "VISIBLE", "TAGS"
+    );
     for i in &items {
-        let tags: Vec<&str> = i["tags"].as_array().map(|t| t.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        let tags: Vec<&str> = i["tags"]
+            .as_array()
+            .map(|t| t.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
         println!(
             "{:<32} {:<6} {:<8} {:<24} {}",
-            format!("{}/{}", i["owner"].as_str().unwrap_or(""), i["endpoint"].as_str().unwrap_or("")),
+            format!(
+                "{}/{}",
+                i["owner"].as_str().unwrap_or(""),
+                i["endpoint"].as_str().unwrap_or("")
+            ),
             if i["ready"] == true { "yes" } else { "no" },
             i["visibility"].as_str().unwrap_or(""),
             tags.join(","),
@@ -357,7 +433,10 @@ pub fn login(a: LoginArgs) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let cfg = Config { url: Some(a.url), token: Some(a.token) };
+    let cfg = Config {
+        url: Some(a.url),
+        token: Some(a.token),
+    };
     std::fs::write(&path, serde_json::to_vec_pretty(&cfg)?)?;
     #[cfg(unix)]
     {

@@ -6,7 +6,11 @@ mod up;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "skython", version, about = "Plain Python functions as HTTP endpoints")]
+#[command(
+    name = "skython",
+    version,
+    about = "Plain Python functions as HTTP endpoints"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,7 +36,10 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: could not start the async runtime: {e}");
@@ -48,7 +55,10 @@ fn main() -> std::process::ExitCode {
             Command::Ls(a) => client::ls(a).await,
             Command::Login(a) => client::login(a),
             Command::Openapi => {
-                println!("{}", serde_json::to_string_pretty(&skython_gateway::openapi::document())?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&skython_gateway::openapi::document())?
+                );
                 Ok(())
             }
         }

@@ -35,7 +35,11 @@ pub struct UpArgs {
     #[arg(long, env = "SKYTHON_PUBLIC_URL")]
     public_url: Option<String>,
     /// Sets the admin's token instead of generating one (for automation).
-    #[arg(long = "admin-token", env = "SKYTHON_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long = "admin-token",
+        env = "SKYTHON_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
     admin_token: Option<String>,
     /// Largest request body in bytes.
     #[arg(long, env = "SKYTHON_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
@@ -70,17 +74,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let data_dir = args.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize()?;
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(&data_dir.join("skython.db")).context("opening the embedded store")?,
     );
-    let admin = skython_gateway::bootstrap_admin(store.as_ref(), &data_dir, args.admin_token.as_deref())
-        .await
-        .context("creating the admin user")?;
+    let admin =
+        skython_gateway::bootstrap_admin(store.as_ref(), &data_dir, args.admin_token.as_deref())
+            .await
+            .context("creating the admin user")?;
 
     let python_path = data_dir.join("runtime");
-    skython_runner::install_python_files(&python_path).context("writing the runtime's Python files")?;
+    skython_runner::install_python_files(&python_path)
+        .context("writing the runtime's Python files")?;
     let runtime = |python: PathBuf| {
         Arc::new(Zygote::new(RuntimeConfig {
             python,
@@ -104,7 +111,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             )
         })?;
         if !hello.missing.is_empty() {
-            eprintln!("warning: the {} runtime lacks: {}", rt.as_str(), hello.missing.join("; "));
+            eprintln!(
+                "warning: the {} runtime lacks: {}",
+                rt.as_str(),
+                hello.missing.join("; ")
+            );
         }
     }
 
@@ -112,7 +123,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.addr))?;
     let addr = listener.local_addr()?;
-    let url = args.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let url = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
     let config = GatewayConfig {
         public_url: url.clone(),
         limits: Limits {
@@ -131,12 +145,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         AdminToken::Created { token, file } => {
             println!("created user admin; its API token: {token}");
             if let Some(f) = file {
-                println!("(saved in {}; `export SKYTHON_TOKEN=$(cat {})`)", f.display(), f.display());
+                println!(
+                    "(saved in {}; `export SKYTHON_TOKEN=$(cat {})`)",
+                    f.display(),
+                    f.display()
+                );
             }
         }
         AdminToken::FromEnv => println!("admin token: from SKYTHON_ADMIN_TOKEN"),
         AdminToken::Existing { file: Some(f) } => println!("admin token: in {}", f.display()),
-        AdminToken::Existing { file: None } => println!("admin token: set earlier (SKYTHON_ADMIN_TOKEN)"),
+        AdminToken::Existing { file: None } => {
+            println!("admin token: set earlier (SKYTHON_ADMIN_TOKEN)")
+        }
     }
     tracing::info!(%addr, data_dir = %data_dir.display(), "listening");
     axum::serve(listener, app)

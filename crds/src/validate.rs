@@ -81,7 +81,8 @@ pub(crate) fn spec(s: &SkyFunctionSpec) -> Vec<FieldError> {
             message,
         })
     };
-    const LABEL: &str = "must be 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit";
+    const LABEL: &str =
+        "must be 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit";
 
     if !is_dns_label(&s.owner) {
         err("owner", format!("{LABEL}, got {:?}", s.owner));
@@ -115,7 +116,10 @@ pub(crate) fn spec(s: &SkyFunctionSpec) -> Vec<FieldError> {
         );
     }
     if s.tags.len() > MAX_TAGS {
-        err("tags", format!("at most {MAX_TAGS} tags, got {}", s.tags.len()));
+        err(
+            "tags",
+            format!("at most {MAX_TAGS} tags, got {}", s.tags.len()),
+        );
     }
     let mut seen = HashSet::new();
     for (i, t) in s.tags.iter().enumerate() {
@@ -146,7 +150,10 @@ pub(crate) fn spec(s: &SkyFunctionSpec) -> Vec<FieldError> {
         Some(b) if (MIN_MEMORY..=MAX_MEMORY).contains(&b) => {}
         Some(_) => err(
             "resources.memory",
-            format!("must be between 64Mi and 64Gi, got {:?}", s.resources.memory),
+            format!(
+                "must be between 64Mi and 64Gi, got {:?}",
+                s.resources.memory
+            ),
         ),
         None => err(
             "resources.memory",
@@ -199,15 +206,24 @@ pub(crate) fn spec(s: &SkyFunctionSpec) -> Vec<FieldError> {
         );
     }
     if s.env.len() > MAX_ENV {
-        err("env", format!("at most {MAX_ENV} variables, got {}", s.env.len()));
+        err(
+            "env",
+            format!("at most {MAX_ENV} variables, got {}", s.env.len()),
+        );
     }
     let mut names = HashSet::new();
     for (i, e) in s.env.iter().enumerate() {
         let field = format!("env[{i}].name");
         if !is_identifier(&e.name) {
-            err(&field, format!("must match [A-Za-z_][A-Za-z0-9_]*, got {:?}", e.name));
+            err(
+                &field,
+                format!("must match [A-Za-z_][A-Za-z0-9_]*, got {:?}", e.name),
+            );
         } else if e.name.starts_with("SKYTHON_") {
-            err(&field, format!("the SKYTHON_ prefix is reserved, got {:?}", e.name));
+            err(
+                &field,
+                format!("the SKYTHON_ prefix is reserved, got {:?}", e.name),
+            );
         } else if !names.insert(&e.name) {
             err(&field, format!("duplicate variable {:?}", e.name));
         }
@@ -232,7 +248,11 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        assert!(SkyFunctionSpec::new("alice", "add", "def add(a, b): return a + b").validate().is_empty());
+        assert!(
+            SkyFunctionSpec::new("alice", "add", "def add(a, b): return a + b")
+                .validate()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -240,7 +260,17 @@ mod tests {
         for ok in ["a", "add", "my-fn-2", &"a".repeat(63)] {
             assert!(is_dns_label(ok), "{ok}");
         }
-        for bad in ["", "-a", "a-", "Add", "a_b", "a.b", "../x", "ä", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "Add",
+            "a_b",
+            "a.b",
+            "../x",
+            "ä",
+            &"a".repeat(64),
+        ] {
             assert!(!is_dns_label(bad), "{bad}");
         }
     }
@@ -256,8 +286,14 @@ mod tests {
         s.resources.memory = "lots".into();
         s.resources.cpu = "0".into();
         s.env = vec![
-            EnvVar { name: "SKYTHON_TOKEN".into(), value: String::new() },
-            EnvVar { name: "A-B".into(), value: String::new() },
+            EnvVar {
+                name: "SKYTHON_TOKEN".into(),
+                value: String::new(),
+            },
+            EnvVar {
+                name: "A-B".into(),
+                value: String::new(),
+            },
         ];
         assert_eq!(
             fields(&s),

@@ -24,7 +24,11 @@ pub fn skython_bin() -> PathBuf {
         .and_then(Path::parent)
         .map(|d| d.join("skython"))
         .expect("target dir");
-    assert!(bin.exists(), "{} is missing: run `cargo build -p skython-cli` (or `make test`)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p skython-cli` (or `make test`)",
+        bin.display()
+    );
     bin
 }
 
@@ -52,8 +56,13 @@ impl Skython {
         cmd.args(["up", "--addr", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
-            .env("SKYTHON_ADMIN_TOKEN", TOKEN)
-            .env("SKYTHON_LOG", "warn,skython_runner=info")
+            .env("SKYTHON_ADMIN_TOKEN", TOKEN);
+        Skython::start_with(cmd, data_dir)
+    }
+
+    /// Runs a prepared `skython up` command and waits for its URL.
+    pub fn start_with(mut cmd: Command, data_dir: &Path) -> Skython {
+        cmd.env("SKYTHON_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("start skython up");
@@ -88,7 +97,10 @@ impl Skython {
     /// Stops the server (SIGTERM, then waits).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             for _ in 0..150 {
                 if let Ok(Some(_)) = c.try_wait() {
                     return;
@@ -150,15 +162,21 @@ impl Skython {
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
-        let resp = self.http.get(format!("{}{path}", self.url)).send().expect("request");
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .expect("request");
         (resp.status().as_u16(), resp.text().expect("body"))
     }
 
     /// The value of one Prometheus sample, e.g. `skython_workers{function="admin/f"}`.
     pub fn metric(&self, sample: &str) -> Option<f64> {
         let (_, text) = self.get("/metrics");
-        text.lines()
-            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok()))
+        text.lines().find_map(|l| {
+            l.strip_prefix(sample)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
     }
 }
 

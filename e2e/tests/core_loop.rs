@@ -17,7 +17,10 @@ fn add_answers_keyword_and_positional_calls() {
     assert_eq!(deployed["status"]["url"], format!("{}/fn/admin/add", s.url));
     assert_eq!(deployed["status"]["signature"]["entrypoint"], "add");
     assert_eq!(deployed["status"]["signature"]["returns"], "int");
-    assert_eq!(s.call("admin/add", json!({"a": 2, "b": 3})), (200, json!(5)));
+    assert_eq!(
+        s.call("admin/add", json!({"a": 2, "b": 3})),
+        (200, json!(5))
+    );
     assert_eq!(s.call("admin/add", json!([2, 3])), (200, json!(5)));
 
     // The request id comes back in a header.
@@ -56,19 +59,40 @@ def main(kind: str):
     s.deploy_ok("sci", source, json!({}));
     assert_eq!(
         s.call("admin/sci", json!({"kind": "frame"})),
-        (200, json!([{"name": "a", "score": 1.5}, {"name": "b", "score": null}]))
+        (
+            200,
+            json!([{"name": "a", "score": 1.5}, {"name": "b", "score": null}])
+        )
     );
-    assert_eq!(s.call("admin/sci", json!({"kind": "array"})), (200, json!([[0, 2, 4], [6, 8, 10]])));
-    assert_eq!(s.call("admin/sci", json!({"kind": "scalars"})), (200, json!({"i": 7, "f": 0.5, "b": true})));
-    assert_eq!(s.call("admin/sci", json!({"kind": "series"})), (200, json!([1, 3, 6])));
+    assert_eq!(
+        s.call("admin/sci", json!({"kind": "array"})),
+        (200, json!([[0, 2, 4], [6, 8, 10]]))
+    );
+    assert_eq!(
+        s.call("admin/sci", json!({"kind": "scalars"})),
+        (200, json!({"i": 7, "f": 0.5, "b": true}))
+    );
+    assert_eq!(
+        s.call("admin/sci", json!({"kind": "series"})),
+        (200, json!([1, 3, 6]))
+    );
     assert_eq!(
         s.call("admin/sci", json!({"kind": "misc"})),
-        (200, json!({"when": "2024-05-01T12:30:00", "raw": "aGk=", "set": [1, 2, 3], "nan": null}))
+        (
+            200,
+            json!({"when": "2024-05-01T12:30:00", "raw": "aGk=", "set": [1, 2, 3], "nan": null})
+        )
     );
     let (status, body) = s.call("admin/sci", json!({"kind": "object"}));
     assert_eq!(status, 500, "{body}");
     assert_eq!(body["error"]["code"], "unserializable_result");
-    assert!(body["error"]["message"].as_str().unwrap().contains("builtins.object"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("builtins.object"),
+        "{body}"
+    );
 }
 
 #[test]
@@ -94,7 +118,11 @@ def main(mode: str = "ok", seconds: float = 0):
     let (status, body) = s.call("admin/moody", json!({"mode": "sleep", "seconds": 30}));
     assert_eq!(status, 504, "{body}");
     assert_eq!(body["error"]["code"], "timeout");
-    assert!(t.elapsed() < Duration::from_secs(4), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        t.elapsed()
+    );
     assert_eq!(s.call("admin/moody", json!({})), (200, json!("alive")));
 
     // A worker that dies mid-call fails that call only.
@@ -115,16 +143,32 @@ def main(mode: str = "ok", seconds: float = 0):
     assert_eq!(newest["status"], 500);
     let text = newest["logs"].as_str().unwrap();
     assert!(text.contains("about to fail"), "{text}");
-    assert!(text.contains("Traceback") && text.contains("moody.py\", line 11"), "{text}");
+    assert!(
+        text.contains("Traceback") && text.contains("moody.py\", line 11"),
+        "{text}"
+    );
 
     // Bad input.
     let (status, body) = s.call_raw("admin/moody", "{\"mode\": ");
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_json")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_json"))
+    );
     let (status, body) = s.call("admin/moody", json!({"nope": 1}));
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_arguments")), "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("nope"), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_arguments")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("nope"),
+        "{body}"
+    );
     let (status, body) = s.call("admin/nothing-here", json!({}));
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("function_not_found")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("function_not_found"))
+    );
     let (status, _) = s.call("admin/..%2F..%2Fetc", json!({}));
     assert_eq!(status, 404);
 }
@@ -138,17 +182,30 @@ fn missing_parameter_names_it_with_the_signature() {
     let err = &body["error"];
     assert_eq!(err["code"], "bad_arguments");
     let msg = err["message"].as_str().unwrap();
-    assert!(msg.contains("'b'") && msg.contains("add(a: int, b: int) -> int"), "{msg}");
-    assert_eq!(err["expected"][1], json!({"name": "b", "kind": "positional_or_keyword", "annotation": "int"}));
+    assert!(
+        msg.contains("'b'") && msg.contains("add(a: int, b: int) -> int"),
+        "{msg}"
+    );
+    assert_eq!(
+        err["expected"][1],
+        json!({"name": "b", "kind": "positional_or_keyword", "annotation": "int"})
+    );
     let (status, body) = s.call_raw("admin/add", "42");
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_arguments")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_arguments"))
+    );
 }
 
 #[test]
 fn pool_grows_under_load_and_shrinks_when_idle() {
     let s = Skython::start(&[]);
     let source = "import time\n\ndef main(i: int):\n    time.sleep(0.02)\n    return i * 2\n";
-    s.deploy_ok("slow", source, json!({"concurrency": 4, "scaling": {"idleSecondsToZero": 2}}));
+    s.deploy_ok(
+        "slow",
+        source,
+        json!({"concurrency": 4, "scaling": {"idleSecondsToZero": 2}}),
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let url = format!("{}/fn/admin/slow", s.url);
     let results: Vec<(u16, Value)> = rt.block_on(async {
@@ -156,7 +213,12 @@ fn pool_grows_under_load_and_shrinks_when_idle() {
         let calls = (0..200).map(|i| {
             let (client, url) = (client.clone(), url.clone());
             tokio::spawn(async move {
-                let r = client.post(&url).body(json!({"i": i}).to_string()).send().await.unwrap();
+                let r = client
+                    .post(&url)
+                    .body(json!({"i": i}).to_string())
+                    .send()
+                    .await
+                    .unwrap();
                 (r.status().as_u16(), r.json::<Value>().await.unwrap())
             })
         });
@@ -169,14 +231,23 @@ fn pool_grows_under_load_and_shrinks_when_idle() {
     for (i, r) in results.iter().enumerate() {
         assert_eq!(*r, (200, json!(i * 2)));
     }
-    let workers = s.metric("skython_workers{function=\"admin/slow\"}").unwrap();
-    let cold = s.metric("skython_cold_starts_total{function=\"admin/slow\"}").unwrap();
+    let workers = s
+        .metric("skython_workers{function=\"admin/slow\"}")
+        .unwrap();
+    let cold = s
+        .metric("skython_cold_starts_total{function=\"admin/slow\"}")
+        .unwrap();
     assert!(workers > 1.0, "the pool grew: {workers} workers");
     assert!(workers <= 4.0, "never past concurrency: {workers}");
     assert!(cold >= 2.0, "{cold} cold starts");
-    assert_eq!(s.metric("skython_calls_total{function=\"admin/slow\",outcome=\"ok\"}"), Some(200.0));
+    assert_eq!(
+        s.metric("skython_calls_total{function=\"admin/slow\",outcome=\"ok\"}"),
+        Some(200.0)
+    );
     assert!(
-        eventually(Duration::from_secs(10), || s.metric("skython_workers{function=\"admin/slow\"}") == Some(0.0)),
+        eventually(Duration::from_secs(10), || s
+            .metric("skython_workers{function=\"admin/slow\"}")
+            == Some(0.0)),
         "idle workers were stopped"
     );
     // From zero, the next call starts a worker again.
@@ -186,20 +257,34 @@ fn pool_grows_under_load_and_shrinks_when_idle() {
 #[test]
 fn a_full_queue_answers_429() {
     let s = Skython::start(&["--queue-limit", "2"]);
-    s.deploy_ok("one", "import time\n\ndef main():\n    time.sleep(0.5)\n    return 1\n", json!({"concurrency": 1}));
+    s.deploy_ok(
+        "one",
+        "import time\n\ndef main():\n    time.sleep(0.5)\n    return 1\n",
+        json!({"concurrency": 1}),
+    );
     let url = format!("{}/fn/admin/one", s.url);
     let statuses: Vec<u16> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..8)
             .map(|_| {
                 let url = url.clone();
-                scope.spawn(move || reqwest::blocking::Client::new().post(&url).send().unwrap().status().as_u16())
+                scope.spawn(move || {
+                    reqwest::blocking::Client::new()
+                        .post(&url)
+                        .send()
+                        .unwrap()
+                        .status()
+                        .as_u16()
+                })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     assert!(statuses.contains(&429), "{statuses:?}");
     assert!(statuses.contains(&200), "{statuses:?}");
-    assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
 }
 
 #[test]
@@ -213,7 +298,11 @@ fn state_counts_survives_restart_and_is_scoped() {
     }
     s.stop();
     let s = Skython::start_in(dir.path(), &[]);
-    assert_eq!(s.call("admin/counter", json!({})), (200, json!(101)), "the count survived a restart");
+    assert_eq!(
+        s.call("admin/counter", json!({})),
+        (200, json!(101)),
+        "the count survived a restart"
+    );
 
     // Another function of the same owner and the same function name of another owner start at 1.
     s.deploy_ok("counter2", counter, json!({}));
@@ -224,9 +313,19 @@ fn state_counts_survives_restart_and_is_scoped() {
     assert_eq!(s.call("admin/counter", json!({})), (200, json!(102)));
     let lister = "from skython import keys, delete, store\n\ndef main(prefix: str = ''):\n    store('k%x', 1)\n    return keys(prefix)\n";
     s.deploy_ok("lister", lister, json!({"owner": "bob"}));
-    assert_eq!(s.call("bob/lister", json!({})), (200, json!(["k%x"])), "bob/counter's keys are not listed");
-    assert_eq!(s.call("bob/lister", json!({"prefix": "k%"})), (200, json!(["k%x"])));
-    assert_eq!(s.call("bob/lister", json!({"prefix": "n"})), (200, json!([])));
+    assert_eq!(
+        s.call("bob/lister", json!({})),
+        (200, json!(["k%x"])),
+        "bob/counter's keys are not listed"
+    );
+    assert_eq!(
+        s.call("bob/lister", json!({"prefix": "k%"})),
+        (200, json!(["k%x"]))
+    );
+    assert_eq!(
+        s.call("bob/lister", json!({"prefix": "n"})),
+        (200, json!([]))
+    );
 }
 
 #[test]
@@ -234,10 +333,16 @@ fn oversized_state_values_are_refused_and_old_values_kept() {
     let s = Skython::start(&["--max-state-value-bytes", "1000"]);
     let source = "from skython import store, load, StateError\n\ndef main(size: int):\n    try:\n        store('v', 'x' * size)\n    except StateError as e:\n        return {'refused': str(e), 'kept': len(load('v', ''))}\n    return {'stored': size}\n";
     s.deploy_ok("big", source, json!({}));
-    assert_eq!(s.call("admin/big", json!({"size": 10})), (200, json!({"stored": 10})));
+    assert_eq!(
+        s.call("admin/big", json!({"size": 10})),
+        (200, json!({"stored": 10}))
+    );
     let (status, body) = s.call("admin/big", json!({"size": 5000}));
     assert_eq!(status, 200);
-    assert!(body["refused"].as_str().unwrap().contains("1000 bytes"), "{body}");
+    assert!(
+        body["refused"].as_str().unwrap().contains("1000 bytes"),
+        "{body}"
+    );
     assert_eq!(body["kept"], 10);
 }
 
@@ -246,12 +351,25 @@ fn syntax_errors_are_refused_and_the_previous_version_kept() {
     let s = Skython::start(&[]);
     s.deploy_ok("add", ADD, json!({}));
     let broken = "def add(a, b):\n    return a +\n";
-    let (status, body) = s.api(Method::PUT, "/functions/admin/add", Some(json!({"source": broken})));
+    let (status, body) = s.api(
+        Method::PUT,
+        "/functions/admin/add",
+        Some(json!({"source": broken})),
+    );
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "syntax_error");
     assert_eq!(body["error"]["line"], 2);
-    assert!(body["error"]["message"].as_str().unwrap().contains("line 2"), "{body}");
-    assert_eq!(s.call("admin/add", json!({"a": 2, "b": 3})), (200, json!(5)));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("line 2"),
+        "{body}"
+    );
+    assert_eq!(
+        s.call("admin/add", json!({"a": 2, "b": 3})),
+        (200, json!(5))
+    );
     let (_, f) = s.api(Method::GET, "/functions/admin/add", None);
     assert_eq!(f["generation"], 1);
     assert_eq!(f["source"], ADD);
@@ -263,94 +381,194 @@ fn syntax_errors_are_refused_and_the_previous_version_kept() {
     assert_eq!(status, 404);
 
     // A valid update rolls to the new version.
-    let (status, body) = s.api(Method::PUT, "/functions/admin/add", Some(json!({"source": "def add(a, b):\n    return a * b\n"})));
+    let (status, body) = s.api(
+        Method::PUT,
+        "/functions/admin/add",
+        Some(json!({"source": "def add(a, b):\n    return a * b\n"})),
+    );
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["generation"], 2);
-    assert_eq!(s.call("admin/add", json!({"a": 2, "b": 3})), (200, json!(6)));
+    assert_eq!(
+        s.call("admin/add", json!({"a": 2, "b": 3})),
+        (200, json!(6))
+    );
 }
 
 #[test]
 fn deploy_checks_the_spec_and_the_entry_function() {
     let s = Skython::start(&[]);
-    let (status, body) = s.deploy(json!({"endpoint": "Bad_Name", "source": ADD, "timeoutSeconds": 0}));
+    let (status, body) =
+        s.deploy(json!({"endpoint": "Bad_Name", "source": ADD, "timeoutSeconds": 0}));
     assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], "invalid_spec");
-    let fields: Vec<&str> = body["error"]["fields"].as_array().unwrap().iter().map(|f| f["field"].as_str().unwrap()).collect();
+    let fields: Vec<&str> = body["error"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
     assert_eq!(fields, ["endpoint", "timeoutSeconds"]);
     let (status, body) = s.deploy(json!({"endpoint": "x", "source": ADD, "timeout": 5}));
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_body")));
-    assert!(body["error"]["message"].as_str().unwrap().contains("timeoutSeconds"), "{body}");
-    let (status, body) = s.deploy(json!({"endpoint": "two", "source": "def a(): pass\ndef b(): pass\n"}));
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("ambiguous_entrypoint")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_body"))
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("timeoutSeconds"),
+        "{body}"
+    );
+    let (status, body) =
+        s.deploy(json!({"endpoint": "two", "source": "def a(): pass\ndef b(): pass\n"}));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("ambiguous_entrypoint"))
+    );
     assert_eq!(body["error"]["candidates"], json!(["a", "b"]));
     // `main` wins; helpers with a leading underscore do not count.
-    s.deploy_ok("m", "def helper(): return 1\n\ndef main(): return helper() + 1\n", json!({}));
-    s.deploy_ok("h", "def _helper(): return 1\n\ndef run(): return _helper() + 2\n", json!({}));
+    s.deploy_ok(
+        "m",
+        "def helper(): return 1\n\ndef main(): return helper() + 1\n",
+        json!({}),
+    );
+    s.deploy_ok(
+        "h",
+        "def _helper(): return 1\n\ndef run(): return _helper() + 2\n",
+        json!({}),
+    );
     assert_eq!(s.call("admin/m", json!({})), (200, json!(2)));
     assert_eq!(s.call("admin/h", json!({})), (200, json!(3)));
     // A duplicate endpoint is a conflict.
     let (status, body) = s.deploy(json!({"endpoint": "m", "source": ADD}));
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("conflict")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("conflict"))
+    );
     // An import error is reported in the status.
-    let (status, body) = s.deploy(json!({"endpoint": "imp", "source": "import no_such_module\n\ndef main(): pass\n"}));
+    let (status, body) = s.deploy(
+        json!({"endpoint": "imp", "source": "import no_such_module\n\ndef main(): pass\n"}),
+    );
     assert_eq!(status, 201);
     assert_eq!(body["status"]["conditions"][0]["status"], "False");
-    assert!(body["status"]["conditions"][0]["message"].as_str().unwrap().contains("no_such_module"), "{body}");
+    assert!(
+        body["status"]["conditions"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no_such_module"),
+        "{body}"
+    );
     let (status, body) = s.call("admin/imp", json!({}));
-    assert_eq!((status, body["error"]["code"].as_str()), (500, Some("load_error")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (500, Some("load_error")),
+        "{body}"
+    );
 }
 
 #[test]
 fn the_api_needs_a_token_and_limits_bodies() {
     let s = Skython::start(&["--max-body-bytes", "100000"]);
     let http = reqwest::blocking::Client::new();
-    let r = http.get(format!("{}/api/v1/functions", s.url)).send().unwrap();
+    let r = http
+        .get(format!("{}/api/v1/functions", s.url))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
     let body: Value = r.json().unwrap();
     assert_eq!(body["error"]["code"], "unauthorized");
-    let r = http.get(format!("{}/api/v1/functions", s.url)).bearer_auth("wrong").send().unwrap();
+    let r = http
+        .get(format!("{}/api/v1/functions", s.url))
+        .bearer_auth("wrong")
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 401);
     s.deploy_ok("add", ADD, json!({}));
-    let (status, body) = s.call_raw("admin/add", format!("{{\"a\": \"{}\"}}", "x".repeat(200_000)));
-    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("body_too_large")), "{body}");
+    let (status, body) = s.call_raw(
+        "admin/add",
+        format!("{{\"a\": \"{}\"}}", "x".repeat(200_000)),
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (413, Some("body_too_large")),
+        "{body}"
+    );
     let (status, body) = s.call_raw("admin/add", "[".repeat(100_000));
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_json")));
-    assert_eq!(s.call("admin/add", json!({"a": 1, "b": 2})), (200, json!(3)), "still serving");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_json"))
+    );
+    assert_eq!(
+        s.call("admin/add", json!({"a": 1, "b": 2})),
+        (200, json!(3)),
+        "still serving"
+    );
 }
 
 #[test]
 fn test_run_list_invocations_and_delete() {
     let s = Skython::start(&[]);
     let draft = "def greet(name: str = 'world') -> str:\n    print('greeting', name)\n    return f'hello {name}'\n";
-    let (status, body) = s.api(Method::POST, "/test-run", Some(json!({"source": draft, "args": {"name": "ada"}})));
+    let (status, body) = s.api(
+        Method::POST,
+        "/test-run",
+        Some(json!({"source": draft, "args": {"name": "ada"}})),
+    );
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], 200);
     assert_eq!(body["result"], "hello ada");
     assert_eq!(body["logs"], "greeting ada\n");
     assert!(body["durationMs"].as_f64().unwrap() > 0.0);
     assert_eq!(body["signature"]["params"][0]["default"], "'world'");
-    let (status, body) = s.api(Method::POST, "/test-run", Some(json!({"source": "def f(:\n"})));
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("syntax_error")));
-    let (_, body) = s.api(Method::POST, "/test-run", Some(json!({"source": "def f():\n    return 1/0\n"})));
+    let (status, body) = s.api(
+        Method::POST,
+        "/test-run",
+        Some(json!({"source": "def f(:\n"})),
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("syntax_error"))
+    );
+    let (_, body) = s.api(
+        Method::POST,
+        "/test-run",
+        Some(json!({"source": "def f():\n    return 1/0\n"})),
+    );
     assert_eq!(body["status"], 500);
     assert_eq!(body["error"]["type"], "ZeroDivisionError");
     // Nothing was deployed.
     let (_, list) = s.api(Method::GET, "/functions", None);
     assert_eq!(list["items"], json!([]));
 
-    s.deploy_ok("greet", draft, json!({"description": "Says hello", "tags": ["demo"], "visibility": "public"}));
-    assert_eq!(s.call("admin/greet", json!({})), (200, json!("hello world")));
+    s.deploy_ok(
+        "greet",
+        draft,
+        json!({"description": "Says hello", "tags": ["demo"], "visibility": "public"}),
+    );
+    assert_eq!(
+        s.call("admin/greet", json!({})),
+        (200, json!("hello world"))
+    );
     let (_, list) = s.api(Method::GET, "/functions", None);
     assert_eq!(list["items"][0]["endpoint"], "greet");
     assert_eq!(list["items"][0]["tags"], json!(["demo"]));
     assert_eq!(list["items"][0]["ready"], true);
-    let (_, inv) = s.api(Method::GET, "/functions/admin/greet/invocations?limit=5", None);
+    let (_, inv) = s.api(
+        Method::GET,
+        "/functions/admin/greet/invocations?limit=5",
+        None,
+    );
     let first = &inv["items"][0];
     assert_eq!(first["status"], 200);
     assert_eq!(first["logs"], "greeting world\n");
     assert!(!first["requestId"].as_str().unwrap().is_empty());
-    let (status, _) = s.api(Method::GET, "/functions/admin/greet/invocations?limit=0", None);
+    let (status, _) = s.api(
+        Method::GET,
+        "/functions/admin/greet/invocations?limit=0",
+        None,
+    );
     assert_eq!(status, 400);
 
     let (status, _) = s.api(Method::DELETE, "/functions/admin/greet", None);
@@ -373,10 +591,19 @@ fn health_metrics_and_openapi() {
     s.deploy_ok("add", ADD, json!({}));
     s.call("admin/add", json!({"a": 1, "b": 2}));
     s.call("admin/add", json!({"a": 1}));
-    assert_eq!(s.metric("skython_calls_total{function=\"admin/add\",outcome=\"ok\"}"), Some(1.0));
-    assert_eq!(s.metric("skython_calls_total{function=\"admin/add\",outcome=\"bad_arguments\"}"), Some(1.0));
+    assert_eq!(
+        s.metric("skython_calls_total{function=\"admin/add\",outcome=\"ok\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        s.metric("skython_calls_total{function=\"admin/add\",outcome=\"bad_arguments\"}"),
+        Some(1.0)
+    );
     let (_, text) = s.get("/metrics");
-    assert!(text.contains("skython_call_duration_seconds_bucket{function=\"admin/add\""), "{text}");
+    assert!(
+        text.contains("skython_call_duration_seconds_bucket{function=\"admin/add\""),
+        "{text}"
+    );
     let (status, body) = s.get("/nope");
     assert_eq!(status, 404);
     assert!(body.contains("\"code\":\"not_found\""));

@@ -6,8 +6,8 @@ use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -15,7 +15,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use skython_crds::{Runtime, Signature, SkyFunctionSpec, SkyFunctionStatus, Visibility, is_dns_label};
+use skython_crds::{
+    Runtime, Signature, SkyFunctionSpec, SkyFunctionStatus, Visibility, is_dns_label,
+};
 use skython_runner::{Inspection, SourceError, run_once};
 use skython_store::{FunctionFilter, FunctionRecord, Invocation, StateScope};
 
@@ -155,11 +157,19 @@ impl From<Invocation> for InvocationView {
 /// Parses a JSON body whatever its content type says (`curl -d` sends form encoding).
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     if body.trim_ascii().is_empty() {
-        return Err(ApiError::bad_request("invalid_body", "the request body is empty; send a JSON object"));
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "the request body is empty; send a JSON object",
+        ));
     }
     serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ApiError::bad_request("invalid_body", format!("invalid body: {e}")),
-        _ => ApiError::bad_request("bad_json", format!("the request body is not valid JSON: {e}")),
+        serde_json::error::Category::Data => {
+            ApiError::bad_request("invalid_body", format!("invalid body: {e}"))
+        }
+        _ => ApiError::bad_request(
+            "bad_json",
+            format!("the request body is not valid JSON: {e}"),
+        ),
     })
 }
 
@@ -174,19 +184,32 @@ static SPEC_FIELDS: LazyLock<BTreeSet<String>> = LazyLock::new(|| {
 });
 
 /// Reads a spec from a request body, filling `owner` (the caller) and `endpoint` (the path).
-pub fn parse_spec(mut body: Value, user: &AuthUser, path: Option<(&str, &str)>) -> ApiResult<SkyFunctionSpec> {
-    let obj = body
-        .as_object_mut()
-        .ok_or_else(|| ApiError::bad_request("invalid_body", "the body must be a JSON object of SkyFunction spec fields"))?;
+pub fn parse_spec(
+    mut body: Value,
+    user: &AuthUser,
+    path: Option<(&str, &str)>,
+) -> ApiResult<SkyFunctionSpec> {
+    let obj = body.as_object_mut().ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_body",
+            "the body must be a JSON object of SkyFunction spec fields",
+        )
+    })?;
     let unknown: Vec<&String> = obj.keys().filter(|k| !SPEC_FIELDS.contains(*k)).collect();
     if !unknown.is_empty() {
         let known: Vec<&str> = SPEC_FIELDS.iter().map(String::as_str).collect();
         return Err(ApiError::bad_request(
             "invalid_body",
-            format!("unknown field(s) {unknown:?}; the spec fields are {}", known.join(", ")),
+            format!(
+                "unknown field(s) {unknown:?}; the spec fields are {}",
+                known.join(", ")
+            ),
         ));
     }
-    for (field, from_path) in [("owner", path.map(|p| p.0)), ("endpoint", path.map(|p| p.1))] {
+    for (field, from_path) in [
+        ("owner", path.map(|p| p.0)),
+        ("endpoint", path.map(|p| p.1)),
+    ] {
         match (obj.get(field), from_path) {
             (Some(Value::String(given)), Some(p)) if given != p => {
                 return Err(ApiError::bad_request(
@@ -200,16 +223,25 @@ pub fn parse_spec(mut body: Value, user: &AuthUser, path: Option<(&str, &str)>) 
             _ => {}
         }
     }
-    obj.entry("owner").or_insert_with(|| user.0.name.clone().into());
-    let spec: SkyFunctionSpec =
-        serde_json::from_value(body).map_err(|e| ApiError::bad_request("invalid_body", format!("invalid spec: {e}")))?;
+    obj.entry("owner")
+        .or_insert_with(|| user.0.name.clone().into());
+    let spec: SkyFunctionSpec = serde_json::from_value(body)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid spec: {e}")))?;
     let errors = spec.validate();
     if !errors.is_empty() {
-        let message = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
-        return Err(ApiError::bad_request("invalid_spec", message).with("fields", serde_json::to_value(&errors).unwrap_or_default()));
+        let message = errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(ApiError::bad_request("invalid_spec", message)
+            .with("fields", serde_json::to_value(&errors).unwrap_or_default()));
     }
     if !user.may_manage(&spec.owner) {
-        return Err(ApiError::forbidden(format!("{} may not manage functions of {}", user.0.name, spec.owner)));
+        return Err(ApiError::forbidden(format!(
+            "{} may not manage functions of {}",
+            user.0.name, spec.owner
+        )));
     }
     Ok(spec)
 }
@@ -239,7 +271,13 @@ fn source_error(e: SourceError) -> ApiError {
 }
 
 /// Syntax check and entry function, without running anything.
-async fn inspect(app: &AppState, runtime: Runtime, source: &str, filename: &str, entrypoint: Option<&str>) -> ApiResult<Signature> {
+async fn inspect(
+    app: &AppState,
+    runtime: Runtime,
+    source: &str,
+    filename: &str,
+    entrypoint: Option<&str>,
+) -> ApiResult<Signature> {
     let zygote = app.deployments.zygote(runtime).ok_or_else(|| {
         ApiError::bad_request(
             "runtime_unavailable",
@@ -255,7 +293,11 @@ async fn inspect(app: &AppState, runtime: Runtime, source: &str, filename: &str,
         Ok(Inspection::Invalid { error }) => Err(source_error(error)),
         Err(e) => {
             tracing::error!("inspecting a source failed: {e}");
-            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "runtime_unavailable", "the Python runtime is not available; see the server log"))
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "runtime_unavailable",
+                "the Python runtime is not available; see the server log",
+            ))
         }
     }
 }
@@ -275,15 +317,33 @@ fn condition(ready: bool, reason: &str, message: String, generation: i64) -> Con
 async fn activate(app: &AppState, mut record: FunctionRecord) -> ApiResult<FunctionRecord> {
     let (owner, endpoint) = (record.spec.owner.clone(), record.spec.endpoint.clone());
     let cond = match app.deployments.replace(&record) {
-        None => condition(false, "RuntimeUnavailable", format!("runtime {:?} is not installed", record.spec.runtime.as_str()), record.generation),
+        None => condition(
+            false,
+            "RuntimeUnavailable",
+            format!(
+                "runtime {:?} is not installed",
+                record.spec.runtime.as_str()
+            ),
+            record.generation,
+        ),
         Some(deployed) => {
             let warm = deployed.pool.limits().min_workers.max(1);
             match deployed.pool.warm(warm).await {
-                Ok(()) => condition(true, "WorkerReady", "a worker loaded the function".into(), record.generation),
+                Ok(()) => condition(
+                    true,
+                    "WorkerReady",
+                    "a worker loaded the function".into(),
+                    record.generation,
+                ),
                 Err(skython_runner::Error::Load(e)) => {
                     condition(false, "LoadFailed", e.message, record.generation)
                 }
-                Err(e) => condition(false, "RuntimeUnavailable", e.to_string(), record.generation),
+                Err(e) => condition(
+                    false,
+                    "RuntimeUnavailable",
+                    e.to_string(),
+                    record.generation,
+                ),
             }
         }
     };
@@ -291,9 +351,29 @@ async fn activate(app: &AppState, mut record: FunctionRecord) -> ApiResult<Funct
     record.status.conditions = vec![cond];
     record.status.ready_replicas = u32::from(ready);
     record.status.observed_generation = Some(record.generation);
-    record.status.url = Some(format!("{}/fn/{owner}/{endpoint}", app.config.public_url.trim_end_matches('/')));
-    app.store.set_function_status(&owner, &endpoint, &record.status).await?;
+    record.status.url = Some(format!(
+        "{}/fn/{owner}/{endpoint}",
+        app.config.public_url.trim_end_matches('/')
+    ));
+    app.store
+        .set_function_status(&owner, &endpoint, &record.status)
+        .await?;
     Ok(record)
+}
+
+/// Who the token belongs to.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Me {
+    pub name: String,
+    pub is_admin: bool,
+}
+
+pub async fn me(user: AuthUser) -> Json<Me> {
+    Json(Me {
+        name: user.0.name,
+        is_admin: user.0.is_admin,
+    })
 }
 
 pub async fn create_function(
@@ -303,10 +383,20 @@ pub async fn create_function(
 ) -> ApiResult<Response> {
     let body: Value = json_body(&body?)?;
     let spec = parse_spec(body, &user, None)?;
-    let signature = inspect(&app, spec.runtime, &spec.source, &format!("{}.py", spec.endpoint), spec.entrypoint.as_deref()).await?;
+    let signature = inspect(
+        &app,
+        spec.runtime,
+        &spec.source,
+        &format!("{}.py", spec.endpoint),
+        spec.entrypoint.as_deref(),
+    )
+    .await?;
     let now = jiff::Timestamp::now();
     let record = FunctionRecord {
-        status: SkyFunctionStatus { signature: Some(signature), ..Default::default() },
+        status: SkyFunctionStatus {
+            signature: Some(signature),
+            ..Default::default()
+        },
         spec,
         generation: 1,
         created_at: now,
@@ -329,22 +419,49 @@ pub async fn replace_function(
         .store
         .get_function(&owner, &endpoint)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("function {owner}/{endpoint} does not exist; create it with POST /api/v1/functions")))?;
-    let signature = inspect(&app, spec.runtime, &spec.source, &format!("{endpoint}.py"), spec.entrypoint.as_deref()).await?;
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "function {owner}/{endpoint} does not exist; create it with POST /api/v1/functions"
+            ))
+        })?;
+    let signature = inspect(
+        &app,
+        spec.runtime,
+        &spec.source,
+        &format!("{endpoint}.py"),
+        spec.entrypoint.as_deref(),
+    )
+    .await?;
     let record = FunctionRecord {
-        status: SkyFunctionStatus { signature: Some(signature), ..Default::default() },
+        status: SkyFunctionStatus {
+            signature: Some(signature),
+            ..Default::default()
+        },
         spec,
         generation: current.generation + 1,
         created_at: current.created_at,
         updated_at: jiff::Timestamp::now(),
     };
-    app.store.replace_function(&record, current.generation).await?;
+    app.store
+        .replace_function(&record, current.generation)
+        .await?;
     Ok(Json(activate(&app, record).await?.into()))
 }
 
 /// The function if the caller may see it: its owner and the admin always, others if public.
-async fn visible(app: &AppState, user: &AuthUser, owner: &str, endpoint: &str) -> ApiResult<FunctionRecord> {
-    let missing = || ApiError::new(StatusCode::NOT_FOUND, "function_not_found", format!("no function {owner}/{endpoint}"));
+async fn visible(
+    app: &AppState,
+    user: &AuthUser,
+    owner: &str,
+    endpoint: &str,
+) -> ApiResult<FunctionRecord> {
+    let missing = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "function_not_found",
+            format!("no function {owner}/{endpoint}"),
+        )
+    };
     if !is_dns_label(owner) || !is_dns_label(endpoint) {
         return Err(missing());
     }
@@ -369,12 +486,19 @@ pub async fn delete_function(
 ) -> ApiResult<StatusCode> {
     visible(&app, &user, &owner, &endpoint).await?;
     if !user.may_manage(&owner) {
-        return Err(ApiError::forbidden(format!("{} may not delete functions of {owner}", user.0.name)));
+        return Err(ApiError::forbidden(format!(
+            "{} may not delete functions of {owner}",
+            user.0.name
+        )));
     }
     app.deployments.remove(&owner, &endpoint);
     app.metrics.forget(&format!("{owner}/{endpoint}"));
     if !app.store.delete_function(&owner, &endpoint).await? {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "function_not_found", format!("no function {owner}/{endpoint}")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "function_not_found",
+            format!("no function {owner}/{endpoint}"),
+        ));
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -386,19 +510,34 @@ pub async fn list_functions(
 ) -> ApiResult<Json<FunctionList>> {
     let Query(q) = query?;
     let filter = match (&q.owner, user.0.is_admin) {
-        (Some(o), true) => FunctionFilter { owner: Some(o.clone()), include_public: false },
+        (Some(o), true) => FunctionFilter {
+            owner: Some(o.clone()),
+            include_public: false,
+        },
         (None, true) => FunctionFilter::default(),
-        (Some(o), false) if *o == user.0.name => FunctionFilter { owner: Some(o.clone()), include_public: false },
+        (Some(o), false) if *o == user.0.name => FunctionFilter {
+            owner: Some(o.clone()),
+            include_public: false,
+        },
         // Someone else's functions: only the public ones.
-        (Some(_), false) => FunctionFilter { owner: None, include_public: true },
-        (None, false) => FunctionFilter { owner: Some(user.0.name.clone()), include_public: true },
+        (Some(_), false) => FunctionFilter {
+            owner: None,
+            include_public: true,
+        },
+        (None, false) => FunctionFilter {
+            owner: Some(user.0.name.clone()),
+            include_public: true,
+        },
     };
     let records = app.store.list_functions(&filter).await?;
     let items = records
         .into_iter()
         .filter(|r| q.owner.as_ref().is_none_or(|o| r.spec.owner == *o))
         .map(|r| FunctionSummary {
-            ready: r.status.ready_condition().is_some_and(|c| c.status == "True"),
+            ready: r
+                .status
+                .ready_condition()
+                .is_some_and(|c| c.status == "True"),
             url: r.status.url.clone(),
             signature: r.status.signature.clone(),
             updated_at: r.updated_at.to_string(),
@@ -428,19 +567,47 @@ pub async fn test_run(
     }
     let errors = spec.validate();
     if !errors.is_empty() {
-        let message = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+        let message = errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
         return Err(ApiError::bad_request("invalid_spec", message));
     }
-    let args = serde_json::to_vec(req.args.as_ref().unwrap_or(&Value::Object(Default::default())))
-        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+    let args = serde_json::to_vec(
+        req.args
+            .as_ref()
+            .unwrap_or(&Value::Object(Default::default())),
+    )
+    .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
     let args = check_args(&args)?.to_vec();
-    let signature = inspect(&app, spec.runtime, &spec.source, &format!("{endpoint}.py"), spec.entrypoint.as_deref()).await?;
-    let zygote = app.deployments.zygote(spec.runtime).ok_or_else(|| ApiError::internal("runtime vanished"))?;
+    let signature = inspect(
+        &app,
+        spec.runtime,
+        &spec.source,
+        &format!("{endpoint}.py"),
+        spec.entrypoint.as_deref(),
+    )
+    .await?;
+    let zygote = app
+        .deployments
+        .zygote(spec.runtime)
+        .ok_or_else(|| ApiError::internal("runtime vanished"))?;
     let worker_spec = app.deployments.worker_spec(&spec, &signature.entrypoint);
     // Drafts keep their state apart from the deployed function's.
-    let state = app.deployments.scoped_state(StateScope { owner: spec.owner.clone(), function: format!("~draft/{endpoint}") });
+    let state = app.deployments.scoped_state(StateScope {
+        owner: spec.owner.clone(),
+        function: format!("~draft/{endpoint}"),
+    });
     let started = Instant::now();
-    let res = run_once(zygote, &worker_spec, &args, &state, Duration::from_secs(spec.timeout_seconds.into())).await;
+    let res = run_once(
+        zygote,
+        &worker_spec,
+        &args,
+        &state,
+        Duration::from_secs(spec.timeout_seconds.into()),
+    )
+    .await;
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     let out = CallOutput::from_result(res);
     let body: Value = serde_json::from_slice(&out.body).unwrap_or(Value::Null);
@@ -458,7 +625,10 @@ pub async fn test_run(
 fn limit(q: Result<Query<LimitQuery>, QueryRejection>) -> ApiResult<usize> {
     let Query(q) = q?;
     match q.limit.unwrap_or(50) {
-        0 => Err(ApiError::bad_request("bad_query", "limit must be at least 1")),
+        0 => Err(ApiError::bad_request(
+            "bad_query",
+            "limit must be at least 1",
+        )),
         n => Ok(n.min(1000)),
     }
 }
@@ -472,11 +642,15 @@ pub async fn invocations(
     let n = limit(query)?;
     visible(&app, &user, &owner, &endpoint).await?;
     if !user.may_manage(&owner) {
-        return Err(ApiError::forbidden("only the owner may read a function's invocations"));
+        return Err(ApiError::forbidden(
+            "only the owner may read a function's invocations",
+        ));
     }
     app.recorder.flush().await;
     let items = app.store.recent_invocations(&owner, &endpoint, n).await?;
-    Ok(Json(InvocationList { items: items.into_iter().map(Into::into).collect() }))
+    Ok(Json(InvocationList {
+        items: items.into_iter().map(Into::into).collect(),
+    }))
 }
 
 /// Like `invocations`, but only the calls that printed something or failed.
@@ -486,8 +660,19 @@ pub async fn logs(
     Path((owner, endpoint)): Path<(String, String)>,
     query: Result<Query<LimitQuery>, QueryRejection>,
 ) -> ApiResult<Json<InvocationList>> {
-    let Json(all) = invocations(State(app), user, Path((owner, endpoint)), Ok(Query(LimitQuery { limit: Some(1000) }))).await?;
+    let Json(all) = invocations(
+        State(app),
+        user,
+        Path((owner, endpoint)),
+        Ok(Query(LimitQuery { limit: Some(1000) })),
+    )
+    .await?;
     let n = limit(query)?;
-    let items = all.items.into_iter().filter(|i| !i.logs.is_empty() || i.error.is_some()).take(n).collect();
+    let items = all
+        .items
+        .into_iter()
+        .filter(|i| !i.logs.is_empty() || i.error.is_some())
+        .take(n)
+        .collect();
     Ok(Json(InvocationList { items }))
 }

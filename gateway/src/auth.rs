@@ -61,7 +61,10 @@ impl FromRequestParts<AppState> for AuthUser {
 #[derive(Debug, PartialEq)]
 pub enum AdminToken {
     /// A new admin was created with this token (also written to the token file).
-    Created { token: String, file: Option<std::path::PathBuf> },
+    Created {
+        token: String,
+        file: Option<std::path::PathBuf>,
+    },
     /// The token was set from the environment.
     FromEnv,
     /// The admin exists; its token is in this file if it is still there.
@@ -131,19 +134,50 @@ mod tests {
     async fn admin_bootstrap() {
         let dir = tempfile::tempdir().unwrap();
         let store = skython_store::SqliteStore::open_in_memory().unwrap();
-        let AdminToken::Created { token, file } = bootstrap_admin(&store, dir.path(), None).await.unwrap() else {
+        let AdminToken::Created { token, file } =
+            bootstrap_admin(&store, dir.path(), None).await.unwrap()
+        else {
             panic!("expected a new admin")
         };
-        assert_eq!(std::fs::read_to_string(file.unwrap()).unwrap().trim(), token);
-        assert!(store.user_by_token_hash(&hash_token(&token)).await.unwrap().unwrap().is_admin);
+        assert_eq!(
+            std::fs::read_to_string(file.unwrap()).unwrap().trim(),
+            token
+        );
+        assert!(
+            store
+                .user_by_token_hash(&hash_token(&token))
+                .await
+                .unwrap()
+                .unwrap()
+                .is_admin
+        );
         // Second start: nothing changes.
         assert!(matches!(
             bootstrap_admin(&store, dir.path(), None).await.unwrap(),
             AdminToken::Existing { file: Some(_) }
         ));
         // The environment replaces the token.
-        assert_eq!(bootstrap_admin(&store, dir.path(), Some("t2")).await.unwrap(), AdminToken::FromEnv);
-        assert!(store.user_by_token_hash(&hash_token(&token)).await.unwrap().is_none());
-        assert_eq!(store.user_by_token_hash(&hash_token("t2")).await.unwrap().unwrap().name, ADMIN);
+        assert_eq!(
+            bootstrap_admin(&store, dir.path(), Some("t2"))
+                .await
+                .unwrap(),
+            AdminToken::FromEnv
+        );
+        assert!(
+            store
+                .user_by_token_hash(&hash_token(&token))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            store
+                .user_by_token_hash(&hash_token("t2"))
+                .await
+                .unwrap()
+                .unwrap()
+                .name,
+            ADMIN
+        );
     }
 }

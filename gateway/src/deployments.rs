@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use skython_crds::{Runtime, SkyFunctionSpec};
-use skython_runner::{PoolLimits, StateAnswer, StateHandler, StateRequest, WorkerPool, WorkerSpec, Zygote};
+use skython_runner::{
+    PoolLimits, StateAnswer, StateHandler, StateRequest, WorkerPool, WorkerSpec, Zygote,
+};
 use skython_store::{FunctionRecord, StateScope, Store};
 
 use crate::Limits;
@@ -30,7 +32,11 @@ pub struct Deployments {
 }
 
 impl Deployments {
-    pub fn new(store: Arc<dyn Store>, zygotes: HashMap<Runtime, Arc<Zygote>>, limits: Limits) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        zygotes: HashMap<Runtime, Arc<Zygote>>,
+        limits: Limits,
+    ) -> Self {
         Deployments {
             store,
             zygotes,
@@ -50,7 +56,11 @@ impl Deployments {
     }
 
     /// The function's pool, loading the function from the store on first use.
-    pub async fn get(&self, owner: &str, endpoint: &str) -> skython_store::Result<Option<Arc<Deployed>>> {
+    pub async fn get(
+        &self,
+        owner: &str,
+        endpoint: &str,
+    ) -> skython_store::Result<Option<Arc<Deployed>>> {
         let key = (owner.to_string(), endpoint.to_string());
         if let Some(d) = self.read().get(&key) {
             return Ok(Some(d.clone()));
@@ -63,7 +73,9 @@ impl Deployments {
         };
         // Someone may have deployed meanwhile: theirs is at least as new as what we read.
         let mut live = self.write();
-        Ok(Some(live.entry(key).or_insert_with(|| Arc::new(fresh)).clone()))
+        Ok(Some(
+            live.entry(key).or_insert_with(|| Arc::new(fresh)).clone(),
+        ))
     }
 
     /// Installs the pool of a new version and retires the previous one.
@@ -78,7 +90,10 @@ impl Deployments {
     }
 
     pub fn remove(&self, owner: &str, endpoint: &str) {
-        if let Some(old) = self.write().remove(&(owner.to_string(), endpoint.to_string())) {
+        if let Some(old) = self
+            .write()
+            .remove(&(owner.to_string(), endpoint.to_string()))
+        {
             old.pool.retire();
         }
     }
@@ -108,7 +123,11 @@ impl Deployments {
         Some(Deployed {
             label: format!("{}/{}", spec.owner, spec.endpoint),
             generation: record.generation,
-            pool: WorkerPool::new(zygote, self.worker_spec(spec, &entrypoint), pool_limits(spec, &self.limits)),
+            pool: WorkerPool::new(
+                zygote,
+                self.worker_spec(spec, &entrypoint),
+                pool_limits(spec, &self.limits),
+            ),
             state: ScopedState {
                 store: self.store.clone(),
                 scope: StateScope {
@@ -180,24 +199,29 @@ const MAX_KEYS_LISTED: usize = 10_000;
 impl StateHandler for ScopedState {
     async fn handle(&self, request: StateRequest) -> StateAnswer {
         let key = match &request {
-            StateRequest::Load { key } | StateRequest::Store { key, .. } | StateRequest::Delete { key } => {
-                Some(key)
-            }
+            StateRequest::Load { key }
+            | StateRequest::Store { key, .. }
+            | StateRequest::Delete { key } => Some(key),
             StateRequest::Keys { .. } => None,
         };
         if let Some(key) = key
             && (key.is_empty() || key.chars().count() > MAX_KEY_CHARS)
         {
-            return StateAnswer::refused("bad_key", format!("state keys must be 1-{MAX_KEY_CHARS} characters"));
+            return StateAnswer::refused(
+                "bad_key",
+                format!("state keys must be 1-{MAX_KEY_CHARS} characters"),
+            );
         }
         let s = &self.scope;
         let res = match request {
-            StateRequest::Load { key } => self.store.state_get(s, &key).await.map(|v| StateAnswer {
-                ok: true,
-                found: Some(v.is_some()),
-                value: v,
-                ..Default::default()
-            }),
+            StateRequest::Load { key } => {
+                self.store.state_get(s, &key).await.map(|v| StateAnswer {
+                    ok: true,
+                    found: Some(v.is_some()),
+                    value: v,
+                    ..Default::default()
+                })
+            }
             StateRequest::Store { key, value } => {
                 if value.len() > self.max_value_bytes {
                     return StateAnswer::refused(
@@ -212,26 +236,33 @@ impl StateHandler for ScopedState {
                 if serde_json::from_str::<serde::de::IgnoredAny>(&value).is_err() {
                     return StateAnswer::refused("bad_value", "state values must be JSON");
                 }
-                self.store.state_put(s, &key, &value).await.map(|()| StateAnswer {
-                    ok: true,
-                    ..Default::default()
-                })
-            }
-            StateRequest::Delete { key } => self.store.state_delete(s, &key).await.map(|found| StateAnswer {
-                ok: true,
-                found: Some(found),
-                ..Default::default()
-            }),
-            StateRequest::Keys { prefix } => {
                 self.store
-                    .state_keys(s, &prefix, MAX_KEYS_LISTED)
+                    .state_put(s, &key, &value)
                     .await
-                    .map(|keys| StateAnswer {
+                    .map(|()| StateAnswer {
                         ok: true,
-                        keys: Some(keys),
                         ..Default::default()
                     })
             }
+            StateRequest::Delete { key } => {
+                self.store
+                    .state_delete(s, &key)
+                    .await
+                    .map(|found| StateAnswer {
+                        ok: true,
+                        found: Some(found),
+                        ..Default::default()
+                    })
+            }
+            StateRequest::Keys { prefix } => self
+                .store
+                .state_keys(s, &prefix, MAX_KEYS_LISTED)
+                .await
+                .map(|keys| StateAnswer {
+                    ok: true,
+                    keys: Some(keys),
+                    ..Default::default()
+                }),
         };
         res.unwrap_or_else(|e| {
             tracing::error!(owner = %s.owner, function = %s.function, "state request failed: {e}");
@@ -253,7 +284,10 @@ mod tests {
         spec.timeout_seconds = 2;
         let l = pool_limits(&spec, &Limits::default());
         assert_eq!(l.max_workers, 3);
-        assert_eq!(l.min_workers, 3, "never more warm workers than the pool may hold");
+        assert_eq!(
+            l.min_workers, 3,
+            "never more warm workers than the pool may hold"
+        );
         assert_eq!(l.idle_timeout, Duration::from_secs(7));
         assert_eq!(l.call_timeout, Duration::from_secs(2));
         assert_eq!(l.queue_limit, Limits::default().queue_limit);
@@ -264,23 +298,47 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(skython_store::SqliteStore::open_in_memory().unwrap());
         let mk = |owner: &str, f: &str| ScopedState {
             store: store.clone(),
-            scope: StateScope { owner: owner.into(), function: f.into() },
+            scope: StateScope {
+                owner: owner.into(),
+                function: f.into(),
+            },
             max_value_bytes: 16,
         };
         let (a, b) = (mk("alice", "f"), mk("bob", "f"));
-        let put = a.handle(StateRequest::Store { key: "n".into(), value: "1".into() }).await;
+        let put = a
+            .handle(StateRequest::Store {
+                key: "n".into(),
+                value: "1".into(),
+            })
+            .await;
         assert!(put.ok);
         let got = a.handle(StateRequest::Load { key: "n".into() }).await;
         assert_eq!(got.value.as_deref(), Some("1"));
         let other = b.handle(StateRequest::Load { key: "n".into() }).await;
         assert_eq!(other.found, Some(false));
-        let big = a.handle(StateRequest::Store { key: "n".into(), value: format!("\"{}\"", "x".repeat(20)) }).await;
+        let big = a
+            .handle(StateRequest::Store {
+                key: "n".into(),
+                value: format!("\"{}\"", "x".repeat(20)),
+            })
+            .await;
         assert_eq!(big.error.unwrap().code, "value_too_large");
-        let bad = a.handle(StateRequest::Store { key: "n".into(), value: "{".into() }).await;
+        let bad = a
+            .handle(StateRequest::Store {
+                key: "n".into(),
+                value: "{".into(),
+            })
+            .await;
         assert_eq!(bad.error.unwrap().code, "bad_value");
         let empty = a.handle(StateRequest::Load { key: String::new() }).await;
         assert_eq!(empty.error.unwrap().code, "bad_key");
         // What was stored before the refused writes is intact.
-        assert_eq!(a.handle(StateRequest::Load { key: "n".into() }).await.value.as_deref(), Some("1"));
+        assert_eq!(
+            a.handle(StateRequest::Load { key: "n".into() })
+                .await
+                .value
+                .as_deref(),
+            Some("1")
+        );
     }
 }

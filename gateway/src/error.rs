@@ -81,7 +81,16 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::warn!(code = self.code, status = %self.status, "{}", self.message);
         }
-        let mut resp = (self.status, axum::Json(self.body())).into_response();
+        // A trailing newline keeps terminal output readable; JSON parsers ignore it.
+        let mut resp = (
+            self.status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            format!("{}\n", self.body()),
+        )
+            .into_response();
         match self.status {
             StatusCode::UNAUTHORIZED => {
                 resp.headers_mut()

@@ -39,14 +39,20 @@ impl CallOutput {
     /// Maps what the runner reported to the HTTP answer.
     pub fn from_result(res: Result<CallResult, RunnerError>) -> Self {
         match res {
-            Ok(CallResult { outcome: Outcome::Returned(json), logs }) => CallOutput {
+            Ok(CallResult {
+                outcome: Outcome::Returned(json),
+                logs,
+            }) => CallOutput {
                 status: StatusCode::OK,
                 body: json,
                 outcome: "ok".into(),
                 error: None,
                 logs,
             },
-            Ok(CallResult { outcome: Outcome::Failed(err), logs }) => Self::failed(function_error(err), logs),
+            Ok(CallResult {
+                outcome: Outcome::Failed(err),
+                logs,
+            }) => Self::failed(function_error(err), logs),
             Err(RunnerError::Load(err)) => {
                 let mut logs = err.logs.clone().unwrap_or_default();
                 if let Some(tb) = &err.traceback {
@@ -88,15 +94,29 @@ fn function_error(err: FunctionError) -> ApiError {
 fn runner_error(e: RunnerError) -> ApiError {
     let msg = e.to_string();
     match e {
-        RunnerError::Timeout(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", format!("{msg}; the worker was stopped")),
+        RunnerError::Timeout(_) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!("{msg}; the worker was stopped"),
+        ),
         RunnerError::Crashed(_) => ApiError::new(
             StatusCode::BAD_GATEWAY,
             "worker_crashed",
-            format!("{msg}: the process exited (os._exit, a crash in native code, or a resource limit); it will be replaced"),
+            format!(
+                "{msg}: the process exited (os._exit, a crash in native code, or a resource limit); it will be replaced"
+            ),
         ),
-        RunnerError::QueueFull { .. } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", msg),
-        RunnerError::QueueTimeout(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "queue_timeout", msg),
-        RunnerError::Retired => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "retry", format!("{msg}; call again")),
+        RunnerError::QueueFull { .. } => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", msg)
+        }
+        RunnerError::QueueTimeout(_) => {
+            ApiError::new(StatusCode::GATEWAY_TIMEOUT, "queue_timeout", msg)
+        }
+        RunnerError::Retired => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "retry",
+            format!("{msg}; call again"),
+        ),
         other => {
             tracing::error!("runtime failure: {other}");
             ApiError::new(
@@ -117,11 +137,16 @@ pub fn check_args(body: &[u8]) -> Result<&[u8], ApiError> {
     if nesting_exceeds(trimmed, MAX_NESTING) {
         return Err(ApiError::bad_request(
             "bad_json",
-            format!("the request body nests arrays and objects more than {MAX_NESTING} levels deep"),
+            format!(
+                "the request body nests arrays and objects more than {MAX_NESTING} levels deep"
+            ),
         ));
     }
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(trimmed) {
-        return Err(ApiError::bad_request("bad_json", format!("the request body is not valid JSON: {e}")));
+        return Err(ApiError::bad_request(
+            "bad_json",
+            format!("the request body is not valid JSON: {e}"),
+        ));
     }
     match trimmed[0] {
         b'{' | b'[' => Ok(trimmed),
@@ -180,20 +205,32 @@ pub async fn call_function(
 ) -> Result<Response, ApiError> {
     let started_at = jiff::Timestamp::now();
     let started = Instant::now();
-    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "function_not_found", format!("no function {owner}/{endpoint}"));
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "function_not_found",
+            format!("no function {owner}/{endpoint}"),
+        )
+    };
     if !is_dns_label(&owner) || !is_dns_label(&endpoint) {
         return Err(not_found());
     }
     let body = body?;
     let args = check_args(&body)?;
-    let deployed = app.deployments.get(&owner, &endpoint).await?.ok_or_else(not_found)?;
+    let deployed = app
+        .deployments
+        .get(&owner, &endpoint)
+        .await?
+        .ok_or_else(not_found)?;
     let rid = request_id(&headers);
     let span = tracing::info_span!("call", function = %deployed.label, request_id = %rid);
     let args = Bytes::copy_from_slice(args);
     // The call runs in its own task so a client that hangs up does not cut a worker off mid-call.
     let task = {
         let deployed = deployed.clone();
-        tokio::spawn(async move { deployed.pool.call(&args, &deployed.state).await }.instrument(span))
+        tokio::spawn(
+            async move { deployed.pool.call(&args, &deployed.state).await }.instrument(span),
+        )
     };
     let (res, cold_start) = match task.await {
         Ok(Ok(report)) => (Ok(report.result), report.cold_start),
@@ -209,10 +246,16 @@ pub async fn call_function(
     let out = CallOutput::from_result(res);
     let elapsed = started.elapsed();
     let m = &app.metrics;
-    m.calls.with_label_values(&[deployed.label.as_str(), out.outcome.as_str()]).inc();
-    m.call_duration.with_label_values(&[deployed.label.as_str()]).observe(elapsed.as_secs_f64());
+    m.calls
+        .with_label_values(&[deployed.label.as_str(), out.outcome.as_str()])
+        .inc();
+    m.call_duration
+        .with_label_values(&[deployed.label.as_str()])
+        .observe(elapsed.as_secs_f64());
     if cold_start {
-        m.cold_starts.with_label_values(&[deployed.label.as_str()]).inc();
+        m.cold_starts
+            .with_label_values(&[deployed.label.as_str()])
+            .inc();
     }
     app.recorder.record(Invocation {
         request_id: rid,
@@ -226,9 +269,16 @@ pub async fn call_function(
         logs: out.logs.clone(),
         cold_start,
     });
-    let mut resp = (out.status, out.body).into_response();
+    // The value plus a newline, so `curl` output ends its line; JSON parsers ignore it.
+    let mut body = Vec::with_capacity(out.body.len() + 1);
+    body.extend_from_slice(&out.body);
+    body.push(b'\n');
+    let mut resp = (out.status, body).into_response();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if cold_start {
         h.insert("x-skython-cold-start", HeaderValue::from_static("true"));
     }
@@ -249,10 +299,17 @@ mod tests {
         assert_eq!(check_args(b"42").unwrap_err().code, "bad_arguments");
         assert_eq!(check_args(b"null").unwrap_err().code, "bad_arguments");
         let deep = "[".repeat(10_000) + &"]".repeat(10_000);
-        assert_eq!(check_args(deep.as_bytes()).map_err(|e| e.code), Err("bad_json"), "nesting is bounded");
+        assert_eq!(
+            check_args(deep.as_bytes()).map_err(|e| e.code),
+            Err("bad_json"),
+            "nesting is bounded"
+        );
         let ok = "[".repeat(100) + &"]".repeat(100);
         assert!(check_args(ok.as_bytes()).is_ok());
-        assert!(check_args(br#"{"a": "[[[[\"[[["}"#).is_ok(), "brackets in strings do not count");
+        assert!(
+            check_args(br#"{"a": "[[[[\"[[["}"#).is_ok(),
+            "brackets in strings do not count"
+        );
     }
 
     #[test]
@@ -273,12 +330,30 @@ mod tests {
         let out = fe("function_error");
         assert_eq!(out.status, StatusCode::INTERNAL_SERVER_ERROR);
         let body: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
-        assert_eq!(body, serde_json::json!({"error": {"code": "function_error", "type": "ValueError", "message": "m"}}));
+        assert_eq!(
+            body,
+            serde_json::json!({"error": {"code": "function_error", "type": "ValueError", "message": "m"}})
+        );
         assert_eq!(fe("bad_arguments").status, StatusCode::BAD_REQUEST);
         let st = |e| CallOutput::from_result(Err(e)).status;
-        assert_eq!(st(RunnerError::Timeout(std::time::Duration::from_secs(1))), StatusCode::GATEWAY_TIMEOUT);
-        assert_eq!(st(RunnerError::Crashed("x".into())), StatusCode::BAD_GATEWAY);
-        assert_eq!(st(RunnerError::QueueFull { workers: 1, queue: 1 }), StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(st(RunnerError::Spawn("x".into())), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            st(RunnerError::Timeout(std::time::Duration::from_secs(1))),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            st(RunnerError::Crashed("x".into())),
+            StatusCode::BAD_GATEWAY
+        );
+        assert_eq!(
+            st(RunnerError::QueueFull {
+                workers: 1,
+                queue: 1
+            }),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(
+            st(RunnerError::Spawn("x".into())),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

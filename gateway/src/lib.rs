@@ -94,8 +94,16 @@ impl AppState {
         zygotes: HashMap<Runtime, Arc<Zygote>>,
     ) -> Result<Self, prometheus::Error> {
         let metrics = Arc::new(Metrics::new()?);
-        let deployments = Arc::new(Deployments::new(store.clone(), zygotes, config.limits.clone()));
-        let recorder = Recorder::start(store.clone(), metrics.clone(), config.limits.invocations_kept);
+        let deployments = Arc::new(Deployments::new(
+            store.clone(),
+            zygotes,
+            config.limits.clone(),
+        ));
+        let recorder = Recorder::start(
+            store.clone(),
+            metrics.clone(),
+            config.limits.invocations_kept,
+        );
         let reaper = Arc::downgrade(&deployments);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -122,16 +130,23 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.limits.max_body_bytes;
     let api = Router::new()
-        .route("/functions", post(api::create_function).get(api::list_functions))
+        .route(
+            "/functions",
+            post(api::create_function).get(api::list_functions),
+        )
         .route(
             "/functions/{owner}/{endpoint}",
             get(api::get_function)
                 .put(api::replace_function)
                 .delete(api::delete_function),
         )
-        .route("/functions/{owner}/{endpoint}/invocations", get(api::invocations))
+        .route(
+            "/functions/{owner}/{endpoint}/invocations",
+            get(api::invocations),
+        )
         .route("/functions/{owner}/{endpoint}/logs", get(api::logs))
-        .route("/test-run", post(api::test_run));
+        .route("/test-run", post(api::test_run))
+        .route("/me", get(api::me));
     Router::new()
         .route("/fn/{owner}/{endpoint}", post(invoke::call_function))
         .nest("/api/v1", api)
@@ -164,11 +179,19 @@ async fn openapi_json() -> impl IntoResponse {
 
 async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
     for rt in app.deployments.runtimes() {
-        let runtime = if rt == "full" { Runtime::Full } else { Runtime::Standard };
+        let runtime = if rt == "full" {
+            Runtime::Full
+        } else {
+            Runtime::Standard
+        };
         if let Some(z) = app.deployments.zygote(runtime)
             && let Err(e) = z.start().await
         {
-            return (StatusCode::SERVICE_UNAVAILABLE, format!("runtime {rt}: {e}")).into_response();
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("runtime {rt}: {e}"),
+            )
+                .into_response();
         }
     }
     if let Err(e) = app.store.get_user(auth::ADMIN).await {
@@ -179,7 +202,10 @@ async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
 
 async fn metrics_text(State(app): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
         app.metrics.render(&app.deployments),
     )
 }

@@ -24,15 +24,21 @@ impl Metrics {
             &["function", "outcome"],
         )?;
         let call_duration = HistogramVec::new(
-            HistogramOpts::new("call_duration_seconds", "Endpoint call latency, as the gateway saw it")
-                .buckets(vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0, 30.0, 60.0,
-                ]),
+            HistogramOpts::new(
+                "call_duration_seconds",
+                "Endpoint call latency, as the gateway saw it",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0, 60.0,
+            ]),
             &["function"],
         )?;
         let cold_starts = IntCounterVec::new(
-            Opts::new("cold_starts_total", "Calls that had to start a worker first"),
+            Opts::new(
+                "cold_starts_total",
+                "Calls that had to start a worker first",
+            ),
             &["function"],
         )?;
         let workers = IntGaugeVec::new(

@@ -5,7 +5,7 @@ use schemars::generate::SchemaSettings;
 use serde_json::{Value, json};
 use skython_crds::SkyFunctionSpec;
 
-use crate::api::{FunctionList, FunctionView, InvocationList, TestRunRequest, TestRunResponse};
+use crate::api::{FunctionList, FunctionView, InvocationList, Me, TestRunRequest, TestRunResponse};
 
 fn error_schema() -> Value {
     json!({
@@ -30,7 +30,9 @@ fn error_schema() -> Value {
 
 fn response(desc: &str, schema: Option<&str>) -> Value {
     match schema {
-        Some(s) => json!({"description": desc, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{s}")}}}}),
+        Some(s) => {
+            json!({"description": desc, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{s}")}}}})
+        }
         None => json!({"description": desc}),
     }
 }
@@ -42,7 +44,14 @@ fn errors(codes: &[&str]) -> serde_json::Map<String, Value> {
         .collect()
 }
 
-fn op(summary: &str, ok_status: &str, ok: Value, error_codes: &[&str], body: Option<&str>, params: &[&str]) -> Value {
+fn op(
+    summary: &str,
+    ok_status: &str,
+    ok: Value,
+    error_codes: &[&str],
+    body: Option<&str>,
+    params: &[&str],
+) -> Value {
     let mut responses = errors(error_codes);
     responses.insert(ok_status.into(), ok);
     let mut o = json!({"summary": summary, "responses": responses});
@@ -59,7 +68,11 @@ fn op(summary: &str, ok_status: &str, ok: Value, error_codes: &[&str], body: Opt
         } else {
             ("limit", "How many, newest first (default 50, at most 1000)")
         };
-        let schema = if name == "limit" { json!({"type": "integer", "minimum": 1}) } else { json!({"type": "string"}) };
+        let schema = if name == "limit" {
+            json!({"type": "integer", "minimum": 1})
+        } else {
+            json!({"type": "string"})
+        };
         parameters.push(json!({"name": name, "in": "query", "required": false, "description": desc, "schema": schema}));
     }
     if !parameters.is_empty() {
@@ -74,12 +87,25 @@ pub fn document() -> Value {
     let mut generator = settings.into_generator();
     let mut schemas = serde_json::Map::new();
     for (name, schema) in [
-        ("SkyFunctionSpec", generator.subschema_for::<SkyFunctionSpec>()),
+        (
+            "SkyFunctionSpec",
+            generator.subschema_for::<SkyFunctionSpec>(),
+        ),
         ("Function", generator.subschema_for::<FunctionView>()),
         ("FunctionList", generator.subschema_for::<FunctionList>()),
-        ("TestRunRequest", generator.subschema_for::<TestRunRequest>()),
-        ("TestRunResponse", generator.subschema_for::<TestRunResponse>()),
-        ("InvocationList", generator.subschema_for::<InvocationList>()),
+        (
+            "TestRunRequest",
+            generator.subschema_for::<TestRunRequest>(),
+        ),
+        (
+            "TestRunResponse",
+            generator.subschema_for::<TestRunResponse>(),
+        ),
+        (
+            "InvocationList",
+            generator.subschema_for::<InvocationList>(),
+        ),
+        ("Me", generator.subschema_for::<Me>()),
     ] {
         let v = schema.to_value();
         // Named types come back as references; keep the alias only when it adds a name.
@@ -143,6 +169,9 @@ pub fn document() -> Value {
             "/api/v1/test-run": {
                 "post": op("Run a draft once without deploying it", "200", response("The result, logs and duration", Some("TestRunResponse")), &["400", "401", "413"], Some("TestRunRequest"), &[])
             },
+            "/api/v1/me": {
+                "get": op("Who the token belongs to", "200", response("The user", Some("Me")), &["401"], None, &[])
+            },
             "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "ok"}}}},
             "/readyz": {"get": {"summary": "Readiness: the runtime and the store answer", "security": [], "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "text exposition"}}}}
@@ -163,7 +192,10 @@ mod tests {
             std::fs::write(path, &fresh).unwrap();
         }
         let committed = std::fs::read_to_string(path).unwrap_or_default();
-        assert!(committed == fresh, "docs/openapi.json is stale: run `make generate` and commit it");
+        assert!(
+            committed == fresh,
+            "docs/openapi.json is stale: run `make generate` and commit it"
+        );
     }
 
     #[test]

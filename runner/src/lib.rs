@@ -88,7 +88,12 @@ pub(crate) fn base_env(python_path: &Path) -> Vec<(String, String)> {
         ("LANG".into(), "C.UTF-8".into()),
     ];
     // Machine-specific settings that numpy needs to run correctly here (see the machine notes).
-    for key in ["OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "TZ", "SSL_CERT_FILE"] {
+    for key in [
+        "OPENBLAS_CORETYPE",
+        "OPENBLAS_L2_SIZE",
+        "TZ",
+        "SSL_CERT_FILE",
+    ] {
         if let Ok(v) = std::env::var(key) {
             env.push((key.into(), v));
         }
@@ -107,7 +112,10 @@ pub(crate) fn pass_fd_as_3(cmd: &mut tokio::process::Command, fd: OwnedFd) {
         cmd.pre_exec(move || {
             let _keep = &fd;
             if raw == 3 {
-                nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))?;
+                nix::fcntl::fcntl(
+                    &fd,
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                )?;
             } else {
                 // The returned OwnedFd is fd 3 itself: keep it open across exec.
                 let _ = std::os::fd::IntoRawFd::into_raw_fd(nix::unistd::dup2_raw(&fd, 3)?);

@@ -112,8 +112,11 @@ impl WorkerPool {
                 queue: self.limits.queue_limit,
             });
         }
-        match tokio::time::timeout(self.limits.call_timeout, self.permits.clone().acquire_owned())
-            .await
+        match tokio::time::timeout(
+            self.limits.call_timeout,
+            self.permits.clone().acquire_owned(),
+        )
+        .await
         {
             Ok(Ok(p)) => Ok(p),
             Ok(Err(_)) => Err(Error::Retired),

@@ -120,10 +120,20 @@ pub struct Ready {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum StateRequest {
-    Load { key: String },
-    Store { key: String, value: String },
-    Delete { key: String },
-    Keys { #[serde(default)] prefix: String },
+    Load {
+        key: String,
+    },
+    Store {
+        key: String,
+        value: String,
+    },
+    Delete {
+        key: String,
+    },
+    Keys {
+        #[serde(default)]
+        prefix: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Default, PartialEq)]
@@ -166,7 +176,9 @@ mod tests {
     #[tokio::test]
     async fn frames_round_trip_and_oversized_frames_are_refused() {
         let (mut a, mut b) = tokio::io::duplex(1024);
-        write_frame(&mut a, kind::CALL, br#"{"a":1}"#).await.unwrap();
+        write_frame(&mut a, kind::CALL, br#"{"a":1}"#)
+            .await
+            .unwrap();
         write_frame(&mut a, kind::OK, &[b'x'; 100]).await.unwrap();
         assert_eq!(
             read_frame(&mut b, 64).await.unwrap(),
@@ -180,9 +192,20 @@ mod tests {
     fn state_requests_parse() {
         let r: StateRequest =
             serde_json::from_str(r#"{"op":"store","key":"n","value":"1"}"#).unwrap();
-        assert_eq!(r, StateRequest::Store { key: "n".into(), value: "1".into() });
+        assert_eq!(
+            r,
+            StateRequest::Store {
+                key: "n".into(),
+                value: "1".into()
+            }
+        );
         let r: StateRequest = serde_json::from_str(r#"{"op":"keys"}"#).unwrap();
-        assert_eq!(r, StateRequest::Keys { prefix: String::new() });
+        assert_eq!(
+            r,
+            StateRequest::Keys {
+                prefix: String::new()
+            }
+        );
         assert!(serde_json::from_str::<StateRequest>(r#"{"op":"drop"}"#).is_err());
     }
 }

@@ -71,7 +71,10 @@ impl Worker {
                 Ok(())
             }
             kind::LOAD_ERROR => Err(Error::Load(serde_json::from_slice(&payload)?)),
-            other => Err(Error::Protocol(format!("expected ready, got {:?}", other as char))),
+            other => Err(Error::Protocol(format!(
+                "expected ready, got {:?}",
+                other as char
+            ))),
         }
     }
 
@@ -91,11 +94,17 @@ impl Worker {
                 kind::STATE_REQ => {
                     let answer = match serde_json::from_slice::<StateRequest>(&payload) {
                         Ok(req) => state.handle(req).await,
-                        Err(e) => StateAnswer::refused("bad_request", format!("bad state request: {e}")),
+                        Err(e) => {
+                            StateAnswer::refused("bad_request", format!("bad state request: {e}"))
+                        }
                     };
-                    protocol::write_frame(self.io.get_mut(), kind::STATE_ANS, &serde_json::to_vec(&answer)?)
-                        .await
-                        .map_err(|e| self.crashed(e))?;
+                    protocol::write_frame(
+                        self.io.get_mut(),
+                        kind::STATE_ANS,
+                        &serde_json::to_vec(&answer)?,
+                    )
+                    .await
+                    .map_err(|e| self.crashed(e))?;
                 }
                 kind::OK => {
                     return Ok(CallResult {

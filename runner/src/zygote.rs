@@ -120,19 +120,24 @@ impl Zygote {
         drop(cmd);
         ours.set_nonblocking(true)?;
         let mut ctl = UnixStream::from_std(ours)?;
-        let (k, payload) =
-            tokio::time::timeout(START_TIMEOUT, protocol::read_frame(&mut ctl, MAX_CONTROL_FRAME))
-                .await
-                .map_err(|_| Error::Start {
-                    python: cfg.python.display().to_string(),
-                    reason: format!("no hello within {START_TIMEOUT:?}"),
-                })?
-                .map_err(|e| Error::Start {
-                    python: cfg.python.display().to_string(),
-                    reason: format!("it exited before saying hello ({e}); see its stderr above"),
-                })?;
+        let (k, payload) = tokio::time::timeout(
+            START_TIMEOUT,
+            protocol::read_frame(&mut ctl, MAX_CONTROL_FRAME),
+        )
+        .await
+        .map_err(|_| Error::Start {
+            python: cfg.python.display().to_string(),
+            reason: format!("no hello within {START_TIMEOUT:?}"),
+        })?
+        .map_err(|e| Error::Start {
+            python: cfg.python.display().to_string(),
+            reason: format!("it exited before saying hello ({e}); see its stderr above"),
+        })?;
         if k != kind::HELLO {
-            return Err(Error::Protocol(format!("expected hello, got frame {:?}", k as char)));
+            return Err(Error::Protocol(format!(
+                "expected hello, got frame {:?}",
+                k as char
+            )));
         }
         let hello: Hello = serde_json::from_slice(&payload)?;
         tracing::info!(
@@ -169,12 +174,16 @@ impl Zygote {
         filename: &str,
         entrypoint: Option<&str>,
     ) -> Result<Inspection> {
-        let req = serde_json::json!({"source": source, "filename": filename, "entrypoint": entrypoint});
+        let req =
+            serde_json::json!({"source": source, "filename": filename, "entrypoint": entrypoint});
         let (k, payload) = self
             .request(kind::INSPECT, &serde_json::to_vec(&req)?, None)
             .await?;
         if k != kind::INSPECT {
-            return Err(Error::Protocol(format!("expected an inspect answer, got {:?}", k as char)));
+            return Err(Error::Protocol(format!(
+                "expected an inspect answer, got {:?}",
+                k as char
+            )));
         }
         Ok(serde_json::from_slice(&payload)?)
     }
@@ -191,10 +200,15 @@ impl Zygote {
             kind::SPAWNED => {}
             kind::SPAWN_FAILED => {
                 let v: serde_json::Value = serde_json::from_slice(&payload)?;
-                return Err(Error::Spawn(v["message"].as_str().unwrap_or("unknown").into()));
+                return Err(Error::Spawn(
+                    v["message"].as_str().unwrap_or("unknown").into(),
+                ));
             }
             other => {
-                return Err(Error::Protocol(format!("expected spawned, got {:?}", other as char)));
+                return Err(Error::Protocol(format!(
+                    "expected spawned, got {:?}",
+                    other as char
+                )));
             }
         }
         #[derive(Deserialize)]
