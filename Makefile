@@ -20,7 +20,10 @@ run: venv
 ## test: formatting, lints, unit tests, integration and end-to-end tests over real processes
 test: venv lint
 	cargo build -p skython-cli
-	SKYTHON_BIN=$(SKYTHON_DEBUG) SKYTHON_PYTHON=$(VENV)/bin/python cargo test --workspace --no-fail-fast
+	@mkdir -p $(CACHE)
+	set -o pipefail; SKYTHON_BIN=$(SKYTHON_DEBUG) SKYTHON_PYTHON=$(VENV)/bin/python \
+	  cargo test --workspace --no-fail-fast 2>&1 | tee $(CACHE)/test.log
+	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "%d passed, %d failed\n", p, f}' $(CACHE)/test.log
 
 lint:
 	cargo fmt --all --check

@@ -1,0 +1,241 @@
+//! The runner against a real Python: zygote, workers, limits and the pool's life cycle.
+//! Python is `$SKYTHON_PYTHON` (the runtime venv under `make test`), else `python3`; the zygote
+//! preloads nothing here so these tests do not need the scientific libraries.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use skython_runner::{
+    CallResult, Error, Inspection, Outcome, PoolLimits, RuntimeConfig, StateAnswer, StateHandler,
+    StateRequest, WorkerPool, WorkerSpec, Zygote,
+};
+
+struct NoState;
+
+#[async_trait]
+impl StateHandler for NoState {
+    async fn handle(&self, _: StateRequest) -> StateAnswer {
+        StateAnswer::refused("no_state", "no state in this test")
+    }
+}
+
+fn zygote(dir: &std::path::Path) -> Arc<Zygote> {
+    skython_runner::install_python_files(dir).unwrap();
+    Arc::new(Zygote::new(RuntimeConfig {
+        python: std::env::var_os("SKYTHON_PYTHON")
+            .map(Into::into)
+            .unwrap_or_else(|| "python3".into()),
+        python_path: dir.to_path_buf(),
+        preload: Some(String::new()),
+        workdir: std::env::temp_dir(),
+    }))
+}
+
+fn spec(source: &str, entrypoint: &str) -> WorkerSpec {
+    WorkerSpec {
+        label: "test/f".into(),
+        source: source.into(),
+        filename: "f.py".into(),
+        entrypoint: entrypoint.into(),
+        env: [("GREETING".to_string(), "hi".to_string())].into(),
+        memory_bytes: Some(256 << 20),
+        cpu_seconds_per_call: Some(5),
+        max_result_bytes: 1 << 20,
+        max_log_bytes: 100,
+        max_state_value_bytes: 1024,
+    }
+}
+
+fn limits(max: usize) -> PoolLimits {
+    PoolLimits {
+        max_workers: max,
+        min_workers: 0,
+        queue_limit: 100,
+        idle_timeout: Duration::from_millis(300),
+        call_timeout: Duration::from_secs(2),
+    }
+}
+
+fn returned(r: &CallResult) -> String {
+    match &r.outcome {
+        Outcome::Returned(b) => String::from_utf8_lossy(b).into_owned(),
+        Outcome::Failed(e) => panic!("failed: {e:?}"),
+    }
+}
+
+#[tokio::test]
+async fn inspect_reports_syntax_errors_and_entry_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let z = zygote(dir.path());
+    match z.inspect("def f(:\n", "f.py", None).await.unwrap() {
+        Inspection::Invalid { error } => {
+            assert_eq!((error.code.as_str(), error.line), ("syntax_error", Some(1)))
+        }
+        other => panic!("{other:?}"),
+    }
+    // `return` outside a function is caught by the compiler, not the parser.
+    match z.inspect("return 1\n", "f.py", None).await.unwrap() {
+        Inspection::Invalid { error } => assert_eq!(error.code, "syntax_error"),
+        other => panic!("{other:?}"),
+    }
+    match z
+        .inspect(
+            "def f(a, /, b: int = 2, *c, d, **e) -> str:\n  'Doc.'\n",
+            "f.py",
+            None,
+        )
+        .await
+        .unwrap()
+    {
+        Inspection::Ok { signature } => {
+            let kinds: Vec<_> = signature.params.iter().map(|p| p.kind.as_str()).collect();
+            assert_eq!(
+                kinds,
+                [
+                    "positional_only",
+                    "positional_or_keyword",
+                    "var_positional",
+                    "keyword_only",
+                    "var_keyword"
+                ]
+            );
+            assert_eq!(signature.params[1].default.as_deref(), Some("2"));
+            assert_eq!(signature.returns.as_deref(), Some("str"));
+            assert_eq!(signature.doc.as_deref(), Some("Doc."));
+        }
+        other => panic!("{other:?}"),
+    }
+    match z.inspect("x = 1\n", "f.py", Some("nope")).await.unwrap() {
+        Inspection::Invalid { error } => assert_eq!(error.code, "entrypoint_not_found"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn workers_are_warm_isolated_and_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let z = zygote(dir.path());
+    let source = r#"
+import os, random
+calls = 0
+
+def f(kind: str = "count"):
+    global calls
+    calls += 1
+    if kind == "count":
+        return calls
+    if kind == "env":
+        return [os.environ.get("GREETING"), os.environ.get("SKYTHON_ADMIN_TOKEN"), os.environ.get("HOME")]
+    if kind == "random":
+        return random.random()
+    if kind == "memory":
+        return len(bytearray(1 << 30))
+    if kind == "chatty":
+        print("x" * 500)
+        return "done"
+"#;
+    let pool = WorkerPool::new(z.clone(), spec(source, "f"), limits(1));
+    let call = |args: &'static str| {
+        let pool = &pool;
+        async move { pool.call(args.as_bytes(), &NoState).await }
+    };
+    // One warm worker keeps its module state between calls.
+    let first = call("{}").await.unwrap();
+    assert!(first.cold_start);
+    assert_eq!(returned(&first.result), "1");
+    let second = call("{}").await.unwrap();
+    assert!(!second.cold_start);
+    assert_eq!(returned(&second.result), "2");
+    // The function's env is set; nothing of the gateway's leaks in.
+    assert_eq!(
+        returned(&call(r#"{"kind":"env"}"#).await.unwrap().result),
+        r#"["hi",null,null]"#
+    );
+    // Memory beyond the limit is a MemoryError in the call, and the worker lives on.
+    let r = call(r#"{"kind":"memory"}"#).await.unwrap();
+    match r.result.outcome {
+        Outcome::Failed(e) => assert_eq!(e.type_.as_deref(), Some("MemoryError")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(returned(&call("{}").await.unwrap().result), "5");
+    // Output past the limit is cut with a note, never silently.
+    let r = call(r#"{"kind":"chatty"}"#).await.unwrap();
+    assert!(r.result.logs.starts_with("xxx"), "{}", r.result.logs);
+    assert!(
+        r.result
+            .logs
+            .contains("output truncated, 401 more characters"),
+        "{}",
+        r.result.logs
+    );
+
+    // Two workers forked from one zygote do not share a random stream.
+    let pool2 = WorkerPool::new(z.clone(), spec(source, "f"), limits(2));
+    let (a, b) = tokio::join!(
+        pool2.call(br#"{"kind":"random"}"#, &NoState),
+        pool2.call(br#"{"kind":"random"}"#, &NoState)
+    );
+    assert_ne!(returned(&a.unwrap().result), returned(&b.unwrap().result));
+}
+
+#[tokio::test]
+async fn timeouts_and_crashes_replace_the_worker_and_idle_workers_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let z = zygote(dir.path());
+    let source = "import os, time\n\ndef f(mode=''):\n    if mode == 'spin':\n        while True: pass\n    if mode == 'exit':\n        os._exit(3)\n    return os.getpid()\n";
+    let pool = WorkerPool::new(z, spec(source, "f"), limits(2));
+    let pid = returned(&pool.call(b"{}", &NoState).await.unwrap().result);
+    let t = Instant::now();
+    assert!(matches!(
+        pool.call(br#"{"mode":"spin"}"#, &NoState).await,
+        Err(Error::Timeout(_))
+    ));
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert!(matches!(
+        pool.call(br#"{"mode":"exit"}"#, &NoState).await,
+        Err(Error::Crashed(_))
+    ));
+    assert_eq!(pool.live(), 0, "the two broken workers are gone");
+    let pid2 = returned(&pool.call(b"{}", &NoState).await.unwrap().result);
+    assert_ne!(pid, pid2, "a fresh worker answers");
+    let proc_path = format!("/proc/{pid2}");
+    assert!(std::path::Path::new(&proc_path).exists());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(pool.reap(Instant::now()), 1);
+    assert_eq!(pool.live(), 0);
+    // The stopped worker's process is gone too.
+    let gone = async {
+        while std::path::Path::new(&proc_path).exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), gone)
+        .await
+        .expect("worker exited");
+}
+
+#[tokio::test]
+async fn load_errors_are_reported_with_their_traceback() {
+    let dir = tempfile::tempdir().unwrap();
+    let z = zygote(dir.path());
+    let pool = WorkerPool::new(
+        z,
+        spec(
+            "print('loading')\nraise RuntimeError('bad config')\n\ndef f(): pass\n",
+            "f",
+        ),
+        limits(1),
+    );
+    match pool.call(b"{}", &NoState).await {
+        Err(Error::Load(e)) => {
+            assert_eq!(e.type_.as_deref(), Some("RuntimeError"));
+            assert!(e.message.contains("bad config"));
+            assert!(e.traceback.unwrap().contains("f.py\", line 2"));
+            assert_eq!(e.logs.as_deref(), Some("loading\n"));
+        }
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("loading should fail"),
+    }
+    assert_eq!(pool.live(), 0);
+}
