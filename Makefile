@@ -38,9 +38,10 @@ venv:
 venv-full:
 	@scripts/venv.sh runtime/requirements-full.txt $(VENV_FULL)
 
-## generate: rewrite the generated artifacts (docs/openapi.json) from the code
+## generate: rewrite the generated artifacts (docs/openapi.json, the CRD in helm/) from the code
 generate:
 	SKYTHON_WRITE_GENERATED=1 cargo test -p skython-gateway committed_openapi_is_current
+	SKYTHON_WRITE_GENERATED=1 cargo test -p skython-crds committed_crd_is_current
 
 build:
 	cargo build --release -p skython-cli

@@ -32,6 +32,8 @@ enum Command {
     Login(client::LoginArgs),
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
+    /// Print the SkyFunction CustomResourceDefinition (YAML).
+    Crdgen,
 }
 
 fn main() -> std::process::ExitCode {
@@ -54,6 +56,10 @@ fn main() -> std::process::ExitCode {
             Command::Logs(a) => client::logs(a).await,
             Command::Ls(a) => client::ls(a).await,
             Command::Login(a) => client::login(a),
+            Command::Crdgen => {
+                print!("{}", skython_crds::crd_yaml()?);
+                Ok(())
+            }
             Command::Openapi => {
                 println!(
                     "{}",

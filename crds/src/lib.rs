@@ -268,3 +268,44 @@ impl SkyFunctionStatus {
         self.conditions.iter().find(|c| c.type_ == "Ready")
     }
 }
+
+/// The CustomResourceDefinition as YAML (`skython crdgen`; committed in `helm/skython/crds/`).
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&SkyFunction::crd())
+}
+
+#[cfg(test)]
+mod crd_tests {
+    /// The committed CRD must match the type (`make generate` rewrites it).
+    #[test]
+    fn committed_crd_is_current() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../helm/skython/crds/skyfunctions.skython.io.yaml"
+        );
+        let fresh = super::crd_yaml().unwrap();
+        if std::env::var_os("SKYTHON_WRITE_GENERATED").is_some() {
+            std::fs::create_dir_all(std::path::Path::new(path).parent().unwrap()).unwrap();
+            std::fs::write(path, &fresh).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == fresh,
+            "{path} is stale: run `make generate` and commit it"
+        );
+    }
+
+    #[test]
+    fn crd_has_the_kubectl_conveniences() {
+        let y = super::crd_yaml().unwrap();
+        for needle in [
+            "shortNames:\n    - skyfn",
+            "status: {}",
+            "jsonPath: .spec.endpoint",
+            "name: v1alpha1",
+        ] {
+            assert!(y.contains(needle), "missing {needle:?} in\n{y}");
+        }
+    }
+}
