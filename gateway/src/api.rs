@@ -183,6 +183,21 @@ static SPEC_FIELDS: LazyLock<BTreeSet<String>> = LazyLock::new(|| {
         .unwrap_or_default()
 });
 
+/// Every invalid field at once, in the message and as `fields`.
+fn validate(spec: &SkyFunctionSpec) -> ApiResult<()> {
+    let errors = spec.validate();
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let message = errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(ApiError::bad_request("invalid_spec", message)
+        .with("fields", serde_json::to_value(&errors).unwrap_or_default()))
+}
+
 /// Reads a spec from a request body, filling `owner` (the caller) and `endpoint` (the path).
 pub fn parse_spec(
     mut body: Value,
@@ -227,16 +242,7 @@ pub fn parse_spec(
         .or_insert_with(|| user.0.name.clone().into());
     let spec: SkyFunctionSpec = serde_json::from_value(body)
         .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid spec: {e}")))?;
-    let errors = spec.validate();
-    if !errors.is_empty() {
-        let message = errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ");
-        return Err(ApiError::bad_request("invalid_spec", message)
-            .with("fields", serde_json::to_value(&errors).unwrap_or_default()));
-    }
+    validate(&spec)?;
     if !user.may_manage(&spec.owner) {
         return Err(ApiError::forbidden(format!(
             "{} may not manage functions of {}",
@@ -271,13 +277,8 @@ fn source_error(e: SourceError) -> ApiError {
 }
 
 /// Syntax check and entry function, without running anything.
-async fn inspect(
-    app: &AppState,
-    runtime: Runtime,
-    source: &str,
-    filename: &str,
-    entrypoint: Option<&str>,
-) -> ApiResult<Signature> {
+async fn inspect(app: &AppState, spec: &SkyFunctionSpec) -> ApiResult<Signature> {
+    let runtime = spec.runtime;
     let zygote = app.deployments.zygote(runtime).ok_or_else(|| {
         ApiError::bad_request(
             "runtime_unavailable",
@@ -288,7 +289,11 @@ async fn inspect(
             ),
         )
     })?;
-    match zygote.inspect(source, filename, entrypoint).await {
+    let filename = format!("{}.py", spec.endpoint);
+    match zygote
+        .inspect(&spec.source, &filename, spec.entrypoint.as_deref())
+        .await
+    {
         Ok(Inspection::Ok { signature }) => Ok(signature),
         Ok(Inspection::Invalid { error }) => Err(source_error(error)),
         Err(e) => {
@@ -383,14 +388,7 @@ pub async fn create_function(
 ) -> ApiResult<Response> {
     let body: Value = json_body(&body?)?;
     let spec = parse_spec(body, &user, None)?;
-    let signature = inspect(
-        &app,
-        spec.runtime,
-        &spec.source,
-        &format!("{}.py", spec.endpoint),
-        spec.entrypoint.as_deref(),
-    )
-    .await?;
+    let signature = inspect(&app, &spec).await?;
     let now = jiff::Timestamp::now();
     let record = FunctionRecord {
         status: SkyFunctionStatus {
@@ -424,14 +422,7 @@ pub async fn replace_function(
                 "function {owner}/{endpoint} does not exist; create it with POST /api/v1/functions"
             ))
         })?;
-    let signature = inspect(
-        &app,
-        spec.runtime,
-        &spec.source,
-        &format!("{endpoint}.py"),
-        spec.entrypoint.as_deref(),
-    )
-    .await?;
+    let signature = inspect(&app, &spec).await?;
     let record = FunctionRecord {
         status: SkyFunctionStatus {
             signature: Some(signature),
@@ -565,15 +556,7 @@ pub async fn test_run(
     if let Some(t) = req.timeout_seconds {
         spec.timeout_seconds = t;
     }
-    let errors = spec.validate();
-    if !errors.is_empty() {
-        let message = errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ");
-        return Err(ApiError::bad_request("invalid_spec", message));
-    }
+    validate(&spec)?;
     let args = serde_json::to_vec(
         req.args
             .as_ref()
@@ -581,14 +564,7 @@ pub async fn test_run(
     )
     .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
     let args = check_args(&args)?.to_vec();
-    let signature = inspect(
-        &app,
-        spec.runtime,
-        &spec.source,
-        &format!("{endpoint}.py"),
-        spec.entrypoint.as_deref(),
-    )
-    .await?;
+    let signature = inspect(&app, &spec).await?;
     let zygote = app
         .deployments
         .zygote(spec.runtime)
