@@ -55,6 +55,8 @@ def main(kind: str):
                 "nan": float("nan")}
     if kind == "object":
         return object()
+    if kind == "surrogate":
+        return {"s": "a\ud800b", "emoji": "\U0001F600"}
 "#;
     s.deploy_ok("sci", source, json!({}));
     assert_eq!(
@@ -82,6 +84,11 @@ def main(kind: str):
             200,
             json!({"when": "2024-05-01T12:30:00", "raw": "aGk=", "set": [1, 2, 3], "nan": null})
         )
+    );
+    assert_eq!(
+        s.call("admin/sci", json!({"kind": "surrogate"})),
+        (200, json!({"s": "a\u{fffd}b", "emoji": "😀"})),
+        "a lone surrogate is escaped, never invalid UTF-8"
     );
     let (status, body) = s.call("admin/sci", json!({"kind": "object"}));
     assert_eq!(status, 500, "{body}");
@@ -607,4 +614,7 @@ fn health_metrics_and_openapi() {
     let (status, body) = s.get("/nope");
     assert_eq!(status, 404);
     assert!(body.contains("\"code\":\"not_found\""));
+    let (status, body) = s.get("/fn/admin/add");
+    assert_eq!(status, 405);
+    assert!(body.contains("\"code\":\"method_not_allowed\""), "{body}");
 }

@@ -155,6 +155,13 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .fallback(|| async { error::ApiError::not_found("no such route; see /api/openapi.json") })
+        .method_not_allowed_fallback(|req: Request<axum::body::Body>| async move {
+            error::ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} is not allowed on {}; see /api/openapi.json", req.method(), req.uri().path()),
+            )
+        })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(

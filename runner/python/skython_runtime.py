@@ -203,7 +203,11 @@ def encode(value):
                            separators=(",", ":"))
         except RecursionError:
             raise Unencodable("the return value is nested too deeply (or is circular)") from None
-    return s.encode("utf-8", "surrogatepass")
+    try:
+        return s.encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates cannot be UTF-8: they become U+FFFD rather than invalid bytes.
+        return s.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
 
 
 # ---------------------------------------------------------------- inspecting a source (deploy time)
