@@ -87,13 +87,14 @@ impl Zygote {
     }
 
     async fn ensure<'a>(&self, slot: &'a mut Option<Running>) -> Result<&'a mut Running> {
-        if let Some(r) = slot.as_mut()
-            && matches!(r.child.try_wait(), Ok(None))
-        {
-            return Ok(slot.as_mut().expect("checked above"));
+        let alive = slot
+            .as_mut()
+            .is_some_and(|r| matches!(r.child.try_wait(), Ok(None)));
+        if !alive {
+            *slot = Some(self.launch().await?);
         }
-        *slot = Some(self.launch().await?);
-        Ok(slot.as_mut().expect("just set"))
+        slot.as_mut()
+            .ok_or_else(|| Error::Protocol("the zygote vanished".into()))
     }
 
     async fn launch(&self) -> Result<Running> {
