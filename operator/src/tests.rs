@@ -1,0 +1,189 @@
+//! Table tests of the desired children over specs.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use skython_crds::{EnvVar, SkyFunction, SkyFunctionSpec};
+
+use crate::desired::{CHECKSUM_ANNOTATION, RUNNER_PORT, checksum};
+use crate::{DesiredError, OperatorConfig, child_name, desired};
+
+fn function(name: &str, spec: SkyFunctionSpec) -> SkyFunction {
+    let mut f = SkyFunction::new(name, spec);
+    f.metadata = ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some("fns".into()),
+        uid: Some("uid-1".into()),
+        ..Default::default()
+    };
+    f
+}
+
+fn add() -> SkyFunctionSpec {
+    SkyFunctionSpec::new("alice", "add", "def add(a, b):\n    return a + b\n")
+}
+
+#[test]
+fn runner_pods_meet_the_restricted_profile() {
+    let c = desired(&function("alice-add", add()), &OperatorConfig::default()).unwrap();
+    let pod = c.deployment.spec.template.spec.unwrap();
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    let psc = pod.security_context.unwrap();
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(psc.run_as_user, Some(10001));
+    assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+    let ctr = &pod.containers[0];
+    let sc = ctr.security_context.clone().unwrap();
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
+    let mounts: Vec<_> = ctr
+        .volume_mounts
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.mount_path, m.read_only))
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            ("/etc/skython/function".to_string(), Some(true)),
+            ("/tmp".to_string(), None)
+        ]
+    );
+    assert!(ctr.readiness_probe.is_some() && ctr.liveness_probe.is_some());
+    assert_eq!(ctr.ports.clone().unwrap()[0].container_port, RUNNER_PORT);
+    assert_eq!(pod.runtime_class_name, None);
+}
+
+#[test]
+fn resources_env_replicas_and_runtime_class_follow_the_spec() {
+    let mut spec = add();
+    spec.resources.cpu = "250m".into();
+    spec.resources.memory = "256Mi".into();
+    spec.scaling.min_replicas = 3;
+    spec.env = vec![EnvVar {
+        name: "MODE".into(),
+        value: "fast".into(),
+    }];
+    let cfg = OperatorConfig {
+        runtime_class: Some("gvisor".into()),
+        ..Default::default()
+    };
+    let c = desired(&function("alice-add", spec), &cfg).unwrap();
+    let d = c.deployment.spec;
+    assert_eq!(d.replicas, Some(3));
+    let pod = d.template.spec.unwrap();
+    assert_eq!(pod.runtime_class_name.as_deref(), Some("gvisor"));
+    let r = pod.containers[0].resources.clone().unwrap();
+    assert_eq!(r.limits.unwrap()["memory"].0, "256Mi");
+    assert_eq!(r.requests.unwrap()["cpu"].0, "250m");
+    let env = pod.containers[0].env.clone().unwrap();
+    assert!(
+        env.iter()
+            .any(|e| e.name == "MODE" && e.value.as_deref() == Some("fast"))
+    );
+    // Zero minimum replicas still runs one until scale-to-zero lands.
+    let c = desired(&function("alice-add", add()), &OperatorConfig::default()).unwrap();
+    assert_eq!(c.deployment.spec.replicas, Some(1));
+}
+
+#[test]
+fn every_child_is_owned_and_selects_only_its_pods() {
+    let c = desired(&function("alice-add", add()), &OperatorConfig::default()).unwrap();
+    for meta in [
+        &c.config_map.metadata,
+        &c.deployment.metadata,
+        &c.service.metadata,
+        &c.network_policy.metadata,
+    ] {
+        assert_eq!(meta.name.as_deref(), Some("skyfn-alice-add"));
+        assert_eq!(meta.namespace.as_deref(), Some("fns"));
+        let owner = &meta.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("SkyFunction", "uid-1", Some(true))
+        );
+    }
+    let sel = c.service.spec.unwrap().selector.unwrap();
+    assert_eq!(sel["skython.io/function"], "alice-add");
+    assert_eq!(c.config_map.data.unwrap()["source.py"], add().source);
+}
+
+#[test]
+fn network_policy_admits_the_gateway_and_denies_internal_egress() {
+    let c = desired(&function("alice-add", add()), &OperatorConfig::default()).unwrap();
+    let np = c.network_policy.spec.unwrap();
+    assert_eq!(np.policy_types.unwrap(), ["Ingress", "Egress"]);
+    let from = &np.ingress.unwrap()[0].from.clone().unwrap()[0];
+    assert_eq!(
+        from.pod_selector.clone().unwrap().match_labels.unwrap()["app.kubernetes.io/name"],
+        "skython-gateway"
+    );
+    let egress = np.egress.unwrap();
+    let block = egress[1].to.clone().unwrap()[0].ip_block.clone().unwrap();
+    assert_eq!(block.cidr, "0.0.0.0/0");
+    let except = block.except.unwrap();
+    assert!(
+        except.contains(&"169.254.0.0/16".to_string())
+            && except.contains(&"10.0.0.0/8".to_string())
+    );
+    assert_eq!(
+        egress[0].ports.clone().unwrap()[0].port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(53))
+    );
+}
+
+#[test]
+fn a_source_change_rolls_the_pods_and_nothing_else_does() {
+    let a = function("alice-add", add());
+    let mut spec = add();
+    spec.source.push_str("# v2\n");
+    let b = function("alice-add", spec);
+    assert_ne!(checksum(&a), checksum(&b));
+    let ann = |f: &SkyFunction| {
+        desired(f, &OperatorConfig::default())
+            .unwrap()
+            .deployment
+            .spec
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()[CHECKSUM_ANNOTATION]
+            .clone()
+    };
+    assert_ne!(ann(&a), ann(&b));
+    assert_eq!(
+        ann(&a),
+        ann(&function("alice-add", add())),
+        "deterministic: a restart changes nothing"
+    );
+}
+
+#[test]
+fn names_stay_valid_dns_labels() {
+    assert_eq!(child_name("alice-add"), "skyfn-alice-add");
+    let long = "a".repeat(200);
+    let n = child_name(&long);
+    assert!(n.len() <= 63 && skython_crds::is_dns_label(&n), "{n}");
+    assert_ne!(
+        child_name(&"a".repeat(201)),
+        n,
+        "distinct names stay distinct"
+    );
+    assert!(skython_crds::is_dns_label(&child_name("x.y")));
+}
+
+#[test]
+fn missing_metadata_is_an_error_not_a_panic() {
+    let mut f = function("alice-add", add());
+    f.metadata.uid = None;
+    assert_eq!(
+        desired(&f, &OperatorConfig::default()),
+        Err(DesiredError::MissingMetadata("uid"))
+    );
+    f.metadata.namespace = None;
+    assert_eq!(
+        desired(&f, &OperatorConfig::default()),
+        Err(DesiredError::MissingMetadata("namespace"))
+    );
+}
