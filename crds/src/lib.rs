@@ -36,10 +36,13 @@ pub use validate::{FieldError, is_dns_label, parse_cpu_millis, parse_memory_byte
 #[serde(rename_all = "camelCase")]
 pub struct SkyFunctionSpec {
     /// The user that owns the function (a DNS label).
+    #[schemars(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub owner: String,
     /// The endpoint name, unique per owner (a DNS label: lowercase letters, digits and '-').
+    #[schemars(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub endpoint: String,
     /// The Python module source.
+    #[schemars(length(min = 1, max = 1048576))]
     pub source: String,
     /// The function to call. Default: `main` if defined, else the only public top-level function.
     #[serde(default, skip_serializing_if = "Option::is_none")]
