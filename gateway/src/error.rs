@@ -106,29 +106,13 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Turns axum's own rejections (bad JSON, wrong content type, body too large, bad path) into
+/// Turns axum's own rejections (body too large, unreadable body, bad path) into
 /// the common shape.
 pub fn from_rejection(status: StatusCode, text: String) -> ApiError {
     match status {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(status, "body_too_large", text),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
-            status,
-            "unsupported_media_type",
-            format!("{text}; send `Content-Type: application/json`"),
-        ),
         s if s.is_client_error() => ApiError::new(s, "bad_request", text),
         s => ApiError::new(s, "internal", text),
-    }
-}
-
-impl From<axum::extract::rejection::JsonRejection> for ApiError {
-    fn from(r: axum::extract::rejection::JsonRejection) -> Self {
-        use axum::extract::rejection::JsonRejection::*;
-        match r {
-            JsonDataError(e) => ApiError::bad_request("invalid_body", e.body_text()),
-            JsonSyntaxError(e) => ApiError::bad_request("bad_json", e.body_text()),
-            other => from_rejection(other.status(), other.body_text()),
-        }
     }
 }
 
