@@ -446,13 +446,7 @@ async fn visible(
     owner: &str,
     endpoint: &str,
 ) -> ApiResult<FunctionRecord> {
-    let missing = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "function_not_found",
-            format!("no function {owner}/{endpoint}"),
-        )
-    };
+    let missing = || ApiError::function_not_found(owner, endpoint);
     if !is_dns_label(owner) || !is_dns_label(endpoint) {
         return Err(missing());
     }
@@ -485,11 +479,7 @@ pub async fn delete_function(
     app.deployments.remove(&owner, &endpoint);
     app.metrics.forget(&format!("{owner}/{endpoint}"));
     if !app.store.delete_function(&owner, &endpoint).await? {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "function_not_found",
-            format!("no function {owner}/{endpoint}"),
-        ));
+        return Err(ApiError::function_not_found(&owner, &endpoint));
     }
     Ok(StatusCode::NO_CONTENT)
 }

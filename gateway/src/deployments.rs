@@ -128,14 +128,10 @@ impl Deployments {
                 self.worker_spec(spec, &entrypoint),
                 pool_limits(spec, &self.limits),
             ),
-            state: ScopedState {
-                store: self.store.clone(),
-                scope: StateScope {
-                    owner: spec.owner.clone(),
-                    function: spec.endpoint.clone(),
-                },
-                max_value_bytes: self.limits.max_state_value_bytes,
-            },
+            state: self.scoped_state(StateScope {
+                owner: spec.owner.clone(),
+                function: spec.endpoint.clone(),
+            }),
         })
     }
 

@@ -42,6 +42,15 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    /// 404 for `owner/endpoint`, the same for a missing function and an invalid name.
+    pub fn function_not_found(owner: &str, endpoint: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "function_not_found",
+            format!("no function {owner}/{endpoint}"),
+        )
+    }
+
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }

@@ -205,13 +205,7 @@ pub async fn call_function(
 ) -> Result<Response, ApiError> {
     let started_at = jiff::Timestamp::now();
     let started = Instant::now();
-    let not_found = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "function_not_found",
-            format!("no function {owner}/{endpoint}"),
-        )
-    };
+    let not_found = || ApiError::function_not_found(&owner, &endpoint);
     if !is_dns_label(&owner) || !is_dns_label(&endpoint) {
         return Err(not_found());
     }
@@ -257,6 +251,11 @@ pub async fn call_function(
             .with_label_values(&[deployed.label.as_str()])
             .inc();
     }
+    // The value plus a newline, so `curl` output ends its line; JSON parsers ignore it.
+    let mut body = Vec::with_capacity(out.body.len() + 1);
+    body.extend_from_slice(&out.body);
+    body.push(b'\n');
+    let mut resp = (out.status, body).into_response();
     app.recorder.record(Invocation {
         request_id: rid,
         owner,
@@ -264,16 +263,11 @@ pub async fn call_function(
         started_at,
         duration_ms: elapsed.as_secs_f64() * 1000.0,
         status: out.status.as_u16(),
-        outcome: out.outcome.clone(),
-        error: out.error.clone(),
-        logs: out.logs.clone(),
+        outcome: out.outcome,
+        error: out.error,
+        logs: out.logs,
         cold_start,
     });
-    // The value plus a newline, so `curl` output ends its line; JSON parsers ignore it.
-    let mut body = Vec::with_capacity(out.body.len() + 1);
-    body.extend_from_slice(&out.body);
-    body.push(b'\n');
-    let mut resp = (out.status, body).into_response();
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
