@@ -1,6 +1,8 @@
 //! `skython`: one binary for the server (`up`) and the client commands.
 
 mod client;
+mod operator;
+mod runner;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +22,10 @@ struct Cli {
 enum Command {
     /// Start Skython on this machine: gateway, Python runtime and embedded store.
     Up(up::UpArgs),
+    /// Serve one function in a runner pod (what the operator's Deployments run).
+    Runner(runner::RunnerArgs),
+    /// Run the SkyFunction operator against a Kubernetes cluster.
+    Operator(operator::OperatorArgs),
     /// Deploy (or update) a Python file as an endpoint.
     Deploy(client::DeployArgs),
     /// Call an endpoint with JSON arguments.
@@ -34,6 +40,40 @@ enum Command {
     Openapi,
     /// Print the SkyFunction CustomResourceDefinition (YAML).
     Crdgen,
+}
+
+/// Logs to stderr with a tracing filter such as `info` or `skython=debug`.
+fn init_logging(filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| anyhow::anyhow!("--log {filter:?}: {e}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM, then gives work in flight 10 s before the process exits.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+    tracing::info!("shutting down; waiting up to 10 s for work in flight");
+    tokio::spawn(async {
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        tracing::warn!("still busy after 10 s; exiting");
+        std::process::exit(0);
+    });
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,6 +91,8 @@ fn main() -> std::process::ExitCode {
     let res = rt.block_on(async move {
         match cli.command {
             Command::Up(a) => up::run(a).await,
+            Command::Runner(a) => runner::run(a).await,
+            Command::Operator(a) => operator::run(a).await,
             Command::Deploy(a) => client::deploy(a).await,
             Command::Invoke(a) => client::invoke(a).await,
             Command::Logs(a) => client::logs(a).await,

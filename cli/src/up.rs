@@ -12,6 +12,35 @@ use skython_gateway::{AdminToken, AppState, GatewayConfig, Limits};
 use skython_runner::{RuntimeConfig, Zygote};
 use skython_store::{SqliteStore, Store};
 
+/// Limits that the gateway and the runner pod apply to calls.
+#[derive(Args, Debug)]
+pub struct LimitArgs {
+    /// Largest request body in bytes.
+    #[arg(long, env = "SKYTHON_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
+    max_body_bytes: usize,
+    /// Largest JSON return value in bytes.
+    #[arg(long, env = "SKYTHON_MAX_RESULT_BYTES", default_value_t = Limits::default().max_result_bytes)]
+    max_result_bytes: usize,
+    /// Largest value one store() may write, in bytes.
+    #[arg(long, env = "SKYTHON_MAX_STATE_VALUE_BYTES", default_value_t = Limits::default().max_state_value_bytes)]
+    max_state_value_bytes: usize,
+    /// Calls that may wait for a busy function's worker before new ones get 429.
+    #[arg(long, env = "SKYTHON_QUEUE_LIMIT", default_value_t = Limits::default().queue_limit)]
+    queue_limit: usize,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_body_bytes: self.max_body_bytes,
+            max_result_bytes: self.max_result_bytes,
+            max_state_value_bytes: self.max_state_value_bytes,
+            queue_limit: self.queue_limit,
+            ..Limits::default()
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct UpArgs {
     /// Address to listen on.
@@ -41,18 +70,8 @@ pub struct UpArgs {
         hide_env_values = true
     )]
     admin_token: Option<String>,
-    /// Largest request body in bytes.
-    #[arg(long, env = "SKYTHON_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
-    max_body_bytes: usize,
-    /// Largest JSON return value in bytes.
-    #[arg(long, env = "SKYTHON_MAX_RESULT_BYTES", default_value_t = Limits::default().max_result_bytes)]
-    max_result_bytes: usize,
-    /// Largest value one store() may write, in bytes.
-    #[arg(long, env = "SKYTHON_MAX_STATE_VALUE_BYTES", default_value_t = Limits::default().max_state_value_bytes)]
-    max_state_value_bytes: usize,
-    /// Calls that may wait for a busy function's worker before new ones get 429.
-    #[arg(long, env = "SKYTHON_QUEUE_LIMIT", default_value_t = Limits::default().queue_limit)]
-    queue_limit: usize,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Log filter (tracing syntax).
     #[arg(long, env = "SKYTHON_LOG", default_value = "info")]
     log: String,
@@ -69,10 +88,7 @@ fn default_python() -> PathBuf {
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
-        .with_writer(std::io::stderr)
-        .init();
+    crate::init_logging(&args.log)?;
     let data_dir = args.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -129,13 +145,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("http://{addr}"));
     let config = GatewayConfig {
         public_url: url.clone(),
-        limits: Limits {
-            max_body_bytes: args.max_body_bytes,
-            max_result_bytes: args.max_result_bytes,
-            max_state_value_bytes: args.max_state_value_bytes,
-            queue_limit: args.queue_limit,
-            ..Limits::default()
-        },
+        limits: args.limits.limits(),
     };
     let state = AppState::new(config, store, zygotes)?;
     let app = skython_gateway::app(state);
@@ -160,28 +170,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     tracing::info!(%addr, data_dir = %data_dir.display(), "listening");
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(crate::shutdown_signal())
         .await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! { () = ctrl_c => {}, () = term => {} }
-    tracing::info!("shutting down; waiting up to 10 s for calls in flight");
-    tokio::spawn(async {
-        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
-        tracing::warn!("calls still running after 10 s; exiting");
-        std::process::exit(0);
-    });
 }

@@ -136,19 +136,7 @@ impl Deployments {
     }
 
     pub fn worker_spec(&self, spec: &SkyFunctionSpec, entrypoint: &str) -> WorkerSpec {
-        WorkerSpec {
-            label: format!("{}/{}", spec.owner, spec.endpoint),
-            source: spec.source.clone(),
-            filename: format!("{}.py", spec.endpoint),
-            entrypoint: entrypoint.into(),
-            env: spec.env_map(),
-            memory_bytes: Some(spec.memory_bytes()),
-            // A call may use as much CPU time as its wall-clock budget (plus a second of slack).
-            cpu_seconds_per_call: Some(u64::from(spec.timeout_seconds) + 1),
-            max_result_bytes: self.limits.max_result_bytes,
-            max_log_bytes: self.limits.max_log_bytes,
-            max_state_value_bytes: self.limits.max_state_value_bytes,
-        }
+        worker_spec(spec, entrypoint, &self.limits)
     }
 
     pub fn scoped_state(&self, scope: StateScope) -> ScopedState {
@@ -165,6 +153,23 @@ impl Deployments {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Key, Arc<Deployed>>> {
         self.live.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// How a worker loads and runs one function under the server's limits.
+pub fn worker_spec(spec: &SkyFunctionSpec, entrypoint: &str, limits: &Limits) -> WorkerSpec {
+    WorkerSpec {
+        label: format!("{}/{}", spec.owner, spec.endpoint),
+        source: spec.source.clone(),
+        filename: format!("{}.py", spec.endpoint),
+        entrypoint: entrypoint.into(),
+        env: spec.env_map(),
+        memory_bytes: Some(spec.memory_bytes()),
+        // A call may use as much CPU time as its wall-clock budget (plus a second of slack).
+        cpu_seconds_per_call: Some(u64::from(spec.timeout_seconds) + 1),
+        max_result_bytes: limits.max_result_bytes,
+        max_log_bytes: limits.max_log_bytes,
+        max_state_value_bytes: limits.max_state_value_bytes,
     }
 }
 

@@ -1,5 +1,6 @@
 //! `POST /fn/{owner}/{endpoint}`: any HTTP client calls a deployed function with a JSON body.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
@@ -7,12 +8,15 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use skython_crds::is_dns_label;
-use skython_runner::{CallResult, Error as RunnerError, FunctionError, Outcome};
+use skython_runner::{
+    CallResult, Error as RunnerError, FunctionError, Outcome, StateHandler, WorkerPool,
+};
 use skython_store::Invocation;
 use tracing::Instrument;
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 
 /// A call's answer, ready to send and to record.
 pub struct CallOutput {
@@ -189,6 +193,78 @@ fn nesting_exceeds(json: &[u8], max: usize) -> bool {
     false
 }
 
+/// Something that holds a pool and answers its workers' state requests.
+pub trait CallTarget: Send + Sync + 'static {
+    fn pool(&self) -> &WorkerPool;
+    fn state(&self) -> &dyn StateHandler;
+}
+
+impl CallTarget for crate::deployments::Deployed {
+    fn pool(&self) -> &WorkerPool {
+        &self.pool
+    }
+    fn state(&self) -> &dyn StateHandler {
+        &self.state
+    }
+}
+
+/// Runs one call and counts it. The call runs in its own task so that a client that hangs up
+/// does not cut a worker off mid-call.
+pub async fn run_call<T: CallTarget>(
+    target: Arc<T>,
+    args: Bytes,
+    metrics: &Metrics,
+    label: &str,
+    span: tracing::Span,
+) -> Result<(CallOutput, bool), ApiError> {
+    let started = Instant::now();
+    let task = tokio::spawn(
+        async move { target.pool().call(&args, target.state()).await }.instrument(span),
+    );
+    let (res, cold_start) = match task.await {
+        Ok(Ok(report)) => (Ok(report.result), report.cold_start),
+        Ok(Err(e)) => {
+            let cold = matches!(e, RunnerError::Load(_));
+            (Err(e), cold)
+        }
+        Err(join) => {
+            tracing::error!("call task failed: {join}");
+            return Err(ApiError::internal("the call failed unexpectedly"));
+        }
+    };
+    let out = CallOutput::from_result(res);
+    metrics
+        .calls
+        .with_label_values(&[label, out.outcome.as_str()])
+        .inc();
+    metrics
+        .call_duration
+        .with_label_values(&[label])
+        .observe(started.elapsed().as_secs_f64());
+    if cold_start {
+        metrics.cold_starts.with_label_values(&[label]).inc();
+    }
+    Ok((out, cold_start))
+}
+
+/// The HTTP answer of a call: the value plus a newline, so `curl` output ends its line (JSON
+/// parsers ignore it).
+pub fn json_response(status: StatusCode, json: &[u8], cold_start: bool) -> Response {
+    let mut body = Vec::with_capacity(json.len() + 1);
+    body.extend_from_slice(json);
+    body.push(b'\n');
+    let mut resp = (status, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if cold_start {
+        h.insert("x-skython-cold-start", HeaderValue::from_static("true"));
+    }
+    resp
+}
+
 pub fn request_id(headers: &HeaderMap) -> String {
     headers
         .get("x-request-id")
@@ -218,44 +294,16 @@ pub async fn call_function(
         .ok_or_else(not_found)?;
     let rid = request_id(&headers);
     let span = tracing::info_span!("call", function = %deployed.label, request_id = %rid);
-    let args = Bytes::copy_from_slice(args);
-    // The call runs in its own task so a client that hangs up does not cut a worker off mid-call.
-    let task = {
-        let deployed = deployed.clone();
-        tokio::spawn(
-            async move { deployed.pool.call(&args, &deployed.state).await }.instrument(span),
-        )
-    };
-    let (res, cold_start) = match task.await {
-        Ok(Ok(report)) => (Ok(report.result), report.cold_start),
-        Ok(Err(e)) => {
-            let cold = matches!(e, RunnerError::Load(_));
-            (Err(e), cold)
-        }
-        Err(join) => {
-            tracing::error!("call task failed: {join}");
-            return Err(ApiError::internal("the call failed unexpectedly"));
-        }
-    };
-    let out = CallOutput::from_result(res);
+    let (out, cold_start) = run_call(
+        deployed.clone(),
+        Bytes::copy_from_slice(args),
+        &app.metrics,
+        &deployed.label,
+        span,
+    )
+    .await?;
     let elapsed = started.elapsed();
-    let m = &app.metrics;
-    m.calls
-        .with_label_values(&[deployed.label.as_str(), out.outcome.as_str()])
-        .inc();
-    m.call_duration
-        .with_label_values(&[deployed.label.as_str()])
-        .observe(elapsed.as_secs_f64());
-    if cold_start {
-        m.cold_starts
-            .with_label_values(&[deployed.label.as_str()])
-            .inc();
-    }
-    // The value plus a newline, so `curl` output ends its line; JSON parsers ignore it.
-    let mut body = Vec::with_capacity(out.body.len() + 1);
-    body.extend_from_slice(&out.body);
-    body.push(b'\n');
-    let mut resp = (out.status, body).into_response();
+    let resp = json_response(out.status, &out.body, cold_start);
     app.recorder.record(Invocation {
         request_id: rid,
         owner,
@@ -268,14 +316,6 @@ pub async fn call_function(
         logs: out.logs,
         cold_start,
     });
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if cold_start {
-        h.insert("x-skython-cold-start", HeaderValue::from_static("true"));
-    }
     Ok(resp)
 }
 

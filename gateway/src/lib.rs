@@ -18,6 +18,7 @@ pub mod error;
 pub mod invoke;
 pub mod metrics;
 pub mod openapi;
+pub mod pod;
 mod recorder;
 
 use std::collections::HashMap;
@@ -147,21 +148,14 @@ pub fn app(state: AppState) -> Router {
         .route("/functions/{owner}/{endpoint}/logs", get(api::logs))
         .route("/test-run", post(api::test_run))
         .route("/me", get(api::me));
-    Router::new()
+    let routes = Router::new()
         .route("/fn/{owner}/{endpoint}", post(invoke::call_function))
         .nest("/api/v1", api)
         .route("/api/openapi.json", get(openapi_json))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .fallback(|| async { error::ApiError::not_found("no such route; see /api/openapi.json") })
-        .method_not_allowed_fallback(|req: Request<axum::body::Body>| async move {
-            error::ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{} is not allowed on {}; see /api/openapi.json", req.method(), req.uri().path()),
-            )
-        })
+        .route("/metrics", get(metrics_text));
+    with_json_fallbacks(routes, "see /api/openapi.json")
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
@@ -178,6 +172,28 @@ pub fn app(state: AppState) -> Router {
         )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// JSON errors (not axum's plain text) for unknown routes and methods; `hint` says where to look.
+fn with_json_fallbacks<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    hint: &'static str,
+) -> Router<S> {
+    router
+        .fallback(
+            move || async move { error::ApiError::not_found(format!("no such route; {hint}")) },
+        )
+        .method_not_allowed_fallback(move |req: Request<axum::body::Body>| async move {
+            error::ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!(
+                    "{} is not allowed on {}; {hint}",
+                    req.method(),
+                    req.uri().path()
+                ),
+            )
+        })
 }
 
 async fn openapi_json() -> impl IntoResponse {
@@ -213,6 +229,10 @@ async fn metrics_text(State(app): State<AppState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4"),
         )],
-        app.metrics.render(&app.deployments),
+        {
+            let pools = app.deployments.all();
+            app.metrics
+                .render(pools.iter().map(|d| (d.label.as_str(), d.pool.live())))
+        },
     )
 }

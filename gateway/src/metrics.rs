@@ -5,8 +5,6 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::deployments::Deployments;
-
 pub struct Metrics {
     registry: Registry,
     pub calls: IntCounterVec,
@@ -64,13 +62,12 @@ impl Metrics {
         })
     }
 
-    /// The text exposition, with worker counts read from the pools at scrape time.
-    pub fn render(&self, deployments: &Deployments) -> String {
+    /// The text exposition, with the live worker count of each pool (label, workers) read at
+    /// scrape time.
+    pub fn render<'a>(&self, pools: impl IntoIterator<Item = (&'a str, usize)>) -> String {
         self.workers.reset();
-        for d in deployments.all() {
-            self.workers
-                .with_label_values(&[d.label.as_str()])
-                .add(d.pool.live() as i64);
+        for (label, live) in pools {
+            self.workers.with_label_values(&[label]).add(live as i64);
         }
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {

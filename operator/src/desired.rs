@@ -35,6 +35,8 @@ pub const RUNNER_PORT: i32 = 8080;
 pub const FUNCTION_DIR: &str = "/etc/skython/function";
 pub const CHECKSUM_ANNOTATION: &str = "skython.io/function-checksum";
 pub const FUNCTION_LABEL: &str = "skython.io/function";
+/// Selects every object the operator manages (children carry this label).
+pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=skython-operator";
 
 /// What the operator is told by its own configuration, not by the function.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,219 @@
+//! Runner pod mode: one function, read from the directory the operator mounts (its ConfigMap),
+//! served over HTTP by the same zygote, worker pool, limits and JSON rules as the local gateway.
+//!
+//! `POST /` calls the function. `/healthz` answers while the process lives (liveness);
+//! `/readyz` answers 200 once a worker has loaded the function, so a pod whose module fails to
+//! import never receives traffic and says why. `/metrics` has the call metrics.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use skython_crds::SkyFunctionSpec;
+use skython_runner::{
+    Inspection, SourceError, StateAnswer, StateHandler, StateRequest, WorkerPool, Zygote,
+};
+
+use crate::Limits;
+use crate::deployments::{pool_limits, worker_spec};
+use crate::error::ApiError;
+use crate::invoke::{CallTarget, check_args, json_response, request_id, run_call};
+use crate::metrics::Metrics;
+
+/// Files of the function directory (the keys of the operator's ConfigMap).
+pub const SOURCE_FILE: &str = "source.py";
+pub const SPEC_FILE: &str = "function.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a SkyFunction spec: {source}")]
+    BadSpec {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("the function's source cannot be deployed: {}{}", .0.message, .0.line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    Source(SourceError),
+    #[error(transparent)]
+    Runtime(#[from] skython_runner::Error),
+    #[error(transparent)]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Reads the function the operator mounted: `function.json` (the spec) and `source.py`, which
+/// wins over the spec's copy of the source.
+pub fn read_function(dir: &Path) -> Result<SkyFunctionSpec, PodError> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).map_err(|source| PodError::Read { path, source })
+    };
+    let path = dir.join(SPEC_FILE);
+    let mut spec: SkyFunctionSpec = serde_json::from_str(&read(SPEC_FILE)?)
+        .map_err(|source| PodError::BadSpec { path, source })?;
+    match read(SOURCE_FILE) {
+        Ok(source) => spec.source = source,
+        Err(PodError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(spec)
+}
+
+enum Readiness {
+    Loading,
+    Ready,
+    Failed(String),
+}
+
+/// The one function this pod serves.
+pub struct RunnerPod {
+    label: String,
+    pool: WorkerPool,
+    metrics: Metrics,
+    readiness: RwLock<Readiness>,
+    limits: Limits,
+}
+
+impl CallTarget for RunnerPod {
+    fn pool(&self) -> &WorkerPool {
+        &self.pool
+    }
+    fn state(&self) -> &dyn StateHandler {
+        &NoStateService
+    }
+}
+
+impl RunnerPod {
+    /// Checks the source (without running it) and prepares the pool; no worker starts yet.
+    pub async fn new(
+        zygote: Arc<Zygote>,
+        spec: &SkyFunctionSpec,
+        limits: Limits,
+    ) -> Result<Arc<Self>, PodError> {
+        let filename = format!("{}.py", spec.endpoint);
+        let signature = match zygote
+            .inspect(&spec.source, &filename, spec.entrypoint.as_deref())
+            .await?
+        {
+            Inspection::Ok { signature } => signature,
+            Inspection::Invalid { error } => return Err(PodError::Source(error)),
+        };
+        let mut pool_limits = pool_limits(spec, &limits);
+        // A pod exists to serve: one worker stays loaded however long it idles.
+        pool_limits.min_workers = pool_limits.min_workers.max(1);
+        let label = format!("{}/{}", spec.owner, spec.endpoint);
+        Ok(Arc::new(RunnerPod {
+            pool: WorkerPool::new(
+                zygote,
+                worker_spec(spec, &signature.entrypoint, &limits),
+                pool_limits,
+            ),
+            label,
+            metrics: Metrics::new()?,
+            readiness: RwLock::new(Readiness::Loading),
+            limits,
+        }))
+    }
+
+    /// Loads the function in a first worker; the pod is ready when that succeeds.
+    pub async fn warm(&self) {
+        let result = self.pool.warm(1).await;
+        let mut r = self.readiness.write().unwrap_or_else(|p| p.into_inner());
+        *r = match result {
+            Ok(()) => Readiness::Ready,
+            Err(e) => {
+                tracing::error!(function = %self.label, "loading the function failed: {e}");
+                Readiness::Failed(e.to_string())
+            }
+        };
+    }
+
+    /// Stops idle workers beyond the one kept warm.
+    pub fn reap(&self) -> usize {
+        self.pool.reap(std::time::Instant::now())
+    }
+
+    pub fn router(self: Arc<Self>) -> Router {
+        let body_limit = self.limits.max_body_bytes;
+        crate::with_json_fallbacks(
+            Router::new()
+                .route("/", post(call))
+                .route("/healthz", get(|| async { "ok" }))
+                .route("/readyz", get(readyz))
+                .route("/metrics", get(metrics)),
+            "POST / calls the function",
+        )
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(self)
+    }
+}
+
+async fn call(
+    State(pod): State<Arc<RunnerPod>>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    let args = Bytes::copy_from_slice(check_args(&body)?);
+    let rid = request_id(&headers);
+    let span = tracing::info_span!("call", function = %pod.label, request_id = %rid);
+    let (out, cold_start) = run_call(pod.clone(), args, &pod.metrics, &pod.label, span).await?;
+    if !out.logs.is_empty() {
+        // A pod's output is its log: `kubectl logs` shows what the function printed.
+        tracing::info!(function = %pod.label, request_id = %rid, outcome = %out.outcome, "output:\n{}", out.logs.trim_end());
+    }
+    Ok(json_response(out.status, &out.body, cold_start))
+}
+
+async fn readyz(State(pod): State<Arc<RunnerPod>>) -> Response {
+    let r = pod.readiness.read().unwrap_or_else(|p| p.into_inner());
+    match &*r {
+        Readiness::Ready => "ready".into_response(),
+        Readiness::Loading => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "loading",
+            "the function is still loading",
+        )
+        .into_response(),
+        Readiness::Failed(msg) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "load_error",
+            format!("the function failed to load: {msg}"),
+        )
+        .into_response(),
+    }
+}
+
+async fn metrics(State(pod): State<Arc<RunnerPod>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        pod.metrics.render([(pod.label.as_str(), pod.pool.live())]),
+    )
+}
+
+/// State in a runner pod goes through the platform's state service (the gateway's MongoDB-backed
+/// store), which a pod is not connected to yet: `store`/`load` raise a `StateError` that says so
+/// instead of keeping values in a pod that may vanish.
+struct NoStateService;
+
+#[async_trait]
+impl StateHandler for NoStateService {
+    async fn handle(&self, _request: StateRequest) -> StateAnswer {
+        StateAnswer::refused(
+            "state_unavailable",
+            "store() and load() are not available in this runner pod: it is not connected to a state service",
+        )
+    }
+}

@@ -1,0 +1,296 @@
+//! The reconcile loop: for each `SkyFunction`, check the source, apply the desired children with
+//! server-side apply, and write the status when it changed. Decisions live in [`crate::desired`]
+//! and [`crate::status`]; this module only does the I/O.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use skython_crds::SkyFunction;
+use tracing::Instrument;
+
+use crate::desired::{Children, DesiredError, MANAGED_BY_SELECTOR, OperatorConfig, desired};
+use crate::inspect::SourceInspector;
+use crate::metrics::OperatorMetrics;
+use crate::status::{SourceCheck, next_status, readiness, source_error_message};
+
+/// The field manager of everything the operator writes.
+pub const MANAGER: &str = "skython-operator";
+/// How often a healthy function is reconciled anyway (drift, e.g. a child deleted by hand
+/// when its watch event was missed).
+const RESYNC: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{action}: {source}")]
+    Kube { action: String, source: kube::Error },
+    #[error(transparent)]
+    Desired(#[from] DesiredError),
+    #[error("checking the source: {0}")]
+    Inspect(#[from] skython_runner::Error),
+}
+
+impl Error {
+    fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "kube",
+            Error::Desired(_) => "desired",
+            Error::Inspect(_) => "inspect",
+        }
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub config: OperatorConfig,
+    pub inspector: SourceInspector,
+    pub metrics: Arc<OperatorMetrics>,
+    pub recorder: Recorder,
+    /// Consecutive failures per function, for the backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        config: OperatorConfig,
+        inspector: SourceInspector,
+        metrics: Arc<OperatorMetrics>,
+        reporter: Reporter,
+    ) -> Self {
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            config,
+            inspector,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn key(f: &SkyFunction) -> String {
+    format!("{}/{}", f.namespace().unwrap_or_default(), f.name_any())
+}
+
+/// Exponential backoff per function: 1 s, 2 s, 4 s … up to 5 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.min(9)).min(Duration::from_secs(300))
+}
+
+async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .map_err(|source| Error::Kube {
+        action: format!("applying {} {name}", K::kind(&K::DynamicType::default())),
+        source,
+    })
+}
+
+/// Applies every child; returns the Deployment as the API server has it now.
+async fn apply_children(client: &Client, ns: &str, c: &Children) -> Result<Deployment, Error> {
+    apply(
+        &Api::<ConfigMap>::namespaced(client.clone(), ns),
+        &c.config_map,
+    )
+    .await?;
+    apply(&Api::<Service>::namespaced(client.clone(), ns), &c.service).await?;
+    apply(
+        &Api::<NetworkPolicy>::namespaced(client.clone(), ns),
+        &c.network_policy,
+    )
+    .await?;
+    // Last, so that the pods find their ConfigMap.
+    apply(
+        &Api::<Deployment>::namespaced(client.clone(), ns),
+        &c.deployment,
+    )
+    .await
+}
+
+pub async fn reconcile(f: Arc<SkyFunction>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let span = tracing::info_span!("reconcile", function = %key(&f));
+    reconcile_function(f, ctx).instrument(span).await
+}
+
+async fn reconcile_function(f: Arc<SkyFunction>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let name = f.name_any();
+    let ns = f
+        .namespace()
+        .ok_or(DesiredError::MissingMetadata("namespace"))?;
+    let check = ctx.inspector.check(&f.spec).await?;
+    let deployments = Api::<Deployment>::namespaced(ctx.client.clone(), &ns);
+    let deployment = match &check {
+        SourceCheck::Valid(_) => {
+            let children = desired(&f, &ctx.config)?;
+            Some(apply_children(&ctx.client, &ns, &children).await?)
+        }
+        // Nothing is applied: a new function gets no pods, and an existing one keeps serving
+        // its previous version (its ConfigMap is not touched either).
+        SourceCheck::Invalid(_) => {
+            let child = crate::desired::child_name(&name);
+            deployments
+                .get_opt(&child)
+                .await
+                .map_err(|source| Error::Kube {
+                    action: format!("reading Deployment {child}"),
+                    source,
+                })?
+        }
+    };
+    let status = next_status(&f, &check, deployment.as_ref(), jiff::Timestamp::now());
+    if f.status.as_ref() != Some(&status) {
+        let patch = serde_json::json!({ "status": status });
+        Api::<SkyFunction>::namespaced(ctx.client.clone(), &ns)
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|source| Error::Kube {
+                action: "writing the status".into(),
+                source,
+            })?;
+        publish_transition(&f, &check, deployment.as_ref(), &ctx).await;
+    }
+    ctx.failures().remove(&key(&f));
+    let outcome = match check {
+        SourceCheck::Valid(_) => "applied",
+        SourceCheck::Invalid(_) => "invalid_source",
+    };
+    ctx.metrics.reconciles.with_label_values(&[outcome]).inc();
+    ctx.metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
+    Ok(match check {
+        SourceCheck::Valid(_) => Action::requeue(RESYNC),
+        // Only an edit of the function can fix its source.
+        SourceCheck::Invalid(_) => Action::await_change(),
+    })
+}
+
+/// An event when the `Ready` condition changes reason, so `kubectl describe` tells the story.
+async fn publish_transition(
+    f: &SkyFunction,
+    check: &SourceCheck,
+    deployment: Option<&Deployment>,
+    ctx: &Context,
+) {
+    let r = readiness(check, deployment);
+    let before = f
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_condition())
+        .map(|c| c.reason.clone());
+    if before.as_deref() == Some(r.reason) {
+        return;
+    }
+    let (type_, note) = match check {
+        SourceCheck::Invalid(e) => (EventType::Warning, source_error_message(e)),
+        SourceCheck::Valid(_) if r.reason == "ProgressDeadlineExceeded" => {
+            (EventType::Warning, r.message.clone())
+        }
+        SourceCheck::Valid(_) => (EventType::Normal, r.message.clone()),
+    };
+    let event = Event {
+        type_,
+        reason: r.reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &f.object_ref(&())).await {
+        tracing::warn!("publishing an event failed: {e}");
+    }
+}
+
+pub fn error_policy(f: Arc<SkyFunction>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconciles.with_label_values(&["error"]).inc();
+    ctx.metrics
+        .failures
+        .with_label_values(&[error.kind()])
+        .inc();
+    let n = {
+        let mut failures = ctx.failures();
+        let n = failures.entry(key(&f)).or_default();
+        *n += 1;
+        *n
+    };
+    let delay = backoff(n - 1);
+    tracing::warn!(function = %key(&f), attempt = n, retry_in = ?delay, "reconcile failed: {error}");
+    Action::requeue(delay)
+}
+
+/// Runs the controller until `shutdown` resolves, then lets reconciles in flight finish.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let children = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
+    Controller::new(
+        api::<SkyFunction>(&client, namespace),
+        watcher::Config::default(),
+    )
+    .owns(api::<Deployment>(&client, namespace), children.clone())
+    .owns(api::<ConfigMap>(&client, namespace), children.clone())
+    .owns(api::<Service>(&client, namespace), children.clone())
+    .owns(api::<NetworkPolicy>(&client, namespace), children)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|res| async move {
+        if let Err(e) = res {
+            tracing::debug!("controller: {e}");
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        let secs: Vec<u64> = (0..12).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+    }
+}

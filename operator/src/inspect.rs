@@ -1,0 +1,69 @@
+//! `SourceInspector`: reads a function's source without running it (syntax, entry function,
+//! signature), with the same Python code as the gateway's deploy check.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use sha2::{Digest, Sha256};
+use skython_crds::SkyFunctionSpec;
+use skython_runner::{Inspection, RuntimeConfig, Zygote};
+use tokio::sync::Mutex;
+
+use crate::status::SourceCheck;
+
+/// Inspections kept; a reconcile of an unchanged function costs no Python round trip.
+const CACHE_ENTRIES: usize = 4096;
+
+pub struct SourceInspector {
+    zygote: Zygote,
+    cache: Mutex<HashMap<[u8; 32], SourceCheck>>,
+}
+
+impl SourceInspector {
+    /// `python` only needs the standard library: inspection imports nothing of the function's.
+    pub fn new(python: PathBuf, runtime_dir: PathBuf) -> std::io::Result<Self> {
+        skython_runner::install_python_files(&runtime_dir)?;
+        Ok(SourceInspector {
+            zygote: Zygote::new(RuntimeConfig {
+                python,
+                python_path: runtime_dir,
+                preload: Some(String::new()),
+                workdir: std::env::temp_dir(),
+            }),
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub async fn start(&self) -> skython_runner::Result<()> {
+        self.zygote.start().await.map(|_| ())
+    }
+
+    pub async fn check(&self, spec: &SkyFunctionSpec) -> skython_runner::Result<SourceCheck> {
+        let filename = format!("{}.py", spec.endpoint);
+        let key: [u8; 32] = Sha256::new()
+            .chain_update(filename.as_bytes())
+            .chain_update([0])
+            .chain_update(spec.entrypoint.as_deref().unwrap_or("").as_bytes())
+            .chain_update([0])
+            .chain_update(spec.source.as_bytes())
+            .finalize()
+            .into();
+        if let Some(hit) = self.cache.lock().await.get(&key) {
+            return Ok(hit.clone());
+        }
+        let check = match self
+            .zygote
+            .inspect(&spec.source, &filename, spec.entrypoint.as_deref())
+            .await?
+        {
+            Inspection::Ok { signature } => SourceCheck::Valid(signature),
+            Inspection::Invalid { error } => SourceCheck::Invalid(error),
+        };
+        let mut cache = self.cache.lock().await;
+        if cache.len() >= CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, check.clone());
+        Ok(check)
+    }
+}
