@@ -43,9 +43,9 @@ pub enum PodError {
         source: serde_json::Error,
     },
     #[error("the function's source cannot be deployed: {}{}", .0.message, .0.line.map(|l| format!(" (line {l})")).unwrap_or_default())]
-    Source(SourceError),
+    Source(Box<SourceError>),
     #[error(transparent)]
-    Runtime(#[from] skython_runner::Error),
+    Runtime(Box<skython_runner::Error>),
     #[error(transparent)]
     Metrics(#[from] prometheus::Error),
 }
@@ -102,10 +102,11 @@ impl RunnerPod {
         let filename = format!("{}.py", spec.endpoint);
         let signature = match zygote
             .inspect(&spec.source, &filename, spec.entrypoint.as_deref())
-            .await?
+            .await
+            .map_err(|e| PodError::Runtime(Box::new(e)))?
         {
             Inspection::Ok { signature } => signature,
-            Inspection::Invalid { error } => return Err(PodError::Source(error)),
+            Inspection::Invalid { error } => return Err(PodError::Source(Box::new(error))),
         };
         let mut pool_limits = pool_limits(spec, &limits);
         // A pod exists to serve: one worker stays loaded however long it idles.
@@ -176,21 +177,15 @@ async fn call(
 
 async fn readyz(State(pod): State<Arc<RunnerPod>>) -> Response {
     let r = pod.readiness.read().unwrap_or_else(|p| p.into_inner());
-    match &*r {
-        Readiness::Ready => "ready".into_response(),
-        Readiness::Loading => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "loading",
-            "the function is still loading",
-        )
-        .into_response(),
-        Readiness::Failed(msg) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "load_error",
-            format!("the function failed to load: {msg}"),
-        )
-        .into_response(),
-    }
+    let (code, message) = match &*r {
+        Readiness::Ready => return "ready".into_response(),
+        Readiness::Loading => ("loading", "the function is still loading".to_string()),
+        Readiness::Failed(msg) => ("load_error", format!("the function failed to load: {msg}")),
+    };
+    // Answered directly, not as an `ApiError`: probes ask every few seconds, and the load
+    // failure is already in the log once.
+    let body = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).body();
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
 }
 
 async fn metrics(State(pod): State<Arc<RunnerPod>>) -> impl IntoResponse {
