@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+pub mod cluster;
+
 pub const TOKEN: &str = "sky_e2e_admin_token";
 
 pub fn skython_bin() -> PathBuf {

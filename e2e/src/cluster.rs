@@ -1,0 +1,185 @@
+//! Helpers for the tests against the real one-node cluster that `e2e/cluster/up.sh` starts:
+//! `kubectl` as users run it, and the operator as a process.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::{Process, eventually, free_port, skython_bin};
+
+/// The cluster's admin kubeconfig: `$SKYTHON_KUBECONFIG`, else where `up.sh` writes it.
+pub fn kubeconfig() -> PathBuf {
+    let path = std::env::var_os("SKYTHON_KUBECONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/skython/cluster/admin.kubeconfig")
+        });
+    assert!(
+        path.exists(),
+        "no cluster: {} is missing; start one with `bash e2e/cluster/up.sh` (`make test` does)",
+        path.display()
+    );
+    path
+}
+
+pub struct Kubectl {
+    kubeconfig: PathBuf,
+    pub namespace: String,
+}
+
+impl Kubectl {
+    pub fn new(namespace: &str) -> Self {
+        Kubectl {
+            kubeconfig: kubeconfig(),
+            namespace: namespace.into(),
+        }
+    }
+
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// Runs kubectl in the namespace; stdout, or stderr as the error.
+    pub fn try_run(&self, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["-n", &self.namespace])
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| format!("running kubectl: {e}"))?;
+        if let Some(input) = stdin {
+            use std::io::Write;
+            let mut pipe = child.stdin.take().ok_or("kubectl stdin")?;
+            pipe.write_all(input.as_bytes())
+                .map_err(|e| format!("writing to kubectl: {e}"))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("kubectl: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    pub fn run(&self, args: &[&str]) -> String {
+        self.try_run(args, None).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn apply(&self, yaml: &str) -> String {
+        self.try_run(&["apply", "-f", "-"], Some(yaml))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `kubectl get … -o json`; `None` when the object does not exist.
+    pub fn get(&self, what: &str) -> Option<Value> {
+        match self.try_run(&["get", what, "-o", "json"], None) {
+            Ok(s) => Some(serde_json::from_str(&s).expect("kubectl printed JSON")),
+            Err(e) if e.contains("NotFound") || e.contains("not found") => None,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Waits until `get(what)` satisfies `f`; the last object seen on timeout is in the panic.
+    pub fn wait_for(&self, what: &str, timeout: Duration, f: impl Fn(&Value) -> bool) -> Value {
+        let mut last = None;
+        let ok = eventually(timeout, || {
+            last = self.get(what);
+            last.as_ref().is_some_and(&f)
+        });
+        assert!(
+            ok,
+            "timed out after {timeout:?} waiting on {what}; last seen: {}",
+            last.map(
+                |v| serde_json::to_string_pretty(&v.get("status").cloned().unwrap_or(v))
+                    .unwrap_or_default()
+            )
+            .unwrap_or_else(|| "nothing".into())
+        );
+        last.unwrap_or_default()
+    }
+}
+
+/// The `Ready` condition of an object's status.
+pub fn ready_condition(obj: &Value) -> Option<&Value> {
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")
+}
+
+/// `skython operator` as a process, watching one namespace.
+pub struct Operator {
+    pub process: Process,
+    pub metrics_url: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Operator {
+    pub fn start(k: &Kubectl, runtime_dir: &Path) -> Operator {
+        let port = free_port();
+        let mut cmd = Command::new(skython_bin());
+        cmd.arg("operator")
+            .arg("--kubeconfig")
+            .arg(k.kubeconfig())
+            .args([
+                "--namespace",
+                &k.namespace,
+                "--lease-namespace",
+                &k.namespace,
+            ])
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .arg("--runtime-dir")
+            .arg(runtime_dir)
+            .env("SKYTHON_LOG", "info,kube=warn")
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        if let Some(py) = std::env::var_os("SKYTHON_PYTHON") {
+            cmd.env("SKYTHON_PYTHON", py);
+        }
+        let op = Operator {
+            process: Process(cmd.spawn().expect("start skython operator")),
+            metrics_url: format!("http://127.0.0.1:{port}/metrics"),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .expect("client"),
+        };
+        assert!(
+            eventually(Duration::from_secs(60), || op
+                .metric("skython_operator_leader")
+                == Some(1.0)),
+            "the operator did not start leading within 60 s (see its log above)"
+        );
+        op
+    }
+
+    /// The sum of a metric's samples (all label values).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let text = self.http.get(&self.metrics_url).send().ok()?.text().ok()?;
+        let values: Vec<f64> = text
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
+    }
+}

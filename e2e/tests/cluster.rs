@@ -1,0 +1,305 @@
+//! The operator against a real Kubernetes (API server, scheduler, kubelet, containerd) started by
+//! `e2e/cluster/up.sh`: `kubectl apply` of a SkyFunction gives locked-down runner pods that
+//! answer on their pod IP; edits roll them; broken sources are refused with their line;
+//! deletion removes everything; an operator restart writes nothing.
+//!
+//! One test walks the whole life of a function in a fresh namespace, because its steps build on
+//! each other and share one operator.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use skython_e2e::cluster::{Kubectl, Operator, ready_condition};
+use skython_e2e::eventually;
+
+const POD_START: Duration = Duration::from_secs(240);
+const CHILDREN: [&str; 4] = ["configmap", "deployment", "service", "networkpolicy"];
+
+fn repo_file(path: &str) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn is_ready(f: &Value) -> bool {
+    ready_condition(f).is_some_and(|c| c["status"] == "True")
+        && f["status"]["observedGeneration"] == f["metadata"]["generation"]
+}
+
+/// The IPs of the function's running, ready pods that carry `checksum` (the version).
+fn ready_pod_ips(k: &Kubectl, function: &str, checksum: &str) -> Vec<String> {
+    let pods = k
+        .get(&format!("pods -l skython.io/function={function}"))
+        .unwrap_or_default();
+    pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            p["metadata"]["annotations"]["skython.io/function-checksum"] == checksum
+                && p["metadata"]["deletionTimestamp"].is_null()
+                && p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+        .filter_map(|p| p["status"]["podIP"].as_str().map(String::from))
+        .collect()
+}
+
+fn call(ip: &str, args: Value) -> (u16, Value) {
+    let resp = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+        .post(format!("http://{ip}:8080/"))
+        .json(&args)
+        .send()
+        .unwrap_or_else(|e| panic!("POST http://{ip}:8080/: {e}"));
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or(Value::Null))
+}
+
+/// Waits for the function's current version to be Ready and returns a pod IP serving it.
+fn serving_pod(k: &Kubectl, function: &str) -> String {
+    k.wait_for(&format!("skyfunction {function}"), POD_START, is_ready);
+    let deploy = k
+        .get(&format!("deployment skyfn-{function}"))
+        .expect("the Deployment exists");
+    let checksum =
+        deploy["spec"]["template"]["metadata"]["annotations"]["skython.io/function-checksum"]
+            .as_str()
+            .expect("the pod template has a checksum")
+            .to_string();
+    let mut ips = Vec::new();
+    assert!(
+        eventually(POD_START, || {
+            ips = ready_pod_ips(k, function, &checksum);
+            !ips.is_empty()
+        }),
+        "no ready pod of {function} at checksum {checksum}"
+    );
+    ips.remove(0)
+}
+
+fn resource_versions(k: &Kubectl, objects: &[String]) -> BTreeMap<String, String> {
+    objects
+        .iter()
+        .map(|o| {
+            let v = k.get(o).unwrap_or_else(|| panic!("{o} exists"));
+            (
+                o.clone(),
+                v["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_skyfunction_lives_its_whole_life_on_a_real_cluster() {
+    let namespace = format!("skython-e2e-{}", std::process::id());
+    let k = Kubectl::new(&namespace);
+
+    // The API server accepts the generated CRD (structural schema, printer columns).
+    k.apply(&repo_file("helm/skython/crds/skyfunctions.skython.io.yaml"));
+    k.run(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/skyfunctions.skython.io",
+        "--timeout=60s",
+    ]);
+    k.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n"
+    ));
+    let cleanup = Cleanup(&namespace);
+
+    // The API server itself refuses what the schema forbids.
+    let bad =
+        repo_file("examples/hello.yaml").replace("visibility: public", "visibility: everyone");
+    let err = k
+        .try_run(&["apply", "-f", "-"], Some(&bad))
+        .expect_err("invalid visibility is refused");
+    assert!(err.contains("visibility"), "{err}");
+
+    let runtime = tempfile::tempdir().unwrap();
+    let mut operator = Operator::start(&k, runtime.path());
+
+    // kubectl apply → ConfigMap, Deployment, Service, NetworkPolicy, all owned by the function.
+    k.apply(&repo_file("examples/hello.yaml"));
+    for kind in CHILDREN {
+        let child = k.wait_for(
+            &format!("{kind} skyfn-hello"),
+            Duration::from_secs(60),
+            |_| true,
+        );
+        let owner = &child["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (owner["kind"].as_str(), owner["name"].as_str()),
+            (Some("SkyFunction"), Some("hello"))
+        );
+        assert_eq!(owner["controller"], true);
+    }
+    let deploy = k.get("deployment skyfn-hello").unwrap();
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["runAsUser"], 10001);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let sc = &pod["containers"][0]["securityContext"];
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(
+        pod["containers"][0]["resources"]["limits"],
+        json!({"cpu": "250m", "memory": "512Mi"})
+    );
+    let np = k.get("networkpolicy skyfn-hello").unwrap();
+    assert_eq!(np["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+
+    // The pod becomes Ready and POST / on its IP returns the function's result.
+    let ip = serving_pod(&k, "hello");
+    assert_eq!(
+        call(&ip, json!({"name": "Kubernetes"})),
+        (
+            200,
+            json!({"greeting": "Hello, Kubernetes!", "letters": 10})
+        )
+    );
+    let (status, body) = call(&ip, json!({"nope": 1}));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_arguments"))
+    );
+    let f = k.get("skyfunction hello").unwrap();
+    assert_eq!(f["status"]["signature"]["entrypoint"], "hello");
+    assert_eq!(f["status"]["readyReplicas"], 1);
+    assert_eq!(
+        f["status"]["url"],
+        format!("http://skyfn-hello.{namespace}.svc")
+    );
+    let table = k.run(&["get", "skyfn"]);
+    assert!(
+        table.contains("ENDPOINT") && table.contains("True"),
+        "printer columns:\n{table}"
+    );
+
+    // Editing the source rolls the pods, and the new version is served.
+    let new_source = "def hello(name: str = 'world') -> str:\n    return f'Hi {name}, v2'\n";
+    k.run(&[
+        "patch",
+        "skyfunction",
+        "hello",
+        "--type=merge",
+        "-p",
+        &json!({"spec": {"source": new_source}}).to_string(),
+    ]);
+    let ip = serving_pod(&k, "hello");
+    assert_eq!(
+        call(&ip, json!({"name": "you"})),
+        (200, json!("Hi you, v2"))
+    );
+
+    // A syntax error: Ready=False naming the line, a Warning event, and no pods.
+    k.apply(&repo_file("examples/broken.yaml"));
+    let broken = k.wait_for("skyfunction broken", Duration::from_secs(60), |f| {
+        ready_condition(f).is_some_and(|c| c["reason"] == "InvalidSource")
+    });
+    let cond = ready_condition(&broken).unwrap();
+    assert_eq!(cond["status"], "False");
+    assert!(
+        cond["message"].as_str().unwrap().contains("line 2"),
+        "{cond}"
+    );
+    for kind in CHILDREN {
+        assert!(
+            k.get(&format!("{kind} skyfn-broken")).is_none(),
+            "no {kind} for a broken source"
+        );
+    }
+    let events = k.wait_for(
+        "events --field-selector involvedObject.name=broken",
+        Duration::from_secs(30),
+        |e| e["items"].as_array().is_some_and(|i| !i.is_empty()),
+    );
+    let event = &events["items"][0];
+    assert_eq!(
+        (event["type"].as_str(), event["reason"].as_str()),
+        (Some("Warning"), Some("InvalidSource"))
+    );
+
+    // Restarting the operator writes nothing: every object keeps its resourceVersion.
+    let mut watched: Vec<String> = CHILDREN
+        .iter()
+        .map(|kind| format!("{kind} skyfn-hello"))
+        .collect();
+    watched.extend(["skyfunction hello".into(), "skyfunction broken".into()]);
+    let before = resource_versions(&k, &watched);
+    assert_eq!(
+        operator.process.terminate(),
+        Some(0),
+        "the operator stops cleanly on SIGTERM"
+    );
+    let operator = Operator::start(&k, runtime.path());
+    assert!(
+        eventually(Duration::from_secs(60), || operator
+            .metric("skython_operator_reconciles_total")
+            .is_some_and(|n| n >= 2.0)),
+        "the restarted operator reconciled both functions"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        resource_versions(&k, &watched),
+        before,
+        "a restart changed objects"
+    );
+    assert_eq!(
+        operator
+            .metric("skython_operator_reconcile_errors_total")
+            .unwrap_or(0.0),
+        0.0
+    );
+
+    // Deleting the function removes every child (garbage collection through owner references).
+    k.run(&[
+        "delete",
+        "skyfunction",
+        "hello",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    for kind in CHILDREN {
+        assert!(
+            eventually(Duration::from_secs(90), || k
+                .get(&format!("{kind} skyfn-hello"))
+                .is_none()),
+            "{kind} skyfn-hello was not removed"
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(90), || k
+            .get("pods -l skython.io/function=hello")
+            .is_some_and(|p| p["items"].as_array().is_some_and(Vec::is_empty))),
+        "the pods were not removed"
+    );
+    drop(cleanup);
+}
+
+/// Deletes the test's namespace however the test ends.
+struct Cleanup<'a>(&'a str);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(skython_e2e::cluster::kubeconfig())
+            .args(["delete", "namespace", self.0, "--wait=false"])
+            .output();
+    }
+}
