@@ -10,20 +10,37 @@ DATA_DIR ?= .skython
 SKYTHON_RELEASE := $(CARGO_TARGET_DIR)/release/skython
 SKYTHON_DEBUG := $(CARGO_TARGET_DIR)/debug/skython
 
-.PHONY: run test build venv venv-full generate lint unit e2e clean
+.PHONY: run test build venv venv-full generate lint unit e2e clean cluster-up cluster-down
 
 ## run: build what is missing, then start Skython at http://$(ADDR) (data in $(DATA_DIR))
 run: venv
 	cargo build --release -p skython-cli
 	$(SKYTHON_RELEASE) up --addr $(ADDR) --data-dir $(DATA_DIR) --python $(VENV)/bin/python
 
-## test: formatting, lints, unit tests, integration and end-to-end tests over real processes
+## test: formatting, lints, unit tests, integration and end-to-end tests over real processes,
+## and the operator against a real one-node Kubernetes (started by e2e/cluster/up.sh and
+## stopped afterwards; KEEP_CLUSTER=1 leaves it running for the next run)
 test: venv lint
 	cargo build -p skython-cli
 	@mkdir -p $(CACHE)
+	$(MAKE) cluster-up
 	set -o pipefail; SKYTHON_BIN=$(SKYTHON_DEBUG) SKYTHON_PYTHON=$(VENV)/bin/python \
-	  cargo test --workspace --no-fail-fast 2>&1 | tee $(CACHE)/test.log
-	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "%d passed, %d failed\n", p, f}' $(CACHE)/test.log
+	  SKYTHON_KUBECONFIG=$(KUBECONFIG_E2E) \
+	  cargo test --workspace --no-fail-fast 2>&1 | tee $(CACHE)/test.log; \
+	  rc=$$?; [ -n "$(KEEP_CLUSTER)" ] || bash e2e/cluster/down.sh; \
+	  awk '/^test result:/ {p += $$4; f += $$6} END {printf "%d passed, %d failed\n", p, f}' $(CACHE)/test.log; \
+	  exit $$rc
+
+KUBECONFIG_E2E := $(CACHE)/cluster/admin.kubeconfig
+
+## cluster-up: a real one-node Kubernetes with the runner image built from this tree's binary
+cluster-up:
+	cargo build -p skython-cli
+	SKYTHON_BIN=$(SKYTHON_DEBUG) bash e2e/cluster/up.sh
+
+## cluster-down: stop it (the built binaries and images stay cached)
+cluster-down:
+	bash e2e/cluster/down.sh
 
 lint:
 	cargo fmt --all --check
