@@ -275,7 +275,25 @@ impl SkyFunctionStatus {
 /// The CustomResourceDefinition as YAML (`skython crdgen`; committed in `helm/skython/crds/`).
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;
-    serde_yaml::to_string(&SkyFunction::crd())
+    let mut crd = serde_json::to_value(SkyFunction::crd())
+        .map_err(<serde_yaml::Error as serde::ser::Error>::custom)?;
+    drop_empty_string_defaults(&mut crd);
+    serde_yaml::to_string(&crd)
+}
+
+/// Removes `default: ""` from the schema: API servers before 1.21 read it as `null` and refuse
+/// the CRD ("must be of type string"). Nothing is lost: a missing field deserializes to "".
+fn drop_empty_string_defaults(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            if map.get("default") == Some(&serde_json::Value::String(String::new())) {
+                map.remove("default");
+            }
+            map.values_mut().for_each(drop_empty_string_defaults);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_empty_string_defaults),
+        _ => {}
+    }
 }
 
 #[cfg(test)]

@@ -284,9 +284,13 @@ runner_base() {
   rm -rf "$rootfs" "$layout" "$IMAGES/runner-bundle" "$IMAGES/wheels"
   debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" \
     http://deb.debian.org/debian >"$LOGS/debootstrap.log" 2>&1 || fail "debootstrap" "$LOGS/debootstrap.log"
-  # Wheels are fetched by the host's pip (its index and certificates), installed offline inside.
+  # Wheels are fetched by the host's pip (its index and certificates) for the image's Python,
+  # then installed offline inside.
+  local pyver
+  pyver=$(chroot "$rootfs" python3 -c 'import platform; print(platform.python_version())') ||
+    fail "running the image's python3"
   python3 -m pip download --quiet --dest "$IMAGES/wheels" --only-binary=:all: \
-    --python-version 3.11 --implementation cp --abi cp311 \
+    --python-version "$pyver" --implementation cp --abi cp311 \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -r "$repo/runtime/requirements.txt" >"$LOGS/wheels.log" 2>&1 || fail "downloading wheels" "$LOGS/wheels.log"
   cp -r "$IMAGES/wheels" "$rootfs/tmp/wheels"

@@ -86,9 +86,13 @@ impl Kubectl {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// `kubectl get … -o json`; `None` when the object does not exist.
+    /// `kubectl get WHAT -o json` (WHAT split at spaces, e.g. `pods -l app=x`); `None` when
+    /// the object does not exist.
     pub fn get(&self, what: &str) -> Option<Value> {
-        match self.try_run(&["get", what, "-o", "json"], None) {
+        let mut args = vec!["get"];
+        args.extend(what.split_whitespace());
+        args.extend(["-o", "json"]);
+        match self.try_run(&args, None) {
             Ok(s) => Some(serde_json::from_str(&s).expect("kubectl printed JSON")),
             Err(e) if e.contains("NotFound") || e.contains("not found") => None,
             Err(e) => panic!("{e}"),
