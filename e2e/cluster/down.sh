@@ -64,8 +64,8 @@ rm -rf /var/lib/cni/networks/skython
 for table in filter nat mangle; do
   iptables -t "$table" -S 2>/dev/null | grep -E -- "-j (KUBE|CNI)-" | grep -E "^-A" |
     sed 's/^-A/-D/' | while read -r rule; do
-      # shellcheck disable=SC2086
-      iptables -t "$table" $rule 2>/dev/null
+      # eval: the rules quote their comments.
+      eval "iptables -t $table $rule" 2>/dev/null
     done
   for chain in $(iptables -t "$table" -S 2>/dev/null | awk '/^-N (KUBE|CNI)-/ {print $2}'); do
     iptables -t "$table" -F "$chain" 2>/dev/null
