@@ -45,6 +45,8 @@ cluster-down:
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	@command -v shellcheck >/dev/null || (apt-get update -qq && apt-get install -y -qq shellcheck) >/dev/null
+	shellcheck -x -P SCRIPTDIR e2e/cluster/*.sh scripts/*.sh .ci/run
 
 ## venv: the standard Python runtime (numpy, pandas, scipy, requests, bs4), pinned in runtime/
 venv:

@@ -4,7 +4,7 @@
 # Called by up.sh; safe to run on its own.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=lib.sh
+# shellcheck source=e2e/cluster/lib.sh
 . "$here/lib.sh"
 
 PACKAGES=(golang-go rsync jq gcc libc6-dev golang-github-modern-go-reflect2-dev etcd-server
@@ -21,8 +21,8 @@ install_packages() {
   step "installing ${missing[*]}"
   # Package scripts must not start the Debian services: up.sh runs its own daemons.
   printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-  apt-get update -qq >/dev/null || fail "apt-get update"
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$CACHE/apt.log" 2>&1 ||
+  timeout 300 apt-get update -qq >/dev/null || fail "apt-get update"
+  timeout 900 apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$CACHE/apt.log" 2>&1 ||
     fail "apt-get install" "$CACHE/apt.log"
   # Debian's packages may have started daemons anyway (no systemd here, but be sure).
   pkill -x etcd 2>/dev/null || true
@@ -51,7 +51,7 @@ Suites: bookworm-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
-  apt-get update -qq >/dev/null || fail "apt-get update (deb-src)"
+  timeout 300 apt-get update -qq >/dev/null || fail "apt-get update (deb-src)"
 }
 
 build_kubernetes() {
@@ -70,10 +70,10 @@ build_kubernetes() {
   [ -n "$version" ] || fail "no kubernetes source package found (deb-src)"
   rm -rf "$K8S/dl" "$K8S/src"
   mkdir -p "$K8S/dl"
-  (cd "$K8S/dl" && apt-get source --download-only -qq kubernetes >"$K8S/dl/apt-source.log" 2>&1) ||
+  (cd "$K8S/dl" && timeout 600 apt-get source --download-only -qq kubernetes >"$K8S/dl/apt-source.log" 2>&1) ||
     fail "apt-get source kubernetes" "$K8S/dl/apt-source.log"
   local orig
-  orig=$(ls "$K8S"/dl/kubernetes_*.orig.tar.* 2>/dev/null | head -n1)
+  orig=$(find "$K8S/dl" -maxdepth 1 -name "kubernetes_*.orig.tar.*" | head -n1)
   [ -n "$orig" ] || fail "the source package has no orig tarball"
   mkdir -p "$K8S/src"
   tar -xf "$orig" -C "$K8S/src" --strip-components=1 || fail "unpacking $orig"
@@ -88,7 +88,7 @@ build_kubernetes() {
   (
     cd "$src/.go/src/k8s.io/kubernetes"
     export GOPATH=$src/.go GOCACHE=$K8S/gocache CGO_ENABLED=0
-    make WHAT="$(printf 'cmd/%s ' "${K8S_COMPONENTS[@]}")" >"$K8S/build.log" 2>&1
+    timeout 2400 make WHAT="$(printf 'cmd/%s ' "${K8S_COMPONENTS[@]}")" >"$K8S/build.log" 2>&1
   ) || fail "building kubernetes" "$K8S/build.log"
   for c in "${K8S_COMPONENTS[@]}"; do
     install -m 0755 "$src/_output/bin/$c" "$BIN/$c" || fail "no $c after the build" "$K8S/build.log"

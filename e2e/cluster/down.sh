@@ -6,7 +6,7 @@
 # state directory (etcd data, certificates, containerd's content). Fine to run when nothing runs.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=lib.sh
+# shellcheck source=e2e/cluster/lib.sh
 . "$here/lib.sh"
 
 stop() {

@@ -1,5 +1,6 @@
 # Shared by up.sh and down.sh: paths, logging, and PID records that survive PID reuse.
 # shellcheck shell=bash
+# shellcheck disable=SC2034  # the variables are used by the scripts that source this file
 
 CACHE=${SKYTHON_CACHE:-$HOME/.cache/skython}
 K8S=$CACHE/k8s                 # source, Go caches and built binaries (kept across clusters)

@@ -11,12 +11,14 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-# shellcheck source=lib.sh
+# shellcheck source=e2e/cluster/lib.sh
 . "$here/lib.sh"
 
 [ "$(id -u)" = 0 ] || { echo "error: up.sh needs root (containerd, iptables, the bridge)" >&2; exit 1; }
-[ -n "${SKYTHON_BIN:-}" ] && [ -x "$SKYTHON_BIN" ] ||
-  { echo "error: set SKYTHON_BIN to the skython binary to put in the runner image" >&2; exit 1; }
+if [ -z "${SKYTHON_BIN:-}" ] || [ ! -x "$SKYTHON_BIN" ]; then
+  echo "error: set SKYTHON_BIN to the skython binary to put in the runner image" >&2
+  exit 1
+fi
 
 RUNNER_IMAGE=docker.io/skython/runner:dev
 PAUSE_IMAGE=docker.io/skython/pause:1
@@ -282,20 +284,20 @@ runner_base() {
   [ -f "$layout/index.json" ] && [ "$(cat "$IMAGES/runner.key" 2>/dev/null)" = "$key" ] && return 0
   step "building the runner base image: debootstrap bookworm + python3 + the runtime wheels (cold: a few minutes)"
   rm -rf "$rootfs" "$layout" "$IMAGES/runner-bundle" "$IMAGES/wheels"
-  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" \
+  timeout 1200 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" \
     http://deb.debian.org/debian >"$LOGS/debootstrap.log" 2>&1 || fail "debootstrap" "$LOGS/debootstrap.log"
   # Wheels are fetched by the host's pip (its index and certificates) for the image's Python,
   # then installed offline inside.
   local pyver
   pyver=$(chroot "$rootfs" python3 -c 'import platform; print(platform.python_version())') ||
     fail "running the image's python3"
-  python3 -m pip download --quiet --dest "$IMAGES/wheels" --only-binary=:all: \
+  timeout 900 python3 -m pip download --quiet --dest "$IMAGES/wheels" --only-binary=:all: \
     --python-version "$pyver" --implementation cp --abi cp311 \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -r "$repo/runtime/requirements.txt" >"$LOGS/wheels.log" 2>&1 || fail "downloading wheels" "$LOGS/wheels.log"
   cp -r "$IMAGES/wheels" "$rootfs/tmp/wheels"
   cp "$repo/runtime/requirements.txt" "$rootfs/tmp/requirements.txt"
-  chroot "$rootfs" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root /bin/sh -c '
+  timeout 900 chroot "$rootfs" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root /bin/sh -c '
     python3 -m venv /opt/skython/venv &&
     /opt/skython/venv/bin/pip install --quiet --no-index --find-links /tmp/wheels -r /tmp/requirements.txt &&
     /opt/skython/venv/bin/python -c "import numpy, pandas, scipy, requests, bs4"' \
