@@ -10,17 +10,17 @@ DATA_DIR ?= .skython
 SKYTHON_RELEASE := $(CARGO_TARGET_DIR)/release/skython
 SKYTHON_DEBUG := $(CARGO_TARGET_DIR)/debug/skython
 
-.PHONY: run test build venv venv-full generate lint unit e2e clean cluster-up cluster-down
+.PHONY: run test build sandbox venv venv-full generate lint unit e2e clean cluster-up cluster-down
 
 ## run: build what is missing, then start Skython at http://$(ADDR) (data in $(DATA_DIR))
-run: venv
+run: venv sandbox
 	cargo build --release -p skython-cli
 	$(SKYTHON_RELEASE) up --addr $(ADDR) --data-dir $(DATA_DIR) --python $(VENV)/bin/python
 
 ## test: formatting, lints, unit tests, integration and end-to-end tests over real processes,
 ## and the operator against a real one-node Kubernetes (started by e2e/cluster/up.sh and
 ## stopped afterwards; KEEP_CLUSTER=1 leaves it running for the next run)
-test: venv lint
+test: venv sandbox lint
 	cargo build -p skython-cli
 	@mkdir -p $(CACHE)
 	$(MAKE) cluster-up
@@ -47,6 +47,10 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 	@command -v shellcheck >/dev/null || (apt-get update -qq && apt-get install -y -qq shellcheck) >/dev/null
 	shellcheck -x -P SCRIPTDIR e2e/cluster/*.sh scripts/*.sh .ci/run
+
+## sandbox: bubblewrap, which confines every function (installed with apt when missing)
+sandbox:
+	@command -v bwrap >/dev/null || (apt-get update -qq && apt-get install -y -qq bubblewrap) >/dev/null
 
 ## venv: the standard Python runtime (numpy, pandas, scipy, requests, bs4), pinned in runtime/
 venv:

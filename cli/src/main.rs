@@ -38,6 +38,9 @@ enum Command {
     Login(client::LoginArgs),
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
+    /// (internal) The sandbox's staging helper: see runner/src/sandbox.rs.
+    #[command(hide = true)]
+    SandboxExec(SandboxExecArgs),
     /// Print the SkyFunction CustomResourceDefinition (YAML).
     Crdgen,
 }
@@ -76,8 +79,31 @@ pub async fn shutdown_signal() {
     });
 }
 
+#[derive(clap::Args)]
+struct SandboxExecArgs {
+    #[arg(long)]
+    stage: std::path::PathBuf,
+    #[arg(long)]
+    uid: u32,
+    #[arg(long)]
+    gid: u32,
+    /// A directory to stage, read-only, at STAGE/<its index>.
+    #[arg(long = "bind")]
+    binds: Vec<std::path::PathBuf>,
+    /// The command (bwrap …).
+    #[arg(last = true, required = true)]
+    command: Vec<std::ffi::OsString>,
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::SandboxExec(a) = &cli.command {
+        // Before any thread exists: it changes this process's mounts and ids, then execs.
+        let err =
+            skython_runner::sandbox::exec_staged(&a.stage, &a.binds, a.uid, a.gid, &a.command);
+        eprintln!("error: {err}");
+        return std::process::ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -102,6 +128,7 @@ fn main() -> std::process::ExitCode {
                 print!("{}", skython_crds::crd_yaml()?);
                 Ok(())
             }
+            Command::SandboxExec(_) => unreachable!("handled before the runtime starts"),
             Command::Openapi => {
                 println!(
                     "{}",

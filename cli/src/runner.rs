@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use skython_gateway::pod::{RunnerPod, read_function};
-use skython_runner::{RuntimeConfig, Zygote};
+use skython_runner::{RuntimeConfig, Sandbox, Zygote};
 
 use crate::up::LimitArgs;
 
@@ -60,6 +60,9 @@ pub async fn run(args: RunnerArgs) -> anyhow::Result<()> {
         python_path: args.runtime_dir.clone(),
         preload: args.preload.clone(),
         workdir: std::env::temp_dir(),
+        // The pod is the sandbox: restricted profile, its own uid, RuntimeDefault seccomp
+        // (which also forbids the namespaces bubblewrap would need).
+        sandbox: Sandbox::None,
     }));
     let hello = zygote
         .start()

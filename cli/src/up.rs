@@ -9,7 +9,8 @@ use anyhow::Context;
 use clap::Args;
 use skython_crds::Runtime;
 use skython_gateway::{AdminToken, AppState, GatewayConfig, Limits};
-use skython_runner::{RuntimeConfig, Zygote};
+use skython_runner::sandbox::{BwrapConfig, DropTo};
+use skython_runner::{RuntimeConfig, Sandbox, Zygote};
 use skython_store::{SqliteStore, Store};
 
 /// Limits that the gateway and the runner pod apply to calls.
@@ -39,6 +40,74 @@ impl LimitArgs {
             ..Limits::default()
         }
     }
+}
+
+/// How functions are confined (see `runner/src/sandbox.rs`).
+#[derive(Args, Debug)]
+pub struct SandboxArgs {
+    /// Run functions without the sandbox. Only for code you trust: it can then read what the
+    /// server can read and reach what it can reach.
+    #[arg(long, env = "SKYTHON_INSECURE_NO_SANDBOX")]
+    insecure_no_sandbox: bool,
+    /// The bubblewrap binary (Debian package `bubblewrap`).
+    #[arg(long, env = "SKYTHON_BWRAP", default_value = "bwrap")]
+    bwrap: PathBuf,
+    /// When started as root: the host uid (and gid) that functions run as.
+    #[arg(long, env = "SKYTHON_SANDBOX_UID", default_value_t = 10001)]
+    sandbox_uid: u32,
+    /// Size of each sandbox's private /tmp, in MiB.
+    #[arg(long, env = "SKYTHON_SANDBOX_TMP_MIB", default_value_t = 64)]
+    sandbox_tmp_mib: u64,
+    /// When started as root: processes and threads all functions may have together.
+    #[arg(long, env = "SKYTHON_SANDBOX_MAX_PROCS", default_value_t = 1024)]
+    sandbox_max_procs: u32,
+}
+
+impl SandboxArgs {
+    fn sandbox(&self) -> anyhow::Result<Sandbox> {
+        if self.insecure_no_sandbox {
+            eprintln!(
+                "warning: --insecure-no-sandbox: functions run unconfined, with this server's rights"
+            );
+            return Ok(Sandbox::None);
+        }
+        let bwrap = find_program(&self.bwrap).with_context(|| {
+            format!(
+                "functions run in a sandbox made by bubblewrap, and {} was not found: install it \
+                 (`apt-get install bubblewrap`), or pass --bwrap PATH; only for trusted code, \
+                 start with --insecure-no-sandbox",
+                self.bwrap.display()
+            )
+        })?;
+        let drop_to = if nix::unistd::geteuid().is_root() {
+            Some(DropTo {
+                uid: self.sandbox_uid,
+                gid: self.sandbox_uid,
+                helper: std::env::current_exe().context("locating this binary")?,
+                stage_dir: PathBuf::from("/run/skython/stage"),
+                max_procs: self.sandbox_max_procs,
+            })
+        } else {
+            None
+        };
+        Ok(Sandbox::Bubblewrap(BwrapConfig {
+            bwrap,
+            drop_to,
+            tmp_bytes: self.sandbox_tmp_mib << 20,
+        }))
+    }
+}
+
+/// `name` as given if it has a slash, else the first match on PATH.
+fn find_program(name: &std::path::Path) -> Option<PathBuf> {
+    if name.components().count() > 1 {
+        return name.is_file().then(|| name.to_path_buf());
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
 }
 
 #[derive(Args, Debug)]
@@ -72,6 +141,8 @@ pub struct UpArgs {
     admin_token: Option<String>,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
     /// Log filter (tracing syntax).
     #[arg(long, env = "SKYTHON_LOG", default_value = "info")]
     log: String,
@@ -101,6 +172,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             .await
             .context("creating the admin user")?;
 
+    let sandbox = args.sandbox.sandbox()?;
     let python_path = data_dir.join("runtime");
     skython_runner::install_python_files(&python_path)
         .context("writing the runtime's Python files")?;
@@ -110,6 +182,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             python_path: python_path.clone(),
             preload: args.preload.clone(),
             workdir: std::env::temp_dir(),
+            sandbox: sandbox.clone(),
         }))
     };
     let mut zygotes = HashMap::new();
@@ -121,9 +194,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     for (rt, z) in &zygotes {
         let hello = z.start().await.with_context(|| {
             format!(
-                "the {} runtime ({}) did not start; run `make venv` or pass --python",
+                "the {} runtime ({}) did not start{}; run `make venv` or pass --python",
                 rt.as_str(),
-                python.display()
+                python.display(),
+                if matches!(sandbox, Sandbox::None) {
+                    ""
+                } else {
+                    " in its sandbox (bubblewrap says why above; machines that forbid user \
+                     namespaces cannot sandbox, see --insecure-no-sandbox)"
+                }
             )
         })?;
         if !hello.missing.is_empty() {

@@ -29,6 +29,8 @@ impl SourceInspector {
                 python_path: runtime_dir,
                 preload: Some(String::new()),
                 workdir: std::env::temp_dir(),
+                // Inspection parses; it runs none of the function's code.
+                sandbox: skython_runner::Sandbox::None,
             }),
             cache: Mutex::new(HashMap::new()),
         })

@@ -39,8 +39,8 @@ LARGE_FRAME = 64 * 1024
 # Control channel (gateway <-> zygote).
 HELLO, SPAWN, SPAWNED, SPAWN_FAILED, INSPECT = b"H", b"S", b"P", b"E", b"I"
 # Worker channel (gateway <-> worker).
-READY, LOAD_ERROR, CALL, STATE_REQ, STATE_ANS, LOG, OK, ERROR = (
-    b"R", b"L", b"C", b"Q", b"A", b"G", b"O", b"X")
+STARTED, READY, LOAD_ERROR, CALL, STATE_REQ, STATE_ANS, LOG, OK, ERROR = (
+    b"T", b"R", b"L", b"C", b"Q", b"A", b"G", b"O", b"X")
 
 DEFAULT_PRELOAD = "numpy,pandas,scipy,requests,bs4"
 MODULE_NAME = "skython_function"
@@ -508,6 +508,21 @@ def _apply_limits(spec):
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     if spec.get("cpuSecondsPerCall"):
         signal.signal(signal.SIGXCPU, _on_sigxcpu)
+    # Backstops whatever the function does; the sandbox adds namespaces, seccomp and cgroups.
+    _lower_limit(resource.RLIMIT_NOFILE, 1024)
+    _lower_limit(resource.RLIMIT_FSIZE, 256 << 20)
+    # Processes and threads of the sandbox's uid in all; only set when that uid is the
+    # sandbox's own (it counts every process of the uid).
+    procs = int(os.environ.get("SKYTHON_MAX_PROCS", "0") or 0)
+    if procs:
+        _lower_limit(resource.RLIMIT_NPROC, procs)
+
+
+def _lower_limit(which, value):
+    soft, hard = resource.getrlimit(which)
+    if hard != resource.RLIM_INFINITY:
+        value = min(value, hard)
+    resource.setrlimit(which, (value, value))
 
 
 def _die_with_parent():
@@ -526,10 +541,12 @@ def worker_main(fd, spec):
         signal.signal(sig, signal.SIG_DFL)
     if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed()  # forked children would otherwise share one stream
+    chan = Channel(socket.socket(fileno=fd))
+    # First, before any user code: the gateway learns this process's pid from the kernel.
+    chan.send_json(STARTED, {"pid": os.getpid()})
     os.environ.update(spec.get("env") or {})
     _apply_limits(spec)
     gc.enable()
-    chan = Channel(socket.socket(fileno=fd))
     worker = Worker(chan, spec)
     import skython
     skython._worker = worker
@@ -563,6 +580,9 @@ def _preload():
 
 
 def zygote_main():
+    # Nothing but the control socket is inherited (the sandbox's seccomp descriptors are read
+    # by bubblewrap already).
+    os.closerange(4, os.sysconf("SC_OPEN_MAX"))
     ctl = socket.socket(fileno=3)
     started = time.perf_counter()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel

@@ -15,15 +15,17 @@
 
 pub mod pool;
 pub mod protocol;
+pub mod sandbox;
 pub mod worker;
 pub mod zygote;
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::Duration;
 
 pub use pool::{CallReport, PoolLimits, WorkerPool, run_once};
 pub use protocol::{FunctionError, Hello, StateAnswer, StateRequest, WorkerSpec};
+pub use sandbox::Sandbox;
 pub use worker::{CallResult, Outcome, StateHandler, Worker};
 pub use zygote::{Inspection, RuntimeConfig, SourceError, Zygote};
 
@@ -101,24 +103,24 @@ pub(crate) fn base_env(python_path: &Path) -> Vec<(String, String)> {
     env
 }
 
-/// Makes `fd` the child's fd 3 (the zygote's control socket).
+/// Gives the child each descriptor at its fixed number (e.g. the zygote's control socket as 3).
 #[allow(unsafe_code)]
-pub(crate) fn pass_fd_as_3(cmd: &mut tokio::process::Command, fd: OwnedFd) {
-    let raw = fd.as_raw_fd();
-    // SAFETY: between fork and exec the closure only calls dup2/fcntl, which are
-    // async-signal-safe, and touches no memory shared with other threads. `fd` stays open in
-    // the parent until the Command is dropped because the closure owns it.
+pub(crate) fn pass_fds(cmd: &mut tokio::process::Command, fds: Vec<(OwnedFd, i32)>) {
+    // SAFETY: between fork and exec the closure only calls fcntl/dup2, which are
+    // async-signal-safe, and touches no memory shared with other threads. The descriptors stay
+    // open in the parent until the Command is dropped because the closure owns them.
     unsafe {
         cmd.pre_exec(move || {
-            let _keep = &fd;
-            if raw == 3 {
-                nix::fcntl::fcntl(
-                    &fd,
-                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-                )?;
-            } else {
-                // The returned OwnedFd is fd 3 itself: keep it open across exec.
-                let _ = std::os::fd::IntoRawFd::into_raw_fd(nix::unistd::dup2_raw(&fd, 3)?);
+            // First move every source above the targets, so no dup2 clobbers a later source.
+            let mut moved = Vec::with_capacity(fds.len());
+            for (fd, target) in &fds {
+                let high = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(100))?;
+                moved.push((high, *target));
+            }
+            for (high, target) in moved {
+                // dup2 clears close-on-exec on the target; the high copy closes at exec.
+                let high = std::os::fd::BorrowedFd::borrow_raw(high);
+                let _ = std::os::fd::IntoRawFd::into_raw_fd(nix::unistd::dup2_raw(high, target)?);
             }
             Ok(())
         });

@@ -11,6 +11,8 @@ pub mod kind {
     pub const SPAWN: u8 = b'S';
     pub const SPAWNED: u8 = b'P';
     pub const SPAWN_FAILED: u8 = b'E';
+    /// First frame of a worker, before any user code: the kernel attaches its pid.
+    pub const STARTED: u8 = b'T';
     pub const READY: u8 = b'R';
     pub const LOAD_ERROR: u8 = b'L';
     pub const CALL: u8 = b'C';

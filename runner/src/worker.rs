@@ -57,10 +57,17 @@ impl Worker {
         self.pid
     }
 
-    pub(crate) async fn wait_ready(&mut self) -> Result<()> {
-        let (k, payload) = protocol::read_frame(&mut self.io, self.max_frame)
+    async fn loading_frame(&mut self) -> Result<(u8, Vec<u8>)> {
+        protocol::read_frame(&mut self.io, self.max_frame)
             .await
-            .map_err(|e| Error::Spawn(format!("worker {} exited while loading: {e}", self.pid)))?;
+            .map_err(|e| Error::Spawn(format!("worker {} exited while loading: {e}", self.pid)))
+    }
+
+    pub(crate) async fn wait_ready(&mut self) -> Result<()> {
+        let (mut k, mut payload) = self.loading_frame().await?;
+        if k == kind::STARTED {
+            (k, payload) = self.loading_frame().await?;
+        }
         match k {
             kind::READY => {
                 let ready: Ready = serde_json::from_slice(&payload)?;

@@ -2,9 +2,10 @@
 //! and forks a worker per request. This is the single place where workers are spawned, which the
 //! sandbox wraps.
 
+use std::ffi::OsString;
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 
 use crate::protocol::{self, FunctionError, Hello, WorkerSpec, kind};
+use crate::sandbox::{self, BwrapConfig, Mount, Sandbox};
 use crate::worker::Worker;
 use crate::{Error, Result};
 
@@ -34,8 +36,9 @@ pub struct RuntimeConfig {
     pub python_path: PathBuf,
     /// Modules the zygote imports before forking; `None` means the default list.
     pub preload: Option<String>,
-    /// Working directory of the zygote and its workers.
+    /// Working directory of the zygote and its workers (unsandboxed; sandboxed ones use `/tmp`).
     pub workdir: PathBuf,
+    pub sandbox: Sandbox,
 }
 
 struct Running {
@@ -101,18 +104,57 @@ impl Zygote {
         let cfg = &self.config;
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         let theirs = OwnedFd::from(theirs);
-        let mut cmd = Command::new(&cfg.python);
-        cmd.arg("-m")
-            .arg("skython_runtime")
-            .current_dir(&cfg.workdir)
+        let argv: Vec<OsString> = vec![
+            cfg.python.clone().into(),
+            "-m".into(),
+            "skython_runtime".into(),
+        ];
+        let mut fds = vec![(theirs, 3)];
+        let mut cmd = match &cfg.sandbox {
+            Sandbox::None => {
+                let mut cmd = Command::new(&cfg.python);
+                cmd.args(&argv[1..]);
+                cmd
+            }
+            Sandbox::Bubblewrap(bw) => {
+                let mut mounts: Vec<Mount> = python_dirs(&cfg.python)
+                    .await?
+                    .into_iter()
+                    .map(|d| Mount {
+                        host: d.clone(),
+                        inside: d,
+                    })
+                    .collect();
+                mounts.push(Mount {
+                    host: cfg.python_path.clone(),
+                    inside: sandbox::RUNTIME_INSIDE.into(),
+                });
+                let launch = sandbox::launch(bw, &mounts, &argv)?;
+                fds.extend(launch.fds);
+                let mut cmd = Command::new(&launch.program);
+                cmd.args(&launch.args);
+                cmd
+            }
+        };
+        let python_path = match cfg.sandbox {
+            Sandbox::None => cfg.python_path.clone(),
+            Sandbox::Bubblewrap(_) => sandbox::RUNTIME_INSIDE.into(),
+        };
+        cmd.current_dir(&cfg.workdir)
             .env_clear()
-            .envs(crate::base_env(&cfg.python_path))
+            .envs(crate::base_env(&python_path))
             .stdin(Stdio::null())
             .kill_on_drop(true);
         if let Some(p) = &cfg.preload {
             cmd.env("SKYTHON_PRELOAD", p);
         }
-        crate::pass_fd_as_3(&mut cmd, theirs);
+        if let Sandbox::Bubblewrap(BwrapConfig {
+            drop_to: Some(d), ..
+        }) = &cfg.sandbox
+        {
+            cmd.env("SKYTHON_MAX_PROCS", d.max_procs.to_string());
+        }
+        crate::pass_fds(&mut cmd, fds);
         let child = cmd.spawn().map_err(|e| Error::Start {
             python: cfg.python.display().to_string(),
             reason: e.to_string(),
@@ -192,6 +234,10 @@ impl Zygote {
     /// Forks a worker for `spec` and waits until it has loaded the function.
     pub async fn spawn(&self, spec: &WorkerSpec, load_timeout: Duration) -> Result<Worker> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        // The kernel then tells us the worker's pid as *we* see it: a sandboxed worker lives in
+        // a PID namespace of its own, where its pid means something else.
+        nix::sys::socket::setsockopt(&ours, nix::sys::socket::sockopt::PassCred, &true)
+            .map_err(std::io::Error::from)?;
         let theirs = OwnedFd::from(theirs);
         let (k, payload) = self
             .request(kind::SPAWN, &serde_json::to_vec(spec)?, Some(&theirs))
@@ -212,13 +258,15 @@ impl Zygote {
                 )));
             }
         }
-        #[derive(Deserialize)]
-        struct Spawned {
-            pid: i32,
-        }
-        let Spawned { pid } = serde_json::from_slice(&payload)?;
         ours.set_nonblocking(true)?;
-        let mut worker = Worker::new(pid, UnixStream::from_std(ours)?, spec.max_result_bytes);
+        let stream = UnixStream::from_std(ours)?;
+        // The worker's first frame (`started`) comes right after the fork, before any user code.
+        let pid = tokio::time::timeout(load_timeout, sender_pid(&stream))
+            .await
+            .map_err(|_| {
+                Error::Spawn(format!("the worker did not start within {load_timeout:?}"))
+            })??;
+        let mut worker = Worker::new(pid, stream, spec.max_result_bytes);
         match tokio::time::timeout(load_timeout, worker.wait_ready()).await {
             Ok(Ok(())) => Ok(worker),
             Ok(Err(e)) => {
@@ -240,6 +288,88 @@ impl Zygote {
             }
         }
     }
+}
+
+/// The pid, in our PID namespace, of the process that wrote the first bytes waiting on `stream`
+/// (the worker's `started` frame). Peeks, so the frame stays to be read.
+async fn sender_pid(stream: &UnixStream) -> Result<i32> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    loop {
+        stream.readable().await?;
+        let res = stream.try_io(Interest::READABLE, || {
+            let mut byte = [0u8; 1];
+            let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+            let mut space = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
+            let msg = recvmsg::<()>(
+                stream.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_PEEK,
+            )
+            .map_err(std::io::Error::from)?;
+            if msg.bytes == 0 {
+                return Ok(None);
+            }
+            let pid = msg
+                .cmsgs()
+                .map_err(std::io::Error::from)?
+                .find_map(|c| match c {
+                    ControlMessageOwned::ScmCredentials(creds) => Some(creds.pid()),
+                    _ => None,
+                });
+            Ok(Some(pid))
+        });
+        match res {
+            Ok(Some(Some(pid))) => return Ok(pid),
+            Ok(Some(None)) => {
+                return Err(Error::Protocol(
+                    "the worker's first message carried no credentials".into(),
+                ));
+            }
+            Ok(None) => {
+                return Err(Error::Spawn(
+                    "the worker exited before it loaded the function".into(),
+                ));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The directories a Python installation reads (its prefixes: the virtualenv and the
+/// installation it was made from), asked of the interpreter itself with `-I` (isolated: no
+/// site-specific code of anyone's runs). System directories are in every sandbox already.
+async fn python_dirs(python: &Path) -> Result<Vec<PathBuf>> {
+    let start = |reason: String| Error::Start {
+        python: python.display().to_string(),
+        reason,
+    };
+    let out = Command::new(python)
+        .args([
+            "-I",
+            "-c",
+            "import sys, json; print(json.dumps(sorted({sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix})))",
+        ])
+        .env_clear()
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| start(e.to_string()))?;
+    if !out.status.success() {
+        return Err(start(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    let dirs: Vec<PathBuf> = serde_json::from_slice(&out.stdout)?;
+    Ok(dirs
+        .into_iter()
+        .filter(|d| {
+            !["/usr", "/lib", "/bin"]
+                .iter()
+                .any(|sys| d.starts_with(sys))
+        })
+        .collect())
 }
 
 /// Sends one frame (with an optional descriptor) and reads the answer.

@@ -29,6 +29,7 @@ fn zygote(dir: &std::path::Path) -> Arc<Zygote> {
         python_path: dir.to_path_buf(),
         preload: Some(String::new()),
         workdir: std::env::temp_dir(),
+        sandbox: skython_runner::Sandbox::None,
     }))
 }
 
