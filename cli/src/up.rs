@@ -47,7 +47,7 @@ impl LimitArgs {
 pub struct SandboxArgs {
     /// Run functions without the sandbox. Only for code you trust: it can then read what the
     /// server can read and reach what it can reach.
-    #[arg(long, env = "SKYTHON_INSECURE_NO_SANDBOX")]
+    #[arg(long, env = "SKYTHON_INSECURE_NO_SANDBOX", value_parser = clap::builder::BoolishValueParser::new())]
     insecure_no_sandbox: bool,
     /// The bubblewrap binary (Debian package `bubblewrap`).
     #[arg(long, env = "SKYTHON_BWRAP", default_value = "bwrap")]

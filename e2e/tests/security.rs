@@ -1,0 +1,361 @@
+//! The attack suite: real malicious functions against the real `skython up`, each with the
+//! outcome it must get (an errno, a signal, a status code). The sandbox's configuration is also
+//! checked from the outside, in `/proc/<worker>/status`, because these machines run everything
+//! as root: a payload that "cannot read X" proves something only next to the worker's real uid,
+//! capabilities, `no_new_privs` and seccomp mode.
+//!
+//! One server serves every case (each its own function); after them it must still serve a
+//! plain function normally.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use skython_e2e::{Skython, eventually};
+
+/// Deploys `source` (its entry function is `main`) with extra spec fields and calls it.
+fn attack(s: &Skython, name: &str, source: &str, spec: Value, args: Value) -> (u16, Value) {
+    s.deploy_ok(name, source, spec);
+    s.call(&format!("admin/{name}"), args)
+}
+
+fn errno_of(body: &Value) -> i64 {
+    body.as_i64()
+        .unwrap_or_else(|| panic!("expected an errno, got {body}"))
+}
+
+/// Each probe returns the errno of the attempt (0 = it worked).
+const PROBE: &str = r#"
+import ctypes, errno, os, socket
+
+def attempt(f):
+    try:
+        f()
+        return 0
+    except OSError as e:
+        return e.errno
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+def sys_errno(ret):
+    return 0 if ret == 0 else ctypes.get_errno()
+"#;
+
+#[test]
+fn malicious_functions_are_contained() {
+    let s = Skython::start(&[]);
+    let data_db = s.data_dir.join("skython.db");
+    assert!(data_db.exists());
+    let gateway_pid = s.pid();
+    let port: u16 = s.url.rsplit(':').next().unwrap().parse().unwrap();
+
+    // Files: nothing of the host beyond the runtime, and that read-only.
+    let src = format!(
+        r#"{PROBE}
+def main(path: str, write: bool = False):
+    if write:
+        return attempt(lambda: open(path, "w").write("x"))
+    return attempt(lambda: open(path).read())
+"#
+    );
+    let cases = [
+        ("/etc/shadow", false, 2), // ENOENT: not in the sandbox
+        ("/etc/passwd", false, 2),
+        (data_db.to_str().unwrap(), false, 2), // the data directory is not there
+        ("/root/.bashrc", false, 2),
+        (&format!("/proc/{gateway_pid}/environ"), false, 2), // the gateway's pid does not exist here
+        (&format!("/proc/{gateway_pid}/mem"), false, 2),
+        ("/usr/lib/os-release", true, 30), // EROFS: the runtime is read-only
+        ("/opt/skython/runtime/skython_runtime.py", true, 30),
+    ];
+    s.deploy_ok("files", &src, json!({}));
+    for (path, write, want) in cases {
+        let (status, body) = s.call("admin/files", json!({"path": path, "write": write}));
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(
+            errno_of(&body),
+            want,
+            "{} {path}",
+            if write { "write" } else { "read" }
+        );
+    }
+
+    // Processes: only the sandbox's own; the gateway can be neither seen nor signalled.
+    let src = format!(
+        r#"{PROBE}
+def main(gateway_pid: int):
+    pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+    environ = b"".join(open(f"/proc/{{p}}/environ", "rb").read() for p in pids if attempt(lambda: open(f"/proc/{{p}}/environ", "rb").read()) == 0)
+    return {{"pids": pids, "kill": attempt(lambda: os.kill(gateway_pid, 9)),
+             "token_visible": b"sky_e2e_admin_token" in environ,
+             "env": sorted(os.environ)}}
+"#
+    );
+    let (status, body) = attack(
+        &s,
+        "procs",
+        &src,
+        json!({}),
+        json!({"gateway_pid": gateway_pid}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["kill"], 3, "ESRCH: no such process in the sandbox");
+    assert_eq!(body["token_visible"], false);
+    assert!(
+        body["pids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p.as_i64().unwrap() < 100),
+        "{body}"
+    );
+    assert!(
+        !body["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k.as_str().unwrap().contains("TOKEN")),
+        "{body}"
+    );
+
+    // Network: none by default, not even loopback or the metadata address.
+    let src = format!(
+        r#"{PROBE}
+def main(port: int):
+    def connect(host, p):
+        return attempt(lambda: socket.create_connection((host, p), timeout=2).close())
+    return {{"gateway": connect("127.0.0.1", port), "metadata": connect("169.254.169.254", 80),
+             "private": connect("10.0.0.1", 80), "dns": attempt(lambda: socket.getaddrinfo("example.com", 80))}}
+"#
+    );
+    let (status, body) = attack(&s, "network", &src, json!({}), json!({"port": port}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["gateway"], 111,
+        "ECONNREFUSED: the sandbox's own loopback, not the host's"
+    );
+    assert_eq!(body["metadata"], 101, "ENETUNREACH");
+    assert_eq!(body["private"], 101, "ENETUNREACH");
+    assert_ne!(body["dns"], 0, "no name resolution");
+
+    // Privileged operations through ctypes: refused by seccomp or by the user namespace.
+    let src = format!(
+        r#"{PROBE}
+def main():
+    return {{
+        "unshare": sys_errno(libc.unshare(0x10000000)),
+        "mount": sys_errno(libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)),
+        "setuid0": sys_errno(libc.setuid(0)),
+        "ptrace": sys_errno(libc.ptrace(16, 1, 0, 0)),
+        "bpf": sys_errno(libc.syscall(321, 0, 0, 0)),
+        "io_uring": sys_errno(libc.syscall(425, 1, 0)),
+        "userfaultfd": sys_errno(libc.syscall(323, 0)),
+    }}
+"#
+    );
+    let (status, body) = attack(&s, "privileged", &src, json!({}), json!({}));
+    assert_eq!(status, 200, "{body}");
+    for call in [
+        "unshare",
+        "mount",
+        "ptrace",
+        "bpf",
+        "io_uring",
+        "userfaultfd",
+    ] {
+        assert_eq!(
+            body[call], 1,
+            "{call}: EPERM from the seccomp filter ({body})"
+        );
+    }
+    assert_eq!(
+        body["setuid0"], 22,
+        "EINVAL: uid 0 does not exist in the sandbox"
+    );
+
+    // What sandboxed code legitimately does still works: threads, subprocesses, /tmp.
+    let src = r#"
+import subprocess, threading
+def main():
+    out = []
+    t = threading.Thread(target=lambda: out.append("thread"))
+    t.start(); t.join()
+    out.append(subprocess.run(["/bin/echo", "child"], capture_output=True, text=True).stdout.strip())
+    with open("/tmp/scratch", "w") as f:
+        f.write("x" * 1000)
+    out.append(len(open("/tmp/scratch").read()))
+    return out
+"#;
+    assert_eq!(
+        attack(&s, "legit", src, json!({}), json!({})),
+        (200, json!(["thread", "child", 1000]))
+    );
+
+    // Disk fill: the private /tmp is capped (64 MiB by default).
+    let src = format!(
+        r#"{PROBE}
+def main():
+    def fill():
+        with open("/tmp/fill", "wb") as f:
+            for _ in range(200):
+                f.write(b"\0" * (1 << 20))
+    return attempt(fill)
+"#
+    );
+    let (status, body) = attack(&s, "diskfill", &src, json!({}), json!({}));
+    assert_eq!((status, errno_of(&body)), (200, 28), "ENOSPC");
+
+    // Memory bomb with touched pages: the address-space limit stops it, the call fails cleanly.
+    let src = "def main():\n    b = bytearray(3 << 30)\n    return len(b)\n";
+    let (status, body) = attack(
+        &s,
+        "membomb",
+        src,
+        json!({"resources": {"memory": "256Mi"}}),
+        json!({}),
+    );
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error"]["type"], "MemoryError");
+
+    // A CPU spin inside numpy (C code that never checks for signals) past the timeout: 504, and
+    // the worker is killed.
+    let src = "import numpy as np\ndef main():\n    a = np.random.rand(1500, 1500)\n    while True:\n        a = a @ a\n        a /= a.max()\n";
+    let (status, body) = attack(
+        &s,
+        "numpyspin",
+        src,
+        json!({"timeoutSeconds": 2}),
+        json!({}),
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (504, Some("timeout"))
+    );
+
+    // Fork bomb: the process limit of the sandbox uid stops it (EAGAIN), the timeout kills the
+    // whole process group.
+    let src = r#"
+import os, signal, time
+def main():
+    n = 0
+    try:
+        while n < 100000:
+            if os.fork() == 0:
+                signal.pause()
+                os._exit(0)
+            n += 1
+    except BlockingIOError:
+        pass
+    time.sleep(60)
+"#;
+    let (status, body) = attack(&s, "forkbomb", src, json!({"timeoutSeconds": 3}), json!({}));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (504, Some("timeout")),
+        "{body}"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || sandboxed_processes(gateway_pid)
+            .len()
+            < 50),
+        "the fork bomb's processes were not all killed: {}",
+        sandboxed_processes(gateway_pid).len()
+    );
+
+    // The worker's confinement, read from the outside.
+    s.deploy_ok("plain", "def main(x: int):\n    return x + 1\n", json!({}));
+    assert_eq!(s.call("admin/plain", json!({"x": 41})), (200, json!(42)));
+    let workers = sandboxed_processes(gateway_pid);
+    assert!(
+        !workers.is_empty(),
+        "no sandboxed worker found under the gateway"
+    );
+    let root = nix_is_root();
+    for pid in workers {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if status.is_empty() {
+            continue; // exited meanwhile
+        }
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}:")))
+                .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+                .unwrap_or_default()
+        };
+        assert_eq!(field("NoNewPrivs"), "1", "worker {pid}");
+        assert_eq!(field("Seccomp"), "2", "worker {pid}");
+        assert_eq!(field("CapEff"), "0000000000000000", "worker {pid}");
+        if root {
+            assert_eq!(
+                field("Uid"),
+                "10001 10001 10001 10001",
+                "a root gateway's workers run as the sandbox uid"
+            );
+            let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap_or_default();
+            assert_eq!(
+                map.split_whitespace().collect::<Vec<_>>(),
+                ["1000", "10001", "1"],
+                "worker {pid}"
+            );
+        }
+        let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+        for line in mounts.lines() {
+            let mut parts = line.split_whitespace();
+            let target = parts.nth(4).unwrap_or("");
+            let opts = parts.next().unwrap_or("");
+            if target != "/tmp" && target != "/proc" && !target.starts_with("/dev") && target != "/"
+            {
+                assert!(
+                    opts.split(',').any(|o| o == "ro"),
+                    "{target} is mounted read-write: {line}"
+                );
+            }
+        }
+    }
+
+    // After all that, the server still serves.
+    assert_eq!(s.call("admin/plain", json!({"x": 1})), (200, json!(2)));
+    let (status, _) = s.get("/healthz");
+    assert_eq!(status, 200);
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next().map(|u| u == "0"))
+        .unwrap_or(false)
+}
+
+/// Host pids of the gateway's descendants that run under seccomp (the zygote and workers).
+fn sandboxed_processes(gateway_pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    let parent_of = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let after = stat.rsplit_once(')')?.1;
+        after.split_whitespace().nth(1)?.parse().ok()
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            let mut p = pid;
+            for _ in 0..16 {
+                match parent_of(p) {
+                    Some(pp) if pp == gateway_pid => return true,
+                    Some(pp) if pp > 1 => p = pp,
+                    _ => return false,
+                }
+            }
+            false
+        })
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+                s.lines()
+                    .any(|l| l.starts_with("Seccomp:") && l.trim_end().ends_with('2'))
+            })
+        })
+        .collect()
+}
