@@ -63,6 +63,7 @@ pub async fn run(args: RunnerArgs) -> anyhow::Result<()> {
         // The pod is the sandbox: restricted profile, its own uid, RuntimeDefault seccomp
         // (which also forbids the namespaces bubblewrap would need).
         sandbox: Sandbox::None,
+        egress_dir: None,
     }));
     let hello = zygote
         .start()

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use skython_crds::Runtime;
 use skython_gateway::{AdminToken, AppState, GatewayConfig, Limits};
+use skython_runner::egress::{Cidr, EgressProxy};
 use skython_runner::sandbox::{BwrapConfig, DropTo};
 use skython_runner::{RuntimeConfig, Sandbox, Zygote};
 use skython_store::{SqliteStore, Store};
@@ -58,6 +59,10 @@ pub struct SandboxArgs {
     /// Size of each sandbox's private /tmp, in MiB.
     #[arg(long, env = "SKYTHON_SANDBOX_TMP_MIB", default_value_t = 64)]
     sandbox_tmp_mib: u64,
+    /// Address ranges that functions with `network: internet` may reach although they are not
+    /// public (e.g. an internal API), comma-separated CIDRs. Default: none.
+    #[arg(long, env = "SKYTHON_EGRESS_ALLOW", value_delimiter = ',')]
+    egress_allow: Vec<Cidr>,
     /// When started as root: processes and threads all functions may have together.
     #[arg(long, env = "SKYTHON_SANDBOX_MAX_PROCS", default_value_t = 1024)]
     sandbox_max_procs: u32,
@@ -173,6 +178,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             .context("creating the admin user")?;
 
     let sandbox = args.sandbox.sandbox()?;
+    // Sandboxes have no network; functions with `network: internet` go out through this.
+    let egress = match sandbox {
+        Sandbox::None => None,
+        Sandbox::Bubblewrap(_) => Some(
+            EgressProxy::start(&data_dir.join("egress"), args.sandbox.egress_allow.clone())
+                .context("starting the egress proxy")?,
+        ),
+    };
     let python_path = data_dir.join("runtime");
     skython_runner::install_python_files(&python_path)
         .context("writing the runtime's Python files")?;
@@ -183,6 +196,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             preload: args.preload.clone(),
             workdir: std::env::temp_dir(),
             sandbox: sandbox.clone(),
+            egress_dir: egress.as_ref().map(|e| e.dir().to_path_buf()),
         }))
     };
     let mut zygotes = HashMap::new();
@@ -225,6 +239,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let config = GatewayConfig {
         public_url: url.clone(),
         limits: args.limits.limits(),
+        egress,
     };
     let state = AppState::new(config, store, zygotes)?;
     let app = skython_gateway::app(state);

@@ -71,6 +71,21 @@ pub struct SkyFunctionSpec {
     /// Environment variables given to the function's workers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
+    /// What the function may reach over the network.
+    #[serde(default)]
+    pub network: Network,
+}
+
+/// Network access of a function.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// No network at all.
+    #[default]
+    None,
+    /// HTTP and HTTPS to public internet addresses (through the platform's egress proxy, which
+    /// refuses loopback, private, link-local and metadata addresses).
+    Internet,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -241,6 +256,7 @@ impl SkyFunctionSpec {
             timeout_seconds: default_timeout_seconds(),
             concurrency: default_concurrency(),
             scaling: Scaling::default(),
+            network: Network::default(),
             env: Vec::new(),
         }
     }

@@ -42,7 +42,11 @@ def sys_errno(ret):
 
 #[test]
 fn malicious_functions_are_contained() {
-    let s = Skython::start(&[]);
+    // The registries this machine reaches may sit behind non-public addresses; the operator's
+    // allow list is how such a deployment lets functions reach them.
+    let registry = registry_addr();
+    let allow = format!("{registry}/32");
+    let s = Skython::start(&["--egress-allow", &allow]);
     let data_db = s.data_dir.join("skython.db");
     assert!(data_db.exists());
     let gateway_pid = s.pid();
@@ -136,6 +140,61 @@ def main(port: int):
     assert_eq!(body["metadata"], 101, "ENETUNREACH");
     assert_eq!(body["private"], 101, "ENETUNREACH");
     assert_ne!(body["dns"], 0, "no name resolution");
+
+    // `network: internet`: HTTP(S) through the gateway's egress proxy, public (or allowed)
+    // addresses only; raw sockets still have no route.
+    let src = format!(
+        r#"{PROBE}
+import requests
+
+def main(port: int):
+    def get(url, **kw):
+        try:
+            return requests.get(url, timeout=20, **kw).status_code
+        except requests.exceptions.ProxyError as e:
+            return "refused: " + str(e)[-60:]
+        except Exception as e:
+            return type(e).__name__
+    return {{
+        "registry": get("https://pypi.org/simple/six/"),
+        "gateway": get(f"http://127.0.0.1:{{port}}/healthz"),
+        "metadata": get("http://169.254.169.254/latest/meta-data/"),
+        "private": get("http://10.0.0.1/"),
+        "raw": attempt(lambda: socket.create_connection(("1.1.1.1", 443), timeout=2).close()),
+    }}
+"#
+    );
+    let (status, body) = attack(
+        &s,
+        "egress",
+        &src,
+        json!({"network": "internet"}),
+        json!({"port": port}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["registry"], 200,
+        "HTTPS to a public (or allowed) host works: {body}"
+    );
+    for target in ["gateway", "metadata", "private"] {
+        assert_eq!(
+            body[target], 403,
+            "{target}: the proxy refuses non-public addresses ({body})"
+        );
+    }
+    assert_eq!(body["raw"], 101, "ENETUNREACH: no route but the proxy");
+    // A function without `network: internet` cannot use the relay: it has no token.
+    let src = "import requests
+def main():
+    try:
+        return requests.get('https://pypi.org/', proxies={'https': 'http://127.0.0.1:3128'}, timeout=10).status_code
+    except requests.exceptions.ProxyError as e:
+        return '407' in str(e)
+";
+    assert_eq!(
+        attack(&s, "noegress", src, json!({}), json!({})),
+        (200, json!(true))
+    );
 
     // Privileged operations through ctypes: refused by seccomp or by the user namespace.
     let src = format!(
@@ -317,6 +376,17 @@ def main():
     assert_eq!(s.call("admin/plain", json!({"x": 1})), (200, json!(2)));
     let (status, _) = s.get("/healthz");
     assert_eq!(status, 200);
+}
+
+/// The address pypi.org resolves to from this machine.
+fn registry_addr() -> std::net::IpAddr {
+    use std::net::ToSocketAddrs;
+    ("pypi.org", 443)
+        .to_socket_addrs()
+        .expect("resolving pypi.org (CI reaches the package registries)")
+        .next()
+        .expect("an address for pypi.org")
+        .ip()
 }
 
 fn nix_is_root() -> bool {

@@ -559,7 +559,8 @@ pub async fn test_run(
         .deployments
         .zygote(spec.runtime)
         .ok_or_else(|| ApiError::internal("runtime vanished"))?;
-    let worker_spec = app.deployments.worker_spec(&spec, &signature.entrypoint);
+    // The grant lives as long as this test run.
+    let (worker_spec, _egress) = app.deployments.worker_spec(&spec, &signature.entrypoint);
     // Drafts keep their state apart from the deployed function's.
     let state = app.deployments.scoped_state(StateScope {
         owner: spec.owner.clone(),

@@ -6,7 +6,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use skython_crds::{Runtime, SkyFunctionSpec};
+use skython_crds::{Network, Runtime, SkyFunctionSpec};
+use skython_runner::egress::{EgressProxy, Grant};
 use skython_runner::{
     PoolLimits, StateAnswer, StateHandler, StateRequest, WorkerPool, WorkerSpec, Zygote,
 };
@@ -22,12 +23,15 @@ pub struct Deployed {
     pub generation: i64,
     pub pool: WorkerPool,
     pub state: ScopedState,
+    /// The function's way out (`network: internet`), revoked when this version is gone.
+    pub egress: Option<Grant>,
 }
 
 pub struct Deployments {
     store: Arc<dyn Store>,
     zygotes: HashMap<Runtime, Arc<Zygote>>,
     limits: Limits,
+    egress: Option<Arc<EgressProxy>>,
     live: RwLock<HashMap<Key, Arc<Deployed>>>,
 }
 
@@ -36,11 +40,13 @@ impl Deployments {
         store: Arc<dyn Store>,
         zygotes: HashMap<Runtime, Arc<Zygote>>,
         limits: Limits,
+        egress: Option<Arc<EgressProxy>>,
     ) -> Self {
         Deployments {
             store,
             zygotes,
             limits,
+            egress,
             live: RwLock::new(HashMap::new()),
         }
     }
@@ -120,14 +126,12 @@ impl Deployments {
             .map(|s| s.entrypoint.clone())
             .or_else(|| spec.entrypoint.clone())
             .unwrap_or_else(|| "main".into());
+        let (worker_spec, egress) = self.worker_spec(spec, &entrypoint);
         Some(Deployed {
             label: format!("{}/{}", spec.owner, spec.endpoint),
             generation: record.generation,
-            pool: WorkerPool::new(
-                zygote,
-                self.worker_spec(spec, &entrypoint),
-                pool_limits(spec, &self.limits),
-            ),
+            pool: WorkerPool::new(zygote, worker_spec, pool_limits(spec, &self.limits)),
+            egress,
             state: self.scoped_state(StateScope {
                 owner: spec.owner.clone(),
                 function: spec.endpoint.clone(),
@@ -135,8 +139,28 @@ impl Deployments {
         })
     }
 
-    pub fn worker_spec(&self, spec: &SkyFunctionSpec, entrypoint: &str) -> WorkerSpec {
-        worker_spec(spec, entrypoint, &self.limits)
+    /// How workers load the function, and its egress grant if it may use the network (only
+    /// sandboxed runtimes have a proxy; unsandboxed ones have the host's network anyway).
+    pub fn worker_spec(
+        &self,
+        spec: &SkyFunctionSpec,
+        entrypoint: &str,
+    ) -> (WorkerSpec, Option<Grant>) {
+        let mut ws = worker_spec(spec, entrypoint, &self.limits);
+        let grant = match (&self.egress, spec.network) {
+            (Some(proxy), Network::Internet) => match proxy.grant(&ws.label) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    tracing::error!(function = %ws.label, "no egress token: {e}");
+                    None
+                }
+            },
+            _ => None,
+        };
+        if let Some(g) = &grant {
+            ws.env.extend(g.env());
+        }
+        (ws, grant)
     }
 
     pub fn scoped_state(&self, scope: StateScope) -> ScopedState {

@@ -76,6 +76,9 @@ pub struct GatewayConfig {
     /// The base URL clients use, for the `url` of functions.
     pub public_url: String,
     pub limits: Limits,
+    /// The egress proxy of sandboxed runtimes (functions with `network: internet` go out
+    /// through it).
+    pub egress: Option<Arc<skython_runner::egress::EgressProxy>>,
 }
 
 #[derive(Clone)]
@@ -99,6 +102,7 @@ impl AppState {
             store.clone(),
             zygotes,
             config.limits.clone(),
+            config.egress.clone(),
         ));
         let recorder = Recorder::start(
             store.clone(),

@@ -27,7 +27,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use sha2::{Digest, Sha256};
-use skython_crds::SkyFunction;
+use skython_crds::{Network, SkyFunction};
 
 /// The runner container's HTTP port (`POST /` calls the function).
 pub const RUNNER_PORT: i32 = 8080;
@@ -353,22 +353,27 @@ pub fn desired(f: &SkyFunction, cfg: &OperatorConfig) -> Result<Children, Desire
                     ..Default::default()
                 }]),
             }]),
-            egress: Some(vec![
-                NetworkPolicyEgressRule {
-                    ports: Some(dns),
-                    to: None,
-                },
-                NetworkPolicyEgressRule {
-                    ports: None,
-                    to: Some(vec![NetworkPolicyPeer {
-                        ip_block: Some(IPBlock {
-                            cidr: "0.0.0.0/0".into(),
-                            except: Some(cfg.egress_deny.clone()),
-                        }),
-                        ..Default::default()
-                    }]),
-                },
-            ]),
+            // No rule at all denies every destination: a function without `network: internet`
+            // reaches nothing.
+            egress: Some(match spec.network {
+                Network::None => vec![],
+                Network::Internet => vec![
+                    NetworkPolicyEgressRule {
+                        ports: Some(dns),
+                        to: None,
+                    },
+                    NetworkPolicyEgressRule {
+                        ports: None,
+                        to: Some(vec![NetworkPolicyPeer {
+                            ip_block: Some(IPBlock {
+                                cidr: "0.0.0.0/0".into(),
+                                except: Some(cfg.egress_deny.clone()),
+                            }),
+                            ..Default::default()
+                        }]),
+                    },
+                ],
+            }),
         }),
     };
     Ok(Children {

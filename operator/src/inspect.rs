@@ -31,6 +31,7 @@ impl SourceInspector {
                 workdir: std::env::temp_dir(),
                 // Inspection parses; it runs none of the function's code.
                 sandbox: skython_runner::Sandbox::None,
+                egress_dir: None,
             }),
             cache: Mutex::new(HashMap::new()),
         })

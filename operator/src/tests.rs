@@ -110,7 +110,18 @@ fn every_child_is_owned_and_selects_only_its_pods() {
 
 #[test]
 fn network_policy_admits_the_gateway_and_denies_internal_egress() {
-    let c = desired(&function("alice-add", add()), &OperatorConfig::default()).unwrap();
+    let closed = desired(&function("alice-add", add()), &OperatorConfig::default()).unwrap();
+    let np = closed.network_policy.spec.unwrap();
+    assert_eq!(np.policy_types.unwrap(), ["Ingress", "Egress"]);
+    assert_eq!(
+        np.egress,
+        Some(vec![]),
+        "no network: every egress denied, DNS too"
+    );
+
+    let mut spec = add();
+    spec.network = skython_crds::Network::Internet;
+    let c = desired(&function("alice-add", spec), &OperatorConfig::default()).unwrap();
     let np = c.network_policy.spec.unwrap();
     assert_eq!(np.policy_types.unwrap(), ["Ingress", "Egress"]);
     let from = &np.ingress.unwrap()[0].from.clone().unwrap()[0];

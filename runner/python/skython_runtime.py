@@ -579,10 +579,67 @@ def _preload():
     return loaded, missing
 
 
+def _start_egress_relay(socket_path, addr):
+    """Inside a sandbox (no network): relays 127.0.0.1:3128 to the gateway's egress proxy, a
+    Unix socket. The proxy decides; workers without their function's token are refused."""
+    host, port = addr.rsplit(":", 1)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, int(port)))
+    listener.listen(128)
+    if os.fork() != 0:
+        listener.close()  # workers must not inherit it
+        return
+    code = 0
+    try:
+        os.close(3)  # the zygote's control socket: its end must close when the zygote dies
+        _die_with_parent()
+        import threading
+
+        def pump(src, dst):
+            try:
+                while True:
+                    data = src.recv(65536)
+                    if not data:
+                        break
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                try:
+                    dst.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+
+        def relay(conn):
+            with conn:
+                try:
+                    up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    up.connect(socket_path)
+                except OSError:
+                    return
+                with up:
+                    back = threading.Thread(target=pump, args=(up, conn), daemon=True)
+                    back.start()
+                    pump(conn, up)
+                    back.join()
+
+        while True:
+            conn, _ = listener.accept()
+            threading.Thread(target=relay, args=(conn,), daemon=True).start()
+    except BaseException:  # noqa: BLE001
+        traceback.print_exc()
+        code = 1
+    finally:
+        os._exit(code)
+
+
 def zygote_main():
     # Nothing but the control socket is inherited (the sandbox's seccomp descriptors are read
     # by bubblewrap already).
     os.closerange(4, os.sysconf("SC_OPEN_MAX"))
+    if os.environ.get("SKYTHON_EGRESS_SOCKET"):
+        _start_egress_relay(os.environ["SKYTHON_EGRESS_SOCKET"], os.environ["SKYTHON_EGRESS_RELAY"])
     ctl = socket.socket(fileno=3)
     started = time.perf_counter()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel

@@ -13,6 +13,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod egress;
 pub mod pool;
 pub mod protocol;
 pub mod sandbox;
@@ -94,7 +95,10 @@ pub(crate) fn base_env(python_path: &Path) -> Vec<(String, String)> {
         "OPENBLAS_CORETYPE",
         "OPENBLAS_L2_SIZE",
         "TZ",
+        // The machine's trust store (functions' HTTPS through the egress proxy).
         "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
     ] {
         if let Ok(v) = std::env::var(key) {
             env.push((key.into(), v));

@@ -18,10 +18,12 @@ use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 
 use crate::protocol::{self, FunctionError, Hello, WorkerSpec, kind};
-use crate::sandbox::{self, BwrapConfig, Mount, Sandbox};
+use crate::sandbox::{self, Mount, Sandbox};
 use crate::worker::Worker;
 use crate::{Error, Result};
 
+/// Where the egress proxy's directory appears in sandboxes.
+const EGRESS_INSIDE: &str = "/run/skython-egress";
 /// Largest control answer we accept (an inspect answer for a large source).
 const MAX_CONTROL_FRAME: usize = 4 << 20;
 /// The zygote imports numpy, pandas and scipy before saying hello.
@@ -39,6 +41,8 @@ pub struct RuntimeConfig {
     /// Working directory of the zygote and its workers (unsandboxed; sandboxed ones use `/tmp`).
     pub workdir: PathBuf,
     pub sandbox: Sandbox,
+    /// The egress proxy's directory, mounted into the sandbox for the relay.
+    pub egress_dir: Option<PathBuf>,
 }
 
 struct Running {
@@ -129,6 +133,12 @@ impl Zygote {
                     host: cfg.python_path.clone(),
                     inside: sandbox::RUNTIME_INSIDE.into(),
                 });
+                if let Some(dir) = &cfg.egress_dir {
+                    mounts.push(Mount {
+                        host: dir.clone(),
+                        inside: EGRESS_INSIDE.into(),
+                    });
+                }
                 let launch = sandbox::launch(bw, &mounts, &argv)?;
                 fds.extend(launch.fds);
                 let mut cmd = Command::new(&launch.program);
@@ -148,11 +158,15 @@ impl Zygote {
         if let Some(p) = &cfg.preload {
             cmd.env("SKYTHON_PRELOAD", p);
         }
-        if let Sandbox::Bubblewrap(BwrapConfig {
-            drop_to: Some(d), ..
-        }) = &cfg.sandbox
-        {
-            cmd.env("SKYTHON_MAX_PROCS", d.max_procs.to_string());
+        if let Sandbox::Bubblewrap(bw) = &cfg.sandbox {
+            if let Some(d) = &bw.drop_to {
+                cmd.env("SKYTHON_MAX_PROCS", d.max_procs.to_string());
+            }
+            if cfg.egress_dir.is_some() {
+                let socket = Path::new(EGRESS_INSIDE).join(crate::egress::SOCKET_NAME);
+                cmd.env("SKYTHON_EGRESS_SOCKET", socket);
+                cmd.env("SKYTHON_EGRESS_RELAY", crate::egress::RELAY_ADDR);
+            }
         }
         crate::pass_fds(&mut cmd, fds);
         let child = cmd.spawn().map_err(|e| Error::Start {

@@ -30,6 +30,7 @@ fn zygote(dir: &std::path::Path) -> Arc<Zygote> {
         preload: Some(String::new()),
         workdir: std::env::temp_dir(),
         sandbox: skython_runner::Sandbox::None,
+        egress_dir: None,
     }))
 }
 
