@@ -196,6 +196,45 @@ def main():
         (200, json!(true))
     );
 
+    // Other functions' workers share the sandbox of a runtime: still no reading their
+    // environment or memory, and no signals to them.
+    s.deploy_ok(
+        "victim",
+        "def main():\n    return 'alive'\n",
+        json!({"env": [{"name": "VICTIM_SECRET", "value": "hunter2"}]}),
+    );
+    assert_eq!(s.call("admin/victim", json!({})), (200, json!("alive")));
+    let src = format!(
+        r#"{PROBE}
+def main():
+    me = os.getpid()
+    others = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != me]
+    seen = b""
+    for p in others:
+        for f in ("environ", "mem", "cmdline"):
+            try:
+                with open(f"/proc/{{p}}/{{f}}", "rb") as fh:
+                    seen += fh.read(1 << 16)
+            except OSError:
+                pass
+    return {{"others": len(others), "secret_seen": b"hunter2" in seen,
+             "signals": sorted({{attempt(lambda p=p: os.kill(p, 0)) for p in others}})}}
+"#
+    );
+    let (status, body) = attack(&s, "spy", &src, json!({}), json!({}));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["others"].as_i64().unwrap() >= 2,
+        "the victim's worker and the zygote are there: {body}"
+    );
+    assert_eq!(body["secret_seen"], false, "{body}");
+    assert_eq!(
+        body["signals"],
+        json!([1]),
+        "EPERM for every other process: {body}"
+    );
+    assert_eq!(s.call("admin/victim", json!({})), (200, json!("alive")));
+
     // Privileged operations through ctypes: refused by seccomp or by the user namespace.
     let src = format!(
         r#"{PROBE}

@@ -353,11 +353,12 @@ pub fn desired(f: &SkyFunction, cfg: &OperatorConfig) -> Result<Children, Desire
                     ..Default::default()
                 }]),
             }]),
-            // No rule at all denies every destination: a function without `network: internet`
-            // reaches nothing.
-            egress: Some(match spec.network {
-                Network::None => vec![],
-                Network::Internet => vec![
+            // With "Egress" among the policy types, no rule denies every destination: a
+            // function without `network: internet` reaches nothing. (An empty list instead of
+            // none would not survive the API server's round trip, and every apply would write.)
+            egress: match spec.network {
+                Network::None => None,
+                Network::Internet => Some(vec![
                     NetworkPolicyEgressRule {
                         ports: Some(dns),
                         to: None,
@@ -372,8 +373,8 @@ pub fn desired(f: &SkyFunction, cfg: &OperatorConfig) -> Result<Children, Desire
                             ..Default::default()
                         }]),
                     },
-                ],
-            }),
+                ]),
+            },
         }),
     };
     Ok(Children {
