@@ -50,7 +50,8 @@ lint:
 
 ## sandbox: bubblewrap, which confines every function (installed with apt when missing)
 sandbox:
-	@command -v bwrap >/dev/null || (apt-get update -qq && apt-get install -y -qq bubblewrap) >/dev/null
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq bubblewrap) >/dev/null; } || \
+	  { echo "bubblewrap sandboxes every function: install it (sudo apt-get install bubblewrap)" >&2; exit 1; }
 
 ## venv: the standard Python runtime (numpy, pandas, scipy, requests, bs4), pinned in runtime/
 venv:
