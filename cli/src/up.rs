@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use skython_crds::Runtime;
 use skython_gateway::{AdminToken, AppState, GatewayConfig, Limits};
+use skython_runner::cgroup::Cgroups;
 use skython_runner::egress::{Cidr, EgressProxy};
 use skython_runner::sandbox::{BwrapConfig, DropTo};
 use skython_runner::{RuntimeConfig, Sandbox, Zygote};
@@ -63,6 +64,9 @@ pub struct SandboxArgs {
     /// public (e.g. an internal API), comma-separated CIDRs. Default: none.
     #[arg(long, env = "SKYTHON_EGRESS_ALLOW", value_delimiter = ',')]
     egress_allow: Vec<Cidr>,
+    /// Processes and threads one function's workers may have together (with cgroups).
+    #[arg(long, env = "SKYTHON_FUNCTION_MAX_PROCS", default_value_t = Limits::default().max_procs_per_function)]
+    function_max_procs: u64,
     /// When started as root: processes and threads all functions may have together.
     #[arg(long, env = "SKYTHON_SANDBOX_MAX_PROCS", default_value_t = 1024)]
     sandbox_max_procs: u32,
@@ -186,6 +190,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 .context("starting the egress proxy")?,
         ),
     };
+    // Memory and process limits per function, where we may create control groups (as root).
+    let cgroups = match (&sandbox, nix::unistd::geteuid().is_root()) {
+        (Sandbox::Bubblewrap(_), true) => {
+            match Cgroups::detect(&format!("skython/{}", std::process::id())) {
+                Ok(cg) => Some(Arc::new(cg)),
+                Err(why) => {
+                    eprintln!("warning: no cgroups for functions ({why}); they keep their rlimits");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let python_path = data_dir.join("runtime");
     skython_runner::install_python_files(&python_path)
         .context("writing the runtime's Python files")?;
@@ -238,8 +255,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("http://{addr}"));
     let config = GatewayConfig {
         public_url: url.clone(),
-        limits: args.limits.limits(),
+        limits: Limits {
+            max_procs_per_function: args.sandbox.function_max_procs,
+            ..args.limits.limits()
+        },
         egress,
+        cgroups,
     };
     let state = AppState::new(config, store, zygotes)?;
     let app = skython_gateway::app(state);

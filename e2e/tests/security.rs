@@ -411,6 +411,28 @@ def main():
         }
     }
 
+    // As root, each function's workers are in a control group of its own (memory, pids).
+    if root {
+        let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        let group = if v2 {
+            format!("/sys/fs/cgroup/skython/{gateway_pid}/fn-admin.plain.1")
+        } else {
+            format!("/sys/fs/cgroup/pids/skython/{gateway_pid}/fn-admin.plain.1")
+        };
+        let procs = std::fs::read_to_string(format!("{group}/cgroup.procs"))
+            .unwrap_or_else(|e| panic!("{group}: {e}"));
+        assert!(
+            !procs.trim().is_empty(),
+            "the plain function's worker is in {group}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(format!("{group}/pids.max"))
+                .unwrap()
+                .trim(),
+            "256"
+        );
+    }
+
     // After all that, the server still serves.
     assert_eq!(s.call("admin/plain", json!({"x": 1})), (200, json!(2)));
     let (status, _) = s.get("/healthz");

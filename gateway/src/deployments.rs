@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use skython_crds::{Network, Runtime, SkyFunctionSpec};
+use skython_runner::cgroup::{Cgroups, GroupLimits};
 use skython_runner::egress::{EgressProxy, Grant};
 use skython_runner::{
     PoolLimits, StateAnswer, StateHandler, StateRequest, WorkerPool, WorkerSpec, Zygote,
@@ -32,6 +33,7 @@ pub struct Deployments {
     zygotes: HashMap<Runtime, Arc<Zygote>>,
     limits: Limits,
     egress: Option<Arc<EgressProxy>>,
+    cgroups: Option<Arc<Cgroups>>,
     live: RwLock<HashMap<Key, Arc<Deployed>>>,
 }
 
@@ -41,12 +43,14 @@ impl Deployments {
         zygotes: HashMap<Runtime, Arc<Zygote>>,
         limits: Limits,
         egress: Option<Arc<EgressProxy>>,
+        cgroups: Option<Arc<Cgroups>>,
     ) -> Self {
         Deployments {
             store,
             zygotes,
             limits,
             egress,
+            cgroups,
             live: RwLock::new(HashMap::new()),
         }
     }
@@ -127,10 +131,22 @@ impl Deployments {
             .or_else(|| spec.entrypoint.clone())
             .unwrap_or_else(|| "main".into());
         let (worker_spec, egress) = self.worker_spec(spec, &entrypoint);
+        let limits = pool_limits(spec, &self.limits);
+        let group = self.cgroups.as_ref().and_then(|cg| {
+            let name = format!("{}.{}.{}", spec.owner, spec.endpoint, record.generation);
+            let group_limits = GroupLimits {
+                // Each worker may use its memory on top of the zygote's shared pages.
+                memory_bytes: spec.memory_bytes() * limits.max_workers as u64,
+                pids: self.limits.max_procs_per_function,
+            };
+            cg.group(&name, group_limits)
+                .map_err(|e| tracing::error!(function = %name, "no cgroup, rlimits only: {e}"))
+                .ok()
+        });
         Some(Deployed {
             label: format!("{}/{}", spec.owner, spec.endpoint),
             generation: record.generation,
-            pool: WorkerPool::new(zygote, worker_spec, pool_limits(spec, &self.limits)),
+            pool: WorkerPool::new(zygote, worker_spec, limits).in_group(group),
             egress,
             state: self.scoped_state(StateScope {
                 owner: spec.owner.clone(),

@@ -56,6 +56,8 @@ pub struct Limits {
     pub queue_limit: usize,
     /// Invocations kept per function.
     pub invocations_kept: usize,
+    /// Processes and threads one function's workers may have together (with cgroups).
+    pub max_procs_per_function: u64,
 }
 
 impl Default for Limits {
@@ -67,6 +69,7 @@ impl Default for Limits {
             max_state_value_bytes: 1 << 20,
             queue_limit: 1000,
             invocations_kept: 200,
+            max_procs_per_function: 256,
         }
     }
 }
@@ -79,6 +82,8 @@ pub struct GatewayConfig {
     /// The egress proxy of sandboxed runtimes (functions with `network: internet` go out
     /// through it).
     pub egress: Option<Arc<skython_runner::egress::EgressProxy>>,
+    /// Control groups for functions' workers, where the machine offers them to us.
+    pub cgroups: Option<Arc<skython_runner::cgroup::Cgroups>>,
 }
 
 #[derive(Clone)]
@@ -103,6 +108,7 @@ impl AppState {
             zygotes,
             config.limits.clone(),
             config.egress.clone(),
+            config.cgroups.clone(),
         ));
         let recorder = Recorder::start(
             store.clone(),

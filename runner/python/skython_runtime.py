@@ -39,8 +39,8 @@ LARGE_FRAME = 64 * 1024
 # Control channel (gateway <-> zygote).
 HELLO, SPAWN, SPAWNED, SPAWN_FAILED, INSPECT = b"H", b"S", b"P", b"E", b"I"
 # Worker channel (gateway <-> worker).
-STARTED, READY, LOAD_ERROR, CALL, STATE_REQ, STATE_ANS, LOG, OK, ERROR = (
-    b"T", b"R", b"L", b"C", b"Q", b"A", b"G", b"O", b"X")
+STARTED, GO, READY, LOAD_ERROR, CALL, STATE_REQ, STATE_ANS, LOG, OK, ERROR = (
+    b"T", b"W", b"R", b"L", b"C", b"Q", b"A", b"G", b"O", b"X")
 
 DEFAULT_PRELOAD = "numpy,pandas,scipy,requests,bs4"
 MODULE_NAME = "skython_function"
@@ -565,6 +565,10 @@ def worker_main(fd, spec):
     chan = Channel(socket.socket(fileno=fd))
     # First, before any user code: the gateway learns this process's pid from the kernel.
     chan.send_json(STARTED, {"pid": os.getpid()})
+    # The gateway places this process (its cgroup) before any user code may fork.
+    kind, _ = chan.recv()
+    if kind != GO:
+        return
     _isolate_from_siblings()
     os.environ.update(spec.get("env") or {})
     _apply_limits(spec)

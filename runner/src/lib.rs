@@ -13,6 +13,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod cgroup;
 pub mod egress;
 pub mod pool;
 pub mod protocol;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::cgroup::Group;
 use crate::protocol::WorkerSpec;
 use crate::worker::{CallResult, StateHandler, Worker};
 use crate::zygote::Zygote;
@@ -44,6 +45,8 @@ pub struct WorkerPool {
     waiting: AtomicUsize,
     cold_starts: AtomicU64,
     retired: AtomicBool,
+    /// The function's cgroup, if the machine offers them.
+    group: Option<Group>,
 }
 
 /// Undoes a `waiting` increment however the wait ends.
@@ -66,7 +69,14 @@ impl WorkerPool {
             waiting: AtomicUsize::new(0),
             cold_starts: AtomicU64::new(0),
             retired: AtomicBool::new(false),
+            group: None,
         }
+    }
+
+    /// Puts every worker of this pool in `group`.
+    pub fn in_group(mut self, group: Option<Group>) -> Self {
+        self.group = group;
+        self
     }
 
     pub fn spec(&self) -> &WorkerSpec {
@@ -139,7 +149,7 @@ impl WorkerPool {
         self.cold_starts.fetch_add(1, Ordering::Relaxed);
         let w = self
             .zygote
-            .spawn(&self.spec, self.limits.call_timeout)
+            .spawn(&self.spec, self.limits.call_timeout, self.group.as_ref())
             .await?;
         self.live.fetch_add(1, Ordering::SeqCst);
         Ok(w)
@@ -240,7 +250,7 @@ pub async fn run_once(
     state: &dyn StateHandler,
     timeout: Duration,
 ) -> Result<CallResult> {
-    let mut worker = zygote.spawn(spec, timeout).await?;
+    let mut worker = zygote.spawn(spec, timeout, None).await?;
     let res = tokio::time::timeout(timeout, worker.call(args, state)).await;
     drop(worker);
     res.map_err(|_| Error::Timeout(timeout))?

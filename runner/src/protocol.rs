@@ -13,6 +13,8 @@ pub mod kind {
     pub const SPAWN_FAILED: u8 = b'E';
     /// First frame of a worker, before any user code: the kernel attaches its pid.
     pub const STARTED: u8 = b'T';
+    /// Gateway → worker after `started`: placed (in its cgroup); load the function now.
+    pub const GO: u8 = b'W';
     pub const READY: u8 = b'R';
     pub const LOAD_ERROR: u8 = b'L';
     pub const CALL: u8 = b'C';

@@ -57,6 +57,14 @@ impl Worker {
         self.pid
     }
 
+    /// Lets a started worker go on to load its function.
+    pub(crate) async fn go(&mut self) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let hdr = protocol::header(kind::GO, 0);
+        self.io.get_mut().write_all(&hdr).await?;
+        Ok(())
+    }
+
     async fn loading_frame(&mut self) -> Result<(u8, Vec<u8>)> {
         protocol::read_frame(&mut self.io, self.max_frame)
             .await

@@ -17,6 +17,7 @@ use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 
+use crate::cgroup::Group;
 use crate::protocol::{self, FunctionError, Hello, WorkerSpec, kind};
 use crate::sandbox::{self, Mount, Sandbox};
 use crate::worker::Worker;
@@ -246,7 +247,12 @@ impl Zygote {
     }
 
     /// Forks a worker for `spec` and waits until it has loaded the function.
-    pub async fn spawn(&self, spec: &WorkerSpec, load_timeout: Duration) -> Result<Worker> {
+    pub async fn spawn(
+        &self,
+        spec: &WorkerSpec,
+        load_timeout: Duration,
+        group: Option<&Group>,
+    ) -> Result<Worker> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         // The kernel then tells us the worker's pid as *we* see it: a sandboxed worker lives in
         // a PID namespace of its own, where its pid means something else.
@@ -281,6 +287,15 @@ impl Zygote {
                 Error::Spawn(format!("the worker did not start within {load_timeout:?}"))
             })??;
         let mut worker = Worker::new(pid, stream, spec.max_result_bytes);
+        if let Some(g) = group
+            && let Err(e) = g.add(pid)
+        {
+            worker.kill();
+            return Err(Error::Spawn(format!(
+                "placing the worker in its cgroup: {e}"
+            )));
+        }
+        worker.go().await?;
         match tokio::time::timeout(load_timeout, worker.wait_ready()).await {
             Ok(Ok(())) => Ok(worker),
             Ok(Err(e)) => {
