@@ -94,8 +94,13 @@ pub async fn run(args: RunnerArgs) -> anyhow::Result<()> {
             }
         }
     });
-    axum::serve(listener, pod.router())
-        .with_graceful_shutdown(crate::shutdown_signal())
-        .await?;
+    skython_gateway::serve::serve(
+        listener,
+        pod.router(),
+        args.limits.client_timeouts(),
+        crate::shutdown_signal(),
+        Duration::from_secs(10),
+    )
+    .await?;
     Ok(())
 }

@@ -4,10 +4,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use skython_crds::Runtime;
+use skython_gateway::serve::{ClientTimeouts, serve};
 use skython_gateway::{AdminToken, AppState, GatewayConfig, Limits};
 use skython_runner::cgroup::Cgroups;
 use skython_runner::egress::{Cidr, EgressProxy};
@@ -30,9 +32,22 @@ pub struct LimitArgs {
     /// Calls that may wait for a busy function's worker before new ones get 429.
     #[arg(long, env = "SKYTHON_QUEUE_LIMIT", default_value_t = Limits::default().queue_limit)]
     queue_limit: usize,
+    /// Seconds a client may take to send a request's head (slow clients are cut off).
+    #[arg(long, env = "SKYTHON_HEADER_TIMEOUT_SECS", default_value_t = ClientTimeouts::default().head.as_secs())]
+    header_timeout_secs: u64,
+    /// Seconds a client may take to send a request's body (408 after).
+    #[arg(long, env = "SKYTHON_BODY_TIMEOUT_SECS", default_value_t = ClientTimeouts::default().body.as_secs())]
+    body_timeout_secs: u64,
 }
 
 impl LimitArgs {
+    pub fn client_timeouts(&self) -> ClientTimeouts {
+        ClientTimeouts {
+            head: Duration::from_secs(self.header_timeout_secs),
+            body: Duration::from_secs(self.body_timeout_secs),
+        }
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             max_body_bytes: self.max_body_bytes,
@@ -284,8 +299,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     }
     tracing::info!(%addr, data_dir = %data_dir.display(), "listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(crate::shutdown_signal())
-        .await?;
+    serve(
+        listener,
+        app,
+        args.limits.client_timeouts(),
+        crate::shutdown_signal(),
+        Duration::from_secs(10),
+    )
+    .await?;
     Ok(())
 }

@@ -490,3 +490,46 @@ fn sandboxed_processes(gateway_pid: u32) -> Vec<u32> {
         })
         .collect()
 }
+
+#[test]
+fn slow_clients_are_cut_off() {
+    use std::io::{Read, Write};
+    let s = Skython::start(&["--header-timeout-secs", "1", "--body-timeout-secs", "1"]);
+    s.deploy_ok("echo", "def main(x=None):\n    return x\n", json!({}));
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let read_all = |mut c: std::net::TcpStream| {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = Vec::new();
+        let res = c.read_to_end(&mut buf);
+        (
+            res.is_ok(),
+            started.elapsed(),
+            String::from_utf8_lossy(&buf).into_owned(),
+        )
+    };
+
+    // A head that never ends: the connection is closed after the head timeout.
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.write_all(b"POST /fn/admin/echo HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let (closed, took, _) = read_all(c);
+    assert!(
+        closed && took < Duration::from_secs(5),
+        "slow head: closed={closed} after {took:?}"
+    );
+
+    // A body that never arrives: 408.
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.write_all(b"POST /fn/admin/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"x\": ")
+        .unwrap();
+    let (_, took, answer) = read_all(c);
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "slow body: {answer:?} after {took:?}"
+    );
+    assert!(took < Duration::from_secs(5));
+
+    // Everyone else is served meanwhile and after.
+    assert_eq!(s.call("admin/echo", json!({"x": 7})), (200, json!(7)));
+}

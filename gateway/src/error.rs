@@ -127,6 +127,19 @@ pub fn from_rejection(status: StatusCode, text: String) -> ApiError {
 
 impl From<axum::extract::rejection::BytesRejection> for ApiError {
     fn from(r: axum::extract::rejection::BytesRejection) -> Self {
+        // A body that did not arrive in time (the server's body timeout) is the client's
+        // slowness: 408, not a malformed request.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&r);
+        while let Some(e) = source {
+            if e.is::<tower_http::timeout::TimeoutError>() {
+                return ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    "the request body did not arrive in time",
+                );
+            }
+            source = e.source();
+        }
         from_rejection(r.status(), r.body_text())
     }
 }

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod pod;
 mod recorder;
+pub mod serve;
 
 use std::collections::HashMap;
 use std::sync::Arc;
