@@ -234,6 +234,51 @@ fn a_skyfunction_lives_its_whole_life_on_a_real_cluster() {
         (Some("Warning"), Some("InvalidSource"))
     );
 
+    // In a runner pod, hostile code meets the restricted profile: a non-root uid, no
+    // capabilities, no_new_privs, the runtime's seccomp profile, a read-only root.
+    let hostile = r#"apiVersion: skython.io/v1alpha1
+kind: SkyFunction
+metadata:
+  name: hostile
+spec:
+  owner: mallory
+  endpoint: hostile
+  source: |
+    import os
+    def attempt(f):
+        try:
+            f()
+            return 0
+        except OSError as e:
+            return e.errno
+    def main():
+        status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines())
+        return {
+            "uid": os.getuid(),
+            "nnp": status["NoNewPrivs"].strip(),
+            "seccomp": status["Seccomp"].strip(),
+            "caps": status["CapEff"].strip(),
+            "shadow": attempt(lambda: open("/etc/shadow").read()),
+            "write_root": attempt(lambda: open("/evil", "w")),
+            "token": os.path.exists("/var/run/secrets/kubernetes.io/serviceaccount/token"),
+        }
+"#;
+    k.apply(hostile);
+    let ip = serving_pod(&k, "hostile");
+    let (status, body) = call(&ip, json!({}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["uid"], 10001);
+    assert_eq!(
+        (body["nnp"].as_str(), body["seccomp"].as_str()),
+        (Some("1"), Some("2")),
+        "{body}"
+    );
+    assert_eq!(body["caps"], "0000000000000000");
+    assert_eq!(body["shadow"], 13, "EACCES");
+    assert_eq!(body["write_root"], 30, "EROFS");
+    assert_eq!(body["token"], false, "no service-account token");
+    k.run(&["delete", "skyfunction", "hostile", "--wait=false"]);
+
     // Restarting the operator writes nothing: every object keeps its resourceVersion.
     let mut watched: Vec<String> = CHILDREN
         .iter()
