@@ -533,3 +533,70 @@ fn slow_clients_are_cut_off() {
     // Everyone else is served meanwhile and after.
     assert_eq!(s.call("admin/echo", json!({"x": 7})), (200, json!(7)));
 }
+
+#[test]
+fn hostile_requests_and_results_get_clear_answers() {
+    let s = Skython::start(&[]);
+    let src = "def main(n: int = 0):\n    return 'x' * n\n";
+    s.deploy_ok("big", src, json!({}));
+    // A result past the 10 MiB limit: 500 result_too_large, and the function keeps serving.
+    let (status, body) = s.call("admin/big", json!({"n": 11 << 20}));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (500, Some("result_too_large")),
+        "{body}"
+    );
+    assert_eq!(s.call("admin/big", json!({"n": 3})), (200, json!("xxx")));
+
+    let code =
+        |(status, body): (u16, Value)| (status, body["error"]["code"].as_str().map(String::from));
+    let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+    assert_eq!(
+        code(s.call_raw("admin/big", deep)),
+        (400, Some("bad_json".into()))
+    );
+    assert_eq!(
+        code(s.call_raw("admin/big", "{\"n\": 1,}")),
+        (400, Some("bad_json".into()))
+    );
+    assert_eq!(
+        code(s.call_raw("admin/big", vec![0xff, 0xfe, b'{'])),
+        (400, Some("bad_json".into()))
+    );
+    assert_eq!(
+        code(s.call_raw("admin/big", "\"just a string\"")),
+        (400, Some("bad_arguments".into()))
+    );
+    let huge = format!("{{\"n\": 1, \"pad\": \"{}\"}}", "a".repeat(7 << 20));
+    assert_eq!(
+        code(s.call_raw("admin/big", huge)),
+        (413, Some("body_too_large".into()))
+    );
+    // Names with path tricks or unicode never reach a function, and never a 5xx.
+    for name in [
+        "admin/big%00",
+        "admin/b%C3%AFg",
+        "admin/%2e%2e",
+        "..%2Fadmin/big",
+        "ADMIN/BIG",
+    ] {
+        let (status, _) = s.call(name, json!({}));
+        assert!(status == 404 || status == 405, "{name}: {status}");
+    }
+
+    // A thread bomb: the function's pids limit (or the sandbox uid's) stops it; the call answers.
+    let src = "import threading, time\ndef main():\n    n = 0\n    try:\n        while n < 100000:\n            threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n            n += 1\n    except RuntimeError:\n        return {'stopped_at': n}\n    return {'stopped_at': None}\n";
+    let (status, body) = attack(
+        &s,
+        "threadbomb",
+        src,
+        json!({"timeoutSeconds": 10}),
+        json!({}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["stopped_at"].as_i64().is_some_and(|n| n < 5000),
+        "threads were capped: {body}"
+    );
+    assert_eq!(s.call("admin/big", json!({"n": 1})), (200, json!("x")));
+}
