@@ -431,10 +431,24 @@ def main():
                 .trim(),
             "256"
         );
+        // A new version gets a new group; the old one goes once its workers are gone.
+        let (status, body) = s.api(
+            reqwest::Method::PUT,
+            "/functions/admin/plain",
+            Some(json!({"endpoint": "plain", "source": "def main(x: int):\n    return x + 2\n"})),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(s.call("admin/plain", json!({"x": 1})), (200, json!(3)));
+        assert!(
+            eventually(Duration::from_secs(10), || !std::path::Path::new(&group)
+                .exists()),
+            "{group} was not removed after the redeploy"
+        );
     }
 
     // After all that, the server still serves.
-    assert_eq!(s.call("admin/plain", json!({"x": 1})), (200, json!(2)));
+    let (status, _) = s.call("admin/plain", json!({"x": 1}));
+    assert_eq!(status, 200);
     let (status, _) = s.get("/healthz");
     assert_eq!(status, 200);
 }

@@ -112,6 +112,9 @@ impl Deployments {
     pub fn reap(&self) -> usize {
         let now = Instant::now();
         let pools: Vec<_> = self.read().values().cloned().collect();
+        if let Some(cg) = &self.cgroups {
+            cg.sweep();
+        }
         pools.iter().map(|d| d.pool.reap(now)).sum()
     }
 

@@ -8,6 +8,7 @@
 //! functions keep their rlimits only and `skython up` says so.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Hierarchy {
@@ -53,6 +54,9 @@ pub fn layout(
 pub struct Cgroups {
     hierarchy: Hierarchy,
     parent: PathBuf,
+    /// Groups of retired versions whose last processes were still exiting when they were
+    /// dropped; [`Cgroups::sweep`] removes them once empty.
+    graveyard: Arc<Mutex<Vec<PathBuf>>>,
 }
 
 impl Cgroups {
@@ -94,7 +98,11 @@ impl Cgroups {
             )
             .map_err(|e| format!("cannot enable controllers under {}: {e}", parent.display()))?;
         }
-        Ok(Cgroups { hierarchy, parent })
+        Ok(Cgroups {
+            hierarchy,
+            parent,
+            graveyard: Arc::default(),
+        })
     }
 
     /// A group for one function version (`name` must be unique among live ones).
@@ -116,7 +124,18 @@ impl Cgroups {
                 }
             }
         }
-        Ok(Group { dirs })
+        Ok(Group {
+            dirs,
+            graveyard: self.graveyard.clone(),
+        })
+    }
+
+    /// Removes the groups of retired versions that have emptied since; returns how many are
+    /// still waiting.
+    pub fn sweep(&self) -> usize {
+        let mut waiting = self.graveyard.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.retain(|d| std::fs::remove_dir(d).is_err() && d.exists());
+        waiting.len()
     }
 }
 
@@ -182,6 +201,7 @@ impl Drop for Cgroups {
 #[derive(Debug)]
 pub struct Group {
     dirs: Vec<PathBuf>,
+    graveyard: Arc<Mutex<Vec<PathBuf>>>,
 }
 
 impl Group {
@@ -196,9 +216,17 @@ impl Group {
 
 impl Drop for Group {
     fn drop(&mut self) {
-        for d in &self.dirs {
-            // Busy while a retired worker finishes its call; such a group stays until restart.
-            let _ = std::fs::remove_dir(d);
+        // Busy while the pool's last workers exit (they were just signalled): swept later.
+        let busy: Vec<PathBuf> = self
+            .dirs
+            .drain(..)
+            .filter(|d| std::fs::remove_dir(d).is_err() && d.exists())
+            .collect();
+        if !busy.is_empty() {
+            self.graveyard
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(busy);
         }
     }
 }
