@@ -105,69 +105,67 @@ impl Zygote {
             .ok_or_else(|| Error::Protocol("the zygote vanished".into()))
     }
 
-    async fn launch(&self) -> Result<Running> {
+    /// The zygote's command with its whole environment, unsandboxed or inside bubblewrap, and
+    /// the descriptors the sandbox needs.
+    async fn command(&self) -> Result<(Command, Vec<(OwnedFd, i32)>)> {
         let cfg = &self.config;
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
-        let theirs = OwnedFd::from(theirs);
         let argv: Vec<OsString> = vec![
             cfg.python.clone().into(),
             "-m".into(),
             "skython_runtime".into(),
         ];
-        let mut fds = vec![(theirs, 3)];
-        let mut cmd = match &cfg.sandbox {
-            Sandbox::None => {
-                let mut cmd = Command::new(&cfg.python);
-                cmd.args(&argv[1..]);
-                cmd
-            }
-            Sandbox::Bubblewrap(bw) => {
-                let mut mounts: Vec<Mount> = python_dirs(&cfg.python)
-                    .await?
-                    .into_iter()
-                    .map(|d| Mount {
-                        host: d.clone(),
-                        inside: d,
-                    })
-                    .collect();
-                mounts.push(Mount {
-                    host: cfg.python_path.clone(),
-                    inside: sandbox::RUNTIME_INSIDE.into(),
-                });
-                if let Some(dir) = &cfg.egress_dir {
-                    mounts.push(Mount {
-                        host: dir.clone(),
-                        inside: EGRESS_INSIDE.into(),
-                    });
-                }
-                let launch = sandbox::launch(bw, &mounts, &argv)?;
-                fds.extend(launch.fds);
-                let mut cmd = Command::new(&launch.program);
-                cmd.args(&launch.args);
-                cmd
-            }
+        let Sandbox::Bubblewrap(bw) = &cfg.sandbox else {
+            let mut cmd = Command::new(&cfg.python);
+            cmd.args(&argv[1..])
+                .env_clear()
+                .envs(crate::base_env(&cfg.python_path));
+            return Ok((cmd, vec![]));
         };
-        let python_path = match cfg.sandbox {
-            Sandbox::None => cfg.python_path.clone(),
-            Sandbox::Bubblewrap(_) => sandbox::RUNTIME_INSIDE.into(),
-        };
-        cmd.current_dir(&cfg.workdir)
+        let mut mounts: Vec<Mount> = python_dirs(&cfg.python)
+            .await?
+            .into_iter()
+            .map(|d| Mount {
+                host: d.clone(),
+                inside: d,
+            })
+            .collect();
+        mounts.push(Mount {
+            host: cfg.python_path.clone(),
+            inside: sandbox::RUNTIME_INSIDE.into(),
+        });
+        if let Some(dir) = &cfg.egress_dir {
+            mounts.push(Mount {
+                host: dir.clone(),
+                inside: EGRESS_INSIDE.into(),
+            });
+        }
+        let launch = sandbox::launch(bw, &mounts, &argv)?;
+        let mut cmd = Command::new(&launch.program);
+        cmd.args(&launch.args)
             .env_clear()
-            .envs(crate::base_env(&python_path))
+            .envs(crate::base_env(Path::new(sandbox::RUNTIME_INSIDE)));
+        if let Some(d) = &bw.drop_to {
+            cmd.env("SKYTHON_MAX_PROCS", d.max_procs.to_string());
+        }
+        if cfg.egress_dir.is_some() {
+            let socket = Path::new(EGRESS_INSIDE).join(crate::egress::SOCKET_NAME);
+            cmd.env("SKYTHON_EGRESS_SOCKET", socket)
+                .env("SKYTHON_EGRESS_RELAY", crate::egress::RELAY_ADDR);
+        }
+        Ok((cmd, launch.fds))
+    }
+
+    async fn launch(&self) -> Result<Running> {
+        let cfg = &self.config;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let theirs = OwnedFd::from(theirs);
+        let (mut cmd, mut fds) = self.command().await?;
+        fds.push((theirs, 3));
+        cmd.current_dir(&cfg.workdir)
             .stdin(Stdio::null())
             .kill_on_drop(true);
         if let Some(p) = &cfg.preload {
             cmd.env("SKYTHON_PRELOAD", p);
-        }
-        if let Sandbox::Bubblewrap(bw) = &cfg.sandbox {
-            if let Some(d) = &bw.drop_to {
-                cmd.env("SKYTHON_MAX_PROCS", d.max_procs.to_string());
-            }
-            if cfg.egress_dir.is_some() {
-                let socket = Path::new(EGRESS_INSIDE).join(crate::egress::SOCKET_NAME);
-                cmd.env("SKYTHON_EGRESS_SOCKET", socket);
-                cmd.env("SKYTHON_EGRESS_RELAY", crate::egress::RELAY_ADDR);
-            }
         }
         crate::pass_fds(&mut cmd, fds);
         let child = cmd.spawn().map_err(|e| Error::Start {
