@@ -16,6 +16,13 @@ pub mod cluster;
 
 pub const TOKEN: &str = "sky_e2e_admin_token";
 
+/// The checkout under test, found at run time (cargo runs tests with `CARGO_MANIFEST_DIR` set):
+/// a build reused from another checkout would carry that checkout's path in `env!`.
+pub fn repo_root() -> PathBuf {
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test");
+    Path::new(&dir).join("..")
+}
+
 pub fn skython_bin() -> PathBuf {
     if let Some(b) = std::env::var_os("SKYTHON_BIN") {
         return b.into();

@@ -17,8 +17,8 @@ const POD_START: Duration = Duration::from_secs(240);
 const CHILDREN: [&str; 4] = ["configmap", "deployment", "service", "networkpolicy"];
 
 fn repo_file(path: &str) -> String {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+    std::fs::read_to_string(skython_e2e::repo_root().join(path))
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 fn is_ready(f: &Value) -> bool {

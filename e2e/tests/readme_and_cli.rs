@@ -6,8 +6,7 @@ use serde_json::json;
 use skython_e2e::{Skython, TOKEN, skython_bin};
 
 fn tour_script() -> String {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let readme = std::fs::read_to_string(skython_e2e::repo_root().join("README.md")).unwrap();
     let start = readme.find("<!-- tour").expect("README has a tour block");
     let end = readme.find("<!-- /tour -->").expect("README tour ends");
     let block = &readme[start..end];

@@ -235,12 +235,45 @@ def main():
     );
     assert_eq!(s.call("admin/victim", json!({})), (200, json!("alive")));
 
+    // Nor their files: every worker has a /tmp of its own (a tmpfs in its own mount namespace),
+    // and the zygote they share is out of reach (not dumpable, outside their Landlock domain).
+    let src = "def main(write: bool):\n    if write:\n        open('/tmp/victim-file', 'w').write('hunter2')\n    return open('/tmp/victim-file').read()\n";
+    s.deploy_ok("tmpvictim", src, json!({}));
+    assert_eq!(
+        s.call("admin/tmpvictim", json!({"write": true})),
+        (200, json!("hunter2"))
+    );
+    let src = format!(
+        r#"{PROBE}
+def main():
+    zygote = os.getppid()
+    return {{
+        "tmp": sorted(os.listdir("/tmp")),
+        "read": attempt(lambda: open("/tmp/victim-file").read()),
+        "zygote_mem": attempt(lambda: open(f"/proc/{{zygote}}/mem", "r+b")),
+        "zygote_environ": attempt(lambda: open(f"/proc/{{zygote}}/environ", "rb").read()),
+    }}
+"#
+    );
+    let (status, body) = attack(&s, "tmpspy", &src, json!({}), json!({}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["tmp"], json!([]), "a fresh /tmp: {body}");
+    assert_eq!(body["read"], 2, "ENOENT: {body}");
+    assert_eq!(body["zygote_mem"], 13, "EACCES: {body}");
+    assert_eq!(body["zygote_environ"], 13, "EACCES: {body}");
+    assert_eq!(
+        s.call("admin/tmpvictim", json!({"write": false})),
+        (200, json!("hunter2")),
+        "the victim's own /tmp is untouched"
+    );
+
     // Privileged operations through ctypes: refused by seccomp or by the user namespace.
     let src = format!(
         r#"{PROBE}
 def main():
     return {{
         "unshare": sys_errno(libc.unshare(0x10000000)),
+        "unshare_mount_ns": sys_errno(libc.unshare(0x20000)),
         "mount": sys_errno(libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)),
         "setuid0": sys_errno(libc.setuid(0)),
         "ptrace": sys_errno(libc.ptrace(16, 1, 0, 0)),
@@ -254,6 +287,7 @@ def main():
     assert_eq!(status, 200, "{body}");
     for call in [
         "unshare",
+        "unshare_mount_ns",
         "mount",
         "ptrace",
         "bpf",
@@ -301,6 +335,11 @@ def main():
     );
     let (status, body) = attack(&s, "diskfill", &src, json!({}), json!({}));
     assert_eq!((status, errno_of(&body)), (200, 28), "ENOSPC");
+    assert_eq!(
+        s.call("admin/legit", json!({})),
+        (200, json!(["thread", "child", 1000])),
+        "a full /tmp is the filler's own"
+    );
 
     // Memory bomb with touched pages: the address-space limit stops it, the call fails cleanly.
     let src = "def main():\n    b = bytearray(3 << 30)\n    return len(b)\n";
@@ -368,6 +407,7 @@ def main():
         "no sandboxed worker found under the gateway"
     );
     let root = nix_is_root();
+    let (mut zygotes, mut separated) = (0, 0);
     for pid in workers {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         if status.is_empty() {
@@ -380,9 +420,29 @@ def main():
                 .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
                 .unwrap_or_default()
         };
-        assert_eq!(field("NoNewPrivs"), "1", "worker {pid}");
-        assert_eq!(field("Seccomp"), "2", "worker {pid}");
-        assert_eq!(field("CapEff"), "0000000000000000", "worker {pid}");
+        assert_eq!(field("NoNewPrivs"), "1", "{pid}");
+        assert_eq!(field("Seccomp"), "2", "{pid}");
+        if field("Name") == "bwrap" {
+            // bwrap's init (PID 1 of the sandbox): no capabilities, only reaps.
+            assert_eq!(field("CapEff"), "0000000000000000", "bwrap {pid}");
+            continue;
+        }
+        if field("Seccomp_filters") == "2" {
+            // The zygote: only CAP_SYS_ADMIN, and only in the sandbox's user namespace, for
+            // workers to mount their own /tmp before they drop it.
+            assert_eq!(field("CapEff"), "0000000000200000", "zygote {pid}");
+            zygotes += 1;
+            continue;
+        }
+        separated += 1;
+        assert_eq!(
+            field("Seccomp_filters"),
+            "3",
+            "worker {pid}: the workers' filter too"
+        );
+        for caps in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+            assert_eq!(field(caps), "0000000000000000", "worker {pid}: {caps}");
+        }
         if root {
             assert_eq!(
                 field("Uid"),
@@ -410,6 +470,12 @@ def main():
             }
         }
     }
+
+    assert_eq!(zygotes, 1, "one runtime, one zygote");
+    assert!(
+        separated >= 2,
+        "the plain worker and the egress relay at least"
+    );
 
     // As root, each function's workers are in a control group of its own (memory, pids).
     if root {

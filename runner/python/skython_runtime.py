@@ -525,13 +525,71 @@ def _lower_limit(which, value):
     resource.setrlimit(which, (value, value))
 
 
-def _isolate_from_siblings():
-    """Workers of other functions may share this sandbox (one zygote per runtime): no reading
-    their memory or /proc files (not dumpable), no signals to them and no connecting to their
-    abstract sockets (a Landlock domain of this worker's own, Linux 6.12+; skipped on older
-    kernels and outside a sandbox, where no_new_privs is not set)."""
+# The workers' seccomp program (raw `struct sock_filter`s), read once by a sandboxed zygote.
+_WORKER_FILTER = None
+
+
+def _libc():
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
+
+    def call(fn, *args, what):
+        if getattr(libc, fn)(*args) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"sandbox: {what}: {os.strerror(err)}")
+    return ctypes, libc, call
+
+
+def _separate_from_siblings():
+    """Workers of every function share their runtime's zygote and sandbox. Before any user code,
+    a worker makes itself a private `/tmp` in a mount namespace of its own, gives up the
+    capabilities the zygote kept for that, and installs the workers' seccomp filter (see
+    runner/src/sandbox.rs). Outside a sandbox (no filter) there is nothing to separate from."""
+    if _WORKER_FILTER is None:
+        return
+    ctypes, libc, call = _libc()
+    ul = ctypes.c_ulong
+    clone_newns, ms_nosuid, ms_nodev, ms_rec, ms_private = 0x20000, 2, 4, 1 << 14, 1 << 18
+    call("unshare", ctypes.c_int(clone_newns), what="unshare(CLONE_NEWNS)")
+    call("mount", b"none", b"/", None, ul(ms_rec | ms_private), None, what="making mounts private")
+    size = int(os.environ.get("SKYTHON_WORKER_TMP_BYTES") or 64 << 20)
+    call("mount", b"tmpfs", b"/tmp", b"tmpfs", ul(ms_nosuid | ms_nodev),
+         f"size={size},mode=1777".encode(), what="mounting a private /tmp")
+    os.chdir("/tmp")
+    _drop_privileges()
+
+
+def _drop_privileges():
+    """Gives up the capabilities a sandboxed zygote keeps, for good (no_new_privs: no exec can
+    bring them back), and adds the workers' seccomp filter."""
+    if _WORKER_FILTER is None:
+        return
+    ctypes, libc, call = _libc()
+    ul = ctypes.c_ulong
+    pr_cap_ambient, pr_cap_ambient_clear_all = 47, 4
+    call("prctl", ctypes.c_int(pr_cap_ambient), ul(pr_cap_ambient_clear_all), ul(0), ul(0), ul(0),
+         what="clearing ambient capabilities")
+    header = ctypes.create_string_buffer(struct.pack("=Ii", 0x20080522, 0))  # version 3, self
+    call("capset", header, ctypes.create_string_buffer(24), what="dropping capabilities")
+    pr_set_no_new_privs, pr_set_seccomp, seccomp_mode_filter = 38, 22, 2
+    call("prctl", ctypes.c_int(pr_set_no_new_privs), ul(1), ul(0), ul(0), ul(0),
+         what="setting no_new_privs")
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+    program = ctypes.create_string_buffer(_WORKER_FILTER, len(_WORKER_FILTER))
+    fprog = SockFprog(len(_WORKER_FILTER) // 8, ctypes.cast(program, ctypes.c_void_p))
+    call("prctl", ctypes.c_int(pr_set_seccomp), ul(seccomp_mode_filter), ctypes.byref(fprog),
+         ul(0), ul(0), what="installing the seccomp filter")
+
+
+def _isolate_from_siblings():
+    """No reading other workers' memory or /proc files (not dumpable), no signals to other
+    processes and no connecting to their abstract sockets (a Landlock domain of this worker's
+    own, Linux 6.12+; skipped on older kernels and outside a sandbox, where no_new_privs is
+    not set). The Landlock domain also keeps the worker from ptrace-class access (such as
+    /proc/<pid>/mem) to anything outside it, the zygote included."""
+    ctypes, libc, _ = _libc()
     libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0
     sys_create_ruleset, sys_restrict_self = 444, 446  # the same on every architecture
     abi = libc.syscall(sys_create_ruleset, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
@@ -569,6 +627,7 @@ def worker_main(fd, spec):
     kind, _ = chan.recv()
     if kind != GO:
         return
+    _separate_from_siblings()
     _isolate_from_siblings()
     os.environ.update(spec.get("env") or {})
     _apply_limits(spec)
@@ -620,6 +679,7 @@ def _start_egress_relay(socket_path, addr):
     try:
         os.close(3)  # the zygote's control socket: its end must close when the zygote dies
         _die_with_parent()
+        _drop_privileges()
         import threading
 
         def pump(src, dst):
@@ -660,8 +720,25 @@ def _start_egress_relay(socket_path, addr):
         os._exit(code)
 
 
+def _read_worker_filter():
+    fd = os.environ.pop("SKYTHON_WORKER_SECCOMP_FD", None)
+    if fd is None:
+        return None
+    with open(int(fd), "rb") as f:
+        program = f.read()
+    if not program or len(program) % 8:
+        raise SystemExit(f"skython: the workers' seccomp program is {len(program)} bytes")
+    return program
+
+
 def zygote_main():
-    # Nothing but the control socket is inherited (the sandbox's seccomp descriptors are read
+    global _WORKER_FILTER
+    _WORKER_FILTER = _read_worker_filter()
+    if _WORKER_FILTER is not None:
+        # Workers run as the same uid: keep them out of the zygote's memory and /proc files even
+        # where Landlock is too old to (_isolate_from_siblings).
+        _libc()[1].prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0
+    # Nothing but the control socket is inherited (the zygote's seccomp descriptors are read
     # by bubblewrap already).
     os.closerange(4, os.sysconf("SC_OPEN_MAX"))
     if os.environ.get("SKYTHON_EGRESS_SOCKET"):

@@ -3,8 +3,15 @@
 //!
 //! [bubblewrap](https://github.com/containers/bubblewrap) (`bwrap`, from Debian) does the work:
 //! new user, PID, mount, IPC, UTS, network and cgroup namespaces; a root file system with only
-//! what the runtime needs, read-only; a private size-capped `/tmp`; no further user namespaces;
-//! `no_new_privs`; and, installed last just before `exec`, the seccomp filters built here.
+//! what the runtime needs, read-only; no further user namespaces; `no_new_privs`; and, installed
+//! last just before `exec`, the zygote's seccomp filters built here.
+//!
+//! Functions share their runtime's zygote, so each worker then separates itself from the
+//! others (in `skython_runtime.py`, before any user code): its own mount namespace with a
+//! private size-capped `/tmp`, which is why the zygote keeps `CAP_SYS_ADMIN` *inside* the
+//! sandbox's user namespace and may call `unshare(CLONE_NEWNS)` and `mount`; then the worker
+//! drops every capability, installs the stricter worker filter (passed to the zygote on
+//! [`WORKER_SECCOMP_FD`]) and scopes itself with Landlock.
 //!
 //! When the gateway runs as root, sandboxed code must also run as an unprivileged host uid of
 //! its own. That uid cannot traverse directories like `/root` where the runtime often lives,
@@ -36,7 +43,7 @@ pub struct BwrapConfig {
     /// Set when the gateway runs as root: sandboxed code runs as this host uid/gid, through the
     /// staging helper.
     pub drop_to: Option<DropTo>,
-    /// Size cap of the private `/tmp`.
+    /// Size cap of each worker's private `/tmp`.
     pub tmp_bytes: u64,
 }
 
@@ -70,8 +77,13 @@ const SYSTEM_RO: &[&str] = &[
 
 /// The uid and gid the code sees inside its user namespace.
 pub const INNER_ID: u32 = 1000;
-/// The seccomp programs reach bwrap on these descriptors (3 is the zygote's control socket).
+/// The zygote's seccomp programs reach bwrap on these descriptors (3 is the zygote's control
+/// socket).
 const SECCOMP_FDS: [i32; 2] = [4, 5];
+/// The workers' program reaches the zygote on this one; it reads it once at start.
+pub const WORKER_SECCOMP_FD: i32 = 6;
+/// The zygote's own `/tmp` (workers mount theirs over it).
+const ZYGOTE_TMP_BYTES: u64 = 1 << 20;
 
 /// The command that starts `argv` (the zygote) inside the sandbox, as program and arguments,
 /// with the descriptors it must inherit at fixed numbers.
@@ -125,12 +137,15 @@ pub fn bwrap_args(cfg: &BwrapConfig, mounts: &[Mount], argv: &[OsString]) -> Vec
         "skython",
         "--die-with-parent",
         "--new-session",
+        // Only inside the sandbox's user namespace, and dropped by each worker (module doc).
+        "--cap-add",
+        "CAP_SYS_ADMIN",
         "--proc",
         "/proc",
         "--dev",
         "/dev",
         "--size",
-        &cfg.tmp_bytes.to_string(),
+        &ZYGOTE_TMP_BYTES.to_string(),
         "--tmpfs",
         "/tmp",
         "--chdir",
@@ -154,10 +169,14 @@ pub fn bwrap_args(cfg: &BwrapConfig, mounts: &[Mount], argv: &[OsString]) -> Vec
 /// another uid.
 pub fn launch(cfg: &BwrapConfig, mounts: &[Mount], argv: &[OsString]) -> std::io::Result<Launch> {
     let bwrap = bwrap_args(cfg, mounts, argv);
-    let fds = seccomp_programs()?
-        .into_iter()
+    let filters = seccomp_filters().map_err(std::io::Error::other)?;
+    let fds = filters
+        .zygote
+        .iter()
         .zip(SECCOMP_FDS)
-        .collect::<Vec<_>>();
+        .chain([(&filters.worker, WORKER_SECCOMP_FD)])
+        .map(|(prog, n)| Ok((program_pipe(prog)?, n)))
+        .collect::<std::io::Result<Vec<_>>>()?;
     Ok(match &cfg.drop_to {
         None => Launch {
             program: cfg.bwrap.clone(),
@@ -269,64 +288,76 @@ fn target_arch() -> Result<seccompiler::TargetArch, seccompiler::Error> {
         .map_err(seccompiler::Error::Backend)
 }
 
-/// Two programs: the deny list (EPERM), and `clone3` answering ENOSYS, whose flags a filter
-/// cannot read (they are in memory): the C library then falls back to `clone`, whose flags the
-/// first program checks.
-pub fn seccomp_filters() -> Result<Vec<seccompiler::BpfProgram>, seccompiler::Error> {
+/// The seccomp programs of a sandbox.
+pub struct Filters {
+    /// Installed by bwrap for the zygote (so inherited by every worker): the deny list (EPERM)
+    /// less what a worker needs to separate itself (`unshare(CLONE_NEWNS)`, `mount`), and
+    /// `clone3` answering ENOSYS, whose flags a filter cannot read (they are in memory): the C
+    /// library then falls back to `clone`, whose flags the deny list checks.
+    pub zygote: Vec<seccompiler::BpfProgram>,
+    /// Added by each worker once separated: the whole deny list.
+    pub worker: seccompiler::BpfProgram,
+}
+
+pub fn seccomp_filters() -> Result<Filters, seccompiler::Error> {
     let arch = target_arch()?;
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+    let deny = |rules: BTreeMap<i64, Vec<SeccompRule>>| {
+        SeccompFilter::new(
+            rules,
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::EPERM as u32),
+            arch,
+        )
+        .and_then(seccompiler::BpfProgram::try_from)
+    };
+    let flag_rule = |op: SeccompCmpOp, value: u64| {
+        SeccompCondition::new(0, SeccompCmpArgLen::Qword, op, value)
+            .and_then(|c| SeccompRule::new(vec![c]))
+    };
+    let mut worker: BTreeMap<i64, Vec<SeccompRule>> =
         denied_syscalls().into_iter().map(|s| (s, vec![])).collect();
     let clone_rules = CLONE_NEW_FLAGS
         .iter()
-        .map(|&flag| {
-            SeccompRule::new(vec![SeccompCondition::new(
-                0,
-                SeccompCmpArgLen::Qword,
-                SeccompCmpOp::MaskedEq(flag),
-                flag,
-            )?])
-        })
+        .map(|&flag| flag_rule(SeccompCmpOp::MaskedEq(flag), flag))
         .collect::<Result<Vec<_>, _>>()?;
-    rules.insert(libc::SYS_clone, clone_rules);
-    let deny = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
-        arch,
-    )?;
+    worker.insert(libc::SYS_clone, clone_rules);
+    let mut zygote = worker.clone();
+    zygote.remove(&libc::SYS_mount);
+    zygote.insert(
+        libc::SYS_unshare,
+        vec![flag_rule(SeccompCmpOp::Ne, libc::CLONE_NEWNS as u64)?],
+    );
     let clone3 = SeccompFilter::new(
         [(libc::SYS_clone3, vec![])].into(),
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS as u32),
         arch,
     )?;
-    Ok(vec![deny.try_into()?, clone3.try_into()?])
+    Ok(Filters {
+        zygote: vec![deny(zygote)?, clone3.try_into()?],
+        worker: deny(worker)?,
+    })
 }
 
-/// The filters as bwrap reads them (raw `struct sock_filter` arrays), each on a pipe.
-fn seccomp_programs() -> std::io::Result<Vec<OwnedFd>> {
-    let programs = seccomp_filters().map_err(std::io::Error::other)?;
-    programs
+/// A program as bwrap and the zygote read it (a raw `struct sock_filter` array), on a pipe.
+fn program_pipe(prog: &seccompiler::BpfProgram) -> std::io::Result<OwnedFd> {
+    let bytes: Vec<u8> = prog
         .iter()
-        .map(|prog| {
-            let bytes: Vec<u8> = prog
-                .iter()
-                .flat_map(|f| {
-                    let mut b = Vec::with_capacity(8);
-                    b.extend_from_slice(&f.code.to_ne_bytes());
-                    b.push(f.jt);
-                    b.push(f.jf);
-                    b.extend_from_slice(&f.k.to_ne_bytes());
-                    b
-                })
-                .collect();
-            // A pipe holds 64 KiB, far more than these programs (8 bytes per instruction).
-            let (read, write) = nix::unistd::pipe()?;
-            let mut w = std::fs::File::from(write);
-            std::io::Write::write_all(&mut w, &bytes)?;
-            Ok(read)
+        .flat_map(|f| {
+            let mut b = Vec::with_capacity(8);
+            b.extend_from_slice(&f.code.to_ne_bytes());
+            b.push(f.jt);
+            b.push(f.jf);
+            b.extend_from_slice(&f.k.to_ne_bytes());
+            b
         })
-        .collect()
+        .collect();
+    // A pipe holds 64 KiB, far more than these programs (8 bytes per instruction).
+    // Close-on-exec until moved into place, so no other child holds the write end open.
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let mut w = std::fs::File::from(write);
+    std::io::Write::write_all(&mut w, &bytes)?;
+    Ok(read)
 }
 
 /// The staging helper (`skython sandbox-exec`): in a private mount namespace, mounts a tmpfs on
@@ -462,8 +493,10 @@ mod tests {
         let size = a.iter().position(|x| x == "--size").unwrap();
         assert_eq!(
             (a[size + 1].clone(), a[size + 2].clone()),
-            ((64u64 << 20).to_string().into(), "--tmpfs".into())
+            (ZYGOTE_TMP_BYTES.to_string().into(), "--tmpfs".into())
         );
+        let cap = a.iter().position(|x| x == "--cap-add").unwrap();
+        assert_eq!(a[cap + 1], "CAP_SYS_ADMIN", "the only capability kept");
         assert_eq!(pairs(&a, "--ro-bind"), [("/venv".into(), "/venv".into())]);
         assert!(
             !pairs(&a, "--ro-bind-try")
@@ -515,7 +548,7 @@ mod tests {
         );
         assert_eq!(
             l.fds.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
-            SECCOMP_FDS
+            [SECCOMP_FDS[0], SECCOMP_FDS[1], WORKER_SECCOMP_FD]
         );
         let binds: Vec<&str> = args
             .windows(2)
@@ -531,11 +564,12 @@ mod tests {
 
     #[test]
     fn the_seccomp_programs_compile() {
-        let progs = seccomp_filters().unwrap();
-        assert_eq!(progs.len(), 2);
+        let f = seccomp_filters().unwrap();
+        assert_eq!(f.zygote.len(), 2);
         assert!(
-            progs[0].len() > denied_syscalls().len(),
+            f.worker.len() > denied_syscalls().len(),
             "one check per denied syscall at least"
         );
+        assert_ne!(f.zygote[0], f.worker, "the zygote may still mount");
     }
 }

@@ -143,7 +143,12 @@ impl Zygote {
         let mut cmd = Command::new(&launch.program);
         cmd.args(&launch.args)
             .env_clear()
-            .envs(crate::base_env(Path::new(sandbox::RUNTIME_INSIDE)));
+            .envs(crate::base_env(Path::new(sandbox::RUNTIME_INSIDE)))
+            .env(
+                "SKYTHON_WORKER_SECCOMP_FD",
+                sandbox::WORKER_SECCOMP_FD.to_string(),
+            )
+            .env("SKYTHON_WORKER_TMP_BYTES", bw.tmp_bytes.to_string());
         if let Some(d) = &bw.drop_to {
             cmd.env("SKYTHON_MAX_PROCS", d.max_procs.to_string());
         }
