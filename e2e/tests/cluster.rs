@@ -235,7 +235,9 @@ fn a_skyfunction_lives_its_whole_life_on_a_real_cluster() {
     );
 
     // In a runner pod, hostile code meets the restricted profile: a non-root uid, no
-    // capabilities, no_new_privs, the runtime's seccomp profile, a read-only root.
+    // capabilities, no_new_privs, the runtime's seccomp profile, a read-only root; and the
+    // runner's own limits: a memory bomb fails cleanly, a spin is cut off at the timeout, and
+    // the pod serves on.
     let hostile = r#"apiVersion: skython.io/v1alpha1
 kind: SkyFunction
 metadata:
@@ -243,6 +245,8 @@ metadata:
 spec:
   owner: mallory
   endpoint: hostile
+  timeoutSeconds: 3
+  resources: {memory: 256Mi}
   source: |
     import os
     def attempt(f):
@@ -251,7 +255,12 @@ spec:
             return 0
         except OSError as e:
             return e.errno
-    def main():
+    def main(attack: str = "inspect"):
+        if attack == "membomb":
+            return len(bytearray(3 << 30))
+        if attack == "spin":
+            while True:
+                pass
         status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines())
         return {
             "uid": os.getuid(),
@@ -277,6 +286,19 @@ spec:
     assert_eq!(body["shadow"], 13, "EACCES");
     assert_eq!(body["write_root"], 30, "EROFS");
     assert_eq!(body["token"], false, "no service-account token");
+    let (status, body) = call(&ip, json!({"attack": "membomb"}));
+    assert_eq!(
+        (status, body["error"]["type"].as_str()),
+        (500, Some("MemoryError")),
+        "{body}"
+    );
+    let (status, body) = call(&ip, json!({"attack": "spin"}));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (504, Some("timeout")),
+        "{body}"
+    );
+    assert_eq!(call(&ip, json!({})).0, 200, "the pod still serves");
     k.run(&["delete", "skyfunction", "hostile", "--wait=false"]);
 
     // Restarting the operator writes nothing: every object keeps its resourceVersion.
