@@ -357,6 +357,7 @@ mod tests {
                     traceback: Some("tb".into()),
                     expected: None,
                     logs: None,
+                    retire: false,
                 }),
                 logs: String::new(),
             }))

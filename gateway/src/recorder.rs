@@ -10,6 +10,10 @@ use crate::Metrics;
 
 const QUEUE: usize = 10_000;
 const BATCH: usize = 512;
+/// How long a batch may gather records before it is written. Under load, a transaction per
+/// handful of calls was a third of the gateway's CPU (SQLite's commit); records are history,
+/// so they may wait this long (a flush does not).
+const GATHER: std::time::Duration = std::time::Duration::from_millis(100);
 
 enum Msg {
     Record(Invocation),
@@ -28,6 +32,16 @@ impl Recorder {
         tokio::spawn(async move {
             let mut msgs = Vec::with_capacity(BATCH);
             while rx.recv_many(&mut msgs, BATCH).await > 0 {
+                let deadline = tokio::time::Instant::now() + GATHER;
+                let mut seen = 0;
+                while msgs.len() < BATCH && !msgs[seen..].iter().any(|m| matches!(m, Msg::Flush(_)))
+                {
+                    seen = msgs.len();
+                    let more = rx.recv_many(&mut msgs, BATCH - seen);
+                    if !matches!(tokio::time::timeout_at(deadline, more).await, Ok(n) if n > 0) {
+                        break;
+                    }
+                }
                 let mut batch = Vec::with_capacity(msgs.len());
                 let mut flushed = Vec::new();
                 for m in msgs.drain(..) {

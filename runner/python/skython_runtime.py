@@ -192,11 +192,17 @@ def _sanitize(o, depth=0):
             " pandas, datetime, bytes, sets and dataclasses are converted automatically)") from None
 
 
+# Built once: json.dumps with options builds an encoder per call, json.loads(bytes) sniffs the
+# encoding per call; on the warm path both were a tenth of a call's Python time.
+_ENCODER = json.JSONEncoder(default=to_json_compatible, allow_nan=False, ensure_ascii=False,
+                            separators=(",", ":"))
+_DECODER = json.JSONDecoder()
+
+
 def encode(value):
     """JSON bytes for a return value or state value; raises Unencodable with a clear message."""
     try:
-        s = json.dumps(value, default=to_json_compatible, allow_nan=False,
-                       ensure_ascii=False, separators=(",", ":"))
+        s = _ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError):
         try:
             s = json.dumps(_sanitize(value), allow_nan=False, ensure_ascii=False,
@@ -352,6 +358,9 @@ class Worker:
         self.cpu_seconds = spec.get("cpuSecondsPerCall")
         self.fn = None
         self.sig = None
+        self.names = None  # (all names, required names) when a set check can replace bind()
+        self.cpu_rearm_at = 0.0  # when RLIMIT_CPU must be moved again (time.monotonic())
+        self.exhausted = False  # a call hit the CPU limit: stop after answering it
 
     def _error(self, code, exc=None, message=None, **extra):
         err = {"code": code}
@@ -395,6 +404,11 @@ class Worker:
             self.sig = inspect.signature(fn)
         except (TypeError, ValueError):
             self.sig = None
+        else:
+            params = self.sig.parameters.values()
+            if all(p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in params):
+                self.names = (frozenset(p.name for p in params),
+                              frozenset(p.name for p in params if p.default is p.empty))
         self.chan.send_json(READY, {"pid": os.getpid(),
                                     "loadMs": (time.perf_counter() - started) * 1000,
                                     "logs": self.capture.take()})
@@ -419,7 +433,8 @@ class Worker:
 
     def call(self, payload):
         try:
-            args = json.loads(payload) if payload.strip() else {}
+            # The gateway has checked the body is JSON (UTF-8, object or array, bounded depth).
+            args = _DECODER.decode(payload.decode("utf-8")) if payload.strip() else {}
         except (ValueError, RecursionError) as e:
             return ERROR, self._error("bad_json", message=f"the request body is not valid JSON: {e}")
         if isinstance(args, dict):
@@ -432,17 +447,27 @@ class Worker:
                 message=f"the request body must be a JSON object (keyword arguments) or array"
                         f" (positional arguments), got {type(args).__name__}; expected"
                         f" {self.describe()}", expected=self.expected())
-        if self.sig is not None:
+        # Keyword arguments of a plain signature: two set comparisons instead of bind(), which
+        # also makes the error message when they do not fit.
+        fits = not pos and self.names is not None and self.names[1] <= kw.keys() <= self.names[0]
+        if self.sig is not None and not fits:
             try:
                 self.sig.bind(*pos, **kw)
             except TypeError as e:
                 return ERROR, self._error(
                     "bad_arguments", message=f"{e}; expected {self.describe()}",
                     expected=self.expected())
-        if self.cpu_seconds:
+        if self.cpu_seconds and time.monotonic() >= self.cpu_rearm_at:
+            # RLIMIT_CPU counts the process's whole life: each call needs the limit moved to
+            # "now + cpu_seconds". Reading the CPU time is a system call, so the limit is set
+            # with a second of slack and moved at most every half second of wall-clock time
+            # (a call still gets its cpu_seconds unless the calls of the last half second used
+            # more than half a second of CPU in threads); the gateway's wall-clock timeout is
+            # the limit that counts.
             used = resource.getrusage(resource.RUSAGE_SELF)
             limit = int(used.ru_utime + used.ru_stime + self.cpu_seconds) + 1
             resource.setrlimit(resource.RLIMIT_CPU, (limit, resource.RLIM_INFINITY))
+            self.cpu_rearm_at = time.monotonic() + 0.5
         sys.stdout = sys.stderr = self.capture
         try:
             result = self.fn(*pos, **kw)
@@ -452,7 +477,9 @@ class Worker:
         except Unencodable as e:
             return ERROR, self._error("unserializable_result", message=str(e))
         except BaseException as e:  # noqa: BLE001
-            err = self._error("function_error", e)
+            # Threads the call started may still be burning CPU: this worker ends after answering.
+            self.exhausted = isinstance(e, CpuLimitExceeded)
+            err = self._error("function_error", e, retire=self.exhausted)
             sys.__stderr__.flush()
             self.capture.write(err["traceback"])
             return ERROR, err
@@ -482,6 +509,8 @@ class Worker:
                 chan.send(OK, out)
             else:
                 chan.send_json(ERROR, out)
+            if self.exhausted:
+                return
 
     def state(self, op, **fields):
         """A store/load/delete/keys request answered by the gateway, scoped to this function."""

@@ -10,7 +10,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::cgroup::Group;
 use crate::protocol::WorkerSpec;
-use crate::worker::{CallResult, StateHandler, Worker};
+use crate::worker::{CallResult, Outcome, StateHandler, Worker};
 use crate::zygote::Zygote;
 use crate::{Error, Result};
 
@@ -97,7 +97,10 @@ impl WorkerPool {
         let timeout = self.limits.call_timeout;
         match tokio::time::timeout(timeout, worker.call(args, state)).await {
             Ok(Ok(result)) => {
-                self.release(worker);
+                match &result.outcome {
+                    Outcome::Failed(e) if e.retire => self.discard(worker),
+                    _ => self.release(worker),
+                }
                 Ok(CallReport { result, cold_start })
             }
             Ok(Err(e)) => {

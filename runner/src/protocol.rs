@@ -109,6 +109,10 @@ pub struct FunctionError {
     /// Output printed while loading (load errors only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logs: Option<String>,
+    /// The worker ends after this answer (it hit its CPU limit and its threads may still be
+    /// running): the pool must not give it another call. Never shown to clients.
+    #[serde(default, skip_serializing)]
+    pub retire: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

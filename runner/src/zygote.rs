@@ -289,6 +289,9 @@ impl Zygote {
             .map_err(|_| {
                 Error::Spawn(format!("the worker did not start within {load_timeout:?}"))
             })??;
+        // Credentials on every later frame would only cost (the kernel attaches them per send).
+        nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::PassCred, &false)
+            .map_err(std::io::Error::from)?;
         let mut worker = Worker::new(pid, stream, spec.max_result_bytes);
         if let Some(g) = group
             && let Err(e) = g.add(pid)
@@ -316,6 +319,7 @@ impl Zygote {
                     traceback: None,
                     expected: None,
                     logs: None,
+                    retire: false,
                 }))
             }
         }

@@ -241,3 +241,68 @@ async fn load_errors_are_reported_with_their_traceback() {
     }
     assert_eq!(pool.live(), 0);
 }
+
+/// CPU time is limited per call, also when threads burn it faster than the wall clock runs:
+/// threads hashing large buffers (which releases the GIL) use more CPU seconds than the call's
+/// limit long before its wall-clock timeout, and the call fails naming the limit. The worker,
+/// whose threads may still be burning, is replaced: the next call gets a fresh one.
+#[tokio::test]
+async fn cpu_time_is_limited_per_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let z = zygote(dir.path());
+    let source = r#"
+import hashlib, os, threading, time
+
+def f(burn: bool):
+    if not burn:
+        return os.getpid()
+    data = b"x" * (64 << 20)
+    def work():
+        while True:
+            hashlib.sha256(data).digest()
+    for _ in range(4):
+        threading.Thread(target=work, daemon=True).start()
+    while True:
+        time.sleep(0.05)
+"#;
+    let mut s = spec(source, "f");
+    s.cpu_seconds_per_call = Some(1);
+    let mut l = limits(1);
+    l.call_timeout = Duration::from_secs(60);
+    let pool = WorkerPool::new(z, s, l);
+    let first = returned(
+        &pool
+            .call(br#"{"burn": false}"#, &NoState)
+            .await
+            .unwrap()
+            .result,
+    );
+    let t = Instant::now();
+    match pool
+        .call(br#"{"burn": true}"#, &NoState)
+        .await
+        .map(|r| r.result)
+    {
+        Ok(CallResult {
+            outcome: Outcome::Failed(e),
+            ..
+        }) => {
+            assert_eq!(e.type_.as_deref(), Some("CpuLimitExceeded"), "{e:?}");
+            assert!(e.message.contains("CPU time"), "{e:?}");
+        }
+        other => panic!("expected the CPU limit, got {other:?}"),
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "the CPU limit, not the 60 s timeout, ended the call: {:?}",
+        t.elapsed()
+    );
+    let next = returned(
+        &pool
+            .call(br#"{"burn": false}"#, &NoState)
+            .await
+            .unwrap()
+            .result,
+    );
+    assert_ne!(first, next, "a fresh worker answers");
+}
