@@ -5,12 +5,14 @@ CACHE ?= $(HOME)/.cache/skython
 export CARGO_TARGET_DIR ?= $(CACHE)/target
 VENV ?= $(CACHE)/venv
 VENV_FULL ?= $(CACHE)/venv-full
+VENV_BENCH ?= $(CACHE)/venv-bench
 ADDR ?= 127.0.0.1:8080
 DATA_DIR ?= .skython
 SKYTHON_RELEASE := $(CARGO_TARGET_DIR)/release/skython
 SKYTHON_DEBUG := $(CARGO_TARGET_DIR)/debug/skython
 
-.PHONY: run test build sandbox venv venv-full generate lint unit e2e clean cluster-up cluster-down
+.PHONY: run test build sandbox venv venv-full generate lint unit e2e clean cluster-up cluster-down \
+	bench bench-quick bench-tools
 
 ## run: build what is missing, then start Skython at http://$(ADDR) (data in $(DATA_DIR))
 run: venv sandbox
@@ -69,6 +71,23 @@ generate:
 
 build:
 	cargo build --release -p skython-cli
+
+## bench: Skython against FastAPI/uvicorn, Flask/gunicorn and an in-process loop (minutes);
+##   writes bench/results/latest.md and latest.png
+bench: venv sandbox bench-tools build
+	$(VENV_BENCH)/bin/python bench/bench.py --skython $(SKYTHON_RELEASE) \
+	  --runtime-python $(VENV)/bin/python --bench-python $(VENV_BENCH)/bin/python
+
+## bench-quick: warm `add` at concurrency 64 against FastAPI and Flask only (under a minute)
+bench-quick: venv sandbox bench-tools build
+	$(VENV_BENCH)/bin/python bench/bench.py --quick --rounds 3 --seconds 3 \
+	  --skython $(SKYTHON_RELEASE) --runtime-python $(VENV)/bin/python --bench-python $(VENV_BENCH)/bin/python
+
+# wrk from Debian, the contenders and matplotlib from PyPI (pinned in bench/requirements.txt)
+bench-tools:
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null; } || \
+	  { echo "the benchmarks need wrk: sudo apt-get install wrk" >&2; exit 1; }
+	@scripts/venv.sh bench/requirements.txt $(VENV_BENCH)
 
 clean:
 	rm -rf $(DATA_DIR)
