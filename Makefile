@@ -12,7 +12,7 @@ SKYTHON_RELEASE := $(CARGO_TARGET_DIR)/release/skython
 SKYTHON_DEBUG := $(CARGO_TARGET_DIR)/debug/skython
 
 .PHONY: run test build sandbox venv venv-full generate lint unit e2e clean cluster-up cluster-down \
-	bench bench-quick bench-tools
+	bench bench-quick bench-tools bench-check
 
 ## run: build what is missing, then start Skython at http://$(ADDR) (data in $(DATA_DIR))
 run: venv sandbox
@@ -22,7 +22,7 @@ run: venv sandbox
 ## test: formatting, lints, unit tests, integration and end-to-end tests over real processes,
 ## and the operator against a real one-node Kubernetes (started by e2e/cluster/up.sh and
 ## stopped afterwards; KEEP_CLUSTER=1 leaves it running for the next run)
-test: venv sandbox lint
+test: venv sandbox lint bench-check
 	cargo build -p skython-cli
 	@mkdir -p $(CACHE)
 	$(MAKE) cluster-up
@@ -82,6 +82,13 @@ bench: venv sandbox bench-tools build
 bench-quick: venv sandbox bench-tools build
 	$(VENV_BENCH)/bin/python bench/bench.py --quick --rounds 3 --seconds 3 \
 	  --skython $(SKYTHON_RELEASE) --runtime-python $(VENV)/bin/python --bench-python $(VENV_BENCH)/bin/python
+
+# The harness's unit tests and a one-round smoke run (figures are not checked: not a CI gate)
+bench-check: bench-tools
+	cargo build -p skython-cli
+	cd bench && $(VENV_BENCH)/bin/python -m unittest -q test_bench
+	$(VENV_BENCH)/bin/python bench/bench.py --quick --rounds 1 --seconds 1 --skython $(SKYTHON_DEBUG) \
+	  --runtime-python $(VENV)/bin/python --bench-python $(VENV_BENCH)/bin/python
 
 # wrk from Debian, the contenders and matplotlib from PyPI (pinned in bench/requirements.txt)
 bench-tools:

@@ -1,0 +1,80 @@
+"""Unit tests of the harness's pure parts (run by `make test`, with a one-round smoke run)."""
+import unittest
+
+import bench
+
+WRK_OUTPUT = """Running 3s test @ http://127.0.0.1:8080/fn/admin/add
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     6.47ms  412.00us  10.92ms   80.12%
+    Req/Sec     9.90k   300.00     10.20k    70.00%
+  Latency Distribution
+     50%    6.47ms
+     75%    6.70ms
+     90%    7.00ms
+     99%    1.05s
+  29553 requests in 3.00s, 3.10MB read
+  Socket errors: connect 0, read 2, write 0, timeout 3
+  Non-2xx or 3xx responses: 7
+Requests/sec:   9851.00
+Transfer/sec:      1.03MB
+"""
+
+
+class WrkOutput(unittest.TestCase):
+    def test_figures_and_every_kind_of_error_are_read(self):
+        r = bench.parse_wrk(WRK_OUTPUT)
+        self.assertEqual(r["rps"], 9851.0)
+        self.assertAlmostEqual(r["p50"], 6.47)
+        self.assertAlmostEqual(r["p99"], 1050.0)
+        self.assertEqual(r["errors"], 12)
+
+    def test_no_errors_when_wrk_reports_none(self):
+        clean = "\n".join(line for line in WRK_OUTPUT.splitlines()
+                          if "errors" not in line and "Non-2xx" not in line)
+        self.assertEqual(bench.parse_wrk(clean)["errors"], 0)
+
+    def test_durations(self):
+        self.assertEqual(bench.to_ms("250us"), 0.25)
+        self.assertEqual(bench.to_ms("2s"), 2000.0)
+        with self.assertRaises(ValueError):
+            bench.to_ms("fast")
+
+
+class Rounds(unittest.TestCase):
+    def test_the_order_rotates_so_none_always_goes_first(self):
+        orders = [order for _, order in bench.rounds_of(["a", "b", "c"], 3)]
+        self.assertEqual(orders, [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]])
+        self.assertEqual(bench.summary([3, 1, 2]), {"min": 1, "median": 2, "max": 3})
+
+
+def scenario(skython_rps, fastapi_rps, flask_rps, p50s=(0.1, 0.2, 0.3), errors=0):
+    one = lambda rps, p50: {"rps": {"median": rps, "min": rps, "max": rps},
+                            "p50": {"median": p50, "min": p50, "max": p50},
+                            "errors": {"median": errors, "min": errors, "max": errors}}
+    return {"skython": one(skython_rps, p50s[0]), "fastapi": one(fastapi_rps, p50s[1]),
+            "flask-1w": one(flask_rps, p50s[2])}
+
+
+class Targets(unittest.TestCase):
+    def test_ratios_are_against_the_better_rival(self):
+        warm = {"add": {64: scenario(10000, 2000, 2500), 1: scenario(1, 1, 1, p50s=(0.1, 0.3, 0.2))}}
+        cold = {"fresh `python -c \"import pandas\"`": {"median": 400.0},
+                "deploy + first call, pandas, pre-warmed zygote": {"median": 50.0}}
+        t = {what: (measured, met) for what, measured, met in bench.targets(warm, cold)}
+        throughput = next(v for k, v in t.items() if k.startswith("warm throughput"))
+        self.assertEqual(throughput, ("4.00× (flask-1w)", False))
+        p50 = next(v for k, v in t.items() if k.startswith("p50"))
+        self.assertEqual(p50, ("0.50× (flask-1w)", True))
+        first = next(v for k, v in t.items() if k.startswith("first call"))
+        self.assertFalse(first[1], "50 ms is more than a tenth of 400 ms")
+        self.assertTrue(t["zero errors in every run"][1])
+
+    def test_any_error_misses_the_zero_errors_target(self):
+        warm = {"add": {64: scenario(10000, 2000, 2500, errors=1)}}
+        t = {what: met for what, _, met in bench.targets(warm, None)}
+        self.assertFalse(t["zero errors in every run"])
+
+
+if __name__ == "__main__":
+    unittest.main()
