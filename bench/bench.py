@@ -77,12 +77,28 @@ def cpu_plan():
 
 
 CPUS = cpu_plan()
+ALL_CPUS = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+# The budget in force: "pinned" (one CPU per server, wrk on the others) or "machine" (every
+# server and wrk share all CPUs: what a server can make of the whole machine).
+BUDGET = {"mode": "pinned"}
 
 
 def pinned(cmd, role):
-    if CPUS is None:
+    if CPUS is None or BUDGET["mode"] == "machine":
         return cmd
     return ["taskset", "-c", CPUS[0] if role == "server" else CPUS[1], *cmd]
+
+
+def set_budget(servers, mode):
+    """Moves every process and thread of the running servers to the budget's CPUs."""
+    BUDGET["mode"] = mode
+    if CPUS is None:
+        return
+    cpus = ALL_CPUS if mode == "machine" else CPUS[0]
+    for s in servers:
+        for p in s.pids():
+            subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(p)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
 
 
 # ------------------------------------------------------------------ servers
@@ -411,7 +427,7 @@ def best_rival(scenario, metric, lowest=False):
     return name, rivals[name]
 
 
-def targets(warm, cold):
+def targets(warm, cold, machine_wide=None):
     out = []
     if "add" in warm and 64 in warm["add"]:
         sc = warm["add"][64]
@@ -429,12 +445,26 @@ def targets(warm, cold):
         first = cold["deploy + first call, pandas, pre-warmed zygote"]["median"]
         out.append(("first call of a new pandas function ≤ 0.1× a fresh `import pandas`",
                     f"{first / fresh:.3f}× ({first:.0f} ms vs {fresh:.0f} ms)", first / fresh <= 0.1))
-    errors = sum(r["errors"]["max"] for f in warm.values() for sc in f.values() for r in sc.values())
+    runs = [*warm.values(), machine_wide or {}]
+    errors = sum(r["errors"]["max"] for f in runs for sc in f.values() for r in sc.values())
     out.append(("zero errors in every run", f"{errors:.0f} errors", errors == 0))
     return out
 
 
-def report(args, warm, cold, state, dens, elapsed):
+def warm_table(by_conns):
+    lines = ["| concurrency | contender | requests/s | p50 | p99 | errors |", "|---|---|---|---|---|---|"]
+    for conns, sc in by_conns.items():
+        for name, r in sc.items():
+            lines.append(f"| {conns} | {name} | {fmt(r['rps'])} | {fmt(r['p50'], ' ms', 3)} | "
+                         f"{fmt(r['p99'], ' ms', 3)} | {r['errors']['max']:.0f} |")
+        sky = sc["skython"]["rps"]["median"]
+        ratios = ", ".join(f"Skython/{k} {sky / sc[k]['rps']['median']:.2f}×"
+                           for k in sc if k not in ("skython", "floor"))
+        lines.append(f"| {conns} | ratios | {ratios} | | | |")
+    return lines + [""]
+
+
+def report(args, warm, cold, state, dens, machine_wide, elapsed):
     lines = [f"# Skython benchmarks — {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC", ""]
     m, v = machine(), versions(args)
     lines += ["## Machine and versions", "",
@@ -451,7 +481,7 @@ def report(args, warm, cold, state, dens, elapsed):
               "(asyncio, h11); Flask: gunicorn sync workers; floor: the "
               "function called in a loop in one Python process", ""]
     lines += ["## Targets", "", "| target | measured | |", "|---|---|---|"]
-    for what, measured, met in targets(warm, cold):
+    for what, measured, met in targets(warm, cold, machine_wide):
         lines.append(f"| {what} | {measured} | {'met' if met else '**missed**'} |")
     lines.append("")
     # What profiling found where targets are missed: kept by hand next to this script.
@@ -459,17 +489,12 @@ def report(args, warm, cold, state, dens, elapsed):
     if profile.exists():
         lines += [profile.read_text().strip(), ""]
     for function, by_conns in warm.items():
-        lines += [f"## Warm calls: `{function}`", "", "| concurrency | contender | requests/s | p50 | p99 | errors |",
-                  "|---|---|---|---|---|---|"]
-        for conns, sc in by_conns.items():
-            for name, r in sc.items():
-                lines.append(f"| {conns} | {name} | {fmt(r['rps'])} | {fmt(r['p50'], ' ms', 3)} | "
-                             f"{fmt(r['p99'], ' ms', 3)} | {r['errors']['max']:.0f} |")
-            sky = sc["skython"]["rps"]["median"]
-            ratios = ", ".join(f"Skython/{k} {sky / sc[k]['rps']['median']:.2f}×"
-                               for k in sc if k not in ("skython", "floor"))
-            lines.append(f"| {conns} | ratios | {ratios} | | | |")
-        lines.append("")
+        lines += [f"## Warm calls: `{function}`", ""] + warm_table(by_conns)
+    if machine_wide:
+        lines += ["## Warm calls: `add`, the whole machine", "",
+                  f"Every server and wrk share all {os.cpu_count()} CPUs (the same budget for each, "
+                  "wrk included): what each design makes of a machine rather than of one CPU.", ""]
+        lines += warm_table(machine_wide)
     if cold:
         lines += ["## Cold start", "", "| what | ms |", "|---|---|"]
         lines += [f"| {k} | {fmt(s, '', 1)} |" for k, s in cold.items()]
@@ -557,21 +582,27 @@ def main():
         servers = [start_skython(args), start_fastapi(args), start_fastapi(args, plain=True),
                    start_flask(args, 1), start_flask(args, 2)]
         bare = start_skython(args, name="skython-bare", preload="")
-        progress = Progress(len(scenarios) * args.rounds * len(servers) + 3 * args.rounds + 1)
+        progress = Progress((len(scenarios) + 1) * args.rounds * len(servers) + 3 * args.rounds + 1)
         warm = warm_calls(servers, scenarios, args, progress)
         cold = cold_starts(args, servers[0], bare, progress)
         bare.stop()
         state = state_calls(args, servers[0], progress)
         dens = density(args, servers[0], servers[3], progress)
+        machine_wide = None
+        if CPUS is not None:
+            set_budget(servers, "machine")
+            args.floor = False
+            machine_wide = warm_calls(servers, [("add", 64)], args, progress)["add"]
         progress.finish()
         args.out.mkdir(parents=True, exist_ok=True)
-        md = report(args, warm, cold, state, dens, time.monotonic() - started)
+        md = report(args, warm, cold, state, dens, machine_wide, time.monotonic() - started)
         (args.out / "latest.md").write_text(md)
         (args.out / "latest.json").write_text(json.dumps(
-            {"warm": warm, "cold": cold, "state": state, "density": dens}, indent=1, default=str))
+            {"warm": warm, "cold": cold, "state": state, "density": dens, "machine": machine_wide},
+            indent=1, default=str))
         chart(warm, args.out / "latest.png")
         print(md)
-        for what, measured, met in targets(warm, cold):
+        for what, measured, met in targets(warm, cold, machine_wide):
             print(f"{'met   ' if met else 'MISSED'} {what}: {measured}")
         return 0
     finally:

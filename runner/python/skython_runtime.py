@@ -460,12 +460,12 @@ class Worker:
         if self.cpu_seconds and time.monotonic() >= self.cpu_rearm_at:
             # RLIMIT_CPU counts the process's whole life: each call needs the limit moved to
             # "now + cpu_seconds". Reading the CPU time is a system call, so the limit is set
-            # with a second of slack and moved at most every half second of wall-clock time
-            # (a call still gets its cpu_seconds unless the calls of the last half second used
-            # more than half a second of CPU in threads); the gateway's wall-clock timeout is
-            # the limit that counts.
+            # with half a second of slack and moved at most every half second of wall-clock
+            # time: a call still gets its cpu_seconds unless the calls of the last half second
+            # used more than half a second of CPU (in threads). The gateway's wall-clock
+            # timeout is the limit that counts.
             used = resource.getrusage(resource.RUSAGE_SELF)
-            limit = int(used.ru_utime + used.ru_stime + self.cpu_seconds) + 1
+            limit = math.ceil(used.ru_utime + used.ru_stime + self.cpu_seconds + 0.5)
             resource.setrlimit(resource.RLIMIT_CPU, (limit, resource.RLIM_INFINITY))
             self.cpu_rearm_at = time.monotonic() + 0.5
         sys.stdout = sys.stderr = self.capture
