@@ -127,6 +127,7 @@ class Server:
 
     def __init__(self, name, cmd, port, paths, env=None, cwd=None, logfile=None):
         self.name, self.port, self.paths = name, port, paths
+        self.data = None  # a data directory to remove at stop
         self.log = logfile or tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(pinned(cmd, "server"), env=env, cwd=cwd, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
@@ -134,11 +135,15 @@ class Server:
     def url(self, function):
         return f"http://127.0.0.1:{self.port}{self.paths[function]}"
 
+    def log_tail(self, lines=20):
+        self.log.flush()
+        return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-lines:])
+
     def wait_ready(self, probe_path, timeout=120):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise SystemExit(f"{self.name} exited with {self.proc.returncode}; see {self.log.name}")
+                raise SystemExit(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 status, _ = http("GET", f"http://127.0.0.1:{self.port}{probe_path}", timeout=2)
                 if status < 500:
@@ -146,7 +151,7 @@ class Server:
             except OSError:
                 pass
             time.sleep(0.1)
-        raise SystemExit(f"{self.name} did not answer within {timeout}s; see {self.log.name}")
+        raise SystemExit(f"{self.name} did not answer within {timeout}s:\n{self.log_tail()}")
 
     def pids(self):
         """The server's processes: its process group and every descendant."""
@@ -186,6 +191,10 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        self.log.close()
+        Path(self.log.name).unlink(missing_ok=True)
+        if self.data:
+            shutil.rmtree(self.data, ignore_errors=True)
 
 
 def start_skython(args, name="skython", preload=None):
