@@ -305,6 +305,8 @@ def rounds_of(contenders, rounds):
 def warm_calls(servers, scenarios, args, progress):
     """results[function][conns][contender] = {metric: summary}"""
     raw = {}
+    # The floor does not depend on concurrency: measured once per round, at the first scenario.
+    floor_at = {function: conns for function, conns in reversed(scenarios)}
     for function, conns in scenarios:
         for r, order in rounds_of(servers, args.rounds):
             for s in order:
@@ -313,7 +315,7 @@ def warm_calls(servers, scenarios, args, progress):
                 wrk(url, BODIES[function], conns, args.warmup)  # discarded
                 raw.setdefault((function, conns, s.name), []).append(
                     wrk(url, BODIES[function], conns, args.seconds))
-            if args.floor:
+            if args.floor and floor_at[function] == conns:
                 raw.setdefault((function, conns, "floor"), []).append(floor(args, function))
     results = {}
     for (function, conns, name), runs in raw.items():

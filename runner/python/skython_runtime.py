@@ -15,6 +15,7 @@ import datetime
 import decimal
 import enum
 import fractions
+import functools
 import gc
 import inspect
 import io
@@ -558,7 +559,9 @@ def _lower_limit(which, value):
 _WORKER_FILTER = None
 
 
+@functools.cache  # loaded once in the zygote; forked workers inherit it
 def _libc():
+    """ctypes, the C library, and `call(name, *args, what=...)`, which raises OSError on failure."""
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
 
@@ -635,9 +638,7 @@ def _isolate_from_siblings():
 
 def _die_with_parent():
     try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        _libc()[1].prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except Exception:  # noqa: BLE001 - best effort: the worker also exits on EOF
         pass
 
