@@ -2,7 +2,7 @@
 //! drafts, and read recent invocations and logs. Bearer-token auth.
 
 use std::collections::BTreeSet;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -562,16 +562,16 @@ pub async fn test_run(
     // The grant lives as long as this test run.
     let (worker_spec, _egress) = app.deployments.worker_spec(&spec, &signature.entrypoint);
     // Drafts keep their state apart from the deployed function's.
-    let state = app.deployments.scoped_state(StateScope {
+    let state = Arc::new(app.deployments.scoped_state(StateScope {
         owner: spec.owner.clone(),
         function: format!("~draft/{endpoint}"),
-    });
+    }));
     let started = Instant::now();
     let res = run_once(
         zygote,
         &worker_spec,
         &args,
-        &state,
+        state,
         Duration::from_secs(spec.timeout_seconds.into()),
     )
     .await;

@@ -23,7 +23,6 @@ pub struct Deployed {
     pub label: String,
     pub generation: i64,
     pub pool: WorkerPool,
-    pub state: ScopedState,
     /// The function's way out (`network: internet`), revoked when this version is gone.
     pub egress: Option<Grant>,
 }
@@ -146,15 +145,15 @@ impl Deployments {
                 .map_err(|e| tracing::error!(function = %name, "no cgroup, rlimits only: {e}"))
                 .ok()
         });
+        let state = Arc::new(self.scoped_state(StateScope {
+            owner: spec.owner.clone(),
+            function: spec.endpoint.clone(),
+        }));
         Some(Deployed {
             label: format!("{}/{}", spec.owner, spec.endpoint),
             generation: record.generation,
-            pool: WorkerPool::new(zygote, worker_spec, limits).in_group(group),
+            pool: WorkerPool::new(zygote, worker_spec, limits, state).in_group(group),
             egress,
-            state: self.scoped_state(StateScope {
-                owner: spec.owner.clone(),
-                function: spec.endpoint.clone(),
-            }),
         })
     }
 

@@ -8,9 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use skython_crds::is_dns_label;
-use skython_runner::{
-    CallResult, Error as RunnerError, FunctionError, Outcome, StateHandler, WorkerPool,
-};
+use skython_runner::{CallResult, Error as RunnerError, FunctionError, Outcome, WorkerPool};
 use skython_store::Invocation;
 use tracing::Instrument;
 
@@ -193,23 +191,19 @@ fn nesting_exceeds(json: &[u8], max: usize) -> bool {
     false
 }
 
-/// Something that holds a pool and answers its workers' state requests.
+/// Something that holds a pool.
 pub trait CallTarget: Send + Sync + 'static {
     fn pool(&self) -> &WorkerPool;
-    fn state(&self) -> &dyn StateHandler;
 }
 
 impl CallTarget for crate::deployments::Deployed {
     fn pool(&self) -> &WorkerPool {
         &self.pool
     }
-    fn state(&self) -> &dyn StateHandler {
-        &self.state
-    }
 }
 
-/// Runs one call and counts it. The call runs in its own task so that a client that hangs up
-/// does not cut a worker off mid-call.
+/// Runs one call and counts it. A client that hangs up does not cut the worker off mid-call:
+/// the call goes on, and its worker is free again when it answers.
 pub async fn run_call<T: CallTarget>(
     target: Arc<T>,
     args: Bytes,
@@ -218,18 +212,11 @@ pub async fn run_call<T: CallTarget>(
     span: tracing::Span,
 ) -> Result<(CallOutput, bool), ApiError> {
     let started = Instant::now();
-    let task = tokio::spawn(
-        async move { target.pool().call(&args, target.state()).await }.instrument(span),
-    );
-    let (res, cold_start) = match task.await {
-        Ok(Ok(report)) => (Ok(report.result), report.cold_start),
-        Ok(Err(e)) => {
+    let (res, cold_start) = match target.pool().call(&args).instrument(span).await {
+        Ok(report) => (Ok(report.result), report.cold_start),
+        Err(e) => {
             let cold = matches!(e, RunnerError::Load(_));
             (Err(e), cold)
-        }
-        Err(join) => {
-            tracing::error!("call task failed: {join}");
-            return Err(ApiError::internal("the call failed unexpectedly"));
         }
     };
     let out = CallOutput::from_result(res);

@@ -87,9 +87,6 @@ impl CallTarget for RunnerPod {
     fn pool(&self) -> &WorkerPool {
         &self.pool
     }
-    fn state(&self) -> &dyn StateHandler {
-        &NoStateService
-    }
 }
 
 impl RunnerPod {
@@ -117,6 +114,7 @@ impl RunnerPod {
                 zygote,
                 worker_spec(spec, &signature.entrypoint, &limits),
                 pool_limits,
+                Arc::new(NoStateService),
             ),
             label,
             metrics: Metrics::new()?,

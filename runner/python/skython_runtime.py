@@ -10,6 +10,7 @@ import array
 import ast
 import asyncio
 import base64
+import collections
 import dataclasses
 import datetime
 import decimal
@@ -36,44 +37,96 @@ import uuid
 
 HEADER = struct.Struct("<IB")
 LARGE_FRAME = 64 * 1024
+KINDS = tuple(bytes([i]) for i in range(256))
+# Answers of short pipelined calls are held for one write at most this long (seconds).
+HOLD_ANSWERS = 0.001
 
 # Control channel (gateway <-> zygote).
 HELLO, SPAWN, SPAWNED, SPAWN_FAILED, INSPECT = b"H", b"S", b"P", b"E", b"I"
 # Worker channel (gateway <-> worker).
-STARTED, GO, READY, LOAD_ERROR, CALL, STATE_REQ, STATE_ANS, LOG, OK, ERROR = (
-    b"T", b"W", b"R", b"L", b"C", b"Q", b"A", b"G", b"O", b"X")
+STARTED, GO, READY, LOAD_ERROR, CALL, STATE_REQ, STATE_ANS, LOG, RAN, OK, ERROR = (
+    b"T", b"W", b"R", b"L", b"C", b"Q", b"A", b"G", b"U", b"O", b"X")
 
 DEFAULT_PRELOAD = "numpy,pandas,scipy,requests,bs4"
 MODULE_NAME = "skython_function"
 
 
 class Channel:
-    """Length-framed messages on a stream socket: u32 LE payload length, u8 kind, payload."""
+    """Length-framed messages on a stream socket: u32 LE payload length, u8 kind, payload.
+
+    The gateway pipelines calls: several may arrive in one read. Frames to send are queued and
+    written together by `flush`, so a worker answers a batch of short calls with one system call
+    (and one wake-up of the gateway) instead of one per call.
+    """
 
     def __init__(self, sock):
         self.sock = sock
-        self.rfile = sock.makefile("rb", buffering=LARGE_FRAME)
+        self.inbox = bytearray()
+        self.outbox = []
+        self.held_since = 0.0  # when the oldest frame in the outbox was queued
+        self.deferred = collections.deque()  # calls that arrived during a state request
+
+    def queue(self, kind, payload=b""):
+        if not self.outbox:
+            self.held_since = time.monotonic()
+        self.outbox.append(HEADER.pack(len(payload), kind[0]))
+        self.outbox.append(payload)
+
+    def flush(self):
+        out = self.outbox
+        if not out:
+            return
+        self.outbox = []
+        if sum(map(len, out)) < LARGE_FRAME:
+            self.sock.sendall(b"".join(out))
+        else:  # no copy of a large payload
+            for part in out:
+                self.sock.sendall(part)
 
     def send(self, kind, payload=b""):
-        hdr = HEADER.pack(len(payload), kind[0])
-        if len(payload) < LARGE_FRAME:
-            self.sock.sendall(hdr + payload)
-        else:
-            self.sock.sendall(hdr)
-            self.sock.sendall(payload)
+        self.queue(kind, payload)
+        self.flush()
 
     def send_json(self, kind, obj):
         self.send(kind, json.dumps(obj, ensure_ascii=False).encode())
 
+    def ready(self):
+        """Whether a whole frame has already arrived (another call is waiting)."""
+        inbox = self.inbox
+        return bool(self.deferred) or (
+            len(inbox) >= HEADER.size and len(inbox) >= HEADER.size + HEADER.unpack_from(inbox)[0])
+
     def recv(self):
-        hdr = self.rfile.read(HEADER.size)
-        if len(hdr) < HEADER.size:
+        return self.deferred.popleft() if self.deferred else self.read()
+
+    def read(self):
+        """The next frame from the socket (after what was already received)."""
+        inbox = self.inbox
+        while len(inbox) < HEADER.size:
+            self._fill()
+        n, kind = HEADER.unpack_from(inbox)
+        end = HEADER.size + n
+        if len(inbox) >= end:
+            payload = inbox[HEADER.size:end]
+            del inbox[:end]
+        else:  # a large frame: read its rest in place
+            payload = bytearray(n)
+            have = len(inbox) - HEADER.size
+            payload[:have] = inbox[HEADER.size:]
+            inbox.clear()
+            view = memoryview(payload)[have:]
+            while view:
+                got = self.sock.recv_into(view)
+                if not got:
+                    raise EOFError
+                view = view[got:]
+        return KINDS[kind], payload
+
+    def _fill(self):
+        data = self.sock.recv(LARGE_FRAME)
+        if not data:
             raise EOFError
-        n, kind = HEADER.unpack(hdr)
-        payload = self.rfile.read(n)
-        if len(payload) < n:
-            raise EOFError
-        return bytes([kind]), payload
+        self.inbox += data
 
 
 def recv_control(sock):
@@ -362,6 +415,7 @@ class Worker:
         self.names = None  # (all names, required names) when a set check can replace bind()
         self.cpu_rearm_at = 0.0  # when RLIMIT_CPU must be moved again (time.monotonic())
         self.exhausted = False  # a call hit the CPU limit: stop after answering it
+        self.recent_call = 0.0  # moving average of the calls' run time (seconds)
 
     def _error(self, code, exc=None, message=None, **extra):
         err = {"code": code}
@@ -496,31 +550,46 @@ class Worker:
     def serve(self):
         chan = self.chan
         while True:
+            if not chan.ready():
+                chan.flush()  # nothing else to run: answer before waiting
             try:
                 kind, payload = chan.recv()
             except (EOFError, OSError):
                 return
             if kind != CALL:
                 continue
+            started = time.perf_counter()
             out_kind, out = self.call(payload)
+            ran = time.perf_counter() - started
+            self.recent_call += (ran - self.recent_call) / 8
             logs = self.capture.take()
             if logs:
-                chan.send(LOG, logs.encode("utf-8", "replace"))
-            if out_kind == OK:
-                chan.send(OK, out)
-            else:
-                chan.send_json(ERROR, out)
+                chan.queue(LOG, logs.encode("utf-8", "replace"))
+            # The gateway queues calls on a busy worker only for functions whose calls are short.
+            chan.queue(RAN, b"%d" % (ran * 1e6))
+            chan.queue(out_kind, out if out_kind == OK else json.dumps(out, ensure_ascii=False).encode())
             if self.exhausted:
+                chan.flush()
                 return
+            # More calls are waiting: if calls are short, their answers go out together. A held
+            # answer waits for the next call to end, so a rare long call would hold it back:
+            # only functions whose calls average well under the hold time hold answers.
+            if (self.recent_call >= HOLD_ANSWERS / 10
+                    or time.monotonic() - chan.held_since >= HOLD_ANSWERS):
+                chan.flush()
 
     def state(self, op, **fields):
         """A store/load/delete/keys request answered by the gateway, scoped to this function."""
         fields["op"] = op
-        self.chan.send_json(STATE_REQ, fields)
-        kind, payload = self.chan.recv()
-        if kind != STATE_ANS:
-            raise RuntimeError(f"unexpected frame {kind!r} while waiting for a state answer")
-        return json.loads(payload)
+        chan = self.chan
+        chan.send_json(STATE_REQ, fields)  # after the answers held so far
+        while True:
+            kind, payload = chan.read()
+            if kind == STATE_ANS:
+                return json.loads(payload)
+            if kind != CALL:
+                raise RuntimeError(f"unexpected frame {kind!r} while waiting for a state answer")
+            chan.deferred.append((kind, payload))  # a pipelined call: it runs after this one
 
 
 async def _await(awaitable):

@@ -21,6 +21,8 @@ pub mod kind {
     pub const STATE_REQ: u8 = b'Q';
     pub const STATE_ANS: u8 = b'A';
     pub const LOG: u8 = b'G';
+    /// Worker → gateway before each answer: how long the call ran (µs, decimal ASCII).
+    pub const RAN: u8 = b'U';
     pub const OK: u8 = b'O';
     pub const ERROR: u8 = b'X';
 }

@@ -13,6 +13,37 @@ use skython_runner::{
 
 struct NoState;
 
+/// Held by the tests that measure or burn CPU, so they do not skew each other (pipelining
+/// depends on how long calls run).
+static CPU_HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A state store in memory, as the gateway's would be for one function.
+#[derive(Default)]
+struct MemoryState(std::sync::Mutex<std::collections::HashMap<String, String>>);
+
+#[async_trait]
+impl StateHandler for MemoryState {
+    async fn handle(&self, request: StateRequest) -> StateAnswer {
+        let mut map = self.0.lock().unwrap();
+        match request {
+            StateRequest::Store { key, value } => {
+                map.insert(key, value);
+                StateAnswer {
+                    ok: true,
+                    ..Default::default()
+                }
+            }
+            StateRequest::Load { key } => StateAnswer {
+                ok: true,
+                found: Some(map.contains_key(&key)),
+                value: map.get(&key).cloned(),
+                ..Default::default()
+            },
+            _ => StateAnswer::refused("unsupported", "not in this test"),
+        }
+    }
+}
+
 #[async_trait]
 impl StateHandler for NoState {
     async fn handle(&self, _: StateRequest) -> StateAnswer {
@@ -137,10 +168,10 @@ def f(kind: str = "count"):
         print("x" * 500)
         return "done"
 "#;
-    let pool = WorkerPool::new(z.clone(), spec(source, "f"), limits(1));
+    let pool = WorkerPool::new(z.clone(), spec(source, "f"), limits(1), Arc::new(NoState));
     let call = |args: &'static str| {
         let pool = &pool;
-        async move { pool.call(args.as_bytes(), &NoState).await }
+        async move { pool.call(args.as_bytes()).await }
     };
     // One warm worker keeps its module state between calls.
     let first = call("{}").await.unwrap();
@@ -173,10 +204,10 @@ def f(kind: str = "count"):
     );
 
     // Two workers forked from one zygote do not share a random stream.
-    let pool2 = WorkerPool::new(z.clone(), spec(source, "f"), limits(2));
+    let pool2 = WorkerPool::new(z.clone(), spec(source, "f"), limits(2), Arc::new(NoState));
     let (a, b) = tokio::join!(
-        pool2.call(br#"{"kind":"random"}"#, &NoState),
-        pool2.call(br#"{"kind":"random"}"#, &NoState)
+        pool2.call(br#"{"kind":"random"}"#),
+        pool2.call(br#"{"kind":"random"}"#)
     );
     assert_ne!(returned(&a.unwrap().result), returned(&b.unwrap().result));
 }
@@ -186,20 +217,20 @@ async fn timeouts_and_crashes_replace_the_worker_and_idle_workers_stop() {
     let dir = tempfile::tempdir().unwrap();
     let z = zygote(dir.path());
     let source = "import os, time\n\ndef f(mode=''):\n    if mode == 'spin':\n        while True: pass\n    if mode == 'exit':\n        os._exit(3)\n    return os.getpid()\n";
-    let pool = WorkerPool::new(z, spec(source, "f"), limits(2));
-    let pid = returned(&pool.call(b"{}", &NoState).await.unwrap().result);
+    let pool = WorkerPool::new(z, spec(source, "f"), limits(2), Arc::new(NoState));
+    let pid = returned(&pool.call(b"{}").await.unwrap().result);
     let t = Instant::now();
     assert!(matches!(
-        pool.call(br#"{"mode":"spin"}"#, &NoState).await,
+        pool.call(br#"{"mode":"spin"}"#).await,
         Err(Error::Timeout(_))
     ));
     assert!(t.elapsed() < Duration::from_secs(3));
     assert!(matches!(
-        pool.call(br#"{"mode":"exit"}"#, &NoState).await,
+        pool.call(br#"{"mode":"exit"}"#).await,
         Err(Error::Crashed(_))
     ));
     assert_eq!(pool.live(), 0, "the two broken workers are gone");
-    let pid2 = returned(&pool.call(b"{}", &NoState).await.unwrap().result);
+    let pid2 = returned(&pool.call(b"{}").await.unwrap().result);
     assert_ne!(pid, pid2, "a fresh worker answers");
     let proc_path = format!("/proc/{pid2}");
     assert!(std::path::Path::new(&proc_path).exists());
@@ -228,8 +259,9 @@ async fn load_errors_are_reported_with_their_traceback() {
             "f",
         ),
         limits(1),
+        Arc::new(NoState),
     );
-    match pool.call(b"{}", &NoState).await {
+    match pool.call(b"{}").await {
         Err(Error::Load(e)) => {
             assert_eq!(e.type_.as_deref(), Some("RuntimeError"));
             assert!(e.message.contains("bad config"));
@@ -248,6 +280,7 @@ async fn load_errors_are_reported_with_their_traceback() {
 /// whose threads may still be burning, is replaced: the next call gets a fresh one.
 #[tokio::test]
 async fn cpu_time_is_limited_per_call() {
+    let _serial = CPU_HEAVY.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let z = zygote(dir.path());
     let source = r#"
@@ -269,20 +302,10 @@ def f(burn: bool):
     s.cpu_seconds_per_call = Some(1);
     let mut l = limits(1);
     l.call_timeout = Duration::from_secs(60);
-    let pool = WorkerPool::new(z, s, l);
-    let first = returned(
-        &pool
-            .call(br#"{"burn": false}"#, &NoState)
-            .await
-            .unwrap()
-            .result,
-    );
+    let pool = WorkerPool::new(z, s, l, Arc::new(NoState));
+    let first = returned(&pool.call(br#"{"burn": false}"#).await.unwrap().result);
     let t = Instant::now();
-    match pool
-        .call(br#"{"burn": true}"#, &NoState)
-        .await
-        .map(|r| r.result)
-    {
+    match pool.call(br#"{"burn": true}"#).await.map(|r| r.result) {
         Ok(CallResult {
             outcome: Outcome::Failed(e),
             ..
@@ -297,12 +320,122 @@ def f(burn: bool):
         "the CPU limit, not the 60 s timeout, ended the call: {:?}",
         t.elapsed()
     );
-    let next = returned(
-        &pool
-            .call(br#"{"burn": false}"#, &NoState)
-            .await
-            .unwrap()
-            .result,
-    );
+    let next = returned(&pool.call(br#"{"burn": false}"#).await.unwrap().result);
     assert_ne!(first, next, "a fresh worker answers");
+}
+
+/// Calls that arrive together while every worker is busy queue on a worker rather than wait
+/// for the pool: with one worker and room for 15 waiting callers, 20 concurrent calls all
+/// succeed, each with its own answer and output, and one worker runs them. Calls that store
+/// and load state in the middle of a batch get their own values.
+#[tokio::test]
+async fn short_calls_are_pipelined_on_busy_workers() {
+    let _serial = CPU_HEAVY.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let z = zygote(dir.path());
+    let source = "import os\nfrom skython import store, load\n\ndef f(i, keep=False):\n    if keep:\n        store(f'k{i}', {'i': i})\n        return [load(f'k{i}')['i'], os.getpid()]\n    print(i)\n    return [i, os.getpid()]\n";
+    let mut l = limits(1);
+    l.queue_limit = 15;
+    let pool = WorkerPool::new(z, spec(source, "f"), l, Arc::new(MemoryState::default()));
+    for i in 0..5 {
+        pool.call(format!(r#"{{"i": {i}}}"#).as_bytes())
+            .await
+            .unwrap();
+    }
+    for keep in [false, true] {
+        let before = pool.pipelined();
+        let calls = (0..20).map(|i| {
+            let pool = &pool;
+            async move {
+                let args = format!(r#"{{"i": {i}, "keep": {keep}}}"#);
+                let r = pool.call(args.as_bytes()).await;
+                let r = r.unwrap_or_else(|e| panic!("keep={keep}: call {i}: {e}"));
+                let v: (i64, i64) = serde_json::from_str(&returned(&r.result)).unwrap();
+                if !keep {
+                    assert_eq!(r.result.logs, format!("{i}\n"), "each call's own output");
+                }
+                (i, v)
+            }
+        });
+        let answers = futures::future::join_all(calls).await;
+        let pids: std::collections::BTreeSet<_> =
+            answers.iter().map(|(_, (_, pid))| *pid).collect();
+        assert_eq!(pids.len(), 1, "one worker ran them all");
+        for (i, (got, _)) in answers {
+            assert_eq!(got, i, "keep={keep}");
+        }
+        assert!(
+            pool.pipelined() > before,
+            "keep={keep}: calls were queued on the busy worker"
+        );
+    }
+    assert_eq!(pool.live(), 1);
+    assert_eq!(pool.waiting(), 0);
+}
+
+/// When a worker dies or overruns, the call it was running fails, and the calls queued behind
+/// it, which it never started, run on a fresh worker.
+#[tokio::test]
+async fn calls_queued_behind_a_broken_call_run_elsewhere() {
+    let _serial = CPU_HEAVY.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let z = zygote(dir.path());
+    let source = "import os\n\ndef f(mode=''):\n    if mode == 'spin':\n        while True: pass\n    if mode == 'exit':\n        os._exit(3)\n    return os.getpid()\n";
+    let pool = WorkerPool::new(z, spec(source, "f"), limits(1), Arc::new(NoState));
+    for _ in 0..5 {
+        pool.call(b"{}").await.unwrap();
+    }
+    for (mode, broken) in [("exit", "Crashed"), ("spin", "Timeout")] {
+        let first = returned(&pool.call(b"{}").await.unwrap().result);
+        let before = pool.pipelined();
+        let bad = format!(r#"{{"mode": "{mode}"}}"#);
+        // Polled in order: the bad call is submitted first, the others queue behind it.
+        let (head, rest) = tokio::join!(
+            pool.call(bad.as_bytes()),
+            futures::future::join_all((0..6).map(|_| pool.call(b"{}")))
+        );
+        match (broken, head) {
+            ("Crashed", Err(Error::Crashed(_))) | ("Timeout", Err(Error::Timeout(_))) => {}
+            (_, other) => panic!(
+                "{mode}: expected {broken}, got {:?}",
+                other.map(|r| r.result)
+            ),
+        }
+        for r in rest {
+            let pid = returned(&r.expect("a queued call runs on another worker").result);
+            assert_ne!(pid, first, "{mode}: not the broken worker");
+        }
+        assert!(
+            pool.pipelined() >= before + 6,
+            "{mode}: the calls were queued behind the broken one"
+        );
+        assert_eq!(pool.live(), 1);
+    }
+}
+
+/// Arguments larger than a socket buffer are written in parts, in order with the calls queued
+/// behind them; large results come back whole.
+#[tokio::test]
+async fn large_arguments_and_results_cross_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let z = zygote(dir.path());
+    let source = "def f(s='', n=0):\n    return [len(s), 'y' * n]\n";
+    let pool = WorkerPool::new(z, spec(source, "f"), limits(1), Arc::new(NoState));
+    for _ in 0..5 {
+        pool.call(b"{}").await.unwrap();
+    }
+    let big = format!(r#"{{"s": "{}"}}"#, "x".repeat(3 << 20));
+    let (a, b, c) = tokio::join!(
+        pool.call(big.as_bytes()),
+        pool.call(br#"{"n": 900000}"#),
+        pool.call(br#"{"s": "abc"}"#)
+    );
+    let v = |r: Result<skython_runner::CallReport, Error>| -> (usize, usize) {
+        let (len, ys): (usize, String) =
+            serde_json::from_str(&returned(&r.unwrap().result)).unwrap();
+        (len, ys.len())
+    };
+    assert_eq!(v(a), (3 << 20, 0));
+    assert_eq!(v(b), (0, 900_000));
+    assert_eq!(v(c), (3, 0));
 }
