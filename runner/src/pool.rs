@@ -93,11 +93,13 @@ enum Choice {
     Wait,
 }
 
-/// The pool's decision for one call, from the workers' loads: the most recently idle worker
-/// (its memory is still in the caches), else a new worker if the pool may grow, else the least
-/// busy worker if it has room for `depth` calls, else wait. Short calls (`depth` > 1) on as
-/// many workers as there are CPUs queue before the pool grows: more workers could not run at
-/// once, and each worker then takes bigger batches.
+/// The pool's decision for one call, from the workers' loads (oldest worker first).
+///
+/// Short calls (`depth` > 1) go to as many workers as there are CPUs, the least busy of them,
+/// each taking up to `depth` calls: more workers could not run at once, and fewer, fuller
+/// workers read bigger batches per wake-up. Otherwise (and when those are full): the most
+/// recently idle worker (its memory is still in the caches), else a new worker if the pool may
+/// grow, else the least busy worker if it has room for `depth` calls, else wait.
 fn choose(
     loads: impl Iterator<Item = (usize, Instant)>,
     starting: usize,
@@ -107,23 +109,33 @@ fn choose(
 ) -> Choice {
     let mut idle: Option<(usize, Instant)> = None;
     let mut least: Option<(usize, usize)> = None;
+    let mut front: Option<(usize, usize)> = None;
     let mut n = 0;
     for (i, (in_flight, since)) in loads.enumerate() {
         n += 1;
-        if in_flight == 0 {
-            if idle.is_none_or(|(_, s)| since >= s) {
-                idle = Some((i, since));
-            }
-        } else if least.is_none_or(|(_, f)| in_flight < f) {
+        if in_flight == 0 && idle.is_none_or(|(_, s)| since >= s) {
+            idle = Some((i, since));
+        }
+        if least.is_none_or(|(_, f)| in_flight < f) {
             least = Some((i, in_flight));
         }
+        if i < cpus && front.is_none_or(|(_, f)| in_flight < f) {
+            front = Some((i, in_flight));
+        }
     }
-    let room = least.filter(|&(_, f)| f < depth).map(|(i, _)| i);
-    match (idle, room) {
+    let can_grow = n + starting < max_workers;
+    if depth > 1 {
+        match front {
+            Some((i, 0)) => return Choice::Worker(i),
+            _ if can_grow && n + starting < cpus => return Choice::Start,
+            Some((i, f)) if f < depth => return Choice::Worker(i),
+            _ => {}
+        }
+    }
+    match (idle, least) {
         (Some((i, _)), _) => Choice::Worker(i),
-        (None, Some(i)) if depth > 1 && n >= cpus => Choice::Worker(i),
-        _ if n + starting < max_workers => Choice::Start,
-        (None, Some(i)) => Choice::Worker(i),
+        _ if can_grow => Choice::Start,
+        (None, Some((i, f))) if f < depth => Choice::Worker(i),
         _ => Choice::Wait,
     }
 }
@@ -176,7 +188,7 @@ impl InFlight {
             Some(rx) => rx.await.unwrap_or_else(|_| {
                 Reply::Done(
                     Err(Error::Crashed("the worker's reader stopped".into())),
-                    Duration::ZERO,
+                    None,
                 )
             }),
             None => Reply::NotStarted,
@@ -287,8 +299,10 @@ impl WorkerPool {
             let (mut call, cold) = self.shared.clone().submit(args).await?;
             cold_start |= cold;
             match call.reply().await {
-                Reply::Done(result, busy) => {
-                    self.shared.observe(busy);
+                Reply::Done(result, held) => {
+                    if let Some(held) = held {
+                        self.shared.observe(held);
+                    }
                     return result.map(|result| CallReport { result, cold_start });
                 }
                 Reply::NotStarted => continue,
@@ -320,17 +334,29 @@ impl WorkerPool {
         let shared = &self.shared;
         let mut slots = shared.slots();
         slots.workers.retain(|s| !s.worker.is_closed());
-        // Longest idle first.
-        slots.workers.sort_by_key(|s| (s.in_flight, s.idle_since));
-        let mut stopped = Vec::new();
-        while let Some(s) = slots.workers.first() {
-            let expired = s.in_flight == 0
-                && now.saturating_duration_since(s.idle_since) >= shared.limits.idle_timeout;
-            if !expired || slots.workers.len() <= shared.limits.min_workers {
-                break;
-            }
-            stopped.push(slots.workers.remove(0));
-        }
+        let mut expired: Vec<(Instant, i32)> = slots
+            .workers
+            .iter()
+            .filter(|s| {
+                s.in_flight == 0
+                    && now.saturating_duration_since(s.idle_since) >= shared.limits.idle_timeout
+            })
+            .map(|s| (s.idle_since, s.worker.pid()))
+            .collect();
+        // Longest idle first; the order of the rest stays (oldest first, see `choose`).
+        expired.sort();
+        expired.truncate(
+            slots
+                .workers
+                .len()
+                .saturating_sub(shared.limits.min_workers),
+        );
+        let stopped: Vec<Slot> = slots
+            .workers
+            .extract_if(.., |s| {
+                expired.iter().any(|&(_, pid)| pid == s.worker.pid())
+            })
+            .collect();
         drop(slots);
         stopped.len()
     }
@@ -509,7 +535,7 @@ impl Shared {
             if slot.in_flight == 0 {
                 slot.idle_since = Instant::now();
                 if self.retired.load(Ordering::SeqCst) || slot.worker.is_closed() {
-                    let gone = slots.workers.swap_remove(i);
+                    let gone = slots.workers.remove(i);
                     drop(slots);
                     drop(gone);
                 }
@@ -548,7 +574,19 @@ mod tests {
     #[test]
     fn an_idle_worker_is_chosen_first_the_most_recently_idle() {
         let loads = [(0, at(1)), (3, at(0)), (0, at(5)), (0, at(2))];
-        assert_eq!(choose(loads.into_iter(), 0, 4, 16, 8), Choice::Worker(2));
+        assert_eq!(choose(loads.into_iter(), 0, 4, 1, 8), Choice::Worker(2));
+    }
+
+    #[test]
+    fn short_calls_stay_on_as_many_workers_as_cpus() {
+        let loads = [(5, at(0)), (0, at(9)), (0, at(9))];
+        assert_eq!(choose(loads.into_iter(), 0, 4, 64, 1), Choice::Worker(0));
+        assert_eq!(choose(loads.into_iter(), 0, 4, 64, 2), Choice::Worker(1));
+        assert_eq!(
+            choose(loads.into_iter(), 0, 4, 5, 1),
+            Choice::Worker(2),
+            "a full one: the others after all"
+        );
     }
 
     #[test]

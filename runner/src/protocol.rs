@@ -21,7 +21,8 @@ pub mod kind {
     pub const STATE_REQ: u8 = b'Q';
     pub const STATE_ANS: u8 = b'A';
     pub const LOG: u8 = b'G';
-    /// Worker → gateway before each answer: how long the call ran (µs, decimal ASCII).
+    /// Worker → gateway before some answers: how long the call held the worker (µs, decimal
+    /// ASCII): its CPU time, or its wall time if it blocked.
     pub const RAN: u8 = b'U';
     pub const OK: u8 = b'O';
     pub const ERROR: u8 = b'X';

@@ -56,8 +56,8 @@ pub struct CallResult {
 /// The end of one submitted call.
 #[derive(Debug)]
 pub(crate) enum Reply {
-    /// The call ran (or broke the worker); with how long it ran.
-    Done(Result<CallResult>, Duration),
+    /// The call ran (or broke the worker); with how long it held the worker, when measured.
+    Done(Result<CallResult>, Option<Duration>),
     /// The worker stopped before it started this call: it may run on another worker.
     NotStarted,
 }
@@ -353,7 +353,7 @@ struct Reader {
     buf: BytesMut,
     /// The running call's output so far.
     logs: String,
-    /// How long the running call ran, as the worker measured it.
+    /// How long the running call held the worker, if the worker measured it.
     ran: Option<Duration>,
     state: Arc<dyn StateHandler>,
     max_frame: usize,
@@ -512,23 +512,23 @@ impl Reader {
         let Some(head) = q.pending.pop_front() else {
             return Some(Stop::Protocol("an answer with no call running".into()));
         };
-        let ran = self.ran.take();
-        let busy = ran.unwrap_or_else(|| q.head_started.map(|t| t.elapsed()).unwrap_or_default());
+        let held = self.ran.take();
         q.head_started = (!q.pending.is_empty()).then(Instant::now);
         // A retiring worker takes nothing more; closed before the caller hears of it.
         q.closed |= retire;
         drop(q);
-        let _ = head.reply.send(Reply::Done(Ok(result), busy));
+        let _ = head.reply.send(Reply::Done(Ok(result), held));
         retire.then_some(Stop::Retired)
     }
 
     /// The worker is done: kill what is left of it and answer every queued call.
     fn close(self, stop: Stop) {
-        let (pending, head_started) = {
+        let pending = {
             let mut q = self.line.queue();
             q.closed = true;
             q.outbox.clear();
-            (std::mem::take(&mut q.pending), q.head_started.take())
+            q.head_started = None;
+            std::mem::take(&mut q.pending)
         };
         let we_killed = self.line.group.killed.load(Ordering::SeqCst);
         self.line.group.kill();
@@ -552,8 +552,7 @@ impl Reader {
         // The worker runs calls in order: only the head had started.
         match (head_error, pending.next()) {
             (Some(e), Some(head)) => {
-                let busy = head_started.map(|t| t.elapsed()).unwrap_or_default();
-                let _ = head.reply.send(Reply::Done(Err(e), busy));
+                let _ = head.reply.send(Reply::Done(Err(e), None));
             }
             (None, Some(next)) => {
                 let _ = next.reply.send(Reply::NotStarted);
