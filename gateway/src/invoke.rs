@@ -210,7 +210,7 @@ pub async fn run_call<T: CallTarget>(
     metrics: &Metrics,
     label: &str,
     span: tracing::Span,
-) -> Result<(CallOutput, bool), ApiError> {
+) -> (CallOutput, bool) {
     let started = Instant::now();
     let (res, cold_start) = match target.pool().call(&args).instrument(span).await {
         Ok(report) => (Ok(report.result), report.cold_start),
@@ -231,7 +231,7 @@ pub async fn run_call<T: CallTarget>(
     if cold_start {
         metrics.cold_starts.with_label_values(&[label]).inc();
     }
-    Ok((out, cold_start))
+    (out, cold_start)
 }
 
 /// The HTTP answer of a call: the value plus a newline, so `curl` output ends its line (JSON
@@ -288,7 +288,7 @@ pub async fn call_function(
         &deployed.label,
         span,
     )
-    .await?;
+    .await;
     let elapsed = started.elapsed();
     let resp = json_response(out.status, &out.body, cold_start);
     app.recorder.record(Invocation {

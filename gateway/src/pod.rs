@@ -165,7 +165,7 @@ async fn call(
     let args = Bytes::copy_from_slice(check_args(&body)?);
     let rid = request_id(&headers);
     let span = tracing::info_span!("call", function = %pod.label, request_id = %rid);
-    let (out, cold_start) = run_call(pod.clone(), args, &pod.metrics, &pod.label, span).await?;
+    let (out, cold_start) = run_call(pod.clone(), args, &pod.metrics, &pod.label, span).await;
     if !out.logs.is_empty() {
         // A pod's output is its log: `kubectl logs` shows what the function printed.
         tracing::info!(function = %pod.label, request_id = %rid, outcome = %out.outcome, "output:\n{}", out.logs.trim_end());

@@ -85,12 +85,16 @@ class Channel:
             for part in out:
                 self.sock.sendall(part)
 
+    def queue_json(self, kind, obj):
+        self.queue(kind, json.dumps(obj, ensure_ascii=False).encode())
+
     def send(self, kind, payload=b""):
         self.queue(kind, payload)
         self.flush()
 
     def send_json(self, kind, obj):
-        self.send(kind, json.dumps(obj, ensure_ascii=False).encode())
+        self.queue_json(kind, obj)
+        self.flush()
 
     def ready(self):
         """Whether a whole frame has already arrived (another call is waiting)."""
@@ -583,7 +587,10 @@ class Worker:
                 chan.queue(LOG, logs.encode("utf-8", "replace"))
             if sample:
                 chan.queue(RAN, b"%d" % (held * 1e6))
-            chan.queue(out_kind, out if out_kind == OK else json.dumps(out, ensure_ascii=False).encode())
+            if out_kind == OK:
+                chan.queue(OK, out)
+            else:
+                chan.queue_json(ERROR, out)
             if self.exhausted:
                 chan.flush()
                 return

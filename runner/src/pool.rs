@@ -1,10 +1,10 @@
 //! `WorkerPool`: the warm workers of one function version. It grows with concurrent calls up to
 //! its limit, queues a bounded number of callers beyond that, and shrinks idle workers away.
 //!
-//! When every worker is busy and the function's calls are short, a call is queued on the least
-//! busy worker instead of waiting for one to be free (pipelining, see `worker.rs`): the worker
-//! then finds several calls per wake-up. Long calls are never queued behind one another there,
-//! where a slow call would hold up calls another worker could have run sooner.
+//! When the function's calls are short, they are queued on busy workers (as many workers as
+//! CPUs) instead of waiting for one to be free (pipelining, see `worker.rs`): a worker then
+//! finds several calls per wake-up. Long calls are never queued behind one another there, where
+//! a slow call would hold up calls another worker could have run sooner.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -424,8 +424,8 @@ impl Shared {
         pipeline_depth(self.recent_call_micros.load(Ordering::Relaxed))
     }
 
-    fn observe(&self, busy: Duration) {
-        let sample = u64::try_from(busy.as_micros()).unwrap_or(u64::MAX - 1);
+    fn observe(&self, held: Duration) {
+        let sample = u64::try_from(held.as_micros()).unwrap_or(u64::MAX - 1);
         let previous = self.recent_call_micros.load(Ordering::Relaxed);
         // Racing updates may lose a sample; the average does not need them all.
         self.recent_call_micros

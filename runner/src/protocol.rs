@@ -1,7 +1,7 @@
 //! Frames and messages of the worker protocol (see `PROTOCOL.md`).
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 pub const HEADER_LEN: usize = 5;
 
@@ -31,18 +31,6 @@ pub mod kind {
 pub fn header(kind: u8, len: usize) -> [u8; HEADER_LEN] {
     let n = (len as u32).to_le_bytes();
     [n[0], n[1], n[2], n[3], kind]
-}
-
-/// Writes one frame with a single write call (header and payload copied together).
-pub async fn write_frame<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    kind: u8,
-    payload: &[u8],
-) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(HEADER_LEN + payload.len());
-    buf.extend_from_slice(&header(kind, payload.len()));
-    buf.extend_from_slice(payload);
-    w.write_all(&buf).await
 }
 
 /// Reads one frame; refuses payloads above `max_len` so a broken peer cannot make us allocate.
@@ -183,14 +171,15 @@ impl StateAnswer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
 
     #[tokio::test]
     async fn frames_round_trip_and_oversized_frames_are_refused() {
         let (mut a, mut b) = tokio::io::duplex(1024);
-        write_frame(&mut a, kind::CALL, br#"{"a":1}"#)
-            .await
-            .unwrap();
-        write_frame(&mut a, kind::OK, &[b'x'; 100]).await.unwrap();
+        for (k, payload) in [(kind::CALL, &br#"{"a":1}"#[..]), (kind::OK, &[b'x'; 100])] {
+            a.write_all(&header(k, payload.len())).await.unwrap();
+            a.write_all(payload).await.unwrap();
+        }
         assert_eq!(
             read_frame(&mut b, 64).await.unwrap(),
             (kind::CALL, br#"{"a":1}"#.to_vec())

@@ -293,6 +293,13 @@ struct Queue {
     closed: bool,
 }
 
+impl Queue {
+    /// When the running call must have answered.
+    fn head_deadline(&self, call_timeout: Duration) -> Option<Instant> {
+        self.head_started.map(|t| t + call_timeout)
+    }
+}
+
 struct Pending {
     reply: oneshot::Sender<Reply>,
     /// The caller's span (function and request ids), for the call's state requests.
@@ -405,10 +412,7 @@ impl Reader {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        self.line
-            .queue()
-            .head_started
-            .map(|t| t + self.call_timeout)
+        self.line.queue().head_deadline(self.call_timeout)
     }
 
     /// The next complete frame in the buffer, if any; refuses one above `max_frame` at once.
@@ -480,7 +484,7 @@ impl Reader {
         let (span, deadline) = {
             let q = self.line.queue();
             let span = q.pending.front().map(|p| p.span.clone());
-            (span, q.head_started.map(|t| t + self.call_timeout))
+            (span, q.head_deadline(self.call_timeout))
         };
         let (Some(span), Some(deadline)) = (span, deadline) else {
             return Some(Stop::Protocol(
@@ -549,18 +553,16 @@ impl Reader {
             }
         };
         let mut pending = pending.into_iter();
-        // The worker runs calls in order: only the head had started.
-        match (head_error, pending.next()) {
-            (Some(e), Some(head)) => {
-                let _ = head.reply.send(Reply::Done(Err(e), None));
+        // The worker runs calls in order: only the head had started (unless it was answered,
+        // as a retiring worker's last call is); the others may run elsewhere.
+        if let Some(e) = head_error {
+            match pending.next() {
+                Some(head) => {
+                    let _ = head.reply.send(Reply::Done(Err(e), None));
+                }
+                None if !we_killed => tracing::warn!(pid, "idle worker exited"),
+                None => {}
             }
-            (None, Some(next)) => {
-                let _ = next.reply.send(Reply::NotStarted);
-            }
-            (Some(_), None) if !we_killed => {
-                tracing::warn!(pid, "idle worker exited");
-            }
-            _ => {}
         }
         for p in pending {
             let _ = p.reply.send(Reply::NotStarted);

@@ -90,6 +90,14 @@ fn limits(max: usize) -> PoolLimits {
     }
 }
 
+/// A few calls, so the pool has measured how long they hold a worker (the first one is
+/// sampled) and will queue calls on busy workers.
+async fn learn_calls_are_short(pool: &WorkerPool, args: &[u8]) {
+    for _ in 0..5 {
+        pool.call(args).await.unwrap();
+    }
+}
+
 fn returned(r: &CallResult) -> String {
     match &r.outcome {
         Outcome::Returned(b) => String::from_utf8_lossy(b).into_owned(),
@@ -337,11 +345,7 @@ async fn short_calls_are_pipelined_on_busy_workers() {
     let mut l = limits(1);
     l.queue_limit = 15;
     let pool = WorkerPool::new(z, spec(source, "f"), l, Arc::new(MemoryState::default()));
-    for i in 0..5 {
-        pool.call(format!(r#"{{"i": {i}}}"#).as_bytes())
-            .await
-            .unwrap();
-    }
+    learn_calls_are_short(&pool, br#"{"i": 0}"#).await;
     for keep in [false, true] {
         let before = pool.pipelined();
         let calls = (0..20).map(|i| {
@@ -382,9 +386,7 @@ async fn calls_queued_behind_a_broken_call_run_elsewhere() {
     let z = zygote(dir.path());
     let source = "import os\n\ndef f(mode=''):\n    if mode == 'spin':\n        while True: pass\n    if mode == 'exit':\n        os._exit(3)\n    return os.getpid()\n";
     let pool = WorkerPool::new(z, spec(source, "f"), limits(1), Arc::new(NoState));
-    for _ in 0..5 {
-        pool.call(b"{}").await.unwrap();
-    }
+    learn_calls_are_short(&pool, b"{}").await;
     for (mode, broken) in [("exit", "Crashed"), ("spin", "Timeout")] {
         let first = returned(&pool.call(b"{}").await.unwrap().result);
         let before = pool.pipelined();
@@ -421,9 +423,7 @@ async fn large_arguments_and_results_cross_whole() {
     let z = zygote(dir.path());
     let source = "def f(s='', n=0):\n    return [len(s), 'y' * n]\n";
     let pool = WorkerPool::new(z, spec(source, "f"), limits(1), Arc::new(NoState));
-    for _ in 0..5 {
-        pool.call(b"{}").await.unwrap();
-    }
+    learn_calls_are_short(&pool, b"{}").await;
     let big = format!(r#"{{"s": "{}"}}"#, "x".repeat(3 << 20));
     let (a, b, c) = tokio::join!(
         pool.call(big.as_bytes()),
