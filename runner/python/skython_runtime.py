@@ -570,8 +570,10 @@ class Worker:
             # busy CPU that also counts the time others ran, and would make short calls look
             # long just when batching them matters most. The gateway queues calls on a busy
             # worker only for functions whose calls are short (`U`).
+            # Not the first call: it pays the fork's copy-on-write faults, which later calls do
+            # not, and would make a short function look slow (and unqueueable) for a while.
             self.calls += 1
-            sample = self.calls % SAMPLE_EVERY == 1
+            sample = self.calls % SAMPLE_EVERY == 2
             if sample:
                 before = resource.getrusage(resource.RUSAGE_THREAD)
                 started = time.perf_counter()

@@ -90,7 +90,7 @@ fn limits(max: usize) -> PoolLimits {
     }
 }
 
-/// A few calls, so the pool has measured how long they hold a worker (the first one is
+/// A few calls, so the pool has measured how long they hold a worker (the second one is
 /// sampled) and will queue calls on busy workers.
 async fn learn_calls_are_short(pool: &WorkerPool, args: &[u8]) {
     for _ in 0..5 {
