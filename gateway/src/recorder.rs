@@ -1,6 +1,7 @@
 //! Writes finished calls to the store in batches, off the request path: a call never waits for
 //! its invocation record, and a slow store drops records (counted) rather than slowing calls.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use skython_store::{Invocation, Store};
@@ -9,12 +10,14 @@ use tokio::sync::{mpsc, oneshot};
 use crate::Metrics;
 
 const QUEUE: usize = 10_000;
-const BATCH: usize = 512;
-/// How long a batch may gather records before it is written. Under load, a transaction per
-/// handful of calls was a third of the gateway's CPU (SQLite's commit); records are history,
-/// so they may wait this long (a flush does not). Longer (100 ms) saved little more and made
-/// each commit a millisecond-long pause for the calls sharing its CPU (p99 at concurrency 1).
-const GATHER: std::time::Duration = std::time::Duration::from_millis(10);
+/// Most records one batch gathers before it is written.
+const BATCH: usize = 8_192;
+/// How long a batch may gather records before it is written. Records are history, so they may
+/// wait this long (a flush does not). Under load, writing a transaction per handful of calls was
+/// a third of the gateway's CPU (SQLite's commit); gathering also lets a batch skip the records
+/// of a busy function that the store would prune in the same transaction (only the newest
+/// `keep` per function are kept), so a hot function costs at most `keep` rows per batch.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(50);
 
 enum Msg {
     Record(Invocation),
@@ -51,6 +54,7 @@ impl Recorder {
                         Msg::Flush(done) => flushed.push(done),
                     }
                 }
+                let batch = newest_per_function(batch, keep);
                 if !batch.is_empty()
                     && let Err(e) = store.record_invocations(&batch, keep).await
                 {
@@ -76,5 +80,64 @@ impl Recorder {
         if self.tx.send(Msg::Flush(done)).await.is_ok() {
             let _ = wait.await;
         }
+    }
+}
+
+/// The records of `batch` (oldest first) that the store keeps: the newest `keep` of each
+/// function, in their order.
+fn newest_per_function(mut batch: Vec<Invocation>, keep: usize) -> Vec<Invocation> {
+    let mut newer: HashMap<(&str, &str), usize> = HashMap::new();
+    let kept: Vec<bool> = batch
+        .iter()
+        .rev()
+        .map(|i| {
+            let n = newer
+                .entry((i.owner.as_str(), i.endpoint.as_str()))
+                .or_default();
+            *n += 1;
+            *n <= keep
+        })
+        .collect();
+    let mut kept = kept.into_iter().rev();
+    batch.retain(|_| kept.next().unwrap_or(false));
+    batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inv(owner: &str, endpoint: &str, id: usize) -> Invocation {
+        Invocation {
+            request_id: id.to_string(),
+            owner: owner.into(),
+            endpoint: endpoint.into(),
+            started_at: jiff::Timestamp::UNIX_EPOCH,
+            duration_ms: 1.0,
+            status: 200,
+            outcome: "ok".into(),
+            error: None,
+            logs: String::new(),
+            cold_start: false,
+        }
+    }
+
+    #[test]
+    fn a_batch_keeps_the_newest_records_of_each_function_in_order() {
+        let batch = vec![
+            inv("a", "f", 1),
+            inv("a", "g", 2),
+            inv("a", "f", 3),
+            inv("b", "f", 4),
+            inv("a", "f", 5),
+            inv("a", "f", 6),
+        ];
+        let ids = |v: Vec<Invocation>| v.into_iter().map(|i| i.request_id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(newest_per_function(batch.clone(), 2)),
+            ["2", "4", "5", "6"]
+        );
+        assert_eq!(ids(newest_per_function(batch.clone(), 10)).len(), 6);
+        assert!(newest_per_function(batch, 0).is_empty());
     }
 }

@@ -252,17 +252,23 @@ def _sanitize(o, depth=0):
             " pandas, datetime, bytes, sets and dataclasses are converted automatically)") from None
 
 
-# Built once: json.dumps with options builds an encoder per call, json.loads(bytes) sniffs the
-# encoding per call; on the warm path both were a tenth of a call's Python time.
-_ENCODER = json.JSONEncoder(default=to_json_compatible, allow_nan=False, ensure_ascii=False,
-                            separators=(",", ":"))
+# Built once, and the C parts themselves: `json.dumps` with options builds an encoder per call,
+# `JSONEncoder.encode` builds a C encoder per call, `json.loads(bytes)` sniffs the encoding and
+# `JSONDecoder.decode` runs two regular expressions around the scan; on the warm path these were
+# most of a call's Python time. Without the encoder's circular reference check (markers=None) a
+# cycle is a RecursionError, which `encode` reports.
+_ENCODE = json.encoder.c_make_encoder(
+    None, to_json_compatible, json.encoder.encode_basestring, None, ":", ",", False, False, False)
 _DECODER = json.JSONDecoder()
+_SCAN = _DECODER.scan_once
+# Return values that are never awaitable, checked before the slower `inspect.isawaitable`.
+_PLAIN = (int, float, str, list, dict, tuple, type(None))
 
 
 def encode(value):
     """JSON bytes for a return value or state value; raises Unencodable with a clear message."""
     try:
-        s = _ENCODER.encode(value)
+        s = "".join(_ENCODE(value, 0))
     except (TypeError, ValueError, RecursionError):
         try:
             s = json.dumps(_sanitize(value), allow_nan=False, ensure_ascii=False,
@@ -496,7 +502,13 @@ class Worker:
     def call(self, payload):
         try:
             # The gateway has checked the body is JSON (UTF-8, object or array, bounded depth).
-            args = _DECODER.decode(payload.decode("utf-8")) if payload.strip() else {}
+            text = payload.decode("utf-8")
+            try:
+                args, end = _SCAN(text, 0)
+            except StopIteration:  # leading whitespace, or not JSON: decode() says which
+                end = -1
+            if end != len(text):
+                args = _DECODER.decode(text) if text.strip() else {}
         except (ValueError, RecursionError) as e:
             return ERROR, self._error("bad_json", message=f"the request body is not valid JSON: {e}")
         if isinstance(args, dict):
@@ -533,7 +545,7 @@ class Worker:
         sys.stdout = sys.stderr = self.capture
         try:
             result = self.fn(*pos, **kw)
-            if inspect.isawaitable(result):
+            if not isinstance(result, _PLAIN) and inspect.isawaitable(result):
                 result = asyncio.run(_await(result))
             body = encode(result)
         except Unencodable as e:
@@ -555,7 +567,7 @@ class Worker:
         return OK, body
 
     def serve(self):
-        chan = self.chan
+        chan, capture = self.chan, self.capture
         while True:
             if not chan.ready():
                 chan.flush()  # nothing else to run: answer before waiting
@@ -584,7 +596,7 @@ class Worker:
                 held = wall if after.ru_nvcsw > before.ru_nvcsw else (
                     after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
                 self.recent_call += (held - self.recent_call) / 4
-            logs = self.capture.take()
+            logs = capture.take() if capture.parts or capture.dropped else ""
             if logs:
                 chan.queue(LOG, logs.encode("utf-8", "replace"))
             if sample:

@@ -439,3 +439,30 @@ async fn large_arguments_and_results_cross_whole() {
     assert_eq!(v(b), (0, 900_000));
     assert_eq!(v(c), (3, 0));
 }
+
+#[tokio::test]
+async fn arguments_and_results_keep_their_json_edge_cases() {
+    let dir = tempfile::tempdir().unwrap();
+    let z = zygote(dir.path());
+    let source = "def f(a=None, kind=''):\n    if kind == 'cycle':\n        x = []\n        x.append(x)\n        return x\n    if kind == 'nan':\n        return [float('nan'), float('inf')]\n    if kind == 'str':\n        return 'q\"é'\n    return a\n";
+    let pool = WorkerPool::new(z, spec(source, "f"), limits(1), Arc::new(NoState));
+    let call = |args: &'static [u8]| {
+        let pool = &pool;
+        async move { pool.call(args).await.unwrap().result }
+    };
+    // Whitespace around the arguments (the worker's fast scan needs the slow path for it).
+    assert_eq!(returned(&call(b" \n{\"a\": [1, 2.5]} \t").await), "[1,2.5]");
+    assert_eq!(returned(&call(b"  ").await), "null");
+    assert_eq!(returned(&call(br#"{"kind": "nan"}"#).await), "[null,null]");
+    assert_eq!(returned(&call(br#"{"kind": "str"}"#).await), r#""q\"é""#);
+    let code = |r: CallResult| match r.outcome {
+        Outcome::Failed(e) => e.code,
+        Outcome::Returned(b) => panic!("returned {b:?}"),
+    };
+    assert_eq!(code(call(br#"{"a": 1} x"#).await), "bad_json");
+    assert_eq!(code(call(b"{\"a\": ").await), "bad_json");
+    assert_eq!(
+        code(call(br#"{"kind": "cycle"}"#).await),
+        "unserializable_result"
+    );
+}
