@@ -606,6 +606,11 @@ fn health_metrics_and_openapi() {
         s.metric("skython_calls_total{function=\"admin/add\",outcome=\"bad_arguments\"}"),
         Some(1.0)
     );
+    // One call at a time never queues behind another.
+    assert_eq!(
+        s.metric("skython_pipelined_calls_total{function=\"admin/add\"}"),
+        Some(0.0)
+    );
     let (_, text) = s.get("/metrics");
     assert!(
         text.contains("skython_call_duration_seconds_bucket{function=\"admin/add\""),

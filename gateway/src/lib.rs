@@ -242,8 +242,11 @@ async fn metrics_text(State(app): State<AppState>) -> impl IntoResponse {
         )],
         {
             let pools = app.deployments.all();
-            app.metrics
-                .render(pools.iter().map(|d| (d.label.as_str(), d.pool.live())))
+            app.metrics.render(
+                pools
+                    .iter()
+                    .map(|d| (d.label.as_str(), d.pool.live(), d.pool.pipelined())),
+            )
         },
     )
 }

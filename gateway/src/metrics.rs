@@ -11,6 +11,7 @@ pub struct Metrics {
     pub call_duration: HistogramVec,
     pub cold_starts: IntCounterVec,
     pub workers: IntGaugeVec,
+    pipelined: IntCounterVec,
     pub invocation_records_dropped: IntCounter,
 }
 
@@ -43,6 +44,14 @@ impl Metrics {
             Opts::new("workers", "Live Python workers per function"),
             &["function"],
         )?;
+        let pipelined = IntCounterVec::new(
+            Opts::new(
+                "pipelined_calls_total",
+                "Calls queued on a worker that was running another (short calls are batched; \
+                 counted since the function's current version was deployed)",
+            ),
+            &["function"],
+        )?;
         let invocation_records_dropped = IntCounter::new(
             "invocation_records_dropped_total",
             "Invocation records not kept because the writer fell behind",
@@ -51,6 +60,7 @@ impl Metrics {
         registry.register(Box::new(call_duration.clone()))?;
         registry.register(Box::new(cold_starts.clone()))?;
         registry.register(Box::new(workers.clone()))?;
+        registry.register(Box::new(pipelined.clone()))?;
         registry.register(Box::new(invocation_records_dropped.clone()))?;
         Ok(Metrics {
             registry,
@@ -58,16 +68,19 @@ impl Metrics {
             call_duration,
             cold_starts,
             workers,
+            pipelined,
             invocation_records_dropped,
         })
     }
 
-    /// The text exposition, with the live worker count of each pool (label, workers) read at
-    /// scrape time.
-    pub fn render<'a>(&self, pools: impl IntoIterator<Item = (&'a str, usize)>) -> String {
+    /// The text exposition, with what each pool reports (label, live workers, pipelined
+    /// calls) read at scrape time.
+    pub fn render<'a>(&self, pools: impl IntoIterator<Item = (&'a str, usize, u64)>) -> String {
         self.workers.reset();
-        for (label, live) in pools {
+        self.pipelined.reset();
+        for (label, live, pipelined) in pools {
             self.workers.with_label_values(&[label]).add(live as i64);
+            self.pipelined.with_label_values(&[label]).inc_by(pipelined);
         }
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {

@@ -192,7 +192,8 @@ async fn metrics(State(pod): State<Arc<RunnerPod>>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4"),
         )],
-        pod.metrics.render([(pod.label.as_str(), pod.pool.live())]),
+        pod.metrics
+            .render([(pod.label.as_str(), pod.pool.live(), pod.pool.pipelined())]),
     )
 }
 

@@ -65,6 +65,8 @@ struct Shared {
     cold_starts: AtomicU64,
     /// Calls queued on a worker that was running another.
     pipelined: AtomicU64,
+    /// Names the next worker's slot (a pid may be reused once its process is gone).
+    next_slot: AtomicU64,
     retired: AtomicBool,
     /// Moving average of the calls' time on a worker, in µs; `u64::MAX` before the first.
     recent_call_micros: AtomicU64,
@@ -80,6 +82,7 @@ struct Slots {
 }
 
 struct Slot {
+    id: u64,
     worker: WorkerHandle,
     in_flight: usize,
     idle_since: Instant,
@@ -178,7 +181,7 @@ impl Drop for Waiting<'_> {
 /// stops waiting (its client hung up): the worker still runs the call.
 struct InFlight {
     shared: Arc<Shared>,
-    pid: i32,
+    slot: u64,
     answer: Option<oneshot::Receiver<Reply>>,
 }
 
@@ -200,13 +203,13 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let (shared, pid) = (self.shared.clone(), self.pid);
+        let (shared, slot) = (self.shared.clone(), self.slot);
         match self.answer.take() {
-            None => shared.release(pid),
+            None => shared.release(slot),
             Some(rx) => {
                 tokio::spawn(async move {
                     let _ = rx.await;
-                    shared.release(pid);
+                    shared.release(slot);
                 });
             }
         }
@@ -238,6 +241,7 @@ impl Starting {
             let shared = &self.0;
             let worker = shared.start().await?;
             shared.slots().workers.push(Slot {
+                id: shared.next_slot.fetch_add(1, Ordering::Relaxed),
                 worker,
                 in_flight: 0,
                 idle_since: Instant::now(),
@@ -269,6 +273,7 @@ impl WorkerPool {
                 waiting: AtomicUsize::new(0),
                 cold_starts: AtomicU64::new(0),
                 pipelined: AtomicU64::new(0),
+                next_slot: AtomicU64::new(0),
                 retired: AtomicBool::new(false),
                 recent_call_micros: AtomicU64::new(u64::MAX),
                 group: None,
@@ -334,14 +339,14 @@ impl WorkerPool {
         let shared = &self.shared;
         let mut slots = shared.slots();
         slots.workers.retain(|s| !s.worker.is_closed());
-        let mut expired: Vec<(Instant, i32)> = slots
+        let mut expired: Vec<(Instant, u64)> = slots
             .workers
             .iter()
             .filter(|s| {
                 s.in_flight == 0
                     && now.saturating_duration_since(s.idle_since) >= shared.limits.idle_timeout
             })
-            .map(|s| (s.idle_since, s.worker.pid()))
+            .map(|s| (s.idle_since, s.id))
             .collect();
         // Longest idle first; the order of the rest stays (oldest first, see `choose`).
         expired.sort();
@@ -353,9 +358,7 @@ impl WorkerPool {
         );
         let stopped: Vec<Slot> = slots
             .workers
-            .extract_if(.., |s| {
-                expired.iter().any(|&(_, pid)| pid == s.worker.pid())
-            })
+            .extract_if(.., |s| expired.iter().any(|&(_, id)| id == s.id))
             .collect();
         drop(slots);
         stopped.len()
@@ -490,9 +493,9 @@ impl Shared {
                             self.pipelined.fetch_add(1, Ordering::Relaxed);
                         }
                         slot.in_flight += 1;
-                        let pid = slot.worker.pid();
+                        let id = slot.id;
                         drop(slots);
-                        Placed::Submitted(self.in_flight(pid, rx))
+                        Placed::Submitted(self.in_flight(id, rx))
                     }
                     // It stopped just now: look again without it.
                     None => {
@@ -509,10 +512,10 @@ impl Shared {
         }
     }
 
-    fn in_flight(self: &Arc<Self>, pid: i32, rx: oneshot::Receiver<Reply>) -> InFlight {
+    fn in_flight(self: &Arc<Self>, slot: u64, rx: oneshot::Receiver<Reply>) -> InFlight {
         InFlight {
             shared: self.clone(),
-            pid,
+            slot,
             answer: Some(rx),
         }
     }
@@ -526,10 +529,10 @@ impl Shared {
         Ok(worker.serve(self.state.clone(), self.limits.call_timeout))
     }
 
-    /// One call of worker `pid` ended.
-    fn release(&self, pid: i32) {
+    /// One call of the worker in slot `id` ended.
+    fn release(&self, id: u64) {
         let mut slots = self.slots();
-        if let Some(i) = slots.workers.iter().position(|s| s.worker.pid() == pid) {
+        if let Some(i) = slots.workers.iter().position(|s| s.id == id) {
             let slot = &mut slots.workers[i];
             slot.in_flight = slot.in_flight.saturating_sub(1);
             if slot.in_flight == 0 {
