@@ -31,6 +31,15 @@ fn add_answers_keyword_and_positional_calls() {
         .unwrap();
     assert!(resp.headers().get("x-request-id").is_some());
     assert_eq!(resp.headers()["content-type"], "application/json");
+    // A caller's own id is kept, on errors too.
+    let resp = reqwest::blocking::Client::new()
+        .post(format!("{}/fn/admin/add", s.url))
+        .header("x-request-id", "trace-42")
+        .body("{")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.headers()["x-request-id"], "trace-42");
 }
 
 #[test]

@@ -252,18 +252,36 @@ pub fn json_response(status: StatusCode, json: &[u8], cold_start: bool) -> Respo
     resp
 }
 
-pub fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string()
+/// The caller's `x-request-id` when it is printable text, else a new UUID.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    match headers.get(X_REQUEST_ID) {
+        Some(v) if v.to_str().is_ok_and(|s| !s.is_empty()) => v.clone(),
+        _ => HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("-")),
+    }
 }
+
+pub const X_REQUEST_ID: &str = "x-request-id";
 
 pub async fn call_function(
     State(app): State<AppState>,
     Path((owner, endpoint)): Path<(String, String)>,
     headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let rid = request_id(&headers);
+    let mut resp = call(app, owner, endpoint, &rid, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    resp.headers_mut().insert(X_REQUEST_ID, rid);
+    resp
+}
+
+async fn call(
+    app: AppState,
+    owner: String,
+    endpoint: String,
+    rid: &HeaderValue,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let started_at = jiff::Timestamp::now();
@@ -279,7 +297,7 @@ pub async fn call_function(
         .get(&owner, &endpoint)
         .await?
         .ok_or_else(not_found)?;
-    let rid = request_id(&headers);
+    let rid = rid.to_str().unwrap_or_default().to_string(); // printable: see `request_id`
     let span = tracing::info_span!("call", function = %deployed.label, request_id = %rid);
     let (out, cold_start) = run_call(
         deployed.clone(),

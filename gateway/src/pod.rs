@@ -23,7 +23,7 @@ use skython_runner::{
 use crate::Limits;
 use crate::deployments::{pool_limits, worker_spec};
 use crate::error::ApiError;
-use crate::invoke::{CallTarget, check_args, json_response, request_id, run_call};
+use crate::invoke::{CallTarget, X_REQUEST_ID, check_args, json_response, request_id, run_call};
 use crate::metrics::Metrics;
 
 /// Files of the function directory (the keys of the operator's ConfigMap).
@@ -160,10 +160,22 @@ async fn call(
     State(pod): State<Arc<RunnerPod>>,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let rid = request_id(&headers);
+    let mut resp = run(&pod, rid.to_str().unwrap_or_default(), body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    resp.headers_mut().insert(X_REQUEST_ID, rid);
+    resp
+}
+
+async fn run(
+    pod: &Arc<RunnerPod>,
+    rid: &str,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body?;
     let args = Bytes::copy_from_slice(check_args(&body)?);
-    let rid = request_id(&headers);
     let span = tracing::info_span!("call", function = %pod.label, request_id = %rid);
     let (out, cold_start) = run_call(pod.clone(), args, &pod.metrics, &pod.label, span).await;
     if !out.logs.is_empty() {
