@@ -19,57 +19,61 @@ const BATCH: usize = 8_192;
 /// `keep` per function are kept), so a hot function costs at most `keep` rows per batch.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(50);
 
-enum Msg {
-    Record(Invocation),
-    Flush(oneshot::Sender<()>),
-}
-
 #[derive(Clone)]
 pub struct Recorder {
-    tx: mpsc::Sender<Msg>,
+    records: mpsc::Sender<Invocation>,
+    flushes: mpsc::Sender<oneshot::Sender<()>>,
     metrics: Arc<Metrics>,
 }
 
 impl Recorder {
     pub fn start(store: Arc<dyn Store>, metrics: Arc<Metrics>, keep: usize) -> Self {
-        let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE);
+        let (records, mut rx) = mpsc::channel::<Invocation>(QUEUE);
+        let (flushes, mut flush_rx) = mpsc::channel::<oneshot::Sender<()>>(64);
         tokio::spawn(async move {
-            let mut msgs = Vec::with_capacity(BATCH);
-            while rx.recv_many(&mut msgs, BATCH).await > 0 {
-                let deadline = tokio::time::Instant::now() + GATHER;
-                let mut seen = 0;
-                while msgs.len() < BATCH && !msgs[seen..].iter().any(|m| matches!(m, Msg::Flush(_)))
-                {
-                    seen = msgs.len();
-                    let more = rx.recv_many(&mut msgs, BATCH - seen);
-                    if !matches!(tokio::time::timeout_at(deadline, more).await, Ok(n) if n > 0) {
-                        break;
+            let mut batch = Vec::with_capacity(BATCH);
+            let mut flushed = Vec::new();
+            loop {
+                tokio::select! {
+                    n = rx.recv_many(&mut batch, BATCH) => if n == 0 { return },
+                    Some(done) = flush_rx.recv() => flushed.push(done),
+                }
+                // Gather by sleeping, not by waking for each record; a flush cuts it short.
+                if flushed.is_empty() {
+                    let gathered = tokio::time::sleep(GATHER);
+                    tokio::select! {
+                        () = gathered => {}
+                        Some(done) = flush_rx.recv() => flushed.push(done),
                     }
                 }
-                let mut batch = Vec::with_capacity(msgs.len());
-                let mut flushed = Vec::new();
-                for m in msgs.drain(..) {
-                    match m {
-                        Msg::Record(i) => batch.push(i),
-                        Msg::Flush(done) => flushed.push(done),
-                    }
-                }
-                let batch = newest_per_function(batch, keep);
-                if !batch.is_empty()
-                    && let Err(e) = store.record_invocations(&batch, keep).await
+                while batch.len() < BATCH
+                    && let Ok(record) = rx.try_recv()
                 {
-                    tracing::error!(lost = batch.len(), "writing invocation records failed: {e}");
+                    batch.push(record);
                 }
-                for done in flushed {
+                let records = newest_per_function(std::mem::take(&mut batch), keep);
+                if !records.is_empty()
+                    && let Err(e) = store.record_invocations(&records, keep).await
+                {
+                    tracing::error!(
+                        lost = records.len(),
+                        "writing invocation records failed: {e}"
+                    );
+                }
+                for done in flushed.drain(..) {
                     let _ = done.send(());
                 }
             }
         });
-        Recorder { tx, metrics }
+        Recorder {
+            records,
+            flushes,
+            metrics,
+        }
     }
 
     pub fn record(&self, invocation: Invocation) {
-        if self.tx.try_send(Msg::Record(invocation)).is_err() {
+        if self.records.try_send(invocation).is_err() {
             self.metrics.invocation_records_dropped.inc();
         }
     }
@@ -77,7 +81,7 @@ impl Recorder {
     /// Waits until everything recorded so far is in the store.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
-        if self.tx.send(Msg::Flush(done)).await.is_ok() {
+        if self.flushes.send(done).await.is_ok() {
             let _ = wait.await;
         }
     }
