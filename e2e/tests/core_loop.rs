@@ -632,3 +632,50 @@ fn health_metrics_and_openapi() {
     assert_eq!(status, 405);
     assert!(body.contains("\"code\":\"method_not_allowed\""), "{body}");
 }
+
+#[test]
+fn a_worker_started_for_a_caller_who_left_serves_the_next_call() {
+    let s = Skython::start(&[]);
+    // Loading takes a second and a half; a call holds its worker as long as it is asked to.
+    let source =
+        "import time\ntime.sleep(1.5)\n\ndef f(hold=0):\n    time.sleep(hold)\n    return 'ok'\n";
+    s.deploy_ok("slowload", source, json!({"concurrency": 2}));
+    let url = format!("{}/fn/admin/slowload", s.url);
+    let busy = std::thread::spawn({
+        let url = url.clone();
+        move || {
+            reqwest::blocking::Client::new()
+                .post(url)
+                .body(r#"{"hold": 3}"#)
+                .send()
+                .map(|r| r.status().as_u16())
+        }
+    });
+    // The one warm worker is busy: the next call starts a second one, and its caller gives up
+    // while it loads.
+    std::thread::sleep(Duration::from_millis(300)); // the busy call reaches its worker first
+    let gave_up = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap()
+        .post(&url)
+        .body("{}")
+        .send();
+    assert!(gave_up.is_err_and(|e| e.is_timeout()));
+    // The start goes on without its caller: the worker joins the pool and the next call finds
+    // it warm.
+    assert!(
+        eventually(Duration::from_secs(10), || s
+            .metric("skython_workers{function=\"admin/slowload\"}")
+            == Some(2.0)),
+        "the second worker finished loading"
+    );
+    let resp = reqwest::blocking::Client::new()
+        .post(&url)
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("x-skython-cold-start").is_none());
+    assert_eq!(busy.join().unwrap().unwrap(), 200);
+}
