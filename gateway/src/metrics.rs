@@ -7,6 +7,9 @@ use prometheus::{
 
 pub struct Metrics {
     registry: Registry,
+    /// Scrapes rebuild the per-pool series (reset, then fill): one at a time, or two scrapes
+    /// could see each other's half-filled or doubled values.
+    scrape: std::sync::Mutex<()>,
     pub calls: IntCounterVec,
     pub call_duration: HistogramVec,
     pub cold_starts: IntCounterVec,
@@ -64,6 +67,7 @@ impl Metrics {
         registry.register(Box::new(invocation_records_dropped.clone()))?;
         Ok(Metrics {
             registry,
+            scrape: std::sync::Mutex::new(()),
             calls,
             call_duration,
             cold_starts,
@@ -76,6 +80,7 @@ impl Metrics {
     /// The text exposition, with what each pool reports (label, live workers, pipelined
     /// calls) read at scrape time.
     pub fn render<'a>(&self, pools: impl IntoIterator<Item = (&'a str, usize, u64)>) -> String {
+        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         self.workers.reset();
         self.pipelined.reset();
         for (label, live, pipelined) in pools {
@@ -93,5 +98,36 @@ impl Metrics {
     pub fn forget(&self, label: &str) {
         let _ = self.call_duration.remove_label_values(&[label]);
         let _ = self.cold_starts.remove_label_values(&[label]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_scrapes_see_whole_values() {
+        let m = std::sync::Arc::new(Metrics::new().unwrap());
+        let scrapers: Vec<_> = (0..4)
+            .map(|_| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..300 {
+                        let text = m.render([("a/f", 2, 7)]);
+                        assert!(
+                            text.contains("skython_pipelined_calls_total{function=\"a/f\"} 7\n"),
+                            "{text}"
+                        );
+                        assert!(
+                            text.contains("skython_workers{function=\"a/f\"} 2\n"),
+                            "{text}"
+                        );
+                    }
+                })
+            })
+            .collect();
+        for s in scrapers {
+            s.join().unwrap();
+        }
     }
 }
