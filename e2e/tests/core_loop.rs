@@ -12,6 +12,11 @@ const ADD: &str = "def add(a: int, b: int) -> int:\n    return a + b\n";
 #[test]
 fn add_answers_keyword_and_positional_calls() {
     let s = Skython::start(&[]);
+    // Not deployed yet: 404 (and remembered for a moment), then callable as soon as deployed.
+    for _ in 0..3 {
+        let (status, body) = s.call("admin/add", json!({"a": 1, "b": 1}));
+        assert_eq!(status, 404, "{body}");
+    }
     let deployed = s.deploy_ok("add", ADD, json!({}));
     assert_eq!(deployed["owner"], "admin");
     assert_eq!(deployed["status"]["url"], format!("{}/fn/admin/add", s.url));

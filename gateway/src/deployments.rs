@@ -2,7 +2,7 @@
 //! replaced when a function changes and emptied by the idle reaper.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -27,6 +27,19 @@ pub struct Deployed {
     pub egress: Option<Grant>,
 }
 
+/// Endpoints the store did not have, remembered for a moment: a client calling a mistyped
+/// endpoint in a loop then costs no store read per call. A deploy through this gateway forgets
+/// them all; one through another gateway sharing the store shows within `MISSING_FOR`.
+#[derive(Default)]
+struct Missing {
+    since: HashMap<Key, Instant>,
+    /// Deploys so far: a lookup that started before a deploy must not mark its endpoint missing.
+    deploys: u64,
+}
+
+const MISSING_FOR: Duration = Duration::from_secs(1);
+const MISSING_MAX: usize = 10_000;
+
 pub struct Deployments {
     store: Arc<dyn Store>,
     zygotes: HashMap<Runtime, Arc<Zygote>>,
@@ -34,6 +47,7 @@ pub struct Deployments {
     egress: Option<Arc<EgressProxy>>,
     cgroups: Option<Arc<Cgroups>>,
     live: RwLock<HashMap<Key, Arc<Deployed>>>,
+    missing: Mutex<Missing>,
 }
 
 impl Deployments {
@@ -51,6 +65,7 @@ impl Deployments {
             egress,
             cgroups,
             live: RwLock::new(HashMap::new()),
+            missing: Mutex::default(),
         }
     }
 
@@ -74,7 +89,25 @@ impl Deployments {
         if let Some(d) = self.read().get(&key) {
             return Ok(Some(d.clone()));
         }
+        let deploys = {
+            let missing = self.missing();
+            if missing
+                .since
+                .get(&key)
+                .is_some_and(|at| at.elapsed() < MISSING_FOR)
+            {
+                return Ok(None);
+            }
+            missing.deploys
+        };
         let Some(record) = self.store.get_function(owner, endpoint).await? else {
+            let mut missing = self.missing();
+            if missing.deploys == deploys {
+                if missing.since.len() >= MISSING_MAX {
+                    missing.since.clear();
+                }
+                missing.since.insert(key, Instant::now());
+            }
             return Ok(None);
         };
         let Some(fresh) = self.build(&record) else {
@@ -91,6 +124,11 @@ impl Deployments {
     pub fn replace(&self, record: &FunctionRecord) -> Option<Arc<Deployed>> {
         let fresh = Arc::new(self.build(record)?);
         let key = (record.owner().to_string(), record.endpoint().to_string());
+        {
+            let mut missing = self.missing();
+            missing.since.clear();
+            missing.deploys += 1;
+        }
         let old = self.write().insert(key, fresh.clone());
         if let Some(old) = old {
             old.pool.retire();
@@ -195,6 +233,10 @@ impl Deployments {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Key, Arc<Deployed>>> {
         self.live.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn missing(&self) -> std::sync::MutexGuard<'_, Missing> {
+        self.missing.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
