@@ -86,7 +86,7 @@ class Channel:
                 self.sock.sendall(part)
 
     def queue_json(self, kind, obj):
-        self.queue(kind, json.dumps(obj, ensure_ascii=False).encode())
+        self.queue(kind, "".join(_ENCODE(obj, 0)).encode())
 
     def send(self, kind, payload=b""):
         self.queue(kind, payload)
@@ -623,7 +623,7 @@ class Worker:
         while True:
             kind, payload = chan.read()
             if kind == STATE_ANS:
-                return json.loads(payload)
+                return _DECODER.decode(payload.decode())
             if kind != CALL:
                 raise RuntimeError(f"unexpected frame {kind!r} while waiting for a state answer")
             chan.deferred.append((kind, payload))  # a pipelined call: it runs after this one

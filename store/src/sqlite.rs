@@ -486,13 +486,16 @@ impl Store for SqliteStore {
 
     async fn state_get(&self, scope: &StateScope, key: &str) -> Result<Option<String>> {
         let (s, k) = (scope.clone(), key.to_string());
+        // State calls are the hot path of functions that use state: cached statements skip
+        // SQLite's parser (a third of a lookup's time).
         self.with(move |c| {
-            c.query_row(
+            c.prepare_cached(
                 "SELECT value FROM state WHERE owner = ?1 AND function = ?2 AND key = ?3",
-                params![s.owner, s.function, k],
-                |r| r.get(0),
             )
-            .optional()
+            .and_then(|mut st| {
+                st.query_row(params![s.owner, s.function, k], |r| r.get(0))
+                    .optional()
+            })
             .map_err(backend)
         })
         .await
@@ -501,12 +504,12 @@ impl Store for SqliteStore {
     async fn state_put(&self, scope: &StateScope, key: &str, json: &str) -> Result<()> {
         let (s, k, v) = (scope.clone(), key.to_string(), json.to_string());
         self.with(move |c| {
-            c.execute(
+            c.prepare_cached(
                 "INSERT INTO state (owner, function, key, value, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (owner, function, key) DO UPDATE SET value = excluded.value,
                  updated_at = excluded.updated_at",
-                params![s.owner, s.function, k, v, micros(Timestamp::now())],
             )
+            .and_then(|mut st| st.execute(params![s.owner, s.function, k, v, micros(Timestamp::now())]))
             .map_err(backend)?;
             Ok(())
         })
@@ -517,10 +520,8 @@ impl Store for SqliteStore {
         let (s, k) = (scope.clone(), key.to_string());
         self.with(move |c| {
             let n = c
-                .execute(
-                    "DELETE FROM state WHERE owner = ?1 AND function = ?2 AND key = ?3",
-                    params![s.owner, s.function, k],
-                )
+                .prepare_cached("DELETE FROM state WHERE owner = ?1 AND function = ?2 AND key = ?3")
+                .and_then(|mut st| st.execute(params![s.owner, s.function, k]))
                 .map_err(backend)?;
             Ok(n > 0)
         })

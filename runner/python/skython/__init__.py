@@ -65,9 +65,9 @@ def load(key, default=None):
     answer = _request("load", key=key)
     if not answer.get("found"):
         return default
-    import json
+    from skython_runtime import _DECODER
 
-    return json.loads(answer["value"])
+    return _DECODER.decode(answer["value"])
 
 
 def delete(key):
