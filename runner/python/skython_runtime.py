@@ -88,10 +88,6 @@ class Channel:
     def queue_json(self, kind, obj):
         self.queue(kind, "".join(_ENCODE(obj, 0)).encode())
 
-    def send(self, kind, payload=b""):
-        self.queue(kind, payload)
-        self.flush()
-
     def send_json(self, kind, obj):
         self.queue_json(kind, obj)
         self.flush()
