@@ -261,7 +261,14 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     }
 }
 
-pub const X_REQUEST_ID: &str = "x-request-id";
+const X_REQUEST_ID: &str = "x-request-id";
+
+/// The answer of a call, or of its error, carrying the call's request id.
+pub fn with_request_id(resp: Result<Response, ApiError>, rid: HeaderValue) -> Response {
+    let mut resp = resp.unwrap_or_else(IntoResponse::into_response);
+    resp.headers_mut().insert(X_REQUEST_ID, rid);
+    resp
+}
 
 pub async fn call_function(
     State(app): State<AppState>,
@@ -270,11 +277,8 @@ pub async fn call_function(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let rid = request_id(&headers);
-    let mut resp = call(app, owner, endpoint, &rid, body)
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
-    resp.headers_mut().insert(X_REQUEST_ID, rid);
-    resp
+    let resp = call(app, owner, endpoint, &rid, body).await;
+    with_request_id(resp, rid)
 }
 
 async fn call(

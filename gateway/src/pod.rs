@@ -23,7 +23,7 @@ use skython_runner::{
 use crate::Limits;
 use crate::deployments::{pool_limits, worker_spec};
 use crate::error::ApiError;
-use crate::invoke::{CallTarget, X_REQUEST_ID, check_args, json_response, request_id, run_call};
+use crate::invoke::{CallTarget, check_args, json_response, request_id, run_call, with_request_id};
 use crate::metrics::Metrics;
 
 /// Files of the function directory (the keys of the operator's ConfigMap).
@@ -162,11 +162,8 @@ async fn call(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let rid = request_id(&headers);
-    let mut resp = run(&pod, rid.to_str().unwrap_or_default(), body)
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
-    resp.headers_mut().insert(X_REQUEST_ID, rid);
-    resp
+    let resp = run(&pod, rid.to_str().unwrap_or_default(), body).await;
+    with_request_id(resp, rid)
 }
 
 async fn run(
