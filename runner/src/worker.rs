@@ -211,10 +211,14 @@ impl WorkerHandle {
         if head {
             q.head_started = Some(Instant::now());
         }
-        q.pending.push_back(Pending {
-            reply: tx,
-            span: tracing::Span::current(),
-        });
+        // The caller's span is an `info` one: with info off (`--log warn`) there is none to
+        // carry, and looking it up is a walk of the subscriber's span stack on every call.
+        let span = if tracing::level_enabled!(tracing::Level::INFO) {
+            tracing::Span::current()
+        } else {
+            tracing::Span::none()
+        };
+        q.pending.push_back(Pending { reply: tx, span });
         Some(rx)
     }
 
