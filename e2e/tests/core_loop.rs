@@ -45,6 +45,21 @@ fn add_answers_keyword_and_positional_calls() {
         .unwrap();
     assert_eq!(resp.status(), 400);
     assert_eq!(resp.headers()["x-request-id"], "trace-42");
+    // And on the answers for unknown routes and methods.
+    let client = reqwest::blocking::Client::new();
+    let resp = client
+        .get(format!("{}/no/such/route", s.url))
+        .header("x-request-id", "trace-43")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.headers()["x-request-id"], "trace-43");
+    let resp = client
+        .get(format!("{}/fn/admin/add", s.url))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    assert!(resp.headers().get("x-request-id").is_some());
 }
 
 #[test]

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderValue, Request, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use skython_crds::Runtime;
@@ -188,16 +188,18 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// JSON errors (not axum's plain text) for unknown routes and methods; `hint` says where to look.
+/// They sit outside the request-id layers, so they set the request id themselves.
 fn with_json_fallbacks<S: Clone + Send + Sync + 'static>(
     router: Router<S>,
     hint: &'static str,
 ) -> Router<S> {
     router
-        .fallback(
-            move || async move { error::ApiError::not_found(format!("no such route; {hint}")) },
-        )
+        .fallback(move |headers: HeaderMap| async move {
+            let e = error::ApiError::not_found(format!("no such route; {hint}"));
+            invoke::with_request_id(Err(e), invoke::request_id(&headers))
+        })
         .method_not_allowed_fallback(move |req: Request<axum::body::Body>| async move {
-            error::ApiError::new(
+            let e = error::ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 format!(
@@ -205,7 +207,8 @@ fn with_json_fallbacks<S: Clone + Send + Sync + 'static>(
                     req.method(),
                     req.uri().path()
                 ),
-            )
+            );
+            invoke::with_request_id(Err(e), invoke::request_id(req.headers()))
         })
 }
 
