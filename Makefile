@@ -70,12 +70,13 @@ generate:
 	SKYTHON_WRITE_GENERATED=1 cargo test -p skython-crds committed_crd_is_current
 
 build:
-	cargo build --release -p skython-cli
+	cargo build --release -p skython-cli -p http-floor
 
 ## bench: Skython against FastAPI/uvicorn, Flask/gunicorn and an in-process loop (minutes);
 ##   writes bench/results/latest.md and latest.png
 bench: venv sandbox bench-tools build
 	$(VENV_BENCH)/bin/python bench/bench.py --skython $(SKYTHON_RELEASE) \
+	  --http-floor $(CARGO_TARGET_DIR)/release/http-floor \
 	  --runtime-python $(VENV)/bin/python --bench-python $(VENV_BENCH)/bin/python
 
 ## bench-quick: warm `add` at concurrency 64 against FastAPI and Flask only (under a minute)
@@ -85,8 +86,8 @@ bench-quick: venv sandbox bench-tools build
 
 # The harness's unit tests and a one-round smoke run (figures are not checked: not a CI gate)
 bench-check: bench-tools
-	cargo build -p skython-cli
-	cd bench && $(VENV_BENCH)/bin/python -m unittest -q test_bench
+	cargo build -p skython-cli -p http-floor
+	cd bench && HTTP_FLOOR=$(CARGO_TARGET_DIR)/debug/http-floor $(VENV_BENCH)/bin/python -m unittest -q test_bench
 	$(VENV_BENCH)/bin/python bench/bench.py --quick --rounds 1 --seconds 1 --skython $(SKYTHON_DEBUG) \
 	  --runtime-python $(VENV)/bin/python --bench-python $(VENV_BENCH)/bin/python
 

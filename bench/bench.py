@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Skython against the "current way" (FastAPI + uvicorn, Flask + gunicorn) and against the floor
-(an in-process loop), side by side in one run on this machine.
+"""Skython against the "current way" (FastAPI + uvicorn, Flask + gunicorn) and against two floors
+(an in-process loop, and an HTTP responder that does nothing), side by side in one run on this
+machine.
 
 `make bench` runs everything and writes bench/results/latest.md and latest.png; `make bench-quick`
 runs only the warm `add` comparison at concurrency 64 and ends with one summary line.
@@ -233,6 +234,16 @@ def start_fastapi(args, plain=False):
     return s
 
 
+def start_http_floor(args):
+    """The transport floor: a do-nothing HTTP/1.1 responder (bench/http-floor), the least any
+    server pays on this machine for loopback TCP and its wake-ups."""
+    port = free_port()
+    s = Server("http-floor", [args.http_floor, "--addr", f"127.0.0.1:{port}"], port,
+               {f: "/" for f in BODIES})
+    s.wait_ready("/")
+    return s
+
+
 def start_flask(args, workers):
     port = free_port()
     cmd = [args.bench_python, "-m", "gunicorn", "--chdir", str(APPS), "-w", str(workers), "-k", "sync",
@@ -450,7 +461,12 @@ def targets(warm, cold, machine_wide=None):
         sc = warm["add"][1]
         name, rival = best_rival(sc, "p50", lowest=True)
         ratio = sc["skython"]["p50"]["median"] / rival
-        out.append(("p50 at c1 ≤ 0.5× the better of the two", f"{ratio:.2f}× ({name})", ratio <= 0.5))
+        measured = f"{ratio:.2f}× ({name})"
+        if "http-floor" in sc:
+            floor_p50 = sc["http-floor"]["p50"]["median"]
+            measured += (f"; {sc['skython']['p50']['median'] * 1000:.0f} vs {rival * 1000:.0f} µs, "
+                         f"a do-nothing HTTP responder {floor_p50 * 1000:.0f} µs")
+        out.append(("p50 at c1 ≤ 0.5× the better of the two", measured, ratio <= 0.5))
     if cold:
         fresh = cold["fresh `python -c \"import pandas\"`"]["median"]
         first = cold["deploy + first call, pandas, pre-warmed zygote"]["median"]
@@ -490,7 +506,9 @@ def report(args, warm, cold, state, dens, machine_wide, elapsed):
               "function deployed from bench/apps/functions.py; FastAPI: uvicorn[standard] (uvloop, "
               "httptools), 1 worker, pydantic models, and fastapi-h11 the same on a bare `uvicorn` "
               "(asyncio, h11); Flask: gunicorn sync workers; floor: the "
-              "function called in a loop in one Python process", ""]
+              "function called in a loop in one Python process; http-floor: an HTTP/1.1 responder "
+              "in Rust that answers every request with the same body and does nothing else "
+              "(bench/http-floor), the least any server pays here for loopback TCP and its wake-ups", ""]
     lines += ["## Targets", "", "| target | measured | |", "|---|---|---|"]
     for what, measured, met in targets(warm, cold, machine_wide):
         lines.append(f"| {what} | {measured} | {'met' if met else '**missed**'} |")
@@ -560,6 +578,7 @@ def main():
     p.add_argument("--skython", required=True, help="the skython binary (a release build)")
     p.add_argument("--runtime-python", required=True, help="Python of Skython's runtime venv")
     p.add_argument("--bench-python", default=sys.executable, help="Python with FastAPI, Flask, uvicorn, gunicorn")
+    p.add_argument("--http-floor", help="the http-floor binary (a release build): the transport floor")
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--quick", action="store_true", help="only warm `add` at c64 against FastAPI and Flask")
     p.add_argument("--rounds", type=int, default=5)
@@ -592,6 +611,8 @@ def main():
         log("starting skython, fastapi (uvloop and plain), flask (1 and 2 workers) …")
         servers = [start_skython(args), start_fastapi(args), start_fastapi(args, plain=True),
                    start_flask(args, 1), start_flask(args, 2)]
+        if args.http_floor:
+            servers.append(start_http_floor(args))
         bare = start_skython(args, name="skython-bare", preload="")
         progress = Progress((len(scenarios) + 1) * args.rounds * len(servers) + 3 * args.rounds + 1)
         warm = warm_calls(servers, scenarios, args, progress)

@@ -1,4 +1,8 @@
-"""Unit tests of the harness's pure parts (run by `make test`, with a one-round smoke run)."""
+"""Unit tests of the harness's pure parts and of the transport floor (run by `make test`, with a
+one-round smoke run)."""
+import os
+import socket
+import types
 import unittest
 
 import bench
@@ -70,10 +74,41 @@ class Targets(unittest.TestCase):
         self.assertFalse(first[1], "50 ms is more than a tenth of 400 ms")
         self.assertTrue(t["zero errors in every run"][1])
 
+    def test_the_c1_target_shows_the_transport_floor_when_measured(self):
+        warm = {"add": {1: scenario(1, 1, 1, p50s=(0.12, 0.17, 0.3))}}
+        floor = dict(warm["add"][1]["skython"], p50={"median": 0.058, "min": 0.058, "max": 0.058})
+        warm["add"][1]["http-floor"] = floor
+        p50 = next(m for what, m, _ in bench.targets(warm, None) if what.startswith("p50"))
+        self.assertEqual(p50, "0.71× (fastapi); 120 vs 170 µs, a do-nothing HTTP responder 58 µs")
+
     def test_any_error_misses_the_zero_errors_target(self):
         warm = {"add": {64: scenario(10000, 2000, 2500, errors=1)}}
         t = {what: met for what, _, met in bench.targets(warm, None)}
         self.assertFalse(t["zero errors in every run"])
+
+
+class HttpFloor(unittest.TestCase):
+    """The transport floor answers every request of a connection, pipelined ones included."""
+
+    def test_it_answers_each_request_and_refuses_what_it_cannot_frame(self):
+        binary = os.environ.get("HTTP_FLOOR")
+        if not binary:
+            self.skipTest("HTTP_FLOOR (the http-floor binary) is not set; make test sets it")
+        args = types.SimpleNamespace(http_floor=binary)
+        server = bench.start_http_floor(args)
+        try:
+            req = b"POST /add HTTP/1.1\r\nHost: x\r\nContent-Length: 13\r\n\r\n{\"a\":2,\"b\":3}"
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as c:
+                c.sendall(req + req[:20])
+                c.sendall(req[20:])
+                got = b""
+                while got.count(b"\r\n\r\n5") < 2:
+                    got += c.recv(4096)
+                self.assertEqual(got.count(b"HTTP/1.1 200 OK"), 2)
+                c.sendall(b"POST / HTTP/1.1\r\ncontent-length: many\r\n\r\n")
+                self.assertIn(b"400 Bad Request", c.recv(4096))
+        finally:
+            server.stop()
 
 
 if __name__ == "__main__":
