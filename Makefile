@@ -72,8 +72,8 @@ generate:
 build:
 	cargo build --release -p skython-cli -p http-floor
 
-## bench: Skython against FastAPI/uvicorn, Flask/gunicorn and an in-process loop (minutes);
-##   writes bench/results/latest.md and latest.png
+## bench: Skython against FastAPI/uvicorn, Flask/gunicorn, an in-process loop and a do-nothing
+##   HTTP responder (minutes); writes bench/results/latest.md and latest.png
 bench: venv sandbox bench-tools build
 	$(VENV_BENCH)/bin/python bench/bench.py --skython $(SKYTHON_RELEASE) \
 	  --http-floor $(CARGO_TARGET_DIR)/release/http-floor \

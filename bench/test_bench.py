@@ -103,7 +103,9 @@ class HttpFloor(unittest.TestCase):
                 c.sendall(req[20:])
                 got = b""
                 while got.count(b"\r\n\r\n5") < 2:
-                    got += c.recv(4096)
+                    part = c.recv(4096)
+                    self.assertTrue(part, f"the connection closed after {got!r}")
+                    got += part
                 self.assertEqual(got.count(b"HTTP/1.1 200 OK"), 2)
                 c.sendall(b"POST / HTTP/1.1\r\ncontent-length: many\r\n\r\n")
                 self.assertIn(b"400 Bad Request", c.recv(4096))
