@@ -109,6 +109,9 @@ class HttpFloor(unittest.TestCase):
                 self.assertEqual(got.count(b"HTTP/1.1 200 OK"), 2)
                 c.sendall(b"POST / HTTP/1.1\r\ncontent-length: many\r\n\r\n")
                 self.assertIn(b"400 Bad Request", c.recv(4096))
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as c:
+                c.sendall(b"POST / HTTP/1.1\r\ncontent-length: 100000\r\n\r\n" + b"x" * 70000)
+                self.assertIn(b"413 Content Too Large", c.recv(4096))
         finally:
             server.stop()
 
