@@ -108,6 +108,11 @@ fn runner_error(e: RunnerError) -> ApiError {
                 "{msg}: the process exited (os._exit, a crash in native code, or a resource limit); it will be replaced"
             ),
         ),
+        RunnerError::Misbehaved(_) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "worker_crashed",
+            format!("{msg}; the worker was stopped and will be replaced"),
+        ),
         RunnerError::QueueFull { .. } => {
             ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", msg)
         }
@@ -387,6 +392,11 @@ mod tests {
         assert_eq!(
             st(RunnerError::Crashed("x".into())),
             StatusCode::BAD_GATEWAY
+        );
+        assert_eq!(
+            st(RunnerError::Misbehaved("x".into())),
+            StatusCode::BAD_GATEWAY,
+            "a worker that breaks the protocol is the function's failure, not the runtime's"
         );
         assert_eq!(
             st(RunnerError::QueueFull {

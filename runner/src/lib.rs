@@ -43,6 +43,10 @@ pub enum Error {
     Load(FunctionError),
     #[error("{0}")]
     Crashed(String),
+    /// The worker broke the protocol or its limits (e.g. user code wrote frames to the worker's
+    /// socket); it was killed.
+    #[error("{0}")]
+    Misbehaved(String),
     #[error("the function did not return within {0:?}")]
     Timeout(Duration),
     #[error("all {workers} workers are busy and {queue} calls are already waiting")]
@@ -110,24 +114,37 @@ pub(crate) fn base_env(python_path: &Path) -> Vec<(String, String)> {
 
 /// Gives the child each descriptor at its fixed number (e.g. the zygote's control socket as 3).
 #[allow(unsafe_code)]
-pub(crate) fn pass_fds(cmd: &mut tokio::process::Command, fds: Vec<(OwnedFd, i32)>) {
-    // SAFETY: between fork and exec the closure only calls fcntl/dup2, which are
-    // async-signal-safe, and touches no memory shared with other threads. The descriptors stay
-    // open in the parent until the Command is dropped because the closure owns them.
+pub(crate) fn pass_fds(
+    cmd: &mut tokio::process::Command,
+    fds: Vec<(OwnedFd, i32)>,
+) -> std::io::Result<()> {
+    // Everything is prepared here, before the fork: the child of a multithreaded process may
+    // only make async-signal-safe calls (no allocation: another thread may hold the allocator's
+    // lock). Each source is first copied to a high, close-on-exec number, above every target,
+    // so that no dup2 in the child clobbers a source it still needs.
+    let high = fds
+        .into_iter()
+        .map(|(fd, target)| {
+            let copy = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(100))?;
+            // SAFETY: fcntl just returned this new descriptor, owned by nothing else.
+            Ok((
+                unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(copy) },
+                target,
+            ))
+        })
+        .collect::<std::io::Result<Vec<(OwnedFd, i32)>>>()?;
+    // SAFETY: between fork and exec the closure only calls dup2, which is async-signal-safe,
+    // and allocates nothing. The descriptors stay open in the parent until the Command is
+    // dropped because the closure owns them.
     unsafe {
         cmd.pre_exec(move || {
-            // First move every source above the targets, so no dup2 clobbers a later source.
-            let mut moved = Vec::with_capacity(fds.len());
-            for (fd, target) in &fds {
-                let high = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(100))?;
-                moved.push((high, *target));
-            }
-            for (high, target) in moved {
+            for (fd, target) in &high {
                 // dup2 clears close-on-exec on the target; the high copy closes at exec.
-                let high = std::os::fd::BorrowedFd::borrow_raw(high);
-                let _ = std::os::fd::IntoRawFd::into_raw_fd(nix::unistd::dup2_raw(high, target)?);
+                let target_fd = nix::unistd::dup2_raw(fd, *target)?;
+                let _ = std::os::fd::IntoRawFd::into_raw_fd(target_fd);
             }
             Ok(())
         });
     }
+    Ok(())
 }

@@ -87,19 +87,41 @@ impl Drop for ProcessGroup {
 pub struct Worker {
     group: ProcessGroup,
     io: BufReader<UnixStream>,
-    max_frame: usize,
+    limits: FrameLimits,
+}
+
+/// What the gateway accepts from a worker. Its frames are untrusted input: user code may write to
+/// the worker's socket (a background thread, `os.write` on the descriptor), so the caps the Python
+/// side keeps are enforced here too, and a worker past them is killed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FrameLimits {
+    /// Largest single frame (a result, an error, a state request).
+    pub max_frame: usize,
+    /// Output one call may print, in bytes.
+    pub max_call_logs: usize,
+}
+
+impl FrameLimits {
+    pub fn for_spec(spec: &crate::WorkerSpec) -> Self {
+        FrameLimits {
+            // Results are checked by the worker; the slack covers framing and error payloads.
+            max_frame: spec.max_result_bytes + (1 << 20),
+            // The worker counts characters (up to 4 bytes each in UTF-8) and appends a note when
+            // it truncates.
+            max_call_logs: spec.max_log_bytes.saturating_mul(4) + 4096,
+        }
+    }
 }
 
 impl Worker {
-    pub(crate) fn new(pid: i32, stream: UnixStream, max_result_bytes: usize) -> Self {
+    pub(crate) fn new(pid: i32, stream: UnixStream, limits: FrameLimits) -> Self {
         Worker {
             group: ProcessGroup {
                 pid,
                 killed: AtomicBool::new(false),
             },
             io: BufReader::with_capacity(64 * 1024, stream),
-            // Results are checked by the worker; the slack covers framing and error payloads.
-            max_frame: max_result_bytes + (1 << 20),
+            limits,
         }
     }
 
@@ -115,7 +137,7 @@ impl Worker {
     }
 
     async fn loading_frame(&mut self) -> Result<(u8, Vec<u8>)> {
-        protocol::read_frame(&mut self.io, self.max_frame)
+        protocol::read_frame(&mut self.io, self.limits.max_frame)
             .await
             .map_err(|e| Error::Spawn(format!("worker {} exited while loading: {e}", self.pid())))
     }
@@ -154,11 +176,7 @@ impl Worker {
         state: Arc<dyn StateHandler>,
         call_timeout: Duration,
     ) -> WorkerHandle {
-        let Worker {
-            group,
-            io,
-            max_frame,
-        } = self;
+        let Worker { group, io, limits } = self;
         // Nothing follows `ready` unasked, but keep whatever the handshake read ahead.
         let read_ahead = BytesMut::from(io.buffer());
         let (rd, wr) = io.into_inner().into_split();
@@ -175,7 +193,7 @@ impl Worker {
             logs: String::new(),
             ran: None,
             state,
-            max_frame,
+            limits,
             call_timeout,
         };
         tokio::spawn(reader.run());
@@ -367,7 +385,7 @@ struct Reader {
     /// How long the running call held the worker, if the worker measured it.
     ran: Option<Duration>,
     state: Arc<dyn StateHandler>,
-    max_frame: usize,
+    limits: FrameLimits,
     call_timeout: Duration,
 }
 
@@ -427,10 +445,10 @@ impl Reader {
             return Ok(None);
         }
         let len = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
-        if len > self.max_frame {
+        if len > self.limits.max_frame {
             return Err(Stop::Protocol(format!(
-                "frame of {len} bytes exceeds the limit of {}",
-                self.max_frame
+                "sent a frame of {len} bytes, more than the limit of {}",
+                self.limits.max_frame
             )));
         }
         let end = protocol::HEADER_LEN + len;
@@ -444,8 +462,21 @@ impl Reader {
     }
 
     async fn handle(&mut self, (k, payload): (u8, Bytes)) -> Option<Stop> {
+        // An idle worker has nothing to say: whatever it sends was written by user code.
+        if self.line.queue().pending.is_empty() {
+            return Some(Stop::Protocol(format!(
+                "sent a frame {:?} while no call was running",
+                k as char
+            )));
+        }
         match k {
             kind::LOG => {
+                if self.logs.len() + payload.len() > self.limits.max_call_logs {
+                    return Some(Stop::Protocol(format!(
+                        "sent more than {} bytes of output for one call",
+                        self.limits.max_call_logs
+                    )));
+                }
                 self.logs.push_str(&String::from_utf8_lossy(&payload));
                 None
             }
@@ -478,7 +509,7 @@ impl Reader {
                 Err(e) => Some(Stop::Protocol(format!("bad error frame: {e}"))),
             },
             other => Some(Stop::Protocol(format!(
-                "unexpected frame {:?} during a call",
+                "sent an unexpected frame {:?} during a call",
                 other as char
             ))),
         }
@@ -492,7 +523,7 @@ impl Reader {
         };
         let (Some(span), Some(deadline)) = (span, deadline) else {
             return Some(Stop::Protocol(
-                "a state request with no call running".into(),
+                "sent a state request with no call running".into(),
             ));
         };
         let answer = match serde_json::from_slice::<StateRequest>(payload) {
@@ -518,7 +549,7 @@ impl Reader {
     fn finish(&mut self, result: CallResult, retire: bool) -> Option<Stop> {
         let mut q = self.line.queue();
         let Some(head) = q.pending.pop_front() else {
-            return Some(Stop::Protocol("an answer with no call running".into()));
+            return Some(Stop::Protocol("sent an answer with no call running".into()));
         };
         let held = self.ran.take();
         q.head_started = (!q.pending.is_empty()).then(Instant::now);
@@ -552,8 +583,10 @@ impl Reader {
                 "worker {pid} stopped during the call ({e})"
             ))),
             Stop::Protocol(m) => {
-                tracing::warn!(pid, "worker broke the protocol: {m}");
-                Some(Error::Protocol(m))
+                tracing::warn!(pid, "worker broke the protocol and was killed: it {m}");
+                Some(Error::Misbehaved(format!(
+                    "worker {pid} broke the protocol: it {m}"
+                )))
             }
         };
         let mut pending = pending.into_iter();

@@ -20,7 +20,7 @@ use tokio::sync::Mutex;
 use crate::cgroup::Group;
 use crate::protocol::{self, FunctionError, Hello, WorkerSpec, kind};
 use crate::sandbox::{self, Mount, Sandbox};
-use crate::worker::Worker;
+use crate::worker::{FrameLimits, Worker};
 use crate::{Error, Result};
 
 /// Where the egress proxy's directory appears in sandboxes.
@@ -166,17 +166,25 @@ impl Zygote {
         let theirs = OwnedFd::from(theirs);
         let (mut cmd, mut fds) = self.command().await?;
         fds.push((theirs, 3));
+        // Nothing of the gateway's own output reaches the sandbox: workers could read it (the
+        // gateway's log, with tokens in it) or forge lines in it. What the zygote, bubblewrap and
+        // the staging helper write to stderr comes back on a pipe and is logged here.
         cmd.current_dir(&cfg.workdir)
             .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
         if let Some(p) = &cfg.preload {
             cmd.env("SKYTHON_PRELOAD", p);
         }
-        crate::pass_fds(&mut cmd, fds);
-        let child = cmd.spawn().map_err(|e| Error::Start {
+        crate::pass_fds(&mut cmd, fds)?;
+        let mut child = cmd.spawn().map_err(|e| Error::Start {
             python: cfg.python.display().to_string(),
             reason: e.to_string(),
         })?;
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(log_stderr(stderr));
+        }
         // The Command holds the child's end of the socket; drop it so a dying zygote means EOF.
         drop(cmd);
         ours.set_nonblocking(true)?;
@@ -192,7 +200,7 @@ impl Zygote {
         })?
         .map_err(|e| Error::Start {
             python: cfg.python.display().to_string(),
-            reason: format!("it exited before saying hello ({e}); see its stderr above"),
+            reason: format!("it exited before saying hello ({e}); its stderr is in the log above"),
         })?;
         if k != kind::HELLO {
             return Err(Error::Protocol(format!(
@@ -292,7 +300,7 @@ impl Zygote {
         // Credentials on every later frame would only cost (the kernel attaches them per send).
         nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::PassCred, &false)
             .map_err(std::io::Error::from)?;
-        let mut worker = Worker::new(pid, stream, spec.max_result_bytes);
+        let mut worker = Worker::new(pid, stream, FrameLimits::for_spec(spec));
         if let Some(g) = group
             && let Err(e) = g.add(pid)
         {
@@ -321,6 +329,32 @@ impl Zygote {
                     logs: None,
                     retire: false,
                 }))
+            }
+        }
+    }
+}
+
+/// Longest line of the zygote's stderr that is logged whole.
+const MAX_STDERR_LINE: usize = 8 << 10;
+
+/// Logs what the zygote (and bubblewrap before it) writes to stderr, line by line. Workers
+/// never write there (their descriptors 0-2 are `/dev/null`), so this is the runtime's own
+/// output, bounded anyway.
+async fn log_stderr(stderr: tokio::process::ChildStderr) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut lines = tokio::io::BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut lines)
+            .take(MAX_STDERR_LINE as u64)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                tracing::warn!(target: "skython::zygote", "{}", text.trim_end());
             }
         }
     }

@@ -466,3 +466,83 @@ async fn arguments_and_results_keep_their_json_edge_cases() {
         "unserializable_result"
     );
 }
+
+/// User code can reach its worker's socket; what it writes there is untrusted input.
+const FORGE: &str = r#"
+import os, struct, threading, time
+import skython
+
+def frame(kind, payload):
+    skython._worker.chan.sock.sendall(struct.pack("<IB", len(payload), ord(kind)) + payload)
+
+def f(mode=""):
+    if mode == "later":
+        threading.Thread(target=lambda: (time.sleep(0.2), frame("G", b"x" * 1000))).start()
+    if mode == "flood":
+        for _ in range(64):
+            frame("G", b"x" * 65536)
+    if mode == "hello":
+        frame("H", b"{}")
+    return os.getpid()
+"#;
+
+#[tokio::test]
+async fn a_worker_that_sends_frames_while_idle_is_killed_and_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = WorkerPool::new(
+        zygote(dir.path()),
+        spec(FORGE, "f"),
+        limits(1),
+        Arc::new(NoState),
+    );
+    let first = returned(&pool.call(br#"{"mode":"later"}"#).await.unwrap().result);
+    let gone = async {
+        while pool.live() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), gone)
+        .await
+        .expect("the worker that wrote while idle is stopped");
+    let next = returned(&pool.call(b"{}").await.unwrap().result);
+    assert_ne!(first, next, "a fresh worker serves the next call");
+}
+
+#[tokio::test]
+async fn output_past_the_call_cap_fails_the_call_and_kills_the_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = WorkerPool::new(
+        zygote(dir.path()),
+        spec(FORGE, "f"),
+        limits(1),
+        Arc::new(NoState),
+    );
+    let first = returned(&pool.call(b"{}").await.unwrap().result);
+    match pool.call(br#"{"mode":"flood"}"#).await {
+        Err(Error::Misbehaved(m)) => assert!(m.contains("bytes of output"), "{m}"),
+        other => panic!(
+            "expected the worker to be stopped, got {:?}",
+            other.map(|r| r.result)
+        ),
+    }
+    let next = returned(&pool.call(b"{}").await.unwrap().result);
+    assert_ne!(first, next);
+}
+
+#[tokio::test]
+async fn a_frame_of_an_unexpected_kind_fails_the_call_as_the_workers_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = WorkerPool::new(
+        zygote(dir.path()),
+        spec(FORGE, "f"),
+        limits(1),
+        Arc::new(NoState),
+    );
+    match pool.call(br#"{"mode":"hello"}"#).await {
+        Err(Error::Misbehaved(m)) => assert!(m.contains("unexpected frame 'H'"), "{m}"),
+        other => panic!(
+            "expected the worker to be stopped, got {:?}",
+            other.map(|r| r.result)
+        ),
+    }
+}
