@@ -75,6 +75,9 @@ pub struct SandboxArgs {
     /// Size of each worker's private /tmp, in MiB (counted in its function's memory cgroup).
     #[arg(long, env = "SKYTHON_SANDBOX_TMP_MIB", default_value_t = 64)]
     sandbox_tmp_mib: u64,
+    /// Size of each worker's private /dev/shm, in MiB (counted in its function's memory cgroup).
+    #[arg(long, env = "SKYTHON_SANDBOX_SHM_MIB", default_value_t = 64)]
+    sandbox_shm_mib: u64,
     /// Address ranges that functions with `network: internet` may reach although they are not
     /// public (e.g. an internal API), comma-separated CIDRs. Default: none.
     #[arg(long, env = "SKYTHON_EGRESS_ALLOW", value_delimiter = ',')]
@@ -118,6 +121,7 @@ impl SandboxArgs {
             bwrap,
             drop_to,
             tmp_bytes: self.sandbox_tmp_mib << 20,
+            shm_bytes: self.sandbox_shm_mib << 20,
         }))
     }
 }

@@ -183,17 +183,14 @@ def main(port: int):
         );
     }
     assert_eq!(body["raw"], 101, "ENETUNREACH: no route but the proxy");
-    // A function without `network: internet` cannot use the relay: it has no token.
-    let src = "import requests
-def main():
-    try:
-        return requests.get('https://pypi.org/', proxies={'https': 'http://127.0.0.1:3128'}, timeout=10).status_code
-    except requests.exceptions.ProxyError as e:
-        return '407' in str(e)
-";
+    // A function without `network: internet` has no relay in its network namespace at all.
+    let src = format!(
+        "{PROBE}\ndef main():\n    return attempt(lambda: socket.create_connection(('127.0.0.1', 3128), timeout=2).close())\n"
+    );
     assert_eq!(
-        attack(&s, "noegress", src, json!({}), json!({})),
-        (200, json!(true))
+        attack(&s, "noegress", &src, json!({}), json!({})),
+        (200, json!(111)),
+        "ECONNREFUSED: nothing listens on its own loopback"
     );
 
     // Other functions' workers share the sandbox of a runtime: still no reading their
@@ -428,9 +425,9 @@ def main():
             continue;
         }
         if field("Seccomp_filters") == "2" {
-            // The zygote: only CAP_SYS_ADMIN, and only in the sandbox's user namespace, for
-            // workers to mount their own /tmp before they drop it.
-            assert_eq!(field("CapEff"), "0000000000200000", "zygote {pid}");
+            // The zygote: only CAP_SYS_ADMIN and CAP_NET_ADMIN, and only in the sandbox's user
+            // namespace, for workers to make their own namespaces before they drop them.
+            assert_eq!(field("CapEff"), "0000000000201000", "zygote {pid}");
             zygotes += 1;
             continue;
         }

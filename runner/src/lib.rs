@@ -145,6 +145,10 @@ pub(crate) fn base_env(python_path: &Path) -> Vec<(String, String)> {
         ("OPENBLAS_NUM_THREADS".into(), "1".into()),
         ("OMP_NUM_THREADS".into(), "1".into()),
         ("MKL_NUM_THREADS".into(), "1".into()),
+        // glibc reserves 64 MiB of address space per thread arena (up to 8 per core): libraries
+        // that start thread pools (TensorFlow) would need gigabytes of address space for a few
+        // MiB of memory, past any `RLIMIT_AS`. Two arenas serve single-threaded workers as well.
+        ("MALLOC_ARENA_MAX".into(), "2".into()),
         ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
         ("LANG".into(), "C.UTF-8".into()),
     ];

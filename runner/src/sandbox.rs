@@ -7,11 +7,13 @@
 //! last just before `exec`, the zygote's seccomp filters built here.
 //!
 //! Functions share their runtime's zygote, so each worker then separates itself from the
-//! others (in `skython_runtime.py`, before any user code): its own mount namespace with a
-//! private size-capped `/tmp`, which is why the zygote keeps `CAP_SYS_ADMIN` *inside* the
-//! sandbox's user namespace and may call `unshare(CLONE_NEWNS)` and `mount`; then the worker
-//! drops every capability, installs the stricter worker filter (passed to the zygote on
-//! [`WORKER_SECCOMP_FD`]) and scopes itself with Landlock.
+//! others (in the runtime's `isolation` module, before any user code): new mount, IPC and
+//! network namespaces of its own ([`WORKER_NAMESPACES`]), with private size-capped `/tmp` and
+//! `/dev/shm`, its own pseudo-terminals, a read-only `/proc/sys` and a loopback of its own. That is
+//! why the zygote keeps `CAP_SYS_ADMIN` and `CAP_NET_ADMIN` *inside* the sandbox's user namespace
+//! and may call `unshare` with exactly those flags and `mount`; then the worker drops every
+//! capability, installs the stricter worker filter (passed to the zygote on
+//! [`WORKER_SECCOMP_FD`]) and scopes itself with Landlock. A worker's namespaces die with it.
 //!
 //! When the gateway runs as root, sandboxed code must also run as an unprivileged host uid of
 //! its own. That uid cannot traverse directories like `/root` where the runtime often lives,
@@ -45,6 +47,8 @@ pub struct BwrapConfig {
     pub drop_to: Option<DropTo>,
     /// Size cap of each worker's private `/tmp`.
     pub tmp_bytes: u64,
+    /// Size cap of each worker's private `/dev/shm`.
+    pub shm_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -84,6 +88,9 @@ const SECCOMP_FDS: [i32; 2] = [4, 5];
 pub const WORKER_SECCOMP_FD: i32 = 6;
 /// The zygote's own `/tmp` (workers mount theirs over it).
 const ZYGOTE_TMP_BYTES: u64 = 1 << 20;
+/// The namespaces each worker makes for itself: the `unshare` flags the zygote's filter allows.
+pub const WORKER_NAMESPACES: u64 =
+    (libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET) as u64;
 
 /// The command that starts `argv` (the zygote) inside the sandbox, as program and arguments,
 /// with the descriptors it must inherit at fixed numbers.
@@ -140,9 +147,14 @@ pub fn bwrap_args(cfg: &BwrapConfig, mounts: &[Mount], argv: &[OsString]) -> Vec
         // Only inside the sandbox's user namespace, and dropped by each worker (module doc).
         "--cap-add",
         "CAP_SYS_ADMIN",
+        "--cap-add",
+        "CAP_NET_ADMIN",
         "--proc",
         "/proc",
+        // The device nodes only, read-only: workers mount their own /dev/shm and /dev/pts.
         "--dev",
+        "/dev",
+        "--remount-ro",
         "/dev",
         "--size",
         &ZYGOTE_TMP_BYTES.to_string(),
@@ -291,7 +303,7 @@ fn target_arch() -> Result<seccompiler::TargetArch, seccompiler::Error> {
 /// The seccomp programs of a sandbox.
 pub struct Filters {
     /// Installed by bwrap for the zygote (so inherited by every worker): the deny list (EPERM)
-    /// less what a worker needs to separate itself (`unshare(CLONE_NEWNS)`, `mount`), and
+    /// less what a worker needs to separate itself (`unshare(WORKER_NAMESPACES)`, `mount`), and
     /// `clone3` answering ENOSYS, whose flags a filter cannot read (they are in memory): the C
     /// library then falls back to `clone`, whose flags the deny list checks.
     pub zygote: Vec<seccompiler::BpfProgram>,
@@ -325,7 +337,7 @@ pub fn seccomp_filters() -> Result<Filters, seccompiler::Error> {
     zygote.remove(&libc::SYS_mount);
     zygote.insert(
         libc::SYS_unshare,
-        vec![flag_rule(SeccompCmpOp::Ne, libc::CLONE_NEWNS as u64)?],
+        vec![flag_rule(SeccompCmpOp::Ne, WORKER_NAMESPACES)?],
     );
     let clone3 = SeccompFilter::new(
         [(libc::SYS_clone3, vec![])].into(),
@@ -454,6 +466,7 @@ mod tests {
             bwrap: "bwrap".into(),
             drop_to,
             tmp_bytes: 64 << 20,
+            shm_bytes: 64 << 20,
         }
     }
 
@@ -495,8 +508,18 @@ mod tests {
             (a[size + 1].clone(), a[size + 2].clone()),
             (ZYGOTE_TMP_BYTES.to_string().into(), "--tmpfs".into())
         );
-        let cap = a.iter().position(|x| x == "--cap-add").unwrap();
-        assert_eq!(a[cap + 1], "CAP_SYS_ADMIN", "the only capability kept");
+        let caps: Vec<_> = a
+            .windows(2)
+            .filter(|w| w[0] == "--cap-add")
+            .map(|w| w[1].clone())
+            .collect();
+        assert_eq!(
+            caps,
+            ["CAP_SYS_ADMIN", "CAP_NET_ADMIN"],
+            "the only capabilities kept, for the workers' own namespaces"
+        );
+        let dev = a.iter().position(|x| x == "--dev").unwrap();
+        assert_eq!(&a[dev + 1..dev + 4], ["/dev", "--remount-ro", "/dev"]);
         assert_eq!(pairs(&a, "--ro-bind"), [("/venv".into(), "/venv".into())]);
         assert!(
             !pairs(&a, "--ro-bind-try")

@@ -148,7 +148,8 @@ impl Zygote {
                 "SKYTHON_WORKER_SECCOMP_FD",
                 sandbox::WORKER_SECCOMP_FD.to_string(),
             )
-            .env("SKYTHON_WORKER_TMP_BYTES", bw.tmp_bytes.to_string());
+            .env("SKYTHON_WORKER_TMP_BYTES", bw.tmp_bytes.to_string())
+            .env("SKYTHON_WORKER_SHM_BYTES", bw.shm_bytes.to_string());
         if let Some(d) = &bw.drop_to {
             cmd.env("SKYTHON_MAX_PROCS", d.max_procs.to_string());
         }

@@ -1,6 +1,6 @@
 """What a process forked from a sandboxed zygote does to itself before it runs anything of a
-function's: a private /tmp, no capabilities, the workers' seccomp filter, Landlock scoping, not
-dumpable. The sandbox itself (namespaces, mounts, the zygote's filters) is runner/src/sandbox.rs.
+function's: namespaces and mounts of its own, no capabilities, the workers' seccomp filter,
+Landlock scoping, not dumpable. The sandbox itself (namespaces, mounts, the zygote's filters) is runner/src/sandbox.rs.
 
 Outside a sandbox (`--insecure-no-sandbox`, or a restricted Kubernetes pod) there is no workers'
 filter and the steps that depend on the sandbox do nothing.
@@ -58,23 +58,65 @@ def die_with_parent():
         pass
 
 
+# Flags of unshare(2) and mount(2).
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWNET = 0x20000, 0x08000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 1 << 14, 1 << 18
+
+
 def separate_from_siblings():
     """Workers of every function share their runtime's zygote and sandbox. Before any user code,
-    a worker makes itself a private `/tmp` in a mount namespace of its own, gives up the
-    capabilities the zygote kept for that, and installs the workers' seccomp filter (see
-    runner/src/sandbox.rs). Outside a sandbox (no filter) there is nothing to separate from."""
+    a worker gives itself kernel objects of its own (see runner/src/sandbox.rs, WORKER_NAMESPACES):
+    - a mount namespace with private, size-capped `/tmp` and `/dev/shm` (tmpfs: their pages are
+      charged to the worker's memory cgroup, and they vanish with it), its own pseudo-terminals,
+      and `/proc/sys` read-only (the sandbox's kernel settings are everyone's);
+    - an IPC namespace (System V shared memory, semaphores, message queues, POSIX queues);
+    - a network namespace whose only interface is its own loopback (its listeners, and abstract
+      Unix sockets, are its own; the egress relay, when the function may go out, lives there).
+    Then it gives up the capabilities the zygote kept for this and installs the workers' seccomp
+    filter. Outside a sandbox (no filter) there is nothing to separate from."""
     if WORKER_FILTER is None:
         return
     ctypes, _, call = libc()
     ul = ctypes.c_ulong
-    clone_newns, ms_nosuid, ms_nodev, ms_rec, ms_private = 0x20000, 2, 4, 1 << 14, 1 << 18
-    call("unshare", ctypes.c_int(clone_newns), what="unshare(CLONE_NEWNS)")
-    call("mount", b"none", b"/", None, ul(ms_rec | ms_private), None, what="making mounts private")
-    size = int(os.environ.get("SKYTHON_WORKER_TMP_BYTES") or 64 << 20)
-    call("mount", b"tmpfs", b"/tmp", b"tmpfs", ul(ms_nosuid | ms_nodev),
-         f"size={size},mode=1777".encode(), what="mounting a private /tmp")
+    call("unshare", ctypes.c_int(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET),
+         what="unshare(mount, IPC and network namespaces)")
+    call("mount", b"none", b"/", None, ul(MS_REC | MS_PRIVATE), None, what="making mounts private")
+    for path, env in ((b"/tmp", "SKYTHON_WORKER_TMP_BYTES"), (b"/dev/shm", "SKYTHON_WORKER_SHM_BYTES")):
+        size = int(os.environ.get(env) or 64 << 20)
+        call("mount", b"tmpfs", path, b"tmpfs", ul(MS_NOSUID | MS_NODEV),
+             f"size={size},mode=1777".encode(), what=f"mounting a private {path.decode()}")
+    call("mount", b"devpts", b"/dev/pts", b"devpts", ul(MS_NOSUID | MS_NOEXEC),
+         b"newinstance,ptmxmode=0666,mode=0620", what="mounting private pseudo-terminals")
+    call("mount", b"/proc/sys", b"/proc/sys", None, ul(MS_BIND | MS_REC), None,
+         what="binding /proc/sys")
+    call("mount", None, b"/proc/sys", None,
+         ul(MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC), None,
+         what="making /proc/sys read-only")
+    _loopback_up()
     os.chdir("/tmp")
-    drop_privileges()
+
+
+def _loopback_up():
+    """A new network namespace's loopback is down: bring it up (SIOCGIFFLAGS, SIOCSIFFLAGS)."""
+    import fcntl
+    import socket
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    ifreq = struct.Struct("16sH14s")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        flags = ifreq.unpack(fcntl.ioctl(s, siocgifflags, ifreq.pack(b"lo", 0, b"")))[1]
+        fcntl.ioctl(s, siocsifflags, ifreq.pack(b"lo", flags | iff_up, b""))
+
+
+def null_stdio():
+    """Descriptors 0-2 become /dev/null: what a worker inherits from the zygote there (its stderr
+    is a pipe the gateway logs) is not the worker's to read or write. A function's output is
+    captured per call at the Python level."""
+    fd = os.open("/dev/null", os.O_RDWR)
+    for target in (0, 1, 2):
+        os.dup2(fd, target)
+    if fd > 2:
+        os.close(fd)
 
 
 def drop_privileges():

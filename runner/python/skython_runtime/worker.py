@@ -16,7 +16,7 @@ import time
 import traceback
 import types
 
-from . import isolation
+from . import isolation, relay
 from .codec import DECODER, SCAN, Unencodable, encode
 from .protocol import (
     CALL, ERROR, GO, HEADER, KINDS, LARGE_FRAME, LOAD_ERROR, LOG, OK, RAN, READY, STARTED,
@@ -350,6 +350,7 @@ def _lower_limit(which, value):
 
 
 def worker_main(fd, spec):
+    isolation.null_stdio()
     os.setsid()  # its own process group, so the gateway can kill it with everything it started
     isolation.die_with_parent()
     for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
@@ -363,8 +364,16 @@ def worker_main(fd, spec):
     kind, _ = chan.recv()
     if kind != GO:
         return
-    isolation.separate_from_siblings()
-    isolation.isolate_from_siblings()
+    try:
+        isolation.separate_from_siblings()
+        if relay.wanted(spec.get("env")):
+            relay.start(keep_open=chan.sock)
+        isolation.drop_privileges()
+        isolation.isolate_from_siblings()
+    except Exception as e:  # noqa: BLE001 - stderr is /dev/null: the gateway hears it here
+        chan.send_json(LOAD_ERROR, {"code": "sandbox_error",
+                                    "message": f"the worker's sandbox could not be set up: {e}"})
+        return
     os.environ.update(spec.get("env") or {})
     _apply_limits(spec)
     gc.enable()

@@ -11,7 +11,7 @@ import sys
 import time
 import traceback
 
-from . import isolation, relay
+from . import isolation
 from .codec import encode
 from .inspection import inspect_source
 from .protocol import HELLO, INSPECT, SPAWN, SPAWN_FAILED, SPAWNED, Channel, recv_control
@@ -52,8 +52,6 @@ def main():
     # Nothing but the control socket is inherited (the zygote's seccomp descriptors are read
     # by bubblewrap already).
     os.closerange(4, os.sysconf("SC_OPEN_MAX"))
-    if os.environ.get("SKYTHON_EGRESS_SOCKET"):
-        relay.start(os.environ["SKYTHON_EGRESS_SOCKET"], os.environ["SKYTHON_EGRESS_RELAY"])
     ctl = socket.socket(fileno=3)
     started = time.perf_counter()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
