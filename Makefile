@@ -22,11 +22,12 @@ run: venv sandbox
 ## test: formatting, lints, unit tests, integration and end-to-end tests over real processes,
 ## and the operator against a real one-node Kubernetes (started by e2e/cluster/up.sh and
 ## stopped afterwards; KEEP_CLUSTER=1 leaves it running for the next run)
-test: venv sandbox lint bench-check
+test: venv venv-full sandbox lint bench-check
 	cargo build -p skython-cli
 	@mkdir -p $(CACHE)
 	$(MAKE) cluster-up
 	set -o pipefail; SKYTHON_BIN=$(SKYTHON_DEBUG) SKYTHON_PYTHON=$(VENV)/bin/python \
+	  SKYTHON_PYTHON_FULL=$(VENV_FULL)/bin/python \
 	  SKYTHON_KUBECONFIG=$(KUBECONFIG_E2E) \
 	  cargo test --workspace --no-fail-fast 2>&1 | tee $(CACHE)/test.log; \
 	  rc=$$?; [ -n "$(KEEP_CLUSTER)" ] || bash e2e/cluster/down.sh; \

@@ -153,8 +153,9 @@ pub struct UpArgs {
     /// Python of the full runtime (adds tensorflow and keras; `make venv-full`). Unset: no full runtime.
     #[arg(long, env = "SKYTHON_PYTHON_FULL")]
     python_full: Option<PathBuf>,
-    /// Modules the zygote imports before forking workers, comma-separated.
-    /// Default: numpy,pandas,scipy,requests,bs4. Empty: none (slower cold starts).
+    /// Modules the zygotes import before forking workers, comma-separated.
+    /// Default: numpy,pandas,scipy,requests,bs4 (the full runtime adds tensorflow,keras).
+    /// Empty: none (slower cold starts).
     #[arg(long, env = "SKYTHON_PRELOAD")]
     preload: Option<String>,
     /// Base URL that clients use (for the `url` of functions). Default: http://ADDR.
@@ -175,6 +176,11 @@ pub struct UpArgs {
     #[arg(long, env = "SKYTHON_LOG", default_value = "info")]
     log: String,
 }
+
+/// What the full runtime's zygote imports: TensorFlow and Keras too. Their pages are then shared
+/// by every worker and charged to none of them (a worker importing TensorFlow itself would pay
+/// about 600 MiB and 8 s, past the default memory of a function).
+const FULL_RUNTIME_PRELOAD: &str = "numpy,pandas,scipy,requests,bs4,tensorflow,keras";
 
 fn default_python() -> PathBuf {
     if let Some(home) = std::env::var_os("HOME") {
@@ -225,11 +231,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let python_path = data_dir.join("runtime");
     skython_runner::install_python_files(&python_path)
         .context("writing the runtime's Python files")?;
-    let runtime = |python: PathBuf| {
+    let runtime = |python: PathBuf, default_preload: Option<&str>| {
         Arc::new(Zygote::new(RuntimeConfig {
             python,
             python_path: python_path.clone(),
-            preload: args.preload.clone(),
+            preload: args
+                .preload
+                .clone()
+                .or_else(|| default_preload.map(String::from)),
             workdir: std::env::temp_dir(),
             sandbox: sandbox.clone(),
             egress_dir: egress.as_ref().map(|e| e.dir().to_path_buf()),
@@ -237,9 +246,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     let mut zygotes = HashMap::new();
     let python = args.python.clone().unwrap_or_else(default_python);
-    zygotes.insert(Runtime::Standard, runtime(python.clone()));
+    zygotes.insert(Runtime::Standard, runtime(python.clone(), None));
     if let Some(full) = args.python_full.clone() {
-        zygotes.insert(Runtime::Full, runtime(full));
+        zygotes.insert(Runtime::Full, runtime(full, Some(FULL_RUNTIME_PRELOAD)));
     }
     for (rt, z) in &zygotes {
         let hello = z.start().await.with_context(|| {

@@ -170,7 +170,7 @@ impl Deployments {
             .map(|s| s.entrypoint.clone())
             .or_else(|| spec.entrypoint.clone())
             .unwrap_or_else(|| "main".into());
-        let (worker_spec, egress) = self.worker_spec(spec, &entrypoint);
+        let (mut worker_spec, egress) = self.worker_spec(spec, &entrypoint);
         let limits = pool_limits(spec, &self.limits);
         let group = self.cgroups.as_ref().and_then(|cg| {
             let name = format!("{}.{}.{}", spec.owner, spec.endpoint, record.generation);
@@ -183,6 +183,11 @@ impl Deployments {
                 .map_err(|e| tracing::error!(function = %name, "no cgroup, rlimits only: {e}"))
                 .ok()
         });
+        if group.is_some() {
+            // The memory cgroup counts what the worker really uses; an address-space limit on
+            // top would only refuse libraries that reserve much and use little (TensorFlow).
+            worker_spec.memory_bytes = None;
+        }
         let state = Arc::new(self.scoped_state(StateScope {
             owner: spec.owner.clone(),
             function: spec.endpoint.clone(),

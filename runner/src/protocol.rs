@@ -76,6 +76,9 @@ pub struct WorkerSpec {
     pub filename: String,
     pub entrypoint: String,
     pub env: std::collections::BTreeMap<String, String>,
+    /// The worker's address-space limit (`RLIMIT_AS`) on top of the zygote's mappings: only
+    /// where no memory cgroup limits it (a non-root gateway, a runner pod, whose own cgroup is
+    /// the pod's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -587,3 +587,32 @@ async fn a_frame_of_an_unexpected_kind_fails_the_call_as_the_workers_fault() {
         ),
     }
 }
+
+/// Without a memory cgroup (a non-root gateway, a runner pod) the worker's limit is its address
+/// space: sized so that the full runtime's TensorFlow, which reserves much more than it uses,
+/// still runs with a function's default memory. Needs `$SKYTHON_PYTHON_FULL` (`make venv-full`).
+#[tokio::test]
+async fn keras_runs_under_the_address_space_limit_of_a_function_without_a_cgroup() {
+    let python = std::env::var_os("SKYTHON_PYTHON_FULL").expect(
+        "SKYTHON_PYTHON_FULL is not set: `make venv-full` builds it, `make test` passes it",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    skython_runner::install_python_files(dir.path()).unwrap();
+    let z = Arc::new(Zygote::new(RuntimeConfig {
+        python: python.into(),
+        python_path: dir.path().to_path_buf(),
+        preload: Some("numpy,tensorflow,keras".into()),
+        workdir: std::env::temp_dir(),
+        sandbox: skython_runner::Sandbox::None,
+        egress_dir: None,
+    }));
+    let source = "import numpy as np, keras\n\ndef f():\n    m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])\n    m.compile(optimizer='sgd', loss='mse')\n    x = np.array([[1, 2], [3, 4]], dtype='float32')\n    m.fit(x, x.sum(1), epochs=2, verbose=0)\n    return m.predict(x, verbose=0).shape\n";
+    let mut s = spec(source, "f");
+    s.memory_bytes = Some(512 << 20);
+    s.cpu_seconds_per_call = Some(60);
+    let mut l = limits(1);
+    l.call_timeout = Duration::from_secs(60);
+    let pool = WorkerPool::new(z, s, l, Arc::new(NoState));
+    let report = pool.call(b"{}").await.unwrap();
+    assert_eq!(returned(&report.result), "[2,1]");
+}
