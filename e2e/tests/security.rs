@@ -1,29 +1,52 @@
-//! The attack suite: real malicious functions against the real `skython up`, each with the
-//! outcome it must get (an errno, a signal, a status code). The sandbox's configuration is also
-//! checked from the outside, in `/proc/<worker>/status`, because these machines run everything
-//! as root: a payload that "cannot read X" proves something only next to the worker's real uid,
-//! capabilities, `no_new_privs` and seccomp mode.
+//! The attack suite: real malicious functions against the real `skython up`, one test per
+//! attack, each named for what is attacked and asserting the outcome it must get (an errno, a
+//! signal, a status code).
 //!
-//! One server serves every case (each its own function); after them it must still serve a
-//! plain function normally.
+//! Every test runs on a server of its own with two owners: `bob`, whose function `victim` is warm
+//! (with a secret in its environment, and, where the attack needs them, kernel objects it
+//! created), and `mallory`, who deploys the attack. After the attack, bob's function must still
+//! answer from the same worker process: one tenant's hostile code neither reaches nor breaks
+//! another's.
+//!
+//! These machines run everything as root, so a payload that "cannot read X" proves something
+//! only next to the worker's real uid, capabilities, `no_new_privs` and seccomp mode: the
+//! sandbox's configuration is also checked from the outside, in `/proc/<worker>/`.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use skython_e2e::{Skython, eventually};
 
-/// Deploys `source` (its entry function is `main`) with extra spec fields and calls it.
-fn attack(s: &Skython, name: &str, source: &str, spec: Value, args: Value) -> (u16, Value) {
-    s.deploy_ok(name, source, spec);
-    s.call(&format!("admin/{name}"), args)
-}
+/// Bob's function. Each worker draws an id when it loads: the same id after an attack means
+/// the same warm process. `plant` leaves kernel objects for an attacker to look for.
+const VICTIM: &str = r#"
+import ctypes, os, socket
 
-fn errno_of(body: &Value) -> i64 {
-    body.as_i64()
-        .unwrap_or_else(|| panic!("expected an errno, got {body}"))
-}
+libc = ctypes.CDLL(None, use_errno=True)
+WORKER = os.urandom(8).hex()
+held = []
 
-/// Each probe returns the errno of the attempt (0 = it worked).
+def main(op: str = "who"):
+    if op == "plant":
+        for path in ("/tmp/bob-secret", "/dev/shm/bob-secret"):
+            with open(path, "w") as f:
+                f.write("hunter2")
+        shm = libc.shmget(0x5B0B, 4096, 0o1666)  # IPC_CREAT | 0666
+        msg = libc.msgget(0x5B0B, 0o1666)
+        tcp = socket.socket()
+        tcp.bind(("127.0.0.1", 7777))
+        unix = socket.socket(socket.AF_UNIX)
+        unix.bind("/dev/shm/bob.sock")
+        abstract = socket.socket(socket.AF_UNIX)
+        abstract.bind("\0bob")
+        for s in (tcp, unix, abstract):
+            s.listen()
+            held.append(s)
+        return {"shm": shm >= 0, "msg": msg >= 0}
+    return {"worker": WORKER, "pid": os.getpid()}
+"#;
+
+/// Helpers every attack may use: `attempt(f)` is the errno of `f()` (0 when it worked).
 const PROBE: &str = r#"
 import ctypes, errno, os, socket
 
@@ -40,19 +63,82 @@ def sys_errno(ret):
     return 0 if ret == 0 else ctypes.get_errno()
 "#;
 
-#[test]
-fn malicious_functions_are_contained() {
-    // The registries this machine reaches may sit behind non-public addresses; the operator's
-    // allow list is how such a deployment lets functions reach them.
-    let registry = registry_addr();
-    let allow = format!("{registry}/32");
-    let s = Skython::start(&["--egress-allow", &allow]);
-    let data_db = s.data_dir.join("skython.db");
-    assert!(data_db.exists());
-    let gateway_pid = s.pid();
-    let port: u16 = s.url.rsplit(':').next().unwrap().parse().unwrap();
+struct Tenants {
+    s: Skython,
+    /// What bob's warm worker answered before the attack.
+    victim: Value,
+}
 
-    // Files: nothing of the host beyond the runtime, and that read-only.
+impl Tenants {
+    fn start() -> Tenants {
+        Tenants::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Tenants {
+        let s = Skython::start(extra);
+        deploy(
+            &s,
+            "bob",
+            "victim",
+            VICTIM,
+            json!({"env": [{"name": "VICTIM_SECRET", "value": "hunter2"}]}),
+        );
+        let (status, victim) = s.call("bob/victim", json!({}));
+        assert_eq!(status, 200, "{victim}");
+        Tenants { s, victim }
+    }
+
+    /// Bob's function leaves shared-memory files, System V objects and sockets behind.
+    fn plant(&self) {
+        let (status, body) = self.s.call("bob/victim", json!({"op": "plant"}));
+        assert_eq!(
+            (status, &body),
+            (200, &json!({"shm": true, "msg": true})),
+            "planting"
+        );
+    }
+
+    /// Deploys `source` as mallory/`name` and calls it with `args`.
+    fn attack(&self, name: &str, source: &str, spec: Value, args: Value) -> (u16, Value) {
+        deploy(&self.s, "mallory", name, source, spec);
+        self.s.call(&format!("mallory/{name}"), args)
+    }
+
+    /// Bob's function still answers, from the same worker as before the attack.
+    fn victim_is_unharmed(&self) {
+        assert_eq!(
+            self.s.call("bob/victim", json!({})),
+            (200, self.victim.clone()),
+            "bob's warm worker answers as before"
+        );
+    }
+}
+
+fn deploy(s: &Skython, owner: &str, endpoint: &str, source: &str, more: Value) {
+    let mut spec = json!({"owner": owner, "endpoint": endpoint, "source": source});
+    if let Value::Object(m) = more {
+        spec.as_object_mut().expect("object").extend(m);
+    }
+    let (status, body) = s.deploy(spec);
+    assert_eq!(status, 201, "deploy {owner}/{endpoint}: {body}");
+    assert_eq!(body["status"]["conditions"][0]["status"], "True", "{body}");
+}
+
+fn errno_of(body: &Value) -> i64 {
+    body.as_i64()
+        .unwrap_or_else(|| panic!("expected an errno, got {body}"))
+}
+
+fn error_code(body: &Value) -> Option<&str> {
+    body["error"]["code"].as_str()
+}
+
+#[test]
+fn host_files_are_absent_or_read_only() {
+    let t = Tenants::start();
+    let data_db = t.s.data_dir.join("skython.db");
+    assert!(data_db.exists());
+    let gateway_pid = t.s.pid();
     let src = format!(
         r#"{PROBE}
 def main(path: str, write: bool = False):
@@ -71,9 +157,10 @@ def main(path: str, write: bool = False):
         ("/usr/lib/os-release", true, 30), // EROFS: the runtime is read-only
         ("/opt/skython/runtime/skython_runtime/worker.py", true, 30),
     ];
-    s.deploy_ok("files", &src, json!({}));
+    deploy(&t.s, "mallory", "files", &src, json!({}));
     for (path, write, want) in cases {
-        let (status, body) = s.call("admin/files", json!({"path": path, "write": write}));
+        let (status, body) =
+            t.s.call("mallory/files", json!({"path": path, "write": write}));
         assert_eq!(status, 200, "{path}: {body}");
         assert_eq!(
             errno_of(&body),
@@ -82,8 +169,12 @@ def main(path: str, write: bool = False):
             if write { "write" } else { "read" }
         );
     }
+    t.victim_is_unharmed();
+}
 
-    // Processes: only the sandbox's own; the gateway can be neither seen nor signalled.
+#[test]
+fn the_gateway_can_be_neither_seen_nor_signalled() {
+    let t = Tenants::start();
     let src = format!(
         r#"{PROBE}
 def main(gateway_pid: int):
@@ -94,13 +185,7 @@ def main(gateway_pid: int):
              "env": sorted(os.environ)}}
 "#
     );
-    let (status, body) = attack(
-        &s,
-        "procs",
-        &src,
-        json!({}),
-        json!({"gateway_pid": gateway_pid}),
-    );
+    let (status, body) = t.attack("procs", &src, json!({}), json!({"gateway_pid": t.s.pid()}));
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["kill"], 3, "ESRCH: no such process in the sandbox");
     assert_eq!(body["token_visible"], false);
@@ -120,29 +205,67 @@ def main(gateway_pid: int):
             .any(|k| k.as_str().unwrap().contains("TOKEN")),
         "{body}"
     );
+    t.victim_is_unharmed();
+}
 
-    // Network: none by default, not even loopback or the metadata address.
+#[test]
+fn the_gateways_output_can_be_neither_read_nor_forged() {
+    let t = Tenants::start();
+    let src = r#"
+import os
+def main():
+    os.write(1, b'{"level":"INFO","message":"forged by mallory"}\n')
+    os.write(2, b"forged by mallory\n")
+    return {"links": [os.readlink(f"/proc/self/fd/{fd}") for fd in (0, 1, 2)],
+            "read": open("/proc/self/fd/1").read()}
+"#;
+    let (status, body) = t.attack("stdio", src, json!({}), json!({}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"links": ["/dev/null", "/dev/null", "/dev/null"], "read": ""}),
+        "descriptors 0-2 lead nowhere of the gateway's"
+    );
+    t.victim_is_unharmed();
+}
+
+#[test]
+fn the_network_is_the_workers_own_loopback_only() {
+    let t = Tenants::start();
+    let port: u16 = t.s.url.rsplit(':').next().unwrap().parse().unwrap();
     let src = format!(
         r#"{PROBE}
 def main(port: int):
     def connect(host, p):
         return attempt(lambda: socket.create_connection((host, p), timeout=2).close())
+    own = socket.socket()
+    own.bind(("127.0.0.1", 0))
+    own.listen()
     return {{"gateway": connect("127.0.0.1", port), "metadata": connect("169.254.169.254", 80),
-             "private": connect("10.0.0.1", 80), "dns": attempt(lambda: socket.getaddrinfo("example.com", 80))}}
+             "private": connect("10.0.0.1", 80), "dns": attempt(lambda: socket.getaddrinfo("example.com", 80)),
+             "own": connect("127.0.0.1", own.getsockname()[1])}}
 "#
     );
-    let (status, body) = attack(&s, "network", &src, json!({}), json!({"port": port}));
+    let (status, body) = t.attack("network", &src, json!({}), json!({"port": port}));
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body["gateway"], 111,
-        "ECONNREFUSED: the sandbox's own loopback, not the host's"
+        "ECONNREFUSED: the worker's own loopback, not the host's"
     );
     assert_eq!(body["metadata"], 101, "ENETUNREACH");
     assert_eq!(body["private"], 101, "ENETUNREACH");
     assert_ne!(body["dns"], 0, "no name resolution");
+    assert_eq!(body["own"], 0, "its own loopback works");
+    t.victim_is_unharmed();
+}
 
-    // `network: internet`: HTTP(S) through the gateway's egress proxy, public (or allowed)
-    // addresses only; raw sockets still have no route.
+#[test]
+fn egress_reaches_only_public_addresses_through_the_proxy() {
+    // The registries this machine reaches may sit behind non-public addresses; the operator's
+    // allow list is how such a deployment lets functions reach them.
+    let allow = format!("{}/32", registry_addr());
+    let t = Tenants::start_with(&["--egress-allow", &allow]);
+    let port: u16 = t.s.url.rsplit(':').next().unwrap().parse().unwrap();
     let src = format!(
         r#"{PROBE}
 import requests
@@ -158,14 +281,15 @@ def main(port: int):
     return {{
         "registry": get("https://pypi.org/simple/six/"),
         "gateway": get(f"http://127.0.0.1:{{port}}/healthz"),
+        "v4_compatible": get(f"http://[::127.0.0.1]:{{port}}/healthz"),
+        "6to4": get(f"http://[2002:7f00:1::1]:{{port}}/healthz"),
         "metadata": get("http://169.254.169.254/latest/meta-data/"),
         "private": get("http://10.0.0.1/"),
         "raw": attempt(lambda: socket.create_connection(("1.1.1.1", 443), timeout=2).close()),
     }}
 "#
     );
-    let (status, body) = attack(
-        &s,
+    let (status, body) = t.attack(
         "egress",
         &src,
         json!({"network": "internet"}),
@@ -176,31 +300,32 @@ def main(port: int):
         body["registry"], 200,
         "HTTPS to a public (or allowed) host works: {body}"
     );
-    for target in ["gateway", "metadata", "private"] {
+    for target in ["gateway", "v4_compatible", "6to4", "metadata", "private"] {
         assert_eq!(
             body[target], 403,
             "{target}: the proxy refuses non-public addresses ({body})"
         );
     }
     assert_eq!(body["raw"], 101, "ENETUNREACH: no route but the proxy");
-    // A function without `network: internet` has no relay in its network namespace at all.
+    t.victim_is_unharmed();
+}
+
+#[test]
+fn a_function_without_internet_has_no_relay_to_the_proxy() {
+    let t = Tenants::start();
     let src = format!(
         "{PROBE}\ndef main():\n    return attempt(lambda: socket.create_connection(('127.0.0.1', 3128), timeout=2).close())\n"
     );
     assert_eq!(
-        attack(&s, "noegress", &src, json!({}), json!({})),
+        t.attack("noegress", &src, json!({}), json!({})),
         (200, json!(111)),
         "ECONNREFUSED: nothing listens on its own loopback"
     );
+}
 
-    // Other functions' workers share the sandbox of a runtime: still no reading their
-    // environment or memory, and no signals to them.
-    s.deploy_ok(
-        "victim",
-        "def main():\n    return 'alive'\n",
-        json!({"env": [{"name": "VICTIM_SECRET", "value": "hunter2"}]}),
-    );
-    assert_eq!(s.call("admin/victim", json!({})), (200, json!("alive")));
+#[test]
+fn another_owners_environment_memory_and_signals_are_out_of_reach() {
+    let t = Tenants::start();
     let src = format!(
         r#"{PROBE}
 def main():
@@ -218,7 +343,7 @@ def main():
              "signals": sorted({{attempt(lambda p=p: os.kill(p, 0)) for p in others}})}}
 "#
     );
-    let (status, body) = attack(&s, "spy", &src, json!({}), json!({}));
+    let (status, body) = t.attack("spy", &src, json!({}), json!({}));
     assert_eq!(status, 200, "{body}");
     assert!(
         body["others"].as_i64().unwrap() >= 2,
@@ -230,47 +355,185 @@ def main():
         json!([1]),
         "EPERM for every other process: {body}"
     );
-    assert_eq!(s.call("admin/victim", json!({})), (200, json!("alive")));
+    t.victim_is_unharmed();
+}
 
-    // Nor their files: every worker has a /tmp of its own (a tmpfs in its own mount namespace),
-    // and the zygote they share is out of reach (not dumpable, outside their Landlock domain).
-    let src = "def main(write: bool):\n    if write:\n        open('/tmp/victim-file', 'w').write('hunter2')\n    return open('/tmp/victim-file').read()\n";
-    s.deploy_ok("tmpvictim", src, json!({}));
-    assert_eq!(
-        s.call("admin/tmpvictim", json!({"write": true})),
-        (200, json!("hunter2"))
-    );
+#[test]
+fn another_owners_tmp_files_and_the_zygote_are_out_of_reach() {
+    let t = Tenants::start();
+    t.plant();
     let src = format!(
         r#"{PROBE}
 def main():
     zygote = os.getppid()
     return {{
         "tmp": sorted(os.listdir("/tmp")),
-        "read": attempt(lambda: open("/tmp/victim-file").read()),
+        "read": attempt(lambda: open("/tmp/bob-secret").read()),
         "zygote_mem": attempt(lambda: open(f"/proc/{{zygote}}/mem", "r+b")),
         "zygote_environ": attempt(lambda: open(f"/proc/{{zygote}}/environ", "rb").read()),
     }}
 "#
     );
-    let (status, body) = attack(&s, "tmpspy", &src, json!({}), json!({}));
+    let (status, body) = t.attack("tmpspy", &src, json!({}), json!({}));
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["tmp"], json!([]), "a fresh /tmp: {body}");
     assert_eq!(body["read"], 2, "ENOENT: {body}");
     assert_eq!(body["zygote_mem"], 13, "EACCES: {body}");
     assert_eq!(body["zygote_environ"], 13, "EACCES: {body}");
-    assert_eq!(
-        s.call("admin/tmpvictim", json!({"write": false})),
-        (200, json!("hunter2")),
-        "the victim's own /tmp is untouched"
-    );
+    t.victim_is_unharmed();
+}
 
-    // Privileged operations through ctypes: refused by seccomp or by the user namespace.
+#[test]
+fn another_owners_shared_memory_files_are_out_of_reach() {
+    let t = Tenants::start();
+    t.plant();
+    let src = format!(
+        r#"{PROBE}
+def main():
+    before = sorted(os.listdir("/dev/shm"))
+    return {{"listed": before,
+             "read": attempt(lambda: open("/dev/shm/bob-secret").read()),
+             "own": attempt(lambda: open("/dev/shm/mallory", "w").write("x"))}}
+"#
+    );
+    let (status, body) = t.attack("shmspy", &src, json!({}), json!({}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"listed": [], "read": 2, "own": 0}),
+        "a /dev/shm of its own"
+    );
+    t.victim_is_unharmed();
+}
+
+#[test]
+fn another_owners_system_v_ipc_is_out_of_reach() {
+    let t = Tenants::start();
+    t.plant();
+    let src = format!(
+        r#"{PROBE}
+def main():
+    shm = libc.shmget(0x5B0B, 0, 0)
+    shm_errno = ctypes.get_errno()
+    msg = libc.msgget(0x5B0B, 0)
+    msg_errno = ctypes.get_errno()
+    return {{"shm": shm_errno if shm < 0 else 0, "msg": msg_errno if msg < 0 else 0}}
+"#
+    );
+    let (status, body) = t.attack("ipcspy", &src, json!({}), json!({}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"shm": 2, "msg": 2}),
+        "ENOENT: an IPC namespace of its own"
+    );
+    t.victim_is_unharmed();
+}
+
+#[test]
+fn another_owners_loopback_listeners_are_out_of_reach() {
+    let t = Tenants::start();
+    t.plant();
+    let src = format!(
+        "{PROBE}\ndef main():\n    return attempt(lambda: socket.create_connection(('127.0.0.1', 7777), timeout=2).close())\n"
+    );
+    assert_eq!(
+        t.attack("tcpspy", &src, json!({}), json!({})),
+        (200, json!(111)),
+        "ECONNREFUSED: bob listens on his own loopback"
+    );
+    t.victim_is_unharmed();
+}
+
+#[test]
+fn another_owners_unix_sockets_are_out_of_reach() {
+    let t = Tenants::start();
+    t.plant();
+    let src = format!(
+        r#"{PROBE}
+def main():
+    def connect(addr):
+        s = socket.socket(socket.AF_UNIX)
+        return attempt(lambda: s.connect(addr))
+    return {{"path": connect("/dev/shm/bob.sock"), "abstract": connect("\0bob")}}
+"#
+    );
+    let (status, body) = t.attack("unixspy", &src, json!({}), json!({}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["path"], 2, "ENOENT: {body}");
+    assert_eq!(
+        body["abstract"], 111,
+        "ECONNREFUSED: abstract names are per network namespace: {body}"
+    );
+    t.victim_is_unharmed();
+}
+
+#[test]
+fn kernel_settings_of_the_sandbox_are_read_only() {
+    let t = Tenants::start();
+    let src = format!(
+        r#"{PROBE}
+def main():
+    out = {{}}
+    for name in ("kernel/pid_max", "kernel/shmmni", "kernel/shmmax", "kernel/msgmax", "kernel/sem",
+                 "fs/mqueue/queues_max", "net/ipv4/ip_local_port_range"):
+        path = "/proc/sys/" + name
+        value = open(path).read()
+        out[name] = attempt(lambda: open(path, "w").write(value if name != "kernel/pid_max" else "300"))
+    return out
+"#
+    );
+    let (status, body) = t.attack("sysctl", &src, json!({}), json!({}));
+    assert_eq!(status, 200, "{body}");
+    for (name, errno) in body.as_object().unwrap() {
+        assert_eq!(errno, 30, "EROFS for {name}: {body}");
+    }
+    // Bob's workers still start processes as before.
+    deploy(
+        &t.s,
+        "bob",
+        "spawner",
+        "import subprocess\ndef main():\n    return subprocess.run(['/bin/echo', 'ok'], capture_output=True, text=True).stdout.strip()\n",
+        json!({}),
+    );
+    assert_eq!(t.s.call("bob/spawner", json!({})), (200, json!("ok")));
+    t.victim_is_unharmed();
+}
+
+#[test]
+fn dev_is_read_only_and_dev_shm_is_capped() {
+    let t = Tenants::start();
+    let src = format!(
+        r#"{PROBE}
+def main():
+    def fill():
+        with open("/dev/shm/fill", "wb") as f:
+            for _ in range(200):
+                f.write(b"\0" * (1 << 20))
+    return {{"dev": attempt(lambda: open("/dev/new-node", "w")), "null": attempt(lambda: open("/dev/null", "w").write("x")),
+             "shm": attempt(fill)}}
+"#
+    );
+    let (status, body) = t.attack("devfill", &src, json!({}), json!({}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"dev": 30, "null": 0, "shm": 28}),
+        "EROFS for /dev, ENOSPC past /dev/shm's 64 MiB"
+    );
+    t.victim_is_unharmed();
+}
+
+#[test]
+fn privileged_system_calls_are_refused() {
+    let t = Tenants::start();
     let src = format!(
         r#"{PROBE}
 def main():
     return {{
         "unshare": sys_errno(libc.unshare(0x10000000)),
         "unshare_mount_ns": sys_errno(libc.unshare(0x20000)),
+        "unshare_net_ns": sys_errno(libc.unshare(0x40000000)),
         "mount": sys_errno(libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)),
         "setuid0": sys_errno(libc.setuid(0)),
         "ptrace": sys_errno(libc.ptrace(16, 1, 0, 0)),
@@ -280,11 +543,12 @@ def main():
     }}
 "#
     );
-    let (status, body) = attack(&s, "privileged", &src, json!({}), json!({}));
+    let (status, body) = t.attack("privileged", &src, json!({}), json!({}));
     assert_eq!(status, 200, "{body}");
     for call in [
         "unshare",
         "unshare_mount_ns",
+        "unshare_net_ns",
         "mount",
         "ptrace",
         "bpf",
@@ -300,26 +564,41 @@ def main():
         body["setuid0"], 22,
         "EINVAL: uid 0 does not exist in the sandbox"
     );
+    t.victim_is_unharmed();
+}
 
-    // What sandboxed code legitimately does still works: threads, subprocesses, /tmp.
+#[test]
+fn legitimate_threads_processes_files_and_sockets_still_work() {
+    let t = Tenants::start();
     let src = r#"
-import subprocess, threading
+import multiprocessing, os, pty, socket, subprocess, threading
 def main():
     out = []
-    t = threading.Thread(target=lambda: out.append("thread"))
-    t.start(); t.join()
+    th = threading.Thread(target=lambda: out.append("thread"))
+    th.start(); th.join()
     out.append(subprocess.run(["/bin/echo", "child"], capture_output=True, text=True).stdout.strip())
     with open("/tmp/scratch", "w") as f:
         f.write("x" * 1000)
     out.append(len(open("/tmp/scratch").read()))
+    with multiprocessing.Pool(2) as p:
+        out.append(sum(p.map(abs, [-1, -2, 3])))
+    a, b = socket.socketpair()
+    a.sendall(b"pair"); out.append(b.recv(4).decode())
+    master, slave = pty.openpty()
+    out.append(os.ttyname(slave).startswith("/dev/pts/"))
     return out
 "#;
     assert_eq!(
-        attack(&s, "legit", src, json!({}), json!({})),
-        (200, json!(["thread", "child", 1000]))
+        t.attack("legit", src, json!({}), json!({})),
+        (200, json!(["thread", "child", 1000, 6, "pair", true]))
     );
+    t.victim_is_unharmed();
+}
 
-    // Disk fill: the private /tmp is capped (64 MiB by default).
+#[test]
+fn a_full_tmp_is_the_fillers_own() {
+    let t = Tenants::start();
+    t.plant();
     let src = format!(
         r#"{PROBE}
 def main():
@@ -330,43 +609,48 @@ def main():
     return attempt(fill)
 "#
     );
-    let (status, body) = attack(&s, "diskfill", &src, json!({}), json!({}));
-    assert_eq!((status, errno_of(&body)), (200, 28), "ENOSPC");
-    assert_eq!(
-        s.call("admin/legit", json!({})),
-        (200, json!(["thread", "child", 1000])),
-        "a full /tmp is the filler's own"
-    );
+    let (status, body) = t.attack("diskfill", &src, json!({}), json!({}));
+    assert_eq!((status, errno_of(&body)), (200, 28), "ENOSPC past 64 MiB");
+    t.victim_is_unharmed();
+}
 
-    // Memory bomb with touched pages: the address-space limit stops it, the call fails cleanly.
-    let src = "def main():\n    b = bytearray(3 << 30)\n    return len(b)\n";
-    let (status, body) = attack(
-        &s,
+#[test]
+fn a_memory_bomb_is_stopped_by_its_functions_memory_limit() {
+    let t = Tenants::start();
+    // Pages touched one by one: what a memory limit must count.
+    let src = "def main():\n    b = bytearray(3 << 30)\n    for i in range(0, len(b), 4096):\n        b[i] = 1\n    return len(b)\n";
+    let (status, body) = t.attack(
         "membomb",
         src,
         json!({"resources": {"memory": "256Mi"}}),
         json!({}),
     );
-    assert_eq!(status, 500, "{body}");
-    assert_eq!(body["error"]["type"], "MemoryError");
+    assert!(
+        (status == 502 && error_code(&body) == Some("worker_crashed"))
+            || (status == 500 && body["error"]["type"] == "MemoryError"),
+        "the call fails cleanly: {status} {body}"
+    );
+    t.victim_is_unharmed();
+}
 
-    // A CPU spin inside numpy (C code that never checks for signals) past the timeout: 504, and
-    // the worker is killed.
+#[test]
+fn a_cpu_spin_in_native_code_past_the_timeout_is_stopped() {
+    let t = Tenants::start();
+    // C code that never checks for signals.
     let src = "import numpy as np\ndef main():\n    a = np.random.rand(1500, 1500)\n    while True:\n        a = a @ a\n        a /= a.max()\n";
-    let (status, body) = attack(
-        &s,
-        "numpyspin",
-        src,
-        json!({"timeoutSeconds": 2}),
-        json!({}),
-    );
+    let (status, body) = t.attack("numpyspin", src, json!({"timeoutSeconds": 2}), json!({}));
     assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (504, Some("timeout"))
+        (status, error_code(&body)),
+        (504, Some("timeout")),
+        "{body}"
     );
+    t.victim_is_unharmed();
+}
 
-    // Fork bomb: the process limit of the sandbox uid stops it (EAGAIN), the timeout kills the
-    // whole process group.
+#[test]
+fn a_fork_bomb_is_capped_and_killed() {
+    let t = Tenants::start();
+    let gateway_pid = t.s.pid();
     let src = r#"
 import os, signal, time
 def main():
@@ -381,42 +665,98 @@ def main():
         pass
     time.sleep(60)
 "#;
-    let (status, body) = attack(&s, "forkbomb", src, json!({"timeoutSeconds": 3}), json!({}));
+    let (status, body) = t.attack("forkbomb", src, json!({"timeoutSeconds": 3}), json!({}));
     assert_eq!(
-        (status, body["error"]["code"].as_str()),
+        (status, error_code(&body)),
         (504, Some("timeout")),
         "{body}"
     );
     assert!(
         eventually(Duration::from_secs(10), || sandboxed_processes(gateway_pid)
             .len()
-            < 50),
+            < 10),
         "the fork bomb's processes were not all killed: {}",
         sandboxed_processes(gateway_pid).len()
     );
+    t.victim_is_unharmed();
+}
 
-    // The worker's confinement, read from the outside.
-    s.deploy_ok("plain", "def main(x: int):\n    return x + 1\n", json!({}));
-    assert_eq!(s.call("admin/plain", json!({"x": 41})), (200, json!(42)));
-    let workers = sandboxed_processes(gateway_pid);
-    assert!(
-        !workers.is_empty(),
-        "no sandboxed worker found under the gateway"
+#[test]
+fn forged_frames_cannot_grow_the_gateway() {
+    let t = Tenants::start();
+    let gateway_pid = t.s.pid();
+    let rss = || {
+        let status = std::fs::read_to_string(format!("/proc/{gateway_pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap()
+            * 1024
+    };
+    // The worker's own socket, written directly: 320 MB of log frames in one call.
+    let src = r#"
+import struct
+import skython
+
+def main():
+    sock = skython._worker.chan.sock
+    chunk = struct.pack("<IB", 1 << 20, ord("G")) + b"x" * (1 << 20)
+    for _ in range(320):
+        sock.sendall(chunk)
+    return "done"
+"#;
+    let before = rss();
+    let (status, body) = t.attack("flood", src, json!({}), json!({}));
+    assert_eq!(
+        (status, error_code(&body)),
+        (502, Some("worker_crashed")),
+        "{body}"
     );
+    let grown = rss().saturating_sub(before);
+    assert!(grown < 64 << 20, "the gateway grew by {} MiB", grown >> 20);
+    t.victim_is_unharmed();
+}
+
+#[test]
+fn two_owners_workers_have_their_own_ipc_and_network_namespaces() {
+    let t = Tenants::start();
+    t.attack("plain", "def main():\n    return 1\n", json!({}), json!({}));
+    let ns = |pid: u32, kind: &str| {
+        std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+            .map(|l| l.display().to_string())
+            .unwrap_or_default()
+    };
+    let procs = sandboxed_processes(t.s.pid());
+    let filters = |pid: u32| status_field(pid, "Seccomp_filters");
+    let zygote = procs
+        .iter()
+        .copied()
+        .find(|&p| filters(p) == "2")
+        .expect("the zygote");
+    let workers: Vec<u32> = procs.into_iter().filter(|&p| filters(p) == "3").collect();
+    assert_eq!(workers.len(), 2, "bob's and mallory's workers");
+    for kind in ["ipc", "net", "mnt"] {
+        let seen: std::collections::BTreeSet<String> =
+            workers.iter().map(|&w| ns(w, kind)).collect();
+        assert_eq!(seen.len(), 2, "{kind}: {seen:?}");
+        assert!(
+            !seen.contains(&ns(zygote, kind)),
+            "{kind}: not the zygote's"
+        );
+    }
+}
+
+#[test]
+fn the_workers_confinement_seen_from_outside() {
+    let t = Tenants::start();
     let root = nix_is_root();
-    let (mut zygotes, mut separated) = (0, 0);
-    for pid in workers {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        if status.is_empty() {
+    let (mut zygotes, mut workers) = (0, 0);
+    for pid in sandboxed_processes(t.s.pid()) {
+        let field = |name: &str| status_field(pid, name);
+        if field("Name").is_empty() {
             continue; // exited meanwhile
         }
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(&format!("{name}:")))
-                .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
-                .unwrap_or_default()
-        };
         assert_eq!(field("NoNewPrivs"), "1", "{pid}");
         assert_eq!(field("Seccomp"), "2", "{pid}");
         if field("Name") == "bwrap" {
@@ -431,7 +771,7 @@ def main():
             zygotes += 1;
             continue;
         }
-        separated += 1;
+        workers += 1;
         assert_eq!(
             field("Seccomp_filters"),
             "3",
@@ -454,66 +794,47 @@ def main():
             );
         }
         let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+        let mut writable = vec![];
         for line in mounts.lines() {
             let mut parts = line.split_whitespace();
             let target = parts.nth(4).unwrap_or("");
             let opts = parts.next().unwrap_or("");
-            if target != "/tmp" && target != "/proc" && !target.starts_with("/dev") && target != "/"
-            {
-                assert!(
-                    opts.split(',').any(|o| o == "ro"),
-                    "{target} is mounted read-write: {line}"
-                );
+            if !opts.split(',').any(|o| o == "ro") {
+                writable.push(target.to_string());
             }
         }
-    }
-
-    assert_eq!(zygotes, 1, "one runtime, one zygote");
-    assert!(
-        separated >= 2,
-        "the plain worker and the egress relay at least"
-    );
-
-    // As root, each function's workers are in a control group of its own (memory, pids).
-    if root {
-        let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-        let group = if v2 {
-            format!("/sys/fs/cgroup/skython/{gateway_pid}/fn-admin.plain.1")
-        } else {
-            format!("/sys/fs/cgroup/pids/skython/{gateway_pid}/fn-admin.plain.1")
-        };
-        let procs = std::fs::read_to_string(format!("{group}/cgroup.procs"))
-            .unwrap_or_else(|e| panic!("{group}: {e}"));
-        assert!(
-            !procs.trim().is_empty(),
-            "the plain function's worker is in {group}"
-        );
+        writable.sort();
+        writable.dedup();
         assert_eq!(
-            std::fs::read_to_string(format!("{group}/pids.max"))
-                .unwrap()
-                .trim(),
-            "256"
-        );
-        // A new version gets a new group; the old one goes once its workers are gone.
-        let (status, body) = s.api(
-            reqwest::Method::PUT,
-            "/functions/admin/plain",
-            Some(json!({"endpoint": "plain", "source": "def main(x: int):\n    return x + 2\n"})),
-        );
-        assert_eq!(status, 200, "{body}");
-        assert_eq!(s.call("admin/plain", json!({"x": 1})), (200, json!(3)));
-        assert!(
-            eventually(Duration::from_secs(10), || !std::path::Path::new(&group)
-                .exists()),
-            "{group} was not removed after the redeploy"
+            writable,
+            [
+                "/",
+                "/dev/full",
+                "/dev/null",
+                "/dev/pts",
+                "/dev/random",
+                "/dev/shm",
+                "/dev/tty",
+                "/dev/urandom",
+                "/dev/zero",
+                "/proc",
+                "/tmp"
+            ],
+            "worker {pid}: only its own tmpfs, ptys, the device nodes and /proc are writable \
+             (/ is bwrap's empty root)"
         );
     }
+    assert_eq!(zygotes, 1, "one runtime, one zygote");
+    assert_eq!(workers, 1, "bob's worker");
+}
 
-    // After all that, the server still serves.
-    let (status, _) = s.call("admin/plain", json!({"x": 1}));
-    assert_eq!(status, 200);
-    let (status, _) = s.get("/healthz");
-    assert_eq!(status, 200);
+fn status_field(pid: u32, name: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 /// The address pypi.org resolves to from this machine.
@@ -663,13 +984,8 @@ fn hostile_requests_and_results_get_clear_answers() {
 
     // A thread bomb: the function's pids limit (or the sandbox uid's) stops it; the call answers.
     let src = "import threading, time\ndef main():\n    n = 0\n    try:\n        while n < 100000:\n            threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n            n += 1\n    except RuntimeError:\n        return {'stopped_at': n}\n    return {'stopped_at': None}\n";
-    let (status, body) = attack(
-        &s,
-        "threadbomb",
-        src,
-        json!({"timeoutSeconds": 10}),
-        json!({}),
-    );
+    s.deploy_ok("threadbomb", src, json!({"timeoutSeconds": 10}));
+    let (status, body) = s.call("admin/threadbomb", json!({}));
     assert_eq!(status, 200, "{body}");
     assert!(
         body["stopped_at"].as_i64().is_some_and(|n| n < 5000),
