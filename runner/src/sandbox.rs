@@ -169,6 +169,9 @@ pub fn bwrap_args(cfg: &BwrapConfig, mounts: &[Mount], argv: &[OsString]) -> Vec
     for (src, dst) in sources(cfg, mounts) {
         a.extend(["--ro-bind".into(), src.into(), dst.into_os_string()]);
     }
+    // bwrap's root is a tmpfs owned by the sandbox uid, shared by every worker: read-only, or
+    // it would be a place where tenants leave each other files.
+    a.extend(["--remount-ro".into(), "/".into()]);
     for fd in SECCOMP_FDS {
         a.extend(["--add-seccomp-fd".into(), fd.to_string().into()]);
     }
@@ -517,6 +520,16 @@ mod tests {
             caps,
             ["CAP_SYS_ADMIN", "CAP_NET_ADMIN"],
             "the only capabilities kept, for the workers' own namespaces"
+        );
+        let root = a.iter().rposition(|x| x == "--remount-ro").unwrap();
+        assert_eq!(
+            a[root + 1],
+            "/",
+            "the root is read-only once everything is mounted"
+        );
+        assert!(
+            !a[root..].iter().any(|x| x == "--ro-bind" || x == "--tmpfs"),
+            "no mount after it"
         );
         let dev = a.iter().position(|x| x == "--dev").unwrap();
         assert_eq!(&a[dev + 1..dev + 4], ["/dev", "--remount-ro", "/dev"]);
