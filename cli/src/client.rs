@@ -197,12 +197,13 @@ pub async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
     let (status, current) = client
         .send(client.request(reqwest::Method::GET, &path)?)
         .await?;
-    // An update keeps every field the command line does not set.
+    // An update keeps every field the command line does not set; `env` is not shown (only
+    // `envNames`), and a replace without it keeps the current values.
     let (method, url, mut spec) = match status.as_u16() {
         200 => {
             let mut spec = current;
             if let Some(obj) = spec.as_object_mut() {
-                for k in ["status", "generation", "createdAt", "updatedAt"] {
+                for k in ["status", "generation", "createdAt", "updatedAt", "envNames"] {
                     obj.remove(k);
                 }
             }

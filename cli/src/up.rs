@@ -15,7 +15,7 @@ use skython_runner::cgroup::Cgroups;
 use skython_runner::egress::{Cidr, EgressProxy};
 use skython_runner::sandbox::{BwrapConfig, DropTo};
 use skython_runner::{RuntimeConfig, Sandbox, Zygote};
-use skython_store::{SqliteStore, Store};
+use skython_store::{SqliteStore, StateQuota, Store};
 
 /// Limits that the gateway and the runner pod apply to calls.
 #[derive(Args, Debug)]
@@ -168,6 +168,16 @@ pub struct UpArgs {
         hide_env_values = true
     )]
     admin_token: Option<String>,
+    /// A token that may read /metrics (for a Prometheus scraper), besides the admin's API
+    /// token. Default: none, only the admin's token may.
+    #[arg(long, env = "SKYTHON_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
+    /// State keys one owner may keep, all their functions together.
+    #[arg(long, env = "SKYTHON_STATE_MAX_KEYS_PER_OWNER", default_value_t = StateQuota::default().max_keys)]
+    state_max_keys_per_owner: u64,
+    /// Bytes of state values one owner may keep, all their functions together (default 100 MiB).
+    #[arg(long, env = "SKYTHON_STATE_MAX_BYTES_PER_OWNER", default_value_t = StateQuota::default().max_bytes)]
+    state_max_bytes_per_owner: u64,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
@@ -285,10 +295,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         public_url: url.clone(),
         limits: Limits {
             max_procs_per_function: args.sandbox.function_max_procs,
+            state_quota: StateQuota {
+                max_keys: args.state_max_keys_per_owner,
+                max_bytes: args.state_max_bytes_per_owner,
+            },
             ..args.limits.limits()
         },
         egress,
         cgroups,
+        // An empty value (`SKYTHON_METRICS_TOKEN=`) is no token, not one everybody knows.
+        metrics_token: args.metrics_token.clone().filter(|t| !t.trim().is_empty()),
     };
     let state = AppState::new(config, store, zygotes)?;
     let app = skython_gateway::app(state);

@@ -179,9 +179,21 @@ impl Skython {
         (resp.status().as_u16(), resp.text().expect("body"))
     }
 
+    /// `/metrics` as the admin reads it (it needs the admin's or the metrics token).
+    pub fn metrics(&self) -> String {
+        let resp = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .expect("request");
+        assert_eq!(resp.status().as_u16(), 200, "/metrics with the admin token");
+        resp.text().expect("body")
+    }
+
     /// The value of one Prometheus sample, e.g. `skython_workers{function="admin/f"}`.
     pub fn metric(&self, sample: &str) -> Option<f64> {
-        let (_, text) = self.get("/metrics");
+        let text = self.metrics();
         text.lines().find_map(|l| {
             l.strip_prefix(sample)
                 .and_then(|rest| rest.trim().parse().ok())

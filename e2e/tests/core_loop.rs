@@ -640,11 +640,15 @@ fn health_metrics_and_openapi() {
         s.metric("skython_pipelined_calls_total{function=\"admin/add\"}"),
         Some(0.0)
     );
-    let (_, text) = s.get("/metrics");
+    let text = s.metrics();
     assert!(
         text.contains("skython_call_duration_seconds_bucket{function=\"admin/add\""),
         "{text}"
     );
+    // Without a token, /metrics names no function.
+    let (status, body) = s.get("/metrics");
+    assert_eq!(status, 401);
+    assert!(body.contains("\"code\":\"unauthorized\"") && !body.contains("admin/add"));
     let (status, body) = s.get("/nope");
     assert_eq!(status, 404);
     assert!(body.contains("\"code\":\"not_found\""));
@@ -698,4 +702,57 @@ fn a_worker_started_for_a_caller_who_left_serves_the_next_call() {
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().get("x-skython-cold-start").is_none());
     assert_eq!(busy.join().unwrap().unwrap(), 200);
+}
+
+#[test]
+fn env_values_are_never_shown_and_a_replace_without_env_keeps_them() {
+    let s = Skython::start(&["--metrics-token", "sky_scraper"]);
+    let source = "import os\n\ndef main():\n    return os.environ.get('API_KEY')\n";
+    let env = json!({"env": [{"name": "API_KEY", "value": "hunter2"}], "visibility": "public"});
+    let deployed = s.deploy_ok("keyed", source, env);
+    assert_eq!(deployed["envNames"], json!(["API_KEY"]));
+    assert!(!deployed.to_string().contains("hunter2"), "{deployed}");
+    assert_eq!(s.call("admin/keyed", json!({})), (200, json!("hunter2")));
+    let (status, got) = s.api(Method::GET, "/functions/admin/keyed", None);
+    assert_eq!(status, 200);
+    assert!(
+        got.get("env").is_none() && !got.to_string().contains("hunter2"),
+        "{got}"
+    );
+
+    // What a client read, sent back without `envNames`: the value stays.
+    let mut spec = got.clone();
+    for k in ["status", "generation", "createdAt", "updatedAt", "envNames"] {
+        spec.as_object_mut().unwrap().remove(k);
+    }
+    spec["description"] = "v2".into();
+    let (status, body) = s.api(Method::PUT, "/functions/admin/keyed", Some(spec.clone()));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["generation"], 2);
+    assert_eq!(s.call("admin/keyed", json!({})), (200, json!("hunter2")));
+    // An explicit empty `env` removes it.
+    spec["env"] = json!([]);
+    let (status, body) = s.api(Method::PUT, "/functions/admin/keyed", Some(spec));
+    assert_eq!(
+        (status, body["envNames"].clone()),
+        (200, json!([])),
+        "{body}"
+    );
+    assert_eq!(s.call("admin/keyed", json!({})), (200, Value::Null));
+
+    // The metrics token reads /metrics; after the delete, the function has no series.
+    let scrape = || {
+        reqwest::blocking::Client::new()
+            .get(format!("{}/metrics", s.url))
+            .bearer_auth("sky_scraper")
+            .send()
+            .unwrap()
+    };
+    let resp = scrape();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().unwrap().contains("function=\"admin/keyed\""));
+    let (status, _) = s.api(Method::DELETE, "/functions/admin/keyed", None);
+    assert_eq!(status, 204);
+    let text = scrape().text().unwrap();
+    assert!(!text.contains("keyed"), "{text}");
 }

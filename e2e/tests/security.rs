@@ -992,3 +992,64 @@ fn hostile_requests_and_results_get_clear_answers() {
     );
     assert_eq!(s.call("admin/big", json!({"n": 1})), (200, json!("x")));
 }
+
+#[test]
+fn state_past_an_owners_quota_is_refused_and_earlier_values_stay() {
+    let s = Skython::start(&[
+        "--state-max-keys-per-owner",
+        "20",
+        "--state-max-bytes-per-owner",
+        "4096",
+    ]);
+    // Stores `size`-character strings under new keys until refused; then reads them all back.
+    let source = r#"from skython import store, load, StateError
+
+def main(size: int):
+    n = 0
+    try:
+        while n < 1000:
+            store(f"k{n}", "x" * size)
+            n += 1
+    except StateError as e:
+        refused = str(e)
+    else:
+        refused = None
+    intact = all(load(f"k{i}") == "x" * size for i in range(n))
+    return {"stored": n, "refused": refused, "intact": intact}
+"#;
+    for owner in ["alice", "carol", "bob"] {
+        s.deploy_ok("hoard", source, json!({"owner": owner}));
+    }
+    // alice runs into the key quota (20 keys of 3 bytes)...
+    let (status, body) = s.call("alice/hoard", json!({"size": 1}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["stored"].clone(), body["intact"].clone()),
+        (json!(20), json!(true)),
+        "{body}"
+    );
+    let msg = body["refused"].as_str().unwrap();
+    assert!(
+        msg.contains("state quota exceeded: alice may keep at most 20 keys")
+            && msg.contains("20 in use"),
+        "{msg}"
+    );
+    // ...carol into the byte quota (four values of 1002 bytes; a fifth would make 5010).
+    let (status, body) = s.call("carol/hoard", json!({"size": 1000}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["stored"].clone(), body["intact"].clone()),
+        (json!(4), json!(true)),
+        "{body}"
+    );
+    let msg = body["refused"].as_str().unwrap();
+    assert!(
+        msg.contains("at most 4096 bytes of values")
+            && msg.contains("4008 in use")
+            && msg.contains("5010"),
+        "{msg}"
+    );
+    // Another owner's quota is their own.
+    let (status, body) = s.call("bob/hoard", json!({"size": 1}));
+    assert_eq!((status, body["stored"].clone()), (200, json!(20)), "{body}");
+}

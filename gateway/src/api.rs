@@ -26,27 +26,47 @@ use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
 use crate::invoke::{CallOutput, check_args};
 
-/// A function as the API shows it: the spec fields, then what the platform observed.
+/// A function as the API shows it: the spec fields (without `env`), then what the platform
+/// observed.
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = without_env)]
 pub struct FunctionView {
+    /// `env` is always empty here, so it is not serialized: its values are secrets.
     #[serde(flatten)]
-    pub spec: SkyFunctionSpec,
+    spec: SkyFunctionSpec,
+    /// The names of the function's environment variables, for its owner (and the admin) only.
+    /// Their values are never shown; a replace (`PUT`) without `env` keeps them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env_names: Option<Vec<String>>,
     pub status: SkyFunctionStatus,
     pub generation: i64,
     pub created_at: String,
     pub updated_at: String,
 }
 
-impl From<FunctionRecord> for FunctionView {
-    fn from(r: FunctionRecord) -> Self {
+impl FunctionView {
+    /// What `viewer` may see of a function: never the values of its `env`, and its names only
+    /// if the viewer manages the function.
+    pub fn new(mut r: FunctionRecord, viewer: &AuthUser) -> Self {
+        let env = std::mem::take(&mut r.spec.env);
         FunctionView {
+            env_names: viewer
+                .may_manage(&r.spec.owner)
+                .then(|| env.into_iter().map(|e| e.name).collect()),
             spec: r.spec,
             status: r.status,
             generation: r.generation,
             created_at: r.created_at.to_string(),
             updated_at: r.updated_at.to_string(),
         }
+    }
+}
+
+/// The schema of [`FunctionView`]: its flattened spec has no `env`.
+fn without_env(schema: &mut schemars::Schema) {
+    if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+        props.remove("env");
     }
 }
 
@@ -402,7 +422,7 @@ pub async fn create_function(
     };
     app.store.create_function(&record).await?;
     let record = activate(&app, record).await?;
-    Ok((StatusCode::CREATED, Json(FunctionView::from(record))).into_response())
+    Ok((StatusCode::CREATED, Json(FunctionView::new(record, &user))).into_response())
 }
 
 pub async fn replace_function(
@@ -412,7 +432,10 @@ pub async fn replace_function(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<FunctionView>> {
     let body: Value = json_body(&body?)?;
-    let spec = parse_spec(body, &user, Some((&owner, &endpoint)))?;
+    // `env` values are never shown, so clients cannot send them back: a body without `env`
+    // keeps the current ones (`"env": []` removes them).
+    let keeps_env = body.get("env").is_none();
+    let mut spec = parse_spec(body, &user, Some((&owner, &endpoint)))?;
     let current = app
         .store
         .get_function(&owner, &endpoint)
@@ -422,6 +445,9 @@ pub async fn replace_function(
                 "function {owner}/{endpoint} does not exist; create it with POST /api/v1/functions"
             ))
         })?;
+    if keeps_env {
+        spec.env = current.spec.env;
+    }
     let signature = inspect(&app, &spec).await?;
     let record = FunctionRecord {
         status: SkyFunctionStatus {
@@ -436,7 +462,10 @@ pub async fn replace_function(
     app.store
         .replace_function(&record, current.generation)
         .await?;
-    Ok(Json(activate(&app, record).await?.into()))
+    Ok(Json(FunctionView::new(
+        activate(&app, record).await?,
+        &user,
+    )))
 }
 
 /// The function if the caller may see it: its owner and the admin always, others if public.
@@ -461,7 +490,8 @@ pub async fn get_function(
     user: AuthUser,
     Path((owner, endpoint)): Path<(String, String)>,
 ) -> ApiResult<Json<FunctionView>> {
-    Ok(Json(visible(&app, &user, &owner, &endpoint).await?.into()))
+    let record = visible(&app, &user, &owner, &endpoint).await?;
+    Ok(Json(FunctionView::new(record, &user)))
 }
 
 pub async fn delete_function(
@@ -476,11 +506,13 @@ pub async fn delete_function(
             user.0.name
         )));
     }
-    app.deployments.remove(&owner, &endpoint);
-    app.metrics.forget(&format!("{owner}/{endpoint}"));
+    // The store first: a call that loads the function after this finds it gone, and one that
+    // loaded it before cannot install its pool after `remove` (see `Deployments::get`).
     if !app.store.delete_function(&owner, &endpoint).await? {
         return Err(ApiError::function_not_found(&owner, &endpoint));
     }
+    app.deployments.remove(&owner, &endpoint);
+    app.metrics.forget(&format!("{owner}/{endpoint}"));
     Ok(StatusCode::NO_CONTENT)
 }
 

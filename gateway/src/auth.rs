@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use axum::extract::FromRequestParts;
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use skython_store::{Store, StoreError, User};
@@ -34,26 +34,54 @@ impl AuthUser {
     }
 }
 
+fn unauthorized(message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+}
+
+/// The bearer token of a request; `needs` says what the caller should send.
+fn bearer<'a>(headers: &'a HeaderMap, needs: &str) -> Result<&'a str, ApiError> {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| unauthorized(&format!("{needs}: `Authorization: Bearer <token>`")))?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))
+}
+
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let unauthorized = |msg: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", msg);
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| unauthorized("this API needs `Authorization: Bearer <token>`"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?;
+        let token = bearer(&parts.headers, "this API needs a token")?;
         match state.store.user_by_token_hash(&hash_token(token)).await? {
             Some(user) => Ok(AuthUser(user)),
             None => Err(unauthorized("the token is not valid")),
         }
+    }
+}
+
+/// `/metrics` names every function, private ones included: it answers the metrics token
+/// (`--metrics-token`, for a scraper) and the admin's API token, nobody else.
+pub async fn may_read_metrics(headers: &HeaderMap, state: &AppState) -> Result<(), ApiError> {
+    const NEEDS: &str = "/metrics needs the admin's API token or the metrics token \
+                         (--metrics-token)";
+    let token = bearer(headers, NEEDS)?;
+    let hash = hash_token(token);
+    // Hashes are compared, so the time taken says nothing about the token.
+    if (state.config.metrics_token.as_deref()).is_some_and(|t| hash_token(t) == hash) {
+        return Ok(());
+    }
+    match state.store.user_by_token_hash(&hash).await? {
+        Some(user) if user.is_admin => Ok(()),
+        Some(user) => Err(ApiError::forbidden(format!(
+            "{} may not read /metrics; {NEEDS}",
+            user.name
+        ))),
+        None => Err(unauthorized(&format!("the token is not valid; {NEEDS}"))),
     }
 }
 

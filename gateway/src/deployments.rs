@@ -12,7 +12,7 @@ use skython_runner::egress::{EgressProxy, Grant};
 use skython_runner::{
     PoolLimits, StateAnswer, StateHandler, StateRequest, WorkerPool, WorkerSpec, Zygote,
 };
-use skython_store::{FunctionRecord, StateScope, Store};
+use skython_store::{FunctionRecord, StateQuota, StateScope, Store, StoreError};
 
 use crate::Limits;
 
@@ -33,8 +33,9 @@ pub struct Deployed {
 #[derive(Default)]
 struct Missing {
     since: HashMap<Key, Instant>,
-    /// Deploys so far: a lookup that started before a deploy must not mark its endpoint missing.
-    deploys: u64,
+    /// Deploys and deletions so far: a lookup that started before one must not mark its
+    /// endpoint missing, nor install the pool of what it read.
+    changes: u64,
 }
 
 const MISSING_FOR: Duration = Duration::from_secs(1);
@@ -86,38 +87,47 @@ impl Deployments {
         endpoint: &str,
     ) -> skython_store::Result<Option<Arc<Deployed>>> {
         let key = (owner.to_string(), endpoint.to_string());
-        if let Some(d) = self.read().get(&key) {
-            return Ok(Some(d.clone()));
-        }
-        let deploys = {
-            let missing = self.missing();
-            if missing
-                .since
-                .get(&key)
-                .is_some_and(|at| at.elapsed() < MISSING_FOR)
-            {
-                return Ok(None);
+        loop {
+            if let Some(d) = self.read().get(&key) {
+                return Ok(Some(d.clone()));
             }
-            missing.deploys
-        };
-        let Some(record) = self.store.get_function(owner, endpoint).await? else {
-            let mut missing = self.missing();
-            if missing.deploys == deploys {
-                if missing.since.len() >= MISSING_MAX {
-                    missing.since.clear();
+            let changes = {
+                let missing = self.missing();
+                if missing
+                    .since
+                    .get(&key)
+                    .is_some_and(|at| at.elapsed() < MISSING_FOR)
+                {
+                    return Ok(None);
                 }
-                missing.since.insert(key, Instant::now());
+                missing.changes
+            };
+            let Some(record) = self.store.get_function(owner, endpoint).await? else {
+                let mut missing = self.missing();
+                if missing.changes == changes {
+                    if missing.since.len() >= MISSING_MAX {
+                        missing.since.clear();
+                    }
+                    missing.since.insert(key, Instant::now());
+                }
+                return Ok(None);
+            };
+            let Some(fresh) = self.build(&record) else {
+                return Ok(None);
+            };
+            let mut live = self.write();
+            // Someone may have deployed meanwhile: theirs is at least as new as what we read.
+            if let Some(d) = live.get(&key) {
+                return Ok(Some(d.clone()));
             }
-            return Ok(None);
-        };
-        let Some(fresh) = self.build(&record) else {
-            return Ok(None);
-        };
-        // Someone may have deployed meanwhile: theirs is at least as new as what we read.
-        let mut live = self.write();
-        Ok(Some(
-            live.entry(key).or_insert_with(|| Arc::new(fresh)).clone(),
-        ))
+            if self.missing().changes == changes {
+                let fresh = Arc::new(fresh);
+                live.insert(key, fresh.clone());
+                return Ok(Some(fresh));
+            }
+            // A function was deployed or deleted meanwhile: if it was this one, what we read is
+            // gone, and its pool must not outlive the deletion. Read again.
+        }
     }
 
     /// Installs the pool of a new version and retires the previous one.
@@ -127,7 +137,7 @@ impl Deployments {
         {
             let mut missing = self.missing();
             missing.since.clear();
-            missing.deploys += 1;
+            missing.changes += 1;
         }
         let old = self.write().insert(key, fresh.clone());
         if let Some(old) = old {
@@ -136,7 +146,9 @@ impl Deployments {
         Some(fresh)
     }
 
+    /// Retires a deleted function's pool (after the store forgot the function).
     pub fn remove(&self, owner: &str, endpoint: &str) {
+        self.missing().changes += 1;
         if let Some(old) = self
             .write()
             .remove(&(owner.to_string(), endpoint.to_string()))
@@ -229,6 +241,7 @@ impl Deployments {
             store: self.store.clone(),
             scope,
             max_value_bytes: self.limits.max_state_value_bytes,
+            quota: self.limits.state_quota,
         }
     }
 
@@ -280,6 +293,7 @@ pub struct ScopedState {
     store: Arc<dyn Store>,
     scope: StateScope,
     max_value_bytes: usize,
+    quota: StateQuota,
 }
 
 const MAX_KEY_CHARS: usize = 512;
@@ -327,7 +341,7 @@ impl StateHandler for ScopedState {
                     return StateAnswer::refused("bad_value", "state values must be JSON");
                 }
                 self.store
-                    .state_put(s, &key, &value)
+                    .state_put(s, &key, &value, self.quota)
                     .await
                     .map(|()| StateAnswer {
                         ok: true,
@@ -354,9 +368,12 @@ impl StateHandler for ScopedState {
                     ..Default::default()
                 }),
         };
-        res.unwrap_or_else(|e| {
-            tracing::error!(owner = %s.owner, function = %s.function, "state request failed: {e}");
-            StateAnswer::refused("storage_error", "the state storage failed; try again")
+        res.unwrap_or_else(|e| match e {
+            StoreError::QuotaExceeded(q) => StateAnswer::refused("quota_exceeded", q.to_string()),
+            e => {
+                tracing::error!(owner = %s.owner, function = %s.function, "state request failed: {e}");
+                StateAnswer::refused("storage_error", "the state storage failed; try again")
+            }
         })
     }
 }
@@ -393,6 +410,7 @@ mod tests {
                 function: f.into(),
             },
             max_value_bytes: 16,
+            quota: StateQuota::default(),
         };
         let (a, b) = (mk("alice", "f"), mk("bob", "f"));
         let put = a
@@ -429,6 +447,43 @@ mod tests {
                 .value
                 .as_deref(),
             Some("1")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_past_the_owners_quota_is_refused_naming_it() {
+        let store: Arc<dyn Store> = Arc::new(skython_store::SqliteStore::open_in_memory().unwrap());
+        let state = |f: &str| ScopedState {
+            store: store.clone(),
+            scope: StateScope {
+                owner: "alice".into(),
+                function: f.into(),
+            },
+            max_value_bytes: 1024,
+            quota: StateQuota {
+                max_keys: 1,
+                max_bytes: 1024,
+            },
+        };
+        let put = |f: &'static str, key: &'static str| {
+            let state = state(f);
+            async move {
+                state
+                    .handle(StateRequest::Store {
+                        key: key.into(),
+                        value: "1".into(),
+                    })
+                    .await
+            }
+        };
+        assert!(put("f", "a").await.ok);
+        let refused = put("g", "b").await;
+        let err = refused.error.unwrap();
+        assert_eq!(err.code, "quota_exceeded");
+        assert_eq!(
+            err.message,
+            "state quota exceeded: alice may keep at most 1 keys (all functions together); \
+             1 in use, this write would make 2"
         );
     }
 }

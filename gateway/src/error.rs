@@ -73,6 +73,9 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
             StoreError::Conflict(msg) => ApiError::new(StatusCode::CONFLICT, "conflict", msg),
+            StoreError::QuotaExceeded(q) => {
+                ApiError::new(StatusCode::FORBIDDEN, "quota_exceeded", q.to_string())
+            }
             StoreError::Backend(source) => {
                 tracing::error!(error = %source, "storage failed");
                 ApiError::new(

@@ -33,7 +33,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use skython_crds::Runtime;
 use skython_runner::Zygote;
-use skython_store::Store;
+use skython_store::{StateQuota, Store};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
@@ -53,6 +53,8 @@ pub struct Limits {
     pub max_log_bytes: usize,
     /// Largest JSON value one `store()` may write.
     pub max_state_value_bytes: usize,
+    /// State one owner may keep, all their functions together.
+    pub state_quota: StateQuota,
     /// Callers that may wait for a busy function's worker (429 above).
     pub queue_limit: usize,
     /// Invocations kept per function.
@@ -68,6 +70,7 @@ impl Default for Limits {
             max_result_bytes: 10 << 20,
             max_log_bytes: 64 << 10,
             max_state_value_bytes: 1 << 20,
+            state_quota: StateQuota::default(),
             queue_limit: 1000,
             invocations_kept: 200,
             max_procs_per_function: 256,
@@ -85,6 +88,8 @@ pub struct GatewayConfig {
     pub egress: Option<Arc<skython_runner::egress::EgressProxy>>,
     /// Control groups for functions' workers, where the machine offers them to us.
     pub cgroups: Option<Arc<skython_runner::cgroup::Cgroups>>,
+    /// A token that may read `/metrics` besides the admin's API token (for a scraper).
+    pub metrics_token: Option<String>,
 }
 
 #[derive(Clone)]
@@ -239,19 +244,22 @@ async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
     "ready".into_response()
 }
 
-async fn metrics_text(State(app): State<AppState>) -> impl IntoResponse {
-    (
+async fn metrics_text(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, error::ApiError> {
+    auth::may_read_metrics(&headers, &app).await?;
+    let pools = app.deployments.all();
+    let text = app.metrics.render(
+        pools
+            .iter()
+            .map(|d| (d.label.as_str(), d.pool.live(), d.pool.pipelined())),
+    );
+    Ok((
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4"),
         )],
-        {
-            let pools = app.deployments.all();
-            app.metrics.render(
-                pools
-                    .iter()
-                    .map(|d| (d.label.as_str(), d.pool.live(), d.pool.pipelined())),
-            )
-        },
-    )
+        text,
+    ))
 }

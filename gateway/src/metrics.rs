@@ -1,5 +1,8 @@
 //! Prometheus metrics of the gateway (`/metrics`).
 
+use std::collections::{HashMap, HashSet};
+
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -77,16 +80,20 @@ impl Metrics {
         })
     }
 
-    /// The text exposition, with what each pool reports (label, live workers, pipelined
-    /// calls) read at scrape time.
+    /// The text exposition, with what each live pool reports (label, live workers, pipelined
+    /// calls) read at scrape time. Series of functions without a live pool (deleted ones, whose
+    /// last calls may have ended after `forget`) are dropped.
     pub fn render<'a>(&self, pools: impl IntoIterator<Item = (&'a str, usize, u64)>) -> String {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         self.workers.reset();
         self.pipelined.reset();
-        for (label, live, pipelined) in pools {
-            self.workers.with_label_values(&[label]).add(live as i64);
+        let mut live = HashSet::new();
+        for (label, workers, pipelined) in pools {
+            self.workers.with_label_values(&[label]).add(workers as i64);
             self.pipelined.with_label_values(&[label]).inc_by(pipelined);
+            live.insert(label);
         }
+        self.retain(|label| live.contains(label));
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::error!("encoding metrics failed: {e}");
@@ -96,8 +103,30 @@ impl Metrics {
 
     /// Forgets a deleted function's series.
     pub fn forget(&self, label: &str) {
-        let _ = self.call_duration.remove_label_values(&[label]);
-        let _ = self.cold_starts.remove_label_values(&[label]);
+        let _ = self.workers.remove_label_values(&[label]);
+        let _ = self.pipelined.remove_label_values(&[label]);
+        self.retain(|l| l != label);
+    }
+
+    /// Keeps the per-call series of the functions `keep` says yes to, removes the others.
+    fn retain(&self, keep: impl Fn(&str) -> bool) {
+        fn prune<M: MetricVecBuilder>(vec: &MetricVec<M>, keep: &impl Fn(&str) -> bool) {
+            for family in vec.collect() {
+                for metric in family.get_metric() {
+                    let labels: HashMap<&str, &str> = metric
+                        .get_label()
+                        .iter()
+                        .map(|l| (l.name(), l.value()))
+                        .collect();
+                    if labels.get("function").is_some_and(|f| !keep(f)) {
+                        let _ = vec.remove(&labels);
+                    }
+                }
+            }
+        }
+        prune(&self.calls, &keep);
+        prune(&self.call_duration, &keep);
+        prune(&self.cold_starts, &keep);
     }
 }
 
@@ -129,5 +158,43 @@ mod tests {
         for s in scrapers {
             s.join().unwrap();
         }
+    }
+
+    fn sample(m: &Metrics) {
+        m.calls.with_label_values(&["a/f", "ok"]).inc();
+        m.calls.with_label_values(&["a/f", "timeout"]).inc();
+        m.calls.with_label_values(&["a/g", "ok"]).inc();
+        m.call_duration.with_label_values(&["a/f"]).observe(0.1);
+        m.cold_starts.with_label_values(&["a/f"]).inc();
+    }
+
+    #[test]
+    fn a_forgotten_function_has_no_series_left() {
+        let m = Metrics::new().unwrap();
+        sample(&m);
+        let before = m.render([("a/f", 1, 0), ("a/g", 1, 0)]);
+        assert!(before.contains("function=\"a/f\""), "{before}");
+        m.forget("a/f");
+        let after = m.render([("a/g", 1, 0)]);
+        assert!(!after.contains("a/f"), "{after}");
+        assert!(
+            after.contains("skython_calls_total{function=\"a/g\",outcome=\"ok\"} 1"),
+            "{after}"
+        );
+    }
+
+    #[test]
+    fn series_of_functions_without_a_pool_are_dropped_at_scrape() {
+        let m = Metrics::new().unwrap();
+        // A call that ended after its function was deleted counted itself again.
+        sample(&m);
+        let text = m.render([("a/g", 0, 0)]);
+        assert!(!text.contains("a/f"), "{text}");
+        assert!(text.contains("function=\"a/g\""), "{text}");
+        // Gone for good, not only hidden.
+        assert!(
+            !m.render([("a/f", 0, 0)])
+                .contains("skython_calls_total{function=\"a/f\"")
+        );
     }
 }

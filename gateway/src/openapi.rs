@@ -15,7 +15,7 @@ fn error_schema() -> Value {
             "type": "object",
             "required": ["code", "message"],
             "properties": {
-                "code": {"type": "string", "description": "Machine-readable: bad_json, bad_arguments, invalid_spec, syntax_error, function_not_found, function_error, timeout, worker_crashed, too_many_requests, body_too_large, unauthorized, ..."},
+                "code": {"type": "string", "description": "Machine-readable: bad_json, bad_arguments, invalid_spec, syntax_error, function_not_found, function_error, timeout, worker_crashed, too_many_requests, body_too_large, unauthorized, forbidden, ..."},
                 "message": {"type": "string", "description": "What went wrong and what was expected."},
                 "type": {"type": "string", "description": "The Python exception type (function_error)."},
                 "expected": {"type": "array", "description": "The function's parameters (bad_arguments)."},
@@ -157,7 +157,7 @@ pub fn document() -> Value {
             },
             "/api/v1/functions/{owner}/{endpoint}": {
                 "get": op("Read a function", "200", response("The function", Some("Function")), &["401", "404"], None, &fp),
-                "put": op("Replace a function's spec (a new version)", "200", response("Deployed", Some("Function")), &["400", "401", "403", "404", "409", "413"], Some("SkyFunctionSpec"), &fp),
+                "put": op("Replace a function's spec (a new version); without `env`, the current environment variables are kept", "200", response("Deployed", Some("Function")), &["400", "401", "403", "404", "409", "413"], Some("SkyFunctionSpec"), &fp),
                 "delete": op("Delete a function with its state and history", "204", response("Deleted", None), &["401", "403", "404"], None, &fp)
             },
             "/api/v1/functions/{owner}/{endpoint}/invocations": {
@@ -174,7 +174,14 @@ pub fn document() -> Value {
             },
             "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "ok"}}}},
             "/readyz": {"get": {"summary": "Readiness: the runtime and the store answer", "security": [], "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "text exposition"}}}}
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics, for the admin's API token or the metrics token (`skython up --metrics-token`)",
+                "responses": {
+                    "200": {"description": "text exposition"},
+                    "401": response("No token, or not a valid one", Some("Error")),
+                    "403": response("A user's token that is not the admin's", Some("Error"))
+                }
+            }}
         }
     })
 }

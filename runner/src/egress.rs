@@ -27,40 +27,150 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Whether `ip` is a public internet address a function may reach.
 pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => is_public_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_public_v4(v4),
-            None => is_public_v6(v6),
+    special_range(ip).is_none()
+}
+
+/// A range of the IANA special-purpose registries that functions may not reach.
+#[derive(Debug, PartialEq)]
+pub struct Special {
+    pub range: Cidr,
+    pub name: &'static str,
+}
+
+const fn v4(a: u8, b: u8, c: u8, d: u8, prefix: u8, name: &'static str) -> Special {
+    Special {
+        range: Cidr {
+            net: IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
+            prefix,
         },
+        name,
     }
 }
 
-fn is_public_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, c, _] = ip.octets();
-    !(ip.is_unspecified()
-        || ip.is_loopback()
-        || ip.is_private()
-        || ip.is_link_local() // 169.254/16: cloud metadata lives here
-        || ip.is_multicast()
-        || ip.is_broadcast()
-        || ip.is_documentation()
-        || a == 0
-        || (a == 100 && (64..128).contains(&b)) // 100.64/10, carrier-grade NAT
-        || (a == 192 && b == 0 && c == 0) // 192.0.0/24, protocol assignments
-        || (a == 198 && (18..20).contains(&b)) // 198.18/15, benchmarking
-        || a >= 240) // reserved
+const fn v6(s: [u16; 8], prefix: u8, name: &'static str) -> Special {
+    Special {
+        range: Cidr {
+            net: IpAddr::V6(Ipv6Addr::new(
+                s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
+            )),
+            prefix,
+        },
+        name,
+    }
 }
 
-fn is_public_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
-    !(ip.is_unspecified()
-        || ip.is_loopback()
-        || ip.is_multicast()
-        || (first & 0xfe00) == 0xfc00 // unique local
-        || (first & 0xffc0) == 0xfe80 // link-local
-        || (first == 0x2001 && ip.segments()[1] == 0xdb8) // documentation
-        || (first == 0x64 && ip.segments()[1] == 0xff9b)) // NAT64, reaches IPv4 inside
+/// The IPv4 ranges that are not globally reachable: the IANA IPv4 Special-Purpose Address
+/// Registry (RFC 6890 and successors) plus multicast. The registry's globally reachable entries
+/// stay reachable (AS112 192.31.196/24 and 192.175.48/24, AMT 192.52.193/24); its two anycast
+/// exceptions inside 192.0.0/24 (PCP, TURN) are refused with the block, no function needs them.
+const V4_SPECIAL: &[Special] = &[
+    v4(255, 255, 255, 255, 32, "limited broadcast"),
+    v4(0, 0, 0, 0, 8, "\"this network\""),
+    v4(10, 0, 0, 0, 8, "private-use"),
+    v4(
+        100,
+        64,
+        0,
+        0,
+        10,
+        "shared address space (carrier-grade NAT)",
+    ),
+    v4(127, 0, 0, 0, 8, "loopback"),
+    v4(169, 254, 0, 0, 16, "link-local (cloud metadata lives here)"),
+    v4(172, 16, 0, 0, 12, "private-use"),
+    v4(192, 0, 0, 0, 24, "IETF protocol assignments"),
+    v4(192, 0, 2, 0, 24, "documentation (TEST-NET-1)"),
+    v4(192, 88, 99, 0, 24, "6to4 relay anycast (deprecated)"),
+    v4(192, 168, 0, 0, 16, "private-use"),
+    v4(198, 18, 0, 0, 15, "benchmarking"),
+    v4(198, 51, 100, 0, 24, "documentation (TEST-NET-2)"),
+    v4(203, 0, 113, 0, 24, "documentation (TEST-NET-3)"),
+    v4(224, 0, 0, 0, 4, "multicast"),
+    v4(240, 0, 0, 0, 4, "reserved"),
+];
+
+/// The IPv6 ranges that are not globally reachable, from the IANA IPv6 Special-Purpose Address
+/// Registry. Those outside 2000::/3 are listed for their names: nothing outside it is global
+/// unicast anyway (see `GLOBAL_UNICAST`).
+const V6_SPECIAL: &[Special] = &[
+    v6([0, 0, 0, 0, 0, 0, 0, 0], 128, "unspecified"),
+    v6([0, 0, 0, 0, 0, 0, 0, 1], 128, "loopback"),
+    // Deprecated (RFC 4291) and, with a `sit` tunnel, sent over IPv4 to the embedded address
+    // (`[::127.0.0.1]`): refused whatever it embeds.
+    v6([0, 0, 0, 0, 0, 0, 0, 0], 96, "IPv4-compatible (deprecated)"),
+    // Local-use NAT64 prefixes embed IPv4 addresses at operator-chosen places (RFC 8215), so
+    // the embedded address cannot be judged.
+    v6(
+        [0x64, 0xff9b, 1, 0, 0, 0, 0, 0],
+        48,
+        "local-use IPv4/IPv6 translation",
+    ),
+    v6([0x100, 0, 0, 0, 0, 0, 0, 0], 64, "discard-only"),
+    v6([0x100, 0, 0, 1, 0, 0, 0, 0], 64, "dummy prefix"),
+    // Includes Teredo (2001::/32), which tunnels over IPv4 to an address it embeds, ORCHID and
+    // benchmarking; the few globally reachable anycast and AMT entries inside are refused with
+    // the block, no function needs them.
+    v6(
+        [0x2001, 0, 0, 0, 0, 0, 0, 0],
+        23,
+        "IETF protocol assignments (incl. Teredo)",
+    ),
+    v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32, "documentation"),
+    // 6to4 (deprecated, RFC 7526) sends packets over IPv4 to the address it embeds, through
+    // whatever tunnels the host has: refused whole, even for a public embedded address, since
+    // no host is reachable only by 6to4 any more.
+    v6([0x2002, 0, 0, 0, 0, 0, 0, 0], 16, "6to4 (deprecated)"),
+    v6([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20, "documentation"),
+    v6(
+        [0x5f00, 0, 0, 0, 0, 0, 0, 0],
+        16,
+        "segment routing (SRv6) SIDs",
+    ),
+    v6([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7, "unique local"),
+    v6([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10, "link-local"),
+    v6([0xff00, 0, 0, 0, 0, 0, 0, 0], 8, "multicast"),
+];
+
+/// All global unicast IPv6 addresses IANA allocates are in here.
+static GLOBAL_UNICAST: Special = v6(
+    [0x2000, 0, 0, 0, 0, 0, 0, 0],
+    3,
+    "outside global unicast (2000::/3)",
+);
+
+/// The well-known NAT64 prefix (RFC 6052): the last 32 bits are the IPv4 address a NAT64
+/// gateway connects to, so it is judged by that address (DNS64 hands these out for IPv4-only
+/// hosts on IPv6-only networks).
+const NAT64: Cidr = Cidr {
+    net: IpAddr::V6(Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0)),
+    prefix: 96,
+};
+
+/// The special-purpose range `ip` is in (`None`: a public address). IPv6 addresses that reach
+/// an IPv4 address (IPv4-mapped, NAT64) are judged by that address.
+pub fn special_range(ip: IpAddr) -> Option<&'static Special> {
+    match ip {
+        IpAddr::V4(v4) => V4_SPECIAL.iter().find(|s| s.range.covers(IpAddr::V4(v4))),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return special_range(IpAddr::V4(v4));
+            }
+            if NAT64.covers(ip) {
+                let [.., a, b, c, d] = v6.octets();
+                return special_range(IpAddr::V4(Ipv4Addr::new(a, b, c, d)));
+            }
+            V6_SPECIAL
+                .iter()
+                .find(|s| s.range.covers(ip))
+                .or((!GLOBAL_UNICAST.range.covers(ip)).then_some(&GLOBAL_UNICAST))
+        }
+    }
+}
+
+/// Whether a function may connect to `ip`: a public address, or one in a range the operator
+/// allowed (`--egress-allow`).
+pub fn may_reach(ip: IpAddr, allow: &[Cidr]) -> bool {
+    is_public(ip) || allow.iter().any(|c| c.contains(ip))
 }
 
 /// An address range, `10.1.0.0/16` or `2001:db8::/32`.
@@ -90,11 +200,17 @@ impl std::str::FromStr for Cidr {
 }
 
 impl Cidr {
+    /// Whether `ip` is in the range; an IPv4-mapped IPv6 address counts as its IPv4 address.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
+        self.covers(ip)
+    }
+
+    /// Whether `ip` is in the range, taken literally.
+    fn covers(&self, ip: IpAddr) -> bool {
         match (self.net, ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
                 let mask = u32::MAX
@@ -110,6 +226,12 @@ impl Cidr {
             }
             _ => false,
         }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.net, self.prefix)
     }
 }
 
@@ -367,10 +489,12 @@ impl EgressProxy {
             .map_err(|e| ProxyError::Upstream(format!("cannot resolve {}: {e}", req.host)))?
             .collect();
         // Every address must be public: a name that also resolves inside is refused whole.
-        let reachable = |ip: IpAddr| is_public(ip) || self.allow.iter().any(|c| c.contains(ip));
-        if let Some(bad) = addrs.iter().find(|a| !reachable(a.ip())) {
+        if let Some(bad) = addrs.iter().find(|a| !may_reach(a.ip(), &self.allow)) {
+            let why = special_range(bad.ip())
+                .map(|s| format!(" ({}: {})", s.range, s.name))
+                .unwrap_or_default();
             return Err(ProxyError::Forbidden(format!(
-                "{} resolves to {}, which is not a public internet address",
+                "{} resolves to {}, which is not a public internet address{why}",
                 req.host,
                 bad.ip()
             )));
@@ -438,34 +562,205 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// One row per special-purpose range: the range `special_range` must name, addresses
+    /// inside it, and public neighbours just outside it (where the neighbour is public).
+    const RANGES: &[(&str, &[&str], &[&str])] = &[
+        // IPv4
+        ("0.0.0.0/8", &["0.0.0.0", "0.255.255.255"], &["1.0.0.0"]),
+        (
+            "10.0.0.0/8",
+            &["10.0.0.0", "10.1.2.3", "10.255.255.255"],
+            &["9.255.255.255", "11.0.0.0"],
+        ),
+        (
+            "100.64.0.0/10",
+            &["100.64.0.0", "100.127.255.255"],
+            &["100.63.255.255", "100.128.0.0"],
+        ),
+        (
+            "127.0.0.0/8",
+            &["127.0.0.1", "127.255.255.255"],
+            &["126.255.255.255", "128.0.0.0"],
+        ),
+        (
+            "169.254.0.0/16",
+            &["169.254.169.254", "169.254.0.0"],
+            &["169.253.255.255", "169.255.0.0"],
+        ),
+        (
+            "172.16.0.0/12",
+            &["172.16.0.1", "172.31.255.255"],
+            &["172.15.255.255", "172.32.0.0"],
+        ),
+        (
+            "192.0.0.0/24",
+            &["192.0.0.0", "192.0.0.9", "192.0.0.170", "192.0.0.255"],
+            &["191.255.255.255", "192.0.1.0"],
+        ),
+        (
+            "192.0.2.0/24",
+            &["192.0.2.1", "192.0.2.255"],
+            &["192.0.1.255", "192.0.3.0"],
+        ),
+        (
+            "192.88.99.0/24",
+            &["192.88.99.1"],
+            &["192.88.98.255", "192.88.100.0"],
+        ),
+        (
+            "192.168.0.0/16",
+            &["192.168.1.1", "192.168.255.255"],
+            &["192.167.255.255", "192.169.0.0"],
+        ),
+        (
+            "198.18.0.0/15",
+            &["198.18.0.0", "198.19.255.255"],
+            &["198.17.255.255", "198.20.0.0"],
+        ),
+        (
+            "198.51.100.0/24",
+            &["198.51.100.7"],
+            &["198.51.99.255", "198.51.101.0"],
+        ),
+        (
+            "203.0.113.0/24",
+            &["203.0.113.80"],
+            &["203.0.112.255", "203.0.114.0"],
+        ),
+        (
+            "224.0.0.0/4",
+            &["224.0.0.1", "239.255.255.255"],
+            &["223.255.255.255"],
+        ),
+        ("240.0.0.0/4", &["240.0.0.0", "255.255.255.254"], &[]),
+        ("255.255.255.255/32", &["255.255.255.255"], &[]),
+        // IPv6
+        ("::/128", &["::"], &[]),
+        ("::1/128", &["::1"], &[]),
+        (
+            "::/96",
+            &["::127.0.0.1", "::8.8.8.8", "::2", "::ffff:ffff"],
+            &[],
+        ),
+        (
+            "64:ff9b:1::/48",
+            &["64:ff9b:1::808:808", "64:ff9b:1:ffff:ffff:ffff:ffff:ffff"],
+            &[],
+        ),
+        ("100::/64", &["100::", "100::ffff:ffff:ffff:ffff"], &[]),
+        ("100:0:0:1::/64", &["100:0:0:1::1"], &[]),
+        (
+            "2001::/23",
+            &[
+                "2001::1",
+                "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+                "2001:2::1",
+                "2001:1ff:ffff:ffff:ffff:ffff:ffff:ffff",
+            ],
+            &["2000:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "2001:200::1"],
+        ),
+        (
+            "2001:db8::/32",
+            &["2001:db8::1", "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"],
+            &["2001:db7:ffff:ffff:ffff:ffff:ffff:ffff", "2001:db9::"],
+        ),
+        (
+            "2002::/16",
+            &[
+                "2002:808:808::1",
+                "2002:7f00:1::1",
+                "2002:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            ],
+            &["2001:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "2003::1"],
+        ),
+        (
+            "3fff::/20",
+            &["3fff::1", "3fff:fff:ffff:ffff:ffff:ffff:ffff:ffff"],
+            &["3ffe:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "3fff:1000::"],
+        ),
+        (
+            "5f00::/16",
+            &["5f00::1", "5f00:ffff:ffff:ffff:ffff:ffff:ffff:ffff"],
+            &[],
+        ),
+        (
+            "fc00::/7",
+            &[
+                "fc00::1",
+                "fd00::1",
+                "fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            ],
+            &[],
+        ),
+        (
+            "fe80::/10",
+            &["fe80::1", "febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff"],
+            &[],
+        ),
+        (
+            "ff00::/8",
+            &["ff02::1", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"],
+            &[],
+        ),
+        // Unallocated: only 2000::/3 is global unicast.
+        (
+            "2000::/3",
+            &[
+                "1fff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+                "4000::1",
+                "fec0::1",
+            ],
+            &["2000::1", "3fff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"],
+        ),
+    ];
+
     #[test]
-    fn only_public_addresses_are_reachable() {
-        for private in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "224.0.0.1",
-            "255.255.255.255",
-            "::1",
-            "fd00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-            "::ffff:169.254.169.254",
-            "64:ff9b::a00:1",
-        ] {
-            assert!(!is_public(private.parse().unwrap()), "{private}");
+    fn every_special_purpose_range_is_refused_and_its_neighbours_are_not() {
+        for (range, inside, outside) in RANGES {
+            for ip in *inside {
+                let got = special_range(ip.parse().unwrap()).map(|s| s.range.to_string());
+                assert_eq!(got.as_deref(), Some(*range), "{ip}");
+                assert!(!is_public(ip.parse().unwrap()), "{ip}");
+            }
+            for ip in *outside {
+                assert!(is_public(ip.parse().unwrap()), "{ip}, next to {range}");
+            }
         }
+    }
+
+    #[test]
+    fn embedded_ipv4_addresses_are_judged_as_ipv4() {
+        // IPv4-mapped and the well-known NAT64 prefix reach the IPv4 address they carry.
+        for (ip, range) in [
+            ("::ffff:127.0.0.1", Some("127.0.0.0/8")),
+            ("::ffff:169.254.169.254", Some("169.254.0.0/16")),
+            ("::ffff:10.0.0.1", Some("10.0.0.0/8")),
+            ("::ffff:8.8.8.8", None),
+            ("64:ff9b::a00:1", Some("10.0.0.0/8")),
+            ("64:ff9b::7f00:1", Some("127.0.0.0/8")),
+            ("64:ff9b::a9fe:a9fe", Some("169.254.0.0/16")),
+            ("64:ff9b::808:808", None),
+            // Just outside the well-known prefix: not global unicast.
+            ("64:ff9b:0:0:0:1:808:808", Some("2000::/3")),
+        ] {
+            let got = special_range(ip.parse().unwrap()).map(|s| s.range.to_string());
+            assert_eq!(got.as_deref(), range, "{ip}");
+        }
+    }
+
+    #[test]
+    fn public_addresses_are_reachable() {
         for public in [
             "1.1.1.1",
             "151.101.0.223",
+            "192.31.196.1", // AS112, globally reachable
+            "192.175.48.1", // AS112 direct delegation
+            "192.52.193.1", // AMT
             "2606:4700::1111",
-            "::ffff:8.8.8.8",
+            "2620:4f:8000::1", // AS112 direct delegation
+            "2a00:1450:4001:80b::200e",
         ] {
-            assert!(is_public(public.parse().unwrap()), "{public}");
+            assert_eq!(special_range(public.parse().unwrap()), None, "{public}");
         }
     }
 
@@ -487,6 +782,21 @@ mod tests {
         for bad in ["10.0.0.0/33", "nonsense", "10.0.0/8", "::/129"] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_operators_allow_list_opens_special_ranges() {
+        let allow: Vec<Cidr> = ["10.0.0.0/8", "2001:db8::/32"]
+            .iter()
+            .map(|c| c.parse().unwrap())
+            .collect();
+        for ip in ["10.1.2.3", "::ffff:10.1.2.3", "2001:db8::1", "1.1.1.1"] {
+            assert!(may_reach(ip.parse().unwrap(), &allow), "{ip}");
+        }
+        for ip in ["127.0.0.1", "192.168.1.1", "fd00::1", "::10.1.2.3"] {
+            assert!(!may_reach(ip.parse().unwrap(), &allow), "{ip}");
+        }
+        assert!(!may_reach("10.1.2.3".parse().unwrap(), &[]));
     }
 
     fn auth(token: &str) -> String {

@@ -22,6 +22,8 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    #[error(transparent)]
+    QuotaExceeded(#[from] QuotaExceeded),
     #[error("storage backend failed: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -69,6 +71,98 @@ pub struct FunctionFilter {
 pub struct StateScope {
     pub owner: String,
     pub function: String,
+}
+
+/// How much state one owner may keep, all their functions (and drafts) together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateQuota {
+    pub max_keys: u64,
+    /// Bytes of JSON values (keys are not counted).
+    pub max_bytes: u64,
+}
+
+impl Default for StateQuota {
+    fn default() -> Self {
+        StateQuota {
+            max_keys: 10_000,
+            max_bytes: 100 << 20,
+        }
+    }
+}
+
+/// What one owner's state takes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateUsage {
+    pub keys: u64,
+    pub bytes: u64,
+}
+
+impl StateUsage {
+    /// The usage after writing `new_bytes` under a key that held `old_bytes` (`None`: a new key).
+    pub fn after_write(self, old_bytes: Option<u64>, new_bytes: u64) -> StateUsage {
+        StateUsage {
+            keys: self.keys + u64::from(old_bytes.is_none()),
+            bytes: (self.bytes.saturating_sub(old_bytes.unwrap_or(0))).saturating_add(new_bytes),
+        }
+    }
+}
+
+/// Which limit of [`StateQuota`] a write would pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaKind {
+    Keys,
+    Bytes,
+}
+
+impl std::fmt::Display for QuotaKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            QuotaKind::Keys => "keys",
+            QuotaKind::Bytes => "bytes of values",
+        })
+    }
+}
+
+/// A write refused because it would take its owner's state past a quota.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "state quota exceeded: {owner} may keep at most {limit} {kind} (all functions together); \
+     {used} in use, this write would make {after}"
+)]
+pub struct QuotaExceeded {
+    pub kind: QuotaKind,
+    pub owner: String,
+    pub limit: u64,
+    pub used: u64,
+    pub after: u64,
+}
+
+impl StateQuota {
+    /// Whether a write that takes `owner`'s usage from `used` to `after` is allowed. A write
+    /// that does not grow a measure passes even above its limit (e.g. after the operator lowered
+    /// it), so an owner over quota can still shrink their state.
+    pub fn check(
+        &self,
+        owner: &str,
+        used: StateUsage,
+        after: StateUsage,
+    ) -> Result<(), QuotaExceeded> {
+        for (kind, limit, used, after) in [
+            (QuotaKind::Keys, self.max_keys, used.keys, after.keys),
+            (QuotaKind::Bytes, self.max_bytes, used.bytes, after.bytes),
+        ] {
+            if after > limit && after > used {
+                return Err(QuotaExceeded {
+                    kind,
+                    owner: owner.to_string(),
+                    limit,
+                    used,
+                    after,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One finished call, kept for the owner's `invocations` and `logs` views.
@@ -127,7 +221,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// The raw JSON text stored under `key`.
     async fn state_get(&self, scope: &StateScope, key: &str) -> Result<Option<String>>;
-    async fn state_put(&self, scope: &StateScope, key: &str, json: &str) -> Result<()>;
+    /// Stores `json` under `key`, unless that would take the scope's owner past `quota`
+    /// (`QuotaExceeded`, and nothing changes). The check and the write are one atomic step:
+    /// concurrent writers cannot pass the quota together.
+    async fn state_put(
+        &self,
+        scope: &StateScope,
+        key: &str,
+        json: &str,
+        quota: StateQuota,
+    ) -> Result<()>;
     /// False if the key did not exist.
     async fn state_delete(&self, scope: &StateScope, key: &str) -> Result<bool>;
     /// Keys starting with `prefix`, sorted, at most `limit`.
@@ -151,4 +254,60 @@ pub trait Store: Send + Sync + 'static {
         endpoint: &str,
         limit: usize,
     ) -> Result<Vec<Invocation>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const QUOTA: StateQuota = StateQuota {
+        max_keys: 2,
+        max_bytes: 10,
+    };
+
+    fn usage(keys: u64, bytes: u64) -> StateUsage {
+        StateUsage { keys, bytes }
+    }
+
+    #[test]
+    fn a_write_counts_a_new_key_and_the_difference_of_a_replaced_value() {
+        assert_eq!(usage(1, 5).after_write(None, 3), usage(2, 8));
+        assert_eq!(usage(1, 5).after_write(Some(5), 2), usage(1, 2));
+        assert_eq!(usage(1, 5).after_write(Some(2), 9), usage(1, 12));
+    }
+
+    #[test]
+    fn writes_within_the_quota_pass() {
+        assert_eq!(QUOTA.check("a", usage(1, 5), usage(2, 10)), Ok(()));
+    }
+
+    #[test]
+    fn a_key_past_the_limit_is_refused_naming_the_quota() {
+        let e = QUOTA.check("alice", usage(2, 4), usage(3, 5)).unwrap_err();
+        assert_eq!(
+            (e.kind, e.limit, e.used, e.after),
+            (QuotaKind::Keys, 2, 2, 3)
+        );
+        assert_eq!(
+            e.to_string(),
+            "state quota exceeded: alice may keep at most 2 keys (all functions together); \
+             2 in use, this write would make 3"
+        );
+    }
+
+    #[test]
+    fn bytes_past_the_limit_are_refused_naming_the_quota() {
+        let e = QUOTA.check("alice", usage(1, 8), usage(1, 11)).unwrap_err();
+        assert_eq!(
+            (e.kind, e.limit, e.used, e.after),
+            (QuotaKind::Bytes, 10, 8, 11)
+        );
+        assert!(e.to_string().contains("at most 10 bytes of values"), "{e}");
+    }
+
+    #[test]
+    fn an_owner_over_the_quota_may_still_shrink() {
+        assert_eq!(QUOTA.check("a", usage(5, 50), usage(5, 40)), Ok(()));
+        assert!(QUOTA.check("a", usage(5, 50), usage(5, 51)).is_err());
+    }
 }

@@ -12,6 +12,11 @@
 //! so listings filter in SQL); timestamps are integer microseconds since the Unix epoch, so
 //! sub-microsecond precision is dropped on the way in. `PRAGMA user_version` holds the schema
 //! version; a database written by a newer Skython is refused rather than misread.
+//!
+//! State quotas: `state_usage` holds each owner's key count and value bytes, kept by triggers
+//! on `state` (so every insert, replace and delete, a function's deletion included, updates
+//! it in the same transaction). A `state_put` reads it and writes in one `IMMEDIATE`
+//! transaction, so no two writers pass the quota together.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -22,11 +27,12 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use skython_crds::{SkyFunctionStatus, Visibility};
 
 use crate::{
-    FunctionFilter, FunctionRecord, Invocation, Result, StateScope, Store, StoreError, User,
+    FunctionFilter, FunctionRecord, Invocation, Result, StateQuota, StateScope, StateUsage, Store,
+    StoreError, User,
 };
 
 /// The schema this code reads and writes, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// How long a statement waits for another connection's lock before failing with `SQLITE_BUSY`.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -71,6 +77,31 @@ CREATE TABLE IF NOT EXISTS invocations (
     cold_start INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS invocations_by_function ON invocations (owner, endpoint, id);
+CREATE TABLE IF NOT EXISTS state_usage (
+    owner TEXT PRIMARY KEY,
+    keys INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS state_usage_insert AFTER INSERT ON state BEGIN
+    INSERT INTO state_usage (owner, keys, bytes)
+    VALUES (NEW.owner, 1, length(CAST(NEW.value AS BLOB)))
+    ON CONFLICT (owner) DO UPDATE SET keys = keys + 1, bytes = bytes + excluded.bytes;
+END;
+CREATE TRIGGER IF NOT EXISTS state_usage_update AFTER UPDATE OF value ON state BEGIN
+    UPDATE state_usage
+    SET bytes = bytes - length(CAST(OLD.value AS BLOB)) + length(CAST(NEW.value AS BLOB))
+    WHERE owner = NEW.owner;
+END;
+CREATE TRIGGER IF NOT EXISTS state_usage_delete AFTER DELETE ON state BEGIN
+    UPDATE state_usage SET keys = keys - 1, bytes = bytes - length(CAST(OLD.value AS BLOB))
+    WHERE owner = OLD.owner;
+END;
+";
+
+/// Version 1 had no `state_usage`: count what is stored (after `SCHEMA` created the table).
+const MIGRATE_1_TO_2: &str = "
+INSERT OR REPLACE INTO state_usage (owner, keys, bytes)
+SELECT owner, count(*), sum(length(CAST(value AS BLOB))) FROM state GROUP BY owner;
 ";
 
 /// The embedded [`Store`]: one SQLite database (a file, or memory for tests). Cloning is cheap and
@@ -108,6 +139,11 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
             if *extended_code == ffi::SQLITE_CONSTRAINT_UNIQUE
                 || *extended_code == ffi::SQLITE_CONSTRAINT_PRIMARYKEY
     )
+}
+
+/// A count or size read from SQLite (never negative; 0 if it were).
+fn count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
 }
 
 fn micros(t: Timestamp) -> i64 {
@@ -171,7 +207,11 @@ impl SqliteStore {
         match version {
             // Fresh file, or already current: the schema is idempotent.
             0 | SCHEMA_VERSION => tx.execute_batch(SCHEMA).map_err(backend)?,
-            // Migrations from older versions go here, one arm per step.
+            // Migrations from older versions, one arm per step.
+            1 => {
+                tx.execute_batch(SCHEMA).map_err(backend)?;
+                tx.execute_batch(MIGRATE_1_TO_2).map_err(backend)?;
+            }
             v if v > SCHEMA_VERSION => return Err(newer_schema(v)),
             v => {
                 return Err(StoreError::Backend(
@@ -501,17 +541,53 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn state_put(&self, scope: &StateScope, key: &str, json: &str) -> Result<()> {
+    async fn state_put(
+        &self,
+        scope: &StateScope,
+        key: &str,
+        json: &str,
+        quota: StateQuota,
+    ) -> Result<()> {
         let (s, k, v) = (scope.clone(), key.to_string(), json.to_string());
         self.with(move |c| {
-            c.prepare_cached(
+            // IMMEDIATE takes the write lock before the usage is read: another writer (even in
+            // another process) waits until this one has committed.
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let used = tx
+                .prepare_cached("SELECT keys, bytes FROM state_usage WHERE owner = ?1")
+                .and_then(|mut st| {
+                    st.query_row(params![s.owner], |r| {
+                        Ok(StateUsage {
+                            keys: count(r.get(0)?),
+                            bytes: count(r.get(1)?),
+                        })
+                    })
+                    .optional()
+                })
+                .map_err(backend)?
+                .unwrap_or_default();
+            let old_bytes = tx
+                .prepare_cached(
+                    "SELECT length(CAST(value AS BLOB)) FROM state
+                     WHERE owner = ?1 AND function = ?2 AND key = ?3",
+                )
+                .and_then(|mut st| {
+                    st.query_row(params![s.owner, s.function, k], |r| r.get(0).map(count))
+                        .optional()
+                })
+                .map_err(backend)?;
+            let after = used.after_write(old_bytes, v.len() as u64);
+            quota.check(&s.owner, used, after)?;
+            tx.prepare_cached(
                 "INSERT INTO state (owner, function, key, value, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (owner, function, key) DO UPDATE SET value = excluded.value,
                  updated_at = excluded.updated_at",
             )
             .and_then(|mut st| st.execute(params![s.owner, s.function, k, v, micros(Timestamp::now())]))
             .map_err(backend)?;
-            Ok(())
+            tx.commit().map_err(backend)
         })
         .await
     }
@@ -863,15 +939,23 @@ mod tests {
     async fn state_is_isolated_and_prefixes_are_literal() {
         let s = SqliteStore::open_in_memory().unwrap();
         let (a, a2, b) = (scope("alice", "f"), scope("alice", "g"), scope("bob", "f"));
-        s.state_put(&a, "n", "1").await.unwrap();
-        s.state_put(&a, "n", "2").await.unwrap();
+        s.state_put(&a, "n", "1", StateQuota::default())
+            .await
+            .unwrap();
+        s.state_put(&a, "n", "2", StateQuota::default())
+            .await
+            .unwrap();
         assert_eq!(s.state_get(&a, "n").await.unwrap().as_deref(), Some("2"));
         assert_eq!(s.state_get(&a2, "n").await.unwrap(), None);
         assert_eq!(s.state_get(&b, "n").await.unwrap(), None);
         assert!(!s.state_delete(&b, "n").await.unwrap());
         // Same key in the other scopes: each scope sees only its own value and keys.
-        s.state_put(&a2, "n", "\"g\"").await.unwrap();
-        s.state_put(&b, "n", "{\"bob\":true}").await.unwrap();
+        s.state_put(&a2, "n", "\"g\"", StateQuota::default())
+            .await
+            .unwrap();
+        s.state_put(&b, "n", "{\"bob\":true}", StateQuota::default())
+            .await
+            .unwrap();
         assert_eq!(s.state_get(&a, "n").await.unwrap().as_deref(), Some("2"));
         assert_eq!(
             s.state_get(&a2, "n").await.unwrap().as_deref(),
@@ -885,7 +969,9 @@ mod tests {
         assert_eq!(s.state_get(&a, "n").await.unwrap().as_deref(), Some("2"));
         assert_eq!(s.state_keys(&a2, "", 10).await.unwrap(), ["n"]);
         for k in ["a%b", "a_c", "abc", "axe"] {
-            s.state_put(&a, k, "0").await.unwrap();
+            s.state_put(&a, k, "0", StateQuota::default())
+                .await
+                .unwrap();
         }
         assert_eq!(s.state_keys(&a, "a%", 10).await.unwrap(), ["a%b"]);
         assert_eq!(s.state_keys(&a, "a_", 10).await.unwrap(), ["a_c"]);
@@ -911,8 +997,12 @@ mod tests {
         let s = SqliteStore::open_in_memory().unwrap();
         s.create_function(&record("alice", "f")).await.unwrap();
         s.create_function(&record("alice", "g")).await.unwrap();
-        s.state_put(&scope("alice", "f"), "k", "1").await.unwrap();
-        s.state_put(&scope("alice", "g"), "k", "1").await.unwrap();
+        s.state_put(&scope("alice", "f"), "k", "1", StateQuota::default())
+            .await
+            .unwrap();
+        s.state_put(&scope("alice", "g"), "k", "1", StateQuota::default())
+            .await
+            .unwrap();
         s.record_invocations(
             &[invocation("alice", "f", 1), invocation("alice", "g", 2)],
             10,
@@ -1003,7 +1093,9 @@ mod tests {
             s.create_function(&record_at("alice", "f", created))
                 .await
                 .unwrap();
-            s.state_put(&scope("alice", "f"), "n", "41").await.unwrap();
+            s.state_put(&scope("alice", "f"), "n", "41", StateQuota::default())
+                .await
+                .unwrap();
         }
         let s = SqliteStore::open(&path).unwrap();
         {
@@ -1017,7 +1109,7 @@ mod tests {
             assert_eq!(pragma("synchronous"), "Integer(1)"); // NORMAL
             assert_eq!(pragma("foreign_keys"), "Integer(1)");
             assert_eq!(pragma("busy_timeout"), "Integer(5000)");
-            assert_eq!(pragma("user_version"), "Integer(1)");
+            assert_eq!(pragma("user_version"), "Integer(2)");
         }
         assert_eq!(
             s.get_function("alice", "f").await.unwrap(),
@@ -1053,7 +1145,10 @@ mod tests {
         let tasks: Vec<_> = (0..50)
             .map(|i| {
                 let (s, sc) = (s.clone(), sc.clone());
-                tokio::spawn(async move { s.state_put(&sc, &format!("k{i:02}"), "1").await })
+                tokio::spawn(async move {
+                    s.state_put(&sc, &format!("k{i:02}"), "1", StateQuota::default())
+                        .await
+                })
             })
             .collect();
         for t in tasks {
@@ -1062,5 +1157,201 @@ mod tests {
         let keys = s.state_keys(&sc, "k", 100).await.unwrap();
         let want: Vec<_> = (0..50).map(|i| format!("k{i:02}")).collect();
         assert_eq!(keys, want);
+    }
+
+    const SMALL: StateQuota = StateQuota {
+        max_keys: 3,
+        max_bytes: 10,
+    };
+
+    fn quota_error(r: Result<()>) -> crate::QuotaExceeded {
+        match r {
+            Err(StoreError::QuotaExceeded(q)) => q,
+            other => panic!("expected a quota error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_past_the_owners_quota_is_refused_and_nothing_is_lost() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        // Keys of all the owner's functions count together.
+        s.state_put(&scope("alice", "f"), "a", "1", SMALL)
+            .await
+            .unwrap();
+        s.state_put(&scope("alice", "g"), "b", "2", SMALL)
+            .await
+            .unwrap();
+        s.state_put(&scope("alice", "~draft/f"), "c", "3", SMALL)
+            .await
+            .unwrap();
+        let e = quota_error(s.state_put(&scope("alice", "f"), "d", "4", SMALL).await);
+        assert_eq!(
+            (e.kind, e.limit, e.used, e.after),
+            (crate::QuotaKind::Keys, 3, 3, 4)
+        );
+        assert!(
+            s.state_get(&scope("alice", "f"), "d")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            s.state_get(&scope("alice", "f"), "a")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("1")
+        );
+        // Replacing a key adds none.
+        s.state_put(&scope("alice", "f"), "a", "5", SMALL)
+            .await
+            .unwrap();
+        // Deleting one makes room.
+        assert!(s.state_delete(&scope("alice", "g"), "b").await.unwrap());
+        s.state_put(&scope("alice", "f"), "d", "4", SMALL)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn values_past_the_owners_byte_quota_are_refused_and_the_old_value_stays() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let f = scope("alice", "f");
+        s.state_put(&f, "a", "\"abcd\"", SMALL).await.unwrap(); // 6 bytes
+        let e = quota_error(s.state_put(&f, "b", "\"xyz\"", SMALL).await); // 5 more
+        assert_eq!(
+            (e.kind, e.limit, e.used, e.after),
+            (crate::QuotaKind::Bytes, 10, 6, 11)
+        );
+        let e = quota_error(s.state_put(&f, "a", "\"abcdefghijk\"", SMALL).await);
+        assert_eq!((e.used, e.after), (6, 13));
+        assert_eq!(
+            s.state_get(&f, "a").await.unwrap().as_deref(),
+            Some("\"abcd\"")
+        );
+        assert!(s.state_get(&f, "b").await.unwrap().is_none());
+        // Bytes are UTF-8 bytes, not characters: "é" is two.
+        let e = quota_error(s.state_put(&f, "b", "\"éé\"", SMALL).await);
+        assert_eq!(e.after, 12);
+    }
+
+    #[tokio::test]
+    async fn replacing_a_value_counts_only_the_difference() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let f = scope("alice", "f");
+        s.state_put(&f, "a", "12345678", SMALL).await.unwrap();
+        // 8 + 9 would be over 10; the replaced value's 8 bytes are given back first.
+        s.state_put(&f, "a", "123456789", SMALL).await.unwrap();
+        s.state_put(&f, "b", "1", SMALL).await.unwrap();
+        quota_error(s.state_put(&f, "c", "1", SMALL).await);
+        s.state_put(&f, "a", "1", SMALL).await.unwrap();
+        s.state_put(&f, "c", "12345678", SMALL).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn another_owner_is_unaffected_by_a_full_quota() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        for k in ["a", "b", "c"] {
+            s.state_put(&scope("alice", "f"), k, "1", SMALL)
+                .await
+                .unwrap();
+        }
+        quota_error(s.state_put(&scope("alice", "f"), "d", "1", SMALL).await);
+        for k in ["a", "b", "c"] {
+            s.state_put(&scope("bob", "f"), k, "1", SMALL)
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn deleting_a_function_gives_its_state_back_to_the_quota() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        s.create_function(&record("alice", "f")).await.unwrap();
+        for k in ["a", "b", "c"] {
+            s.state_put(&scope("alice", "f"), k, "1", SMALL)
+                .await
+                .unwrap();
+        }
+        quota_error(s.state_put(&scope("alice", "g"), "a", "1", SMALL).await);
+        assert!(s.delete_function("alice", "f").await.unwrap());
+        for k in ["a", "b", "c"] {
+            s.state_put(&scope("alice", "g"), k, "123", SMALL)
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writers_on_two_connections_cannot_pass_the_quota_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("skython.db");
+        let stores = [
+            SqliteStore::open(&path).unwrap(),
+            SqliteStore::open(&path).unwrap(),
+        ];
+        let quota = StateQuota {
+            max_keys: 5,
+            max_bytes: 1 << 20,
+        };
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let s = stores[i % 2].clone();
+                tokio::spawn(async move {
+                    s.state_put(&scope("alice", "f"), &format!("k{i:02}"), "1", quota)
+                        .await
+                })
+            })
+            .collect();
+        let mut stored = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(()) => stored += 1,
+                Err(StoreError::QuotaExceeded(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(stored, 5);
+        assert_eq!(
+            stores[0]
+                .state_keys(&scope("alice", "f"), "", 100)
+                .await
+                .unwrap()
+                .len(),
+            5
+        );
+    }
+
+    #[tokio::test]
+    async fn a_version_1_database_gets_its_state_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("skython.db");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            for k in ["a", "b"] {
+                s.state_put(&scope("alice", "f"), k, "1", SMALL)
+                    .await
+                    .unwrap();
+            }
+        }
+        // Make it what version 1 wrote: no usage table, no triggers.
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(
+            "DROP TRIGGER state_usage_insert; DROP TRIGGER state_usage_update;
+             DROP TRIGGER state_usage_delete; DROP TABLE state_usage; PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(c);
+        let s = SqliteStore::open(&path).unwrap();
+        s.state_put(&scope("alice", "g"), "c", "1", SMALL)
+            .await
+            .unwrap();
+        let e = quota_error(s.state_put(&scope("alice", "g"), "d", "1", SMALL).await);
+        assert_eq!((e.kind, e.used), (crate::QuotaKind::Keys, 3));
+        let e = quota_error(
+            s.state_put(&scope("alice", "g"), "c", "\"abcdefgh\"", SMALL)
+                .await,
+        );
+        assert_eq!((e.kind, e.used, e.after), (crate::QuotaKind::Bytes, 3, 12));
     }
 }
