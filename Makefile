@@ -12,7 +12,7 @@ SKYTHON_RELEASE := $(CARGO_TARGET_DIR)/release/skython
 SKYTHON_DEBUG := $(CARGO_TARGET_DIR)/debug/skython
 
 .PHONY: run test build sandbox venv venv-full generate lint unit e2e clean cluster-up cluster-down \
-	bench bench-quick bench-tools bench-check
+	bench bench-quick bench-ab bench-tools bench-check
 
 ## run: build what is missing, then start Skython at http://$(ADDR) (data in $(DATA_DIR))
 run: venv sandbox
@@ -84,6 +84,19 @@ bench: venv sandbox bench-tools build
 bench-quick: venv sandbox bench-tools build
 	$(VENV_BENCH)/bin/python bench/bench.py --quick --rounds 3 --seconds 3 \
 	  --skython $(SKYTHON_RELEASE) --runtime-python $(VENV)/bin/python --bench-python $(VENV_BENCH)/bin/python
+
+## bench-ab: this tree's build against an earlier one, BASE (a git rev; default 9f560f6, the last
+##   before issue 14's per-worker isolation), alternating in one run: warm `add`, worker starts,
+##   memory per idle function, each with the ratio new/old; writes bench/results/ab.md. The
+##   baseline is exported and built once under $(AB_DIR) (AB_ROUNDS rounds, default 5)
+BASE ?= 9f560f6
+AB_DIR ?= $(CACHE)/ab
+AB_ROUNDS ?= 5
+bench-ab: venv sandbox bench-tools build
+	baseline=$$(scripts/ab-baseline.sh $(BASE) $(AB_DIR)) && \
+	$(VENV_BENCH)/bin/python bench/bench.py --baseline "$$baseline" \
+	  --baseline-label "$$(git rev-parse --short $(BASE))" --rounds $(AB_ROUNDS) \
+	  --skython $(SKYTHON_RELEASE) --runtime-python $(VENV)/bin/python
 
 # The harness's unit tests and a one-round smoke run (figures are not checked: not a CI gate)
 bench-check: bench-tools

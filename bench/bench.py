@@ -198,10 +198,10 @@ class Server:
             shutil.rmtree(self.data, ignore_errors=True)
 
 
-def start_skython(args, name="skython", preload=None):
+def start_skython(args, name="skython", preload=None, binary=None):
     port = free_port()
     data = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
-    cmd = [args.skython, "up", "--addr", f"127.0.0.1:{port}", "--data-dir", str(data),
+    cmd = [binary or args.skython, "up", "--addr", f"127.0.0.1:{port}", "--data-dir", str(data),
            "--python", args.runtime_python, "--admin-token", TOKEN, "--log", "warn"]
     if preload is not None:
         cmd += ["--preload", preload]
@@ -337,13 +337,19 @@ def warm_calls(servers, scenarios, args, progress):
 
 # ------------------------------------------------------------------ cold start, state, density
 
-def timed_first_call(s, endpoint, source):
+def timed_first_call(s, endpoint, source, **spec):
     t0 = time.perf_counter()
-    deploy(s, endpoint, source)
-    status, body = http("POST", f"http://127.0.0.1:{s.port}/fn/admin/{endpoint}", "{}")
+    deploy(s, endpoint, source, **spec)
+    return timed_call(s, endpoint, t0)
+
+
+def timed_call(s, endpoint, t0=None, body="{}"):
+    """ms from t0 (default: now) to the answer of one call, which must succeed."""
+    t0 = time.perf_counter() if t0 is None else t0
+    status, answer = http("POST", f"http://127.0.0.1:{s.port}/fn/admin/{endpoint}", body)
     elapsed = (time.perf_counter() - t0) * 1000
     if status != 200:
-        raise SystemExit(f"first call of {endpoint}: {status} {body[:300]!r}")
+        raise SystemExit(f"calling {endpoint} on {s.name}: {status} {answer[:300]!r}")
     return elapsed
 
 
@@ -412,6 +418,166 @@ def density(args, s, flask1, progress, n=100):
             "flask_one_function_mib": flask1.pss_mib() if flask1 else None}
 
 
+# ------------------------------------------------------------------ A/B: two builds of Skython
+
+# (key, what is measured, digits shown); lower is better for all but the first.
+AB_MEASURES = [
+    ("c64_rps", "warm `add` at concurrency 64, requests/s", 0),
+    ("c1_p50_ms", "warm `add` at concurrency 1, p50 latency, ms", 3),
+    ("start_ms", "worker start: deploy + first call of a plain function, ms", 1),
+    ("restart_ms", "worker start alone: first call once its idle worker was stopped, ms", 1),
+    ("mib_per_function", "memory per idle warm function (PSS of the server's processes / N), MiB", 2),
+]
+
+
+def delete(s, endpoint):
+    status, answer = http("DELETE", f"http://127.0.0.1:{s.port}/api/v1/functions/admin/{endpoint}",
+                          token=TOKEN)
+    if status != 204:
+        raise SystemExit(f"deleting {endpoint} on {s.name}: {status} {answer[:300]!r}")
+
+
+def wait_for_processes(s, at_most, timeout=60):
+    """Waits until the server runs at most `at_most` processes (its stopped workers are gone)."""
+    deadline = time.monotonic() + timeout
+    while len(s.pids()) > at_most:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{s.name}: still {len(s.pids())} processes after {timeout}s, expected {at_most}")
+        time.sleep(0.1)
+
+
+def ab_warm(s, conns, args):
+    wrk(s.url("add"), BODIES["add"], conns, args.warmup)  # discarded
+    return wrk(s.url("add"), BODIES["add"], conns, args.seconds)
+
+
+def ab_worker_starts(s, tag, n=5):
+    """Medians over n plain functions, in ms: deploy + first call (the deploy starts the worker
+    from the pre-warmed zygote and loads the function), then, once each function's idle worker
+    was stopped (idle for 1 s), its next call (a worker start and load without the deploy)."""
+    procs = len(s.pids())
+    endpoints = [f"ab-start-{tag}-{i}" for i in range(n)]
+    first = [timed_first_call(s, e, COLD_SOURCES["plain"], scaling={"idleSecondsToZero": 1})
+             for e in endpoints]
+    wait_for_processes(s, procs)
+    again = [timed_call(s, e) for e in endpoints]
+    for e in endpoints:
+        delete(s, e)
+    wait_for_processes(s, procs)
+    return statistics.median(first), statistics.median(again)
+
+
+def ab_memory_per_function(s, tag, n):
+    """PSS added by n functions, each with one idle warm worker that has answered once, per function."""
+    procs, before = len(s.pids()), s.pss_mib()
+    endpoints = [f"ab-mem-{tag}-{i}" for i in range(n)]
+    for i, e in enumerate(endpoints):
+        deploy(s, e, f"def main(x: int):\n    return x + {i}\n")
+    for e in endpoints:
+        timed_call(s, e, body='{"x": 1}')
+    per_function = (s.pss_mib() - before) / n
+    for e in endpoints:
+        delete(s, e)
+    wait_for_processes(s, procs)
+    return per_function
+
+
+def ab_rounds(servers, args, progress):
+    """raw[server name][measure key] = one value per round. Each round measures every build once
+    per measure, one right after the other (the order rotating between rounds)."""
+    raw = {s.name: {key: [] for key, _, _ in AB_MEASURES} for s in servers}
+    for r, order in rounds_of(servers, args.rounds):
+        for s in order:
+            progress.step(f"round {r + 1}: {s.name} warm add c64")
+            raw[s.name]["c64_rps"].append(ab_warm(s, 64, args)["rps"])
+        for s in order:
+            progress.step(f"round {r + 1}: {s.name} warm add c1")
+            raw[s.name]["c1_p50_ms"].append(ab_warm(s, 1, args)["p50"])
+        for s in order:
+            progress.step(f"round {r + 1}: {s.name} worker starts")
+            first, again = ab_worker_starts(s, r)
+            raw[s.name]["start_ms"].append(first)
+            raw[s.name]["restart_ms"].append(again)
+        for s in order:
+            progress.step(f"round {r + 1}: {s.name} memory of {args.functions} functions")
+            raw[s.name]["mib_per_function"].append(ab_memory_per_function(s, r, args.functions))
+    return raw
+
+
+def ab_rows(raw, old, new):
+    """One row per measure: each build's summary over rounds, and the summary of the per-round
+    ratios new/old. Rounds are paired: both builds ran in the same round, one right after the
+    other, so the machine's drift over minutes largely cancels in each round's ratio."""
+    rows = []
+    for key, label, digits in AB_MEASURES:
+        a, b = raw[old][key], raw[new][key]
+        if len(a) != len(b) or not a:
+            raise ValueError(f"{key}: {len(a)} rounds of {old} against {len(b)} of {new}")
+        rows.append({"key": key, "label": label, "digits": digits, "old": summary(a), "new": summary(b),
+                     "ratio": summary([y / x for x, y in zip(a, b)])})
+    return rows
+
+
+def ab_table(rows, old_label, new_label):
+    lines = [f"| measure | old: {old_label} | new: {new_label} | new/old |", "|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['label']} | {fmt(row['old'], '', row['digits'])} | "
+                     f"{fmt(row['new'], '', row['digits'])} | {fmt(row['ratio'], '×', 3)} |")
+    return lines
+
+
+def ab_report(args, rows, loads, elapsed):
+    m = machine()
+    lines = [f"# Skython A/B: {args.baseline_label} against {args.label} — "
+             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC", "",
+             f"- {m['cpu']}, {m['cpus']} CPUs, {m['memory_gib']} GiB, Linux {m['kernel']}; "
+             f"1-minute load average {loads[0]:.2f} before the run, {loads[1]:.2f} after",
+             "- both builds' servers up at once (`skython up`, sandboxed, default preload), "
+             + (f"pinned to CPU {CPUS[0]}, wrk to CPU {CPUS[1]}" if CPUS else "on one CPU with wrk"),
+             f"- {args.rounds} rounds; in each, every measure runs on both builds one right after the "
+             "other (the order rotating between rounds); warm runs: "
+             f"{args.warmup}s discarded warm-up, then {args.seconds}s measured",
+             "- worker starts: medians of 5 plain functions per round; memory: "
+             f"{args.functions} functions per round, each deployed, called once and left warm "
+             "(the PSS of all the server's processes after, minus before, over N), then deleted",
+             "- figures: median (min–max) over rounds; new/old: the median (min–max) of the "
+             "per-round ratios", ""]
+    lines += ab_table(rows, args.baseline_label, args.label)
+    lines += ["", f"`make bench-ab BASE=<rev>`; this run took {elapsed:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def loadavg():
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def run_ab(args):
+    started, load_before = time.monotonic(), loadavg()
+    servers = []
+    try:
+        log(f"starting skython {args.baseline_label} (old) and {args.label} (new) …")
+        servers = [start_skython(args, name="old", binary=args.baseline),
+                   start_skython(args, name="new", binary=args.skython)]
+        for s in servers:
+            # Unused here: its worker would be stopped when idle, in the middle of some measure.
+            delete(s, "norm")
+        progress = Progress(args.rounds * len(servers) * 4)
+        raw = ab_rounds(servers, args, progress)
+        progress.finish()
+    finally:
+        for s in servers:
+            s.stop()
+    rows = ab_rows(raw, "old", "new")
+    md = ab_report(args, rows, (load_before, loadavg()), time.monotonic() - started)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ab.md").write_text(md)
+    (args.out / "ab.json").write_text(json.dumps(
+        {"old": args.baseline_label, "new": args.label, "rounds": args.rounds,
+         "functions": args.functions, "machine": machine(), "raw": raw, "rows": rows}, indent=1))
+    print(md)
+    return 0
+
+
 # ------------------------------------------------------------------ report
 
 def versions(args):
@@ -421,9 +587,13 @@ def versions(args):
     v = json.loads(subprocess.run([args.bench_python, "-c", code], capture_output=True, text=True,
                                   check=True).stdout)
     v["wrk"] = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split()[1]
-    v["skython"] = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-                                  capture_output=True, text=True).stdout.strip() or "unknown"
+    v["skython"] = git_describe()
     return v
+
+
+def git_describe():
+    return subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+                          capture_output=True, text=True).stdout.strip() or "unknown"
 
 
 def machine():
@@ -585,11 +755,19 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--baseline", help="A/B mode: an earlier skython binary, measured against --skython "
+                   "(warm add, worker starts, memory per function); writes ab.md and ab.json")
+    p.add_argument("--baseline-label", default="baseline", help="what --baseline was built from")
+    p.add_argument("--label", default=None, help="what --skython was built from (default: git describe)")
+    p.add_argument("--functions", type=int, default=30, help="A/B mode: functions in the memory measure")
     args = p.parse_args()
     args.floor = not args.quick
     for tool in ("wrk", "taskset"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is needed (make bench installs it)")
+    if args.baseline:
+        args.label = args.label or git_describe()
+        return run_ab(args)
     started = time.monotonic()
     servers = []
     try:

@@ -87,6 +87,44 @@ class Targets(unittest.TestCase):
         self.assertFalse(t["zero errors in every run"])
 
 
+def ab_raw(old, new):
+    """Every measure with the same per-round values, for old and new."""
+    return {"old": {key: list(old) for key, _, _ in bench.AB_MEASURES},
+            "new": {key: list(new) for key, _, _ in bench.AB_MEASURES}}
+
+
+class AB(unittest.TestCase):
+    def test_two_builds_take_turns_going_first(self):
+        orders = [order for _, order in bench.rounds_of(["old", "new"], 4)]
+        self.assertEqual(orders, [["old", "new"], ["new", "old"], ["old", "new"], ["new", "old"]])
+
+    def test_the_ratio_is_taken_within_each_round(self):
+        # The machine is twice as slow in round 2; new/old per round: 0.9, 1.1, 0.8. The ratio of
+        # the medians (80/100) would say 0.8.
+        rows = bench.ab_rows(ab_raw(old=[100, 50, 100], new=[90, 55, 80]), "old", "new")
+        self.assertEqual([r["key"] for r in rows], [key for key, _, _ in bench.AB_MEASURES])
+        row = rows[0]
+        self.assertEqual(row["old"], {"min": 50, "median": 100, "max": 100})
+        self.assertEqual(row["new"], {"min": 55, "median": 80, "max": 90})
+        for bound, ratio in (("min", 0.8), ("median", 0.9), ("max", 1.1)):
+            self.assertAlmostEqual(row["ratio"][bound], ratio)
+
+    def test_rounds_that_do_not_pair_up_are_refused(self):
+        raw = ab_raw(old=[100, 100], new=[90, 90])
+        raw["new"]["start_ms"].pop()
+        with self.assertRaisesRegex(ValueError, "start_ms: 2 rounds of old against 1 of new"):
+            bench.ab_rows(raw, "old", "new")
+
+    def test_the_table_shows_both_builds_and_the_ratio_per_measure(self):
+        rows = bench.ab_rows(ab_raw(old=[20.0, 10.0], new=[22.0, 12.0]), "old", "new")
+        lines = bench.ab_table(rows, "9f560f6", "b654904")
+        self.assertEqual(lines[0], "| measure | old: 9f560f6 | new: b654904 | new/old |")
+        self.assertEqual(len(lines), 2 + len(bench.AB_MEASURES))
+        start = next(l for l in lines if l.startswith("| worker start: deploy"))
+        self.assertEqual(start, "| worker start: deploy + first call of a plain function, ms | "
+                                "15.0 (10.0–20.0) | 17.0 (12.0–22.0) | 1.150× (1.100–1.200) |")
+
+
 class HttpFloor(unittest.TestCase):
     """The transport floor answers every request of a connection, pipelined ones included."""
 
