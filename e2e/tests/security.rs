@@ -69,7 +69,7 @@ def main(path: str, write: bool = False):
         (&format!("/proc/{gateway_pid}/environ"), false, 2), // the gateway's pid does not exist here
         (&format!("/proc/{gateway_pid}/mem"), false, 2),
         ("/usr/lib/os-release", true, 30), // EROFS: the runtime is read-only
-        ("/opt/skython/runtime/skython_runtime.py", true, 30),
+        ("/opt/skython/runtime/skython_runtime/worker.py", true, 30),
     ];
     s.deploy_ok("files", &src, json!({}));
     for (path, write, want) in cases {

@@ -59,14 +59,67 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-const RUNTIME_PY: &str = include_str!("../python/skython_runtime.py");
-const SKYTHON_PY: &str = include_str!("../python/skython/__init__.py");
+/// The runtime package (`python -m skython_runtime`) and the `skython` library, by path under
+/// the zygote's import path.
+const PYTHON_FILES: &[(&str, &str)] = &[
+    (
+        "skython_runtime/__init__.py",
+        include_str!("../python/skython_runtime/__init__.py"),
+    ),
+    (
+        "skython_runtime/__main__.py",
+        include_str!("../python/skython_runtime/__main__.py"),
+    ),
+    (
+        "skython_runtime/codec.py",
+        include_str!("../python/skython_runtime/codec.py"),
+    ),
+    (
+        "skython_runtime/inspection.py",
+        include_str!("../python/skython_runtime/inspection.py"),
+    ),
+    (
+        "skython_runtime/isolation.py",
+        include_str!("../python/skython_runtime/isolation.py"),
+    ),
+    (
+        "skython_runtime/protocol.py",
+        include_str!("../python/skython_runtime/protocol.py"),
+    ),
+    (
+        "skython_runtime/relay.py",
+        include_str!("../python/skython_runtime/relay.py"),
+    ),
+    (
+        "skython_runtime/worker.py",
+        include_str!("../python/skython_runtime/worker.py"),
+    ),
+    (
+        "skython_runtime/zygote.py",
+        include_str!("../python/skython_runtime/zygote.py"),
+    ),
+    (
+        "skython/__init__.py",
+        include_str!("../python/skython/__init__.py"),
+    ),
+];
+
+/// The single-module runtime of earlier versions, removed from the directories they wrote to.
+const OLD_RUNTIME_MODULE: &str = "skython_runtime.py";
 
 /// Writes the runtime's Python files into `dir` (the zygote's import path), replacing older ones.
 pub fn install_python_files(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir.join("skython"))?;
-    write_if_changed(&dir.join("skython_runtime.py"), RUNTIME_PY)?;
-    write_if_changed(&dir.join("skython").join("__init__.py"), SKYTHON_PY)
+    for (path, content) in PYTHON_FILES {
+        let path = dir.join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        write_if_changed(&path, content)?;
+    }
+    match std::fs::remove_file(dir.join(OLD_RUNTIME_MODULE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 fn write_if_changed(path: &Path, content: &str) -> std::io::Result<()> {
@@ -129,5 +182,46 @@ pub(crate) fn pass_fds(cmd: &mut tokio::process::Command, fds: Vec<(OwnedFd, i32
             }
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every Python file of the runtime is installed: a module left out would fail only at
+    /// import time, in the zygote.
+    #[test]
+    fn every_python_file_is_installed() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
+        let mut on_disk = vec![];
+        for dir in ["skython_runtime", "skython"] {
+            for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+                let name = entry.unwrap().file_name().into_string().unwrap();
+                if name.ends_with(".py") {
+                    on_disk.push(format!("{dir}/{name}"));
+                }
+            }
+        }
+        on_disk.sort();
+        let mut listed: Vec<String> = PYTHON_FILES.iter().map(|(p, _)| p.to_string()).collect();
+        listed.sort();
+        assert_eq!(listed, on_disk);
+    }
+
+    #[test]
+    fn installing_writes_the_package_and_removes_the_old_module() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(OLD_RUNTIME_MODULE), "old").unwrap();
+        install_python_files(dir.path()).unwrap();
+        assert!(!dir.path().join(OLD_RUNTIME_MODULE).exists());
+        for (path, content) in PYTHON_FILES {
+            assert_eq!(
+                std::fs::read_to_string(dir.path().join(path)).unwrap(),
+                *content
+            );
+        }
+        // Again, over its own files: nothing to change, nothing fails.
+        install_python_files(dir.path()).unwrap();
     }
 }

@@ -273,13 +273,54 @@ async fn load_errors_are_reported_with_their_traceback() {
         Err(Error::Load(e)) => {
             assert_eq!(e.type_.as_deref(), Some("RuntimeError"));
             assert!(e.message.contains("bad config"));
-            assert!(e.traceback.unwrap().contains("f.py\", line 2"));
+            let traceback = e.traceback.unwrap();
+            assert!(traceback.contains("f.py\", line 2"));
+            assert!(
+                !traceback.contains("skython_runtime"),
+                "the runtime's own frames are left out: {traceback}"
+            );
             assert_eq!(e.logs.as_deref(), Some("loading\n"));
         }
         Err(other) => panic!("{other:?}"),
         Ok(_) => panic!("loading should fail"),
     }
     assert_eq!(pool.live(), 0);
+}
+
+/// The zygote runs the runtime package's `__main__`, and a function's `store`/`load` go through
+/// `skython`, which imports from the runtime: every module is one copy, its classes and globals
+/// the ones the zygote set up (the worker object is an instance of the one `Worker` class).
+#[tokio::test]
+async fn the_runtime_is_imported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let z = zygote(dir.path());
+    let source = r#"
+import sys
+import skython
+from skython import store, load
+
+def f():
+    store("k", {"v": 1})
+    assert load("k") == {"v": 1}
+    files = [getattr(m, "__file__", None) or "" for m in list(sys.modules.values())]
+    files = [f for f in files if "skython" in f]
+    return {
+        "duplicates": sorted({f for f in files if files.count(f) > 1}),
+        "one_worker_class": type(skython._worker) is sys.modules["skython_runtime.worker"].Worker,
+    }
+"#;
+    let pool = WorkerPool::new(
+        z,
+        spec(source, "f"),
+        limits(1),
+        Arc::new(MemoryState::default()),
+    );
+    let r = pool.call(b"{}").await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&returned(&r.result)).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"duplicates": [], "one_worker_class": true})
+    );
 }
 
 /// CPU time is limited per call, also when threads burn it faster than the wall clock runs:

@@ -14,6 +14,11 @@ two owners, never see each other's keys. Each call is one round trip to the gate
 
 __all__ = ["store", "load", "delete", "keys", "StateError"]
 
+# The runtime's own modules, which the zygote imported before this one: one copy of each.
+from skython_runtime.codec import DECODER as _DECODER
+from skython_runtime.codec import Unencodable as _Unencodable
+from skython_runtime.codec import encode as _encode
+
 # Set by the worker process that loads the function; None outside Skython.
 _worker = None
 
@@ -44,11 +49,9 @@ def _check_key(key):
 def store(key, value):
     """Saves `value` under `key`, replacing what was there."""
     _check_key(key)
-    from skython_runtime import Unencodable, encode
-
     try:
-        data = encode(value)
-    except Unencodable as e:
+        data = _encode(value)
+    except _Unencodable as e:
         raise StateError(str(e).replace("the return value", "the stored value")) from None
     limit = _worker.spec.get("maxStateValueBytes") if _worker else None
     if limit and len(data) > limit:
@@ -65,8 +68,6 @@ def load(key, default=None):
     answer = _request("load", key=key)
     if not answer.get("found"):
         return default
-    from skython_runtime import _DECODER
-
     return _DECODER.decode(answer["value"])
 
 

@@ -1,0 +1,122 @@
+"""What a process forked from a sandboxed zygote does to itself before it runs anything of a
+function's: a private /tmp, no capabilities, the workers' seccomp filter, Landlock scoping, not
+dumpable. The sandbox itself (namespaces, mounts, the zygote's filters) is runner/src/sandbox.rs.
+
+Outside a sandbox (`--insecure-no-sandbox`, or a restricted Kubernetes pod) there is no workers'
+filter and the steps that depend on the sandbox do nothing.
+"""
+
+import functools
+import os
+import signal
+import struct
+
+# The workers' seccomp program (raw `struct sock_filter`s), read once by a sandboxed zygote
+# (`load_worker_filter`); None outside a sandbox.
+WORKER_FILTER = None
+
+
+def load_worker_filter():
+    """Reads the workers' seccomp program from the descriptor the sandbox passed, once."""
+    global WORKER_FILTER
+    fd = os.environ.pop("SKYTHON_WORKER_SECCOMP_FD", None)
+    if fd is None:
+        return
+    with open(int(fd), "rb") as f:
+        program = f.read()
+    if not program or len(program) % 8:
+        raise SystemExit(f"skython: the workers' seccomp program is {len(program)} bytes")
+    WORKER_FILTER = program
+
+
+def sandboxed():
+    return WORKER_FILTER is not None
+
+
+@functools.cache  # loaded once in the zygote; forked workers inherit it
+def libc():
+    """ctypes, the C library, and `call(name, *args, what=...)`, which raises OSError on failure."""
+    import ctypes
+    lib = ctypes.CDLL(None, use_errno=True)
+
+    def call(fn, *args, what):
+        if getattr(lib, fn)(*args) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"sandbox: {what}: {os.strerror(err)}")
+    return ctypes, lib, call
+
+
+def not_dumpable():
+    """No reading this process's memory or /proc files by others of the same uid."""
+    libc()[1].prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0
+
+
+def die_with_parent():
+    try:
+        libc()[1].prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - best effort: the worker also exits on EOF
+        pass
+
+
+def separate_from_siblings():
+    """Workers of every function share their runtime's zygote and sandbox. Before any user code,
+    a worker makes itself a private `/tmp` in a mount namespace of its own, gives up the
+    capabilities the zygote kept for that, and installs the workers' seccomp filter (see
+    runner/src/sandbox.rs). Outside a sandbox (no filter) there is nothing to separate from."""
+    if WORKER_FILTER is None:
+        return
+    ctypes, _, call = libc()
+    ul = ctypes.c_ulong
+    clone_newns, ms_nosuid, ms_nodev, ms_rec, ms_private = 0x20000, 2, 4, 1 << 14, 1 << 18
+    call("unshare", ctypes.c_int(clone_newns), what="unshare(CLONE_NEWNS)")
+    call("mount", b"none", b"/", None, ul(ms_rec | ms_private), None, what="making mounts private")
+    size = int(os.environ.get("SKYTHON_WORKER_TMP_BYTES") or 64 << 20)
+    call("mount", b"tmpfs", b"/tmp", b"tmpfs", ul(ms_nosuid | ms_nodev),
+         f"size={size},mode=1777".encode(), what="mounting a private /tmp")
+    os.chdir("/tmp")
+    drop_privileges()
+
+
+def drop_privileges():
+    """Gives up the capabilities a sandboxed zygote keeps, for good (no_new_privs: no exec can
+    bring them back), and adds the workers' seccomp filter."""
+    if WORKER_FILTER is None:
+        return
+    ctypes, _, call = libc()
+    ul = ctypes.c_ulong
+    pr_cap_ambient, pr_cap_ambient_clear_all = 47, 4
+    call("prctl", ctypes.c_int(pr_cap_ambient), ul(pr_cap_ambient_clear_all), ul(0), ul(0), ul(0),
+         what="clearing ambient capabilities")
+    header = ctypes.create_string_buffer(struct.pack("=Ii", 0x20080522, 0))  # version 3, self
+    call("capset", header, ctypes.create_string_buffer(24), what="dropping capabilities")
+    pr_set_no_new_privs, pr_set_seccomp, seccomp_mode_filter = 38, 22, 2
+    call("prctl", ctypes.c_int(pr_set_no_new_privs), ul(1), ul(0), ul(0), ul(0),
+         what="setting no_new_privs")
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+    program = ctypes.create_string_buffer(WORKER_FILTER, len(WORKER_FILTER))
+    fprog = SockFprog(len(WORKER_FILTER) // 8, ctypes.cast(program, ctypes.c_void_p))
+    call("prctl", ctypes.c_int(pr_set_seccomp), ul(seccomp_mode_filter), ctypes.byref(fprog),
+         ul(0), ul(0), what="installing the seccomp filter")
+
+
+def isolate_from_siblings():
+    """No reading other workers' memory or /proc files (not dumpable), no signals to other
+    processes and no connecting to their abstract sockets (a Landlock domain of this worker's
+    own, Linux 6.12+; skipped on older kernels and outside a sandbox, where no_new_privs is
+    not set). The Landlock domain also keeps the worker from ptrace-class access (such as
+    /proc/<pid>/mem) to anything outside it, the zygote included."""
+    ctypes, lib, _ = libc()
+    not_dumpable()
+    sys_create_ruleset, sys_restrict_self = 444, 446  # the same on every architecture
+    abi = lib.syscall(sys_create_ruleset, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+    if abi < 6:
+        return
+    scope_abstract_unix_socket, scope_signal = 1 << 0, 1 << 1
+    attr = ctypes.create_string_buffer(struct.pack("=QQQ", 0, 0, scope_abstract_unix_socket | scope_signal))
+    fd = lib.syscall(sys_create_ruleset, attr, ctypes.c_size_t(24), ctypes.c_uint32(0))
+    if fd < 0:
+        return
+    lib.syscall(sys_restrict_self, ctypes.c_int(fd), ctypes.c_uint32(0))
+    os.close(fd)
