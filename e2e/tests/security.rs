@@ -680,3 +680,71 @@ fn hostile_requests_and_results_get_clear_answers() {
     );
     assert_eq!(s.call("admin/big", json!({"n": 1})), (200, json!("x")));
 }
+
+/// Sources that exhaust Python's parser or compiler: a long chain of binary operators (its
+/// recursion limit) and of unary minus (the parser's stack, a `MemoryError`).
+fn sources_too_deeply_nested() -> [(&'static str, String); 2] {
+    let tail = "1\ndef main():\n    return 1\n";
+    [
+        ("binary", format!("x = {}{tail}", "1+".repeat(300_000))),
+        ("unary", format!("x = {}{tail}", "-".repeat(300_000))),
+    ]
+}
+
+/// Another owner's function with a warm worker, and the pid that worker answers with (its pid in
+/// the sandbox's PID namespace: the same number means the same process).
+fn bystander(s: &Skython) -> Value {
+    s.deploy_ok(
+        "bystander",
+        "import os\ndef main():\n    return os.getpid()\n",
+        json!({"owner": "bob"}),
+    );
+    let (status, pid) = s.call("bob/bystander", json!({}));
+    assert_eq!(status, 200, "{pid}");
+    pid
+}
+
+#[test]
+fn a_hostile_deploy_fails_alone_and_another_owners_warm_worker_keeps_serving() {
+    let s = Skython::start(&[]);
+    let pid = bystander(&s);
+    for (what, source) in sources_too_deeply_nested() {
+        let (status, body) = s.deploy(json!({"endpoint": "hostile", "source": source}));
+        assert_eq!(status, 400, "{what}: {body}");
+        assert_eq!(body["error"]["code"], "source_too_deeply_nested", "{what}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("nests too deeply"),
+            "{body}"
+        );
+        assert_eq!(
+            s.call("bob/bystander", json!({})),
+            (200, pid.clone()),
+            "{what}: the same warm worker answers"
+        );
+    }
+    let (status, _) = s.api(reqwest::Method::GET, "/functions/admin/hostile", None);
+    assert_eq!(status, 404, "nothing of the hostile deploy is stored");
+}
+
+#[test]
+fn a_hostile_test_run_fails_alone_and_another_owners_warm_worker_keeps_serving() {
+    let s = Skython::start(&[]);
+    let pid = bystander(&s);
+    for (what, source) in sources_too_deeply_nested() {
+        let (status, body) = s.api(
+            reqwest::Method::POST,
+            "/test-run",
+            Some(json!({"source": source})),
+        );
+        assert_eq!(status, 400, "{what}: {body}");
+        assert_eq!(body["error"]["code"], "source_too_deeply_nested", "{what}");
+        assert_eq!(
+            s.call("bob/bystander", json!({})),
+            (200, pid.clone()),
+            "{what}: the same warm worker answers"
+        );
+    }
+}
