@@ -368,8 +368,14 @@ def worker_main(fd, spec):
     kind, _ = chan.recv()
     if kind != GO:
         return
-    isolation.separate_from_siblings()
-    isolation.isolate_from_siblings()
+    try:
+        isolation.separate_from_siblings()
+        isolation.isolate_from_siblings()
+    except OSError as e:
+        chan.send_json(LOAD_ERROR, {
+            "code": "load_error",
+            "message": f"the sandbox could not isolate the worker, so it runs nothing: {e}"})
+        return
     os.environ.update(spec.get("env") or {})
     _apply_limits(spec)
     gc.enable()
