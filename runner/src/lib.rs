@@ -167,18 +167,22 @@ pub(crate) fn base_env(python_path: &Path) -> Vec<(String, String)> {
 /// Gives the child each descriptor at its fixed number (e.g. the zygote's control socket as 3).
 #[allow(unsafe_code)]
 pub(crate) fn pass_fds(cmd: &mut tokio::process::Command, fds: Vec<(OwnedFd, i32)>) {
+    // Everything the child needs is allocated here, before the fork: the gateway has other
+    // threads, one of which may hold the allocator's lock at the moment of the fork.
+    let mut moved: Vec<(std::os::fd::RawFd, i32)> = Vec::with_capacity(fds.len());
     // SAFETY: between fork and exec the closure only calls fcntl/dup2, which are
-    // async-signal-safe, and touches no memory shared with other threads. The descriptors stay
-    // open in the parent until the Command is dropped because the closure owns them.
+    // async-signal-safe, and pushes into `moved` within its capacity (no allocation); it
+    // touches no memory shared with other threads. The descriptors stay open in the parent until
+    // the Command is dropped because the closure owns them.
     unsafe {
         cmd.pre_exec(move || {
             // First move every source above the targets, so no dup2 clobbers a later source.
-            let mut moved = Vec::with_capacity(fds.len());
+            moved.clear();
             for (fd, target) in &fds {
                 let high = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(100))?;
                 moved.push((high, *target));
             }
-            for (high, target) in moved {
+            for &(high, target) in &moved {
                 // dup2 clears close-on-exec on the target; the high copy closes at exec.
                 let high = std::os::fd::BorrowedFd::borrow_raw(high);
                 let _ = std::os::fd::IntoRawFd::into_raw_fd(nix::unistd::dup2_raw(high, target)?);
