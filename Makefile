@@ -11,7 +11,7 @@ DATA_DIR ?= .skython
 SKYTHON_RELEASE := $(CARGO_TARGET_DIR)/release/skython
 SKYTHON_DEBUG := $(CARGO_TARGET_DIR)/debug/skython
 
-.PHONY: run test build sandbox venv venv-full generate lint unit e2e clean cluster-up cluster-down \
+.PHONY: run test build sandbox venv venv-full generate lint unit python-unit e2e clean cluster-up cluster-down \
 	bench bench-quick bench-ab bench-tools bench-check
 
 ## run: build what is missing, then start Skython at http://$(ADDR) (data in $(DATA_DIR))
@@ -22,7 +22,7 @@ run: venv sandbox
 ## test: formatting, lints, unit tests, integration and end-to-end tests over real processes,
 ## and the operator against a real one-node Kubernetes (started by e2e/cluster/up.sh and
 ## stopped afterwards; KEEP_CLUSTER=1 leaves it running for the next run)
-test: venv venv-full sandbox lint bench-check
+test: venv venv-full sandbox lint python-unit bench-check
 	cargo build -p skython-cli
 	@mkdir -p $(CACHE)
 	$(MAKE) cluster-up
@@ -50,6 +50,11 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 	@command -v shellcheck >/dev/null || (apt-get update -qq && apt-get install -y -qq shellcheck) >/dev/null
 	shellcheck -x -P SCRIPTDIR e2e/cluster/*.sh scripts/*.sh .ci/run
+
+## python-unit: the runtime's Python unit tests (runner/python/tests) with the runtime's Python
+python-unit: venv
+	PYTHONPATH=runner/python PYTHONDONTWRITEBYTECODE=1 \
+	  $(VENV)/bin/python -m unittest discover -s runner/python/tests
 
 ## sandbox: bubblewrap, which confines every function (installed with apt when missing)
 sandbox:

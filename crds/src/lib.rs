@@ -15,7 +15,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use validate::{FieldError, is_dns_label, parse_cpu_millis, parse_memory_bytes};
+pub use validate::{
+    FieldError, MAX_SOURCE_BYTES, is_dns_label, parse_cpu_millis, parse_memory_bytes,
+};
 
 /// A plain Python function served as an HTTP endpoint at `/fn/{owner}/{endpoint}`.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -728,7 +728,7 @@ fn two_owners_workers_have_their_own_ipc_and_network_namespaces() {
             .map(|l| l.display().to_string())
             .unwrap_or_default()
     };
-    let procs = sandboxed_processes(t.s.pid());
+    let procs = settled_processes(t.s.pid());
     let filters = |pid: u32| status_field(pid, "Seccomp_filters");
     let zygote = procs
         .iter()
@@ -753,7 +753,7 @@ fn the_workers_confinement_seen_from_outside() {
     let t = Tenants::start();
     let root = nix_is_root();
     let (mut zygotes, mut workers) = (0, 0);
-    for pid in sandboxed_processes(t.s.pid()) {
+    for pid in settled_processes(t.s.pid()) {
         let field = |name: &str| status_field(pid, name);
         if field("Name").is_empty() {
             continue; // exited meanwhile
@@ -825,6 +825,20 @@ fn the_workers_confinement_seen_from_outside() {
     }
     assert_eq!(zygotes, 1, "one runtime, one zygote");
     assert_eq!(workers, 1, "bob's worker");
+}
+
+/// The sandbox's processes once no process is mid-fork: one the zygote has just forked (a worker
+/// setting itself up, an inspection) has the zygote's filters and capabilities for a moment.
+fn settled_processes(gateway_pid: u32) -> Vec<u32> {
+    let zygote_like =
+        |p: &u32| status_field(*p, "Seccomp_filters") == "2" && status_field(*p, "Name") != "bwrap";
+    let mut procs = vec![];
+    let settled = eventually(Duration::from_secs(10), || {
+        procs = sandboxed_processes(gateway_pid);
+        procs.iter().filter(|p| zygote_like(p)).count() == 1
+    });
+    assert!(settled, "one zygote and nothing mid-fork: {procs:?}");
+    procs
 }
 
 fn status_field(pid: u32, name: &str) -> String {
@@ -1052,4 +1066,51 @@ def main(size: int):
     // Another owner's quota is their own.
     let (status, body) = s.call("bob/hoard", json!({"size": 1}));
     assert_eq!((status, body["stored"].clone()), (200, json!(20)), "{body}");
+}
+
+/// Sources that exhaust Python's parser or compiler: a long chain of binary operators (its
+/// recursion limit) and of unary minus (the parser's stack, a `MemoryError`).
+fn sources_too_deeply_nested() -> [(&'static str, String); 2] {
+    let tail = "1\ndef main():\n    return 1\n";
+    [
+        ("binary", format!("x = {}{tail}", "1+".repeat(300_000))),
+        ("unary", format!("x = {}{tail}", "-".repeat(300_000))),
+    ]
+}
+
+#[test]
+fn a_hostile_deploy_fails_alone_and_another_owners_warm_worker_keeps_serving() {
+    let t = Tenants::start();
+    for (what, source) in sources_too_deeply_nested() {
+        let (status, body) =
+            t.s.deploy(json!({"owner": "mallory", "endpoint": "hostile", "source": source}));
+        assert_eq!(status, 400, "{what}: {body}");
+        assert_eq!(body["error"]["code"], "source_too_deeply_nested", "{what}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("nests too deeply"),
+            "{body}"
+        );
+        t.victim_is_unharmed();
+    }
+    let (status, _) =
+        t.s.api(reqwest::Method::GET, "/functions/mallory/hostile", None);
+    assert_eq!(status, 404, "nothing of the hostile deploy is stored");
+}
+
+#[test]
+fn a_hostile_test_run_fails_alone_and_another_owners_warm_worker_keeps_serving() {
+    let t = Tenants::start();
+    for (what, source) in sources_too_deeply_nested() {
+        let (status, body) = t.s.api(
+            reqwest::Method::POST,
+            "/test-run",
+            Some(json!({"source": source})),
+        );
+        assert_eq!(status, 400, "{what}: {body}");
+        assert_eq!(body["error"]["code"], "source_too_deeply_nested", "{what}");
+        t.victim_is_unharmed();
+    }
 }

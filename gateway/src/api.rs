@@ -278,6 +278,10 @@ fn source_error(e: SourceError) -> ApiError {
         "no_entrypoint" => "no_entrypoint",
         "ambiguous_entrypoint" => "ambiguous_entrypoint",
         "entrypoint_not_found" => "entrypoint_not_found",
+        // The source exhausted a limit of its inspection (runner/python/skython_runtime/inspection.py).
+        "source_too_large" => "source_too_large",
+        "source_too_deeply_nested" => "source_too_deeply_nested",
+        "source_too_complex" => "source_too_complex",
         _ => "invalid_source",
     };
     let mut err = ApiError::bad_request(code, e.message);
@@ -674,4 +678,42 @@ pub async fn logs(
         .take(n)
         .collect();
     Ok(Json(InvocationList { items }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source_err(code: &str) -> SourceError {
+        SourceError {
+            code: code.into(),
+            message: format!("why: {code}"),
+            line: None,
+            column: None,
+            text: None,
+            candidates: None,
+        }
+    }
+
+    #[test]
+    fn sources_over_an_inspection_limit_are_bad_requests_with_their_code() {
+        for code in [
+            "source_too_large",
+            "source_too_deeply_nested",
+            "source_too_complex",
+        ] {
+            let e = source_error(source_err(code));
+            assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, code));
+            assert_eq!(e.message, format!("why: {code}"));
+        }
+    }
+
+    #[test]
+    fn an_unknown_source_error_is_an_invalid_source() {
+        let e = source_error(source_err("something_new"));
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, "invalid_source")
+        );
+    }
 }

@@ -70,3 +70,31 @@ impl SourceInspector {
         Ok(check)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same Python as the gateway's deploy check: a source that exhausts the parser is an
+    /// invalid source with its code, which the status reports (Ready=False), not an error.
+    /// Python is `$SKYTHON_PYTHON` (the runtime venv under `make test`), else `python3`.
+    #[tokio::test]
+    async fn a_source_too_deeply_nested_is_an_invalid_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let python = std::env::var_os("SKYTHON_PYTHON")
+            .map(Into::into)
+            .unwrap_or_else(|| "python3".into());
+        let inspector = SourceInspector::new(python, dir.path().to_path_buf()).unwrap();
+        let source = format!("x = {}1\ndef main(): return 1\n", "1+".repeat(300_000));
+        let spec = SkyFunctionSpec::new("a", "f", &source);
+        match inspector.check(&spec).await.unwrap() {
+            SourceCheck::Invalid(e) => assert_eq!(e.code, "source_too_deeply_nested"),
+            other => panic!("{other:?}"),
+        }
+        let spec = SkyFunctionSpec::new("a", "g", "def main(): return 1\n");
+        assert!(matches!(
+            inspector.check(&spec).await.unwrap(),
+            SourceCheck::Valid(_)
+        ));
+    }
+}

@@ -39,6 +39,9 @@ pub enum Error {
     Protocol(String),
     #[error("starting a worker failed: {0}")]
     Spawn(String),
+    /// The zygote could not inspect a source (not a verdict on the source: e.g. fork failed).
+    #[error("inspecting the source failed: {0}")]
+    Inspect(String),
     #[error("{}", .0.message)]
     Load(FunctionError),
     #[error("{0}")]

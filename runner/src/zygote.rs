@@ -244,18 +244,23 @@ impl Zygote {
         filename: &str,
         entrypoint: Option<&str>,
     ) -> Result<Inspection> {
-        let req =
-            serde_json::json!({"source": source, "filename": filename, "entrypoint": entrypoint});
+        let req = serde_json::json!({
+            "source": source,
+            "filename": filename,
+            "entrypoint": entrypoint,
+            "maxSourceBytes": skython_crds::MAX_SOURCE_BYTES,
+        });
         let (k, payload) = self
             .request(kind::INSPECT, &serde_json::to_vec(&req)?, None)
             .await?;
-        if k != kind::INSPECT {
-            return Err(Error::Protocol(format!(
+        match k {
+            kind::INSPECT => Ok(serde_json::from_slice(&payload)?),
+            kind::SPAWN_FAILED => Err(Error::Inspect(failure_message(&payload))),
+            other => Err(Error::Protocol(format!(
                 "expected an inspect answer, got {:?}",
-                k as char
-            )));
+                other as char
+            ))),
         }
-        Ok(serde_json::from_slice(&payload)?)
     }
 
     /// Forks a worker for `spec` and waits until it has loaded the function.
@@ -277,12 +282,7 @@ impl Zygote {
         drop(theirs);
         match k {
             kind::SPAWNED => {}
-            kind::SPAWN_FAILED => {
-                let v: serde_json::Value = serde_json::from_slice(&payload)?;
-                return Err(Error::Spawn(
-                    v["message"].as_str().unwrap_or("unknown").into(),
-                ));
-            }
+            kind::SPAWN_FAILED => return Err(Error::Spawn(failure_message(&payload))),
             other => {
                 return Err(Error::Protocol(format!(
                     "expected spawned, got {:?}",
@@ -359,6 +359,14 @@ async fn log_stderr(stderr: tokio::process::ChildStderr) {
             }
         }
     }
+}
+
+/// The message of the zygote's `E` answer (`{message}`), whatever else it holds.
+fn failure_message(payload: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "no reason given".into())
 }
 
 /// The pid, in our PID namespace, of the process that wrote the first bytes waiting on `stream`

@@ -287,6 +287,41 @@ async fn load_errors_are_reported_with_their_traceback() {
     assert_eq!(pool.live(), 0);
 }
 
+/// A source that exhausts the parser or the compiler (a long chain of operators: recursion; of
+/// unary minus: the parser's stack) fails its own inspection with a clear code; the zygote and
+/// the warm workers it forked before keep serving.
+#[tokio::test]
+async fn hostile_sources_fail_their_inspection_and_the_zygote_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let z = zygote(dir.path());
+    let zygote_pid = z.start().await.unwrap().pid;
+    let pool = WorkerPool::new(
+        z.clone(),
+        spec("import os\ndef f(): return os.getpid()\n", "f"),
+        limits(1),
+        Arc::new(NoState),
+    );
+    let worker_pid = returned(&pool.call(b"{}").await.unwrap().result);
+    let hostile = [
+        format!("x = {}1\ndef main(): return 1\n", "1+".repeat(300_000)),
+        format!("x = {}1\ndef main(): return 1\n", "-".repeat(300_000)),
+    ];
+    for source in &hostile {
+        match z.inspect(source, "f.py", None).await.unwrap() {
+            Inspection::Invalid { error } => {
+                assert_eq!(error.code, "source_too_deeply_nested", "{}", error.message)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(z.start().await.unwrap().pid, zygote_pid, "the same zygote");
+    assert_eq!(
+        returned(&pool.call(b"{}").await.unwrap().result),
+        worker_pid,
+        "the same warm worker"
+    );
+}
+
 /// The zygote runs the runtime package's `__main__`, and a function's `store`/`load` go through
 /// `skython`, which imports from the runtime: every module is one copy, its classes and globals
 /// the ones the zygote set up (the worker object is an instance of the one `Worker` class).

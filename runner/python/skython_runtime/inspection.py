@@ -1,6 +1,25 @@
-"""Reading a source at deploy time without running it: syntax, entry function, signature."""
+"""Reading a source at deploy time without running it: syntax, entry function, signature.
+
+A source may be hostile: parsing and compiling it can exhaust recursion, memory or CPU. The
+zygote runs `inspect_source` in a child process within the limits below (zygote.py), so such a
+source fails its own deploy with one of the `source_too_*` codes and nothing else.
+"""
 
 import ast
+import resource
+import sys
+
+# Largest source, in bytes of UTF-8; the gateway sends its own limit with each request
+# (skython_crds::MAX_SOURCE_BYTES, the same value).
+MAX_SOURCE_BYTES = 1 << 20
+# What one inspection may use. A megabyte of dense statements takes about 1 GiB and 5 s of CPU to
+# parse and compile; real sources take a small fraction.
+MEMORY_BYTES = 1 << 30  # on top of what the zygote has mapped
+CPU_SECONDS = 10
+WALL_SECONDS = 20
+# A MemoryError this close to the address-space limit means the memory ran out; further below,
+# it is the parser's own stack limit (deep nesting), which CPython also reports as MemoryError.
+_NEAR_LIMIT = 64 << 20
 
 
 def _params_from_ast(fn):
@@ -28,8 +47,66 @@ def _params_from_ast(fn):
     return out
 
 
+def check_size(source, limit=MAX_SOURCE_BYTES):
+    """The error for a source over `limit` bytes, else None: checked before any parsing."""
+    size = len(source.encode("utf-8", "surrogatepass"))
+    if size <= limit:
+        return None
+    return _error("source_too_large",
+                  f"the source is {size} bytes, more than the limit of {limit} bytes")
+
+
+def too_deeply_nested():
+    return _error(
+        "source_too_deeply_nested",
+        "the source nests too deeply for Python to compile it (more than about"
+        f" {sys.getrecursionlimit()} levels of nested expressions or blocks, such as a chain of"
+        " that many operators); split the expression into smaller ones")
+
+
+def out_of_memory():
+    return _error(
+        "source_too_large",
+        f"reading the source needs more than the limit of {MEMORY_BYTES >> 20} MiB of memory;"
+        " make it smaller (for example, load large data at run time instead of writing it in"
+        " the source)")
+
+
+def too_complex():
+    return _error(
+        "source_too_complex",
+        f"checking the source did not finish within the limits of {CPU_SECONDS} s of CPU time,"
+        f" {WALL_SECONDS} s and {MEMORY_BYTES >> 20} MiB of memory; make it smaller or simpler")
+
+
+def memory_error(peak, limit):
+    """Which limit a MemoryError hit, from the process's peak address space and its limit."""
+    if limit != resource.RLIM_INFINITY and peak >= limit - _NEAR_LIMIT:
+        return out_of_memory()
+    return too_deeply_nested()
+
+
+def _peak_address_space():
+    with open("/proc/self/status") as f:
+        return next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmPeak:")), 0)
+
+
+def _error(code, message):
+    return {"ok": False, "error": {"code": code, "message": message}}
+
+
 def inspect_source(source, filename, entrypoint=None):
-    """Syntax check and entry-point resolution, without running the source."""
+    """Syntax check and entry-point resolution, without running the source. Any limit the
+    source exhausts (recursion, memory) is its error, with a `source_too_*` code."""
+    try:
+        return _inspect(source, filename, entrypoint)
+    except RecursionError:
+        return too_deeply_nested()
+    except MemoryError:
+        return memory_error(_peak_address_space(), resource.getrlimit(resource.RLIMIT_AS)[0])
+
+
+def _inspect(source, filename, entrypoint):
     try:
         tree = ast.parse(source, filename)
         compile(tree, filename, "exec", dont_inherit=True)

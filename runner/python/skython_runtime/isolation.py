@@ -143,22 +143,50 @@ def drop_privileges():
          ul(0), ul(0), what="installing the seccomp filter")
 
 
+# The first Landlock ABI with scopes (signals, abstract Unix sockets): Linux 6.12.
+LANDLOCK_SCOPES_ABI = 6
+_SYS_LANDLOCK_CREATE_RULESET, _SYS_LANDLOCK_RESTRICT_SELF = 444, 446  # on every architecture
+
+
 def isolate_from_siblings():
     """No reading other workers' memory or /proc files (not dumpable), no signals to other
     processes and no connecting to their abstract sockets (a Landlock domain of this worker's
-    own, Linux 6.12+; skipped on older kernels and outside a sandbox, where no_new_privs is
-    not set). The Landlock domain also keeps the worker from ptrace-class access (such as
-    /proc/<pid>/mem) to anything outside it, the zygote included."""
-    ctypes, lib, _ = libc()
+    own, Linux 6.12+). The Landlock domain also keeps the worker from ptrace-class access (such
+    as /proc/<pid>/mem) to anything outside it, the zygote included.
+
+    In a sandbox on a kernel with scopes, a domain that cannot be made fails the worker (raises
+    OSError): it must not run user code without it. Outside a sandbox no_new_privs is not set,
+    so the kernel refuses the domain to an unprivileged process; there it is best effort."""
     not_dumpable()
-    sys_create_ruleset, sys_restrict_self = 444, 446  # the same on every architecture
-    abi = lib.syscall(sys_create_ruleset, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
-    if abi < 6:
+    if landlock_abi() < LANDLOCK_SCOPES_ABI:
         return
+    try:
+        restrict_with_landlock()
+    except OSError:
+        if sandboxed():
+            raise
+
+
+def landlock_abi():
+    """The kernel's Landlock ABI version, or a negative number without Landlock."""
+    ctypes, lib, _ = libc()
+    return lib.syscall(_SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+
+
+def restrict_with_landlock():
+    """Puts this process in a Landlock domain of its own that scopes signals and abstract Unix
+    sockets to the domain."""
+    ctypes, lib, _ = libc()
     scope_abstract_unix_socket, scope_signal = 1 << 0, 1 << 1
-    attr = ctypes.create_string_buffer(struct.pack("=QQQ", 0, 0, scope_abstract_unix_socket | scope_signal))
-    fd = lib.syscall(sys_create_ruleset, attr, ctypes.c_size_t(24), ctypes.c_uint32(0))
+    attr = ctypes.create_string_buffer(
+        struct.pack("=QQQ", 0, 0, scope_abstract_unix_socket | scope_signal))
+    fd = lib.syscall(_SYS_LANDLOCK_CREATE_RULESET, attr, ctypes.c_size_t(24), ctypes.c_uint32(0))
     if fd < 0:
-        return
-    lib.syscall(sys_restrict_self, ctypes.c_int(fd), ctypes.c_uint32(0))
-    os.close(fd)
+        err = ctypes.get_errno()
+        raise OSError(err, f"sandbox: creating a Landlock ruleset: {os.strerror(err)}")
+    try:
+        if lib.syscall(_SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_int(fd), ctypes.c_uint32(0)) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"sandbox: entering a Landlock domain: {os.strerror(err)}")
+    finally:
+        os.close(fd)

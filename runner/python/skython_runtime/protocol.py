@@ -12,8 +12,8 @@ HEADER = struct.Struct("<IB")
 LARGE_FRAME = 64 * 1024
 KINDS = tuple(bytes([i]) for i in range(256))
 
-# Control channel (gateway <-> zygote).
-HELLO, SPAWN, SPAWNED, SPAWN_FAILED, INSPECT = b"H", b"S", b"P", b"E", b"I"
+# Control channel (gateway <-> zygote). FAILED answers any request the zygote could not handle.
+HELLO, SPAWN, SPAWNED, FAILED, INSPECT = b"H", b"S", b"P", b"E", b"I"
 # Worker channel (gateway <-> worker).
 STARTED, GO, READY, LOAD_ERROR, CALL, STATE_REQ, STATE_ANS, LOG, RAN, OK, ERROR = (
     b"T", b"W", b"R", b"L", b"C", b"Q", b"A", b"G", b"U", b"O", b"X")

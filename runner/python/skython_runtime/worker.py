@@ -326,23 +326,28 @@ def _apply_limits(spec):
     if mem:
         # Address space counts what the zygote already mapped (shared, copy-on-write), so the
         # limit is the function's budget on top of that.
-        with open("/proc/self/status") as f:
-            vm = next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:")), 0)
-        limit = vm + int(mem)
+        limit = mapped_bytes() + int(mem)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     if spec.get("cpuSecondsPerCall"):
         signal.signal(signal.SIGXCPU, _on_sigxcpu)
     # Backstops whatever the function does; the sandbox adds namespaces, seccomp and cgroups.
-    _lower_limit(resource.RLIMIT_NOFILE, 1024)
-    _lower_limit(resource.RLIMIT_FSIZE, 256 << 20)
+    lower_limit(resource.RLIMIT_NOFILE, 1024)
+    lower_limit(resource.RLIMIT_FSIZE, 256 << 20)
     # Processes and threads of the sandbox's uid in all; only set when that uid is the
     # sandbox's own (it counts every process of the uid).
     procs = int(os.environ.get("SKYTHON_MAX_PROCS", "0") or 0)
     if procs:
-        _lower_limit(resource.RLIMIT_NPROC, procs)
+        lower_limit(resource.RLIMIT_NPROC, procs)
 
 
-def _lower_limit(which, value):
+def mapped_bytes():
+    """This process's address space (VmSize), which a forked child shares copy-on-write."""
+    with open("/proc/self/status") as f:
+        return next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:")), 0)
+
+
+def lower_limit(which, value):
+    """Sets a resource limit (soft and hard) to `value`, or leaves it lower where it was."""
     soft, hard = resource.getrlimit(which)
     if hard != resource.RLIM_INFINITY:
         value = min(value, hard)
@@ -371,8 +376,9 @@ def worker_main(fd, spec):
         isolation.drop_privileges()
         isolation.isolate_from_siblings()
     except Exception as e:  # noqa: BLE001 - stderr is /dev/null: the gateway hears it here
-        chan.send_json(LOAD_ERROR, {"code": "sandbox_error",
-                                    "message": f"the worker's sandbox could not be set up: {e}"})
+        chan.send_json(LOAD_ERROR, {
+            "code": "load_error",
+            "message": f"the sandbox could not isolate the worker, so it runs nothing: {e}"})
         return
     os.environ.update(spec.get("env") or {})
     _apply_limits(spec)

@@ -5,19 +5,23 @@ import datetime
 import gc
 import json
 import os
+import resource
+import select
 import signal
 import socket
 import sys
 import time
 import traceback
 
-from . import isolation
+from . import inspection, isolation
 from .codec import encode
-from .inspection import inspect_source
-from .protocol import HELLO, INSPECT, SPAWN, SPAWN_FAILED, SPAWNED, Channel, recv_control
-from .worker import worker_main
+from .inspection import MAX_SOURCE_BYTES, inspect_source
+from .protocol import FAILED, HELLO, INSPECT, SPAWN, SPAWNED, Channel, recv_control
+from .worker import lower_limit, mapped_bytes, worker_main
 
 DEFAULT_PRELOAD = "numpy,pandas,scipy,requests,bs4"
+# Largest inspection answer (the gateway reads control frames up to 4 MiB).
+MAX_ANSWER_BYTES = 4 << 20
 
 
 def preload():
@@ -67,38 +71,139 @@ def main():
     while True:
         try:
             kind, payload, fds = recv_control(ctl)
-        except (EOFError, ConnectionResetError):
-            return
-        if kind == INSPECT:
-            req = json.loads(payload)
-            out.send_json(INSPECT, inspect_source(req["source"], req["filename"],
-                                                   req.get("entrypoint")))
-        elif kind == SPAWN:
-            spec = json.loads(payload)
-            if len(fds) != 1:
-                for fd in fds:
-                    os.close(fd)
-                out.send_json(SPAWN_FAILED, {"message": f"expected one socket, got {len(fds)}"})
-                continue
+        except (EOFError, OSError):
+            return  # the gateway closed the channel: nothing left to serve
+        try:
+            answer, body = _handle(kind, payload, fds, ctl)
+        except Exception as e:  # noqa: BLE001 - a request that fails is answered, not fatal
+            answer, body = FAILED, {"message": f"the zygote failed: {type(e).__name__}: {e}"}
+        out.queue(answer, body if isinstance(body, bytes) else encode(body))
+        out.flush()
+
+
+def _handle(kind, payload, fds, ctl):
+    """One control request's answer: its kind and a JSON-able object (or JSON bytes)."""
+    if kind == SPAWN:
+        return _spawn(payload, fds, ctl)
+    for fd in fds:
+        os.close(fd)
+    if kind == INSPECT:
+        return _inspect(json.loads(payload), ctl)
+    return FAILED, {"message": f"unknown request {kind!r}"}
+
+
+def _spawn(payload, fds, ctl):
+    try:
+        spec = json.loads(payload)
+        if len(fds) != 1:
+            return FAILED, {"message": f"expected one socket, got {len(fds)}"}
+        try:
+            pid = os.fork()
+        except OSError as e:
+            return FAILED, {"message": f"fork failed: {e}"}
+        if pid == 0:
+            code = 0
             try:
-                pid = os.fork()
-            except OSError as e:
-                os.close(fds[0])
-                out.send_json(SPAWN_FAILED, {"message": f"fork failed: {e}"})
-                continue
-            if pid == 0:
-                code = 0
-                try:
-                    ctl.close()
-                    os.set_inheritable(fds[0], False)
-                    worker_main(fds[0], spec)
-                except BaseException:  # noqa: BLE001
-                    traceback.print_exc()
-                    code = 1
-                finally:
-                    os._exit(code)
-            os.close(fds[0])
-            out.send_json(SPAWNED, {"pid": pid})
-        else:
-            for fd in fds:
-                os.close(fd)
+                ctl.close()
+                os.set_inheritable(fds[0], False)
+                worker_main(fds[0], spec)
+            except BaseException:  # noqa: BLE001
+                traceback.print_exc()
+                code = 1
+            finally:
+                os._exit(code)
+        return SPAWNED, {"pid": pid}
+    finally:
+        for fd in fds:  # the worker has its own copy
+            os.close(fd)
+
+
+def _inspect(req, ctl):
+    """Inspects a source in a child process within inspection's limits: whatever the source
+    exhausts (recursion, memory, CPU, time), the child fails, not the zygote."""
+    source = req["source"]
+    too_large = inspection.check_size(source, int(req.get("maxSourceBytes") or MAX_SOURCE_BYTES))
+    if too_large:
+        return INSPECT, too_large
+    r, w = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(r)
+        os.close(w)
+        raise
+    if pid == 0:
+        os.close(r)
+        _inspector_main(w, ctl, source, req["filename"], req.get("entrypoint"))
+    os.close(w)
+    data = _read_answer(r, pid)
+    try:
+        answer = json.loads(data) if data else None
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):  # killed, or stopped by a limit before it answered
+        return INSPECT, inspection.too_complex()
+    if "failed" in answer:
+        raise RuntimeError(f"inspecting the source: {answer['failed']}")
+    return INSPECT, data
+
+
+def _inspector_main(w, ctl, source, filename, entrypoint):
+    """The inspection child: confined like a worker (minus the private /tmp, which it has no
+    use for) and limited, it writes its answer to `w` and exits."""
+    try:
+        ctl.close()  # no way to the gateway
+        isolation.die_with_parent()
+        gc.disable()  # short-lived: collections would only slow the parse (by a third)
+        _limit_inspector()
+        isolation.drop_privileges()
+        isolation.isolate_from_siblings()
+    except BaseException as e:  # noqa: BLE001
+        answer = {"failed": f"confining the inspection failed: {type(e).__name__}: {e}"}
+    else:
+        try:
+            answer = inspect_source(source, filename, entrypoint)
+        except BaseException as e:  # noqa: BLE001
+            answer = {"failed": f"{type(e).__name__}: {e}"}
+    try:
+        data = memoryview(encode(answer))
+        while data:
+            data = data[os.write(w, data):]
+    finally:
+        os._exit(0)
+
+
+def _limit_inspector():
+    mem = mapped_bytes() + inspection.MEMORY_BYTES
+    lower_limit(resource.RLIMIT_AS, mem)
+    # Past the soft limit, SIGXCPU ends the child (its default action): the C parser never
+    # returns to Python to run a handler.
+    soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    cpu = inspection.CPU_SECONDS
+    if hard == resource.RLIM_INFINITY or hard > cpu:
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    signal.signal(signal.SIGXCPU, signal.SIG_DFL)
+    lower_limit(resource.RLIMIT_CORE, 0)
+
+
+def _read_answer(fd, pid, seconds=inspection.WALL_SECONDS):
+    """What the child wrote before it exited, or None if it overran its time or its answer's
+    size (the child is killed then)."""
+    deadline = time.monotonic() + seconds
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    chunks, size = [], 0
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000) or size > MAX_ANSWER_BYTES:
+                # The child still holds the pipe, so it is alive: its pid is still its own.
+                os.kill(pid, signal.SIGKILL)
+                return None
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
