@@ -205,17 +205,22 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 .context("starting the egress proxy")?,
         ),
     };
-    // Memory and process limits per function, where we may create control groups (as root).
+    // Memory, process and CPU limits per function, where we may create control groups (as
+    // root), under a group of this instance's own (groups of instances that are gone go).
     let cgroups = match (&sandbox, nix::unistd::geteuid().is_root()) {
-        (Sandbox::Bubblewrap(_), true) => {
-            match Cgroups::detect(&format!("skython/{}", std::process::id())) {
-                Ok(cg) => Some(Arc::new(cg)),
-                Err(why) => {
-                    eprintln!("warning: no cgroups for functions ({why}); they keep their rlimits");
-                    None
+        (Sandbox::Bubblewrap(_), true) => match Cgroups::detect("skython") {
+            Ok(cg) => {
+                if !cg.hierarchy().has_cpu() {
+                    eprintln!("warning: no cpu cgroup controller; resources.cpu is not enforced");
                 }
+                tracing::info!(group = %cg.path().display(), "functions' control groups");
+                Some(Arc::new(cg))
             }
-        }
+            Err(why) => {
+                eprintln!("warning: no cgroups for functions ({why}); they keep their rlimits");
+                None
+            }
+        },
         _ => None,
     };
     let python_path = data_dir.join("runtime");
