@@ -72,7 +72,7 @@ pub struct SandboxArgs {
     /// When started as root: the host uid (and gid) that functions run as.
     #[arg(long, env = "SKYTHON_SANDBOX_UID", default_value_t = 10001)]
     sandbox_uid: u32,
-    /// Size of each worker's private /tmp, in MiB (counted in its function's memory cgroup).
+    /// Size of each worker's private /tmp, in MiB (counted in its worker's memory cgroup).
     #[arg(long, env = "SKYTHON_SANDBOX_TMP_MIB", default_value_t = 64)]
     sandbox_tmp_mib: u64,
     /// Address ranges that functions with `network: internet` may reach although they are not
