@@ -377,10 +377,14 @@ fn remove_tree(dir: &Path) -> bool {
     }
 }
 
+/// Tries to kill and remove one group this often before leaving it (a process stuck in the
+/// kernel); the next gateway to start after this one removes it.
+const KILL_TRIES: u32 = 20;
+
 /// Kills and removes the groups sent to it, in a thread of its own (processes take a moment to
-/// die); retries those still busy.
+/// die); tries again later those still busy.
 fn reaper(h: Hierarchy, rx: mpsc::Receiver<PathBuf>) {
-    let mut pending: Vec<PathBuf> = Vec::new();
+    let mut pending: Vec<(PathBuf, u32)> = Vec::new();
     loop {
         let next = if pending.is_empty() {
             rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
@@ -389,17 +393,24 @@ fn reaper(h: Hierarchy, rx: mpsc::Receiver<PathBuf>) {
         };
         let closed = match next {
             Ok(p) => {
-                pending.push(p);
+                pending.push((p, 0));
                 false
             }
             Err(mpsc::RecvTimeoutError::Timeout) => false,
             Err(mpsc::RecvTimeoutError::Disconnected) => true,
         };
-        pending.extend(rx.try_iter());
-        pending.retain(|p| !kill_and_remove(&h, p));
-        for p in &pending {
-            tracing::debug!(group = %p.display(), "cgroup still busy; trying again");
-        }
+        pending.extend(rx.try_iter().map(|p| (p, 0)));
+        pending.retain_mut(|(p, tries)| {
+            if kill_and_remove(&h, p) {
+                return false;
+            }
+            *tries += 1;
+            if *tries >= KILL_TRIES {
+                tracing::warn!(group = %p.display(), "cgroup still busy; left behind");
+                return false;
+            }
+            true
+        });
         if closed {
             return;
         }
@@ -425,7 +436,7 @@ struct Instance {
     /// Held for the instance's life: one per directory of `node`, with the directory.
     locks: Mutex<Vec<(PathBuf, File)>>,
     /// Groups to kill and remove.
-    reaper: Mutex<mpsc::Sender<PathBuf>>,
+    reaper: mpsc::Sender<PathBuf>,
     next_group: AtomicU64,
 }
 
@@ -436,14 +447,18 @@ impl Instance {
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         // A starting instance may take the lock of a directory we just made (before we lock
         // it), find it stale and remove it: then we try again.
-        for _ in 0..5 {
+        'attempt: for _ in 0..5 {
             for dir in self.hierarchy.dirs(&self.node.path) {
                 let held = locks.iter().any(|(d, f)| d == &dir && same_dir(f, &dir));
                 if held {
                     continue;
                 }
                 std::fs::create_dir_all(&dir).map_err(|e| at(&dir, e))?;
-                let f = File::open(&dir).map_err(|e| at(&dir, e))?;
+                let f = match File::open(&dir) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue 'attempt,
+                    Err(e) => return Err(at(&dir, e)),
+                };
                 // Blocks only while another instance holds it to look at it.
                 f.lock().map_err(|e| at(&dir, e))?;
                 locks.retain(|(d, _)| d != &dir);
@@ -501,8 +516,7 @@ impl Instance {
     }
 
     fn remove_later(&self, path: PathBuf) {
-        let tx = self.reaper.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(mpsc::SendError(path)) = tx.send(path) {
+        if let Err(mpsc::SendError(path)) = self.reaper.send(path) {
             kill_and_remove(&self.hierarchy, &path);
         }
     }
@@ -621,7 +635,7 @@ impl Cgroups {
                 parent: None,
             }),
             locks: Mutex::default(),
-            reaper: Mutex::new(tx),
+            reaper: tx,
             next_group: AtomicU64::new(0),
         };
         // Ours first, locked, so that no other starting instance takes it for stale.
