@@ -842,14 +842,29 @@ fn the_workers_confinement_seen_from_outside() {
 /// The sandbox's processes once no process is mid-fork: one the zygote has just forked (a worker
 /// setting itself up, an inspection) has the zygote's filters and capabilities for a moment.
 fn settled_processes(gateway_pid: u32) -> Vec<u32> {
-    let zygote_like =
-        |p: &u32| status_field(*p, "Seccomp_filters") == "2" && status_field(*p, "Name") != "bwrap";
+    let zygote_like = |p: &u32| {
+        status_field(*p, "Seccomp_filters") == "2"
+            && status_field(*p, "Name") != "bwrap"
+            && !status_field(*p, "State").starts_with('Z')
+    };
     let mut procs = vec![];
-    let settled = eventually(Duration::from_secs(10), || {
+    let settled = eventually(Duration::from_secs(20), || {
         procs = sandboxed_processes(gateway_pid);
         procs.iter().filter(|p| zygote_like(p)).count() == 1
     });
-    assert!(settled, "one zygote and nothing mid-fork: {procs:?}");
+    let seen: Vec<String> = procs
+        .iter()
+        .map(|&p| {
+            let f = |n: &str| status_field(p, n);
+            format!(
+                "{p} {} {} filters={}",
+                f("Name"),
+                f("State"),
+                f("Seccomp_filters")
+            )
+        })
+        .collect();
+    assert!(settled, "one zygote and nothing mid-fork: {seen:?}");
     procs
 }
 
