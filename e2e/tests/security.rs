@@ -1358,6 +1358,30 @@ def main(tag: str, hang: bool = False):
     }
 
     #[test]
+    fn a_test_runs_daemon_dies_when_the_run_ends() {
+        if !is_root() {
+            return;
+        }
+        let s = Skython::start(&[]);
+        let tag = "skyd-testrun";
+        let (status, body) = s.api(
+            reqwest::Method::POST,
+            "/test-run",
+            Some(json!({"source": DAEMON, "args": {"tag": tag}})),
+        );
+        assert_eq!(
+            (status, &body["result"]),
+            (200, &json!("started")),
+            "{body}"
+        );
+        assert!(
+            eventually(Duration::from_secs(10), || named(tag).is_empty()),
+            "the test run's daemon outlived it: {:?}",
+            named(tag)
+        );
+    }
+
+    #[test]
     fn after_delete_no_process_of_the_function_remains_and_its_groups_are_gone() {
         if !is_root() {
             return;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use skython_crds::{Network, Runtime, SkyFunctionSpec};
-use skython_runner::cgroup::{Cgroups, GroupLimits};
+use skython_runner::cgroup::{Cgroups, Group, GroupLimits};
 use skython_runner::egress::{EgressProxy, Grant};
 use skython_runner::{
     PoolLimits, StateAnswer, StateHandler, StateRequest, WorkerPool, WorkerSpec, Zygote,
@@ -181,18 +181,8 @@ impl Deployments {
             .unwrap_or_else(|| "main".into());
         let (mut worker_spec, egress) = self.worker_spec(spec, &entrypoint);
         let limits = pool_limits(spec, &self.limits);
-        let group = self.cgroups.as_ref().and_then(|cg| {
-            let name = format!("{}.{}.{}", spec.owner, spec.endpoint, record.generation);
-            let (function, worker) = group_limits(spec, &self.limits);
-            cg.group(&name, function, worker)
-                .map_err(|e| tracing::error!(function = %name, "no cgroup, rlimits only: {e}"))
-                .ok()
-        });
-        if group.is_some() {
-            // The memory cgroup counts what the worker really uses; an address-space limit on
-            // top would only refuse libraries that reserve much and use little (TensorFlow).
-            worker_spec.memory_bytes = None;
-        }
+        let name = format!("{}.{}.{}", spec.owner, spec.endpoint, record.generation);
+        let group = self.group(&name, spec, &mut worker_spec);
         let state = Arc::new(self.scoped_state(StateScope {
             owner: spec.owner.clone(),
             function: spec.endpoint.clone(),
@@ -203,6 +193,26 @@ impl Deployments {
             pool: WorkerPool::new(zygote, worker_spec, limits, state).in_group(group),
             egress,
         })
+    }
+
+    /// The control group of a function version (or a test run) named `name`, where the machine
+    /// has cgroups; its memory group is then the workers' memory limit, not `RLIMIT_AS`.
+    pub fn group(
+        &self,
+        name: &str,
+        spec: &SkyFunctionSpec,
+        worker_spec: &mut WorkerSpec,
+    ) -> Option<Group> {
+        let cg = self.cgroups.as_ref()?;
+        let (function, worker) = group_limits(spec, &self.limits);
+        let group = cg
+            .group(name, function, worker)
+            .map_err(|e| tracing::error!(function = %name, "no cgroup, rlimits only: {e}"))
+            .ok()?;
+        // The memory cgroup counts what the worker really uses; an address-space limit on top
+        // would only refuse libraries that reserve much and use little (TensorFlow).
+        worker_spec.memory_bytes = None;
+        Some(group)
     }
 
     /// How workers load the function, and its egress grant if it may use the network (only

@@ -572,12 +572,21 @@ pub async fn run_once(
     args: &[u8],
     state: Arc<dyn StateHandler>,
     timeout: Duration,
+    group: Option<&Group>,
 ) -> Result<CallResult> {
+    // The worker's own group inside `group`: what it started dies with it when the run ends.
+    let group = group
+        .map(|g| g.worker(0))
+        .transpose()
+        .map_err(|e| Error::Spawn(format!("creating the worker's cgroup: {e}")))?;
     let worker = zygote
-        .spawn(spec, timeout, None)
+        .spawn(spec, timeout, group.as_ref())
         .await?
         .serve(state, timeout);
-    worker.call(args).await
+    let result = worker.call(args).await;
+    drop(worker);
+    drop(group);
+    result
 }
 
 #[cfg(test)]
