@@ -72,7 +72,7 @@ pub struct SandboxArgs {
     /// When started as root: the host uid (and gid) that functions run as.
     #[arg(long, env = "SKYTHON_SANDBOX_UID", default_value_t = 10001)]
     sandbox_uid: u32,
-    /// Size of each worker's private /tmp, in MiB (counted in its function's memory cgroup).
+    /// Size of each worker's private /tmp, in MiB (counted in its worker's memory cgroup).
     #[arg(long, env = "SKYTHON_SANDBOX_TMP_MIB", default_value_t = 64)]
     sandbox_tmp_mib: u64,
     /// Size of each worker's private /dev/shm, in MiB (counted in its function's memory cgroup).
@@ -225,17 +225,22 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 .context("starting the egress proxy")?,
         ),
     };
-    // Memory and process limits per function, where we may create control groups (as root).
+    // Memory, process and CPU limits per function, where we may create control groups (as
+    // root), under a group of this instance's own (groups of instances that are gone go).
     let cgroups = match (&sandbox, nix::unistd::geteuid().is_root()) {
-        (Sandbox::Bubblewrap(_), true) => {
-            match Cgroups::detect(&format!("skython/{}", std::process::id())) {
-                Ok(cg) => Some(Arc::new(cg)),
-                Err(why) => {
-                    eprintln!("warning: no cgroups for functions ({why}); they keep their rlimits");
-                    None
+        (Sandbox::Bubblewrap(_), true) => match Cgroups::detect("skython") {
+            Ok(cg) => {
+                if !cg.hierarchy().has_cpu() {
+                    eprintln!("warning: no cpu cgroup controller; resources.cpu is not enforced");
                 }
+                tracing::info!(group = %cg.path().display(), "functions' control groups");
+                Some(Arc::new(cg))
             }
-        }
+            Err(why) => {
+                eprintln!("warning: no cgroups for functions ({why}); they keep their rlimits");
+                None
+            }
+        },
         _ => None,
     };
     let python_path = data_dir.join("runtime");

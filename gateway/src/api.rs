@@ -596,7 +596,13 @@ pub async fn test_run(
         .zygote(spec.runtime)
         .ok_or_else(|| ApiError::internal("runtime vanished"))?;
     // The grant lives as long as this test run.
-    let (worker_spec, _egress) = app.deployments.worker_spec(&spec, &signature.entrypoint);
+    let (mut worker_spec, _egress) = app.deployments.worker_spec(&spec, &signature.entrypoint);
+    // Whatever the draft starts is killed with its group when the run ends.
+    let group = app.deployments.group(
+        &format!("{}.~draft-{endpoint}", spec.owner),
+        &spec,
+        &mut worker_spec,
+    );
     // Drafts keep their state apart from the deployed function's.
     let state = Arc::new(app.deployments.scoped_state(StateScope {
         owner: spec.owner.clone(),
@@ -609,6 +615,7 @@ pub async fn test_run(
         &args,
         state,
         Duration::from_secs(spec.timeout_seconds.into()),
+        group.as_ref(),
     )
     .await;
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;

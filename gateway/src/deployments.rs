@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use skython_crds::{Network, Runtime, SkyFunctionSpec};
-use skython_runner::cgroup::{Cgroups, GroupLimits};
+use skython_runner::cgroup::{Cgroups, Group, GroupLimits};
 use skython_runner::egress::{EgressProxy, Grant};
 use skython_runner::{
     PoolLimits, StateAnswer, StateHandler, StateRequest, WorkerPool, WorkerSpec, Zygote,
@@ -161,9 +161,6 @@ impl Deployments {
     pub fn reap(&self) -> usize {
         let now = Instant::now();
         let pools: Vec<_> = self.read().values().cloned().collect();
-        if let Some(cg) = &self.cgroups {
-            cg.sweep();
-        }
         pools.iter().map(|d| d.pool.reap(now)).sum()
     }
 
@@ -184,22 +181,8 @@ impl Deployments {
             .unwrap_or_else(|| "main".into());
         let (mut worker_spec, egress) = self.worker_spec(spec, &entrypoint);
         let limits = pool_limits(spec, &self.limits);
-        let group = self.cgroups.as_ref().and_then(|cg| {
-            let name = format!("{}.{}.{}", spec.owner, spec.endpoint, record.generation);
-            let group_limits = GroupLimits {
-                // Each worker may use its memory on top of the zygote's shared pages.
-                memory_bytes: spec.memory_bytes() * limits.max_workers as u64,
-                pids: self.limits.max_procs_per_function,
-            };
-            cg.group(&name, group_limits)
-                .map_err(|e| tracing::error!(function = %name, "no cgroup, rlimits only: {e}"))
-                .ok()
-        });
-        if group.is_some() {
-            // The memory cgroup counts what the worker really uses; an address-space limit on
-            // top would only refuse libraries that reserve much and use little (TensorFlow).
-            worker_spec.memory_bytes = None;
-        }
+        let name = format!("{}.{}.{}", spec.owner, spec.endpoint, record.generation);
+        let group = self.group(&name, spec, &mut worker_spec);
         let state = Arc::new(self.scoped_state(StateScope {
             owner: spec.owner.clone(),
             function: spec.endpoint.clone(),
@@ -210,6 +193,26 @@ impl Deployments {
             pool: WorkerPool::new(zygote, worker_spec, limits, state).in_group(group),
             egress,
         })
+    }
+
+    /// The control group of a function version (or a test run) named `name`, where the machine
+    /// has cgroups; its memory group is then the workers' memory limit, not `RLIMIT_AS`.
+    pub fn group(
+        &self,
+        name: &str,
+        spec: &SkyFunctionSpec,
+        worker_spec: &mut WorkerSpec,
+    ) -> Option<Group> {
+        let cg = self.cgroups.as_ref()?;
+        let (function, worker) = group_limits(spec, &self.limits);
+        let group = cg
+            .group(name, function, worker)
+            .map_err(|e| tracing::error!(function = %name, "no cgroup, rlimits only: {e}"))
+            .ok()?;
+        // The memory cgroup counts what the worker really uses; an address-space limit on top
+        // would only refuse libraries that reserve much and use little (TensorFlow).
+        worker_spec.memory_bytes = None;
+        Some(group)
     }
 
     /// How workers load the function, and its egress grant if it may use the network (only
@@ -273,6 +276,25 @@ pub fn worker_spec(spec: &SkyFunctionSpec, entrypoint: &str, limits: &Limits) ->
         max_log_bytes: limits.max_log_bytes,
         max_state_value_bytes: limits.max_state_value_bytes,
     }
+}
+
+/// The cgroup limits of a function version (all its workers together) and of each of its
+/// workers. A worker gets what the spec gives a replica: `resources.memory` (on top of the
+/// zygote's shared pages) and `resources.cpu`, so a call runs as fast whether or not others run
+/// beside it; the version gets the memory of `concurrency` workers and the process cap.
+pub fn group_limits(spec: &SkyFunctionSpec, limits: &Limits) -> (GroupLimits, GroupLimits) {
+    let workers = u64::from(spec.concurrency.max(1));
+    let function = GroupLimits {
+        memory_bytes: Some(spec.memory_bytes().saturating_mul(workers)),
+        pids: Some(limits.max_procs_per_function),
+        cpu_millis: None,
+    };
+    let worker = GroupLimits {
+        memory_bytes: Some(spec.memory_bytes()),
+        pids: None,
+        cpu_millis: Some(spec.cpu_millis()),
+    };
+    (function, worker)
 }
 
 /// The local meaning of the spec's scaling fields: one replica whose pool holds up to
@@ -398,6 +420,35 @@ mod tests {
         assert_eq!(l.idle_timeout, Duration::from_secs(7));
         assert_eq!(l.call_timeout, Duration::from_secs(2));
         assert_eq!(l.queue_limit, Limits::default().queue_limit);
+    }
+
+    #[test]
+    fn a_version_gets_its_workers_memory_and_each_worker_a_replicas_resources() {
+        let mut spec = SkyFunctionSpec::new("a", "f", "def f(): pass");
+        spec.concurrency = 4;
+        spec.resources.memory = "256Mi".into();
+        spec.resources.cpu = "250m".into();
+        let limits = Limits {
+            max_procs_per_function: 99,
+            ..Limits::default()
+        };
+        let (function, worker) = group_limits(&spec, &limits);
+        assert_eq!(
+            function,
+            GroupLimits {
+                memory_bytes: Some(1 << 30),
+                pids: Some(99),
+                cpu_millis: None,
+            }
+        );
+        assert_eq!(
+            worker,
+            GroupLimits {
+                memory_bytes: Some(256 << 20),
+                pids: None,
+                cpu_millis: Some(250),
+            }
+        );
     }
 
     #[tokio::test]

@@ -108,6 +108,11 @@ fn runner_error(e: RunnerError) -> ApiError {
                 "{msg}: the process exited (os._exit, a crash in native code, or a resource limit); it will be replaced"
             ),
         ),
+        RunnerError::OutOfMemory(_) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "out_of_memory",
+            format!("{msg}; it will be replaced"),
+        ),
         RunnerError::Misbehaved(_) => ApiError::new(
             StatusCode::BAD_GATEWAY,
             "worker_crashed",
@@ -391,6 +396,10 @@ mod tests {
         );
         assert_eq!(
             st(RunnerError::Crashed("x".into())),
+            StatusCode::BAD_GATEWAY
+        );
+        assert_eq!(
+            st(RunnerError::OutOfMemory("x".into())),
             StatusCode::BAD_GATEWAY
         );
         assert_eq!(

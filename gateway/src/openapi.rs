@@ -15,7 +15,7 @@ fn error_schema() -> Value {
             "type": "object",
             "required": ["code", "message"],
             "properties": {
-                "code": {"type": "string", "description": "Machine-readable: bad_json, bad_arguments, invalid_spec, syntax_error, source_too_large, source_too_deeply_nested, source_too_complex, function_not_found, function_error, timeout, worker_crashed, too_many_requests, body_too_large, unauthorized, forbidden, ..."},
+                "code": {"type": "string", "description": "Machine-readable: bad_json, bad_arguments, invalid_spec, syntax_error, source_too_large, source_too_deeply_nested, source_too_complex, function_not_found, function_error, timeout, worker_crashed, out_of_memory, too_many_requests, body_too_large, unauthorized, forbidden, ..."},
                 "message": {"type": "string", "description": "What went wrong and what was expected."},
                 "type": {"type": "string", "description": "The Python exception type (function_error)."},
                 "expected": {"type": "array", "description": "The function's parameters (bad_arguments)."},

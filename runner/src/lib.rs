@@ -46,6 +46,9 @@ pub enum Error {
     Load(FunctionError),
     #[error("{0}")]
     Crashed(String),
+    /// The kernel killed the worker (or a process of its) for using more than its memory limit.
+    #[error("{0}")]
+    OutOfMemory(String),
     /// The worker broke the protocol or its limits (e.g. user code wrote frames to the worker's
     /// socket); it was killed.
     #[error("{0}")]

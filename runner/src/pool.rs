@@ -70,7 +70,8 @@ struct Shared {
     retired: AtomicBool,
     /// Moving average of the calls' time on a worker, in µs; `u64::MAX` before the first.
     recent_call_micros: AtomicU64,
-    /// The function's cgroup, if the machine offers them.
+    /// The function version's cgroup, if the machine offers them; each worker gets a group
+    /// inside it. Killed and removed when the pool's last user lets go.
     group: Option<Group>,
 }
 
@@ -84,6 +85,9 @@ struct Slots {
 struct Slot {
     id: u64,
     worker: WorkerHandle,
+    /// The worker's own cgroup: whatever the worker started (a `setsid()` daemon too) is
+    /// killed with it when the slot goes, after the worker itself (fields drop in order).
+    _group: Option<Group>,
     in_flight: usize,
     idle_since: Instant,
 }
@@ -239,13 +243,8 @@ impl Starting {
     async fn run(self) -> Result<()> {
         let task = tokio::spawn(async move {
             let shared = &self.0;
-            let worker = shared.start().await?;
-            shared.slots().workers.push(Slot {
-                id: shared.next_slot.fetch_add(1, Ordering::Relaxed),
-                worker,
-                in_flight: 0,
-                idle_since: Instant::now(),
-            });
+            let slot = shared.start().await?;
+            shared.slots().workers.push(slot);
             drop(self);
             Ok(())
         });
@@ -281,7 +280,8 @@ impl WorkerPool {
         }
     }
 
-    /// Puts every worker of this pool in `group`. Call before the pool is shared.
+    /// Puts every worker of this pool in a group of its own inside `group`. Call before the
+    /// pool is shared.
     pub fn in_group(mut self, group: Option<Group>) -> Self {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.group = group;
@@ -520,13 +520,28 @@ impl Shared {
         }
     }
 
-    async fn start(&self) -> Result<WorkerHandle> {
+    /// Starts a worker, in a cgroup of its own inside the function's if there is one.
+    async fn start(&self) -> Result<Slot> {
         self.cold_starts.fetch_add(1, Ordering::Relaxed);
+        let id = self.next_slot.fetch_add(1, Ordering::Relaxed);
+        let group = match &self.group {
+            Some(g) => Some(
+                g.worker(id)
+                    .map_err(|e| Error::Spawn(format!("creating the worker's cgroup: {e}")))?,
+            ),
+            None => None,
+        };
         let worker = self
             .zygote
-            .spawn(&self.spec, self.limits.call_timeout, self.group.as_ref())
+            .spawn(&self.spec, self.limits.call_timeout, group.as_ref())
             .await?;
-        Ok(worker.serve(self.state.clone(), self.limits.call_timeout))
+        Ok(Slot {
+            id,
+            worker: worker.serve(self.state.clone(), self.limits.call_timeout),
+            _group: group,
+            in_flight: 0,
+            idle_since: Instant::now(),
+        })
     }
 
     /// One call of the worker in slot `id` ended.
@@ -557,12 +572,21 @@ pub async fn run_once(
     args: &[u8],
     state: Arc<dyn StateHandler>,
     timeout: Duration,
+    group: Option<&Group>,
 ) -> Result<CallResult> {
+    // The worker's own group inside `group`: what it started dies with it when the run ends.
+    let group = group
+        .map(|g| g.worker(0))
+        .transpose()
+        .map_err(|e| Error::Spawn(format!("creating the worker's cgroup: {e}")))?;
     let worker = zygote
-        .spawn(spec, timeout, None)
+        .spawn(spec, timeout, group.as_ref())
         .await?
         .serve(state, timeout);
-    worker.call(args).await
+    let result = worker.call(args).await;
+    drop(worker);
+    drop(group);
+    result
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, oneshot};
 use tracing::Instrument;
 
+use crate::cgroup::OomProbe;
 use crate::protocol::{self, FunctionError, Ready, StateAnswer, StateRequest, kind};
 use crate::{Error, Result};
 
@@ -88,6 +89,8 @@ pub struct Worker {
     group: ProcessGroup,
     io: BufReader<UnixStream>,
     limits: FrameLimits,
+    /// Whether its cgroup's OOM killer struck, if it has a memory cgroup.
+    oom: Option<OomProbe>,
 }
 
 /// What the gateway accepts from a worker. Its frames are untrusted input: user code may write to
@@ -122,7 +125,13 @@ impl Worker {
             },
             io: BufReader::with_capacity(64 * 1024, stream),
             limits,
+            oom: None,
         }
+    }
+
+    /// A worker that vanishes is then told apart from one that ran out of memory.
+    pub(crate) fn watch_oom(&mut self, probe: OomProbe) {
+        self.oom = Some(probe);
     }
 
     pub fn pid(&self) -> i32 {
@@ -176,7 +185,12 @@ impl Worker {
         state: Arc<dyn StateHandler>,
         call_timeout: Duration,
     ) -> WorkerHandle {
-        let Worker { group, io, limits } = self;
+        let Worker {
+            group,
+            io,
+            limits,
+            oom,
+        } = self;
         // Nothing follows `ready` unasked, but keep whatever the handshake read ahead.
         let read_ahead = BytesMut::from(io.buffer());
         let (rd, wr) = io.into_inner().into_split();
@@ -194,6 +208,7 @@ impl Worker {
             ran: None,
             state,
             limits,
+            oom,
             call_timeout,
         };
         tokio::spawn(reader.run());
@@ -386,6 +401,7 @@ struct Reader {
     ran: Option<Duration>,
     state: Arc<dyn StateHandler>,
     limits: FrameLimits,
+    oom: Option<OomProbe>,
     call_timeout: Duration,
 }
 
@@ -576,6 +592,15 @@ impl Reader {
         let head_error = match stop {
             Stop::Retired => None,
             Stop::Timeout => Some(Error::Timeout(self.call_timeout)),
+            Stop::Eof | Stop::Io(_) if self.oom.as_ref().is_some_and(OomProbe::fired) => {
+                let limit = self.oom.and_then(|o| o.limit_bytes).map_or_else(
+                    || "its memory limit".to_string(),
+                    |b| format!("its memory limit of {} MiB (resources.memory)", b >> 20),
+                );
+                Some(Error::OutOfMemory(format!(
+                    "worker {pid} was killed during the call: it used more than {limit}"
+                )))
+            }
             Stop::Eof => Some(Error::Crashed(format!(
                 "worker {pid} stopped during the call"
             ))),

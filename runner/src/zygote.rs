@@ -302,13 +302,14 @@ impl Zygote {
         nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::PassCred, &false)
             .map_err(std::io::Error::from)?;
         let mut worker = Worker::new(pid, stream, FrameLimits::for_spec(spec));
-        if let Some(g) = group
-            && let Err(e) = g.add(pid)
-        {
-            worker.kill();
-            return Err(Error::Spawn(format!(
-                "placing the worker in its cgroup: {e}"
-            )));
+        if let Some(g) = group {
+            if let Err(e) = g.add(pid) {
+                worker.kill();
+                return Err(Error::Spawn(format!(
+                    "placing the worker in its cgroup: {e}"
+                )));
+            }
+            worker.watch_oom(g.oom_probe());
         }
         worker.go().await?;
         match tokio::time::timeout(load_timeout, worker.wait_ready()).await {
