@@ -322,6 +322,50 @@ async fn hostile_sources_fail_their_inspection_and_the_zygote_keeps_serving() {
     );
 }
 
+/// An inspection holds the zygote's control channel no longer than a fork: while a slow source
+/// (seconds of parsing and compiling, within the limits) is inspected, another function's
+/// worker starts, and the inspection still gets its verdict.
+#[tokio::test]
+async fn a_slow_inspection_does_not_delay_worker_starts() {
+    let _cpu = CPU_HEAVY.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let z = zygote(dir.path());
+    z.start().await.unwrap();
+    let slow = format!("{}def main(): return 1\n", "a\n".repeat(300_000));
+    let inspecting = tokio::spawn({
+        let z = z.clone();
+        async move {
+            let started = Instant::now();
+            let verdict = z.inspect(&slow, "f.py", None).await;
+            (verdict, started.elapsed())
+        }
+    });
+    // The inspection's request is sent and the child at work.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pool = WorkerPool::new(
+        z.clone(),
+        spec("def f(): return 2\n", "f"),
+        limits(1),
+        Arc::new(NoState),
+    );
+    let started = Instant::now();
+    assert_eq!(returned(&pool.call(b"{}").await.unwrap().result), "2");
+    let cold_start = started.elapsed();
+    assert!(
+        !inspecting.is_finished(),
+        "the worker started only after the inspection ended ({cold_start:?})"
+    );
+    let (verdict, inspected) = inspecting.await.unwrap();
+    assert!(
+        matches!(verdict.unwrap(), Inspection::Ok { .. }),
+        "the slow source is valid"
+    );
+    assert!(
+        cold_start < inspected / 4,
+        "cold start {cold_start:?}, inspection {inspected:?}"
+    );
+}
+
 /// The zygote runs the runtime package's `__main__`, and a function's `store`/`load` go through
 /// `skython`, which imports from the runtime: every module is one copy, its classes and globals
 /// the ones the zygote set up (the worker object is an instance of the one `Worker` class).
