@@ -7,6 +7,7 @@ use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
@@ -93,17 +94,18 @@ pub struct SourceError {
 
 pub struct Zygote {
     config: RuntimeConfig,
-    running: Mutex<Option<Running>>,
+    /// Shared with the task of the request in progress (see [`Zygote::request`]).
+    running: Arc<Mutex<Option<Running>>>,
     /// Inspection children at once: each may take 1 GiB and a CPU for seconds.
-    inspections: Semaphore,
+    inspections: Arc<Semaphore>,
 }
 
 impl Zygote {
     pub fn new(config: RuntimeConfig) -> Self {
         Zygote {
             config,
-            running: Mutex::new(None),
-            inspections: Semaphore::new(MAX_INSPECTIONS),
+            running: Arc::new(Mutex::new(None)),
+            inspections: Arc::new(Semaphore::new(MAX_INSPECTIONS)),
         }
     }
 
@@ -243,17 +245,28 @@ impl Zygote {
     }
 
     /// One request/answer on the control channel; a broken channel drops the zygote so the next
-    /// request starts a fresh one.
-    async fn request(&self, k: u8, payload: &[u8], fd: Option<&OwnedFd>) -> Result<(u8, Vec<u8>)> {
-        let mut guard = self.running.lock().await;
-        let running = self.ensure(&mut guard).await?;
-        let res = exchange(&mut running.ctl, k, payload, fd).await;
-        if res.is_err()
-            && let Some(mut r) = guard.take()
-        {
-            let _ = r.child.start_kill();
-        }
-        res
+    /// request starts a fresh one. The exchange runs in a task of its own: a caller that leaves
+    /// halfway (a client that disconnects during its deploy) would otherwise leave a request
+    /// half sent or its answer unread, and the channel out of step for every later request.
+    /// `fd` (sent with the request) is closed once the zygote has answered.
+    async fn request(&self, k: u8, payload: Vec<u8>, fd: Option<OwnedFd>) -> Result<(u8, Vec<u8>)> {
+        let mut guard = self.running.clone().lock_owned().await;
+        self.ensure(&mut guard).await?;
+        let exchanged = tokio::spawn(async move {
+            let running = guard
+                .as_mut()
+                .ok_or_else(|| Error::Protocol("the zygote vanished".into()))?;
+            let res = exchange(&mut running.ctl, k, &payload, fd.as_ref()).await;
+            if res.is_err()
+                && let Some(mut r) = guard.take()
+            {
+                let _ = r.child.start_kill();
+            }
+            res
+        });
+        exchanged
+            .await
+            .map_err(|e| Error::Protocol(format!("the control request's task failed: {e}")))?
     }
 
     /// Checks a source's syntax and finds its entry function, without running it.
@@ -274,25 +287,36 @@ impl Zygote {
             "maxSourceBytes": skython_crds::MAX_SOURCE_BYTES,
         });
         // Never fails: the semaphore is not closed.
-        let _slot = self
+        let slot = self
             .inspections
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|e| Error::Inspect(e.to_string()))?;
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         let theirs = OwnedFd::from(theirs);
+        // Once the zygote answered, the child holds the only other end: its exit is our end of
+        // file.
         let (k, payload) = self
-            .request(kind::INSPECT, &serde_json::to_vec(&req)?, Some(&theirs))
+            .request(kind::INSPECT, serde_json::to_vec(&req)?, Some(theirs))
             .await?;
-        // The child holds the only other end now: its exit is our end of file.
-        drop(theirs);
         match k {
             // Refused before the fork (too large).
             kind::INSPECT => Ok(serde_json::from_slice(&payload)?),
             kind::SPAWNED => {
                 let child: Inspecting = serde_json::from_slice(&payload)?;
                 ours.set_nonblocking(true)?;
-                verdict(UnixStream::from_std(ours)?, child).await
+                let socket = UnixStream::from_std(ours)?;
+                // In a task that keeps the slot until the child is done, even if our caller
+                // leaves: the slots bound the children, not the callers.
+                let reading = tokio::spawn(async move {
+                    let v = verdict(socket, child).await;
+                    drop(slot);
+                    v
+                });
+                reading.await.map_err(|e| {
+                    Error::Inspect(format!("the task reading the verdict failed: {e}"))
+                })?
             }
             kind::SPAWN_FAILED => Err(Error::Inspect(failure_message(&payload))),
             other => Err(Error::Protocol(format!(
@@ -316,9 +340,8 @@ impl Zygote {
             .map_err(std::io::Error::from)?;
         let theirs = OwnedFd::from(theirs);
         let (k, payload) = self
-            .request(kind::SPAWN, &serde_json::to_vec(spec)?, Some(&theirs))
+            .request(kind::SPAWN, serde_json::to_vec(spec)?, Some(theirs))
             .await?;
-        drop(theirs);
         match k {
             kind::SPAWNED => {}
             kind::SPAWN_FAILED => return Err(Error::Spawn(failure_message(&payload))),

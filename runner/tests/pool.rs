@@ -366,6 +366,34 @@ async fn a_slow_inspection_does_not_delay_worker_starts() {
     );
 }
 
+/// A caller that leaves in the middle of a control request (a client that disconnects during
+/// its deploy) does not leave the zygote's control channel out of step: later requests get their
+/// own answers, from the same zygote.
+#[tokio::test]
+async fn a_caller_that_leaves_mid_request_leaves_the_control_channel_in_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let z = zygote(dir.path());
+    let zygote_pid = z.start().await.unwrap().pid;
+    // Large enough that sending it and answering take a while; cut off at several points.
+    let source = format!("{}def main(): return 1\n", "# padding\n".repeat(90_000));
+    for micros in [0, 100, 300, 1_000, 3_000, 10_000] {
+        let cut = Duration::from_micros(micros);
+        let _ = tokio::time::timeout(cut, z.inspect(&source, "f.py", None)).await;
+        // Out of step, a request would get another's answer, or wait for one forever.
+        let bounded = Duration::from_secs(10);
+        let other = spec("def f(): return 3\n", "f");
+        match tokio::time::timeout(bounded, z.spawn(&other, bounded, None)).await {
+            Ok(Ok(_worker)) => {}
+            other => panic!("cut after {cut:?}: {:?}", other.map(|r| r.err())),
+        }
+        match tokio::time::timeout(bounded, z.inspect("def g(): pass\n", "f.py", None)).await {
+            Ok(Ok(Inspection::Ok { signature })) => assert_eq!(signature.entrypoint, "g"),
+            other => panic!("cut after {cut:?}: {other:?}"),
+        }
+    }
+    assert_eq!(z.start().await.unwrap().pid, zygote_pid, "the same zygote");
+}
+
 /// The zygote runs the runtime package's `__main__`, and a function's `store`/`load` go through
 /// `skython`, which imports from the runtime: every module is one copy, its classes and globals
 /// the ones the zygote set up (the worker object is an instance of the one `Worker` class).
