@@ -7,6 +7,7 @@ use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
@@ -15,7 +16,7 @@ use skython_crds::Signature;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Semaphore};
 
 use crate::cgroup::Group;
 use crate::protocol::{self, FunctionError, Hello, WorkerSpec, kind};
@@ -27,6 +28,9 @@ use crate::{Error, Result};
 const EGRESS_INSIDE: &str = "/run/skython-egress";
 /// Largest control answer we accept (an inspect answer for a large source).
 const MAX_CONTROL_FRAME: usize = 4 << 20;
+/// Sources inspected at once (each in a child of its own, limited to 1 GiB of address space
+/// and 10 s of CPU): bounds what concurrent hostile deploys can take from the host.
+const MAX_INSPECTIONS: usize = 4;
 /// The zygote imports numpy, pandas and scipy before saying hello.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -60,6 +64,19 @@ pub enum Inspection {
     Invalid { error: SourceError },
 }
 
+/// The zygote's answer to an inspection it forked a child for (`P`): the child's verdict comes
+/// on the socket sent with the request.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Inspecting {
+    /// In the zygote's PID namespace: for the log only.
+    pid: i32,
+    /// When the child is past its own wall-clock limit.
+    deadline_seconds: u64,
+    /// The verdict if the child ends without one: a limit stopped it (`source_too_complex`).
+    unanswered: Inspection,
+}
+
 /// Why a source cannot be deployed: a syntax error or no clear entry function.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 pub struct SourceError {
@@ -77,14 +94,18 @@ pub struct SourceError {
 
 pub struct Zygote {
     config: RuntimeConfig,
-    running: Mutex<Option<Running>>,
+    /// Shared with the task of the request in progress (see [`Zygote::request`]).
+    running: Arc<Mutex<Option<Running>>>,
+    /// Inspection children at once: each may take 1 GiB and a CPU for seconds.
+    inspections: Arc<Semaphore>,
 }
 
 impl Zygote {
     pub fn new(config: RuntimeConfig) -> Self {
         Zygote {
             config,
-            running: Mutex::new(None),
+            running: Arc::new(Mutex::new(None)),
+            inspections: Arc::new(Semaphore::new(MAX_INSPECTIONS)),
         }
     }
 
@@ -224,20 +245,35 @@ impl Zygote {
     }
 
     /// One request/answer on the control channel; a broken channel drops the zygote so the next
-    /// request starts a fresh one.
-    async fn request(&self, k: u8, payload: &[u8], fd: Option<&OwnedFd>) -> Result<(u8, Vec<u8>)> {
-        let mut guard = self.running.lock().await;
-        let running = self.ensure(&mut guard).await?;
-        let res = exchange(&mut running.ctl, k, payload, fd).await;
-        if res.is_err()
-            && let Some(mut r) = guard.take()
-        {
-            let _ = r.child.start_kill();
-        }
-        res
+    /// request starts a fresh one. The exchange runs in a task of its own: a caller that leaves
+    /// halfway (a client that disconnects during its deploy) would otherwise leave a request
+    /// half sent or its answer unread, and the channel out of step for every later request.
+    /// `fd` (sent with the request) is closed once the zygote has answered.
+    async fn request(&self, k: u8, payload: Vec<u8>, fd: Option<OwnedFd>) -> Result<(u8, Vec<u8>)> {
+        let mut guard = self.running.clone().lock_owned().await;
+        self.ensure(&mut guard).await?;
+        let exchanged = tokio::spawn(async move {
+            let running = guard
+                .as_mut()
+                .ok_or_else(|| Error::Protocol("the zygote vanished".into()))?;
+            let res = exchange(&mut running.ctl, k, &payload, fd.as_ref()).await;
+            if res.is_err()
+                && let Some(mut r) = guard.take()
+            {
+                let _ = r.child.start_kill();
+            }
+            res
+        });
+        exchanged
+            .await
+            .map_err(|e| Error::Protocol(format!("the control request's task failed: {e}")))?
     }
 
     /// Checks a source's syntax and finds its entry function, without running it.
+    ///
+    /// The zygote forks a child per source and answers at once; the child's verdict comes on a
+    /// socket of its own, read here without holding the control channel, so a slow or hostile
+    /// source delays nobody else's worker starts.
     pub async fn inspect(
         &self,
         source: &str,
@@ -250,11 +286,38 @@ impl Zygote {
             "entrypoint": entrypoint,
             "maxSourceBytes": skython_crds::MAX_SOURCE_BYTES,
         });
+        // Never fails: the semaphore is not closed.
+        let slot = self
+            .inspections
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| Error::Inspect(e.to_string()))?;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let theirs = OwnedFd::from(theirs);
+        // Once the zygote answered, the child holds the only other end: its exit is our end of
+        // file.
         let (k, payload) = self
-            .request(kind::INSPECT, &serde_json::to_vec(&req)?, None)
+            .request(kind::INSPECT, serde_json::to_vec(&req)?, Some(theirs))
             .await?;
         match k {
+            // Refused before the fork (too large).
             kind::INSPECT => Ok(serde_json::from_slice(&payload)?),
+            kind::SPAWNED => {
+                let child: Inspecting = serde_json::from_slice(&payload)?;
+                ours.set_nonblocking(true)?;
+                let socket = UnixStream::from_std(ours)?;
+                // In a task that keeps the slot until the child is done, even if our caller
+                // leaves: the slots bound the children, not the callers.
+                let reading = tokio::spawn(async move {
+                    let v = verdict(socket, child).await;
+                    drop(slot);
+                    v
+                });
+                reading.await.map_err(|e| {
+                    Error::Inspect(format!("the task reading the verdict failed: {e}"))
+                })?
+            }
             kind::SPAWN_FAILED => Err(Error::Inspect(failure_message(&payload))),
             other => Err(Error::Protocol(format!(
                 "expected an inspect answer, got {:?}",
@@ -277,9 +340,8 @@ impl Zygote {
             .map_err(std::io::Error::from)?;
         let theirs = OwnedFd::from(theirs);
         let (k, payload) = self
-            .request(kind::SPAWN, &serde_json::to_vec(spec)?, Some(&theirs))
+            .request(kind::SPAWN, serde_json::to_vec(spec)?, Some(theirs))
             .await?;
-        drop(theirs);
         match k {
             kind::SPAWNED => {}
             kind::SPAWN_FAILED => return Err(Error::Spawn(failure_message(&payload))),
@@ -358,6 +420,40 @@ async fn log_stderr(stderr: tokio::process::ChildStderr) {
                 let text = String::from_utf8_lossy(&line);
                 tracing::warn!(target: "skython::zygote", "{}", text.trim_end());
             }
+        }
+    }
+}
+
+/// The inspection child's verdict (`I`) or failure (`E`), read from its socket within its
+/// deadline. A child that ends without one was stopped by a limit; one still running at the
+/// deadline ends by its own alarm (dropping the socket is all that is left to do here).
+async fn verdict(mut socket: UnixStream, child: Inspecting) -> Result<Inspection> {
+    let deadline = Duration::from_secs(child.deadline_seconds);
+    match tokio::time::timeout(
+        deadline,
+        protocol::read_frame(&mut socket, MAX_CONTROL_FRAME),
+    )
+    .await
+    {
+        Ok(Ok((kind::INSPECT, payload))) => Ok(serde_json::from_slice(&payload)?),
+        Ok(Ok((kind::SPAWN_FAILED, payload))) => Err(Error::Inspect(failure_message(&payload))),
+        Ok(Ok((other, _))) => Err(Error::Protocol(format!(
+            "expected an inspection verdict, got {:?}",
+            other as char
+        ))),
+        Ok(Err(e)) => {
+            tracing::info!(
+                pid = child.pid,
+                "a source's inspection ended without a verdict: {e}"
+            );
+            Ok(child.unanswered)
+        }
+        Err(_) => {
+            tracing::info!(
+                pid = child.pid,
+                "a source's inspection overran {deadline:?}"
+            );
+            Ok(child.unanswered)
         }
     }
 }
@@ -486,4 +582,77 @@ async fn exchange(
     rest.extend_from_slice(payload);
     ctl.write_all(&rest[sent.min(rest.len())..]).await?;
     Ok(protocol::read_frame(ctl, MAX_CONTROL_FRAME).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn inspecting(deadline_seconds: u64) -> Inspecting {
+        Inspecting {
+            pid: 1,
+            deadline_seconds,
+            unanswered: serde_json::from_value(serde_json::json!({
+                "ok": false,
+                "error": {"code": "source_too_complex", "message": "stopped by a limit"}
+            }))
+            .unwrap(),
+        }
+    }
+
+    /// Our end (async, as `inspect` reads it) and the child's.
+    fn socket() -> (UnixStream, std::os::unix::net::UnixStream) {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        (UnixStream::from_std(ours).unwrap(), theirs)
+    }
+
+    fn too_complex(verdict: Result<Inspection>) -> bool {
+        matches!(verdict, Ok(Inspection::Invalid { error }) if error.code == "source_too_complex")
+    }
+
+    #[tokio::test]
+    async fn the_childs_verdict_is_the_inspection() {
+        let (ours, mut theirs) = socket();
+        let answer = br#"{"ok": true, "signature": {"entrypoint": "main", "params": []}}"#;
+        theirs
+            .write_all(&protocol::header(kind::INSPECT, answer.len()))
+            .unwrap();
+        theirs.write_all(answer).unwrap();
+        match verdict(ours, inspecting(20)).await.unwrap() {
+            Inspection::Ok { signature } => assert_eq!(signature.entrypoint, "main"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_child_that_ends_without_a_verdict_was_stopped_by_a_limit() {
+        let (ours, mut theirs) = socket();
+        theirs
+            .write_all(&protocol::header(kind::INSPECT, 100))
+            .unwrap();
+        drop(theirs); // killed in the middle of its answer
+        assert!(too_complex(verdict(ours, inspecting(20)).await));
+    }
+
+    #[tokio::test]
+    async fn a_child_still_silent_at_its_deadline_is_given_up() {
+        let (ours, _theirs) = socket();
+        assert!(too_complex(verdict(ours, inspecting(0)).await));
+    }
+
+    #[tokio::test]
+    async fn a_child_that_could_not_inspect_is_an_error_not_a_verdict() {
+        let (ours, mut theirs) = socket();
+        let failed = br#"{"message": "confining the inspection failed"}"#;
+        theirs
+            .write_all(&protocol::header(kind::SPAWN_FAILED, failed.len()))
+            .unwrap();
+        theirs.write_all(failed).unwrap();
+        match verdict(ours, inspecting(20)).await {
+            Err(Error::Inspect(m)) => assert_eq!(m, "confining the inspection failed"),
+            other => panic!("{other:?}"),
+        }
+    }
 }

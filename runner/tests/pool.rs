@@ -322,6 +322,78 @@ async fn hostile_sources_fail_their_inspection_and_the_zygote_keeps_serving() {
     );
 }
 
+/// An inspection holds the zygote's control channel no longer than a fork: while a slow source
+/// (seconds of parsing and compiling, within the limits) is inspected, another function's
+/// worker starts, and the inspection still gets its verdict.
+#[tokio::test]
+async fn a_slow_inspection_does_not_delay_worker_starts() {
+    let _cpu = CPU_HEAVY.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let z = zygote(dir.path());
+    z.start().await.unwrap();
+    let slow = format!("{}def main(): return 1\n", "a\n".repeat(300_000));
+    let inspecting = tokio::spawn({
+        let z = z.clone();
+        async move {
+            let started = Instant::now();
+            let verdict = z.inspect(&slow, "f.py", None).await;
+            (verdict, started.elapsed())
+        }
+    });
+    // The inspection's request is sent and the child at work.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pool = WorkerPool::new(
+        z.clone(),
+        spec("def f(): return 2\n", "f"),
+        limits(1),
+        Arc::new(NoState),
+    );
+    let started = Instant::now();
+    assert_eq!(returned(&pool.call(b"{}").await.unwrap().result), "2");
+    let cold_start = started.elapsed();
+    assert!(
+        !inspecting.is_finished(),
+        "the worker started only after the inspection ended ({cold_start:?})"
+    );
+    let (verdict, inspected) = inspecting.await.unwrap();
+    assert!(
+        matches!(verdict.unwrap(), Inspection::Ok { .. }),
+        "the slow source is valid"
+    );
+    assert!(
+        cold_start < inspected / 4,
+        "cold start {cold_start:?}, inspection {inspected:?}"
+    );
+}
+
+/// A caller that leaves in the middle of a control request (a client that disconnects during
+/// its deploy) does not leave the zygote's control channel out of step: later requests get their
+/// own answers, from the same zygote.
+#[tokio::test]
+async fn a_caller_that_leaves_mid_request_leaves_the_control_channel_in_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let z = zygote(dir.path());
+    let zygote_pid = z.start().await.unwrap().pid;
+    // Large enough that sending it and answering take a while; cut off at several points.
+    let source = format!("{}def main(): return 1\n", "# padding\n".repeat(90_000));
+    for micros in [0, 100, 300, 1_000, 3_000, 10_000] {
+        let cut = Duration::from_micros(micros);
+        let _ = tokio::time::timeout(cut, z.inspect(&source, "f.py", None)).await;
+        // Out of step, a request would get another's answer, or wait for one forever.
+        let bounded = Duration::from_secs(10);
+        let other = spec("def f(): return 3\n", "f");
+        match tokio::time::timeout(bounded, z.spawn(&other, bounded, None)).await {
+            Ok(Ok(_worker)) => {}
+            other => panic!("cut after {cut:?}: {:?}", other.map(|r| r.err())),
+        }
+        match tokio::time::timeout(bounded, z.inspect("def g(): pass\n", "f.py", None)).await {
+            Ok(Ok(Inspection::Ok { signature })) => assert_eq!(signature.entrypoint, "g"),
+            other => panic!("cut after {cut:?}: {other:?}"),
+        }
+    }
+    assert_eq!(z.start().await.unwrap().pid, zygote_pid, "the same zygote");
+}
+
 /// The zygote runs the runtime package's `__main__`, and a function's `store`/`load` go through
 /// `skython`, which imports from the runtime: every module is one copy, its classes and globals
 /// the ones the zygote set up (the worker object is an instance of the one `Worker` class).

@@ -6,7 +6,6 @@ import gc
 import json
 import os
 import resource
-import select
 import signal
 import socket
 import sys
@@ -20,8 +19,6 @@ from .protocol import FAILED, HELLO, INSPECT, SPAWN, SPAWNED, Channel, recv_cont
 from .worker import lower_limit, mapped_bytes, worker_main
 
 DEFAULT_PRELOAD = "numpy,pandas,scipy,requests,bs4"
-# Largest inspection answer (the gateway reads control frames up to 4 MiB).
-MAX_ANSWER_BYTES = 4 << 20
 
 
 def preload():
@@ -83,97 +80,92 @@ def main():
 
 def _handle(kind, payload, fds, ctl):
     """One control request's answer: its kind and a JSON-able object (or JSON bytes)."""
-    if kind == SPAWN:
-        return _spawn(payload, fds, ctl)
-    for fd in fds:
-        os.close(fd)
-    if kind == INSPECT:
-        return _inspect(json.loads(payload), ctl)
-    return FAILED, {"message": f"unknown request {kind!r}"}
-
-
-def _spawn(payload, fds, ctl):
     try:
-        spec = json.loads(payload)
-        if len(fds) != 1:
-            return FAILED, {"message": f"expected one socket, got {len(fds)}"}
-        try:
-            pid = os.fork()
-        except OSError as e:
-            return FAILED, {"message": f"fork failed: {e}"}
-        if pid == 0:
-            code = 0
-            try:
-                ctl.close()
-                os.set_inheritable(fds[0], False)
-                worker_main(fds[0], spec)
-            except BaseException:  # noqa: BLE001
-                traceback.print_exc()
-                code = 1
-            finally:
-                os._exit(code)
-        return SPAWNED, {"pid": pid}
+        if kind == SPAWN:
+            return _spawn(payload, fds, ctl)
+        if kind == INSPECT:
+            return _inspect(payload, fds, ctl)
+        return FAILED, {"message": f"unknown request {kind!r}"}
     finally:
-        for fd in fds:  # the worker has its own copy
+        for fd in fds:  # a forked child has its own copy
             os.close(fd)
 
 
-def _inspect(req, ctl):
+def _spawn(payload, fds, ctl):
+    spec = json.loads(payload)
+    if len(fds) != 1:
+        return FAILED, {"message": f"expected one socket, got {len(fds)}"}
+    return SPAWNED, {"pid": _fork(ctl, worker_main, fds[0], spec)}
+
+
+def _inspect(payload, fds, ctl):
     """Inspects a source in a child process within inspection's limits: whatever the source
-    exhausts (recursion, memory, CPU, time), the child fails, not the zygote."""
+    exhausts (recursion, memory, CPU, time), the child fails, not the zygote. The zygote does
+    not wait for it: the child answers on the socket it was given, so a slow source holds the
+    control channel no longer than a fork."""
+    req = json.loads(payload)
     source = req["source"]
     too_large = inspection.check_size(source, int(req.get("maxSourceBytes") or MAX_SOURCE_BYTES))
     if too_large:
         return INSPECT, too_large
-    r, w = os.pipe()
+    if len(fds) != 1:
+        return FAILED, {"message": f"expected one socket, got {len(fds)}"}
+    pid = _fork(ctl, _inspector_main, fds[0], source, req["filename"], req.get("entrypoint"))
+    return SPAWNED, {"pid": pid, "deadlineSeconds": inspection.WALL_SECONDS,
+                     "unanswered": inspection.too_complex()}
+
+
+def _fork(ctl, main, fd, *args):
+    """Forks a child that runs `main(fd, *args)` with `fd` (its socket to the gateway) and
+    nothing of the control channel, then exits; its pid. Children are reaped by the kernel
+    (SIGCHLD is ignored)."""
     try:
         pid = os.fork()
-    except OSError:
-        os.close(r)
-        os.close(w)
-        raise
+    except OSError as e:
+        raise RuntimeError(f"fork failed: {e}") from None
     if pid == 0:
-        os.close(r)
-        _inspector_main(w, ctl, source, req["filename"], req.get("entrypoint"))
-    os.close(w)
-    data = _read_answer(r, pid)
-    try:
-        answer = json.loads(data) if data else None
-    except ValueError:
-        answer = None
-    if not isinstance(answer, dict):  # killed, or stopped by a limit before it answered
-        return INSPECT, inspection.too_complex()
-    if "failed" in answer:
-        raise RuntimeError(f"inspecting the source: {answer['failed']}")
-    return INSPECT, data
+        code = 0
+        try:
+            ctl.close()
+            os.set_inheritable(fd, False)
+            main(fd, *args)
+        except BaseException:  # noqa: BLE001
+            traceback.print_exc()
+            code = 1
+        finally:
+            os._exit(code)
+    return pid
 
 
-def _inspector_main(w, ctl, source, filename, entrypoint):
+def _inspector_main(fd, source, filename, entrypoint):
     """The inspection child: confined like a worker (minus the private /tmp, which it has no
-    use for) and limited, it writes its answer to `w` and exits."""
+    use for) and limited, it writes its answer as one frame on its socket: `INSPECT` with the
+    verdict, or `FAILED` if it could not inspect (not a verdict on the source)."""
     try:
-        ctl.close()  # no way to the gateway
+        _limit_inspector()
         isolation.die_with_parent()
         gc.disable()  # short-lived: collections would only slow the parse (by a third)
-        _limit_inspector()
         isolation.drop_privileges()
         isolation.isolate_from_siblings()
     except BaseException as e:  # noqa: BLE001
-        answer = {"failed": f"confining the inspection failed: {type(e).__name__}: {e}"}
+        kind, answer = FAILED, {
+            "message": f"confining the inspection failed: {type(e).__name__}: {e}"}
     else:
         try:
-            answer = inspect_source(source, filename, entrypoint)
+            kind, answer = INSPECT, inspect_source(source, filename, entrypoint)
         except BaseException as e:  # noqa: BLE001
-            answer = {"failed": f"{type(e).__name__}: {e}"}
-    try:
-        data = memoryview(encode(answer))
-        while data:
-            data = data[os.write(w, data):]
-    finally:
-        os._exit(0)
+            kind, answer = FAILED, {"message": f"{type(e).__name__}: {e}"}
+    out = Channel(socket.socket(fileno=fd))
+    out.queue(kind, encode(answer))
+    out.flush()
 
 
 def _limit_inspector():
+    # Its own wall-clock bound first: nobody waits for the child (the gateway gives up at the
+    # same deadline), and a child blocked in anything but the CPU must still end. SIGALRM's
+    # default action ends it.
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.alarm(inspection.WALL_SECONDS)
     mem = mapped_bytes() + inspection.MEMORY_BYTES
     lower_limit(resource.RLIMIT_AS, mem)
     # Past the soft limit, SIGXCPU ends the child (its default action): the C parser never
@@ -184,26 +176,3 @@ def _limit_inspector():
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     signal.signal(signal.SIGXCPU, signal.SIG_DFL)
     lower_limit(resource.RLIMIT_CORE, 0)
-
-
-def _read_answer(fd, pid, seconds=inspection.WALL_SECONDS):
-    """What the child wrote before it exited, or None if it overran its time or its answer's
-    size (the child is killed then)."""
-    deadline = time.monotonic() + seconds
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    chunks, size = [], 0
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not poller.poll(left * 1000) or size > MAX_ANSWER_BYTES:
-                # The child still holds the pipe, so it is alive: its pid is still its own.
-                os.kill(pid, signal.SIGKILL)
-                return None
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-            size += len(chunk)
-    finally:
-        os.close(fd)

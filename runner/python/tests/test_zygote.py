@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import unittest
 
@@ -40,10 +41,28 @@ class Zygote:
             socket.send_fds(self.ctl.sock, [header + payload], [fd])
         return self.ctl.recv()
 
+    def start_inspection(self, source, **more):
+        """Sends an inspection as the gateway does: the control answer, and our end of the
+        socket the verdict comes on (None if the zygote answered on the control channel)."""
+        ours, theirs = socket.socketpair()
+        kind, answer = self.request(
+            INSPECT, {"source": source, "filename": "f.py", **more}, theirs.fileno())
+        theirs.close()
+        if kind != SPAWNED:
+            ours.close()
+            return kind, json.loads(answer), None
+        return kind, json.loads(answer), Channel(ours)
+
     def inspect(self, source, **more):
-        kind, answer = self.request(INSPECT, {"source": source, "filename": "f.py", **more})
-        assert kind == INSPECT, (kind, answer)
-        return json.loads(answer)
+        """The verdict on `source`."""
+        kind, answer, child = self.start_inspection(source, **more)
+        if child is None:
+            assert kind == INSPECT, (kind, answer)
+            return answer
+        with child.sock:
+            kind, verdict = child.recv()
+        assert kind == INSPECT, (kind, verdict)
+        return json.loads(verdict)
 
     def spawn(self, source):
         """A worker for `source` (entry function `main`), loaded and ready: its channel."""
@@ -133,22 +152,65 @@ class HostileSources(unittest.TestCase):
         self.assertEqual(answer["signature"]["doc"], "\ufffd")
 
 
-class AnswerDeadline(unittest.TestCase):
-    def test_a_child_that_overruns_its_time_is_killed_and_has_no_answer(self):
-        r, w = os.pipe()
-        child = subprocess.Popen(["sleep", "30"], pass_fds=[w])
-        os.close(w)
-        started = time.monotonic()
-        self.assertIsNone(zygote._read_answer(r, child.pid, 0.2))
-        self.assertEqual(child.wait(5), -9)
-        self.assertLess(time.monotonic() - started, 5)
+class InspectionChild(unittest.TestCase):
+    """An inspection is a child that answers on its own socket: the zygote does not wait for
+    it, and it does not outlive its limits."""
 
-    def test_what_a_child_wrote_before_it_exited_is_its_answer(self):
-        r, w = os.pipe()
-        child = subprocess.Popen(["echo", "-n", "{}"], stdout=w)
-        os.close(w)
-        self.assertEqual(zygote._read_answer(r, child.pid, inspection.WALL_SECONDS), b"{}")
-        child.wait()
+    @classmethod
+    def setUpClass(cls):
+        cls.zygote = Zygote()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.zygote.close()
+
+    def test_a_slow_inspection_holds_the_control_channel_no_longer_than_a_fork(self):
+        # Seconds of parsing and compiling, well within the limits.
+        started = time.monotonic()
+        kind, answer, child = self.zygote.start_inspection("a\n" * 300000 + "def main(): pass\n")
+        self.addCleanup(child.sock.close)
+        self.assertEqual(kind, SPAWNED)
+        self.assertEqual(answer["deadlineSeconds"], inspection.WALL_SECONDS)
+        self.assertEqual(answer["unanswered"], inspection.too_complex())
+        worker = self.zygote.spawn("def main(): return 7\n")
+        self.addCleanup(worker.sock.close)
+        self.assertEqual(call(worker), 7)
+        served = time.monotonic() - started
+        kind, verdict = child.recv()
+        inspected = time.monotonic() - started
+        self.assertEqual((kind, json.loads(verdict)["ok"]), (INSPECT, True))
+        self.assertLess(served, inspected / 2, "a worker was served during the inspection")
+
+    def test_an_inspection_child_is_reaped_once_it_answered(self):
+        kind, answer, child = self.zygote.start_inspection("def main(): pass\n")
+        with child.sock:
+            self.assertEqual(child.recv()[0], INSPECT)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                os.kill(answer["pid"], 0)  # a zombie would still be there
+            except ProcessLookupError:
+                return
+            time.sleep(0.01)
+        self.fail(f"the inspection child {answer['pid']} is still there")
+
+    def test_an_inspection_without_a_socket_is_refused(self):
+        kind, answer = self.zygote.request(INSPECT, {"source": "def main(): pass\n",
+                                                     "filename": "f.py"})
+        self.assertEqual((kind, json.loads(answer)),
+                         (FAILED, {"message": "expected one socket, got 0"}))
+
+    def test_the_inspection_child_ends_at_its_own_deadline(self):
+        # Whatever it is blocked in: an alarm whose default action ends it.
+        script = textwrap.dedent("""
+            import signal
+            from skython_runtime import zygote
+            zygote._limit_inspector()
+            print(signal.getsignal(signal.SIGALRM) == signal.SIG_DFL, signal.alarm(0))
+        """)
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             check=True, env={"PYTHONPATH": ":".join(sys.path)})
+        self.assertEqual(out.stdout.split(), ["True", str(inspection.WALL_SECONDS)])
 
 
 if __name__ == "__main__":
