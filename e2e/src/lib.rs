@@ -71,6 +71,9 @@ impl Skython {
 
     /// Runs a prepared `skython up` command and waits for its URL.
     pub fn start_with(mut cmd: Command, data_dir: &Path) -> Skython {
+        // `make test` sets it for the tests that want the full runtime (they pass it as a
+        // flag); every other server would preload TensorFlow for nothing.
+        cmd.env_remove("SKYTHON_PYTHON_FULL");
         cmd.env("SKYTHON_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
