@@ -899,27 +899,8 @@ fn nix_is_root() -> bool {
 
 /// Host pids of the gateway's descendants that run under seccomp (the zygote and workers).
 fn sandboxed_processes(gateway_pid: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return vec![];
-    };
-    let parent_of = |pid: u32| -> Option<u32> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let after = stat.rsplit_once(')')?.1;
-        after.split_whitespace().nth(1)?.parse().ok()
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| {
-            let mut p = pid;
-            for _ in 0..16 {
-                match parent_of(p) {
-                    Some(pp) if pp == gateway_pid => return true,
-                    Some(pp) if pp > 1 => p = pp,
-                    _ => return false,
-                }
-            }
-            false
-        })
+    cgroups::descendants(gateway_pid)
+        .into_iter()
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
                 s.lines()
@@ -1152,11 +1133,7 @@ mod cgroups {
     use skython_e2e::{Skython, TOKEN, eventually, skython_bin};
 
     fn is_root() -> bool {
-        std::fs::read_to_string("/proc/self/status")
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .is_some_and(|v| v.split_whitespace().next() == Some("0"))
+        super::nix_is_root()
     }
 
     fn v2() -> bool {
@@ -1211,7 +1188,7 @@ mod cgroups {
     }
 
     /// The gateway's descendants (its zygote, workers and what they started).
-    fn descendants(gateway_pid: u32) -> Vec<u32> {
+    pub fn descendants(gateway_pid: u32) -> Vec<u32> {
         let Ok(entries) = std::fs::read_dir("/proc") else {
             return vec![];
         };

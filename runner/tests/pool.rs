@@ -634,15 +634,14 @@ def f(mode=""):
     return os.getpid()
 "#;
 
+fn forging_pool(dir: &std::path::Path) -> WorkerPool {
+    WorkerPool::new(zygote(dir), spec(FORGE, "f"), limits(1), Arc::new(NoState))
+}
+
 #[tokio::test]
 async fn a_worker_that_sends_frames_while_idle_is_killed_and_replaced() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = WorkerPool::new(
-        zygote(dir.path()),
-        spec(FORGE, "f"),
-        limits(1),
-        Arc::new(NoState),
-    );
+    let pool = forging_pool(dir.path());
     let first = returned(&pool.call(br#"{"mode":"later"}"#).await.unwrap().result);
     let gone = async {
         while pool.live() > 0 {
@@ -659,12 +658,7 @@ async fn a_worker_that_sends_frames_while_idle_is_killed_and_replaced() {
 #[tokio::test]
 async fn output_past_the_call_cap_fails_the_call_and_kills_the_worker() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = WorkerPool::new(
-        zygote(dir.path()),
-        spec(FORGE, "f"),
-        limits(1),
-        Arc::new(NoState),
-    );
+    let pool = forging_pool(dir.path());
     let first = returned(&pool.call(b"{}").await.unwrap().result);
     match pool.call(br#"{"mode":"flood"}"#).await {
         Err(Error::Misbehaved(m)) => assert!(m.contains("bytes of output"), "{m}"),
@@ -680,12 +674,7 @@ async fn output_past_the_call_cap_fails_the_call_and_kills_the_worker() {
 #[tokio::test]
 async fn a_frame_of_an_unexpected_kind_fails_the_call_as_the_workers_fault() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = WorkerPool::new(
-        zygote(dir.path()),
-        spec(FORGE, "f"),
-        limits(1),
-        Arc::new(NoState),
-    );
+    let pool = forging_pool(dir.path());
     match pool.call(br#"{"mode":"hello"}"#).await {
         Err(Error::Misbehaved(m)) => assert!(m.contains("unexpected frame 'H'"), "{m}"),
         other => panic!(
