@@ -309,6 +309,19 @@ fn subgroups(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// Thaws a group and every group below it. A group frozen on its own (by a gateway killed
+/// between its freeze and its thaw) stays frozen when only its parent thaws, and its processes
+/// would never receive their SIGKILL.
+fn thaw_tree(file: &Path, thawed: &str) {
+    let _ = std::fs::write(file, thawed);
+    let (Some(dir), Some(name)) = (file.parent(), file.file_name()) else {
+        return;
+    };
+    for sub in subgroups(dir) {
+        thaw_tree(&sub.join(name), thawed);
+    }
+}
+
 /// How long killing one group may take before it is left for a later try.
 const KILL_FOR: Duration = Duration::from_secs(2);
 
@@ -341,7 +354,7 @@ fn kill_all(plan: &KillPlan) -> bool {
         }
         // Frozen processes die once thawed.
         if let Some((file, _, thawed)) = &plan.freeze {
-            let _ = std::fs::write(file, thawed);
+            thaw_tree(file, thawed);
         }
         if pids.is_empty() {
             return true;
@@ -592,6 +605,8 @@ fn enable_controllers(root: &Path, path: &Path, cpu: bool) -> std::io::Result<()
 /// (a live instance, in any container sharing this cgroupfs, holds its own). Whatever is left in
 /// them is killed first.
 fn remove_stale(h: &Hierarchy, shared: &Path, ours: &Path) {
+    // An instance has a directory in every mount (v1): each is judged and removed once.
+    let mut seen = std::collections::HashSet::new();
     for root in h.dirs(shared) {
         let Ok(entries) = std::fs::read_dir(&root) else {
             continue;
@@ -599,6 +614,9 @@ fn remove_stale(h: &Hierarchy, shared: &Path, ours: &Path) {
         for e in entries.flatten() {
             let path = shared.join(e.file_name());
             if path == ours || !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if !seen.insert(e.file_name()) {
                 continue;
             }
             if let Some(pid) = e.file_name().to_str().and_then(legacy_pid) {

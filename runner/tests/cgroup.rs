@@ -212,6 +212,42 @@ fn a_workers_group_is_killed_with_its_setsid_daemon_and_removed_when_dropped() {
 }
 
 #[test]
+fn a_worker_group_left_frozen_by_a_killed_gateway_is_thawed_killed_and_removed() {
+    let Some((_base, cg)) = Base::new() else {
+        return;
+    };
+    let function = cg
+        .group("t.f.1", function_limits(), worker_limits())
+        .unwrap();
+    let worker = function.worker(0).unwrap();
+    let Some(freezer) = worker
+        .dirs()
+        .into_iter()
+        .find(|d| d.join("freezer.state").exists())
+    else {
+        return; // no v1 freezer here
+    };
+    let dirs = worker.dirs();
+    let (mut sh, pids) = daemon_in(&worker);
+    // What a gateway killed between its freeze and its thaw leaves behind; then the group
+    // above it is killed (as a starting gateway kills a gone instance's).
+    std::fs::write(freezer.join("freezer.state"), "FROZEN").unwrap();
+    drop(function);
+    let died = eventually(Duration::from_secs(10), || pids.iter().all(|&p| !alive(p)));
+    if !died {
+        // Thawed here so that the failure is reported rather than the shell waited for forever.
+        let _ = std::fs::write(freezer.join("freezer.state"), "THAWED");
+    }
+    assert!(died, "left alive, frozen: {pids:?}");
+    sh.wait();
+    drop(worker);
+    assert!(
+        eventually(Duration::from_secs(10), || dirs.iter().all(|d| !d.exists())),
+        "{dirs:?} still there"
+    );
+}
+
+#[test]
 fn a_function_group_takes_every_workers_processes_down_when_dropped() {
     let Some((_base, cg)) = Base::new() else {
         return;
