@@ -478,8 +478,10 @@ impl Reader {
     }
 
     async fn handle(&mut self, (k, payload): (u8, Bytes)) -> Option<Stop> {
-        // An idle worker has nothing to say: whatever it sends was written by user code.
-        if self.line.queue().pending.is_empty() {
+        // An idle worker has nothing to say: whatever it sends was written by user code. Answers
+        // and state requests are checked where they take their call (`finish`, `answer_state`),
+        // so only the frames that attach to a running call are checked here.
+        if matches!(k, kind::LOG | kind::RAN) && self.line.queue().pending.is_empty() {
             return Some(Stop::Protocol(format!(
                 "sent a frame {:?} while no call was running",
                 k as char
@@ -525,7 +527,7 @@ impl Reader {
                 Err(e) => Some(Stop::Protocol(format!("bad error frame: {e}"))),
             },
             other => Some(Stop::Protocol(format!(
-                "sent an unexpected frame {:?} during a call",
+                "sent an unexpected frame {:?}",
                 other as char
             ))),
         }
