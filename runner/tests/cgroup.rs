@@ -183,6 +183,27 @@ fn daemon_in(group: &skython_runner::cgroup::Group) -> (Held, Vec<i32>) {
     (sh, procs(dir))
 }
 
+/// Asserts that every one of `pids` is gone within `secs`.
+fn assert_all_die(pids: &[i32], secs: u64) {
+    assert!(
+        eventually(Duration::from_secs(secs), || pids
+            .iter()
+            .all(|&p| !alive(p))),
+        "left alive: {:?}",
+        pids.iter().filter(|&&p| alive(p)).collect::<Vec<_>>()
+    );
+}
+
+/// Asserts that every one of a group's directories is removed within `secs`.
+fn assert_removed(dirs: &[PathBuf], secs: u64) {
+    assert!(
+        eventually(Duration::from_secs(secs), || dirs
+            .iter()
+            .all(|d| !d.exists())),
+        "{dirs:?} still there"
+    );
+}
+
 #[test]
 fn a_workers_group_is_killed_with_its_setsid_daemon_and_removed_when_dropped() {
     let Some((_base, cg)) = Base::new() else {
@@ -195,16 +216,9 @@ fn a_workers_group_is_killed_with_its_setsid_daemon_and_removed_when_dropped() {
     let dirs = worker.dirs();
     let (mut sh, pids) = daemon_in(&worker);
     drop(worker);
-    assert!(
-        eventually(Duration::from_secs(5), || pids.iter().all(|&p| !alive(p))),
-        "left alive: {:?}",
-        pids.iter().filter(|&&p| alive(p)).collect::<Vec<_>>()
-    );
+    assert_all_die(&pids, 5);
     sh.wait();
-    assert!(
-        eventually(Duration::from_secs(5), || dirs.iter().all(|d| !d.exists())),
-        "{dirs:?} still there"
-    );
+    assert_removed(&dirs, 5);
     assert!(
         function.dirs().iter().all(|d| d.exists()),
         "the function's group stays"
@@ -241,10 +255,7 @@ fn a_worker_group_left_frozen_by_a_killed_gateway_is_thawed_killed_and_removed()
     assert!(died, "left alive, frozen: {pids:?}");
     sh.wait();
     drop(worker);
-    assert!(
-        eventually(Duration::from_secs(10), || dirs.iter().all(|d| !d.exists())),
-        "{dirs:?} still there"
-    );
+    assert_removed(&dirs, 10);
 }
 
 #[test]
@@ -262,18 +273,11 @@ fn a_function_group_takes_every_workers_processes_down_when_dropped() {
     let dirs = function.dirs();
     // The pool goes first and its workers' slots with it, in whatever order.
     drop(function);
-    assert!(
-        eventually(Duration::from_secs(5), || pids.iter().all(|&p| !alive(p))),
-        "left alive: {:?}",
-        pids.iter().filter(|&&p| alive(p)).collect::<Vec<_>>()
-    );
+    assert_all_die(&pids, 5);
     sh_a.wait();
     sh_b.wait();
     drop((a, b));
-    assert!(
-        eventually(Duration::from_secs(5), || dirs.iter().all(|d| !d.exists())),
-        "{dirs:?} still there"
-    );
+    assert_removed(&dirs, 5);
 }
 
 #[test]

@@ -110,7 +110,9 @@ HOSTILE = {
 }
 
 
-class HostileSources(unittest.TestCase):
+class WithZygote(unittest.TestCase):
+    """One zygote for the class's tests."""
+
     @classmethod
     def setUpClass(cls):
         cls.zygote = Zygote()
@@ -119,6 +121,8 @@ class HostileSources(unittest.TestCase):
     def tearDownClass(cls):
         cls.zygote.close()
 
+
+class HostileSources(WithZygote):
     def test_hostile_sources_fail_alone_and_a_warm_worker_keeps_its_pid(self):
         worker = self.zygote.spawn("import os\ndef main(): return os.getpid()\n")
         self.addCleanup(worker.sock.close)
@@ -152,17 +156,9 @@ class HostileSources(unittest.TestCase):
         self.assertEqual(answer["signature"]["doc"], "\ufffd")
 
 
-class InspectionChild(unittest.TestCase):
+class InspectionChild(WithZygote):
     """An inspection is a child that answers on its own socket: the zygote does not wait for
     it, and it does not outlive its limits."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.zygote = Zygote()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.zygote.close()
 
     def test_a_slow_inspection_holds_the_control_channel_no_longer_than_a_fork(self):
         # Seconds of parsing and compiling, well within the limits.
