@@ -18,6 +18,7 @@ pub mod error;
 pub mod invoke;
 pub mod metrics;
 pub mod openapi;
+pub mod platform;
 pub mod pod;
 mod recorder;
 pub mod serve;
