@@ -11,3 +11,25 @@
 //! - `internal`: the routes runner pods call (announce, state), authenticated by their tokens.
 
 #![forbid(unsafe_code)]
+
+/// A `SkyFunction` object by namespace and name (what the autoscaler scales and pods belong to).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FunctionRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for FunctionRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A function's demand at one instant, as this gateway sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Calls sent to pods and not answered yet.
+    pub in_flight: u32,
+    /// Calls waiting for a pod (none ready, or all at `concurrency`).
+    pub queued: u32,
+}

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+mod holder;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use holder::endpoint_holder;
 pub use validate::{
     FieldError, MAX_SOURCE_BYTES, is_dns_label, parse_cpu_millis, parse_memory_bytes,
 };

@@ -33,8 +33,7 @@ pub struct Called {
 
 #[async_trait]
 pub trait Platform: Send + Sync + 'static {
-    async fn get_function(&self, owner: &str, endpoint: &str)
-    -> ApiResult<Option<FunctionRecord>>;
+    async fn get_function(&self, owner: &str, endpoint: &str) -> ApiResult<Option<FunctionRecord>>;
 
     async fn list_functions(&self, filter: &FunctionFilter) -> ApiResult<Vec<FunctionRecord>>;
 
