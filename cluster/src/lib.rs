@@ -12,6 +12,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod metrics;
+pub mod pods;
+pub mod router;
+
 /// A `SkyFunction` object by namespace and name (what the autoscaler scales and pods belong to).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FunctionRef {

@@ -1,0 +1,431 @@
+//! Calls to runner pods: the ready pod with the fewest calls in flight (below the function's
+//! `concurrency`), over keep-alive connections; otherwise a bounded wait for one.
+//!
+//! A call that finds its function without a pod wakes the autoscaler at once (no tick to wait
+//! for) and waits with the others in the function's queue: a full queue answers 503
+//! `queue_full`, a wait past the deadline 504 `cold_start_timeout` (or `queue_timeout` when
+//! pods existed but stayed busy). A call is sent once: a refused connection (nothing reached
+//! the pod) tries another pod, anything after that is the call's answer (502 when the pod
+//! died mid-call), so a function never runs twice for one call.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use bytes::Bytes;
+use skython_gateway::error::ApiError;
+use skython_gateway::invoke::CallOutput;
+use skython_gateway::platform::Called;
+
+use crate::metrics::ClusterMetrics;
+use crate::pods::{Backend, Pods};
+use crate::{FunctionRef, Load};
+
+/// How long and how many calls may wait for a pod.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// Calls that may wait per function; more get 503 `queue_full`.
+    pub queue_limit: u32,
+    /// How long a call may wait for a pod (from zero: the whole cold start).
+    pub queue_timeout: Duration,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            queue_limit: 1000,
+            queue_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where one call goes.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub function: FunctionRef,
+    /// `owner/endpoint`, for metrics and logs.
+    pub label: String,
+    /// Calls one pod serves at once.
+    pub concurrency: u32,
+    /// The function's own timeout: the pod answers 504 past it.
+    pub timeout: Duration,
+}
+
+#[derive(Default)]
+struct Counters {
+    in_flight: AtomicU32,
+    queued: AtomicU32,
+}
+
+/// Asks for a scale-up of a function that has calls and no pod.
+pub type ScaleUp = Arc<dyn Fn(&FunctionRef) + Send + Sync>;
+
+pub struct Router {
+    pods: Arc<Pods>,
+    http: reqwest::Client,
+    config: RouterConfig,
+    counters: Mutex<HashMap<FunctionRef, (String, Arc<Counters>)>>,
+    scale_up: ScaleUp,
+    metrics: Arc<ClusterMetrics>,
+}
+
+/// Extra time past a function's timeout before the gateway gives up on its pod (the pod
+/// answers 504 itself at the timeout).
+const POD_SLACK: Duration = Duration::from_secs(5);
+
+impl Router {
+    pub fn new(
+        pods: Arc<Pods>,
+        config: RouterConfig,
+        scale_up: ScaleUp,
+        metrics: Arc<ClusterMetrics>,
+    ) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Router {
+            pods,
+            http,
+            config,
+            counters: Mutex::default(),
+            scale_up,
+            metrics,
+        })
+    }
+
+    fn counters(&self, t: &Target) -> Arc<Counters> {
+        let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        c.entry(t.function.clone())
+            .or_insert_with(|| (t.label.clone(), Arc::default()))
+            .1
+            .clone()
+    }
+
+    /// Each function's calls in flight and waiting, with its label.
+    pub fn load(&self) -> HashMap<FunctionRef, (String, Load)> {
+        let c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        c.iter()
+            .map(|(f, (label, n))| {
+                let load = Load {
+                    in_flight: n.in_flight.load(Ordering::Relaxed),
+                    queued: n.queued.load(Ordering::Relaxed),
+                };
+                (f.clone(), (label.clone(), load))
+            })
+            .collect()
+    }
+
+    /// Runs one call on a pod of `t`, waiting for one if need be.
+    pub async fn call(
+        &self,
+        t: &Target,
+        args: Bytes,
+        request_id: &str,
+    ) -> Result<Called, ApiError> {
+        let arrived = Instant::now();
+        let counters = self.counters(t);
+        let notify = self.pods.notifier(&t.function);
+        let mut queued: Option<Queued> = None;
+        let mut saw_pod = false;
+        let mut cold = false;
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let backends = self.pods.backends(&t.function);
+            saw_pod |= !backends.is_empty();
+            if let Some(backend) = pick(&backends, t.concurrency) {
+                let waited = arrived.elapsed();
+                drop(queued.take());
+                if waited > Duration::from_millis(1) {
+                    self.metrics
+                        .queue_wait
+                        .with_label_values(&[&t.label])
+                        .observe(waited.as_secs_f64());
+                }
+                counters.in_flight.fetch_add(1, Ordering::Relaxed);
+                let sent = self.send(t, &backend, args.clone(), request_id).await;
+                counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+                backend.release();
+                if counters.queued.load(Ordering::Relaxed) > 0 {
+                    self.pods.wake(&t.function);
+                }
+                match sent {
+                    Sent::Refused => {
+                        // Nothing reached the pod: another may take it.
+                        self.pods.unreachable(&t.function, &backend);
+                        continue;
+                    }
+                    Sent::Answered(mut called) => {
+                        if cold {
+                            self.cold_start_done(t, arrived);
+                        }
+                        called.cold_start |= cold;
+                        return Ok(called);
+                    }
+                }
+            }
+            if queued.is_none() {
+                if counters.queued.load(Ordering::Relaxed) >= self.config.queue_limit {
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "queue_full",
+                        format!(
+                            "{} calls already wait for a pod of {}; try again later",
+                            self.config.queue_limit, t.label
+                        ),
+                    ));
+                }
+                queued = Some(Queued::new(counters.clone()));
+                if backends.is_empty() {
+                    cold = true;
+                    self.metrics
+                        .cold_starts
+                        .with_label_values(&[&t.label])
+                        .inc();
+                    (self.scale_up)(&t.function);
+                }
+            }
+            let left = self.config.queue_timeout.saturating_sub(arrived.elapsed());
+            if tokio::time::timeout(left, notified).await.is_err() {
+                let (code, what) = if saw_pod {
+                    ("queue_timeout", "a pod of the function to be free")
+                } else {
+                    ("cold_start_timeout", "a pod of the function to start")
+                };
+                return Err(ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    code,
+                    format!(
+                        "waited {:.1} s for {what} ({}); try again",
+                        self.config.queue_timeout.as_secs_f64(),
+                        t.label
+                    ),
+                ));
+            }
+        }
+    }
+
+    fn cold_start_done(&self, t: &Target, arrived: Instant) {
+        let phase = |name: &str, at: Option<Instant>| {
+            if let Some(at) = at.filter(|at| *at >= arrived) {
+                self.metrics
+                    .cold_start_phase
+                    .with_label_values(&[&t.label, name])
+                    .observe((at - arrived).as_secs_f64());
+            }
+        };
+        phase("pod_created", self.pods.pod_seen(&t.function));
+        phase("port_open", self.pods.became_routable(&t.function));
+        phase("first_answer", Some(Instant::now()));
+    }
+
+    async fn send(&self, t: &Target, backend: &Backend, args: Bytes, request_id: &str) -> Sent {
+        let url = format!("http://{}/", backend.addr);
+        let res = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .header("x-request-id", request_id)
+            .body(args)
+            .timeout(t.timeout + POD_SLACK)
+            .send()
+            .await;
+        let fail = |kind: &str, e: ApiError| {
+            self.metrics
+                .pod_failures
+                .with_label_values(&[&t.label, kind])
+                .inc();
+            Sent::Answered(Called {
+                output: failed(e),
+                cold_start: false,
+            })
+        };
+        let resp = match res {
+            Ok(r) => r,
+            Err(e) if e.is_connect() => {
+                self.metrics
+                    .pod_failures
+                    .with_label_values(&[&t.label, "refused"])
+                    .inc();
+                tracing::warn!(function = %t.label, pod = %backend.name, "connecting to the pod failed: {e}");
+                return Sent::Refused;
+            }
+            Err(e) if e.is_timeout() => return fail("timeout", pod_timeout(t)),
+            Err(e) => return fail("broken", pod_broken(&backend.name, &e)),
+        };
+        let status = resp.status();
+        let cold_start = resp.headers().contains_key("x-skython-cold-start");
+        match resp.bytes().await {
+            Ok(body) => Sent::Answered(Called {
+                output: output(status, body),
+                cold_start,
+            }),
+            Err(e) if e.is_timeout() => fail("timeout", pod_timeout(t)),
+            Err(e) => fail("broken", pod_broken(&backend.name, &e)),
+        }
+    }
+}
+
+enum Sent {
+    Refused,
+    Answered(Called),
+}
+
+/// A place in the function's queue, given back however the wait ends.
+struct Queued(Arc<Counters>);
+
+impl Queued {
+    fn new(c: Arc<Counters>) -> Self {
+        c.queued.fetch_add(1, Ordering::Relaxed);
+        Queued(c)
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The pod with the fewest calls in flight that has a free slot; takes the slot.
+pub fn pick(backends: &[Arc<Backend>], concurrency: u32) -> Option<Arc<Backend>> {
+    let mut order: Vec<&Arc<Backend>> = backends.iter().filter(|b| !b.is_retired()).collect();
+    order.sort_by_key(|b| b.in_flight());
+    order
+        .into_iter()
+        .find(|b| b.try_acquire(concurrency.max(1)))
+        .cloned()
+}
+
+/// The pod's answer as the gateway's: the same status and JSON, the outcome from its error code.
+fn output(status: reqwest::StatusCode, body: Bytes) -> CallOutput {
+    let status = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    // The pod ends its JSON with a newline (for curl); the gateway adds its own.
+    let trimmed = body.trim_ascii_end().len();
+    let body = body.slice(..trimmed);
+    if status.is_success() {
+        return CallOutput {
+            status,
+            body,
+            outcome: "ok".into(),
+            error: None,
+            logs: String::new(),
+        };
+    }
+    let err: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+    let field = |k: &str| {
+        err.as_ref()
+            .and_then(|v| v["error"][k].as_str())
+            .map(String::from)
+    };
+    CallOutput {
+        status,
+        outcome: field("code").unwrap_or_else(|| "pod_error".into()),
+        error: field("message").or_else(|| Some(format!("the pod answered {status}"))),
+        body,
+        logs: String::new(),
+    }
+}
+
+fn failed(e: ApiError) -> CallOutput {
+    CallOutput {
+        status: e.status,
+        body: Bytes::from(e.body().to_string()),
+        outcome: e.code.to_string(),
+        error: Some(e.message),
+        logs: String::new(),
+    }
+}
+
+fn pod_timeout(t: &Target) -> ApiError {
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "timeout",
+        format!(
+            "the pod did not answer within the function's timeout ({} s) and {} s more",
+            t.timeout.as_secs(),
+            POD_SLACK.as_secs()
+        ),
+    )
+}
+
+fn pod_broken(pod: &str, e: &reqwest::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "pod_failed",
+        format!("the runner pod {pod} failed during the call ({e}); the call may have run"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pods::PodView;
+
+    fn pods_with(n: usize) -> (Arc<Pods>, FunctionRef) {
+        let f = FunctionRef {
+            namespace: "ns".into(),
+            name: "hello".into(),
+        };
+        let pods = Pods::new();
+        for i in 0..n {
+            pods.apply(PodView {
+                uid: format!("u{i}"),
+                name: format!("p{i}"),
+                function: f.clone(),
+                ip: Some(format!("10.88.1.{}", i + 1).parse().unwrap()),
+                port: 8080,
+                ready: true,
+                deleting: false,
+            });
+        }
+        (pods, f)
+    }
+
+    #[test]
+    fn the_pod_with_fewest_calls_in_flight_is_picked() {
+        let (pods, f) = pods_with(3);
+        let b = pods.backends(&f);
+        assert!(b[0].try_acquire(4) && b[0].try_acquire(4) && b[1].try_acquire(4));
+        let chosen = pick(&b, 4).unwrap();
+        assert_eq!(chosen.uid, b[2].uid);
+        assert_eq!(chosen.in_flight(), 1, "picking takes the slot");
+    }
+
+    #[test]
+    fn no_pod_is_picked_when_all_are_at_concurrency() {
+        let (pods, f) = pods_with(2);
+        let b = pods.backends(&f);
+        for x in &b {
+            assert!(x.try_acquire(1));
+        }
+        assert!(pick(&b, 1).is_none());
+    }
+
+    #[test]
+    fn a_pods_error_answer_keeps_its_status_and_code() {
+        let out = output(
+            reqwest::StatusCode::BAD_REQUEST,
+            Bytes::from_static(b"{\"error\":{\"code\":\"bad_arguments\",\"message\":\"m\"}}\n"),
+        );
+        assert_eq!(out.status, StatusCode::BAD_REQUEST);
+        assert_eq!(out.outcome, "bad_arguments");
+        assert_eq!(out.error.as_deref(), Some("m"));
+        assert!(out.body.ends_with(b"}"), "the pod's newline is not doubled");
+    }
+
+    #[test]
+    fn a_pods_success_is_the_value() {
+        let out = output(reqwest::StatusCode::OK, Bytes::from_static(b"42\n"));
+        assert_eq!(
+            (out.status, &out.body[..], out.outcome.as_str()),
+            (StatusCode::OK, &b"42"[..], "ok")
+        );
+    }
+}
