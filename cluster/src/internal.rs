@@ -20,11 +20,12 @@ use axum::routing::post;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::PostParams;
-use skython_gateway::deployments::Deployments;
+use skython_gateway::Limits;
+use skython_gateway::deployments::ScopedState;
 use skython_gateway::error::{ApiError, ApiResult};
 use skython_runner::{StateAnswer, StateHandler, StateRequest};
 use skython_runner_pod::wire;
-use skython_store::StateScope;
+use skython_store::{StateScope, Store};
 
 use crate::FunctionRef;
 use crate::pods::{Announced, PodView, Pods};
@@ -70,7 +71,8 @@ pub type ResolveScope = Arc<dyn Fn(&FunctionRef) -> Option<StateScope> + Send + 
 pub struct Internal {
     client: kube::Client,
     pods: Arc<Pods>,
-    deployments: Arc<Deployments>,
+    store: Arc<dyn Store>,
+    limits: Limits,
     resolve: ResolveScope,
     http: reqwest::Client,
     reviewed: Mutex<HashMap<String, (PodIdentity, Instant)>>,
@@ -80,7 +82,8 @@ impl Internal {
     pub fn new(
         client: kube::Client,
         pods: Arc<Pods>,
-        deployments: Arc<Deployments>,
+        store: Arc<dyn Store>,
+        limits: Limits,
         resolve: ResolveScope,
     ) -> Result<Arc<Self>, reqwest::Error> {
         let http = reqwest::Client::builder()
@@ -90,7 +93,8 @@ impl Internal {
         Ok(Arc::new(Internal {
             client,
             pods,
-            deployments,
+            store,
+            limits,
             resolve,
             http,
             reviewed: Mutex::default(),
@@ -261,7 +265,9 @@ async fn state(
     let scope = (s.resolve)(&pod.function).ok_or_else(|| {
         forbidden("the pod's function does not hold an endpoint (EndpointTaken, or deleted)")
     })?;
-    let answer = s.deployments.scoped_state(scope).handle(request).await;
+    let answer = ScopedState::new(s.store.clone(), scope, &s.limits)
+        .handle(request)
+        .await;
     Ok(Json(answer))
 }
 

@@ -240,12 +240,7 @@ impl Deployments {
     }
 
     pub fn scoped_state(&self, scope: StateScope) -> ScopedState {
-        ScopedState {
-            store: self.store.clone(),
-            scope,
-            max_value_bytes: self.limits.max_state_value_bytes,
-            quota: self.limits.state_quota,
-        }
+        ScopedState::new(self.store.clone(), scope, &self.limits)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Key, Arc<Deployed>>> {
@@ -316,6 +311,18 @@ pub struct ScopedState {
     scope: StateScope,
     max_value_bytes: usize,
     quota: StateQuota,
+}
+
+impl ScopedState {
+    /// State of `scope` in `store`, under the gateway's value size limit and owner quota.
+    pub fn new(store: Arc<dyn Store>, scope: StateScope, limits: &Limits) -> Self {
+        ScopedState {
+            store,
+            scope,
+            max_value_bytes: limits.max_state_value_bytes,
+            quota: limits.state_quota,
+        }
+    }
 }
 
 const MAX_KEY_CHARS: usize = 512;
