@@ -1,6 +1,7 @@
 //! `skython`: one binary for the server (`up`) and the client commands.
 
 mod client;
+mod gateway;
 mod operator;
 mod runner;
 mod up;
@@ -28,6 +29,8 @@ struct Cli {
 enum Command {
     /// Start Skython on this machine: gateway, Python runtime and embedded store.
     Up(up::UpArgs),
+    /// Run the gateway on Kubernetes: SkyFunctions are the functions, runner pods serve them.
+    Gateway(gateway::GatewayArgs),
     /// Serve one function in a runner pod (what the operator's Deployments run).
     Runner(runner::RunnerArgs),
     /// Run the SkyFunction operator against a Kubernetes cluster.
@@ -123,6 +126,7 @@ fn main() -> std::process::ExitCode {
     let res = rt.block_on(async move {
         match cli.command {
             Command::Up(a) => up::run(a).await,
+            Command::Gateway(a) => gateway::run(a).await,
             Command::Runner(a) => runner::run(a).await,
             Command::Operator(a) => operator::run(a).await,
             Command::Deploy(a) => client::deploy(a).await,

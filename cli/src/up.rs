@@ -140,6 +140,15 @@ fn find_program(name: &std::path::Path) -> Option<PathBuf> {
 
 #[derive(Args, Debug)]
 pub struct UpArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// What `skython up` and `skython gateway` share: the HTTP server, the store of users, tokens
+/// and invocations, and this machine's Python runtimes (which run functions locally, and
+/// inspect sources and run drafts in both).
+#[derive(Args, Debug)]
+pub struct ServerArgs {
     /// Address to listen on.
     #[arg(long, env = "SKYTHON_ADDR", default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
@@ -203,7 +212,26 @@ fn default_python() -> PathBuf {
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let args = args.server;
     crate::init_logging(&args.log)?;
+    let p = prepare(&args).await?;
+    let state = AppState::new(p.config, p.store, p.zygotes)?;
+    println!("Skython is running at {}", p.url);
+    serve_app(&args, p.listener, p.admin, skython_gateway::app(state)).await
+}
+
+/// The parts of a server before it knows its platform.
+pub struct Prepared {
+    pub store: Arc<dyn Store>,
+    pub admin: AdminToken,
+    pub zygotes: HashMap<Runtime, Arc<Zygote>>,
+    pub config: GatewayConfig,
+    pub listener: tokio::net::TcpListener,
+    pub url: String,
+}
+
+/// Opens the store, creates the admin on first start, starts the runtimes and binds the port.
+pub async fn prepare(args: &ServerArgs) -> anyhow::Result<Prepared> {
     let data_dir = args.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -311,10 +339,23 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         // An empty value (`SKYTHON_METRICS_TOKEN=`) is no token, not one everybody knows.
         metrics_token: args.metrics_token.clone().filter(|t| !t.trim().is_empty()),
     };
-    let state = AppState::new(config, store, zygotes)?;
-    let app = skython_gateway::app(state);
+    Ok(Prepared {
+        store,
+        admin,
+        zygotes,
+        config,
+        listener,
+        url,
+    })
+}
 
-    println!("Skython is running at {url}");
+/// Tells where the admin's token is, then serves `app` until SIGTERM or Ctrl-C.
+pub async fn serve_app(
+    args: &ServerArgs,
+    listener: tokio::net::TcpListener,
+    admin: AdminToken,
+    app: axum::Router,
+) -> anyhow::Result<()> {
     match admin {
         AdminToken::Created { token, file } => {
             println!("created user admin; its API token: {token}");
@@ -332,7 +373,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             println!("admin token: set earlier (SKYTHON_ADMIN_TOKEN)")
         }
     }
-    tracing::info!(%addr, data_dir = %data_dir.display(), "listening");
+    tracing::info!(addr = %listener.local_addr()?, "listening");
     serve(
         listener,
         app,

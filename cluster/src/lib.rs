@@ -14,6 +14,7 @@
 
 pub mod internal;
 pub mod metrics;
+pub mod platform;
 pub mod pods;
 pub mod router;
 

@@ -1,0 +1,110 @@
+//! `skython gateway`: the gateway on Kubernetes. The same API as `skython up`, but functions are
+//! `SkyFunction` resources and calls go to their runner pods, which the gateway scales (see the
+//! `skython-cluster` crate). Users, tokens and invocation records stay in the server's store;
+//! sources are inspected and drafts run by this process's own runtime.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{ArgAction, Args};
+use skython_cluster::autoscaler::AutoscalerConfig;
+use skython_cluster::platform::{ClusterConfig, ClusterPlatform};
+use skython_cluster::router::RouterConfig;
+use skython_gateway::{AppState, Metrics};
+use skython_operator::leader::LeaseConfig;
+
+use crate::up::{ServerArgs, prepare, serve_app};
+
+#[derive(Args, Debug)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Kubeconfig file. Default: $KUBECONFIG, ~/.kube/config, or the pod's service account.
+    #[arg(long, env = "SKYTHON_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Namespace of the SkyFunctions deployed through the API.
+    #[arg(long, env = "SKYTHON_FUNCTION_NAMESPACE", default_value = "default")]
+    function_namespace: String,
+    /// Serve only the SkyFunctions (and runner pods) of this namespace. Default: all namespaces.
+    #[arg(long, env = "SKYTHON_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Calls that may wait for a pod, per function (503 `queue_full` above).
+    #[arg(long, env = "SKYTHON_POD_QUEUE_LIMIT", default_value_t = RouterConfig::default().queue_limit)]
+    pod_queue_limit: u32,
+    /// Seconds a call may wait for a pod, a cold start included (504 `cold_start_timeout`).
+    #[arg(long, env = "SKYTHON_POD_QUEUE_TIMEOUT_SECS", default_value_t = RouterConfig::default().queue_timeout.as_secs_f64())]
+    pod_queue_timeout_secs: f64,
+    /// The autoscaler's stable window, in seconds (scale-downs wait this long).
+    #[arg(long, env = "SKYTHON_STABLE_WINDOW_SECS", default_value_t = AutoscalerConfig::default().stable_window.as_secs_f64())]
+    stable_window_secs: f64,
+    /// The autoscaler's panic window, in seconds (bursts are seen within it).
+    #[arg(long, env = "SKYTHON_PANIC_WINDOW_SECS", default_value_t = AutoscalerConfig::default().panic_window.as_secs_f64())]
+    panic_window_secs: f64,
+    /// Elect one autoscaler among gateway replicas through a Lease (`false` for exactly one
+    /// replica).
+    #[arg(long, env = "SKYTHON_LEADER_ELECT", default_value_t = true, action = ArgAction::Set)]
+    leader_elect: bool,
+    /// Namespace of the autoscaler's Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    #[arg(long, env = "SKYTHON_LEASE_NAME", default_value = "skython-autoscaler")]
+    lease_name: String,
+    /// This replica's name in the Lease. Default: the pod name, else <hostname>-<pid>.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+fn seconds(flag: &str, s: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s)
+        .with_context(|| format!("--{flag}: {s} is not a duration in seconds"))
+}
+
+pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    crate::init_logging(&args.server.log)?;
+    let client = skython_operator::client(args.kubeconfig.as_ref())
+        .await
+        .context("connecting to Kubernetes")?;
+    let p = prepare(&args.server).await?;
+    let config = ClusterConfig {
+        deploy_namespace: args.function_namespace.clone(),
+        watch_namespace: args.watch_namespace.clone(),
+        router: RouterConfig {
+            queue_limit: args.pod_queue_limit,
+            queue_timeout: seconds("pod-queue-timeout-secs", args.pod_queue_timeout_secs)?,
+        },
+        autoscaler: AutoscalerConfig {
+            stable_window: seconds("stable-window-secs", args.stable_window_secs)?,
+            panic_window: seconds("panic-window-secs", args.panic_window_secs)?,
+            ..AutoscalerConfig::default()
+        },
+        lease: args.leader_elect.then(|| LeaseConfig {
+            namespace: args.lease_namespace.clone(),
+            name: args.lease_name.clone(),
+            identity: args
+                .identity
+                .clone()
+                .unwrap_or_else(skython_operator::default_identity),
+            duration: Duration::from_secs(15),
+        }),
+        limits: p.config.limits.clone(),
+    };
+    let metrics = Arc::new(Metrics::new()?);
+    let (platform, internal) =
+        ClusterPlatform::start(client, config, p.store.clone(), metrics.clone())
+            .await
+            .context("starting the cluster platform")?;
+    let state = AppState::with_platform(p.config, p.store, p.zygotes, metrics, platform);
+    let app = skython_gateway::app(state).merge(internal);
+    println!(
+        "Skython gateway is running at {} (functions deployed to namespace {}; serving {})",
+        p.url,
+        args.function_namespace,
+        args.watch_namespace
+            .as_deref()
+            .map(|n| format!("namespace {n}"))
+            .unwrap_or_else(|| "all namespaces".into())
+    );
+    serve_app(&args.server, p.listener, p.admin, app).await
+}

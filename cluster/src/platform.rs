@@ -1,0 +1,259 @@
+//! `ClusterPlatform`: the gateway's [`Platform`] on Kubernetes. It wires the registry
+//! (SkyFunctions), the Pod watch, the router and the autoscaler, and serves the pods' internal
+//! routes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use axum::http::StatusCode;
+use skython_crds::SkyFunction;
+use skython_gateway::Limits;
+use skython_gateway::Metrics;
+use skython_gateway::error::{ApiError, ApiResult};
+use skython_gateway::platform::{Call, Called, Platform};
+use skython_operator::leader::LeaseConfig;
+use skython_store::{FunctionFilter, FunctionRecord, StateScope, Store};
+use tracing::Instrument;
+
+use crate::autoscaler::{Autoscaler, AutoscalerConfig};
+use crate::internal::Internal;
+use crate::metrics::ClusterMetrics;
+use crate::pods::{self, Pods};
+use crate::registry::Registry;
+use crate::router::{Router, RouterConfig, Target};
+use crate::{FunctionRef, Load};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Metrics(#[from] prometheus::Error),
+    #[error("the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    Autoscaler(#[from] crate::autoscaler::Error),
+}
+
+/// What `skython gateway` tells the cluster platform.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Where SkyFunctions deployed through the API are created.
+    pub deploy_namespace: String,
+    /// Watch (serve) SkyFunctions and pods of this namespace only; `None`: all.
+    pub watch_namespace: Option<String>,
+    pub router: RouterConfig,
+    pub autoscaler: AutoscalerConfig,
+    /// One autoscaler among gateway replicas writes (`None`: this one always does).
+    pub lease: Option<LeaseConfig>,
+    /// The state limits for pods' `store`/`load`.
+    pub limits: Limits,
+}
+
+pub struct ClusterPlatform {
+    registry: Registry,
+    pods: Arc<Pods>,
+    pods_synced: Arc<AtomicBool>,
+    router: Router,
+    autoscaler: Arc<Autoscaler>,
+    metrics: Arc<ClusterMetrics>,
+    gateway_metrics: Arc<Metrics>,
+}
+
+impl ClusterPlatform {
+    /// Starts the watches and the autoscaler; returns the platform and the router of the pods'
+    /// internal routes (to be merged into the gateway's app).
+    pub async fn start(
+        client: kube::Client,
+        config: ClusterConfig,
+        store: Arc<dyn Store>,
+        gateway_metrics: Arc<Metrics>,
+    ) -> Result<(Arc<Self>, axum::Router), Error> {
+        let metrics = Arc::new(ClusterMetrics::new()?);
+        let registry = Registry::start(
+            client.clone(),
+            config.watch_namespace.clone(),
+            config.deploy_namespace.clone(),
+        );
+        let pods = Pods::new();
+        let pods_synced = Arc::new(AtomicBool::new(false));
+        tokio::spawn(pods::watch(
+            client.clone(),
+            config.watch_namespace.clone(),
+            pods.clone(),
+            pods_synced.clone(),
+        ));
+        // The router wakes the autoscaler, which reads the router's counts: tie the knot late.
+        let autoscaler: Arc<OnceLock<Arc<Autoscaler>>> = Arc::default();
+        let poke = {
+            let autoscaler = autoscaler.clone();
+            Arc::new(move |f: &FunctionRef| {
+                if let Some(a) = autoscaler.get() {
+                    a.poke(f);
+                }
+            })
+        };
+        let router = Arc::new(Router::new(
+            pods.clone(),
+            config.router.clone(),
+            poke,
+            metrics.clone(),
+        )?);
+        let demand = {
+            let router = Arc::downgrade(&router);
+            Arc::new(move || {
+                router
+                    .upgrade()
+                    .map(|r| r.load().into_iter().map(|(f, (_, l))| (f, l)).collect())
+                    .unwrap_or_default()
+            })
+        };
+        let scaler = Arc::new(Autoscaler::spawn(
+            client.clone(),
+            registry.functions(),
+            demand,
+            config.autoscaler.clone(),
+            config.lease.clone(),
+            metrics.registry(),
+        )?);
+        let _ = autoscaler.set(scaler.clone());
+        let resolve = {
+            let registry = registry.clone();
+            Arc::new(move |f: &FunctionRef| registry.scope_of(f))
+        };
+        let internal = Internal::new(client, pods.clone(), store, config.limits.clone(), resolve)?;
+        let platform = Arc::new(ClusterPlatform {
+            registry,
+            pods,
+            pods_synced,
+            router,
+            autoscaler: scaler,
+            metrics,
+            gateway_metrics,
+        });
+        Ok((platform, internal.router()))
+    }
+
+    /// Where a call for `owner/endpoint` goes: the SkyFunction that holds the endpoint.
+    fn target(&self, owner: &str, endpoint: &str) -> ApiResult<Target> {
+        let f = self
+            .registry
+            .holder(owner, endpoint)
+            .ok_or_else(|| ApiError::function_not_found(owner, endpoint))?;
+        refuse_unservable(&f)?;
+        Ok(Target {
+            function: FunctionRef {
+                namespace: f.metadata.namespace.clone().unwrap_or_default(),
+                name: f.metadata.name.clone().unwrap_or_default(),
+            },
+            label: format!("{owner}/{endpoint}"),
+            concurrency: f.spec.concurrency.max(1),
+            timeout: Duration::from_secs(f.spec.timeout_seconds.into()),
+        })
+    }
+}
+
+/// A function whose source never passed the operator's check has no pods to wait for: say so
+/// at once instead of after the cold-start deadline.
+fn refuse_unservable(f: &SkyFunction) -> ApiResult<()> {
+    let status = f.status.clone().unwrap_or_default();
+    let Some(c) = status.ready_condition() else {
+        return Ok(());
+    };
+    if c.status != "True" && c.reason == "InvalidSource" && status.signature.is_none() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "function_unavailable",
+            format!("the function cannot run: {}", c.message),
+        ));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Platform for ClusterPlatform {
+    async fn get_function(&self, owner: &str, endpoint: &str) -> ApiResult<Option<FunctionRecord>> {
+        self.registry.get(owner, endpoint).await
+    }
+
+    async fn list_functions(&self, filter: &FunctionFilter) -> ApiResult<Vec<FunctionRecord>> {
+        self.registry.list(filter).await
+    }
+
+    async fn create_function(&self, record: FunctionRecord) -> ApiResult<FunctionRecord> {
+        self.registry.create(record).await
+    }
+
+    async fn replace_function(
+        &self,
+        record: FunctionRecord,
+        current_generation: i64,
+    ) -> ApiResult<FunctionRecord> {
+        self.registry.replace(record, current_generation).await
+    }
+
+    async fn delete_function(&self, owner: &str, endpoint: &str) -> ApiResult<bool> {
+        let deleted = self.registry.delete(owner, endpoint).await?;
+        if deleted {
+            self.gateway_metrics.forget(&format!("{owner}/{endpoint}"));
+        }
+        Ok(deleted)
+    }
+
+    async fn call(&self, call: Call) -> ApiResult<Called> {
+        let target = self.target(&call.owner, &call.endpoint)?;
+        let started = Instant::now();
+        let span =
+            tracing::info_span!("call", function = %target.label, request_id = %call.request_id);
+        let called = self
+            .router
+            .call(&target, call.args, &call.request_id)
+            .instrument(span)
+            .await?;
+        let m = &self.gateway_metrics;
+        m.calls
+            .with_label_values(&[&target.label, &called.output.outcome])
+            .inc();
+        m.call_duration
+            .with_label_values(&[&target.label])
+            .observe(started.elapsed().as_secs_f64());
+        if called.cold_start {
+            m.cold_starts.with_label_values(&[&target.label]).inc();
+        }
+        Ok(called)
+    }
+
+    fn render_metrics(&self) -> String {
+        let ready = self.pods.ready_counts();
+        let m = &self.metrics;
+        for g in [&m.in_flight, &m.queued, &m.ready_pods] {
+            g.reset();
+        }
+        for (f, (label, Load { in_flight, queued })) in self.router.load() {
+            m.in_flight
+                .with_label_values(&[&label])
+                .set(in_flight.into());
+            m.queued.with_label_values(&[&label]).set(queued.into());
+            let n = ready.get(&f).copied().unwrap_or(0);
+            m.ready_pods.with_label_values(&[&label]).set(n as i64);
+        }
+        m.render()
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        self.registry.ready()?;
+        if !self.pods_synced.load(Ordering::Acquire) {
+            return Err("the runner pods are not listed yet".into());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ClusterPlatform {
+    fn drop(&mut self) {
+        tracing::debug!("the cluster platform stops");
+    }
+}
+
+#[allow(dead_code)]
+fn _scope(_: StateScope) {}
