@@ -11,7 +11,6 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -331,65 +330,6 @@ async fn inspect(app: &AppState, spec: &SkyFunctionSpec) -> ApiResult<Signature>
     }
 }
 
-fn condition(ready: bool, reason: &str, message: String, generation: i64) -> Condition {
-    Condition {
-        type_: "Ready".into(),
-        status: if ready { "True" } else { "False" }.into(),
-        reason: reason.into(),
-        message,
-        last_transition_time: Time(jiff::Timestamp::now()),
-        observed_generation: Some(generation),
-    }
-}
-
-/// Installs a stored version: new pool, one warm worker, status written back.
-async fn activate(app: &AppState, mut record: FunctionRecord) -> ApiResult<FunctionRecord> {
-    let (owner, endpoint) = (record.spec.owner.clone(), record.spec.endpoint.clone());
-    let cond = match app.deployments.replace(&record) {
-        None => condition(
-            false,
-            "RuntimeUnavailable",
-            format!(
-                "runtime {:?} is not installed",
-                record.spec.runtime.as_str()
-            ),
-            record.generation,
-        ),
-        Some(deployed) => {
-            let warm = deployed.pool.limits().min_workers.max(1);
-            match deployed.pool.warm(warm).await {
-                Ok(()) => condition(
-                    true,
-                    "WorkerReady",
-                    "a worker loaded the function".into(),
-                    record.generation,
-                ),
-                Err(skython_runner::Error::Load(e)) => {
-                    condition(false, "LoadFailed", e.message, record.generation)
-                }
-                Err(e) => condition(
-                    false,
-                    "RuntimeUnavailable",
-                    e.to_string(),
-                    record.generation,
-                ),
-            }
-        }
-    };
-    let ready = cond.status == "True";
-    record.status.conditions = vec![cond];
-    record.status.ready_replicas = u32::from(ready);
-    record.status.observed_generation = Some(record.generation);
-    record.status.url = Some(format!(
-        "{}/fn/{owner}/{endpoint}",
-        app.config.public_url.trim_end_matches('/')
-    ));
-    app.store
-        .set_function_status(&owner, &endpoint, &record.status)
-        .await?;
-    Ok(record)
-}
-
 /// Who the token belongs to.
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -424,8 +364,7 @@ pub async fn create_function(
         created_at: now,
         updated_at: now,
     };
-    app.store.create_function(&record).await?;
-    let record = activate(&app, record).await?;
+    let record = app.platform.create_function(record).await?;
     Ok((StatusCode::CREATED, Json(FunctionView::new(record, &user))).into_response())
 }
 
@@ -441,7 +380,7 @@ pub async fn replace_function(
     let keeps_env = body.get("env").is_none();
     let mut spec = parse_spec(body, &user, Some((&owner, &endpoint)))?;
     let current = app
-        .store
+        .platform
         .get_function(&owner, &endpoint)
         .await?
         .ok_or_else(|| {
@@ -463,13 +402,11 @@ pub async fn replace_function(
         created_at: current.created_at,
         updated_at: jiff::Timestamp::now(),
     };
-    app.store
-        .replace_function(&record, current.generation)
+    let record = app
+        .platform
+        .replace_function(record, current.generation)
         .await?;
-    Ok(Json(FunctionView::new(
-        activate(&app, record).await?,
-        &user,
-    )))
+    Ok(Json(FunctionView::new(record, &user)))
 }
 
 /// The function if the caller may see it: its owner and the admin always, others if public.
@@ -483,7 +420,7 @@ async fn visible(
     if !is_dns_label(owner) || !is_dns_label(endpoint) {
         return Err(missing());
     }
-    match app.store.get_function(owner, endpoint).await? {
+    match app.platform.get_function(owner, endpoint).await? {
         Some(r) if user.may_manage(owner) || r.spec.visibility == Visibility::Public => Ok(r),
         _ => Err(missing()),
     }
@@ -510,13 +447,9 @@ pub async fn delete_function(
             user.0.name
         )));
     }
-    // The store first: a call that loads the function after this finds it gone, and one that
-    // loaded it before cannot install its pool after `remove` (see `Deployments::get`).
-    if !app.store.delete_function(&owner, &endpoint).await? {
+    if !app.platform.delete_function(&owner, &endpoint).await? {
         return Err(ApiError::function_not_found(&owner, &endpoint));
     }
-    app.deployments.remove(&owner, &endpoint);
-    app.metrics.forget(&format!("{owner}/{endpoint}"));
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -546,7 +479,7 @@ pub async fn list_functions(
             include_public: true,
         },
     };
-    let records = app.store.list_functions(&filter).await?;
+    let records = app.platform.list_functions(&filter).await?;
     let items = records
         .into_iter()
         .filter(|r| q.owner.as_ref().is_none_or(|o| r.spec.owner == *o))

@@ -15,6 +15,7 @@ use tracing::Instrument;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::platform::{Call, Called};
 
 /// A call's answer, ready to send and to record.
 pub struct CallOutput {
@@ -306,21 +307,19 @@ async fn call(
     }
     let body = body?;
     let args = check_args(&body)?;
-    let deployed = app
-        .deployments
-        .get(&owner, &endpoint)
-        .await?
-        .ok_or_else(not_found)?;
     let rid = rid.to_str().unwrap_or_default().to_string(); // printable: see `request_id`
-    let span = tracing::info_span!("call", function = %deployed.label, request_id = %rid);
-    let (out, cold_start) = run_call(
-        deployed.clone(),
-        Bytes::copy_from_slice(args),
-        &app.metrics,
-        &deployed.label,
-        span,
-    )
-    .await;
+    let Called {
+        output: out,
+        cold_start,
+    } = app
+        .platform
+        .call(Call {
+            owner: owner.clone(),
+            endpoint: endpoint.clone(),
+            args: Bytes::copy_from_slice(args),
+            request_id: rid.clone(),
+        })
+        .await?;
     let elapsed = started.elapsed();
     let resp = json_response(out.status, &out.body, cold_start);
     app.recorder.record(Invocation {

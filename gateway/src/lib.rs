@@ -1,13 +1,14 @@
 //! The Skython gateway: one axum app that serves
 //!
-//! - `POST /fn/{owner}/{endpoint}`: calls of deployed functions, routed to warm Python workers;
+//! - `POST /fn/{owner}/{endpoint}`: calls of deployed functions, handed to the [`Platform`];
 //! - `/api/v1/...`: the developer API (deploy, test-run, invocations, logs), OpenAPI at
 //!   `/api/openapi.json`;
 //! - `/healthz`, `/readyz`, `/metrics`.
 //!
-//! It owns the [`Deployments`] (a worker pool per called function) and answers the workers'
-//! state requests from the [`Store`]. Everything it knows lives in the store; the pools are a
-//! cache that is rebuilt on demand.
+//! Where functions live and run is the [`Platform`]'s business: [`LocalPlatform`] keeps them in
+//! the [`Store`] and runs them on the [`Deployments`] (a worker pool per called function, a
+//! cache rebuilt on demand), answering the workers' state requests from the store. Users,
+//! tokens and invocation records are in the store whatever the platform.
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod deployments;
 pub mod error;
 pub mod invoke;
+pub mod local;
 pub mod metrics;
 pub mod openapi;
 pub mod platform;
@@ -40,7 +42,9 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 pub use auth::{AdminToken, bootstrap_admin};
 pub use deployments::Deployments;
+pub use local::LocalPlatform;
 pub use metrics::Metrics;
+pub use platform::Platform;
 pub use recorder::Recorder;
 
 /// Per-call limits the gateway enforces for every function.
@@ -96,14 +100,21 @@ pub struct GatewayConfig {
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<GatewayConfig>,
+    /// Users, tokens, invocation records and state (and the functions, for `LocalPlatform`).
     pub store: Arc<dyn Store>,
+    /// This machine's zygotes, for inspecting sources and test runs in either mode (and the
+    /// worker pools of `LocalPlatform`).
     pub deployments: Arc<Deployments>,
+    /// Where functions live and run: every read and write of a function and every call.
+    pub platform: Arc<dyn Platform>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
 }
 
 impl AppState {
-    /// Wires the state and starts its background tasks (invocation writer, idle reaper).
+    /// The local install (`skython up`): functions live in `store` and run on this machine's
+    /// worker pools ([`LocalPlatform`]). Starts the background tasks (invocation writer, idle
+    /// reaper).
     pub fn new(
         config: GatewayConfig,
         store: Arc<dyn Store>,
@@ -117,6 +128,42 @@ impl AppState {
             config.egress.clone(),
             config.cgroups.clone(),
         ));
+        let platform = Arc::new(LocalPlatform::new(
+            store.clone(),
+            deployments.clone(),
+            metrics.clone(),
+            &config.public_url,
+        ));
+        Ok(Self::wire(config, store, deployments, platform, metrics))
+    }
+
+    /// The gateway over another platform (`skython gateway`). `zygotes` still inspect sources
+    /// and run drafts here, `store` keeps users, tokens and invocations, and `metrics` is shared
+    /// with the platform so its calls count in the gateway's series.
+    pub fn with_platform(
+        config: GatewayConfig,
+        store: Arc<dyn Store>,
+        zygotes: HashMap<Runtime, Arc<Zygote>>,
+        metrics: Arc<Metrics>,
+        platform: Arc<dyn Platform>,
+    ) -> Self {
+        let deployments = Arc::new(Deployments::new(
+            store.clone(),
+            zygotes,
+            config.limits.clone(),
+            config.egress.clone(),
+            config.cgroups.clone(),
+        ));
+        Self::wire(config, store, deployments, platform, metrics)
+    }
+
+    fn wire(
+        config: GatewayConfig,
+        store: Arc<dyn Store>,
+        deployments: Arc<Deployments>,
+        platform: Arc<dyn Platform>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let recorder = Recorder::start(
             store.clone(),
             metrics.clone(),
@@ -134,13 +181,14 @@ impl AppState {
                 }
             }
         });
-        Ok(AppState {
+        AppState {
             config: Arc::new(config),
             store,
             deployments,
+            platform,
             metrics,
             recorder,
-        })
+        }
     }
 }
 
@@ -242,6 +290,9 @@ async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
     if let Err(e) = app.store.get_user(auth::ADMIN).await {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")).into_response();
     }
+    if let Err(e) = app.platform.ready().await {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("platform: {e}")).into_response();
+    }
     "ready".into_response()
 }
 
@@ -251,11 +302,12 @@ async fn metrics_text(
 ) -> Result<impl IntoResponse, error::ApiError> {
     auth::may_read_metrics(&headers, &app).await?;
     let pools = app.deployments.all();
-    let text = app.metrics.render(
+    let mut text = app.metrics.render(
         pools
             .iter()
             .map(|d| (d.label.as_str(), d.pool.live(), d.pool.pipelined())),
     );
+    text.push_str(&app.platform.render_metrics());
     Ok((
         [(
             header::CONTENT_TYPE,
