@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde_json::json;
@@ -554,7 +554,7 @@ impl Scaler {
         }
         let current = match t.current {
             Some(n) => n,
-            None => match read_scale(&api, &f.name, self.cfg.api_timeout).await {
+            None => match read_replicas(&self.client, f, self.cfg.api_timeout).await {
                 Ok(n) => {
                     // Unset: what the operator runs, `max(minReplicas, 1)`.
                     let n = n.unwrap_or(bounds.min.max(1));
@@ -617,19 +617,24 @@ enum ApiError {
     Timeout(Duration),
 }
 
-/// `spec.replicas` through the scale subresource (`None`: unset).
-async fn read_scale(
-    api: &Api<SkyFunction>,
-    name: &str,
+/// `spec.replicas` (`None`: unset). Read from the object rather than its scale subresource,
+/// which Kubernetes 1.20 answers with a 500 while the field is unset.
+async fn read_replicas(
+    client: &kube::Client,
+    f: &FunctionRef,
     timeout: Duration,
 ) -> Result<Option<u32>, ApiError> {
-    let scale = tokio::time::timeout(timeout, api.get_scale(name))
+    let api = Api::<DynamicObject>::namespaced_with(
+        client.clone(),
+        &f.namespace,
+        &ApiResource::erase::<SkyFunction>(&()),
+    );
+    let obj = tokio::time::timeout(timeout, api.get(&f.name))
         .await
         .map_err(|_| ApiError::Timeout(timeout))??;
-    Ok(scale
-        .spec
-        .and_then(|s| s.replicas)
-        .map(|n| u32::try_from(n).unwrap_or(0)))
+    Ok(obj.data["spec"]["replicas"]
+        .as_u64()
+        .map(|n| u32::try_from(n).unwrap_or(u32::MAX)))
 }
 
 async fn write_scale(
