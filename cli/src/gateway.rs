@@ -97,9 +97,9 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             .context("starting the cluster platform")?;
     let state = AppState::with_platform(p.config, p.store, p.zygotes, metrics, platform);
     let app = skython_gateway::app(state).merge(internal);
+    println!("Skython is running at {}", p.url);
     println!(
-        "Skython gateway is running at {} (functions deployed to namespace {}; serving {})",
-        p.url,
+        "on Kubernetes: functions deployed through the API go to namespace {}; serving {}",
         args.function_namespace,
         args.watch_namespace
             .as_deref()

@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod autoscaler;
 pub mod internal;
 pub mod metrics;
 pub mod platform;

@@ -136,6 +136,11 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(k: &Kubectl, runtime_dir: &Path) -> Operator {
+        Operator::start_with(k, runtime_dir, &[])
+    }
+
+    /// With more flags, e.g. `--gateway-url`.
+    pub fn start_with(k: &Kubectl, runtime_dir: &Path, extra: &[&str]) -> Operator {
         let port = free_port();
         let mut cmd = Command::new(skython_bin());
         cmd.arg("operator")
@@ -150,6 +155,7 @@ impl Operator {
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
             .arg("--runtime-dir")
             .arg(runtime_dir)
+            .args(extra)
             .env("SKYTHON_LOG", "info,kube=warn")
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit());
@@ -186,4 +192,32 @@ impl Operator {
             .collect();
         (!values.is_empty()).then(|| values.iter().sum())
     }
+}
+
+/// The cluster's bridge address: pods reach the host (and a gateway run on it) there.
+pub const HOST_FROM_PODS: &str = "10.88.0.1";
+
+/// `skython gateway` as a process on the host, serving the namespace of `k` (it creates the
+/// functions deployed through its API there); pods reach it at [`HOST_FROM_PODS`].
+pub fn start_gateway(k: &Kubectl, data_dir: &Path, port: u16, extra: &[&str]) -> crate::Skython {
+    let mut cmd = Command::new(skython_bin());
+    cmd.arg("gateway")
+        .args(["--addr", &format!("{HOST_FROM_PODS}:{port}"), "--data-dir"])
+        .arg(data_dir)
+        .arg("--kubeconfig")
+        .arg(k.kubeconfig())
+        .args([
+            "--function-namespace",
+            &k.namespace,
+            "--watch-namespace",
+            &k.namespace,
+            "--lease-namespace",
+            &k.namespace,
+        ])
+        .args(extra)
+        .env("SKYTHON_ADMIN_TOKEN", crate::TOKEN);
+    if let Some(py) = std::env::var_os("SKYTHON_PYTHON") {
+        cmd.env("SKYTHON_PYTHON", py);
+    }
+    crate::Skython::start_with(cmd, data_dir)
 }

@@ -1,0 +1,274 @@
+//! `skython gateway` on the real one-node cluster: calls routed to runner pods, scaling from
+//! zero and back, the bounded cold-start queue, pods' announcements and state.
+//!
+//! Each test has its own namespace, operator and gateway (processes of the binary under test;
+//! the runner pods run the image `e2e/cluster/up.sh` built from the same binary).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use skython_e2e::cluster::{Kubectl, Operator, ready_condition, start_gateway};
+use skython_e2e::{Skython, eventually, free_port, repo_root};
+
+struct Stack {
+    k: Kubectl,
+    gateway: Skython,
+    _operator: Operator,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    port: u16,
+}
+
+impl Stack {
+    /// A namespace with the CRD, a gateway with `flags`, and an operator pointing pods at it.
+    fn start(test: &str, flags: &[&str]) -> Stack {
+        let namespace = format!("skython-gw-{test}-{}", std::process::id());
+        let k = Kubectl::new(&namespace);
+        let crd = std::fs::read_to_string(
+            repo_root().join("helm/skython/crds/skyfunctions.skython.io.yaml"),
+        )
+        .expect("the CRD");
+        k.apply(&crd);
+        k.run(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/skyfunctions.skython.io",
+            "--timeout=60s",
+        ]);
+        k.apply(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n"
+        ));
+        let (data, runtime) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let port = free_port();
+        let gateway = start_gateway(&k, data.path(), port, flags);
+        let operator = Operator::start_with(&k, runtime.path(), &["--gateway-url", &gateway.url]);
+        Stack {
+            k,
+            gateway,
+            _operator: operator,
+            _dirs: (data, runtime),
+            port,
+        }
+    }
+
+    fn restart_gateway(&mut self, flags: &[&str]) {
+        self.gateway.stop();
+        self.gateway = start_gateway(&self.k, Path::new(&self.gateway.data_dir), self.port, flags);
+    }
+
+    /// Applies a SkyFunction with kubectl.
+    fn apply(&self, name: &str, endpoint: &str, source: &str, spec: Value) {
+        let mut full = json!({"owner": "admin", "endpoint": endpoint, "source": source});
+        full.as_object_mut().unwrap().extend(spec.as_object().unwrap().clone());
+        let obj = json!({
+            "apiVersion": "skython.io/v1alpha1",
+            "kind": "SkyFunction",
+            "metadata": {"name": name},
+            "spec": full,
+        });
+        self.k.apply(&obj.to_string());
+    }
+
+    fn replicas(&self, name: &str) -> (i64, i64) {
+        let f = self.k.get(&format!("skyfunction {name}")).unwrap_or_default();
+        (
+            f["spec"]["replicas"].as_i64().unwrap_or(-1),
+            f["status"]["readyReplicas"].as_i64().unwrap_or(0),
+        )
+    }
+
+    fn wait_replicas(&self, name: &str, want: i64, timeout: Duration) {
+        let mut last = (0, 0);
+        assert!(
+            eventually(timeout, || {
+                last = self.replicas(name);
+                last.0 == want
+            }),
+            "{name}: spec.replicas stayed {} (ready {}), wanted {want}",
+            last.0,
+            last.1
+        );
+    }
+
+    fn pods(&self, function: &str) -> Vec<Value> {
+        self.k
+            .get(&format!("pods -l skython.io/function={function}"))
+            .and_then(|p| p["items"].as_array().cloned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = self
+            .k
+            .try_run(&["delete", "namespace", &self.k.namespace, "--wait=false"], None);
+    }
+}
+
+const ADD: &str = "def add(a: int, b: int) -> int:\n    return a + b\n";
+
+#[test]
+fn functions_applied_with_kubectl_and_deployed_through_the_api_are_both_called_through_the_gateway()
+{
+    let s = Stack::start("both", &[]);
+    s.apply("adder", "add", ADD, json!({}));
+    let (status, body) = s.gateway.deploy(json!({
+        "endpoint": "greet",
+        "source": "def greet(name: str) -> str:\n    return 'hi ' + name\n",
+    }));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(s.gateway.call("admin/add", json!({"a": 2, "b": 3})), (200, json!(5)));
+    assert_eq!(
+        s.gateway.call("admin/greet", json!({"name": "k8s"})),
+        (200, json!("hi k8s"))
+    );
+    let (status, body) = s.gateway.call("admin/add", json!({"a": "x"}));
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_arguments")), "{body}");
+    let table = s.k.run(&["get", "skyfn"]);
+    assert!(table.contains("adder") && table.contains("admin.greet"), "{table}");
+    let f = s.k.get("skyfunction admin.greet").unwrap();
+    assert!(ready_condition(&f).is_some(), "{f}");
+}
+
+#[test]
+fn a_syntax_error_deployed_through_the_gateway_is_a_400_with_the_line() {
+    let s = Stack::start("syntax", &[]);
+    let (status, body) = s.gateway.deploy(json!({
+        "endpoint": "broken",
+        "source": "def f(:\n    pass\n",
+    }));
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("syntax_error")), "{body}");
+    assert_eq!(body["error"]["line"], 1);
+    assert!(s.k.get("skyfunction admin.broken").is_none(), "nothing was created");
+}
+
+#[test]
+fn a_burst_from_zero_scales_up_all_succeed_and_it_returns_to_zero() {
+    let s = Stack::start("burst", &["--stable-window-secs", "4", "--panic-window-secs", "1"]);
+    let slow = "import time\ndef nap(s: float = 0.3) -> str:\n    time.sleep(s)\n    return 'ok'\n";
+    s.apply(
+        "nap",
+        "nap",
+        slow,
+        json!({"concurrency": 4, "scaling": {"maxReplicas": 4, "idleSecondsToZero": 3}}),
+    );
+    // It starts with one replica, then idles to zero.
+    s.wait_replicas("nap", 0, Duration::from_secs(60));
+    assert!(
+        eventually(Duration::from_secs(60), || s.pods("nap").is_empty()),
+        "the pods went away"
+    );
+    let started = Instant::now();
+    let url = format!("{}/fn/admin/nap", s.gateway.url);
+    let calls: Vec<_> = (0..50)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                reqwest::blocking::Client::new()
+                    .post(url)
+                    .body("{}")
+                    .timeout(Duration::from_secs(60))
+                    .send()
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    let statuses: Vec<_> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+    assert!(
+        statuses.iter().all(|s| matches!(s, Ok(200))),
+        "every call of the burst succeeds: {statuses:?}"
+    );
+    eprintln!("burst of 50 from zero: {:?}", started.elapsed());
+    let (desired, _) = s.replicas("nap");
+    assert!(desired > 1 && desired <= 4, "replicas rose within maxReplicas: {desired}");
+    s.wait_replicas("nap", 0, Duration::from_secs(60));
+    // A call while it scales down (or from zero again) still completes.
+    assert_eq!(s.gateway.call("admin/nap", json!({"s": 0})), (200, json!("ok")));
+}
+
+#[test]
+fn the_cold_queue_answers_503_when_full_and_504_past_its_deadline() {
+    let s = Stack::start(
+        "queue",
+        &["--pod-queue-limit", "1", "--pod-queue-timeout-secs", "0.3"],
+    );
+    s.apply(
+        "idle",
+        "idle",
+        ADD,
+        json!({"scaling": {"idleSecondsToZero": 1}}),
+    );
+    s.wait_replicas("idle", 0, Duration::from_secs(60));
+    assert!(eventually(Duration::from_secs(60), || s.pods("idle").is_empty()));
+    let url = format!("{}/fn/admin/idle", s.gateway.url);
+    let calls: Vec<_> = (0..2)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let r = reqwest::blocking::Client::new()
+                    .post(url)
+                    .body(r#"{"a": 1, "b": 2}"#)
+                    .send()
+                    .expect("answer");
+                let status = r.status().as_u16();
+                let body: Value = r.json().unwrap_or_default();
+                (status, body["error"]["code"].as_str().unwrap_or("").to_string())
+            })
+        })
+        .collect();
+    let mut got: Vec<_> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (503, "queue_full".to_string()),
+            (504, "cold_start_timeout".to_string())
+        ]
+    );
+}
+
+#[test]
+fn state_from_runner_pods_survives_the_pods_and_the_gateways_restarts() {
+    let mut s = Stack::start("state", &[]);
+    let counter = "from skython import store, load\ndef hit() -> int:\n    n = load('n', 0) + 1\n    store('n', n)\n    return n\n";
+    s.apply("counter", "hit", counter, json!({}));
+    assert_eq!(s.gateway.call("admin/hit", json!({})), (200, json!(1)));
+    assert_eq!(s.gateway.call("admin/hit", json!({})), (200, json!(2)));
+    s.k.run(&["delete", "pods", "-l", "skython.io/function=counter", "--wait=true"]);
+    assert_eq!(s.gateway.call("admin/hit", json!({})), (200, json!(3)));
+    s.restart_gateway(&[]);
+    assert_eq!(s.gateway.call("admin/hit", json!({})), (200, json!(4)));
+}
+
+#[test]
+fn a_pod_announcing_an_address_that_is_not_its_own_gets_no_traffic() {
+    let s = Stack::start("spoof", &[]);
+    s.apply("adder", "add", ADD, json!({"scaling": {"minReplicas": 1}}));
+    assert_eq!(s.gateway.call("admin/add", json!({"a": 1, "b": 1})), (200, json!(2)));
+    let pod = s.pods("adder")[0]["metadata"]["name"].as_str().unwrap().to_string();
+    let token = s.k.run(&["exec", &pod, "--", "cat", "/var/run/secrets/skython/token"]);
+    // A listener on the host that would record any call sent to it.
+    let decoy = std::net::TcpListener::bind("10.88.0.1:0").unwrap();
+    let decoy_addr = decoy.local_addr().unwrap();
+    decoy.set_nonblocking(true).unwrap();
+    let announce = |ip: String, port: u16| {
+        reqwest::blocking::Client::new()
+            .post(format!("{}/internal/v1/pods/announce", s.gateway.url))
+            .bearer_auth(token.trim())
+            .json(&json!({"ip": ip, "port": port}))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(
+        announce(decoy_addr.ip().to_string(), decoy_addr.port()),
+        403,
+        "the Pod object shows another IP"
+    );
+    for _ in 0..10 {
+        assert_eq!(s.gateway.call("admin/add", json!({"a": 2, "b": 2})), (200, json!(4)));
+    }
+    assert!(decoy.accept().is_err(), "no call reached the announced address");
+}
