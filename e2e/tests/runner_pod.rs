@@ -466,3 +466,16 @@ fn with_the_gateway_unreachable_load_raises_a_state_error_saying_so() {
         "{body}"
     );
 }
+
+#[test]
+fn a_gateway_url_without_a_pod_ip_stops_the_runner_naming_the_variable() {
+    let dir = function_dir("def calc():\n    return 1\n");
+    let out = runner(dir.path(), free_port())
+        .env(wire::ENV_GATEWAY_URL, "http://127.0.0.1:1")
+        .env_remove(wire::ENV_POD_IP)
+        .output()
+        .expect("run skython runner");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(wire::ENV_POD_IP), "{err}");
+}
