@@ -68,6 +68,12 @@ fn init_logging(filter: &str) -> anyhow::Result<()> {
 
 /// Resolves on Ctrl-C or SIGTERM, then gives work in flight 10 s before the process exits.
 pub async fn shutdown_signal() {
+    termination_signal().await;
+    exit_when_busy_after_10_s();
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn termination_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -80,6 +86,10 @@ pub async fn shutdown_signal() {
         }
     };
     tokio::select! { () = ctrl_c => {}, () = term => {} }
+}
+
+/// Gives work in flight 10 s, then exits the process.
+pub fn exit_when_busy_after_10_s() {
     tracing::info!("shutting down; waiting up to 10 s for work in flight");
     tokio::spawn(async {
         tokio::time::sleep(std::time::Duration::from_secs(10)).await;

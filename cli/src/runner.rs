@@ -1,15 +1,21 @@
 //! `skython runner`: the runner pod's process. Serves the one function mounted at
-//! `--function-dir` (the operator's ConfigMap) at `POST /` on `--port`.
+//! `--function-dir` (the operator's ConfigMap) at `POST /` on `--port`; with a gateway URL,
+//! announces itself there and keeps its state through it.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use skython_gateway::pod::{RunnerPod, read_function};
-use skython_runner::{RuntimeConfig, Sandbox, Zygote};
+use skython_runner::{RuntimeConfig, Sandbox, StateHandler, Zygote};
+use skython_runner_pod::announce::Announcer;
+use skython_runner_pod::gateway::{Gateway, TokenFile};
+use skython_runner_pod::identity::AnnouncedToken;
+use skython_runner_pod::server::{RunnerPod, read_function};
+use skython_runner_pod::state::{GatewayState, NoStateService};
+use skython_runner_pod::wire;
 
 use crate::up::LimitArgs;
 
@@ -39,6 +45,20 @@ pub struct RunnerArgs {
     /// Default: numpy,pandas,scipy,requests,bs4.
     #[arg(long, env = "SKYTHON_PRELOAD")]
     preload: Option<String>,
+    /// The gateway's base URL: the pod announces its address there and keeps its state through
+    /// it. Unset: nothing is announced, and store()/load() raise a StateError.
+    #[arg(long, env = wire::ENV_GATEWAY_URL)]
+    gateway_url: Option<String>,
+    /// The address announced to the gateway (the downward API's `status.podIP`).
+    #[arg(long, env = wire::ENV_POD_IP)]
+    pod_ip: Option<IpAddr>,
+    /// The pod's projected service-account token for the gateway, read on every use.
+    #[arg(long, env = wire::ENV_TOKEN_FILE, default_value = wire::TOKEN_FILE)]
+    token_file: PathBuf,
+    /// Seconds the pod keeps serving after SIGTERM, having told the gateway it drains (calls
+    /// already on their way still arrive), before it stops accepting connections.
+    #[arg(long, env = "SKYTHON_DRAIN_DELAY_SECS", default_value_t = 2)]
+    drain_delay_secs: u64,
     #[command(flatten)]
     limits: LimitArgs,
     /// Log filter (tracing syntax).
@@ -49,6 +69,21 @@ pub struct RunnerArgs {
 pub async fn run(args: RunnerArgs) -> anyhow::Result<()> {
     crate::init_logging(&args.log)?;
     let spec = read_function(&args.function_dir)?;
+    let gateway = match &args.gateway_url {
+        None => None,
+        Some(url) => {
+            let ip = args.pod_ip.with_context(|| {
+                format!(
+                    "{} is set, so {} must be too: the address to announce",
+                    wire::ENV_GATEWAY_URL,
+                    wire::ENV_POD_IP
+                )
+            })?;
+            let gateway = Gateway::new(url, TokenFile::new(&args.token_file))
+                .with_context(|| format!("--gateway-url {url}"))?;
+            Some((gateway, ip))
+        }
+    };
     skython_runner::install_python_files(&args.runtime_dir).with_context(|| {
         format!(
             "writing the runtime's Python files to {}",
@@ -72,13 +107,41 @@ pub async fn run(args: RunnerArgs) -> anyhow::Result<()> {
     if !hello.missing.is_empty() {
         tracing::warn!("the runtime lacks: {}", hello.missing.join("; "));
     }
-    let pod = RunnerPod::new(zygote, &spec, args.limits.limits()).await?;
+    let state: Arc<dyn StateHandler> = match &gateway {
+        Some((gateway, _)) => Arc::new(GatewayState::new(gateway.clone())),
+        None => Arc::new(NoStateService),
+    };
+    let announced = Arc::new(AnnouncedToken::default());
+    let pod = RunnerPod::new(
+        zygote,
+        &spec,
+        args.limits.limits(),
+        state,
+        announced.clone(),
+    )
+    .await?;
 
     let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, args.port));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;
     tracing::info!(%addr, function = %format!("{}/{}", spec.owner, spec.endpoint), "serving");
+    let (stop_announcing, stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some((gateway, ip)) = gateway {
+        let port = listener.local_addr()?.port();
+        let announcer = Announcer::new(gateway, ip, port, announced);
+        tokio::spawn(announcer.run(async {
+            let _ = stopped.await;
+        }));
+    }
+    let drain_delay = Duration::from_secs(args.drain_delay_secs);
+    let shutdown = async move {
+        crate::termination_signal().await;
+        let _ = stop_announcing.send(());
+        tracing::info!("stopping: serving {drain_delay:?} more, the gateway may still be sending");
+        tokio::time::sleep(drain_delay).await;
+        crate::exit_when_busy_after_10_s();
+    };
     tokio::spawn({
         let pod = pod.clone();
         async move { pod.warm().await }
@@ -98,7 +161,7 @@ pub async fn run(args: RunnerArgs) -> anyhow::Result<()> {
         listener,
         pod.router(),
         args.limits.client_timeouts(),
-        crate::shutdown_signal(),
+        shutdown,
         Duration::from_secs(10),
     )
     .await?;

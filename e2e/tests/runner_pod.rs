@@ -1,12 +1,21 @@
 //! `skython runner`, the process of a runner pod, over real HTTP with real Python workers: what
-//! the operator's Deployments run, tested here without a cluster.
+//! the operator's Deployments run, tested here without a cluster. A small HTTP server in the
+//! test plays the gateway the pod announces itself to and keeps its state through.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
 use serde_json::{Value, json};
 use skython_e2e::{Process, eventually, free_port, skython_bin};
+use skython_runner_pod::wire::{self, Announce};
 
 /// Writes the two files the operator's ConfigMap holds.
 fn function_dir(source: &str) -> tempfile::TempDir {
@@ -24,7 +33,8 @@ fn runner(dir: &Path, port: u16) -> Command {
         .arg(dir)
         .args(["--port", &port.to_string(), "--runtime-dir"])
         .arg(dir.join("runtime"))
-        .env("SKYTHON_LOG", "warn");
+        .env("SKYTHON_LOG", "warn")
+        .env_remove(wire::ENV_GATEWAY_URL);
     if let Some(py) = std::env::var_os("SKYTHON_PYTHON") {
         cmd.env("SKYTHON_PYTHON", py);
     }
@@ -187,4 +197,285 @@ fn a_syntax_error_stops_the_runner_naming_the_line() {
         err.contains("function.json"),
         "names the missing file: {err}"
     );
+}
+
+/// What the test's gateway saw and holds.
+#[derive(Default)]
+struct Seen {
+    /// Each announcement with its `Authorization` header.
+    announcements: Vec<(String, Announce)>,
+    /// The `Authorization` header of each state request.
+    state_auth: Vec<String>,
+    /// The function's state: key → JSON text, as the gateway's store keeps it.
+    state: HashMap<String, String>,
+}
+
+/// A stand-in for the gateway's pod routes (`wire::ANNOUNCE_PATH`, `wire::STATE_PATH`), on its
+/// own runtime; it stops when dropped.
+struct FakeGateway {
+    url: String,
+    seen: Arc<Mutex<Seen>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl FakeGateway {
+    fn start() -> FakeGateway {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let app = axum::Router::new()
+            .route(wire::ANNOUNCE_PATH, post(announce))
+            .route(wire::STATE_PATH, post(state))
+            .with_state(seen.clone());
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        FakeGateway {
+            url,
+            seen,
+            _runtime: runtime,
+        }
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap()
+    }
+
+    /// The announcements so far, waiting up to `timeout` for at least `n`.
+    fn announcements(&self, n: usize, timeout: Duration) -> Vec<(String, Announce)> {
+        eventually(timeout, || self.seen().announcements.len() >= n);
+        self.seen().announcements.clone()
+    }
+}
+
+fn auth(headers: &HeaderMap) -> String {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+async fn announce(
+    State(seen): State<Arc<Mutex<Seen>>>,
+    headers: HeaderMap,
+    Json(a): Json<Announce>,
+) -> StatusCode {
+    seen.lock().unwrap().announcements.push((auth(&headers), a));
+    StatusCode::ACCEPTED
+}
+
+/// Answers a worker's state request from the map, in the `StateAnswer` form.
+async fn state(
+    State(seen): State<Arc<Mutex<Seen>>>,
+    headers: HeaderMap,
+    Json(req): Json<Value>,
+) -> Json<Value> {
+    let mut seen = seen.lock().unwrap();
+    seen.state_auth.push(auth(&headers));
+    let key = req["key"].as_str().unwrap_or_default().to_string();
+    Json(match req["op"].as_str() {
+        Some("store") => {
+            let value = req["value"].as_str().unwrap_or_default().to_string();
+            seen.state.insert(key, value);
+            json!({"ok": true})
+        }
+        Some("load") => match seen.state.get(&key) {
+            Some(value) => json!({"ok": true, "found": true, "value": value}),
+            None => json!({"ok": true, "found": false}),
+        },
+        other => json!({"ok": false, "error": {"code": "bad_op", "message": format!("{other:?}")}}),
+    })
+}
+
+/// A runner that announces to `gateway_url` with the token in `token_file`.
+fn start_announcing(
+    dir: &Path,
+    gateway_url: &str,
+    token_file: &Path,
+    drain_delay_secs: u64,
+) -> (Process, u16) {
+    let port = free_port();
+    let child = runner(dir, port)
+        .env(wire::ENV_GATEWAY_URL, gateway_url)
+        .env(wire::ENV_POD_IP, "127.0.0.1")
+        .env(wire::ENV_TOKEN_FILE, token_file)
+        .env("SKYTHON_DRAIN_DELAY_SECS", drain_delay_secs.to_string())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start skython runner");
+    (Process(child), port)
+}
+
+fn token_file(dir: &Path, token: &str) -> std::path::PathBuf {
+    let path = dir.join("token");
+    std::fs::write(&path, token).unwrap();
+    path
+}
+
+fn wait_ready(c: &reqwest::blocking::Client, url: &str) {
+    assert!(
+        eventually(Duration::from_secs(90), || send(
+            c.get(format!("{url}/readyz"))
+        )
+        .0 == 200),
+        "the runner became ready"
+    );
+}
+
+#[test]
+fn a_runner_announces_its_address_with_the_token_from_the_file_once_it_listens() {
+    let gateway = FakeGateway::start();
+    let dir = function_dir("def calc():\n    return 1\n");
+    let token = token_file(dir.path(), "token-A\n");
+    let (_p, port) = start_announcing(dir.path(), &gateway.url, &token, 2);
+    assert!(
+        eventually(Duration::from_secs(60), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok()),
+        "the runner listens"
+    );
+    let seen = gateway.announcements(1, Duration::from_secs(2));
+    let expected = Announce {
+        ip: IpAddr::from([127, 0, 0, 1]),
+        port,
+        draining: false,
+    };
+    assert_eq!(
+        seen.first(),
+        Some(&("Bearer token-A".to_string(), expected)),
+        "announced within 2 s of listening"
+    );
+}
+
+#[test]
+fn the_identity_route_proves_the_announced_token() {
+    let gateway = FakeGateway::start();
+    let dir = function_dir("def calc():\n    return 1\n");
+    let token = token_file(dir.path(), "token-A");
+    let (_p, port) = start_announcing(dir.path(), &gateway.url, &token, 2);
+    gateway.announcements(1, Duration::from_secs(60));
+    let (status, body) = send(
+        http()
+            .post(format!("http://127.0.0.1:{port}{}", wire::IDENTITY_PATH))
+            .json(&json!({"nonce": "0a1b2c"})),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"proof": wire::proof("token-A", "0a1b2c")}));
+}
+
+#[test]
+fn store_and_load_go_through_the_gateways_state_service() {
+    let gateway = FakeGateway::start();
+    gateway.seen().state.insert("preset".into(), "[7]".into());
+    let dir = function_dir(
+        "from skython import store, load\n\ndef calc(key: str, value=None):\n    if value is not None:\n        store(key, value)\n    return load(key)\n",
+    );
+    let token = token_file(dir.path(), "token-A");
+    let (_p, port) = start_announcing(dir.path(), &gateway.url, &token, 2);
+    let url = format!("http://127.0.0.1:{port}");
+    let c = http();
+    wait_ready(&c, &url);
+
+    let (status, body) = send(
+        c.post(format!("{url}/"))
+            .json(&json!({"key": "k", "value": {"a": [1, 2]}})),
+    );
+    assert_eq!((status, body), (200, json!({"a": [1, 2]})));
+    let stored: Value = serde_json::from_str(&gateway.seen().state["k"]).unwrap();
+    assert_eq!(stored, json!({"a": [1, 2]}), "the gateway holds the value");
+    let (status, body) = send(c.post(format!("{url}/")).json(&json!({"key": "preset"})));
+    assert_eq!(
+        (status, body),
+        (200, json!([7])),
+        "load reads the gateway's state"
+    );
+
+    std::fs::write(&token, "token-B").unwrap();
+    let (status, _) = send(c.post(format!("{url}/")).json(&json!({"key": "k"})));
+    assert_eq!(status, 200);
+    let auth = gateway.seen().state_auth.clone();
+    assert!(
+        auth[..auth.len() - 1].iter().all(|a| a == "Bearer token-A"),
+        "{auth:?}"
+    );
+    assert_eq!(
+        auth.last().map(String::as_str),
+        Some("Bearer token-B"),
+        "the token is read again on every use (the kubelet rotates it)"
+    );
+}
+
+#[test]
+fn on_sigterm_the_runner_announces_draining_and_still_answers_during_the_drain_delay() {
+    let gateway = FakeGateway::start();
+    let dir = function_dir("def calc():\n    return 'still here'\n");
+    let token = token_file(dir.path(), "token-A");
+    let (mut p, port) = start_announcing(dir.path(), &gateway.url, &token, 4);
+    let url = format!("http://127.0.0.1:{port}");
+    wait_ready(&http(), &url);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &p.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        eventually(Duration::from_secs(2), || gateway
+            .seen()
+            .announcements
+            .iter()
+            .any(|(_, a)| a.draining)),
+        "announced draining at once"
+    );
+    // A new connection, as the gateway would open.
+    let (status, body) = send(http().post(format!("{url}/")));
+    assert_eq!((status, body), (200, json!("still here")));
+    assert!(
+        eventually(Duration::from_secs(15), || matches!(
+            p.0.try_wait(),
+            Ok(Some(_))
+        )),
+        "the runner stops after the drain delay"
+    );
+}
+
+#[test]
+fn with_the_gateway_unreachable_load_raises_a_state_error_saying_so() {
+    let dir = function_dir(
+        "from skython import load, StateError\n\ndef calc():\n    try:\n        load('k')\n    except StateError as e:\n        return str(e)\n    return 'loaded'\n",
+    );
+    let token = token_file(dir.path(), "token-A");
+    let nobody = format!("http://127.0.0.1:{}", free_port());
+    let (_p, port) = start_announcing(dir.path(), &nobody, &token, 2);
+    let url = format!("http://127.0.0.1:{port}");
+    let c = http();
+    wait_ready(&c, &url);
+    let (status, body) = send(c.post(format!("{url}/")));
+    assert_eq!(status, 200, "the pod still serves calls: {body}");
+    let message = body.as_str().unwrap_or_default();
+    assert!(
+        message.contains("state is unavailable") && message.contains("unreachable"),
+        "{body}"
+    );
+}
+
+#[test]
+fn a_gateway_url_without_a_pod_ip_stops_the_runner_naming_the_variable() {
+    let dir = function_dir("def calc():\n    return 1\n");
+    let out = runner(dir.path(), free_port())
+        .env(wire::ENV_GATEWAY_URL, "http://127.0.0.1:1")
+        .env_remove(wire::ENV_POD_IP)
+        .output()
+        .expect("run skython runner");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(wire::ENV_POD_IP), "{err}");
 }

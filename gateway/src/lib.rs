@@ -21,7 +21,6 @@ pub mod local;
 pub mod metrics;
 pub mod openapi;
 pub mod platform;
-pub mod pod;
 mod recorder;
 pub mod serve;
 
@@ -243,7 +242,7 @@ pub fn app(state: AppState) -> Router {
 
 /// JSON errors (not axum's plain text) for unknown routes and methods; `hint` says where to look.
 /// They sit outside the request-id layers, so they set the request id themselves.
-fn with_json_fallbacks<S: Clone + Send + Sync + 'static>(
+pub fn with_json_fallbacks<S: Clone + Send + Sync + 'static>(
     router: Router<S>,
     hint: &'static str,
 ) -> Router<S> {

@@ -119,7 +119,8 @@ pub struct Ready {
 }
 
 /// A worker's state request; the gateway decides the (owner, function) scope, not the worker.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// Also sent as JSON by a runner pod to the gateway's state service, in the same form.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum StateRequest {
     Load {
@@ -138,7 +139,7 @@ pub enum StateRequest {
     },
 }
 
-#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 pub struct StateAnswer {
     pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -152,7 +153,7 @@ pub struct StateAnswer {
     pub error: Option<StateAnswerError>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StateAnswerError {
     pub code: String,
     pub message: String,
@@ -210,5 +211,46 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<StateRequest>(r#"{"op":"drop"}"#).is_err());
+    }
+
+    #[test]
+    fn state_requests_round_trip_through_json_in_their_wire_form() {
+        let r = StateRequest::Store {
+            key: "n".into(),
+            value: "1".into(),
+        };
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"op": "store", "key": "n", "value": "1"})
+        );
+        assert_eq!(serde_json::from_value::<StateRequest>(json).unwrap(), r);
+    }
+
+    #[test]
+    fn state_answers_round_trip_through_json_in_their_wire_form() {
+        let found = StateAnswer {
+            ok: true,
+            found: Some(true),
+            value: Some("[1]".into()),
+            ..Default::default()
+        };
+        let json = serde_json::to_value(&found).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"ok": true, "found": true, "value": "[1]"})
+        );
+        assert_eq!(serde_json::from_value::<StateAnswer>(json).unwrap(), found);
+
+        let refused = StateAnswer::refused("quota_exceeded", "too much");
+        let json = serde_json::to_value(&refused).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"ok": false, "error": {"code": "quota_exceeded", "message": "too much"}})
+        );
+        assert_eq!(
+            serde_json::from_value::<StateAnswer>(json).unwrap(),
+            refused
+        );
     }
 }

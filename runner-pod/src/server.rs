@@ -1,14 +1,15 @@
-//! Runner pod mode: one function, read from the directory the operator mounts (its ConfigMap),
-//! served over HTTP by the same zygote, worker pool, limits and JSON rules as the local gateway.
+//! The runner pod's HTTP server: one function, read from the directory the operator mounts (its
+//! ConfigMap), served by the same zygote, worker pool, limits, call path and JSON rules as the
+//! gateway (shared from `skython-gateway`).
 //!
 //! `POST /` calls the function. `/healthz` answers while the process lives (liveness);
 //! `/readyz` answers 200 once a worker has loaded the function, so a pod whose module fails to
 //! import never receives traffic and says why. `/metrics` has the call metrics.
+//! `POST wire::IDENTITY_PATH` answers the gateway's identity challenge ([`crate::identity`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use async_trait::async_trait;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -16,15 +17,16 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use skython_crds::SkyFunctionSpec;
-use skython_runner::{
-    Inspection, SourceError, StateAnswer, StateHandler, StateRequest, WorkerPool, Zygote,
+use skython_gateway::Limits;
+use skython_gateway::deployments::{pool_limits, worker_spec};
+use skython_gateway::error::ApiError;
+use skython_gateway::invoke::{
+    CallTarget, check_args, json_response, request_id, run_call, with_request_id,
 };
+use skython_gateway::metrics::Metrics;
+use skython_runner::{Inspection, SourceError, StateHandler, WorkerPool, Zygote};
 
-use crate::Limits;
-use crate::deployments::{pool_limits, worker_spec};
-use crate::error::ApiError;
-use crate::invoke::{CallTarget, check_args, json_response, request_id, run_call, with_request_id};
-use crate::metrics::Metrics;
+use crate::identity::{self, AnnouncedToken};
 
 /// Files of the function directory (the keys of the operator's ConfigMap).
 pub const SOURCE_FILE: &str = "source.py";
@@ -81,6 +83,7 @@ pub struct RunnerPod {
     metrics: Metrics,
     readiness: RwLock<Readiness>,
     limits: Limits,
+    announced: Arc<AnnouncedToken>,
 }
 
 impl CallTarget for RunnerPod {
@@ -91,10 +94,14 @@ impl CallTarget for RunnerPod {
 
 impl RunnerPod {
     /// Checks the source (without running it) and prepares the pool; no worker starts yet.
+    /// The workers' `store`/`load` go to `state`; the identity route proves with the token in
+    /// `announced`.
     pub async fn new(
         zygote: Arc<Zygote>,
         spec: &SkyFunctionSpec,
         limits: Limits,
+        state: Arc<dyn StateHandler>,
+        announced: Arc<AnnouncedToken>,
     ) -> Result<Arc<Self>, PodError> {
         let filename = format!("{}.py", spec.endpoint);
         let signature = match zygote
@@ -114,12 +121,13 @@ impl RunnerPod {
                 zygote,
                 worker_spec(spec, &signature.entrypoint, &limits),
                 pool_limits,
-                Arc::new(NoStateService),
+                state,
             ),
             label,
             metrics: Metrics::new()?,
             readiness: RwLock::new(Readiness::Loading),
             limits,
+            announced,
         }))
     }
 
@@ -143,16 +151,16 @@ impl RunnerPod {
 
     pub fn router(self: Arc<Self>) -> Router {
         let body_limit = self.limits.max_body_bytes;
-        crate::with_json_fallbacks(
-            Router::new()
-                .route("/", post(call))
-                .route("/healthz", get(|| async { "ok" }))
-                .route("/readyz", get(readyz))
-                .route("/metrics", get(metrics)),
-            "POST / calls the function",
-        )
-        .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(self)
+        let identity = identity::routes(self.announced.clone());
+        let routes = Router::new()
+            .route("/", post(call))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .with_state(self)
+            .merge(identity);
+        skython_gateway::with_json_fallbacks(routes, "POST / calls the function")
+            .layer(DefaultBodyLimit::max(body_limit))
     }
 }
 
@@ -204,19 +212,4 @@ async fn metrics(State(pod): State<Arc<RunnerPod>>) -> impl IntoResponse {
         pod.metrics
             .render([(pod.label.as_str(), pod.pool.live(), pod.pool.pipelined())]),
     )
-}
-
-/// State in a runner pod goes through the platform's state service (the gateway's MongoDB-backed
-/// store), which a pod is not connected to yet: `store`/`load` raise a `StateError` that says so
-/// instead of keeping values in a pod that may vanish.
-struct NoStateService;
-
-#[async_trait]
-impl StateHandler for NoStateService {
-    async fn handle(&self, _request: StateRequest) -> StateAnswer {
-        StateAnswer::refused(
-            "state_unavailable",
-            "store() and load() are not available in this runner pod: it is not connected to a state service",
-        )
-    }
 }
