@@ -455,6 +455,8 @@ struct Tracked {
     history: Option<History>,
     /// No API call for this function before then (after a failure).
     quiet_until: Option<Instant>,
+    /// `Load::started` at the last sample.
+    started: u64,
 }
 
 struct Scaler {
@@ -544,11 +546,20 @@ impl Scaler {
             current: None,
             history: None,
             quiet_until: None,
+            started: load.started,
         });
+        // Calls that came and went between two samples were demand too: without this, a
+        // function called often with short calls would look idle and be scaled to zero.
+        let demand = if load.started != t.started {
+            (load.in_flight + load.queued).max(1)
+        } else {
+            load.in_flight + load.queued
+        };
+        t.started = load.started;
         if t.quiet_until.is_some_and(|q| now < q) {
             // Still sample: the history must not miss demand while the API is unreachable.
             if let Some(h) = &mut t.history {
-                h.record(now, load.in_flight + load.queued, self.cfg.stable_window);
+                h.record(now, demand, self.cfg.stable_window);
             }
             return;
         }
@@ -569,7 +580,7 @@ impl Scaler {
             },
         };
         let h = t.history.get_or_insert_with(|| History::new(now, current));
-        h.record(now, load.in_flight + load.queued, self.cfg.stable_window);
+        h.record(now, demand, self.cfg.stable_window);
         let ready = obj.status.as_ref().map_or(0, |s| s.ready_replicas);
         let d = decide(h, &bounds, current, ready, now, &self.cfg);
         let label = f.to_string();

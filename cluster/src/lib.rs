@@ -39,4 +39,7 @@ pub struct Load {
     pub in_flight: u32,
     /// Calls waiting for a pod (none ready, or all at `concurrency`).
     pub queued: u32,
+    /// Calls that arrived, ever: a change between two samples means calls came and went
+    /// in between (short calls are in flight for less than a sampling interval).
+    pub started: u64,
 }

@@ -229,7 +229,7 @@ impl Platform for ClusterPlatform {
         for g in [&m.in_flight, &m.queued, &m.ready_pods] {
             g.reset();
         }
-        for (f, (label, Load { in_flight, queued })) in self.router.load() {
+        for (f, (label, Load { in_flight, queued, .. })) in self.router.load() {
             m.in_flight
                 .with_label_values(&[&label])
                 .set(in_flight.into());

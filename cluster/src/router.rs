@@ -9,7 +9,7 @@
 //! died mid-call), so a function never runs twice for one call.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,7 @@ pub struct Target {
 struct Counters {
     in_flight: AtomicU32,
     queued: AtomicU32,
+    started: AtomicU64,
 }
 
 /// Asks for a scale-up of a function that has calls and no pod.
@@ -114,6 +115,7 @@ impl Router {
                 let load = Load {
                     in_flight: n.in_flight.load(Ordering::Relaxed),
                     queued: n.queued.load(Ordering::Relaxed),
+                    started: n.started.load(Ordering::Relaxed),
                 };
                 (f.clone(), (label.clone(), load))
             })
@@ -129,6 +131,7 @@ impl Router {
     ) -> Result<Called, ApiError> {
         let arrived = Instant::now();
         let counters = self.counters(t);
+        counters.started.fetch_add(1, Ordering::Relaxed);
         let notify = self.pods.notifier(&t.function);
         let mut queued: Option<Queued> = None;
         let mut saw_pod = false;

@@ -168,6 +168,7 @@ impl FakeDemand {
             Load {
                 in_flight: 0,
                 queued,
+                started: 0,
             },
         );
     }
