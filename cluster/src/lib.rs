@@ -12,6 +12,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod registry;
+
 /// A `SkyFunction` object by namespace and name (what the autoscaler scales and pods belong to).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FunctionRef {
