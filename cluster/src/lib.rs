@@ -17,6 +17,7 @@ pub mod internal;
 pub mod metrics;
 pub mod platform;
 pub mod pods;
+pub mod registry;
 pub mod router;
 
 /// A `SkyFunction` object by namespace and name (what the autoscaler scales and pods belong to).
