@@ -193,7 +193,7 @@ pub struct ServerArgs {
     sandbox: SandboxArgs,
     /// Log filter (tracing syntax).
     #[arg(long, env = "SKYTHON_LOG", default_value = "info")]
-    log: String,
+    pub log: String,
 }
 
 /// What the full runtime's zygote imports: TensorFlow and Keras too. Their pages are then shared

@@ -84,6 +84,11 @@ impl ClusterMetrics {
         })
     }
 
+    /// Where the autoscaler registers its series too.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {

@@ -51,11 +51,12 @@ pub struct ClusterConfig {
 }
 
 pub struct ClusterPlatform {
-    registry: Registry,
+    registry: Arc<Registry>,
     pods: Arc<Pods>,
     pods_synced: Arc<AtomicBool>,
-    router: Router,
-    autoscaler: Arc<Autoscaler>,
+    router: Arc<Router>,
+    /// Runs as long as the platform does.
+    _autoscaler: Arc<Autoscaler>,
     metrics: Arc<ClusterMetrics>,
     gateway_metrics: Arc<Metrics>,
 }
@@ -70,11 +71,11 @@ impl ClusterPlatform {
         gateway_metrics: Arc<Metrics>,
     ) -> Result<(Arc<Self>, axum::Router), Error> {
         let metrics = Arc::new(ClusterMetrics::new()?);
-        let registry = Registry::start(
+        let registry = Arc::new(Registry::start(
             client.clone(),
-            config.watch_namespace.clone(),
-            config.deploy_namespace.clone(),
-        );
+            config.watch_namespace.as_deref(),
+            &config.deploy_namespace,
+        ));
         let pods = Pods::new();
         let pods_synced = Arc::new(AtomicBool::new(false));
         tokio::spawn(pods::watch(
@@ -110,7 +111,7 @@ impl ClusterPlatform {
         };
         let scaler = Arc::new(Autoscaler::spawn(
             client.clone(),
-            registry.functions(),
+            registry.store(),
             demand,
             config.autoscaler.clone(),
             config.lease.clone(),
@@ -119,7 +120,7 @@ impl ClusterPlatform {
         let _ = autoscaler.set(scaler.clone());
         let resolve = {
             let registry = registry.clone();
-            Arc::new(move |f: &FunctionRef| registry.scope_of(f))
+            Arc::new(move |f: &FunctionRef| scope_of(&registry, f))
         };
         let internal = Internal::new(client, pods.clone(), store, config.limits.clone(), resolve)?;
         let platform = Arc::new(ClusterPlatform {
@@ -127,7 +128,7 @@ impl ClusterPlatform {
             pods,
             pods_synced,
             router,
-            autoscaler: scaler,
+            _autoscaler: scaler,
             metrics,
             gateway_metrics,
         });
@@ -153,6 +154,18 @@ impl ClusterPlatform {
     }
 }
 
+/// The state scope of the pods of `f`: the owner/endpoint it holds (none for a function
+/// whose endpoint another holds, or one that is gone).
+fn scope_of(registry: &Registry, f: &FunctionRef) -> Option<StateScope> {
+    let key = kube::runtime::reflector::ObjectRef::new(&f.name).within(&f.namespace);
+    let object = registry.store().get(&key)?;
+    let holder = registry.holder(&object.spec.owner, &object.spec.endpoint)?;
+    (holder.metadata.uid == object.metadata.uid).then(|| StateScope {
+        owner: object.spec.owner.clone(),
+        function: object.spec.endpoint.clone(),
+    })
+}
+
 /// A function whose source never passed the operator's check has no pods to wait for: say so
 /// at once instead of after the cold-start deadline.
 fn refuse_unservable(f: &SkyFunction) -> ApiResult<()> {
@@ -173,15 +186,19 @@ fn refuse_unservable(f: &SkyFunction) -> ApiResult<()> {
 #[async_trait]
 impl Platform for ClusterPlatform {
     async fn get_function(&self, owner: &str, endpoint: &str) -> ApiResult<Option<FunctionRecord>> {
-        self.registry.get(owner, endpoint).await
+        self.registry.get(owner, endpoint)
     }
 
     async fn list_functions(&self, filter: &FunctionFilter) -> ApiResult<Vec<FunctionRecord>> {
-        self.registry.list(filter).await
+        self.registry.list(filter)
     }
 
     async fn create_function(&self, record: FunctionRecord) -> ApiResult<FunctionRecord> {
-        self.registry.create(record).await
+        let mut created = self.registry.create(&record).await?;
+        // The operator checks the source again and writes the status; until then, answer with
+        // what this gateway's inspection found.
+        created.status.signature = created.status.signature.or(record.status.signature);
+        Ok(created)
     }
 
     async fn replace_function(
@@ -189,7 +206,10 @@ impl Platform for ClusterPlatform {
         record: FunctionRecord,
         current_generation: i64,
     ) -> ApiResult<FunctionRecord> {
-        self.registry.replace(record, current_generation).await
+        let signature = record.status.signature.clone();
+        let mut replaced = self.registry.replace(&record, current_generation).await?;
+        replaced.status.signature = signature.or(replaced.status.signature);
+        Ok(replaced)
     }
 
     async fn delete_function(&self, owner: &str, endpoint: &str) -> ApiResult<bool> {
@@ -229,7 +249,16 @@ impl Platform for ClusterPlatform {
         for g in [&m.in_flight, &m.queued, &m.ready_pods] {
             g.reset();
         }
-        for (f, (label, Load { in_flight, queued, .. })) in self.router.load() {
+        for (
+            f,
+            (
+                label,
+                Load {
+                    in_flight, queued, ..
+                },
+            ),
+        ) in self.router.load()
+        {
             m.in_flight
                 .with_label_values(&[&label])
                 .set(in_flight.into());
@@ -248,12 +277,3 @@ impl Platform for ClusterPlatform {
         Ok(())
     }
 }
-
-impl Drop for ClusterPlatform {
-    fn drop(&mut self) {
-        tracing::debug!("the cluster platform stops");
-    }
-}
-
-#[allow(dead_code)]
-fn _scope(_: StateScope) {}

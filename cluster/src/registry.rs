@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use futures::StreamExt;
-use kube::api::{DeleteParams, PostParams, Preconditions};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, PostParams, Preconditions};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -154,8 +154,8 @@ impl Registry {
         let mut object = SkyFunction::new(&name, spec.clone());
         object.metadata.namespace = Some(self.namespace.clone());
         let created = self
-            .api(&self.namespace)
-            .create(&post_params(), &object)
+            .dynamic_api(&self.namespace)
+            .create(&post_params(), &wire_form(&object)?)
             .await
             .map_err(|e| match api_status(&e) {
                 Some(409) => ApiError::new(
@@ -167,7 +167,8 @@ impl Registry {
                     ),
                 ),
                 _ => kube_error(e, "create", &self.namespace),
-            })?;
+            })
+            .and_then(typed)?;
         self.until_seen(&created, |seen| seen.is_some()).await;
         Ok(record(&created))
     }
@@ -196,14 +197,15 @@ impl Registry {
         object.status = None;
         let namespace = holder.namespace().unwrap_or_default();
         let replaced = self
-            .api(&namespace)
-            .replace(&holder.name_any(), &post_params(), &object)
+            .dynamic_api(&namespace)
+            .replace(&holder.name_any(), &post_params(), &wire_form(&object)?)
             .await
             .map_err(|e| match api_status(&e) {
                 // Changed (409) or deleted (404) since the watch showed it.
                 Some(409 | 404) => changed(owner, endpoint, &holder),
                 _ => kube_error(e, "update", &namespace),
-            })?;
+            })
+            .and_then(typed)?;
         let before = holder.resource_version();
         self.until_seen(&replaced, |seen| {
             seen.is_some_and(|f| f.resource_version() != before)
@@ -249,6 +251,15 @@ impl Registry {
         Api::namespaced(self.client.clone(), namespace)
     }
 
+    /// Writes go through untyped objects: see [`wire_form`].
+    fn dynamic_api(&self, namespace: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(
+            self.client.clone(),
+            namespace,
+            &ApiResource::erase::<SkyFunction>(&()),
+        )
+    }
+
     /// 503 until the first list has arrived: an empty store then means nothing.
     fn synced(&self) -> ApiResult<()> {
         self.ready().map_err(|why| {
@@ -272,6 +283,41 @@ impl Registry {
             );
         }
     }
+}
+
+/// A SkyFunction as written to the API server: its spec without empty strings (they are the
+/// defaults anyway). Some API servers (the test cluster's 1.20 build) read `""` in a custom
+/// resource as null and refuse it, and `description` is empty unless the user wrote one.
+pub fn wire_form(f: &SkyFunction) -> ApiResult<DynamicObject> {
+    let mut value = serde_json::to_value(f).map_err(|e| ApiError::internal(e.to_string()))?;
+    if let Some(spec) = value.get_mut("spec") {
+        drop_empty_strings(spec);
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+fn drop_empty_strings(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            map.retain(|_, v| v.as_str() != Some(""));
+            map.values_mut().for_each(drop_empty_strings);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_empty_strings),
+        _ => {}
+    }
+}
+
+/// The API server's answer as a SkyFunction.
+fn typed(d: DynamicObject) -> ApiResult<SkyFunction> {
+    serde_json::to_value(d)
+        .and_then(serde_json::from_value)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "platform_unavailable",
+                format!("the API server answered with an unreadable SkyFunction: {e}"),
+            )
+        })
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -449,6 +495,20 @@ mod tests {
         f.metadata.creation_timestamp = Some(at(created));
         f.metadata.generation = Some(4);
         f
+    }
+
+    #[test]
+    fn the_wire_form_leaves_out_empty_strings_and_reads_back_the_same() {
+        let mut f = function("ns", "alice.f", "alice", "f", 1);
+        f.spec.env = vec![skython_crds::EnvVar {
+            name: "EMPTY".into(),
+            value: String::new(),
+        }];
+        let wire = wire_form(&f).unwrap();
+        let spec = &wire.data["spec"];
+        assert!(spec.get("description").is_none(), "{spec}");
+        assert_eq!(spec["env"][0], serde_json::json!({"name": "EMPTY"}));
+        assert_eq!(typed(wire).unwrap().spec, f.spec);
     }
 
     fn written_at(second: i64) -> ManagedFieldsEntry {

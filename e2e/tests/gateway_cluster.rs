@@ -59,7 +59,9 @@ impl Stack {
     /// Applies a SkyFunction with kubectl.
     fn apply(&self, name: &str, endpoint: &str, source: &str, spec: Value) {
         let mut full = json!({"owner": "admin", "endpoint": endpoint, "source": source});
-        full.as_object_mut().unwrap().extend(spec.as_object().unwrap().clone());
+        full.as_object_mut()
+            .unwrap()
+            .extend(spec.as_object().unwrap().clone());
         let obj = json!({
             "apiVersion": "skython.io/v1alpha1",
             "kind": "SkyFunction",
@@ -70,7 +72,10 @@ impl Stack {
     }
 
     fn replicas(&self, name: &str) -> (i64, i64) {
-        let f = self.k.get(&format!("skyfunction {name}")).unwrap_or_default();
+        let f = self
+            .k
+            .get(&format!("skyfunction {name}"))
+            .unwrap_or_default();
         (
             f["spec"]["replicas"].as_i64().unwrap_or(-1),
             f["status"]["readyReplicas"].as_i64().unwrap_or(0),
@@ -100,9 +105,10 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        let _ = self
-            .k
-            .try_run(&["delete", "namespace", &self.k.namespace, "--wait=false"], None);
+        let _ = self.k.try_run(
+            &["delete", "namespace", &self.k.namespace, "--wait=false"],
+            None,
+        );
     }
 }
 
@@ -118,15 +124,25 @@ fn functions_applied_with_kubectl_and_deployed_through_the_api_are_both_called_t
         "source": "def greet(name: str) -> str:\n    return 'hi ' + name\n",
     }));
     assert_eq!(status, 201, "{body}");
-    assert_eq!(s.gateway.call("admin/add", json!({"a": 2, "b": 3})), (200, json!(5)));
+    assert_eq!(
+        s.gateway.call("admin/add", json!({"a": 2, "b": 3})),
+        (200, json!(5))
+    );
     assert_eq!(
         s.gateway.call("admin/greet", json!({"name": "k8s"})),
         (200, json!("hi k8s"))
     );
     let (status, body) = s.gateway.call("admin/add", json!({"a": "x"}));
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_arguments")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_arguments")),
+        "{body}"
+    );
     let table = s.k.run(&["get", "skyfn"]);
-    assert!(table.contains("adder") && table.contains("admin.greet"), "{table}");
+    assert!(
+        table.contains("adder") && table.contains("admin.greet"),
+        "{table}"
+    );
     let f = s.k.get("skyfunction admin.greet").unwrap();
     assert!(ready_condition(&f).is_some(), "{f}");
 }
@@ -138,14 +154,24 @@ fn a_syntax_error_deployed_through_the_gateway_is_a_400_with_the_line() {
         "endpoint": "broken",
         "source": "def f(:\n    pass\n",
     }));
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("syntax_error")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("syntax_error")),
+        "{body}"
+    );
     assert_eq!(body["error"]["line"], 1);
-    assert!(s.k.get("skyfunction admin.broken").is_none(), "nothing was created");
+    assert!(
+        s.k.get("skyfunction admin.broken").is_none(),
+        "nothing was created"
+    );
 }
 
 #[test]
 fn a_burst_from_zero_scales_up_all_succeed_and_it_returns_to_zero() {
-    let s = Stack::start("burst", &["--stable-window-secs", "4", "--panic-window-secs", "1"]);
+    let s = Stack::start(
+        "burst",
+        &["--stable-window-secs", "4", "--panic-window-secs", "1"],
+    );
     let slow = "import time\ndef nap(s: float = 0.3) -> str:\n    time.sleep(s)\n    return 'ok'\n";
     s.apply(
         "nap",
@@ -181,10 +207,16 @@ fn a_burst_from_zero_scales_up_all_succeed_and_it_returns_to_zero() {
     );
     eprintln!("burst of 50 from zero: {:?}", started.elapsed());
     let (desired, _) = s.replicas("nap");
-    assert!(desired > 1 && desired <= 4, "replicas rose within maxReplicas: {desired}");
+    assert!(
+        desired > 1 && desired <= 4,
+        "replicas rose within maxReplicas: {desired}"
+    );
     s.wait_replicas("nap", 0, Duration::from_secs(60));
     // A call while it scales down (or from zero again) still completes.
-    assert_eq!(s.gateway.call("admin/nap", json!({"s": 0})), (200, json!("ok")));
+    assert_eq!(
+        s.gateway.call("admin/nap", json!({"s": 0})),
+        (200, json!("ok"))
+    );
 }
 
 #[test]
@@ -200,7 +232,9 @@ fn the_cold_queue_answers_503_when_full_and_504_past_its_deadline() {
         json!({"scaling": {"idleSecondsToZero": 1}}),
     );
     s.wait_replicas("idle", 0, Duration::from_secs(60));
-    assert!(eventually(Duration::from_secs(60), || s.pods("idle").is_empty()));
+    assert!(eventually(Duration::from_secs(60), || s
+        .pods("idle")
+        .is_empty()));
     let url = format!("{}/fn/admin/idle", s.gateway.url);
     let calls: Vec<_> = (0..2)
         .map(|_| {
@@ -213,7 +247,10 @@ fn the_cold_queue_answers_503_when_full_and_504_past_its_deadline() {
                     .expect("answer");
                 let status = r.status().as_u16();
                 let body: Value = r.json().unwrap_or_default();
-                (status, body["error"]["code"].as_str().unwrap_or("").to_string())
+                (
+                    status,
+                    body["error"]["code"].as_str().unwrap_or("").to_string(),
+                )
             })
         })
         .collect();
@@ -235,7 +272,13 @@ fn state_from_runner_pods_survives_the_pods_and_the_gateways_restarts() {
     s.apply("counter", "hit", counter, json!({}));
     assert_eq!(s.gateway.call("admin/hit", json!({})), (200, json!(1)));
     assert_eq!(s.gateway.call("admin/hit", json!({})), (200, json!(2)));
-    s.k.run(&["delete", "pods", "-l", "skython.io/function=counter", "--wait=true"]);
+    s.k.run(&[
+        "delete",
+        "pods",
+        "-l",
+        "skython.io/function=counter",
+        "--wait=true",
+    ]);
     assert_eq!(s.gateway.call("admin/hit", json!({})), (200, json!(3)));
     s.restart_gateway(&[]);
     assert_eq!(s.gateway.call("admin/hit", json!({})), (200, json!(4)));
@@ -245,9 +288,16 @@ fn state_from_runner_pods_survives_the_pods_and_the_gateways_restarts() {
 fn a_pod_announcing_an_address_that_is_not_its_own_gets_no_traffic() {
     let s = Stack::start("spoof", &[]);
     s.apply("adder", "add", ADD, json!({"scaling": {"minReplicas": 1}}));
-    assert_eq!(s.gateway.call("admin/add", json!({"a": 1, "b": 1})), (200, json!(2)));
-    let pod = s.pods("adder")[0]["metadata"]["name"].as_str().unwrap().to_string();
-    let token = s.k.run(&["exec", &pod, "--", "cat", "/var/run/secrets/skython/token"]);
+    assert_eq!(
+        s.gateway.call("admin/add", json!({"a": 1, "b": 1})),
+        (200, json!(2))
+    );
+    let pod = s.pods("adder")[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token =
+        s.k.run(&["exec", &pod, "--", "cat", "/var/run/secrets/skython/token"]);
     // A listener on the host that would record any call sent to it.
     let decoy = std::net::TcpListener::bind("10.88.0.1:0").unwrap();
     let decoy_addr = decoy.local_addr().unwrap();
@@ -268,7 +318,13 @@ fn a_pod_announcing_an_address_that_is_not_its_own_gets_no_traffic() {
         "the Pod object shows another IP"
     );
     for _ in 0..10 {
-        assert_eq!(s.gateway.call("admin/add", json!({"a": 2, "b": 2})), (200, json!(4)));
+        assert_eq!(
+            s.gateway.call("admin/add", json!({"a": 2, "b": 2})),
+            (200, json!(4))
+        );
     }
-    assert!(decoy.accept().is_err(), "no call reached the announced address");
+    assert!(
+        decoy.accept().is_err(),
+        "no call reached the announced address"
+    );
 }
