@@ -42,7 +42,7 @@ pub struct RunnerArgs {
     )]
     runtime_dir: PathBuf,
     /// Modules the zygote imports before forking workers, comma-separated.
-    /// Default: numpy,pandas,scipy,requests,bs4.
+    /// Default: the modules the function's source imports (a pod serves one function).
     #[arg(long, env = "SKYTHON_PRELOAD")]
     preload: Option<String>,
     /// The gateway's base URL: the pod announces its address there and keeps its state through
@@ -93,7 +93,9 @@ pub async fn run(args: RunnerArgs) -> anyhow::Result<()> {
     let zygote = Arc::new(Zygote::new(RuntimeConfig {
         python: args.python.clone(),
         python_path: args.runtime_dir.clone(),
-        preload: args.preload.clone(),
+        preload: Some(args.preload.clone().unwrap_or_else(|| {
+            skython_runner_pod::preload::imported_modules(&spec.source).join(",")
+        })),
         workdir: std::env::temp_dir(),
         // The pod is the sandbox: restricted profile, its own uid, RuntimeDefault seccomp
         // (which also forbids the namespaces bubblewrap would need).

@@ -14,6 +14,7 @@
 pub mod announce;
 pub mod gateway;
 pub mod identity;
+pub mod preload;
 pub mod server;
 pub mod state;
 pub mod wire;
