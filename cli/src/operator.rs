@@ -45,6 +45,12 @@ pub struct OperatorArgs {
     /// Size of the runner pods' writable /tmp.
     #[arg(long, env = "SKYTHON_TMP_SIZE", default_value_t = OperatorConfig::default().tmp_size)]
     tmp_size: String,
+    /// The gateway's URL as runner pods reach it (they announce themselves and keep state
+    /// there), e.g. http://10.96.0.20:8080; also the base of each function's status.url.
+    /// Without a cluster DNS lookup for `network: none` functions (their NetworkPolicy allows
+    /// no DNS): use an address. Default: pods get no gateway.
+    #[arg(long, env = "SKYTHON_GATEWAY_URL", value_parser = parse_gateway_url)]
+    gateway_url: Option<String>,
     /// A Python 3 for checking sources (the standard library is enough).
     #[arg(long, env = "SKYTHON_PYTHON", default_value = "python3")]
     python: PathBuf,
@@ -74,6 +80,16 @@ pub struct OperatorArgs {
     log: String,
 }
 
+fn parse_gateway_url(s: &str) -> Result<String, String> {
+    let url = s.trim().trim_end_matches('/');
+    match url.split_once("://") {
+        Some(("http" | "https", host)) if !host.is_empty() => Ok(url.to_string()),
+        _ => Err(format!(
+            "expected an http:// or https:// URL such as http://10.96.0.20:8080, got {s:?}"
+        )),
+    }
+}
+
 fn parse_labels(s: &str) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
     s.split(',')
         .filter(|p| !p.trim().is_empty())
@@ -98,6 +114,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             gateway_labels: parse_labels(&args.gateway_labels)?,
             egress_deny: args.egress_deny,
             tmp_size: args.tmp_size,
+            gateway_url: args.gateway_url,
         },
         python: args.python,
         runtime_dir: args
@@ -115,4 +132,20 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     };
     skython_operator::run(settings, crate::shutdown_signal()).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_gateway_url;
+
+    #[test]
+    fn a_gateway_url_is_http_without_a_trailing_slash() {
+        assert_eq!(
+            parse_gateway_url("http://10.88.0.1:8080/").as_deref(),
+            Ok("http://10.88.0.1:8080")
+        );
+        for bad in ["10.88.0.1:8080", "ftp://x", "http://", ""] {
+            assert!(parse_gateway_url(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -31,9 +31,15 @@ pub use validate::{
     shortname = "skyfn",
     namespaced,
     status = "SkyFunctionStatus",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
     printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".spec.endpoint"}"#,
     printcolumn = r#"{"name":"Owner","type":"string","jsonPath":".spec.owner"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".spec.replicas"}"#,
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.readyReplicas"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -72,6 +78,12 @@ pub struct SkyFunctionSpec {
     pub concurrency: u32,
     #[serde(default)]
     pub scaling: Scaling,
+    /// Replicas wanted now, written by the gateway's autoscaler or `kubectl scale` (the `scale`
+    /// subresource); kept within `scaling.minReplicas`..`maxReplicas`. Unset:
+    /// `max(minReplicas, 1)`. Not part of a deploy: changing it never rolls the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100))]
+    pub replicas: Option<u32>,
     /// Environment variables given to the function's workers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
@@ -209,6 +221,13 @@ pub struct SkyFunctionStatus {
     pub conditions: Vec<Condition>,
     #[serde(default)]
     pub ready_replicas: u32,
+    /// Pods that exist (ready or not), from the Deployment: the `scale` subresource's count.
+    #[serde(default)]
+    pub replicas: u32,
+    /// The label selector of the function's pods (`skython.io/function=<name>`), for the `scale`
+    /// subresource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -260,6 +279,7 @@ impl SkyFunctionSpec {
             timeout_seconds: default_timeout_seconds(),
             concurrency: default_concurrency(),
             scaling: Scaling::default(),
+            replicas: None,
             network: Network::default(),
             env: Vec::new(),
         }
@@ -344,6 +364,10 @@ mod crd_tests {
             "status: {}",
             "jsonPath: .spec.endpoint",
             "name: v1alpha1",
+            "specReplicasPath: .spec.replicas",
+            "statusReplicasPath: .status.replicas",
+            "labelSelectorPath: .status.selector",
+            "jsonPath: .spec.replicas",
         ] {
             assert!(y.contains(needle), "missing {needle:?} in\n{y}");
         }

@@ -16,6 +16,8 @@ const MAX_ENV: usize = 64;
 const MAX_ENV_VALUE_BYTES: usize = 32 << 10;
 const MIN_MEMORY: u64 = 64 << 20;
 const MAX_MEMORY: u64 = 64 << 30;
+/// Most replicas a function may ask for (`replicas`, `scaling.maxReplicas`).
+const MAX_REPLICAS: u32 = 100;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FieldError {
@@ -176,10 +178,10 @@ pub(crate) fn spec(s: &SkyFunctionSpec) -> Vec<FieldError> {
         );
     }
     let sc = &s.scaling;
-    if !(1..=100).contains(&sc.max_replicas) {
+    if !(1..=MAX_REPLICAS).contains(&sc.max_replicas) {
         err(
             "scaling.maxReplicas",
-            format!("must be 1-100, got {}", sc.max_replicas),
+            format!("must be 1-{MAX_REPLICAS}, got {}", sc.max_replicas),
         );
     }
     if sc.min_replicas > sc.max_replicas {
@@ -190,6 +192,11 @@ pub(crate) fn spec(s: &SkyFunctionSpec) -> Vec<FieldError> {
                 sc.max_replicas, sc.min_replicas
             ),
         );
+    }
+    if let Some(n) = s.replicas
+        && n > MAX_REPLICAS
+    {
+        err("replicas", format!("must be 0-{MAX_REPLICAS}, got {n}"));
     }
     if let Some(t) = sc.target_concurrency
         && !(1..=64).contains(&t)
@@ -325,6 +332,21 @@ mod tests {
         assert_eq!(parse_cpu_millis("500m"), Some(500));
         assert_eq!(parse_cpu_millis("2"), Some(2000));
         assert_eq!(parse_cpu_millis("two"), None);
+    }
+
+    #[test]
+    fn replicas_are_bounded_like_max_replicas() {
+        let mut s = SkyFunctionSpec::new("a", "b", "x = 1");
+        s.replicas = Some(100);
+        assert!(s.validate().is_empty());
+        s.replicas = Some(101);
+        assert_eq!(
+            s.validate(),
+            [FieldError {
+                field: "replicas".into(),
+                message: "must be 0-100, got 101".into()
+            }]
+        );
     }
 
     #[test]

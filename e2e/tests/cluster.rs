@@ -4,7 +4,8 @@
 //! deletion removes everything; an operator restart writes nothing.
 //!
 //! One test walks the whole life of a function in a fresh namespace, because its steps build on
-//! each other and share one operator.
+//! each other and share one operator; the others (scaling, a contested endpoint) have their own
+//! namespace and operator.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -64,14 +65,7 @@ fn call(ip: &str, args: Value) -> (u16, Value) {
 /// Waits for the function's current version to be Ready and returns a pod IP serving it.
 fn serving_pod(k: &Kubectl, function: &str) -> String {
     k.wait_for(&format!("skyfunction {function}"), POD_START, is_ready);
-    let deploy = k
-        .get(&format!("deployment skyfn-{function}"))
-        .expect("the Deployment exists");
-    let checksum =
-        deploy["spec"]["template"]["metadata"]["annotations"]["skython.io/function-checksum"]
-            .as_str()
-            .expect("the pod template has a checksum")
-            .to_string();
+    let checksum = pod_template_checksum(k, function);
     let mut ips = Vec::new();
     assert!(
         eventually(POD_START, || {
@@ -99,12 +93,11 @@ fn resource_versions(k: &Kubectl, objects: &[String]) -> BTreeMap<String, String
         .collect()
 }
 
-#[test]
-fn a_skyfunction_lives_its_whole_life_on_a_real_cluster() {
-    let namespace = format!("skython-e2e-{}", std::process::id());
+/// The generated CRD installed (structural schema, printer columns, subresources) and a fresh
+/// namespace `skython-e2e-<tag>-<pid>`, deleted when the returned guard drops.
+fn fresh_namespace(tag: &str) -> (Kubectl, Cleanup) {
+    let namespace = format!("skython-e2e-{tag}-{}", std::process::id());
     let k = Kubectl::new(&namespace);
-
-    // The API server accepts the generated CRD (structural schema, printer columns).
     k.apply(&repo_file("helm/skython/crds/skyfunctions.skython.io.yaml"));
     k.run(&[
         "wait",
@@ -115,7 +108,23 @@ fn a_skyfunction_lives_its_whole_life_on_a_real_cluster() {
     k.apply(&format!(
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n"
     ));
-    let cleanup = Cleanup(&namespace);
+    (k, Cleanup(namespace))
+}
+
+fn pod_template_checksum(k: &Kubectl, function: &str) -> String {
+    let deploy = k
+        .get(&format!("deployment skyfn-{function}"))
+        .expect("the Deployment exists");
+    deploy["spec"]["template"]["metadata"]["annotations"]["skython.io/function-checksum"]
+        .as_str()
+        .expect("the pod template has a checksum")
+        .to_string()
+}
+
+#[test]
+fn a_skyfunction_lives_its_whole_life_on_a_real_cluster() {
+    let (k, cleanup) = fresh_namespace("life");
+    let namespace = cleanup.0.clone();
 
     // The API server itself refuses what the schema forbids.
     let bad =
@@ -358,15 +367,144 @@ spec:
     drop(cleanup);
 }
 
-/// Deletes the test's namespace however the test ends.
-struct Cleanup<'a>(&'a str);
+#[test]
+fn kubectl_scale_sets_the_replicas_without_rolling_the_pods() {
+    let (k, cleanup) = fresh_namespace("scale");
+    let runtime = tempfile::tempdir().unwrap();
+    let _operator = Operator::start(&k, runtime.path());
+    k.apply(&repo_file("examples/hello.yaml"));
+    serving_pod(&k, "hello");
+    let checksum = pod_template_checksum(&k, "hello");
+    let deployment_replicas = |d: &Value| d["spec"]["replicas"].clone();
+    assert_eq!(
+        deployment_replicas(&k.get("deployment skyfn-hello").unwrap()),
+        1,
+        "unset replicas: max(minReplicas, 1)"
+    );
 
-impl Drop for Cleanup<'_> {
+    k.run(&["scale", "skyfn", "hello", "--replicas=2"]);
+    k.wait_for("deployment skyfn-hello", Duration::from_secs(60), |d| {
+        deployment_replicas(d) == 2
+    });
+    assert_eq!(
+        pod_template_checksum(&k, "hello"),
+        checksum,
+        "scaling changed the pod template"
+    );
+    let f = k.wait_for("skyfunction hello", POD_START, |f| {
+        f["status"]["replicas"] == 2 && f["status"]["readyReplicas"] == 2 && is_ready(f)
+    });
+    assert_eq!(f["status"]["selector"], "skython.io/function=hello");
+    let scale = k.run(&["get", "skyfn", "hello", "--subresource=scale", "-o", "json"]);
+    let scale: Value = serde_json::from_str(&scale).expect("kubectl printed JSON");
+    assert_eq!(
+        (&scale["spec"]["replicas"], &scale["status"]["replicas"]),
+        (&json!(2), &json!(2)),
+        "{scale}"
+    );
+    let table = k.run(&["get", "skyfn", "hello"]);
+    let (head, row) = table.split_once('\n').unwrap_or_default();
+    let columns: Vec<&str> = head.split_whitespace().collect();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    let cell = |name: &str| {
+        columns
+            .iter()
+            .position(|c| *c == name)
+            .and_then(|i| cells.get(i).copied())
+    };
+    assert_eq!(
+        (cell("DESIRED"), cell("REPLICAS")),
+        (Some("2"), Some("2")),
+        "kubectl get skyfn:\n{table}"
+    );
+    assert_eq!(
+        ready_pod_ips(&k, "hello", &checksum).len(),
+        2,
+        "both pods run the same version"
+    );
+
+    // Scaled to zero: no pods, and still Ready (a call starts one).
+    k.run(&["scale", "skyfn", "hello", "--replicas=0"]);
+    let f = k.wait_for("skyfunction hello", Duration::from_secs(90), |f| {
+        f["status"]["replicas"] == 0 && is_ready(f)
+    });
+    let cond = ready_condition(&f).unwrap();
+    assert_eq!(cond["reason"], "Available");
+    assert!(
+        cond["message"].as_str().unwrap().contains("scaled to zero"),
+        "{cond}"
+    );
+    assert_eq!(pod_template_checksum(&k, "hello"), checksum);
+    drop(cleanup);
+}
+
+#[test]
+fn a_second_claim_of_an_endpoint_gets_endpoint_taken_and_no_pods() {
+    let (k, cleanup) = fresh_namespace("taken");
+    let runtime = tempfile::tempdir().unwrap();
+    let _operator = Operator::start(&k, runtime.path());
+    k.apply(&repo_file("examples/hello.yaml"));
+    k.wait_for("deployment skyfn-hello", Duration::from_secs(60), |_| true);
+    // Older, or of the same second and first by name: hello holds the endpoint.
+    let copy = repo_file("examples/hello.yaml").replace("name: hello\n", "name: hello-copy\n");
+    k.apply(&copy);
+
+    let f = k.wait_for("skyfunction hello-copy", Duration::from_secs(60), |f| {
+        ready_condition(f).is_some_and(|c| c["reason"] == "EndpointTaken")
+    });
+    let cond = ready_condition(&f).unwrap();
+    assert_eq!(cond["status"], "False");
+    let holder = format!("{}/hello", cleanup.0);
+    assert!(
+        cond["message"].as_str().unwrap().contains(&holder),
+        "the message names the holder {holder}: {cond}"
+    );
+    assert!(
+        k.get("deployment skyfn-hello-copy").is_none(),
+        "no Deployment for the second claim"
+    );
+    let events = k.wait_for(
+        "events --field-selector involvedObject.name=hello-copy",
+        Duration::from_secs(30),
+        |e| e["items"].as_array().is_some_and(|i| !i.is_empty()),
+    );
+    let event = &events["items"][0];
+    assert_eq!(
+        (event["type"].as_str(), event["reason"].as_str()),
+        (Some("Warning"), Some("EndpointTaken"))
+    );
+    let first = k.get("skyfunction hello").unwrap();
+    assert_ne!(
+        ready_condition(&first).map(|c| c["reason"].clone()),
+        Some(json!("EndpointTaken")),
+        "the first claim keeps its endpoint"
+    );
+
+    // The holder deleted, the second claim takes the endpoint over.
+    k.run(&[
+        "delete",
+        "skyfunction",
+        "hello",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    k.wait_for(
+        "deployment skyfn-hello-copy",
+        Duration::from_secs(60),
+        |_| true,
+    );
+    drop(cleanup);
+}
+
+/// Deletes the test's namespace however the test ends.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = std::process::Command::new("kubectl")
             .arg("--kubeconfig")
             .arg(skython_e2e::cluster::kubeconfig())
-            .args(["delete", "namespace", self.0, "--wait=false"])
+            .args(["delete", "namespace", &self.0, "--wait=false"])
             .output();
     }
 }

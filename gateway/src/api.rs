@@ -192,13 +192,23 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     })
 }
 
-/// The spec's top-level field names, from its schema: anything else in a body is a mistake.
+/// Spec fields that are not the developer's to deploy: the replica count belongs to the
+/// autoscaler (on Kubernetes, the SkyFunction's `scale` subresource).
+pub(crate) const NOT_DEPLOYABLE: [&str; 1] = ["replicas"];
+
+/// The spec's top-level field names a body may carry, from its schema: anything else in a body
+/// is a mistake.
 static SPEC_FIELDS: LazyLock<BTreeSet<String>> = LazyLock::new(|| {
     let schema = schemars::schema_for!(SkyFunctionSpec);
     schema
         .get("properties")
         .and_then(Value::as_object)
-        .map(|p| p.keys().cloned().collect())
+        .map(|p| {
+            p.keys()
+                .filter(|k| !NOT_DEPLOYABLE.contains(&k.as_str()))
+                .cloned()
+                .collect()
+        })
         .unwrap_or_default()
 });
 
@@ -229,6 +239,13 @@ pub fn parse_spec(
             "the body must be a JSON object of SkyFunction spec fields",
         )
     })?;
+    if obj.contains_key("replicas") {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "replicas is not deployable: the platform scales a function between \
+             scaling.minReplicas and scaling.maxReplicas; set those instead",
+        ));
+    }
     let unknown: Vec<&String> = obj.keys().filter(|k| !SPEC_FIELDS.contains(*k)).collect();
     if !unknown.is_empty() {
         let known: Vec<&str> = SPEC_FIELDS.iter().map(String::as_str).collect();
@@ -646,6 +663,24 @@ mod tests {
             assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, code));
             assert_eq!(e.message, format!("why: {code}"));
         }
+    }
+
+    #[test]
+    fn a_body_may_not_set_replicas() {
+        let user = AuthUser(skython_store::User {
+            name: "alice".into(),
+            is_admin: false,
+            created_at: jiff::Timestamp::now(),
+        });
+        let body = serde_json::json!({"endpoint": "f", "source": "def f(): pass", "replicas": 3});
+        let e = parse_spec(body, &user, None).unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, "invalid_body")
+        );
+        assert!(e.message.contains("scaling.minReplicas"), "{}", e.message);
+        assert!(!SPEC_FIELDS.contains("replicas"));
+        assert!(SPEC_FIELDS.contains("scaling"));
     }
 
     #[test]

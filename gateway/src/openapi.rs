@@ -5,7 +5,9 @@ use schemars::generate::SchemaSettings;
 use serde_json::{Value, json};
 use skython_crds::SkyFunctionSpec;
 
-use crate::api::{FunctionList, FunctionView, InvocationList, Me, TestRunRequest, TestRunResponse};
+use crate::api::{
+    FunctionList, FunctionView, InvocationList, Me, NOT_DEPLOYABLE, TestRunRequest, TestRunResponse,
+};
 
 fn error_schema() -> Value {
     json!({
@@ -115,6 +117,16 @@ pub fn document() -> Value {
     }
     for (name, schema) in generator.take_definitions(true) {
         schemas.insert(name, schema);
+    }
+    // The request body of a deploy: the fields a body may carry (`api::parse_spec`).
+    if let Some(props) = schemas
+        .get_mut("SkyFunctionSpec")
+        .and_then(|s| s.get_mut("properties"))
+        .and_then(Value::as_object_mut)
+    {
+        for field in NOT_DEPLOYABLE {
+            props.remove(field);
+        }
     }
     schemas.insert("Error".into(), error_schema());
     schemas.insert("Arguments".into(), json!({

@@ -11,9 +11,10 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -24,13 +25,18 @@ use tracing::Instrument;
 use crate::desired::{Children, DesiredError, MANAGED_BY_SELECTOR, OperatorConfig, desired};
 use crate::inspect::SourceInspector;
 use crate::metrics::OperatorMetrics;
-use crate::status::{SourceCheck, next_status, readiness, source_error_message};
+use crate::status::{
+    Claim, Observed, Readiness, SourceCheck, claim, next_status, readiness, source_error_message,
+};
 
 /// The field manager of everything the operator writes.
 pub const MANAGER: &str = "skython-operator";
 /// How often a healthy function is reconciled anyway (drift, e.g. a child deleted by hand
 /// when its watch event was missed).
 const RESYNC: Duration = Duration::from_secs(300);
+/// How often a function whose endpoint another one holds looks again, so that it takes over
+/// soon after the holder is deleted (nothing else tells it).
+const TAKEN_RECHECK: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -54,6 +60,9 @@ impl Error {
 
 pub struct Context {
     pub client: Client,
+    /// Every `SkyFunction` the controller watches (its reflector's store): who holds which
+    /// endpoint.
+    pub functions: Store<SkyFunction>,
     pub config: OperatorConfig,
     pub inspector: SourceInspector,
     pub metrics: Arc<OperatorMetrics>,
@@ -65,6 +74,7 @@ pub struct Context {
 impl Context {
     pub fn new(
         client: Client,
+        functions: Store<SkyFunction>,
         config: OperatorConfig,
         inspector: SourceInspector,
         metrics: Arc<OperatorMetrics>,
@@ -73,6 +83,7 @@ impl Context {
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            functions,
             config,
             inspector,
             metrics,
@@ -148,17 +159,37 @@ async fn reconcile_function(f: Arc<SkyFunction>, ctx: Arc<Context>) -> Result<Ac
     let ns = f
         .namespace()
         .ok_or(DesiredError::MissingMetadata("namespace"))?;
+    // Before the first list is in, an older claim may be missing: wait for it.
+    let _ = ctx.functions.wait_until_ready().await;
+    let claim = claim(&f, ctx.functions.state().iter().map(AsRef::as_ref));
     let check = ctx.inspector.check(&f.spec).await?;
     let deployments = Api::<Deployment>::namespaced(ctx.client.clone(), &ns);
-    let deployment = match &check {
-        SourceCheck::Valid(_) => {
+    let child = crate::desired::child_name(&name);
+    let deployment = match (&claim, &check) {
+        (Claim::Holds, SourceCheck::Valid(_)) => {
             let children = desired(&f, &ctx.config)?;
             Some(apply_children(&ctx.client, &ns, &children).await?)
         }
+        // Another function serves the endpoint: this one runs no pods (those of an endpoint it
+        // held before are stopped; its other children cost nothing and are reused later).
+        (Claim::TakenBy(_), _) => {
+            let deleted = deployments
+                .delete(&child, &DeleteParams::background())
+                .await;
+            match deleted {
+                Ok(_) => None,
+                Err(kube::Error::Api(status)) if status.is_not_found() => None,
+                Err(source) => {
+                    return Err(Error::Kube {
+                        action: format!("deleting Deployment {child}"),
+                        source,
+                    });
+                }
+            }
+        }
         // Nothing is applied: a new function gets no pods, and an existing one keeps serving
         // its previous version (its ConfigMap is not touched either).
-        SourceCheck::Invalid(_) => {
-            let child = crate::desired::child_name(&name);
+        (Claim::Holds, SourceCheck::Invalid(_)) => {
             deployments
                 .get_opt(&child)
                 .await
@@ -168,7 +199,17 @@ async fn reconcile_function(f: Arc<SkyFunction>, ctx: Arc<Context>) -> Result<Ac
                 })?
         }
     };
-    let status = next_status(&f, &check, deployment.as_ref(), jiff::Timestamp::now());
+    let observed = Observed {
+        claim: &claim,
+        check: &check,
+        deployment: deployment.as_ref(),
+    };
+    let status = next_status(
+        &f,
+        &observed,
+        ctx.config.gateway_url.as_deref(),
+        jiff::Timestamp::now(),
+    );
     if f.status.as_ref() != Some(&status) {
         let patch = serde_json::json!({ "status": status });
         Api::<SkyFunction>::namespaced(ctx.client.clone(), &ns)
@@ -178,32 +219,29 @@ async fn reconcile_function(f: Arc<SkyFunction>, ctx: Arc<Context>) -> Result<Ac
                 action: "writing the status".into(),
                 source,
             })?;
-        publish_transition(&f, &check, deployment.as_ref(), &ctx).await;
+        publish_transition(&f, &observed, &ctx).await;
     }
     ctx.failures().remove(&key(&f));
-    let outcome = match check {
-        SourceCheck::Valid(_) => "applied",
-        SourceCheck::Invalid(_) => "invalid_source",
+    let outcome = match (&claim, &check) {
+        (Claim::TakenBy(_), _) => "endpoint_taken",
+        (Claim::Holds, SourceCheck::Valid(_)) => "applied",
+        (Claim::Holds, SourceCheck::Invalid(_)) => "invalid_source",
     };
     ctx.metrics.reconciles.with_label_values(&[outcome]).inc();
     ctx.metrics
         .duration
         .observe(started.elapsed().as_secs_f64());
-    Ok(match check {
-        SourceCheck::Valid(_) => Action::requeue(RESYNC),
+    Ok(match (claim, check) {
+        (Claim::TakenBy(_), _) => Action::requeue(TAKEN_RECHECK),
+        (Claim::Holds, SourceCheck::Valid(_)) => Action::requeue(RESYNC),
         // Only an edit of the function can fix its source.
-        SourceCheck::Invalid(_) => Action::await_change(),
+        (Claim::Holds, SourceCheck::Invalid(_)) => Action::await_change(),
     })
 }
 
 /// An event when the `Ready` condition changes reason, so `kubectl describe` tells the story.
-async fn publish_transition(
-    f: &SkyFunction,
-    check: &SourceCheck,
-    deployment: Option<&Deployment>,
-    ctx: &Context,
-) {
-    let r = readiness(check, deployment);
+async fn publish_transition(f: &SkyFunction, observed: &Observed<'_>, ctx: &Context) {
+    let r = readiness(observed);
     let before = f
         .status
         .as_ref()
@@ -212,22 +250,27 @@ async fn publish_transition(
     if before.as_deref() == Some(r.reason) {
         return;
     }
-    let (type_, note) = match check {
-        SourceCheck::Invalid(e) => (EventType::Warning, source_error_message(e)),
-        SourceCheck::Valid(_) if r.reason == "ProgressDeadlineExceeded" => {
-            (EventType::Warning, r.message.clone())
-        }
-        SourceCheck::Valid(_) => (EventType::Normal, r.message.clone()),
-    };
     let event = Event {
-        type_,
+        type_: if r.is_warning() {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
         reason: r.reason.into(),
-        note: Some(note),
+        note: Some(event_note(observed, &r)),
         action: "Reconcile".into(),
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&event, &f.object_ref(&())).await {
         tracing::warn!("publishing an event failed: {e}");
+    }
+}
+
+/// The event's note: the condition's message, but a source error without what keeps serving.
+fn event_note(observed: &Observed, r: &Readiness) -> String {
+    match (observed.claim, observed.check) {
+        (Claim::Holds, SourceCheck::Invalid(e)) => source_error_message(e),
+        _ => r.message.clone(),
     }
 }
 
@@ -249,12 +292,13 @@ pub fn error_policy(f: Arc<SkyFunction>, error: &Error, ctx: Arc<Context>) -> Ac
 }
 
 /// Runs the controller until `shutdown` resolves, then lets reconciles in flight finish.
+/// `context` makes the reconcilers' context from the controller's store of functions.
 pub async fn run(
-    ctx: Arc<Context>,
+    client: Client,
     namespace: Option<&str>,
+    context: impl FnOnce(Store<SkyFunction>) -> Context,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = ctx.client.clone();
     fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
     where
         K: Resource<Scope = NamespaceResourceScope>,
@@ -266,22 +310,24 @@ pub async fn run(
         }
     }
     let children = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
-    Controller::new(
+    let controller = Controller::new(
         api::<SkyFunction>(&client, namespace),
         watcher::Config::default(),
-    )
-    .owns(api::<Deployment>(&client, namespace), children.clone())
-    .owns(api::<ConfigMap>(&client, namespace), children.clone())
-    .owns(api::<Service>(&client, namespace), children.clone())
-    .owns(api::<NetworkPolicy>(&client, namespace), children)
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|res| async move {
-        if let Err(e) = res {
-            tracing::debug!("controller: {e}");
-        }
-    })
-    .await;
+    );
+    let ctx = Arc::new(context(controller.store()));
+    controller
+        .owns(api::<Deployment>(&client, namespace), children.clone())
+        .owns(api::<ConfigMap>(&client, namespace), children.clone())
+        .owns(api::<Service>(&client, namespace), children.clone())
+        .owns(api::<NetworkPolicy>(&client, namespace), children)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!("controller: {e}");
+            }
+        })
+        .await;
 }
 
 #[cfg(test)]

@@ -6,17 +6,23 @@
 //! SkyFunction ─owns─▶ ConfigMap (source.py, function.json)
 //!             ├─owns─▶ Deployment ─▶ runner pods (mount the ConfigMap; checksum rolls them)
 //!             ├─owns─▶ Service (port 80 → the pods' "http" port)
-//!             └─owns─▶ NetworkPolicy (ingress from the gateway only; egress DNS + internet)
+//!             └─owns─▶ NetworkPolicy (ingress from the gateway only; egress to the gateway,
+//!                                     and DNS + internet for `network: internet`)
 //! ```
+//!
+//! The Deployment's replica count is `spec.replicas` (the `scale` subresource, written by the
+//! gateway's autoscaler) within the function's bounds. It is the one field of the spec the pods do
+//! not see: scaling never changes the pod template, so it never rolls the pods.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
-    Volume, VolumeMount,
+    EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
+    SecurityContext, Service, ServiceAccountTokenProjection, ServicePort, ServiceSpec, Volume,
+    VolumeMount, VolumeProjection,
 };
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
@@ -27,7 +33,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use sha2::{Digest, Sha256};
-use skython_crds::{Network, SkyFunction};
+use skython_crds::{Network, SkyFunction, SkyFunctionSpec};
+use skython_runner_pod::wire;
 
 /// The runner container's HTTP port (`POST /` calls the function).
 pub const RUNNER_PORT: i32 = 8080;
@@ -35,6 +42,10 @@ pub const RUNNER_PORT: i32 = 8080;
 pub const FUNCTION_DIR: &str = "/etc/skython/function";
 pub const CHECKSUM_ANNOTATION: &str = "skython.io/function-checksum";
 pub const FUNCTION_LABEL: &str = "skython.io/function";
+/// The name of the projected token's file in [`wire::TOKEN_DIR`].
+const TOKEN_PATH: &str = "token";
+/// Lifetime of the pod's projected token; the kubelet renews it at 80%.
+const TOKEN_EXPIRATION_SECONDS: i64 = 3600;
 /// Selects every object the operator manages (children carry this label).
 pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=skython-operator";
 
@@ -53,6 +64,9 @@ pub struct OperatorConfig {
     pub egress_deny: Vec<String>,
     /// Size of the writable `/tmp`.
     pub tmp_size: String,
+    /// The gateway's URL as runner pods reach it (they announce themselves and keep state
+    /// there); also the base of a function's `status.url`. `None`: pods get no gateway.
+    pub gateway_url: Option<String>,
 }
 
 impl Default for OperatorConfig {
@@ -76,6 +90,7 @@ impl Default for OperatorConfig {
             .map(String::from)
             .to_vec(),
             tmp_size: "64Mi".into(),
+            gateway_url: None,
         }
     }
 }
@@ -131,10 +146,57 @@ fn selector(f: &SkyFunction) -> BTreeMap<String, String> {
     .into()
 }
 
-/// Changes whenever anything the pods see changes, so the Deployment rolls.
+/// The label selector of a function's pods as a string (`status.selector`).
+pub fn selector_string(function_name: &str) -> String {
+    format!("{FUNCTION_LABEL}={function_name}")
+}
+
+/// The Deployment's replicas: `spec.replicas` within `[minReplicas, maxReplicas]`; unset,
+/// `max(minReplicas, 1)` (a new function starts one replica).
+pub fn replicas(spec: &SkyFunctionSpec) -> i32 {
+    let s = &spec.scaling;
+    let wanted = spec.replicas.unwrap_or(s.min_replicas.max(1));
+    // max before min: a spec with min > max (the schema cannot forbid it) gets max.
+    let n = wanted.max(s.min_replicas).min(s.max_replicas);
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// The spec as the pods see it (`function.json`, the checksum): without `replicas`, which only
+/// the Deployment needs.
+fn pod_spec(f: &SkyFunction) -> SkyFunctionSpec {
+    SkyFunctionSpec {
+        replicas: None,
+        ..f.spec.clone()
+    }
+}
+
+/// Changes whenever anything the pods see changes, so the Deployment rolls; scaling does not.
 pub fn checksum(f: &SkyFunction) -> String {
-    let spec = serde_json::to_vec(&f.spec).unwrap_or_default();
+    let spec = serde_json::to_vec(&pod_spec(f)).unwrap_or_default();
     hex::encode(Sha256::digest(&spec))
+}
+
+/// An environment variable from the downward API (`status.podIP`, `metadata.name`, …).
+fn env_from_field(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn env_value(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
 }
 
 pub fn desired(f: &SkyFunction, cfg: &OperatorConfig) -> Result<Children, DesiredError> {
@@ -160,7 +222,7 @@ pub fn desired(f: &SkyFunction, cfg: &OperatorConfig) -> Result<Children, Desire
         ..Default::default()
     };
     let spec = &f.spec;
-    let function_json = serde_json::to_string_pretty(spec).unwrap_or_default();
+    let function_json = serde_json::to_string_pretty(&pod_spec(f)).unwrap_or_default();
     let config_map = ConfigMap {
         metadata: meta.clone(),
         data: Some(
@@ -182,11 +244,16 @@ pub fn desired(f: &SkyFunction, cfg: &OperatorConfig) -> Result<Children, Desire
             ..Default::default()
         })
         .collect();
-    env.push(EnvVar {
-        name: "SKYTHON_FUNCTION_DIR".into(),
-        value: Some(FUNCTION_DIR.into()),
-        ..Default::default()
-    });
+    env.extend([
+        env_value("SKYTHON_FUNCTION_DIR", FUNCTION_DIR),
+        env_from_field(wire::ENV_POD_IP, "status.podIP"),
+        env_from_field(wire::ENV_POD_NAME, "metadata.name"),
+        env_from_field(wire::ENV_POD_NAMESPACE, "metadata.namespace"),
+        env_value(wire::ENV_TOKEN_FILE, wire::TOKEN_FILE),
+    ]);
+    if let Some(url) = &cfg.gateway_url {
+        env.push(env_value(wire::ENV_GATEWAY_URL, url));
+    }
     let resources: BTreeMap<String, Quantity> = [
         ("cpu".to_string(), Quantity(spec.resources.cpu.clone())),
         (
@@ -226,7 +293,9 @@ pub fn desired(f: &SkyFunction, cfg: &OperatorConfig) -> Result<Children, Desire
             limits: Some(resources),
             ..Default::default()
         }),
-        readiness_probe: Some(probe("/readyz", 2)),
+        // Every second: the gateway hears of a new pod from its announcement; Ready (what the
+        // Deployment and the status count) should not lag far behind.
+        readiness_probe: Some(probe("/readyz", 1)),
         liveness_probe: Some(probe("/healthz", 10)),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
@@ -250,11 +319,19 @@ pub fn desired(f: &SkyFunction, cfg: &OperatorConfig) -> Result<Children, Desire
                 mount_path: "/tmp".into(),
                 ..Default::default()
             },
+            VolumeMount {
+                name: "token".into(),
+                mount_path: wire::TOKEN_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
         ]),
         ..Default::default()
     };
     let pod = PodSpec {
         containers: vec![container],
+        // No token for the Kubernetes API; the pod's only token is the projected one, whose
+        // audience is the gateway.
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
         runtime_class_name: cfg.runtime_class.clone(),
@@ -286,13 +363,29 @@ pub fn desired(f: &SkyFunction, cfg: &OperatorConfig) -> Result<Children, Desire
                 }),
                 ..Default::default()
             },
+            Volume {
+                name: "token".into(),
+                projected: Some(ProjectedVolumeSource {
+                    sources: Some(vec![VolumeProjection {
+                        service_account_token: Some(ServiceAccountTokenProjection {
+                            audience: Some(wire::TOKEN_AUDIENCE.into()),
+                            expiration_seconds: Some(TOKEN_EXPIRATION_SECONDS),
+                            path: TOKEN_PATH.into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
         ]),
         ..Default::default()
     };
     let deployment = Deployment {
         metadata: meta.clone(),
         spec: DeploymentSpec {
-            replicas: Some(spec.scaling.min_replicas.max(1) as i32),
+            replicas: Some(replicas(spec)),
             selector: LabelSelector {
                 match_labels: Some(selector(f)),
                 ..Default::default()
@@ -324,13 +417,6 @@ pub fn desired(f: &SkyFunction, cfg: &OperatorConfig) -> Result<Children, Desire
         }),
         ..Default::default()
     };
-    let dns = ["UDP", "TCP"]
-        .map(|p| NetworkPolicyPort {
-            protocol: Some(p.into()),
-            port: Some(IntOrString::Int(53)),
-            ..Default::default()
-        })
-        .to_vec();
     let network_policy = NetworkPolicy {
         metadata: meta,
         spec: Some(NetworkPolicySpec {
@@ -339,6 +425,7 @@ pub fn desired(f: &SkyFunction, cfg: &OperatorConfig) -> Result<Children, Desire
                 ..Default::default()
             }),
             policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            egress: Some(egress_rules(spec.network, cfg)),
             ingress: Some(vec![NetworkPolicyIngressRule {
                 from: Some(vec![NetworkPolicyPeer {
                     pod_selector: Some(LabelSelector {
@@ -353,28 +440,6 @@ pub fn desired(f: &SkyFunction, cfg: &OperatorConfig) -> Result<Children, Desire
                     ..Default::default()
                 }]),
             }]),
-            // With "Egress" among the policy types, no rule denies every destination: a
-            // function without `network: internet` reaches nothing. (An empty list instead of
-            // none would not survive the API server's round trip, and every apply would write.)
-            egress: match spec.network {
-                Network::None => None,
-                Network::Internet => Some(vec![
-                    NetworkPolicyEgressRule {
-                        ports: Some(dns),
-                        to: None,
-                    },
-                    NetworkPolicyEgressRule {
-                        ports: None,
-                        to: Some(vec![NetworkPolicyPeer {
-                            ip_block: Some(IPBlock {
-                                cidr: "0.0.0.0/0".into(),
-                                except: Some(cfg.egress_deny.clone()),
-                            }),
-                            ..Default::default()
-                        }]),
-                    },
-                ]),
-            },
         }),
     };
     Ok(Children {
@@ -383,4 +448,52 @@ pub fn desired(f: &SkyFunction, cfg: &OperatorConfig) -> Result<Children, Desire
         service,
         network_policy,
     })
+}
+
+/// Where runner pods may connect: the gateway's pods in any namespace (to announce themselves
+/// and keep state), and for `network: internet` DNS and public addresses. Nothing else, not even
+/// DNS without `network: internet`: the gateway URL must then not need a name lookup (the
+/// ClusterIP of its Service, or a host address).
+fn egress_rules(network: Network, cfg: &OperatorConfig) -> Vec<NetworkPolicyEgressRule> {
+    let gateway = NetworkPolicyEgressRule {
+        ports: None,
+        to: Some(vec![NetworkPolicyPeer {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(cfg.gateway_labels.clone()),
+                ..Default::default()
+            }),
+            // Empty: every namespace.
+            namespace_selector: Some(LabelSelector::default()),
+            ..Default::default()
+        }]),
+    };
+    match network {
+        Network::None => vec![gateway],
+        Network::Internet => {
+            let dns = ["UDP", "TCP"]
+                .map(|p| NetworkPolicyPort {
+                    protocol: Some(p.into()),
+                    port: Some(IntOrString::Int(53)),
+                    ..Default::default()
+                })
+                .to_vec();
+            vec![
+                gateway,
+                NetworkPolicyEgressRule {
+                    ports: Some(dns),
+                    to: None,
+                },
+                NetworkPolicyEgressRule {
+                    ports: None,
+                    to: Some(vec![NetworkPolicyPeer {
+                        ip_block: Some(IPBlock {
+                            cidr: "0.0.0.0/0".into(),
+                            except: Some(cfg.egress_deny.clone()),
+                        }),
+                        ..Default::default()
+                    }]),
+                },
+            ]
+        }
+    }
 }

@@ -124,16 +124,22 @@ pub async fn run(
         .as_ref()
         .map(|l| l.identity.clone())
         .unwrap_or_else(default_identity);
-    let ctx = Arc::new(controller::Context::new(
-        client.clone(),
-        settings.desired,
-        inspector,
-        metrics.clone(),
-        Reporter {
-            controller: controller::MANAGER.into(),
-            instance: Some(identity),
-        },
-    ));
+    let context = {
+        let (client, metrics) = (client.clone(), metrics.clone());
+        move |functions| {
+            controller::Context::new(
+                client.clone(),
+                functions,
+                settings.desired,
+                inspector,
+                metrics,
+                Reporter {
+                    controller: controller::MANAGER.into(),
+                    instance: Some(identity),
+                },
+            )
+        }
+    };
     // Stop reconciling on shutdown, and also when the lease is lost: another replica leads then.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let stop = async move {
@@ -157,7 +163,7 @@ pub async fn run(
     };
     let (elector, ()) = tokio::join!(
         watchdog,
-        controller::run(ctx, settings.namespace.as_deref(), stop)
+        controller::run(client, settings.namespace.as_deref(), context, stop)
     );
     metrics.leader.set(0);
     if let Some(e) = elector {

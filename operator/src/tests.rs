@@ -1,9 +1,11 @@
 //! Table tests of the desired children over specs.
 
+use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use skython_crds::{EnvVar, SkyFunction, SkyFunctionSpec};
+use skython_runner_pod::wire;
 
-use crate::desired::{CHECKSUM_ANNOTATION, RUNNER_PORT, checksum};
+use crate::desired::{CHECKSUM_ANNOTATION, RUNNER_PORT, checksum, replicas};
 use crate::{DesiredError, OperatorConfig, child_name, desired};
 
 fn function(name: &str, spec: SkyFunctionSpec) -> SkyFunction {
@@ -46,7 +48,8 @@ fn runner_pods_meet_the_restricted_profile() {
         mounts,
         [
             ("/etc/skython/function".to_string(), Some(true)),
-            ("/tmp".to_string(), None)
+            ("/tmp".to_string(), None),
+            ("/var/run/secrets/skython".to_string(), Some(true)),
         ]
     );
     assert!(ctr.readiness_probe.is_some() && ctr.liveness_probe.is_some());
@@ -113,7 +116,23 @@ fn network_policy_admits_the_gateway_and_denies_internal_egress() {
     let closed = desired(&function("alice-add", add()), &OperatorConfig::default()).unwrap();
     let np = closed.network_policy.spec.unwrap();
     assert_eq!(np.policy_types.unwrap(), ["Ingress", "Egress"]);
-    assert_eq!(np.egress, None, "no network: every egress denied, DNS too");
+    let egress = np.egress.unwrap();
+    assert_eq!(
+        egress.len(),
+        1,
+        "no network: only the gateway, not even DNS"
+    );
+    let to = &egress[0].to.clone().unwrap()[0];
+    assert_eq!(
+        to.pod_selector.clone().unwrap().match_labels.unwrap()["app.kubernetes.io/name"],
+        "skython-gateway"
+    );
+    assert_eq!(
+        to.namespace_selector,
+        Some(Default::default()),
+        "the gateway's pods in any namespace"
+    );
+    assert_eq!((to.ip_block.clone(), egress[0].ports.clone()), (None, None));
 
     let mut spec = add();
     spec.network = skython_crds::Network::Internet;
@@ -126,6 +145,12 @@ fn network_policy_admits_the_gateway_and_denies_internal_egress() {
         "skython-gateway"
     );
     let egress = np.egress.unwrap();
+    assert_eq!(
+        egress[0],
+        closed_gateway_rule(),
+        "the gateway stays reachable"
+    );
+    let egress = &egress[1..];
     let block = egress[1].to.clone().unwrap()[0].ip_block.clone().unwrap();
     assert_eq!(block.cidr, "0.0.0.0/0");
     let except = block.except.unwrap();
@@ -137,6 +162,143 @@ fn network_policy_admits_the_gateway_and_denies_internal_egress() {
         egress[0].ports.clone().unwrap()[0].port,
         Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(53))
     );
+}
+
+fn closed_gateway_rule() -> k8s_openapi::api::networking::v1::NetworkPolicyEgressRule {
+    let c = desired(&function("alice-add", add()), &OperatorConfig::default()).unwrap();
+    c.network_policy.spec.unwrap().egress.unwrap().remove(0)
+}
+
+fn pod(cfg: &OperatorConfig) -> PodSpec {
+    desired(&function("alice-add", add()), cfg)
+        .unwrap()
+        .deployment
+        .spec
+        .template
+        .spec
+        .unwrap()
+}
+
+#[test]
+fn runner_pods_carry_a_token_for_the_gateway_only() {
+    let pod = pod(&OperatorConfig::default());
+    assert_eq!(
+        pod.automount_service_account_token,
+        Some(false),
+        "no token for the Kubernetes API"
+    );
+    let volume = pod.volumes.unwrap().into_iter().find(|v| v.name == "token");
+    let sources = volume.unwrap().projected.unwrap().sources.unwrap();
+    let token = sources[0].service_account_token.clone().unwrap();
+    assert_eq!(token.audience.as_deref(), Some(wire::TOKEN_AUDIENCE));
+    assert_eq!(token.expiration_seconds, Some(3600));
+    let mount = pod.containers[0]
+        .volume_mounts
+        .clone()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "token")
+        .unwrap();
+    assert_eq!(
+        format!("{}/{}", mount.mount_path, token.path),
+        wire::TOKEN_FILE,
+        "the token is where the runner reads it"
+    );
+    assert_eq!(mount.read_only, Some(true));
+}
+
+#[test]
+fn runner_pods_learn_who_they_are_from_the_downward_api() {
+    let pod = pod(&OperatorConfig::default());
+    let env = pod.containers[0].env.clone().unwrap();
+    let field = |name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value_from.clone()?.field_ref)
+            .map(|f| f.field_path)
+    };
+    assert_eq!(field(wire::ENV_POD_IP).as_deref(), Some("status.podIP"));
+    assert_eq!(field(wire::ENV_POD_NAME).as_deref(), Some("metadata.name"));
+    assert_eq!(
+        field(wire::ENV_POD_NAMESPACE).as_deref(),
+        Some("metadata.namespace")
+    );
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(
+        value(wire::ENV_TOKEN_FILE).as_deref(),
+        Some(wire::TOKEN_FILE)
+    );
+    assert_eq!(value(wire::ENV_GATEWAY_URL), None, "no gateway configured");
+    assert_eq!(
+        pod.containers[0]
+            .readiness_probe
+            .clone()
+            .unwrap()
+            .period_seconds,
+        Some(1)
+    );
+}
+
+#[test]
+fn runner_pods_get_the_gateway_url_when_the_operator_has_one() {
+    let cfg = OperatorConfig {
+        gateway_url: Some("http://10.88.0.1:8080".into()),
+        ..Default::default()
+    };
+    let env = pod(&cfg).containers[0].env.clone().unwrap();
+    assert!(
+        env.iter().any(|e| e.name == wire::ENV_GATEWAY_URL
+            && e.value.as_deref() == Some("http://10.88.0.1:8080")),
+        "{env:?}"
+    );
+}
+
+#[test]
+fn the_deployment_runs_the_wanted_replicas_within_the_bounds() {
+    let mut spec = add();
+    spec.scaling.min_replicas = 2;
+    spec.scaling.max_replicas = 5;
+    for (wanted, runs) in [(None, 2), (Some(0), 2), (Some(3), 3), (Some(9), 5)] {
+        spec.replicas = wanted;
+        assert_eq!(replicas(&spec), runs, "{wanted:?}");
+    }
+    spec.scaling.min_replicas = 0;
+    for (wanted, runs) in [(None, 1), (Some(0), 0), (Some(4), 4)] {
+        spec.replicas = wanted;
+        assert_eq!(replicas(&spec), runs, "{wanted:?}");
+    }
+    // A minimum above the maximum (the schema cannot forbid it) runs the maximum.
+    spec.scaling.min_replicas = 7;
+    spec.replicas = None;
+    assert_eq!(replicas(&spec), 5);
+    spec.replicas = Some(3);
+    let c = desired(&function("alice-add", spec), &OperatorConfig::default()).unwrap();
+    assert_eq!(c.deployment.spec.replicas, Some(5));
+}
+
+#[test]
+fn scaling_never_rolls_the_pods() {
+    let a = function("alice-add", add());
+    let mut spec = add();
+    spec.replicas = Some(7);
+    let b = function("alice-add", spec);
+    let cfg = OperatorConfig::default();
+    let (ca, cb) = (desired(&a, &cfg).unwrap(), desired(&b, &cfg).unwrap());
+    assert_eq!(checksum(&a), checksum(&b));
+    assert_eq!(
+        ca.deployment.spec.template, cb.deployment.spec.template,
+        "the pod template is the same"
+    );
+    assert_eq!(ca.config_map, cb.config_map, "function.json is the same");
+    assert!(
+        !ca.config_map.data.unwrap()["function.json"].contains("replicas"),
+        "the pods do not see the count"
+    );
+    assert_eq!(cb.deployment.spec.replicas, Some(7));
 }
 
 #[test]
