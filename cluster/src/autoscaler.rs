@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde_json::json;
@@ -447,10 +447,14 @@ async fn lead(
     gauge.set(0);
 }
 
+/// How long a count this loop wrote wins over the watched object's.
+const TRUST_WRITTEN: Duration = Duration::from_secs(1);
+
 /// One function as the loop follows it.
 struct Tracked {
-    /// `spec.replicas` as last read or written; `None` until read.
-    current: Option<u32>,
+    /// The count this loop last wrote, trusted over the watched object for a moment (the
+    /// watch shows our own write a few milliseconds later).
+    written: Option<(u32, Instant)>,
     /// Created when `current` is first known.
     history: Option<History>,
     /// No API call for this function before then (after a failure).
@@ -499,7 +503,7 @@ impl Scaler {
         if leading && !self.was_leading {
             // The previous leader wrote counts this replica has not seen: read them afresh.
             for t in self.tracked.values_mut() {
-                t.current = None;
+                t.written = None;
                 t.quiet_until = None;
             }
         }
@@ -543,7 +547,7 @@ impl Scaler {
         let bounds = Bounds::of(&obj.spec);
         let api = Api::<SkyFunction>::namespaced(self.client.clone(), &f.namespace);
         let t = self.tracked.entry(f.clone()).or_insert(Tracked {
-            current: None,
+            written: None,
             history: None,
             quiet_until: None,
             started: load.started,
@@ -563,21 +567,11 @@ impl Scaler {
             }
             return;
         }
-        let current = match t.current {
-            Some(n) => n,
-            None => match read_replicas(&self.client, f, self.cfg.api_timeout).await {
-                Ok(n) => {
-                    // Unset: what the operator runs, `max(minReplicas, 1)`.
-                    let n = n.unwrap_or(bounds.min.max(1));
-                    t.current = Some(n);
-                    n
-                }
-                Err(e) => {
-                    tracing::warn!(function = %f, "reading the scale: {e}");
-                    t.quiet_until = Some(now + self.cfg.retry_after);
-                    return;
-                }
-            },
+        // Unset: what the operator runs, `max(minReplicas, 1)`.
+        let stored = obj.spec.replicas.unwrap_or(bounds.min.max(1));
+        let current = match t.written {
+            Some((n, at)) if now.saturating_duration_since(at) < TRUST_WRITTEN => n,
+            _ => stored,
         };
         let h = t.history.get_or_insert_with(|| History::new(now, current));
         h.record(now, demand, self.cfg.stable_window);
@@ -604,7 +598,7 @@ impl Scaler {
             Ok(()) => {
                 tracing::info!(function = %f, from = current, to = d.replicas, panic = d.panic, "scaled");
                 self.metrics.writes.with_label_values(&[&label, "ok"]).inc();
-                t.current = Some(d.replicas);
+                t.written = Some((d.replicas, now));
             }
             Err(e) => {
                 tracing::warn!(function = %f, to = d.replicas, "writing the scale: {e}");
@@ -612,8 +606,8 @@ impl Scaler {
                     .writes
                     .with_label_values(&[&label, "error"])
                     .inc();
-                // Read it again next time: the write may have landed after all.
-                t.current = None;
+                // Go by the watched object: the write may have landed after all.
+                t.written = None;
                 t.quiet_until = Some(now + self.cfg.retry_after);
             }
         }
@@ -626,26 +620,6 @@ enum ApiError {
     Kube(#[from] kube::Error),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-}
-
-/// `spec.replicas` (`None`: unset). Read from the object rather than its scale subresource,
-/// which Kubernetes 1.20 answers with a 500 while the field is unset.
-async fn read_replicas(
-    client: &kube::Client,
-    f: &FunctionRef,
-    timeout: Duration,
-) -> Result<Option<u32>, ApiError> {
-    let api = Api::<DynamicObject>::namespaced_with(
-        client.clone(),
-        &f.namespace,
-        &ApiResource::erase::<SkyFunction>(&()),
-    );
-    let obj = tokio::time::timeout(timeout, api.get(&f.name))
-        .await
-        .map_err(|_| ApiError::Timeout(timeout))??;
-    Ok(obj.data["spec"]["replicas"]
-        .as_u64()
-        .map(|n| u32::try_from(n).unwrap_or(u32::MAX)))
 }
 
 async fn write_scale(

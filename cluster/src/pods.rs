@@ -320,6 +320,46 @@ fn rebuild(inner: &mut Inner, f: &FunctionRef) {
     }
 }
 
+/// Keeps `pods` current from the Pod watch (runner pods only) until the process ends; `synced`
+/// turns true once the first listing is in.
+pub async fn watch(
+    client: kube::Client,
+    namespace: Option<String>,
+    pods: Arc<Pods>,
+    synced: Arc<AtomicBool>,
+) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let api: kube::Api<Pod> = match &namespace {
+        Some(ns) => kube::Api::namespaced(client, ns),
+        None => kube::Api::all(client),
+    };
+    let stream = watcher(api, watcher::Config::default().labels(RUNNER_SELECTOR)).default_backoff();
+    futures::pin_mut!(stream);
+    let mut listing: Vec<PodView> = Vec::new();
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(watcher::Event::Apply(p)) => {
+                if let Some(v) = PodView::of(&p) {
+                    pods.apply(v);
+                }
+            }
+            Ok(watcher::Event::Delete(p)) => {
+                if let Some(uid) = &p.metadata.uid {
+                    pods.delete(uid);
+                }
+            }
+            Ok(watcher::Event::Init) => listing.clear(),
+            Ok(watcher::Event::InitApply(p)) => listing.extend(PodView::of(&p)),
+            Ok(watcher::Event::InitDone) => {
+                pods.replace_all(std::mem::take(&mut listing));
+                synced.store(true, Ordering::Release);
+            }
+            Err(e) => tracing::warn!("watching runner pods: {e}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,45 +485,5 @@ mod tests {
         assert!(!b.try_acquire(2));
         b.release();
         assert!(b.try_acquire(2));
-    }
-}
-
-/// Keeps `pods` current from the Pod watch (runner pods only) until the process ends; `synced`
-/// turns true once the first listing is in.
-pub async fn watch(
-    client: kube::Client,
-    namespace: Option<String>,
-    pods: Arc<Pods>,
-    synced: Arc<AtomicBool>,
-) {
-    use futures::StreamExt;
-    use kube::runtime::{WatchStreamExt, watcher};
-    let api: kube::Api<Pod> = match &namespace {
-        Some(ns) => kube::Api::namespaced(client, ns),
-        None => kube::Api::all(client),
-    };
-    let stream = watcher(api, watcher::Config::default().labels(RUNNER_SELECTOR)).default_backoff();
-    futures::pin_mut!(stream);
-    let mut listing: Vec<PodView> = Vec::new();
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(watcher::Event::Apply(p)) => {
-                if let Some(v) = PodView::of(&p) {
-                    pods.apply(v);
-                }
-            }
-            Ok(watcher::Event::Delete(p)) => {
-                if let Some(uid) = &p.metadata.uid {
-                    pods.delete(uid);
-                }
-            }
-            Ok(watcher::Event::Init) => listing.clear(),
-            Ok(watcher::Event::InitApply(p)) => listing.extend(PodView::of(&p)),
-            Ok(watcher::Event::InitDone) => {
-                pods.replace_all(std::mem::take(&mut listing));
-                synced.store(true, Ordering::Release);
-            }
-            Err(e) => tracing::warn!("watching runner pods: {e}"),
-        }
     }
 }

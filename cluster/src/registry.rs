@@ -190,7 +190,11 @@ impl Registry {
             return Err(changed(owner, endpoint, &holder));
         }
         let mut object = (*holder).clone();
-        object.spec = function.spec.clone();
+        object.spec = SkyFunctionSpec {
+            // The autoscaler's (or kubectl scale's), not the deployer's.
+            replicas: holder.spec.replicas,
+            ..function.spec.clone()
+        };
         // Not ours to write: the server keeps managed fields a request leaves out, and the
         // status belongs to the operator (a subresource: a replace ignores it anyway).
         object.metadata.managed_fields = None;

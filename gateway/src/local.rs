@@ -73,7 +73,7 @@ impl LocalPlatform {
         let ready = cond.status == "True";
         record.status.conditions = vec![cond];
         record.status.ready_replicas = u32::from(ready);
-    record.status.replicas = record.status.ready_replicas;
+        record.status.replicas = record.status.ready_replicas;
         record.status.observed_generation = Some(record.generation);
         record.status.url = Some(format!("{}/fn/{owner}/{endpoint}", self.public_url));
         self.store

@@ -61,6 +61,10 @@ mod tests {
     #[test]
     fn relative_imports_and_prose_are_not_modules() {
         let src = "from . import x\nx = 'import this'\n# from y import z\nimporter = 1\n";
-        assert!(imported_modules(src).is_empty(), "{:?}", imported_modules(src));
+        assert!(
+            imported_modules(src).is_empty(),
+            "{:?}",
+            imported_modules(src)
+        );
     }
 }
