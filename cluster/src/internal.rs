@@ -86,7 +86,9 @@ impl Internal {
         limits: Limits,
         resolve: ResolveScope,
     ) -> Result<Arc<Self>, reqwest::Error> {
+        // A challenge per announcement: nothing worth keeping a connection for.
         let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(5))
             .build()?;

@@ -25,6 +25,9 @@ use crate::registry::Registry;
 use crate::router::{Router, RouterConfig, Target};
 use crate::{FunctionRef, Load};
 
+/// How long a call waits for a gateway that just started to list the functions.
+const SYNC_WAIT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -137,10 +140,15 @@ impl ClusterPlatform {
 
     /// Where a call for `owner/endpoint` goes: the SkyFunction that holds the endpoint.
     fn target(&self, owner: &str, endpoint: &str) -> ApiResult<Target> {
-        let f = self
-            .registry
-            .holder(owner, endpoint)
-            .ok_or_else(|| ApiError::function_not_found(owner, endpoint))?;
+        let f = self.registry.holder(owner, endpoint).ok_or_else(|| {
+            tracing::debug!(
+                owner,
+                endpoint,
+                known = self.registry.store().state().len(),
+                "no SkyFunction holds the endpoint"
+            );
+            ApiError::function_not_found(owner, endpoint)
+        })?;
         refuse_unservable(&f)?;
         Ok(Target {
             function: FunctionRef {
@@ -221,6 +229,7 @@ impl Platform for ClusterPlatform {
     }
 
     async fn call(&self, call: Call) -> ApiResult<Called> {
+        self.registry.synced_within(SYNC_WAIT).await?;
         let target = self.target(&call.owner, &call.endpoint)?;
         let started = Instant::now();
         let span =

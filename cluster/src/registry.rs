@@ -115,6 +115,17 @@ impl Registry {
         })
     }
 
+    /// Waits (at most `within`) for the first list; 503 `platform_unavailable` past it. A
+    /// gateway that just started answers its first calls once it knows the functions, rather
+    /// than 404 for all of them.
+    pub async fn synced_within(&self, within: Duration) -> ApiResult<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.ready().is_err() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.synced()
+    }
+
     /// The SkyFunction that serves `owner/endpoint`, if any claims it.
     pub fn holder(&self, owner: &str, endpoint: &str) -> Option<Arc<SkyFunction>> {
         let claims = self

@@ -85,7 +85,7 @@ impl Router {
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(skython_gateway::serve::CLIENT_POOL_IDLE)
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .build()?;

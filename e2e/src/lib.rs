@@ -74,9 +74,12 @@ impl Skython {
         // `make test` sets it for the tests that want the full runtime (they pass it as a
         // flag); every other server would preload TensorFlow for nothing.
         cmd.env_remove("SKYTHON_PYTHON_FULL");
-        cmd.env("SKYTHON_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        cmd.env(
+            "SKYTHON_LOG",
+            std::env::var("SKYTHON_E2E_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("start skython up");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();

@@ -56,9 +56,11 @@ impl Stack {
         self.gateway = start_gateway(&self.k, Path::new(&self.gateway.data_dir), self.port, flags);
     }
 
-    /// Applies a SkyFunction with kubectl.
+    /// Applies a SkyFunction with kubectl (with small resources: the test node has 2 CPUs, and
+    /// pods that do not fit stay Pending).
     fn apply(&self, name: &str, endpoint: &str, source: &str, spec: Value) {
-        let mut full = json!({"owner": "admin", "endpoint": endpoint, "source": source});
+        let mut full =
+            json!({"owner": "admin", "endpoint": endpoint, "source": source, "resources": small()});
         full.as_object_mut()
             .unwrap()
             .extend(spec.as_object().unwrap().clone());
@@ -112,6 +114,11 @@ impl Drop for Stack {
     }
 }
 
+/// What test functions get, so that a burst's pods fit on the 2-CPU test node.
+fn small() -> Value {
+    json!({"cpu": "100m", "memory": "128Mi"})
+}
+
 const ADD: &str = "def add(a: int, b: int) -> int:\n    return a + b\n";
 
 #[test]
@@ -122,6 +129,7 @@ fn functions_applied_with_kubectl_and_deployed_through_the_api_are_both_called_t
     let (status, body) = s.gateway.deploy(json!({
         "endpoint": "greet",
         "source": "def greet(name: str) -> str:\n    return 'hi ' + name\n",
+        "resources": small(),
     }));
     assert_eq!(status, 201, "{body}");
     assert_eq!(
@@ -292,30 +300,32 @@ fn a_pod_announcing_an_address_that_is_not_its_own_gets_no_traffic() {
         s.gateway.call("admin/add", json!({"a": 1, "b": 1})),
         (200, json!(2))
     );
-    let pod = s.pods("adder")[0]["metadata"]["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    // Once the API shows the pod's IP, a claim of another address is refused outright.
+    let pod = s.k.wait_for(
+        "pods -l skython.io/function=adder",
+        Duration::from_secs(60),
+        |p| p["items"][0]["status"]["podIP"].is_string(),
+    )["items"][0]
+        .clone();
+    let name = pod["metadata"]["name"].as_str().unwrap();
     let token =
-        s.k.run(&["exec", &pod, "--", "cat", "/var/run/secrets/skython/token"]);
-    // A listener on the host that would record any call sent to it.
+        s.k.run(&["exec", name, "--", "cat", "/var/run/secrets/skython/token"]);
+    // A listener on the host that would see any connection the gateway made to it.
     let decoy = std::net::TcpListener::bind("10.88.0.1:0").unwrap();
     let decoy_addr = decoy.local_addr().unwrap();
     decoy.set_nonblocking(true).unwrap();
-    let announce = |ip: String, port: u16| {
-        reqwest::blocking::Client::new()
-            .post(format!("{}/internal/v1/pods/announce", s.gateway.url))
-            .bearer_auth(token.trim())
-            .json(&json!({"ip": ip, "port": port}))
-            .send()
-            .unwrap()
-            .status()
-            .as_u16()
-    };
+    let resp = reqwest::blocking::Client::new()
+        .post(format!("{}/internal/v1/pods/announce", s.gateway.url))
+        .bearer_auth(token.trim())
+        .json(&json!({"ip": decoy_addr.ip(), "port": decoy_addr.port()}))
+        .send()
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().unwrap();
     assert_eq!(
-        announce(decoy_addr.ip().to_string(), decoy_addr.port()),
-        403,
-        "the Pod object shows another IP"
+        (status, body["error"]["code"].as_str()),
+        (403, Some("address_mismatch")),
+        "{body}"
     );
     for _ in 0..10 {
         assert_eq!(
@@ -325,6 +335,18 @@ fn a_pod_announcing_an_address_that_is_not_its_own_gets_no_traffic() {
     }
     assert!(
         decoy.accept().is_err(),
-        "no call reached the announced address"
+        "the gateway never connected to the announced address"
     );
+}
+
+#[test]
+fn an_announcement_without_a_pods_token_is_refused() {
+    let s = Stack::start("token", &[]);
+    let resp = reqwest::blocking::Client::new()
+        .post(format!("{}/internal/v1/pods/announce", s.gateway.url))
+        .bearer_auth("not-a-token")
+        .json(&json!({"ip": "10.88.0.1", "port": 1}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
 }

@@ -28,6 +28,12 @@ impl Default for ClientTimeouts {
     }
 }
 
+/// How long our HTTP clients (gateway → pods, pods → gateway) keep an idle connection: well
+/// below the servers' default `head` timeout (10 s), after which a server closes an idle
+/// keep-alive connection. A client that reused a connection the server had just closed would
+/// see the request fail, and a call that may have reached the function is never sent twice.
+pub const CLIENT_POOL_IDLE: Duration = Duration::from_secs(4);
+
 /// Serves `app` until `shutdown` resolves, then waits up to `drain` for open requests.
 pub async fn serve(
     listener: TcpListener,

@@ -69,6 +69,7 @@ impl Gateway {
             return Err(GatewayError::BadUrl(url.into()));
         }
         let client = reqwest::Client::builder()
+            .pool_idle_timeout(skython_gateway::serve::CLIENT_POOL_IDLE)
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .build()?;
