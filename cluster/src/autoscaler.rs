@@ -277,6 +277,9 @@ pub enum Error {
 /// Every function's demand now, as the router counts it (functions absent: no demand).
 pub type DemandSource = Arc<dyn Fn() -> HashMap<FunctionRef, Load> + Send + Sync>;
 
+/// Told of every count written: the function, from, to (for the router's cold-start metrics).
+pub type OnScaled = Arc<dyn Fn(&FunctionRef, u32, u32) + Send + Sync>;
+
 /// The autoscaler's metrics, registered in the gateway's registry.
 #[derive(Clone)]
 struct Metrics {
@@ -363,6 +366,7 @@ impl Autoscaler {
         client: kube::Client,
         functions: Store<SkyFunction>,
         demand: DemandSource,
+        on_scaled: OnScaled,
         cfg: AutoscalerConfig,
         lease: Option<LeaseConfig>,
         registry: &Registry,
@@ -389,6 +393,7 @@ impl Autoscaler {
             client,
             functions,
             demand,
+            on_scaled,
             cfg,
             metrics,
             leading,
@@ -467,6 +472,7 @@ struct Scaler {
     client: kube::Client,
     functions: Store<SkyFunction>,
     demand: DemandSource,
+    on_scaled: OnScaled,
     cfg: AutoscalerConfig,
     metrics: Metrics,
     leading: Arc<AtomicBool>,
@@ -597,6 +603,7 @@ impl Scaler {
         match written {
             Ok(()) => {
                 tracing::info!(function = %f, from = current, to = d.replicas, panic = d.panic, "scaled");
+                (self.on_scaled)(f, current, d.replicas);
                 self.metrics.writes.with_label_values(&[&label, "ok"]).inc();
                 t.written = Some((d.replicas, now));
             }

@@ -112,10 +112,19 @@ impl ClusterPlatform {
                     .unwrap_or_default()
             })
         };
+        let on_scaled = {
+            let router = Arc::downgrade(&router);
+            Arc::new(move |f: &FunctionRef, from: u32, to: u32| {
+                if let Some(r) = router.upgrade() {
+                    r.scaled(f, from, to);
+                }
+            })
+        };
         let scaler = Arc::new(Autoscaler::spawn(
             client.clone(),
             registry.store(),
             demand,
+            on_scaled,
             config.autoscaler.clone(),
             config.lease.clone(),
             metrics.registry(),

@@ -68,6 +68,8 @@ pub struct Router {
     http: reqwest::Client,
     config: RouterConfig,
     counters: Mutex<HashMap<FunctionRef, (String, Arc<Counters>)>>,
+    /// When each function was last scaled up from zero (for cold-start metrics).
+    woken: Mutex<HashMap<FunctionRef, Instant>>,
     scale_up: ScaleUp,
     metrics: Arc<ClusterMetrics>,
 }
@@ -94,6 +96,7 @@ impl Router {
             http,
             config,
             counters: Mutex::default(),
+            woken: Mutex::default(),
             scale_up,
             metrics,
         })
@@ -214,6 +217,14 @@ impl Router {
         }
     }
 
+    /// The autoscaler wrote `to` replicas for `f` (from `from`).
+    pub fn scaled(&self, f: &FunctionRef, from: u32, to: u32) {
+        if from == 0 && to > 0 {
+            let mut w = self.woken.lock().unwrap_or_else(|p| p.into_inner());
+            w.insert(f.clone(), Instant::now());
+        }
+    }
+
     fn cold_start_done(&self, t: &Target, arrived: Instant) {
         let phase = |name: &str, at: Option<Instant>| {
             if let Some(at) = at.filter(|at| *at >= arrived) {
@@ -223,6 +234,11 @@ impl Router {
                     .observe((at - arrived).as_secs_f64());
             }
         };
+        let woken = {
+            let w = self.woken.lock().unwrap_or_else(|p| p.into_inner());
+            w.get(&t.function).copied()
+        };
+        phase("scale", woken);
         phase("pod_created", self.pods.pod_seen(&t.function));
         phase("port_open", self.pods.became_routable(&t.function));
         phase("first_answer", Some(Instant::now()));

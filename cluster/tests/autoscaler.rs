@@ -231,10 +231,17 @@ async fn the_leader_writes_demand_as_replicas_and_returns_to_zero_after_idle() {
     };
     let demand = FakeDemand::default();
     let registry = Registry::new_custom(Some("skython".into()), None).unwrap();
+    let written: Arc<Mutex<Vec<(u32, u32)>>> = Arc::default();
     let scaler = Autoscaler::spawn(
         t.client.clone(),
         store(&t.client, &t.ns).await,
         demand.source(),
+        {
+            let written = written.clone();
+            Arc::new(move |_: &FunctionRef, from: u32, to: u32| {
+                written.lock().unwrap().push((from, to))
+            })
+        },
         AutoscalerConfig::default(),
         Some(lease(&t.ns, "gateway-a")),
         &registry,
@@ -268,6 +275,11 @@ async fn the_leader_writes_demand_as_replicas_and_returns_to_zero_after_idle() {
     )));
     assert!(text.contains("skython_autoscaler_scale_write_seconds_count 3"));
     assert!(text.contains("skython_autoscaler_leader 1"));
+    assert_eq!(
+        *written.lock().unwrap(),
+        [(1, 0), (0, 3), (3, 0)],
+        "every write was told"
+    );
 
     scaler.shutdown().await;
     let held = Api::<Lease>::namespaced(t.client.clone(), &t.ns)
@@ -316,6 +328,7 @@ async fn a_follower_decides_but_does_not_write() {
         t.client.clone(),
         store(&t.client, &t.ns).await,
         demand.source(),
+        Arc::new(|_: &FunctionRef, _, _| panic!("a follower wrote")),
         AutoscalerConfig::default(),
         Some(lease(&t.ns, "gateway-b")),
         &registry,

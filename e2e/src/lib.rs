@@ -74,6 +74,7 @@ impl Skython {
         // `make test` sets it for the tests that want the full runtime (they pass it as a
         // flag); every other server would preload TensorFlow for nothing.
         cmd.env_remove("SKYTHON_PYTHON_FULL");
+        // Quiet by default; `SKYTHON_E2E_LOG=info,skython_cluster=debug` to see a server's story.
         cmd.env(
             "SKYTHON_LOG",
             std::env::var("SKYTHON_E2E_LOG").unwrap_or_else(|_| "warn".into()),

@@ -51,7 +51,11 @@ impl Stack {
         }
     }
 
+    /// Kills the gateway (SIGKILL: no chance to flush anything) and starts it again.
     fn restart_gateway(&mut self, flags: &[&str]) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.gateway.pid().to_string()])
+            .status();
         self.gateway.stop();
         self.gateway = start_gateway(&self.k, Path::new(&self.gateway.data_dir), self.port, flags);
     }
@@ -274,7 +278,7 @@ fn the_cold_queue_answers_503_when_full_and_504_past_its_deadline() {
 }
 
 #[test]
-fn state_from_runner_pods_survives_the_pods_and_the_gateways_restarts() {
+fn state_from_runner_pods_survives_their_restart_and_the_gateway_being_killed() {
     let mut s = Stack::start("state", &[]);
     let counter = "from skython import store, load\ndef hit() -> int:\n    n = load('n', 0) + 1\n    store('n', n)\n    return n\n";
     s.apply("counter", "hit", counter, json!({}));
@@ -349,4 +353,91 @@ fn an_announcement_without_a_pods_token_is_refused() {
         .send()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 401);
+}
+
+/// The host pid of the runner process of `pod` (the test runs as root on the node).
+fn runner_pid(pod: &str) -> Option<u32> {
+    let wanted = format!("SKYTHON_POD_NAME={pod}");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        let is_runner = cmdline.split(|b| *b == 0).any(|a| a == b"runner");
+        let is_pod = environ.split(|b| *b == 0).any(|v| v == wanted.as_bytes());
+        (is_runner && is_pod).then_some(pid)
+    })
+}
+
+#[test]
+fn a_runner_pod_killed_mid_burst_fails_only_its_calls_in_flight() {
+    let s = Stack::start("kill", &[]);
+    let slow = "import time\ndef nap(s: float = 2.0) -> str:\n    time.sleep(s)\n    return 'ok'\n";
+    s.apply(
+        "nap",
+        "nap",
+        slow,
+        json!({"concurrency": 2, "scaling": {"minReplicas": 2, "maxReplicas": 2}}),
+    );
+    let ready = s.k.wait_for(
+        "pods -l skython.io/function=nap",
+        Duration::from_secs(90),
+        |p| {
+            p["items"].as_array().is_some_and(|items| {
+                items.len() == 2
+                    && items.iter().all(|i| {
+                        i["status"]["conditions"].as_array().is_some_and(|c| {
+                            c.iter()
+                                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                        })
+                    })
+            })
+        },
+    );
+    let victim = ready["items"][0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let url = format!("{}/fn/admin/nap", s.gateway.url);
+    // Four calls fill both pods (two each); four more wait in the gateway.
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let r = reqwest::blocking::Client::new()
+                    .post(url)
+                    .body("{}")
+                    .timeout(Duration::from_secs(60))
+                    .send()
+                    .expect("an answer");
+                let status = r.status().as_u16();
+                let body: Value = r.json().unwrap_or_default();
+                (
+                    status,
+                    body["error"]["code"].as_str().unwrap_or("").to_string(),
+                )
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(800));
+    let pid = runner_pid(&victim).expect("the victim's runner process");
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    let got: Vec<_> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+    let failed: Vec<_> = got.iter().filter(|(status, _)| *status != 200).collect();
+    assert!(
+        failed
+            .iter()
+            .all(|(status, code)| *status == 502 && code == "pod_failed"),
+        "only 502 pod_failed: {got:?}"
+    );
+    assert!(
+        (1..=2).contains(&failed.len()),
+        "the victim's calls in flight (two) fail, no other: {got:?}"
+    );
+    assert_eq!(
+        s.gateway.call("admin/nap", json!({"s": 0})),
+        (200, json!("ok"))
+    );
 }
