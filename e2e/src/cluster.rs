@@ -119,6 +119,58 @@ impl Kubectl {
     }
 }
 
+impl Kubectl {
+    /// Waits for the first event about `object` and checks it is a Warning with `reason`.
+    pub fn expect_warning(&self, object: &str, reason: &str) {
+        let events = self.wait_for(
+            &format!("events --field-selector involvedObject.name={object}"),
+            Duration::from_secs(30),
+            |e| e["items"].as_array().is_some_and(|i| !i.is_empty()),
+        );
+        let event = &events["items"][0];
+        assert_eq!(
+            (event["type"].as_str(), event["reason"].as_str()),
+            (Some("Warning"), Some(reason)),
+            "{event}"
+        );
+    }
+}
+
+/// The generated CRD installed (structural schema, printer columns, subresources) and a fresh
+/// namespace `skython-e2e-<tag>-<pid>`, deleted when the returned guard drops.
+pub fn fresh_namespace(tag: &str) -> (Kubectl, Cleanup) {
+    let namespace = format!("skython-e2e-{tag}-{}", std::process::id());
+    let k = Kubectl::new(&namespace);
+    let crd = std::fs::read_to_string(
+        crate::repo_root().join("helm/skython/crds/skyfunctions.skython.io.yaml"),
+    )
+    .expect("the generated CRD");
+    k.apply(&crd);
+    k.run(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/skyfunctions.skython.io",
+        "--timeout=60s",
+    ]);
+    k.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n"
+    ));
+    (k, Cleanup(namespace))
+}
+
+/// Deletes the test's namespace however the test ends.
+pub struct Cleanup(pub String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig())
+            .args(["delete", "namespace", &self.0, "--wait=false"])
+            .output();
+    }
+}
+
 /// The `Ready` condition of an object's status.
 pub fn ready_condition(obj: &Value) -> Option<&Value> {
     obj["status"]["conditions"]

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use skython_e2e::cluster::{Kubectl, Operator, ready_condition};
+use skython_e2e::cluster::{Kubectl, Operator, fresh_namespace, ready_condition};
 use skython_e2e::eventually;
 
 const POD_START: Duration = Duration::from_secs(240);
@@ -91,24 +91,6 @@ fn resource_versions(k: &Kubectl, objects: &[String]) -> BTreeMap<String, String
             )
         })
         .collect()
-}
-
-/// The generated CRD installed (structural schema, printer columns, subresources) and a fresh
-/// namespace `skython-e2e-<tag>-<pid>`, deleted when the returned guard drops.
-fn fresh_namespace(tag: &str) -> (Kubectl, Cleanup) {
-    let namespace = format!("skython-e2e-{tag}-{}", std::process::id());
-    let k = Kubectl::new(&namespace);
-    k.apply(&repo_file("helm/skython/crds/skyfunctions.skython.io.yaml"));
-    k.run(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/skyfunctions.skython.io",
-        "--timeout=60s",
-    ]);
-    k.apply(&format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n"
-    ));
-    (k, Cleanup(namespace))
 }
 
 fn pod_template_checksum(k: &Kubectl, function: &str) -> String {
@@ -232,16 +214,7 @@ fn a_skyfunction_lives_its_whole_life_on_a_real_cluster() {
             "no {kind} for a broken source"
         );
     }
-    let events = k.wait_for(
-        "events --field-selector involvedObject.name=broken",
-        Duration::from_secs(30),
-        |e| e["items"].as_array().is_some_and(|i| !i.is_empty()),
-    );
-    let event = &events["items"][0];
-    assert_eq!(
-        (event["type"].as_str(), event["reason"].as_str()),
-        (Some("Warning"), Some("InvalidSource"))
-    );
+    k.expect_warning("broken", "InvalidSource");
 
     // In a runner pod, hostile code meets the restricted profile: a non-root uid, no
     // capabilities, no_new_privs, the runtime's seccomp profile, a read-only root; and the
@@ -463,16 +436,7 @@ fn a_second_claim_of_an_endpoint_gets_endpoint_taken_and_no_pods() {
         k.get("deployment skyfn-hello-copy").is_none(),
         "no Deployment for the second claim"
     );
-    let events = k.wait_for(
-        "events --field-selector involvedObject.name=hello-copy",
-        Duration::from_secs(30),
-        |e| e["items"].as_array().is_some_and(|i| !i.is_empty()),
-    );
-    let event = &events["items"][0];
-    assert_eq!(
-        (event["type"].as_str(), event["reason"].as_str()),
-        (Some("Warning"), Some("EndpointTaken"))
-    );
+    k.expect_warning("hello-copy", "EndpointTaken");
     let first = k.get("skyfunction hello").unwrap();
     assert_ne!(
         ready_condition(&first).map(|c| c["reason"].clone()),
@@ -494,17 +458,4 @@ fn a_second_claim_of_an_endpoint_gets_endpoint_taken_and_no_pods() {
         |_| true,
     );
     drop(cleanup);
-}
-
-/// Deletes the test's namespace however the test ends.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(skython_e2e::cluster::kubeconfig())
-            .args(["delete", "namespace", &self.0, "--wait=false"])
-            .output();
-    }
 }

@@ -8,8 +8,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use skython_e2e::cluster::{Kubectl, Operator, ready_condition, start_gateway};
-use skython_e2e::{Skython, eventually, free_port, repo_root};
+use skython_e2e::cluster::{
+    Cleanup, Kubectl, Operator, fresh_namespace, ready_condition, start_gateway,
+};
+use skython_e2e::{Skython, eventually, free_port};
 
 struct Stack {
     k: Kubectl,
@@ -17,27 +19,14 @@ struct Stack {
     _operator: Operator,
     _dirs: (tempfile::TempDir, tempfile::TempDir),
     port: u16,
+    /// Last: the namespace goes after the processes.
+    _cleanup: Cleanup,
 }
 
 impl Stack {
     /// A namespace with the CRD, a gateway with `flags`, and an operator pointing pods at it.
     fn start(test: &str, flags: &[&str]) -> Stack {
-        let namespace = format!("skython-gw-{test}-{}", std::process::id());
-        let k = Kubectl::new(&namespace);
-        let crd = std::fs::read_to_string(
-            repo_root().join("helm/skython/crds/skyfunctions.skython.io.yaml"),
-        )
-        .expect("the CRD");
-        k.apply(&crd);
-        k.run(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/skyfunctions.skython.io",
-            "--timeout=60s",
-        ]);
-        k.apply(&format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n"
-        ));
+        let (k, cleanup) = fresh_namespace(&format!("gw-{test}"));
         let (data, runtime) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let port = free_port();
         let gateway = start_gateway(&k, data.path(), port, flags);
@@ -46,6 +35,7 @@ impl Stack {
             k,
             gateway,
             _operator: operator,
+            _cleanup: cleanup,
             _dirs: (data, runtime),
             port,
         }
@@ -106,15 +96,6 @@ impl Stack {
             .get(&format!("pods -l skython.io/function={function}"))
             .and_then(|p| p["items"].as_array().cloned())
             .unwrap_or_default()
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        let _ = self.k.try_run(
-            &["delete", "namespace", &self.k.namespace, "--wait=false"],
-            None,
-        );
     }
 }
 

@@ -120,13 +120,7 @@ impl AppState {
         zygotes: HashMap<Runtime, Arc<Zygote>>,
     ) -> Result<Self, prometheus::Error> {
         let metrics = Arc::new(Metrics::new()?);
-        let deployments = Arc::new(Deployments::new(
-            store.clone(),
-            zygotes,
-            config.limits.clone(),
-            config.egress.clone(),
-            config.cgroups.clone(),
-        ));
+        let deployments = Self::deployments(&config, &store, zygotes);
         let platform = Arc::new(LocalPlatform::new(
             store.clone(),
             deployments.clone(),
@@ -146,14 +140,22 @@ impl AppState {
         metrics: Arc<Metrics>,
         platform: Arc<dyn Platform>,
     ) -> Self {
-        let deployments = Arc::new(Deployments::new(
+        let deployments = Self::deployments(&config, &store, zygotes);
+        Self::wire(config, store, deployments, platform, metrics)
+    }
+
+    fn deployments(
+        config: &GatewayConfig,
+        store: &Arc<dyn Store>,
+        zygotes: HashMap<Runtime, Arc<Zygote>>,
+    ) -> Arc<Deployments> {
+        Arc::new(Deployments::new(
             store.clone(),
             zygotes,
             config.limits.clone(),
             config.egress.clone(),
             config.cgroups.clone(),
-        ));
-        Self::wire(config, store, deployments, platform, metrics)
+        ))
     }
 
     fn wire(
