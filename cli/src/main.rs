@@ -90,10 +90,15 @@ pub async fn termination_signal() {
 
 /// Gives work in flight 10 s, then exits the process.
 pub fn exit_when_busy_after_10_s() {
-    tracing::info!("shutting down; waiting up to 10 s for work in flight");
-    tokio::spawn(async {
-        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
-        tracing::warn!("still busy after 10 s; exiting");
+    exit_when_busy_after(std::time::Duration::from_secs(10));
+}
+
+/// Gives work in flight `grace`, then exits the process.
+pub fn exit_when_busy_after(grace: std::time::Duration) {
+    tracing::info!("shutting down; waiting up to {grace:?} for work in flight");
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        tracing::warn!("still busy after {grace:?}; exiting");
         std::process::exit(0);
     });
 }

@@ -137,12 +137,15 @@ pub async fn run(args: RunnerArgs) -> anyhow::Result<()> {
         }));
     }
     let drain_delay = Duration::from_secs(args.drain_delay_secs);
+    // A pod stops when it is scaled down: the calls it runs may take the function's whole
+    // timeout, and are not cut (the operator's termination grace period covers this).
+    let calls_end_within = Duration::from_secs(u64::from(spec.timeout_seconds) + 1);
     let shutdown = async move {
         crate::termination_signal().await;
         let _ = stop_announcing.send(());
         tracing::info!("stopping: serving {drain_delay:?} more, the gateway may still be sending");
         tokio::time::sleep(drain_delay).await;
-        crate::exit_when_busy_after_10_s();
+        crate::exit_when_busy_after(calls_end_within);
     };
     tokio::spawn({
         let pod = pod.clone();
@@ -164,7 +167,7 @@ pub async fn run(args: RunnerArgs) -> anyhow::Result<()> {
         pod.router(),
         args.limits.client_timeouts(),
         shutdown,
-        Duration::from_secs(10),
+        calls_end_within,
     )
     .await?;
     Ok(())

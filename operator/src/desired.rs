@@ -199,6 +199,11 @@ fn env_value(name: &str, value: &str) -> EnvVar {
     }
 }
 
+/// How long a runner pod may take to stop: its drain delay, a call's timeout, and slack.
+pub fn termination_grace_seconds(spec: &skython_crds::SkyFunctionSpec) -> i64 {
+    i64::from(spec.timeout_seconds) + 15
+}
+
 pub fn desired(f: &SkyFunction, cfg: &OperatorConfig) -> Result<Children, DesiredError> {
     let name = f
         .metadata
@@ -330,6 +335,9 @@ pub fn desired(f: &SkyFunction, cfg: &OperatorConfig) -> Result<Children, Desire
     };
     let pod = PodSpec {
         containers: vec![container],
+        // A pod being removed finishes its calls: it drains (the runner's 2 s), then waits for
+        // calls that may take the whole timeout.
+        termination_grace_period_seconds: Some(termination_grace_seconds(spec)),
         // No token for the Kubernetes API; the pod's only token is the projected one, whose
         // audience is the gateway.
         automount_service_account_token: Some(false),

@@ -356,3 +356,17 @@ fn missing_metadata_is_an_error_not_a_panic() {
         Err(DesiredError::MissingMetadata("namespace"))
     );
 }
+
+#[test]
+fn a_pod_being_removed_has_time_to_finish_a_call_of_the_whole_timeout() {
+    let mut spec = add();
+    spec.timeout_seconds = 600;
+    let c = desired(&function("alice-add", spec), &OperatorConfig::default()).unwrap();
+    let grace = c
+        .deployment
+        .spec
+        .template
+        .spec
+        .and_then(|p| p.termination_grace_period_seconds);
+    assert_eq!(grace, Some(615), "the timeout, the drain and slack");
+}
