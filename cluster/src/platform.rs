@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use axum::http::StatusCode;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use skython_crds::SkyFunction;
 use skython_gateway::Limits;
 use skython_gateway::Metrics;
@@ -24,6 +25,26 @@ use crate::pods::{self, Pods};
 use crate::registry::Registry;
 use crate::router::{Router, RouterConfig, Target};
 use crate::{FunctionRef, Load};
+
+/// How long a deploy through the API waits for the operator's verdict on the new version.
+const DEPLOY_WAIT: Duration = Duration::from_secs(30);
+
+/// Whether the operator has said what became of the version it observed: ready, or a reason
+/// that waiting will not change.
+fn reported(r: &FunctionRecord) -> bool {
+    let observed = r
+        .status
+        .observed_generation
+        .is_some_and(|g| g >= r.generation);
+    observed
+        && r.status.ready_condition().is_some_and(|c| {
+            c.status == "True"
+                || matches!(
+                    c.reason.as_str(),
+                    "InvalidSource" | "EndpointTaken" | "ProgressDeadlineExceeded"
+                )
+        })
+}
 
 /// How long a call waits for a gateway that just started to list the functions.
 const SYNC_WAIT: Duration = Duration::from_secs(10);
@@ -147,6 +168,44 @@ impl ClusterPlatform {
         Ok((platform, internal.router()))
     }
 
+    /// The written version's status once the operator has reported on it (as a local deploy
+    /// answers once a worker loaded the function), or, past [`DEPLOY_WAIT`], what is known:
+    /// `Ready=False`, reason `Deploying`.
+    async fn settled(
+        &self,
+        written: FunctionRecord,
+        signature: Option<skython_crds::Signature>,
+    ) -> FunctionRecord {
+        let (owner, endpoint) = (written.spec.owner.clone(), written.spec.endpoint.clone());
+        let deadline = Instant::now() + DEPLOY_WAIT;
+        loop {
+            if let Ok(Some(now)) = self.registry.get(&owner, &endpoint)
+                && now.generation == written.generation
+                && reported(&now)
+            {
+                return now;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut record = written;
+        record.status.signature = record.status.signature.or(signature);
+        record.status.conditions = vec![Condition {
+            type_: "Ready".into(),
+            status: "False".into(),
+            reason: "Deploying".into(),
+            message: format!(
+                "saved; the operator has not reported on it within {} s (is it running?)",
+                DEPLOY_WAIT.as_secs()
+            ),
+            last_transition_time: Time(jiff::Timestamp::now()),
+            observed_generation: Some(record.generation),
+        }];
+        record
+    }
+
     /// Where a call for `owner/endpoint` goes: the SkyFunction that holds the endpoint.
     fn target(&self, owner: &str, endpoint: &str) -> ApiResult<Target> {
         let f = self.registry.holder(owner, endpoint).ok_or_else(|| {
@@ -211,11 +270,8 @@ impl Platform for ClusterPlatform {
     }
 
     async fn create_function(&self, record: FunctionRecord) -> ApiResult<FunctionRecord> {
-        let mut created = self.registry.create(&record).await?;
-        // The operator checks the source again and writes the status; until then, answer with
-        // what this gateway's inspection found.
-        created.status.signature = created.status.signature.or(record.status.signature);
-        Ok(created)
+        let created = self.registry.create(&record).await?;
+        Ok(self.settled(created, record.status.signature).await)
     }
 
     async fn replace_function(
@@ -224,9 +280,8 @@ impl Platform for ClusterPlatform {
         current_generation: i64,
     ) -> ApiResult<FunctionRecord> {
         let signature = record.status.signature.clone();
-        let mut replaced = self.registry.replace(&record, current_generation).await?;
-        replaced.status.signature = signature.or(replaced.status.signature);
-        Ok(replaced)
+        let replaced = self.registry.replace(&record, current_generation).await?;
+        Ok(self.settled(replaced, signature).await)
     }
 
     async fn delete_function(&self, owner: &str, endpoint: &str) -> ApiResult<bool> {
@@ -293,5 +348,51 @@ impl Platform for ClusterPlatform {
             return Err("the runner pods are not listed yet".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use skython_crds::{SkyFunctionSpec, SkyFunctionStatus};
+
+    use super::*;
+
+    fn record(generation: i64, observed: Option<i64>, ready: &str, reason: &str) -> FunctionRecord {
+        let now = jiff::Timestamp::now();
+        FunctionRecord {
+            spec: SkyFunctionSpec::new("a", "f", "def f(): pass"),
+            status: SkyFunctionStatus {
+                observed_generation: observed,
+                conditions: vec![Condition {
+                    type_: "Ready".into(),
+                    status: ready.into(),
+                    reason: reason.into(),
+                    message: String::new(),
+                    last_transition_time: Time(now),
+                    observed_generation: observed,
+                }],
+                ..Default::default()
+            },
+            generation,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    #[test]
+    fn a_deploy_is_settled_when_the_operator_reports_ready_on_its_generation() {
+        assert!(reported(&record(2, Some(2), "True", "Available")));
+        assert!(
+            !reported(&record(2, Some(1), "True", "Available")),
+            "the previous version's verdict"
+        );
+        assert!(!reported(&record(2, None, "True", "Available")));
+    }
+
+    #[test]
+    fn a_deploy_is_settled_by_a_failure_that_waiting_will_not_change() {
+        assert!(reported(&record(1, Some(1), "False", "InvalidSource")));
+        assert!(reported(&record(1, Some(1), "False", "EndpointTaken")));
+        assert!(!reported(&record(1, Some(1), "False", "RollingOut")));
     }
 }

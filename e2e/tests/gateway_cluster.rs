@@ -118,6 +118,14 @@ fn functions_applied_with_kubectl_and_deployed_through_the_api_are_both_called_t
     }));
     assert_eq!(status, 201, "{body}");
     assert_eq!(
+        body["status"]["conditions"][0]["status"], "True",
+        "the deploy answers once the operator reports it ready: {body}"
+    );
+    assert_eq!(
+        body["status"]["url"],
+        format!("{}/fn/admin/greet", s.gateway.url)
+    );
+    assert_eq!(
         s.gateway.call("admin/add", json!({"a": 2, "b": 3})),
         (200, json!(5))
     );
@@ -133,11 +141,18 @@ fn functions_applied_with_kubectl_and_deployed_through_the_api_are_both_called_t
     );
     let table = s.k.run(&["get", "skyfn"]);
     assert!(
-        table.contains("adder") && table.contains("admin.greet"),
+        table.contains("DESIRED") && table.contains("REPLICAS"),
         "{table}"
     );
-    let f = s.k.get("skyfunction admin.greet").unwrap();
-    assert!(ready_condition(&f).is_some(), "{f}");
+    for name in ["adder", "admin.greet"] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} in\n{table}"));
+        assert!(row.contains("True"), "{row}");
+        let f = s.k.get(&format!("skyfunction {name}")).unwrap();
+        assert_eq!(ready_condition(&f).unwrap()["status"], "True", "{f}");
+    }
 }
 
 #[test]
