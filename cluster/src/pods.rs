@@ -165,9 +165,15 @@ impl Pods {
         n.entry(f.clone()).or_default().clone()
     }
 
-    /// Wakes everyone waiting on `f`.
+    /// Wakes everyone waiting on `f` (its pods changed).
     pub fn wake(&self, f: &FunctionRef) {
         self.notifier(f).notify_waiters();
+    }
+
+    /// Wakes one call waiting on `f` (a slot came free): one slot, one caller, not a stampede
+    /// of every waiting call. A woken call that leaves without taking it passes it on.
+    pub fn wake_one(&self, f: &FunctionRef) {
+        self.notifier(f).notify_one();
     }
 
     /// The function's routable pods now.

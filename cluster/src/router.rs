@@ -159,7 +159,7 @@ impl Router {
                 counters.in_flight.fetch_sub(1, Ordering::Relaxed);
                 backend.release();
                 if counters.queued.load(Ordering::Relaxed) > 0 {
-                    self.pods.wake(&t.function);
+                    self.pods.wake_one(&t.function);
                 }
                 match sent {
                     Sent::Refused => {
