@@ -154,13 +154,23 @@ impl Router {
                         .with_label_values(&[&t.label])
                         .observe(waited.as_secs_f64());
                 }
-                counters.in_flight.fetch_add(1, Ordering::Relaxed);
-                let sent = self.send(t, &backend, args.clone(), request_id).await;
-                counters.in_flight.fetch_sub(1, Ordering::Relaxed);
-                backend.release();
-                if counters.queued.load(Ordering::Relaxed) > 0 {
-                    self.pods.wake_one(&t.function);
-                }
+                // The call runs in its own task holding the slot: a client that hangs up does not
+                // cut the pod off mid-call, and the slot comes back when the pod answers.
+                let slot = Slot::take(&counters, &backend, &self.pods, &t.function);
+                let task = tokio::spawn(send(
+                    self.http.clone(),
+                    self.metrics.clone(),
+                    t.clone(),
+                    slot,
+                    args.clone(),
+                    request_id.to_string(),
+                ));
+                let sent = task.await.unwrap_or_else(|e| {
+                    Sent::Answered(Called {
+                        output: failed(ApiError::internal(format!("the call's task failed: {e}"))),
+                        cold_start: false,
+                    })
+                });
                 match sent {
                     Sent::Refused => {
                         // Nothing reached the pod: another may take it.
@@ -243,50 +253,95 @@ impl Router {
         phase("port_open", self.pods.became_routable(&t.function));
         phase("first_answer", Some(Instant::now()));
     }
+}
 
-    async fn send(&self, t: &Target, backend: &Backend, args: Bytes, request_id: &str) -> Sent {
-        let url = format!("http://{}/", backend.addr);
-        let res = self
-            .http
-            .post(url)
-            .header("content-type", "application/json")
-            .header("x-request-id", request_id)
-            .body(args)
-            .timeout(t.timeout + POD_SLACK)
-            .send()
-            .await;
-        let fail = |kind: &str, e: ApiError| {
-            self.metrics
+/// Sends one call to the slot's pod and reads its answer.
+async fn send(
+    http: reqwest::Client,
+    metrics: Arc<ClusterMetrics>,
+    t: Target,
+    slot: Slot,
+    args: Bytes,
+    request_id: String,
+) -> Sent {
+    let backend = &slot.backend;
+    let url = format!("http://{}/", backend.addr);
+    let res = http
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-request-id", request_id)
+        .body(args)
+        .timeout(t.timeout + POD_SLACK)
+        .send()
+        .await;
+    let fail = |kind: &str, e: ApiError| {
+        metrics
+            .pod_failures
+            .with_label_values(&[&t.label, kind])
+            .inc();
+        Sent::Answered(Called {
+            output: failed(e),
+            cold_start: false,
+        })
+    };
+    let resp = match res {
+        Ok(r) => r,
+        Err(e) if e.is_connect() => {
+            metrics
                 .pod_failures
-                .with_label_values(&[&t.label, kind])
+                .with_label_values(&[&t.label, "refused"])
                 .inc();
-            Sent::Answered(Called {
-                output: failed(e),
-                cold_start: false,
-            })
-        };
-        let resp = match res {
-            Ok(r) => r,
-            Err(e) if e.is_connect() => {
-                self.metrics
-                    .pod_failures
-                    .with_label_values(&[&t.label, "refused"])
-                    .inc();
-                tracing::warn!(function = %t.label, pod = %backend.name, "connecting to the pod failed: {e}");
-                return Sent::Refused;
-            }
-            Err(e) if e.is_timeout() => return fail("timeout", pod_timeout(t)),
-            Err(e) => return fail("broken", pod_broken(&backend.name, &e)),
-        };
-        let status = resp.status();
-        let cold_start = resp.headers().contains_key("x-skython-cold-start");
-        match resp.bytes().await {
-            Ok(body) => Sent::Answered(Called {
-                output: output(status, body),
-                cold_start,
-            }),
-            Err(e) if e.is_timeout() => fail("timeout", pod_timeout(t)),
-            Err(e) => fail("broken", pod_broken(&backend.name, &e)),
+            tracing::warn!(function = %t.label, pod = %backend.name, "connecting to the pod failed: {e}");
+            return Sent::Refused;
+        }
+        Err(e) if e.is_timeout() => return fail("timeout", pod_timeout(&t)),
+        Err(e) => return fail("broken", pod_broken(&backend.name, &e)),
+    };
+    let status = resp.status();
+    let cold_start = resp.headers().contains_key("x-skython-cold-start");
+    match resp.bytes().await {
+        Ok(body) => Sent::Answered(Called {
+            output: output(status, body),
+            cold_start,
+        }),
+        Err(e) if e.is_timeout() => fail("timeout", pod_timeout(&t)),
+        Err(e) => fail("broken", pod_broken(&backend.name, &e)),
+    }
+}
+
+/// A call's place on a pod, given back however the call ends: the pod's slot, the function's
+/// in-flight count, and a wake-up for one waiting call.
+struct Slot {
+    counters: Arc<Counters>,
+    backend: Arc<Backend>,
+    pods: Arc<Pods>,
+    function: FunctionRef,
+}
+
+impl Slot {
+    /// For a backend whose slot `pick` took.
+    fn take(
+        counters: &Arc<Counters>,
+        backend: &Arc<Backend>,
+        pods: &Arc<Pods>,
+        f: &FunctionRef,
+    ) -> Slot {
+        counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        Slot {
+            counters: counters.clone(),
+            backend: backend.clone(),
+            pods: pods.clone(),
+            function: f.clone(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.backend.release();
+        if self.counters.queued.load(Ordering::Relaxed) > 0 {
+            self.pods.wake_one(&self.function);
         }
     }
 }
@@ -405,6 +460,128 @@ mod tests {
             });
         }
         (pods, f)
+    }
+
+    /// A real HTTP server on loopback standing in for a pod: answers `1` after `delay`.
+    async fn slow_pod(delay: Duration) -> std::net::SocketAddr {
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::post(move || async move {
+                tokio::time::sleep(delay).await;
+                "1"
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_leaves_mid_call_gives_the_slot_back_when_the_pod_answers() {
+        let addr = slow_pod(Duration::from_millis(300)).await;
+        let f = FunctionRef {
+            namespace: "ns".into(),
+            name: "slow".into(),
+        };
+        let pods = Pods::new();
+        pods.apply(PodView {
+            uid: "u".into(),
+            name: "p".into(),
+            function: f.clone(),
+            ip: Some(addr.ip()),
+            port: addr.port(),
+            ready: true,
+            deleting: false,
+        });
+        let metrics = Arc::new(ClusterMetrics::new().unwrap());
+        let router = Router::new(
+            pods.clone(),
+            RouterConfig::default(),
+            Arc::new(|_: &FunctionRef| {}),
+            metrics,
+        )
+        .unwrap();
+        let t = Target {
+            function: f.clone(),
+            label: "a/slow".into(),
+            concurrency: 1,
+            timeout: Duration::from_secs(5),
+        };
+        let left = tokio::time::timeout(
+            Duration::from_millis(50),
+            router.call(&t, Bytes::new(), "r1"),
+        )
+        .await;
+        assert!(left.is_err(), "the caller left before the answer");
+        assert_eq!(router.load()[&f].1.in_flight, 1, "the call goes on");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(router.load()[&f].1.in_flight, 0);
+        assert_eq!(
+            pods.backends(&f)[0].in_flight(),
+            0,
+            "the pod's slot is free again"
+        );
+        let next = router.call(&t, Bytes::new(), "r2").await.unwrap();
+        assert_eq!(&next.output.body[..], b"1");
+    }
+
+    #[tokio::test]
+    async fn calls_beyond_concurrency_wait_and_each_freed_slot_serves_the_next() {
+        let addr = slow_pod(Duration::from_millis(100)).await;
+        let f = FunctionRef {
+            namespace: "ns".into(),
+            name: "one".into(),
+        };
+        let pods = Pods::new();
+        pods.apply(PodView {
+            uid: "u".into(),
+            name: "p".into(),
+            function: f.clone(),
+            ip: Some(addr.ip()),
+            port: addr.port(),
+            ready: true,
+            deleting: false,
+        });
+        let metrics = Arc::new(ClusterMetrics::new().unwrap());
+        let router = Arc::new(
+            Router::new(
+                pods,
+                RouterConfig::default(),
+                Arc::new(|_: &FunctionRef| {}),
+                metrics,
+            )
+            .unwrap(),
+        );
+        let t = Target {
+            function: f.clone(),
+            label: "a/one".into(),
+            concurrency: 1,
+            timeout: Duration::from_secs(5),
+        };
+        let started = std::time::Instant::now();
+        let calls: Vec<_> = (0..4)
+            .map(|i| {
+                let (router, t) = (router.clone(), t.clone());
+                tokio::spawn(async move { router.call(&t, Bytes::new(), &format!("r{i}")).await })
+            })
+            .collect();
+        for c in calls {
+            assert_eq!(&c.await.unwrap().unwrap().output.body[..], b"1");
+        }
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(400),
+            "one at a time on a pod of concurrency 1: {took:?}"
+        );
+        assert_eq!(
+            router.load()[&f].1,
+            Load {
+                in_flight: 0,
+                queued: 0,
+                started: 4
+            }
+        );
     }
 
     #[test]
