@@ -199,6 +199,10 @@ def targets(results):
                     f"the time with {few['functions']}",
                     f"{ratio:.2f}× (median {many['seconds']['median']:.3f} s, max "
                     f"{many['seconds']['max']:.3f} s)", ratio <= MANY_RATIO_TARGET))
+    if results.get("cold_cpu"):
+        t = results["cold_cpu"]["seconds"]
+        out.append(("the same with a 1-CPU limit instead of 100m (no target: how much is the quota's)",
+                    f"median {t['median']:.3f} s, max {t['max']:.3f} s", None))
     warm = results.get("warm")
     if warm:
         c1 = warm["gateway"]["c1"]["p50"]["median"] - warm["direct"]["c1"]["p50"]["median"]
@@ -629,7 +633,7 @@ def burst(stack, args, progress):
         with lock:
             flying = in_flight[0]
         samples.append((now - start, flying, metric(m, "skython_function_ready_pods", function=label) or 0,
-                        metric(m, "skython_autoscaler_desired_replicas", function=label) or 0))
+                        metric(m, "skython_autoscaler_desired_replicas", function=f"{stack.k.namespace}/{name}") or 0))
         if now >= deadline and not stop.is_set():
             stop.set()
             for t in callers:
@@ -664,8 +668,9 @@ def loadavg():
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
-def cold_table(c):
-    lines = [f"| with {c['functions']} functions deployed | seconds |", "|---|---|",
+def cold_table(c, title=None):
+    title = title or f"with {c['functions']} functions deployed"
+    lines = [f"| {title} | seconds |", "|---|---|",
              f"| time to first answer (client) | {fmt(c['seconds'], '', 3)} |"]
     lines += [f"| gateway phase: {p} | {fmt(s, '', 3)} |" for p, s in c["phases"].items()]
     lines.append("| each run (s) | " + ", ".join(f"{r['seconds']:.3f}" for r in c["runs"]) + " |")
@@ -687,9 +692,9 @@ def report(args, results, loads, elapsed):
              f"build, {git_describe()}); runner pods from the image `e2e/cluster/up.sh` built",
              f"- 1-minute load average {loads[0]:.2f} before the run, {loads[1]:.2f} after (the "
              "machine is shared: builds and tests running beside the bench move these figures)",
-             "- figures: median (min–max); every function asks for 100m CPU and 128Mi except the "
-             f"warm-call pod ({args.warm_cpu} CPU, 256Mi: with a 100m limit the quota, not the "
-             "gateway, would set the throughput)", ""]
+             "- figures: median (min–max); every function asks for 100m CPU and 128Mi (requests = "
+             f"limits) except the warm-call pod ({args.warm_cpu} CPU, 256Mi: with a 100m limit the "
+             "quota, not the gateway, would set the throughput) and the 1-CPU cold starts", ""]
     lines += ["## Targets", "", "| what | measured | |", "|---|---|---|"]
     for what, measured, met in targets(results):
         verdict = "—" if met is None else "met" if met else "**missed**"
@@ -704,6 +709,10 @@ def report(args, results, loads, elapsed):
         lines += cold_table(results["cold"])
     if results.get("cold_many"):
         lines += cold_table(results["cold_many"])
+    if results.get("cold_cpu"):
+        lines += ["The same function with a 1-CPU limit instead of 100m (11 functions deployed): "
+                  "how much of the cold start is the CPU quota's.", ""]
+        lines += cold_table(results["cold_cpu"], "with 1 CPU")
     warm = results.get("warm")
     if warm:
         tool = "wrk" if args.wrk else "Python threads, one keep-alive connection each, every call finished before the run ends"
@@ -786,7 +795,7 @@ def main():
     started, load_before = time.monotonic(), loadavg()
     stack = Stack(args)
     results = {}
-    progress = Progress(6 + 2 * (args.cold_starts + 1) + 4 * args.rounds)
+    progress = Progress(7 + 3 * (args.cold_starts + 1) + 4 * args.rounds)
     try:
         progress.step(f"starting the gateway and the operator in {stack.k.namespace}")
         stack.start()
@@ -800,6 +809,14 @@ def main():
         wait_deployed(stack, 10)
         results["cold"] = cold_starts(stack, "add", args.cold_starts, 10, progress, "10 functions")
         results["burst"] = burst(stack, args, progress)
+        # The same cold start with a 1-CPU limit: how much of it is the 100m quota's.
+        progress.step("deploying a function with 1 CPU")
+        stack.k.apply(sky_function("add1", ADD.replace("def add", "def add1"), replicas=0,
+                                   resources={"cpu": "1", "memory": "256Mi"},
+                                   scaling={"idleSecondsToZero": 1}))
+        wait_deployed(stack, 11)
+        results["cold_cpu"] = cold_starts(stack, "add1", args.cold_starts, 11, progress, "1 CPU")
+        stack.k.run("delete", "skyfunction", "add1", "--wait=true")
         progress.step(f"deploying {args.functions - 10} more functions")
         stack.k.apply(fillers(8, args.functions - 10))
         wait_deployed(stack, args.functions)
