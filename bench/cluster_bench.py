@@ -632,14 +632,16 @@ def burst(stack, args, progress):
         m = stack.metrics()
         with lock:
             flying = in_flight[0]
-        samples.append((now - start, flying, metric(m, "skython_function_ready_pods", function=label) or 0,
-                        metric(m, "skython_autoscaler_desired_replicas", function=f"{stack.k.namespace}/{name}") or 0))
+        ready = metric(m, "skython_function_ready_pods", function=label) or 0
+        # The autoscaler labels functions namespace/name, the router owner/endpoint.
+        desired = metric(m, "skython_autoscaler_desired_replicas", function=f"{stack.k.namespace}/{name}") or 0
+        samples.append((now - start, flying, ready, desired))
         if now >= deadline and not stop.is_set():
             stop.set()
             for t in callers:
                 t.join()
             burst_end = time.monotonic() - start
-        if stop.is_set() and samples[-1][2] == 0 and watch.alive() == 0:
+        if stop.is_set() and ready == 0 and watch.alive() == 0:
             break
         if now - start > args.burst_seconds + 120:
             raise SystemExit("the burst's pods were not gone 120 s after it ended")
@@ -654,7 +656,8 @@ def burst(stack, args, progress):
             "pod_seconds": pod_seconds(lifetimes, 0.0, end), "pods": len(lifetimes),
             "peak_ready": max(r for _, _, r, _ in samples),
             "first_ready": next((t for t, _, r, _ in samples if r > 0), None),
-            "samples": samples}
+            "desired_zero": next((t for t, _, _, d in samples if t > burst_end and d == 0), None),
+            "ready_zero": next((t for t, _, r, _ in samples if t > burst_end and r == 0), None)}
 
 
 # ------------------------------------------------------------------ report
@@ -689,7 +692,7 @@ def report(args, results, loads, elapsed):
     lines = [f"# Skython on the test cluster — {now:%Y-%m-%d %H:%M} UTC", "",
              f"- Kubernetes {server}, one node (this machine, {os.cpu_count()} CPUs); `skython gateway` "
              f"and `skython operator` on the host ({binary}, {'a debug' if '/debug/' in str(binary) else 'a release'} "
-             f"build, {git_describe()}); runner pods from the image `e2e/cluster/up.sh` built",
+             f"build); runner pods from the image `e2e/cluster/up.sh` built; the harness at {git_describe()}",
              f"- 1-minute load average {loads[0]:.2f} before the run, {loads[1]:.2f} after (the "
              "machine is shared: builds and tests running beside the bench move these figures)",
              "- figures: median (min–max); every function asks for 100m CPU and 128Mi (requests = "
@@ -742,10 +745,13 @@ def report(args, results, loads, elapsed):
                           ("desired_seconds", "desired replicas (`skython_autoscaler_desired_replicas`)"),
                           ("pod_seconds", "pods existing, Pending to deleted (`kubectl get pods --watch`)")):
             lines.append(f"| {what} | {b[key]:.1f} | {b[key] / b['ideal_seconds']:.2f}× |")
-        first = f"{b['first_ready']:.2f} s" if b["first_ready"] is not None else "never"
+        def at(t):
+            return f"{t:.1f} s" if t is not None else "never"
         lines += ["", f"- calls: {b['calls']['ok']} answered 200, {b['calls']['failed']} failed; "
-                  f"{b['pods']} pods, at most {b['peak_ready']:.0f} ready at once; the first ready "
-                  f"{first} after the start; no pod left {b['until_zero']:.1f} s after the start", ""]
+                  f"{b['pods']} pods, at most {b['peak_ready']:.0f} ready at once",
+                  f"- seconds after the start: the first pod ready {at(b['first_ready'])}; the burst "
+                  f"ended {b['seconds']:.1f} s; desired replicas 0 {at(b['desired_zero'])}; no pod "
+                  f"ready {at(b['ready_zero'])}; no pod left {at(b['until_zero'])}", ""]
     lines += ["## Reproduce", "",
               "`make cluster-up`, then `make bench-cluster` (`--quick`: fewer repetitions). "
               f"This run took {elapsed:.0f} s{' (--quick)' if args.quick else ''}.", ""]
@@ -795,7 +801,8 @@ def main():
     started, load_before = time.monotonic(), loadavg()
     stack = Stack(args)
     results = {}
-    progress = Progress(7 + 3 * (args.cold_starts + 1) + 4 * args.rounds)
+    cpu_starts = max(3, args.cold_starts // 2)  # a side measure: fewer, to keep the run short
+    progress = Progress(7 + 2 * (args.cold_starts + 1) + cpu_starts + 1 + 4 * args.rounds)
     try:
         progress.step(f"starting the gateway and the operator in {stack.k.namespace}")
         stack.start()
@@ -815,7 +822,7 @@ def main():
                                    resources={"cpu": "1", "memory": "256Mi"},
                                    scaling={"idleSecondsToZero": 1}))
         wait_deployed(stack, 11)
-        results["cold_cpu"] = cold_starts(stack, "add1", args.cold_starts, 11, progress, "1 CPU")
+        results["cold_cpu"] = cold_starts(stack, "add1", cpu_starts, 11, progress, "1 CPU")
         stack.k.run("delete", "skyfunction", "add1", "--wait=true")
         progress.step(f"deploying {args.functions - 10} more functions")
         stack.k.apply(fillers(8, args.functions - 10))
