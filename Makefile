@@ -12,7 +12,7 @@ SKYTHON_RELEASE := $(CARGO_TARGET_DIR)/release/skython
 SKYTHON_DEBUG := $(CARGO_TARGET_DIR)/debug/skython
 
 .PHONY: run test build sandbox venv venv-full generate lint unit python-unit e2e clean cluster-up cluster-down \
-	bench bench-quick bench-ab bench-tools bench-check
+	bench bench-quick bench-ab bench-tools bench-check bench-cluster
 
 ## run: build what is missing, then start Skython at http://$(ADDR) (data in $(DATA_DIR))
 run: venv sandbox
@@ -79,11 +79,21 @@ build:
 	cargo build --release -p skython-cli -p http-floor
 
 ## bench: Skython against FastAPI/uvicorn, Flask/gunicorn, an in-process loop and a do-nothing
-##   HTTP responder (minutes); writes bench/results/latest.md and latest.png
+##   HTTP responder (minutes); writes bench/results/latest.md and latest.png; then the cluster
+##   benchmarks when the test cluster is up (skipped, saying why, when it is not)
 bench: venv sandbox bench-tools build
 	$(VENV_BENCH)/bin/python bench/bench.py --skython $(SKYTHON_RELEASE) \
 	  --http-floor $(CARGO_TARGET_DIR)/release/http-floor \
 	  --runtime-python $(VENV)/bin/python --bench-python $(VENV_BENCH)/bin/python
+	$(MAKE) bench-cluster CLUSTER_BENCH_FLAGS=--if-cluster
+
+## bench-cluster: `skython gateway` and runner pods on the test cluster (`make cluster-up` first;
+##   about 8 minutes): time to first answer from zero with 10 and 200 functions deployed, the
+##   gateway's overhead per warm call, a burst's replica-seconds against the ideal; writes
+##   bench/results/cluster.md (CLUSTER_BENCH_FLAGS=--quick: fewer repetitions, about 3 minutes)
+bench-cluster:
+	python3 bench/cluster_bench.py --skython $(SKYTHON_DEBUG) --python $(VENV)/bin/python \
+	  --kubeconfig $(KUBECONFIG_E2E) $(CLUSTER_BENCH_FLAGS)
 
 ## bench-quick: warm `add` at concurrency 64 against FastAPI and Flask only (under a minute)
 bench-quick: venv sandbox bench-tools build
@@ -106,7 +116,7 @@ bench-ab: venv sandbox bench-tools build
 # The harness's unit tests and a one-round smoke run (figures are not checked: not a CI gate)
 bench-check: bench-tools
 	cargo build -p skython-cli -p http-floor
-	cd bench && HTTP_FLOOR=$(CARGO_TARGET_DIR)/debug/http-floor $(VENV_BENCH)/bin/python -m unittest -q test_bench
+	cd bench && HTTP_FLOOR=$(CARGO_TARGET_DIR)/debug/http-floor $(VENV_BENCH)/bin/python -m unittest -q test_bench test_cluster_bench
 	$(VENV_BENCH)/bin/python bench/bench.py --quick --rounds 1 --seconds 1 --skython $(SKYTHON_DEBUG) \
 	  --runtime-python $(VENV)/bin/python --bench-python $(VENV_BENCH)/bin/python
 
