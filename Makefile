@@ -91,8 +91,8 @@ bench: venv sandbox bench-tools build
 ##   about 8 minutes): time to first answer from zero with 10 and 200 functions deployed, the
 ##   gateway's overhead per warm call, a burst's replica-seconds against the ideal; writes
 ##   bench/results/cluster.md (CLUSTER_BENCH_FLAGS=--quick: fewer repetitions, about 3 minutes)
-bench-cluster:
-	python3 bench/cluster_bench.py --skython $(SKYTHON_DEBUG) --python $(VENV)/bin/python \
+bench-cluster: build
+	python3 bench/cluster_bench.py --skython $(SKYTHON_RELEASE) --python $(VENV)/bin/python \
 	  --kubeconfig $(KUBECONFIG_E2E) $(CLUSTER_BENCH_FLAGS)
 
 ## bench-quick: warm `add` at concurrency 64 against FastAPI and Flask only (under a minute)
