@@ -231,45 +231,45 @@ fn a_burst_from_zero_scales_up_all_succeed_and_it_returns_to_zero() {
 fn the_cold_queue_answers_503_when_full_and_504_past_its_deadline() {
     let s = Stack::start(
         "queue",
-        &["--pod-queue-limit", "1", "--pod-queue-timeout-secs", "0.3"],
+        &["--pod-queue-limit", "1", "--pod-queue-timeout-secs", "2"],
     );
+    // Pods that can never be scheduled (64 CPUs on a 2-CPU node): the cold start never ends.
     s.apply(
-        "idle",
-        "idle",
+        "stuck",
+        "stuck",
         ADD,
-        json!({"scaling": {"idleSecondsToZero": 1}}),
+        json!({"resources": {"cpu": "64", "memory": "128Mi"}}),
     );
-    s.wait_replicas("idle", 0, Duration::from_secs(60));
-    assert!(eventually(Duration::from_secs(60), || s
-        .pods("idle")
-        .is_empty()));
-    let url = format!("{}/fn/admin/idle", s.gateway.url);
-    let calls: Vec<_> = (0..2)
-        .map(|_| {
-            let url = url.clone();
-            std::thread::spawn(move || {
-                let r = reqwest::blocking::Client::new()
-                    .post(url)
-                    .body(r#"{"a": 1, "b": 2}"#)
-                    .send()
-                    .expect("answer");
-                let status = r.status().as_u16();
-                let body: Value = r.json().unwrap_or_default();
-                (
-                    status,
-                    body["error"]["code"].as_str().unwrap_or("").to_string(),
-                )
-            })
-        })
-        .collect();
-    let mut got: Vec<_> = calls.into_iter().map(|c| c.join().unwrap()).collect();
-    got.sort();
+    let url = format!("{}/fn/admin/stuck", s.gateway.url);
+    let waiting = std::thread::spawn(move || {
+        let r = reqwest::blocking::Client::new()
+            .post(url)
+            .body(r#"{"a": 1, "b": 2}"#)
+            .send()
+            .expect("an answer");
+        let status = r.status().as_u16();
+        let body: Value = r.json().unwrap_or_default();
+        (
+            status,
+            body["error"]["code"].as_str().unwrap_or("").to_string(),
+        )
+    });
+    assert!(
+        eventually(Duration::from_secs(10), || s
+            .gateway
+            .metric(r#"skython_function_queued{function="admin/stuck"}"#)
+            == Some(1.0)),
+        "the first call waits in the queue"
+    );
+    let (status, body) = s.gateway.call("admin/stuck", json!({"a": 1, "b": 2}));
     assert_eq!(
-        got,
-        vec![
-            (503, "queue_full".to_string()),
-            (504, "cold_start_timeout".to_string())
-        ]
+        (status, body["error"]["code"].as_str()),
+        (503, Some("queue_full")),
+        "{body}"
+    );
+    assert_eq!(
+        waiting.join().unwrap(),
+        (504, "cold_start_timeout".to_string())
     );
 }
 
