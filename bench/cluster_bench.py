@@ -633,8 +633,7 @@ def burst(stack, args, progress):
         with lock:
             flying = in_flight[0]
         ready = metric(m, "skython_function_ready_pods", function=label) or 0
-        # The autoscaler labels functions namespace/name, the router owner/endpoint.
-        desired = metric(m, "skython_autoscaler_desired_replicas", function=f"{stack.k.namespace}/{name}") or 0
+        desired = metric(m, "skython_autoscaler_desired_replicas", function=label) or 0
         samples.append((now - start, flying, ready, desired))
         if now >= deadline and not stop.is_set():
             stop.set()

@@ -340,12 +340,11 @@ impl Metrics {
         })
     }
 
-    fn forget(&self, f: &FunctionRef) {
-        let label = f.to_string();
-        let _ = self.desired.remove_label_values(&[&label]);
-        let _ = self.panic.remove_label_values(&[&label]);
+    fn forget(&self, label: &str) {
+        let _ = self.desired.remove_label_values(&[label]);
+        let _ = self.panic.remove_label_values(&[label]);
         for outcome in ["ok", "error"] {
-            let _ = self.writes.remove_label_values(&[&label, outcome]);
+            let _ = self.writes.remove_label_values(&[label, outcome]);
         }
     }
 }
@@ -452,14 +451,26 @@ async fn lead(
     gauge.set(0);
 }
 
-/// How long a count this loop wrote wins over the watched object's.
-const TRUST_WRITTEN: Duration = Duration::from_secs(1);
+/// How long a count this loop wrote wins over the watched object's at most (the watch has
+/// normally shown the write within milliseconds; past this, someone may have changed it since).
+const TRUST_WRITTEN: Duration = Duration::from_secs(10);
+
+/// A count this loop wrote, and the object's version that write made.
+#[derive(Debug, Clone)]
+struct Written {
+    replicas: u32,
+    version: Option<String>,
+    at: Instant,
+}
 
 /// One function as the loop follows it.
 struct Tracked {
-    /// The count this loop last wrote, trusted over the watched object for a moment (the
-    /// watch shows our own write a few milliseconds later).
-    written: Option<(u32, Instant)>,
+    /// Its metrics' `function` label.
+    label: String,
+    /// The count this loop last wrote, trusted over the watched object until the watch shows
+    /// that write (a moment later; a busy machine can make it seconds, and deciding from the
+    /// older count would write the same count again).
+    written: Option<Written>,
     /// Created when `current` is first known.
     history: Option<History>,
     /// No API call for this function before then (after a failure).
@@ -507,9 +518,9 @@ impl Scaler {
     async fn tick(&mut self, only: Option<&HashSet<FunctionRef>>) {
         let leading = self.leading.load(Ordering::SeqCst);
         if leading && !self.was_leading {
-            // The previous leader wrote counts this replica has not seen: read them afresh.
+            // Counts come from the watched objects (whoever wrote them); what this replica
+            // wrote itself stays trusted until the watch shows it. Failed writes may go again.
             for t in self.tracked.values_mut() {
-                t.written = None;
                 t.quiet_until = None;
             }
         }
@@ -542,8 +553,9 @@ impl Scaler {
                 .cloned()
                 .collect();
             for f in gone {
-                self.tracked.remove(&f);
-                self.metrics.forget(&f);
+                if let Some(t) = self.tracked.remove(&f) {
+                    self.metrics.forget(&t.label);
+                }
             }
         }
     }
@@ -553,6 +565,8 @@ impl Scaler {
         let bounds = Bounds::of(&obj.spec);
         let api = Api::<SkyFunction>::namespaced(self.client.clone(), &f.namespace);
         let t = self.tracked.entry(f.clone()).or_insert(Tracked {
+            // As the gateway's other series name functions: owner/endpoint.
+            label: format!("{}/{}", obj.spec.owner, obj.spec.endpoint),
             written: None,
             history: None,
             quiet_until: None,
@@ -575,15 +589,19 @@ impl Scaler {
         }
         // Unset: what the operator runs, `max(minReplicas, 1)`.
         let stored = obj.spec.replicas.unwrap_or(bounds.min.max(1));
-        let current = match t.written {
-            Some((n, at)) if now.saturating_duration_since(at) < TRUST_WRITTEN => n,
-            _ => stored,
-        };
+        // Our own write, until the watched object shows it (or a while has passed).
+        if t.written.as_ref().is_some_and(|w| {
+            w.version.is_some() && w.version == obj.metadata.resource_version
+                || now.saturating_duration_since(w.at) >= TRUST_WRITTEN
+        }) {
+            t.written = None;
+        }
+        let current = t.written.as_ref().map_or(stored, |w| w.replicas);
         let h = t.history.get_or_insert_with(|| History::new(now, current));
         h.record(now, demand, self.cfg.stable_window);
         let ready = obj.status.as_ref().map_or(0, |s| s.ready_replicas);
         let d = decide(h, &bounds, current, ready, now, &self.cfg);
-        let label = f.to_string();
+        let label = t.label.clone();
         self.metrics
             .desired
             .with_label_values(&[&label])
@@ -601,11 +619,15 @@ impl Scaler {
             .write_seconds
             .observe(started.elapsed().as_secs_f64());
         match written {
-            Ok(()) => {
+            Ok(version) => {
                 tracing::info!(function = %f, from = current, to = d.replicas, panic = d.panic, "scaled");
                 (self.on_scaled)(f, current, d.replicas);
                 self.metrics.writes.with_label_values(&[&label, "ok"]).inc();
-                t.written = Some((d.replicas, now));
+                t.written = Some(Written {
+                    replicas: d.replicas,
+                    version,
+                    at: now,
+                });
             }
             Err(e) => {
                 tracing::warn!(function = %f, to = d.replicas, "writing the scale: {e}");
@@ -634,15 +656,16 @@ async fn write_scale(
     name: &str,
     replicas: u32,
     timeout: Duration,
-) -> Result<(), ApiError> {
+) -> Result<Option<String>, ApiError> {
     let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
-    tokio::time::timeout(
+    let scale = tokio::time::timeout(
         timeout,
         api.patch_scale(name, &PatchParams::default(), &patch),
     )
     .await
     .map_err(|_| ApiError::Timeout(timeout))??;
-    Ok(())
+    // The scale subresource carries its object's version.
+    Ok(scale.metadata.resource_version)
 }
 
 #[cfg(test)]
@@ -944,20 +967,16 @@ mod tests {
         use prometheus::Encoder;
         let registry = Registry::new_custom(Some("skython".into()), None).unwrap();
         let m = Metrics::new(&registry).unwrap();
-        let f = FunctionRef {
-            namespace: "ns".into(),
-            name: "fn".into(),
-        };
-        m.desired.with_label_values(&[&f.to_string()]).set(3);
+        m.desired.with_label_values(&["alice/fn"]).set(3);
         m.write_seconds.observe(0.01);
         let mut out = Vec::new();
         prometheus::TextEncoder::new()
             .encode(&registry.gather(), &mut out)
             .unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert!(text.contains(r#"skython_autoscaler_desired_replicas{function="ns/fn"} 3"#));
+        assert!(text.contains(r#"skython_autoscaler_desired_replicas{function="alice/fn"} 3"#));
         assert!(text.contains("skython_autoscaler_scale_write_seconds_count 1"));
-        m.forget(&f);
+        m.forget("alice/fn");
         assert!(!registry.gather().iter().any(|mf| {
             mf.name() == "skython_autoscaler_desired_replicas" && !mf.get_metric().is_empty()
         }));

@@ -268,11 +268,15 @@ async fn the_leader_writes_demand_as_replicas_and_returns_to_zero_after_idle() {
     );
 
     let text = render(&registry);
-    let label = format!(r#"function="{}/burst""#, t.ns);
+    let label = r#"function="scale/burst""#;
     assert!(text.contains(&format!("skython_autoscaler_desired_replicas{{{label}}} 0")));
-    assert!(text.contains(&format!(
-        r#"skython_autoscaler_scale_writes_total{{{label},outcome="ok"}} 3"#
-    )));
+    assert!(
+        text.contains(&format!(
+            r#"skython_autoscaler_scale_writes_total{{{label},outcome="ok"}} 3"#
+        )),
+        "writes told: {:?}\n{text}",
+        written.lock().unwrap()
+    );
     assert!(text.contains("skython_autoscaler_scale_write_seconds_count 3"));
     assert!(text.contains("skython_autoscaler_leader 1"));
     assert_eq!(
@@ -336,7 +340,7 @@ async fn a_follower_decides_but_does_not_write() {
     .expect("start the autoscaler");
     scaler.poke(&f);
 
-    let label = format!(r#"function="{}/busy""#, t.ns);
+    let label = r#"function="scale/busy""#;
     let decided = format!("skython_autoscaler_desired_replicas{{{label}}} 3");
     let start = Instant::now();
     while !render(&registry).contains(&decided) {
