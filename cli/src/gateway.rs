@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{ArgAction, Args};
 use skython_cluster::autoscaler::AutoscalerConfig;
-use skython_cluster::platform::{ClusterConfig, ClusterPlatform};
+use skython_cluster::platform::{ClusterConfig, ClusterPlatform, PeerConfig};
 use skython_cluster::router::RouterConfig;
 use skython_gateway::{AppState, Metrics};
 use skython_operator::leader::LeaseConfig;
@@ -51,9 +51,17 @@ pub struct GatewayArgs {
     lease_namespace: String,
     #[arg(long, env = "SKYTHON_LEASE_NAME", default_value = "skython-autoscaler")]
     lease_name: String,
-    /// This replica's name in the Lease. Default: the pod name, else <hostname>-<pid>.
+    /// This replica's name in the Lease. Default: the pod name, else <hostname>-<pid>; with
+    /// --peer-token, the --advertise-url.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// A secret shared by all gateway replicas: with it, each replica reports its counts to the
+    /// one whose autoscaler decides, which then scales on the sum. Unset: one replica.
+    #[arg(long, env = "SKYTHON_PEER_TOKEN", hide_env_values = true)]
+    peer_token: Option<String>,
+    /// The URL other replicas reach this one at (with --peer-token). Default: the public URL.
+    #[arg(long, env = "SKYTHON_ADVERTISE_URL")]
+    advertise_url: Option<String>,
 }
 
 fn seconds(flag: &str, s: f64) -> anyhow::Result<Duration> {
@@ -67,6 +75,19 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         .await
         .context("connecting to Kubernetes")?;
     let p = prepare(&args.server).await?;
+    let peers = args
+        .peer_token
+        .clone()
+        .filter(|t| !t.trim().is_empty())
+        .map(|token| PeerConfig {
+            advertise_url: args
+                .advertise_url
+                .clone()
+                .unwrap_or_else(|| p.url.clone())
+                .trim_end_matches('/')
+                .to_string(),
+            token,
+        });
     let config = ClusterConfig {
         deploy_namespace: args.function_namespace.clone(),
         watch_namespace: args.watch_namespace.clone(),
@@ -82,13 +103,18 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         lease: args.leader_elect.then(|| LeaseConfig {
             namespace: args.lease_namespace.clone(),
             name: args.lease_name.clone(),
-            identity: args
-                .identity
-                .clone()
-                .unwrap_or_else(skython_operator::default_identity),
+            // With peers, the Lease names the leader by its URL: the others report there.
+            identity: match &peers {
+                Some(p) => p.advertise_url.clone(),
+                None => args
+                    .identity
+                    .clone()
+                    .unwrap_or_else(skython_operator::default_identity),
+            },
             duration: Duration::from_secs(15),
         }),
         limits: p.config.limits.clone(),
+        peers,
     };
     let metrics = Arc::new(Metrics::new()?);
     let (platform, internal) =

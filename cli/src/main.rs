@@ -30,7 +30,7 @@ enum Command {
     /// Start Skython on this machine: gateway, Python runtime and embedded store.
     Up(up::UpArgs),
     /// Run the gateway on Kubernetes: SkyFunctions are the functions, runner pods serve them.
-    Gateway(gateway::GatewayArgs),
+    Gateway(Box<gateway::GatewayArgs>),
     /// Serve one function in a runner pod (what the operator's Deployments run).
     Runner(runner::RunnerArgs),
     /// Run the SkyFunction operator against a Kubernetes cluster.
@@ -141,7 +141,7 @@ fn main() -> std::process::ExitCode {
     let res = rt.block_on(async move {
         match cli.command {
             Command::Up(a) => up::run(a).await,
-            Command::Gateway(a) => gateway::run(a).await,
+            Command::Gateway(a) => gateway::run(*a).await,
             Command::Runner(a) => runner::run(a).await,
             Command::Operator(a) => operator::run(a).await,
             Command::Deploy(a) => client::deploy(a).await,

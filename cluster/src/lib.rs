@@ -8,20 +8,24 @@
 //!   a bounded queue (and wakes the autoscaler when the function is at zero);
 //! - `autoscaler`: in-flight and queued calls per function → replicas, written through the
 //!   SkyFunction's scale subresource;
-//! - `internal`: the routes runner pods call (announce, state), authenticated by their tokens.
+//! - `internal`: the routes runner pods call (announce, state), authenticated by their tokens;
+//! - `peers`: with several gateway replicas, the others' counts reach the one that decides.
 
 #![forbid(unsafe_code)]
 
 pub mod autoscaler;
 pub mod internal;
 pub mod metrics;
+pub mod peers;
 pub mod platform;
 pub mod pods;
 pub mod registry;
 pub mod router;
 
 /// A `SkyFunction` object by namespace and name (what the autoscaler scales and pods belong to).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct FunctionRef {
     pub namespace: String,
     pub name: String,

@@ -18,9 +18,10 @@ use skython_operator::leader::LeaseConfig;
 use skython_store::{FunctionFilter, FunctionRecord, StateScope, Store};
 use tracing::Instrument;
 
-use crate::autoscaler::{Autoscaler, AutoscalerConfig};
+use crate::autoscaler::{Autoscaler, AutoscalerConfig, DemandSource};
 use crate::internal::Internal;
 use crate::metrics::ClusterMetrics;
+use crate::peers::{Peers, Poke};
 use crate::pods::{self, Pods};
 use crate::registry::Registry;
 use crate::router::{Router, RouterConfig, Target};
@@ -72,6 +73,18 @@ pub struct ClusterConfig {
     pub lease: Option<LeaseConfig>,
     /// The state limits for pods' `store`/`load`.
     pub limits: Limits,
+    /// With several gateway replicas: how they reach each other (`None`: this one is alone).
+    pub peers: Option<PeerConfig>,
+}
+
+/// How gateway replicas find and trust each other.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// This replica's URL as the others reach it; also its Lease identity, so the Lease says
+    /// where the leader is.
+    pub advertise_url: String,
+    /// A secret all replicas share.
+    pub token: String,
 }
 
 pub struct ClusterPlatform {
@@ -110,11 +123,28 @@ impl ClusterPlatform {
         ));
         // The router wakes the autoscaler, which reads the router's counts: tie the knot late.
         let autoscaler: Arc<OnceLock<Arc<Autoscaler>>> = Arc::default();
-        let poke = {
+        let poke_here: Poke = {
             let autoscaler = autoscaler.clone();
             Arc::new(move |f: &FunctionRef| {
                 if let Some(a) = autoscaler.get() {
                     a.poke(f);
+                }
+            })
+        };
+        let peers = match &config.peers {
+            Some(p) => Some(Peers::new(p.advertise_url.clone(), p.token.clone())?),
+            None => None,
+        };
+        // A call at zero wakes this replica's autoscaler and, when another replica leads, that
+        // one's (through the next report, sent at once).
+        let (to_leader, pokes_for_leader) = tokio::sync::mpsc::unbounded_channel();
+        let poke = {
+            let poke_here = poke_here.clone();
+            let forward = peers.is_some();
+            Arc::new(move |f: &FunctionRef| {
+                poke_here(f);
+                if forward {
+                    let _ = to_leader.send(f.clone());
                 }
             })
         };
@@ -124,7 +154,7 @@ impl ClusterPlatform {
             poke,
             metrics.clone(),
         )?);
-        let demand = {
+        let local: DemandSource = {
             let router = Arc::downgrade(&router);
             Arc::new(move || {
                 router
@@ -132,6 +162,13 @@ impl ClusterPlatform {
                     .map(|r| r.load().into_iter().map(|(f, (_, l))| (f, l)).collect())
                     .unwrap_or_default()
             })
+        };
+        let demand: DemandSource = match &peers {
+            Some(peers) => {
+                let (peers, local) = (peers.clone(), local.clone());
+                Arc::new(move || peers.total(local()))
+            }
+            None => local.clone(),
         };
         let on_scaled = {
             let router = Arc::downgrade(&router);
@@ -155,7 +192,23 @@ impl ClusterPlatform {
             let registry = registry.clone();
             Arc::new(move |f: &FunctionRef| scope_of(&registry, f))
         };
-        let internal = Internal::new(client, pods.clone(), store, config.limits.clone(), resolve)?;
+        let mut internal_routes = Internal::new(
+            client.clone(),
+            pods.clone(),
+            store,
+            config.limits.clone(),
+            resolve,
+        )?
+        .router();
+        if let (Some(peers), Some(lease)) = (&peers, &config.lease) {
+            internal_routes = internal_routes.merge(peers.clone().router(poke_here));
+            tokio::spawn(peers.clone().report(
+                kube::Api::namespaced(client, &lease.namespace),
+                lease.name.clone(),
+                local,
+                pokes_for_leader,
+            ));
+        }
         let platform = Arc::new(ClusterPlatform {
             registry,
             pods,
@@ -165,7 +218,7 @@ impl ClusterPlatform {
             metrics,
             gateway_metrics,
         });
-        Ok((platform, internal.router()))
+        Ok((platform, internal_routes))
     }
 
     /// The written version's status once the operator has reported on it (as a local deploy

@@ -445,3 +445,60 @@ fn a_runner_pod_killed_mid_burst_fails_only_its_calls_in_flight() {
         (200, json!("ok"))
     );
 }
+
+#[test]
+fn with_two_gateways_the_leader_scales_on_the_calls_the_other_routes() {
+    let peer = [
+        "--peer-token",
+        "e2e-peer-secret",
+        "--stable-window-secs",
+        "4",
+    ];
+    let s = Stack::start("peers", &peer);
+    // The first gateway holds the autoscaler's Lease; a second one joins it.
+    assert!(eventually(Duration::from_secs(30), || s
+        .gateway
+        .metric("skython_autoscaler_leader")
+        == Some(1.0)));
+    let data = tempfile::tempdir().unwrap();
+    let follower = start_gateway(&s.k, data.path(), free_port(), &peer);
+    assert!(eventually(Duration::from_secs(30), || follower
+        .metric("skython_autoscaler_leader")
+        == Some(0.0)));
+    let slow = "import time\ndef nap(s: float = 0.5) -> str:\n    time.sleep(s)\n    return 'ok'\n";
+    s.apply(
+        "nap",
+        "nap",
+        slow,
+        json!({"concurrency": 2, "scaling": {"maxReplicas": 4, "idleSecondsToZero": 3}}),
+    );
+    s.wait_replicas("nap", 0, Duration::from_secs(60));
+    // Only the follower sees these calls; only the leader writes replicas.
+    let url = format!("{}/fn/admin/nap", follower.url);
+    let calls: Vec<_> = (0..16)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                reqwest::blocking::Client::new()
+                    .post(url)
+                    .body("{}")
+                    .timeout(Duration::from_secs(60))
+                    .send()
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    let statuses: Vec<_> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+    assert!(
+        statuses.iter().all(|s| matches!(s, Ok(200))),
+        "every call through the follower succeeds: {statuses:?}"
+    );
+    let (desired, _) = s.replicas("nap");
+    assert!(
+        desired > 1,
+        "the leader scaled on the follower's counts: {desired}"
+    );
+    let writes = r#"skython_autoscaler_scale_writes_total{function="admin/nap",outcome="ok"}"#;
+    assert!(s.gateway.metric(writes).is_some_and(|n| n >= 2.0));
+    assert_eq!(follower.metric(writes), None, "the follower wrote nothing");
+}
