@@ -38,6 +38,8 @@ from http.client import HTTPConnection
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from bench import Progress, log  # one progress line and log, as bench.py prints them
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CRD = ROOT / "helm/skython/crds/skyfunctions.skython.io.yaml"
@@ -60,31 +62,6 @@ SAMPLE_SECONDS = 0.2
 
 COLD_TARGET_S = 1.0
 MANY_RATIO_TARGET = 1.2
-
-
-def log(*parts):
-    print(*parts, file=sys.stderr, flush=True)
-
-
-class Progress:
-    """One status line: step n of total, what runs now, time left (as bench.py prints it)."""
-
-    def __init__(self, total):
-        self.total, self.done, self.started = total, 0, time.monotonic()
-
-    def step(self, what):
-        self.done += 1
-        elapsed = time.monotonic() - self.started
-        left = elapsed / max(self.done - 1, 1) * (self.total - self.done + 1) if self.done > 1 else 0
-        line = f"[{self.done}/{self.total}] {what}  (~{left:.0f}s left)"
-        if sys.stderr.isatty():
-            print("\r\033[K" + line, end="", file=sys.stderr, flush=True)
-        else:
-            log(line)
-
-    def finish(self):
-        if sys.stderr.isatty():
-            print(file=sys.stderr)
 
 
 # ------------------------------------------------------------------ pure parts

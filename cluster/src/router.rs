@@ -477,9 +477,9 @@ mod tests {
         addr
     }
 
-    #[tokio::test]
-    async fn a_caller_that_leaves_mid_call_gives_the_slot_back_when_the_pod_answers() {
-        let addr = slow_pod(Duration::from_millis(300)).await;
+    /// A router with one ready pod, `slow_pod(delay)`, for a function of `concurrency` 1.
+    async fn one_pod(delay: Duration) -> (Arc<Router>, Arc<Pods>, Target) {
+        let addr = slow_pod(delay).await;
         let f = FunctionRef {
             namespace: "ns".into(),
             name: "slow".into(),
@@ -495,19 +495,21 @@ mod tests {
             deleting: false,
         });
         let metrics = Arc::new(ClusterMetrics::new().unwrap());
-        let router = Router::new(
-            pods.clone(),
-            RouterConfig::default(),
-            Arc::new(|_: &FunctionRef| {}),
-            metrics,
-        )
-        .unwrap();
+        let no_scaling: ScaleUp = Arc::new(|_: &FunctionRef| {});
+        let router = Router::new(pods.clone(), RouterConfig::default(), no_scaling, metrics);
         let t = Target {
-            function: f.clone(),
+            function: f,
             label: "a/slow".into(),
             concurrency: 1,
             timeout: Duration::from_secs(5),
         };
+        (Arc::new(router.unwrap()), pods, t)
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_leaves_mid_call_gives_the_slot_back_when_the_pod_answers() {
+        let (router, pods, t) = one_pod(Duration::from_millis(300)).await;
+        let f = t.function.clone();
         let left = tokio::time::timeout(
             Duration::from_millis(50),
             router.call(&t, Bytes::new(), "r1"),
@@ -528,37 +530,7 @@ mod tests {
 
     #[tokio::test]
     async fn calls_beyond_concurrency_wait_and_each_freed_slot_serves_the_next() {
-        let addr = slow_pod(Duration::from_millis(100)).await;
-        let f = FunctionRef {
-            namespace: "ns".into(),
-            name: "one".into(),
-        };
-        let pods = Pods::new();
-        pods.apply(PodView {
-            uid: "u".into(),
-            name: "p".into(),
-            function: f.clone(),
-            ip: Some(addr.ip()),
-            port: addr.port(),
-            ready: true,
-            deleting: false,
-        });
-        let metrics = Arc::new(ClusterMetrics::new().unwrap());
-        let router = Arc::new(
-            Router::new(
-                pods,
-                RouterConfig::default(),
-                Arc::new(|_: &FunctionRef| {}),
-                metrics,
-            )
-            .unwrap(),
-        );
-        let t = Target {
-            function: f.clone(),
-            label: "a/one".into(),
-            concurrency: 1,
-            timeout: Duration::from_secs(5),
-        };
+        let (router, _pods, t) = one_pod(Duration::from_millis(100)).await;
         let started = std::time::Instant::now();
         let calls: Vec<_> = (0..4)
             .map(|i| {
@@ -575,7 +547,7 @@ mod tests {
             "one at a time on a pod of concurrency 1: {took:?}"
         );
         assert_eq!(
-            router.load()[&f].1,
+            router.load()[&t.function].1,
             Load {
                 in_flight: 0,
                 queued: 0,

@@ -104,6 +104,31 @@ fn small() -> Value {
     json!({"cpu": "100m", "memory": "128Mi"})
 }
 
+/// A call in a thread of its own: its status and error code (empty when it succeeded).
+fn spawn_call(url: &str, body: &str) -> std::thread::JoinHandle<(u16, String)> {
+    let (url, body) = (url.to_string(), body.to_string());
+    std::thread::spawn(move || {
+        let r = reqwest::blocking::Client::new()
+            .post(url)
+            .body(body)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .expect("an answer");
+        let status = r.status().as_u16();
+        let body: Value = r.json().unwrap_or_default();
+        (
+            status,
+            body["error"]["code"].as_str().unwrap_or("").to_string(),
+        )
+    })
+}
+
+/// `n` calls at once; their answers.
+fn burst(url: &str, n: usize) -> Vec<(u16, String)> {
+    let calls: Vec<_> = (0..n).map(|_| spawn_call(url, "{}")).collect();
+    calls.into_iter().map(|c| c.join().unwrap()).collect()
+}
+
 const ADD: &str = "def add(a: int, b: int) -> int:\n    return a + b\n";
 
 #[test]
@@ -203,23 +228,10 @@ fn a_burst_from_zero_scales_up_all_succeed_and_it_returns_to_zero() {
     );
     let started = Instant::now();
     let url = format!("{}/fn/admin/nap", s.gateway.url);
-    let calls: Vec<_> = (0..50)
-        .map(|_| {
-            let url = url.clone();
-            std::thread::spawn(move || {
-                reqwest::blocking::Client::new()
-                    .post(url)
-                    .body("{}")
-                    .timeout(Duration::from_secs(60))
-                    .send()
-                    .map(|r| r.status().as_u16())
-            })
-        })
-        .collect();
-    let statuses: Vec<_> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+    let got = burst(&url, 50);
     assert!(
-        statuses.iter().all(|s| matches!(s, Ok(200))),
-        "every call of the burst succeeds: {statuses:?}"
+        got.iter().all(|(status, _)| *status == 200),
+        "every call of the burst succeeds: {got:?}"
     );
     eprintln!("burst of 50 from zero: {:?}", started.elapsed());
     let (desired, _) = s.replicas("nap");
@@ -249,19 +261,7 @@ fn the_cold_queue_answers_503_when_full_and_504_past_its_deadline() {
         json!({"resources": {"cpu": "64", "memory": "128Mi"}}),
     );
     let url = format!("{}/fn/admin/stuck", s.gateway.url);
-    let waiting = std::thread::spawn(move || {
-        let r = reqwest::blocking::Client::new()
-            .post(url)
-            .body(r#"{"a": 1, "b": 2}"#)
-            .send()
-            .expect("an answer");
-        let status = r.status().as_u16();
-        let body: Value = r.json().unwrap_or_default();
-        (
-            status,
-            body["error"]["code"].as_str().unwrap_or("").to_string(),
-        )
-    });
+    let waiting = spawn_call(&url, r#"{"a": 1, "b": 2}"#);
     assert!(
         eventually(Duration::from_secs(10), || s
             .gateway
@@ -403,25 +403,7 @@ fn a_runner_pod_killed_mid_burst_fails_only_its_calls_in_flight() {
         .to_string();
     let url = format!("{}/fn/admin/nap", s.gateway.url);
     // Four calls fill both pods (two each); four more wait in the gateway.
-    let calls: Vec<_> = (0..8)
-        .map(|_| {
-            let url = url.clone();
-            std::thread::spawn(move || {
-                let r = reqwest::blocking::Client::new()
-                    .post(url)
-                    .body("{}")
-                    .timeout(Duration::from_secs(60))
-                    .send()
-                    .expect("an answer");
-                let status = r.status().as_u16();
-                let body: Value = r.json().unwrap_or_default();
-                (
-                    status,
-                    body["error"]["code"].as_str().unwrap_or("").to_string(),
-                )
-            })
-        })
-        .collect();
+    let calls: Vec<_> = (0..8).map(|_| spawn_call(&url, "{}")).collect();
     std::thread::sleep(Duration::from_millis(800));
     let pid = runner_pid(&victim).expect("the victim's runner process");
     std::process::Command::new("kill")
@@ -475,23 +457,10 @@ fn with_two_gateways_the_leader_scales_on_the_calls_the_other_routes() {
     s.wait_replicas("nap", 0, Duration::from_secs(60));
     // Only the follower sees these calls; only the leader writes replicas.
     let url = format!("{}/fn/admin/nap", follower.url);
-    let calls: Vec<_> = (0..16)
-        .map(|_| {
-            let url = url.clone();
-            std::thread::spawn(move || {
-                reqwest::blocking::Client::new()
-                    .post(url)
-                    .body("{}")
-                    .timeout(Duration::from_secs(60))
-                    .send()
-                    .map(|r| r.status().as_u16())
-            })
-        })
-        .collect();
-    let statuses: Vec<_> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+    let got = burst(&url, 16);
     assert!(
-        statuses.iter().all(|s| matches!(s, Ok(200))),
-        "every call through the follower succeeds: {statuses:?}"
+        got.iter().all(|(status, _)| *status == 200),
+        "every call through the follower succeeds: {got:?}"
     );
     let (desired, _) = s.replicas("nap");
     assert!(
