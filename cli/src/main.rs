@@ -163,6 +163,9 @@ fn main() -> std::process::ExitCode {
             }
         }
     });
+    // Without waiting for blocking threads: one reads a zygote's stderr, which lasts as long
+    // as the zygote, and a pod must stop once its calls are done, not at its grace period.
+    rt.shutdown_background();
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

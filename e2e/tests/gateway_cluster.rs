@@ -223,7 +223,7 @@ fn a_burst_from_zero_scales_up_all_succeed_and_it_returns_to_zero() {
     // It starts with one replica, then idles to zero.
     s.wait_replicas("nap", 0, Duration::from_secs(60));
     assert!(
-        eventually(Duration::from_secs(60), || s.pods("nap").is_empty()),
+        eventually(Duration::from_secs(120), || s.pods("nap").is_empty()),
         "the pods went away"
     );
     let started = Instant::now();
