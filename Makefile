@@ -90,8 +90,12 @@ bench: venv sandbox bench-tools build
 ## bench-cluster: `skython gateway` and runner pods on the test cluster (`make cluster-up` first;
 ##   about 8 minutes): time to first answer from zero with 10 and 200 functions deployed, the
 ##   gateway's overhead per warm call, a burst's replica-seconds against the ideal; writes
-##   bench/results/cluster.md (CLUSTER_BENCH_FLAGS=--quick: fewer repetitions, about 3 minutes)
+##   bench/results/cluster.md (CLUSTER_BENCH_FLAGS=--quick: fewer repetitions, about 3 minutes);
+##   runner pods get the release build (`make cluster-up` puts the debug build back)
 bench-cluster: build
+	@# Runner pods run the release build too (when the cluster is up: the image is refreshed).
+	@if kubectl --kubeconfig $(KUBECONFIG_E2E) get --raw /readyz >/dev/null 2>&1; then \
+	  SKYTHON_BIN=$(SKYTHON_RELEASE) bash e2e/cluster/up.sh >/dev/null; fi
 	python3 bench/cluster_bench.py --skython $(SKYTHON_RELEASE) --python $(VENV)/bin/python \
 	  --kubeconfig $(KUBECONFIG_E2E) $(CLUSTER_BENCH_FLAGS)
 
