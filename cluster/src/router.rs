@@ -295,7 +295,7 @@ async fn send(
             return Sent::Refused;
         }
         Err(e) if e.is_timeout() => return fail("timeout", pod_timeout(&t)),
-        Err(e) => return fail("broken", pod_broken(&backend.name, &e)),
+        Err(e) => return broken(&slot, &t, &metrics, &e),
     };
     let status = resp.status();
     let cold_start = resp.headers().contains_key("x-skython-cold-start");
@@ -305,8 +305,24 @@ async fn send(
             cold_start,
         }),
         Err(e) if e.is_timeout() => fail("timeout", pod_timeout(&t)),
-        Err(e) => fail("broken", pod_broken(&backend.name, &e)),
+        Err(e) => broken(&slot, &t, &metrics, &e),
     }
+}
+
+/// The connection to the pod failed after the call was sent: the call fails (it may have run),
+/// and the pod takes no new call until the watch or an announcement shows it again. Marked
+/// before the slot is given back, so a waiting call never picks a pod that just died (its
+/// other pooled connections are dead too).
+fn broken(slot: &Slot, t: &Target, metrics: &ClusterMetrics, e: &reqwest::Error) -> Sent {
+    slot.pods.unreachable(&slot.function, &slot.backend);
+    metrics
+        .pod_failures
+        .with_label_values(&[&t.label, "broken"])
+        .inc();
+    Sent::Answered(Called {
+        output: failed(pod_broken(&slot.backend.name, e)),
+        cold_start: false,
+    })
 }
 
 /// A call's place on a pod, given back however the call ends: the pod's slot, the function's
