@@ -26,19 +26,17 @@ import os
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from http.client import HTTPConnection
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench import Progress, log  # one progress line and log, as bench.py prints them
+# The progress line, log, HTTP and wrk helpers and the summaries are bench.py's.
+from bench import Progress, fmt, git_describe, http, loadavg, log, parse_wrk, summary, to_ms
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -67,15 +65,6 @@ MANY_RATIO_TARGET = 1.2
 
 
 # ------------------------------------------------------------------ pure parts
-
-def summary(values):
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
-
-
-def fmt(s, unit="", digits=0):
-    f = f"{{:,.{digits}f}}"
-    return f"{f.format(s['median'])}{unit} ({f.format(s['min'])}–{f.format(s['max'])})"
-
 
 METRIC_LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -200,19 +189,6 @@ def targets(results):
 
 # ------------------------------------------------------------------ HTTP
 
-def http(method, url, body=None, token=None, timeout=60):
-    data = body.encode() if isinstance(body, str) else body
-    req = urllib.request.Request(url, data=data, method=method)
-    req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
 class Client:
     """One keep-alive connection (what wrk and the gateway use), reopened after an error."""
 
@@ -237,22 +213,6 @@ class Client:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
-
-
-def to_ms(value):
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value)
-    if not m:
-        raise ValueError(f"not a wrk duration: {value}")
-    return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[m.group(2)]
-
-
-def parse_wrk(text):
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", text, re.M))
-    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    errors += int(m.group(1)) if m else 0
-    return {"rps": rps, "p50": to_ms(pct["50"]), "p99": to_ms(pct["99"]), "errors": errors}
 
 
 def load(url, body, conns, seconds, use_wrk=False):
@@ -639,15 +599,6 @@ def burst(stack, args, progress):
 
 
 # ------------------------------------------------------------------ report
-
-def git_describe():
-    return subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-                          capture_output=True, text=True).stdout.strip() or "unknown"
-
-
-def loadavg():
-    return float(Path("/proc/loadavg").read_text().split()[0])
-
 
 def cold_table(c, title=None):
     title = title or f"with {c['functions']} functions deployed"

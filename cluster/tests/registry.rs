@@ -93,8 +93,9 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// A SkyFunction applied as a person would, under a name of their choosing.
-    fn apply_by_hand(&self, name: &str, owner: &str, endpoint: &str) {
+    /// A SkyFunction applied as a person would, under a name of their choosing; returns once
+    /// `registry` sees it holding its endpoint.
+    async fn apply_by_hand(&self, registry: &Registry, name: &str, owner: &str, endpoint: &str) {
         let manifest = serde_json::json!({
             "apiVersion": "skython.io/v1alpha1",
             "kind": "SkyFunction",
@@ -102,6 +103,11 @@ impl Cluster {
             "spec": {"owner": owner, "endpoint": endpoint, "source": "def main():\n    return 'by hand'\n"},
         });
         self.kubectl(&["apply", "-f", "-"], Some(&manifest.to_string()));
+        until(
+            || registry.holder(owner, endpoint).is_some(),
+            "the watch to show the applied function",
+        )
+        .await;
     }
 
     /// A registry over this test's namespace, once it has listed it.
@@ -191,12 +197,8 @@ async fn a_create_conflicts_with_a_function_applied_by_hand() {
         return;
     };
     let registry = c.registry().await;
-    c.apply_by_hand("hand-made", "alice", "tool");
-    until(
-        || registry.holder("alice", "tool").is_some(),
-        "the watch to show the applied function",
-    )
-    .await;
+    c.apply_by_hand(&registry, "hand-made", "alice", "tool")
+        .await;
     let e = registry
         .create(&function("alice", "tool", "def main(): return 2"))
         .await
@@ -215,12 +217,8 @@ async fn a_function_applied_by_hand_is_replaced_where_it_lives() {
         return;
     };
     let registry = c.registry().await;
-    c.apply_by_hand("hand-made", "alice", "tool");
-    until(
-        || registry.holder("alice", "tool").is_some(),
-        "the watch to show the applied function",
-    )
-    .await;
+    c.apply_by_hand(&registry, "hand-made", "alice", "tool")
+        .await;
     let holder = registry.holder("alice", "tool").unwrap();
     assert_eq!(holder.name_any(), "hand-made");
 

@@ -129,6 +129,13 @@ fn burst(url: &str, n: usize) -> Vec<(u16, String)> {
     calls.into_iter().map(|c| c.join().unwrap()).collect()
 }
 
+/// A function that sleeps `s` seconds (by default `default_seconds`) and answers "ok".
+fn nap(default_seconds: f64) -> String {
+    format!(
+        "import time\ndef nap(s: float = {default_seconds:?}) -> str:\n    time.sleep(s)\n    return 'ok'\n"
+    )
+}
+
 const ADD: &str = "def add(a: int, b: int) -> int:\n    return a + b\n";
 
 #[test]
@@ -213,11 +220,11 @@ fn a_burst_from_zero_scales_up_all_succeed_and_it_returns_to_zero() {
         "burst",
         &["--stable-window-secs", "4", "--panic-window-secs", "1"],
     );
-    let slow = "import time\ndef nap(s: float = 0.3) -> str:\n    time.sleep(s)\n    return 'ok'\n";
+    let slow = nap(0.3);
     s.apply(
         "nap",
         "nap",
-        slow,
+        &slow,
         json!({"concurrency": 4, "scaling": {"maxReplicas": 4, "idleSecondsToZero": 3}}),
     );
     // It starts with one replica, then idles to zero.
@@ -375,11 +382,11 @@ fn runner_pid(pod: &str) -> Option<u32> {
 #[test]
 fn a_runner_pod_killed_mid_burst_fails_only_its_calls_in_flight() {
     let s = Stack::start("kill", &[]);
-    let slow = "import time\ndef nap(s: float = 2.0) -> str:\n    time.sleep(s)\n    return 'ok'\n";
+    let slow = nap(2.0);
     s.apply(
         "nap",
         "nap",
-        slow,
+        &slow,
         json!({"concurrency": 2, "scaling": {"minReplicas": 2, "maxReplicas": 2}}),
     );
     let ready = s.k.wait_for(
@@ -447,11 +454,11 @@ fn with_two_gateways_the_leader_scales_on_the_calls_the_other_routes() {
     assert!(eventually(Duration::from_secs(30), || follower
         .metric("skython_autoscaler_leader")
         == Some(0.0)));
-    let slow = "import time\ndef nap(s: float = 0.5) -> str:\n    time.sleep(s)\n    return 'ok'\n";
+    let slow = nap(0.5);
     s.apply(
         "nap",
         "nap",
-        slow,
+        &slow,
         json!({"concurrency": 2, "scaling": {"maxReplicas": 4, "idleSecondsToZero": 3}}),
     );
     s.wait_replicas("nap", 0, Duration::from_secs(60));
