@@ -76,6 +76,17 @@ impl From<StoreError> for ApiError {
             StoreError::QuotaExceeded(q) => {
                 ApiError::new(StatusCode::FORBIDDEN, "quota_exceeded", q.to_string())
             }
+            StoreError::Invalid(msg) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_operation", msg)
+            }
+            StoreError::Unavailable(msg) => {
+                tracing::warn!("storage unavailable: {msg}");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    "the storage backend cannot be reached; try again",
+                )
+            }
             StoreError::Backend(source) => {
                 tracing::error!(error = %source, "storage failed");
                 ApiError::new(

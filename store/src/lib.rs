@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod sqlite;
+mod state;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use skython_crds::{SkyFunctionSpec, SkyFunctionStatus};
 
 pub use sqlite::SqliteStore;
+pub use state::{Decision, StateWrite, Written, json_equal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -24,6 +26,13 @@ pub enum StoreError {
     Conflict(String),
     #[error(transparent)]
     QuotaExceeded(#[from] QuotaExceeded),
+    /// The operation does not apply to what is stored (e.g. `incr` of a string).
+    #[error("{0}")]
+    Invalid(String),
+    /// The backend cannot be reached (a lost connection to MongoDB, a database locked for too
+    /// long): worth retrying later, unlike `Backend`.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     #[error("storage backend failed: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -35,6 +44,23 @@ pub struct User {
     pub name: String,
     pub is_admin: bool,
     pub created_at: Timestamp,
+}
+
+/// A user as exported by one backend and imported by another, with their token's hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub user: User,
+    pub token_hash: String,
+}
+
+/// One stored state value, with where it belongs (for `skython store copy`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateEntry {
+    pub owner: String,
+    pub function: String,
+    pub key: String,
+    /// JSON text.
+    pub value: String,
 }
 
 /// A deployed function: the spec as the user wrote it, what the platform observed, and metadata.
@@ -188,15 +214,24 @@ pub struct Invocation {
     pub cold_start: bool,
 }
 
+/// Accounts: who may use the API. (The accounts issue adds passwords, several tokens and keys.)
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait UserStore: Send + Sync {
     /// Creates a user; `Conflict` if the name is taken.
     async fn create_user(&self, name: &str, token_hash: &str, is_admin: bool) -> Result<User>;
     async fn get_user(&self, name: &str) -> Result<Option<User>>;
     async fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<User>>;
     /// `NotFound` if the user does not exist.
     async fn set_user_token(&self, name: &str, token_hash: &str) -> Result<()>;
+    /// Every user with their token hash, sorted by name (for `skython store copy`).
+    async fn export_users(&self) -> Result<Vec<UserRecord>>;
+    /// Writes a user as exported elsewhere, replacing one of the same name.
+    async fn import_user(&self, record: &UserRecord) -> Result<()>;
+}
 
+/// The functions catalogue.
+#[async_trait]
+pub trait FunctionStore: Send + Sync {
     /// Stores a new function; `Conflict` if (owner, endpoint) exists.
     async fn create_function(&self, record: &FunctionRecord) -> Result<()>;
     /// Replaces an existing function if its generation is still `expected_generation`:
@@ -218,19 +253,37 @@ pub trait Store: Send + Sync + 'static {
         endpoint: &str,
         status: &SkyFunctionStatus,
     ) -> Result<()>;
+}
 
+/// Per-(owner, function) state behind `skython.store/load/incr`.
+#[async_trait]
+pub trait StateStore: Send + Sync {
     /// The raw JSON text stored under `key`.
     async fn state_get(&self, scope: &StateScope, key: &str) -> Result<Option<String>>;
-    /// Stores `json` under `key`, unless that would take the scope's owner past `quota`
-    /// (`QuotaExceeded`, and nothing changes). The check and the write are one atomic step:
-    /// concurrent writers cannot pass the quota together.
+    /// Applies `write` to the value under `key` as one atomic step: reading the current value,
+    /// deciding ([`StateWrite::apply`]), checking the owner's `quota` and writing cannot
+    /// interleave with another writer of the same owner. `QuotaExceeded` or `Invalid` change
+    /// nothing.
+    async fn state_write(
+        &self,
+        scope: &StateScope,
+        key: &str,
+        write: &StateWrite,
+        quota: StateQuota,
+    ) -> Result<Written>;
+    /// `store(key, value)`: a [`StateWrite::Set`].
     async fn state_put(
         &self,
         scope: &StateScope,
         key: &str,
         json: &str,
         quota: StateQuota,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let set = StateWrite::Set {
+            value: json.to_string(),
+        };
+        self.state_write(scope, key, &set, quota).await.map(drop)
+    }
     /// False if the key did not exist.
     async fn state_delete(&self, scope: &StateScope, key: &str) -> Result<bool>;
     /// Keys starting with `prefix`, sorted, at most `limit`.
@@ -240,7 +293,21 @@ pub trait Store: Send + Sync + 'static {
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<String>>;
+    /// Every owner's state in (owner, function, key) order, the `limit` entries after `after`
+    /// (for `skython store copy`).
+    async fn export_state(
+        &self,
+        after: Option<&StateEntry>,
+        limit: usize,
+    ) -> Result<Vec<StateEntry>>;
+    /// Writes entries as exported elsewhere, replacing values under the same keys, without
+    /// quota checks (the source already held them).
+    async fn import_state(&self, entries: &[StateEntry]) -> Result<()>;
+}
 
+/// Recent calls with their logs.
+#[async_trait]
+pub trait InvocationStore: Send + Sync {
     /// Appends finished calls, keeping only the newest `retain_per_function` per function.
     async fn record_invocations(
         &self,
@@ -255,6 +322,11 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Invocation>>;
 }
+
+/// Everything the gateway keeps: each backend implements every concern.
+pub trait Store: UserStore + FunctionStore + StateStore + InvocationStore + 'static {}
+
+impl<T: UserStore + FunctionStore + StateStore + InvocationStore + 'static> Store for T {}
 
 #[cfg(test)]
 mod tests {

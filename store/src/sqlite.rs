@@ -27,8 +27,9 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use skython_crds::{SkyFunctionStatus, Visibility};
 
 use crate::{
-    FunctionFilter, FunctionRecord, Invocation, Result, StateQuota, StateScope, StateUsage, Store,
-    StoreError, User,
+    FunctionFilter, FunctionRecord, FunctionStore, Invocation, InvocationStore, Result, StateEntry,
+    StateQuota, StateScope, StateStore, StateUsage, StateWrite, StoreError, User, UserRecord,
+    UserStore, Written,
 };
 
 /// The schema this code reads and writes, kept in `PRAGMA user_version`.
@@ -278,7 +279,7 @@ fn label(owner: &str, endpoint: &str) -> String {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl UserStore for SqliteStore {
     async fn create_user(&self, name: &str, token_hash: &str, is_admin: bool) -> Result<User> {
         let (name, token_hash) = (name.to_string(), token_hash.to_string());
         self.with(move |c| {
@@ -361,6 +362,53 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn export_users(&self) -> Result<Vec<UserRecord>> {
+        self.with(|c| {
+            let mut st = c
+                .prepare("SELECT name, is_admin, created_at, token_hash FROM users ORDER BY name")
+                .map_err(backend)?;
+            st.query_map([], |r| {
+                Ok(UserRecord {
+                    user: user_row(r)?,
+                    token_hash: r.get(3)?,
+                })
+            })
+            .map_err(backend)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn import_user(&self, record: &UserRecord) -> Result<()> {
+        let r = record.clone();
+        self.with(move |c| {
+            let written = c.execute(
+                "INSERT INTO users (name, token_hash, is_admin, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO UPDATE SET token_hash = excluded.token_hash,
+                 is_admin = excluded.is_admin, created_at = excluded.created_at",
+                params![
+                    r.user.name,
+                    r.token_hash,
+                    r.user.is_admin,
+                    micros(r.user.created_at)
+                ],
+            );
+            match written {
+                Ok(_) => Ok(()),
+                Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
+                    "cannot import user {}: another user has the same token",
+                    r.user.name
+                ))),
+                Err(e) => Err(backend(e)),
+            }
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl FunctionStore for SqliteStore {
     async fn create_function(&self, record: &FunctionRecord) -> Result<()> {
         let r = record.clone();
         self.with(move |c| {
@@ -523,7 +571,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl StateStore for SqliteStore {
     async fn state_get(&self, scope: &StateScope, key: &str) -> Result<Option<String>> {
         let (s, k) = (scope.clone(), key.to_string());
         // State calls are the hot path of functions that use state: cached statements skip
@@ -541,20 +592,33 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn state_put(
+    async fn state_write(
         &self,
         scope: &StateScope,
         key: &str,
-        json: &str,
+        write: &StateWrite,
         quota: StateQuota,
-    ) -> Result<()> {
-        let (s, k, v) = (scope.clone(), key.to_string(), json.to_string());
+    ) -> Result<Written> {
+        let (s, k, w) = (scope.clone(), key.to_string(), write.clone());
         self.with(move |c| {
-            // IMMEDIATE takes the write lock before the usage is read: another writer (even in
+            // IMMEDIATE takes the write lock before anything is read: another writer (even in
             // another process) waits until this one has committed.
             let tx = c
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
+            let current: Option<String> = tx
+                .prepare_cached(
+                    "SELECT value FROM state WHERE owner = ?1 AND function = ?2 AND key = ?3",
+                )
+                .and_then(|mut st| {
+                    st.query_row(params![s.owner, s.function, k], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(backend)?;
+            let decision = w.apply(&k, current.as_deref())?;
+            let Some(value) = decision.store else {
+                return Ok(decision.written);
+            };
             let used = tx
                 .prepare_cached("SELECT keys, bytes FROM state_usage WHERE owner = ?1")
                 .and_then(|mut st| {
@@ -568,26 +632,18 @@ impl Store for SqliteStore {
                 })
                 .map_err(backend)?
                 .unwrap_or_default();
-            let old_bytes = tx
-                .prepare_cached(
-                    "SELECT length(CAST(value AS BLOB)) FROM state
-                     WHERE owner = ?1 AND function = ?2 AND key = ?3",
-                )
-                .and_then(|mut st| {
-                    st.query_row(params![s.owner, s.function, k], |r| r.get(0).map(count))
-                        .optional()
-                })
-                .map_err(backend)?;
-            let after = used.after_write(old_bytes, v.len() as u64);
+            let old_bytes = current.map(|v| v.len() as u64);
+            let after = used.after_write(old_bytes, value.len() as u64);
             quota.check(&s.owner, used, after)?;
             tx.prepare_cached(
                 "INSERT INTO state (owner, function, key, value, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (owner, function, key) DO UPDATE SET value = excluded.value,
                  updated_at = excluded.updated_at",
             )
-            .and_then(|mut st| st.execute(params![s.owner, s.function, k, v, micros(Timestamp::now())]))
+            .and_then(|mut st| st.execute(params![s.owner, s.function, k, value, micros(Timestamp::now())]))
             .map_err(backend)?;
-            tx.commit().map_err(backend)
+            tx.commit().map_err(backend)?;
+            Ok(decision.written)
         })
         .await
     }
@@ -628,6 +684,67 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn export_state(
+        &self,
+        after: Option<&StateEntry>,
+        limit: usize,
+    ) -> Result<Vec<StateEntry>> {
+        let after = after.map(|e| (e.owner.clone(), e.function.clone(), e.key.clone()));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(move |c| {
+            let (o, f, k) = after.unwrap_or_default();
+            // Row values compare in order: the entries strictly after the last one seen.
+            let mut st = c
+                .prepare(
+                    "SELECT owner, function, key, value FROM state
+                     WHERE (owner, function, key) > (?1, ?2, ?3)
+                     ORDER BY owner, function, key LIMIT ?4",
+                )
+                .map_err(backend)?;
+            st.query_map(params![o, f, k, limit], |r| {
+                Ok(StateEntry {
+                    owner: r.get(0)?,
+                    function: r.get(1)?,
+                    key: r.get(2)?,
+                    value: r.get(3)?,
+                })
+            })
+            .map_err(backend)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn import_state(&self, entries: &[StateEntry]) -> Result<()> {
+        let entries = entries.to_vec();
+        self.with(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            {
+                let mut st = tx
+                    .prepare_cached(
+                        "INSERT INTO state (owner, function, key, value, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT (owner, function, key) DO UPDATE SET value = excluded.value,
+                         updated_at = excluded.updated_at",
+                    )
+                    .map_err(backend)?;
+                let now = micros(Timestamp::now());
+                for e in &entries {
+                    st.execute(params![e.owner, e.function, e.key, e.value, now])
+                        .map_err(backend)?;
+                }
+            }
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl InvocationStore for SqliteStore {
     async fn record_invocations(
         &self,
         batch: &[Invocation],
@@ -734,14 +851,6 @@ mod tests {
     use super::*;
     use skython_crds::SkyFunctionSpec;
 
-    fn record(owner: &str, endpoint: &str) -> FunctionRecord {
-        record_at(
-            owner,
-            endpoint,
-            from_micros(micros(Timestamp::now())).unwrap(),
-        )
-    }
-
     fn record_at(owner: &str, endpoint: &str, now: Timestamp) -> FunctionRecord {
         FunctionRecord {
             spec: SkyFunctionSpec::new(owner, endpoint, "def main(): return 1"),
@@ -759,125 +868,16 @@ mod tests {
         }
     }
 
-    fn invocation(owner: &str, endpoint: &str, id: usize) -> Invocation {
-        Invocation {
-            request_id: format!("r{id}"),
-            owner: owner.into(),
-            endpoint: endpoint.into(),
-            started_at: from_micros(micros(Timestamp::now())).unwrap(),
-            duration_ms: 1.5,
-            status: 200,
-            outcome: "ok".into(),
-            error: None,
-            logs: format!("log {id}\n"),
-            cold_start: id == 0,
+    const SMALL: StateQuota = StateQuota {
+        max_keys: 3,
+        max_bytes: 10,
+    };
+
+    fn quota_error(r: Result<()>) -> crate::QuotaExceeded {
+        match r {
+            Err(StoreError::QuotaExceeded(q)) => q,
+            other => panic!("expected a quota error, got {other:?}"),
         }
-    }
-
-    #[tokio::test]
-    async fn users() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        let u = s.create_user("alice", "h1", false).await.unwrap();
-        assert_eq!(s.get_user("alice").await.unwrap(), Some(u.clone()));
-        assert_eq!(s.user_by_token_hash("h1").await.unwrap(), Some(u));
-        assert!(matches!(
-            s.create_user("alice", "h2", false).await,
-            Err(StoreError::Conflict(m)) if m == "user alice already exists"
-        ));
-        assert!(matches!(
-            s.create_user("bob", "h1", true).await,
-            Err(StoreError::Conflict(m)) if m.contains("bob") && m.contains("token")
-        ));
-        assert!(s.get_user("bob").await.unwrap().is_none());
-        let admin = s.create_user("root", "hr", true).await.unwrap();
-        assert!(admin.is_admin);
-        assert!(matches!(
-            s.set_user_token("root", "h1").await,
-            Err(StoreError::Conflict(m)) if m.contains("root")
-        ));
-        s.set_user_token("alice", "h3").await.unwrap();
-        assert!(s.user_by_token_hash("h1").await.unwrap().is_none());
-        assert_eq!(
-            s.user_by_token_hash("h3").await.unwrap().unwrap().name,
-            "alice"
-        );
-        assert!(matches!(
-            s.set_user_token("nobody", "x").await,
-            Err(StoreError::NotFound(m)) if m == "user nobody"
-        ));
-        assert!(s.get_user("nobody").await.unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn functions_round_trip_with_optimistic_concurrency() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        let r = record("alice", "add");
-        s.create_function(&r).await.unwrap();
-        assert_eq!(
-            s.get_function("alice", "add").await.unwrap(),
-            Some(r.clone())
-        );
-        assert!(matches!(
-            s.create_function(&r).await,
-            Err(StoreError::Conflict(m)) if m == "function alice/add already exists"
-        ));
-        let mut r2 = r.clone();
-        r2.generation = 2;
-        r2.spec.source = "def main(): return 2".into();
-        s.replace_function(&r2, 1).await.unwrap();
-        assert_eq!(
-            s.get_function("alice", "add").await.unwrap(),
-            Some(r2.clone())
-        );
-        // A stale writer that still believes generation 1 loses, and changes nothing.
-        let mut stale = r.clone();
-        stale.generation = 2;
-        stale.spec.source = "def main(): return 'stale'".into();
-        assert!(matches!(
-            s.replace_function(&stale, 1).await,
-            Err(StoreError::Conflict(m)) if m.starts_with("function alice/add ")
-        ));
-        assert_eq!(
-            s.get_function("alice", "add").await.unwrap(),
-            Some(r2.clone())
-        );
-        let missing = s.replace_function(&record("alice", "nope"), 1).await;
-        assert!(matches!(&missing, Err(StoreError::NotFound(m)) if m == "function alice/nope"));
-        assert_eq!(
-            missing.unwrap_err().to_string(),
-            "function alice/nope not found"
-        );
-        let status = SkyFunctionStatus {
-            ready_replicas: 1,
-            ..Default::default()
-        };
-        s.set_function_status("alice", "add", &status)
-            .await
-            .unwrap();
-        let got = s.get_function("alice", "add").await.unwrap().unwrap();
-        assert_eq!((got.status, got.generation), (status.clone(), 2));
-        assert_eq!(got.spec, r2.spec);
-        assert!(matches!(
-            s.set_function_status("alice", "nope", &status).await,
-            Err(StoreError::NotFound(m)) if m == "function alice/nope"
-        ));
-        assert!(s.get_function("alice", "nope").await.unwrap().is_none());
-        assert!(s.get_function("bob", "add").await.unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn timestamps_keep_microseconds() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        let mut r = record("alice", "t");
-        r.created_at = Timestamp::new(1_700_000_000, 123_456_789).unwrap();
-        r.updated_at = Timestamp::new(-1, 999_999_000).unwrap();
-        s.create_function(&r).await.unwrap();
-        let got = s.get_function("alice", "t").await.unwrap().unwrap();
-        assert_eq!(
-            got.created_at,
-            Timestamp::new(1_700_000_000, 123_456_000).unwrap()
-        );
-        assert_eq!(got.updated_at, r.updated_at);
     }
 
     #[tokio::test]
@@ -893,194 +893,6 @@ mod tests {
             s.get_user("alice").await,
             Err(StoreError::Backend(m)) if m.to_string().contains("poisoned")
         ));
-    }
-
-    #[tokio::test]
-    async fn listing_filters_by_owner_and_visibility() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        let mut public = record("bob", "pub");
-        public.spec.visibility = Visibility::Public;
-        for r in [
-            record("bob", "b"),
-            record("alice", "z"),
-            record("alice", "a"),
-            public,
-        ] {
-            s.create_function(&r).await.unwrap();
-        }
-        let names = |v: Vec<FunctionRecord>| {
-            v.into_iter()
-                .map(|r| format!("{}/{}", r.spec.owner, r.spec.endpoint))
-                .collect::<Vec<_>>()
-        };
-        let f = |owner: Option<&str>, include_public| FunctionFilter {
-            owner: owner.map(String::from),
-            include_public,
-        };
-        assert_eq!(
-            names(s.list_functions(&f(None, false)).await.unwrap()),
-            ["alice/a", "alice/z", "bob/b", "bob/pub"]
-        );
-        assert_eq!(
-            names(s.list_functions(&f(Some("alice"), false)).await.unwrap()),
-            ["alice/a", "alice/z"]
-        );
-        assert_eq!(
-            names(s.list_functions(&f(Some("alice"), true)).await.unwrap()),
-            ["alice/a", "alice/z", "bob/pub"]
-        );
-        assert_eq!(
-            names(s.list_functions(&f(None, true)).await.unwrap()),
-            ["bob/pub"]
-        );
-    }
-
-    #[tokio::test]
-    async fn state_is_isolated_and_prefixes_are_literal() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        let (a, a2, b) = (scope("alice", "f"), scope("alice", "g"), scope("bob", "f"));
-        s.state_put(&a, "n", "1", StateQuota::default())
-            .await
-            .unwrap();
-        s.state_put(&a, "n", "2", StateQuota::default())
-            .await
-            .unwrap();
-        assert_eq!(s.state_get(&a, "n").await.unwrap().as_deref(), Some("2"));
-        assert_eq!(s.state_get(&a2, "n").await.unwrap(), None);
-        assert_eq!(s.state_get(&b, "n").await.unwrap(), None);
-        assert!(!s.state_delete(&b, "n").await.unwrap());
-        // Same key in the other scopes: each scope sees only its own value and keys.
-        s.state_put(&a2, "n", "\"g\"", StateQuota::default())
-            .await
-            .unwrap();
-        s.state_put(&b, "n", "{\"bob\":true}", StateQuota::default())
-            .await
-            .unwrap();
-        assert_eq!(s.state_get(&a, "n").await.unwrap().as_deref(), Some("2"));
-        assert_eq!(
-            s.state_get(&a2, "n").await.unwrap().as_deref(),
-            Some("\"g\"")
-        );
-        assert_eq!(
-            s.state_get(&b, "n").await.unwrap().as_deref(),
-            Some("{\"bob\":true}")
-        );
-        assert!(s.state_delete(&b, "n").await.unwrap());
-        assert_eq!(s.state_get(&a, "n").await.unwrap().as_deref(), Some("2"));
-        assert_eq!(s.state_keys(&a2, "", 10).await.unwrap(), ["n"]);
-        for k in ["a%b", "a_c", "abc", "axe"] {
-            s.state_put(&a, k, "0", StateQuota::default())
-                .await
-                .unwrap();
-        }
-        assert_eq!(s.state_keys(&a, "a%", 10).await.unwrap(), ["a%b"]);
-        assert_eq!(s.state_keys(&a, "a_", 10).await.unwrap(), ["a_c"]);
-        assert_eq!(
-            s.state_keys(&a, "a", 10).await.unwrap(),
-            ["a%b", "a_c", "abc", "axe"]
-        );
-        assert_eq!(s.state_keys(&a, "a", 2).await.unwrap(), ["a%b", "a_c"]);
-        assert!(s.state_keys(&a, "zz", 10).await.unwrap().is_empty());
-        assert!(s.state_keys(&a, "a", 0).await.unwrap().is_empty());
-        assert_eq!(
-            s.state_keys(&a, "", 3).await.unwrap(),
-            ["a%b", "a_c", "abc"]
-        );
-        assert!(s.state_keys(&b, "", 10).await.unwrap().is_empty());
-        assert_eq!(s.state_keys(&a2, "", 10).await.unwrap(), ["n"]);
-        assert!(s.state_delete(&a, "n").await.unwrap());
-        assert!(!s.state_delete(&a, "n").await.unwrap());
-    }
-
-    #[tokio::test]
-    async fn delete_removes_only_that_functions_state_and_invocations() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        s.create_function(&record("alice", "f")).await.unwrap();
-        s.create_function(&record("alice", "g")).await.unwrap();
-        s.state_put(&scope("alice", "f"), "k", "1", StateQuota::default())
-            .await
-            .unwrap();
-        s.state_put(&scope("alice", "g"), "k", "1", StateQuota::default())
-            .await
-            .unwrap();
-        s.record_invocations(
-            &[invocation("alice", "f", 1), invocation("alice", "g", 2)],
-            10,
-        )
-        .await
-        .unwrap();
-        assert!(s.delete_function("alice", "f").await.unwrap());
-        assert!(!s.delete_function("alice", "f").await.unwrap());
-        assert!(s.get_function("alice", "f").await.unwrap().is_none());
-        assert!(
-            s.state_get(&scope("alice", "f"), "k")
-                .await
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            s.recent_invocations("alice", "f", 10)
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        assert!(
-            s.state_get(&scope("alice", "g"), "k")
-                .await
-                .unwrap()
-                .is_some()
-        );
-        assert_eq!(
-            s.recent_invocations("alice", "g", 10).await.unwrap().len(),
-            1
-        );
-    }
-
-    #[tokio::test]
-    async fn invocations_keep_the_newest() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        let batch: Vec<_> = (0..7).map(|i| invocation("alice", "f", i)).collect();
-        s.record_invocations(&batch[..4], 5).await.unwrap();
-        s.record_invocations(&batch[4..], 5).await.unwrap();
-        s.record_invocations(&[invocation("bob", "f", 9)], 5)
-            .await
-            .unwrap();
-        let got = s.recent_invocations("alice", "f", 100).await.unwrap();
-        let ids: Vec<_> = got.iter().map(|i| i.request_id.as_str()).collect();
-        assert_eq!(ids, ["r6", "r5", "r4", "r3", "r2"]);
-        assert_eq!(got[0], batch[6]);
-        assert_eq!(
-            s.recent_invocations("alice", "f", 2).await.unwrap().len(),
-            2
-        );
-        assert_eq!(s.recent_invocations("bob", "f", 10).await.unwrap().len(), 1);
-
-        // One batch spanning two functions prunes each to its own newest N.
-        let mixed: Vec<_> = (10..16)
-            .map(|i| invocation(if i % 2 == 0 { "carol" } else { "dave" }, "f", i))
-            .collect();
-        s.record_invocations(&mixed, 2).await.unwrap();
-        let ids = |v: Vec<Invocation>| v.into_iter().map(|i| i.request_id).collect::<Vec<_>>();
-        assert_eq!(
-            ids(s.recent_invocations("carol", "f", 10).await.unwrap()),
-            ["r14", "r12"]
-        );
-        assert_eq!(
-            ids(s.recent_invocations("dave", "f", 10).await.unwrap()),
-            ["r15", "r13"]
-        );
-        // Functions outside the batch are not pruned.
-        assert_eq!(
-            s.recent_invocations("alice", "f", 100).await.unwrap().len(),
-            5
-        );
-        s.record_invocations(&[], 0).await.unwrap();
-        assert!(
-            s.recent_invocations("nobody", "f", 10)
-                .await
-                .unwrap()
-                .is_empty()
-        );
     }
 
     #[tokio::test]
@@ -1136,150 +948,6 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(v, 99);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_writes_all_land() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        let sc = scope("alice", "f");
-        let tasks: Vec<_> = (0..50)
-            .map(|i| {
-                let (s, sc) = (s.clone(), sc.clone());
-                tokio::spawn(async move {
-                    s.state_put(&sc, &format!("k{i:02}"), "1", StateQuota::default())
-                        .await
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap().unwrap();
-        }
-        let keys = s.state_keys(&sc, "k", 100).await.unwrap();
-        let want: Vec<_> = (0..50).map(|i| format!("k{i:02}")).collect();
-        assert_eq!(keys, want);
-    }
-
-    const SMALL: StateQuota = StateQuota {
-        max_keys: 3,
-        max_bytes: 10,
-    };
-
-    fn quota_error(r: Result<()>) -> crate::QuotaExceeded {
-        match r {
-            Err(StoreError::QuotaExceeded(q)) => q,
-            other => panic!("expected a quota error, got {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn a_key_past_the_owners_quota_is_refused_and_nothing_is_lost() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        // Keys of all the owner's functions count together.
-        s.state_put(&scope("alice", "f"), "a", "1", SMALL)
-            .await
-            .unwrap();
-        s.state_put(&scope("alice", "g"), "b", "2", SMALL)
-            .await
-            .unwrap();
-        s.state_put(&scope("alice", "~draft/f"), "c", "3", SMALL)
-            .await
-            .unwrap();
-        let e = quota_error(s.state_put(&scope("alice", "f"), "d", "4", SMALL).await);
-        assert_eq!(
-            (e.kind, e.limit, e.used, e.after),
-            (crate::QuotaKind::Keys, 3, 3, 4)
-        );
-        assert!(
-            s.state_get(&scope("alice", "f"), "d")
-                .await
-                .unwrap()
-                .is_none()
-        );
-        assert_eq!(
-            s.state_get(&scope("alice", "f"), "a")
-                .await
-                .unwrap()
-                .as_deref(),
-            Some("1")
-        );
-        // Replacing a key adds none.
-        s.state_put(&scope("alice", "f"), "a", "5", SMALL)
-            .await
-            .unwrap();
-        // Deleting one makes room.
-        assert!(s.state_delete(&scope("alice", "g"), "b").await.unwrap());
-        s.state_put(&scope("alice", "f"), "d", "4", SMALL)
-            .await
-            .unwrap();
-    }
-
-    #[tokio::test]
-    async fn values_past_the_owners_byte_quota_are_refused_and_the_old_value_stays() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        let f = scope("alice", "f");
-        s.state_put(&f, "a", "\"abcd\"", SMALL).await.unwrap(); // 6 bytes
-        let e = quota_error(s.state_put(&f, "b", "\"xyz\"", SMALL).await); // 5 more
-        assert_eq!(
-            (e.kind, e.limit, e.used, e.after),
-            (crate::QuotaKind::Bytes, 10, 6, 11)
-        );
-        let e = quota_error(s.state_put(&f, "a", "\"abcdefghijk\"", SMALL).await);
-        assert_eq!((e.used, e.after), (6, 13));
-        assert_eq!(
-            s.state_get(&f, "a").await.unwrap().as_deref(),
-            Some("\"abcd\"")
-        );
-        assert!(s.state_get(&f, "b").await.unwrap().is_none());
-        // Bytes are UTF-8 bytes, not characters: "é" is two.
-        let e = quota_error(s.state_put(&f, "b", "\"éé\"", SMALL).await);
-        assert_eq!(e.after, 12);
-    }
-
-    #[tokio::test]
-    async fn replacing_a_value_counts_only_the_difference() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        let f = scope("alice", "f");
-        s.state_put(&f, "a", "12345678", SMALL).await.unwrap();
-        // 8 + 9 would be over 10; the replaced value's 8 bytes are given back first.
-        s.state_put(&f, "a", "123456789", SMALL).await.unwrap();
-        s.state_put(&f, "b", "1", SMALL).await.unwrap();
-        quota_error(s.state_put(&f, "c", "1", SMALL).await);
-        s.state_put(&f, "a", "1", SMALL).await.unwrap();
-        s.state_put(&f, "c", "12345678", SMALL).await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn another_owner_is_unaffected_by_a_full_quota() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        for k in ["a", "b", "c"] {
-            s.state_put(&scope("alice", "f"), k, "1", SMALL)
-                .await
-                .unwrap();
-        }
-        quota_error(s.state_put(&scope("alice", "f"), "d", "1", SMALL).await);
-        for k in ["a", "b", "c"] {
-            s.state_put(&scope("bob", "f"), k, "1", SMALL)
-                .await
-                .unwrap();
-        }
-    }
-
-    #[tokio::test]
-    async fn deleting_a_function_gives_its_state_back_to_the_quota() {
-        let s = SqliteStore::open_in_memory().unwrap();
-        s.create_function(&record("alice", "f")).await.unwrap();
-        for k in ["a", "b", "c"] {
-            s.state_put(&scope("alice", "f"), k, "1", SMALL)
-                .await
-                .unwrap();
-        }
-        quota_error(s.state_put(&scope("alice", "g"), "a", "1", SMALL).await);
-        assert!(s.delete_function("alice", "f").await.unwrap());
-        for k in ["a", "b", "c"] {
-            s.state_put(&scope("alice", "g"), k, "123", SMALL)
-                .await
-                .unwrap();
-        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
