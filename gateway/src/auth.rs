@@ -160,6 +160,7 @@ mod tests {
 
     #[tokio::test]
     async fn admin_bootstrap() {
+        use skython_store::UserStore;
         let dir = tempfile::tempdir().unwrap();
         let store = skython_store::SqliteStore::open_in_memory().unwrap();
         let AdminToken::Created { token, file } =

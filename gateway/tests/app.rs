@@ -11,7 +11,7 @@ use serde_json::Value;
 use skython_crds::{EnvVar, SkyFunctionSpec, SkyFunctionStatus, Visibility};
 use skython_gateway::auth::hash_token;
 use skython_gateway::{AppState, GatewayConfig, Limits, app};
-use skython_store::{FunctionRecord, SqliteStore, Store};
+use skython_store::{FunctionRecord, FunctionStore, SqliteStore, UserStore};
 use tower::ServiceExt;
 
 const ADMIN: &str = "sky_admin";

@@ -17,7 +17,7 @@ use skython_gateway::error::{ApiError, ApiResult};
 use skython_gateway::invoke::CallOutput;
 use skython_gateway::platform::{Call, Called};
 use skython_gateway::{AppState, GatewayConfig, Limits, Metrics, Platform, app};
-use skython_store::{FunctionFilter, FunctionRecord, SqliteStore, Store};
+use skython_store::{FunctionFilter, FunctionRecord, FunctionStore, SqliteStore, UserStore};
 use tower::ServiceExt;
 
 const ADMIN: &str = "sky_admin";
