@@ -7,6 +7,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod copy;
+mod location;
 mod sqlite;
 mod state;
 
@@ -15,6 +17,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use skython_crds::{SkyFunctionSpec, SkyFunctionStatus};
 
+pub use location::{StoreLocation, redacted};
 pub use sqlite::SqliteStore;
 pub use state::{Decision, StateWrite, Written, json_equal};
 

@@ -12,3 +12,12 @@ async fn in_memory() -> Arc<dyn skython_store::Store> {
 }
 
 conformance_suite!(in_memory());
+
+#[tokio::test]
+async fn copy_between_two_sqlite_stores() {
+    conformance::copy_moves_everything_and_repeating_it_adds_nothing(
+        in_memory().await,
+        in_memory().await,
+    )
+    .await;
+}

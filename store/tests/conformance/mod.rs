@@ -738,3 +738,82 @@ pub async fn unicode_keys_and_values_round_trip(s: Arc<dyn Store>) {
     );
     assert_eq!(s.state_keys(&f, "ключ", 10).await.unwrap(), ["ключ/🎉"]);
 }
+
+/// `skython store copy` from `from` into an empty `to`, twice: everything arrives once.
+pub async fn copy_moves_everything_and_repeating_it_adds_nothing(
+    from: Arc<dyn Store>,
+    to: Arc<dyn Store>,
+) {
+    use skython_store::copy::{Progress, Stage, copy};
+    let q = StateQuota::default();
+    let alice = from.create_user("alice", "ha", false).await.unwrap();
+    let mut public = record("alice", "pub");
+    public.spec.visibility = Visibility::Public;
+    public.generation = 3;
+    for r in [record("alice", "f"), public.clone()] {
+        from.create_function(&r).await.unwrap();
+    }
+    for i in 0..1200 {
+        from.state_put(&scope("alice", "f"), &format!("k{i:04}"), "1", q)
+            .await
+            .unwrap();
+    }
+    from.state_put(&scope("alice", "~draft/x"), "d", "[1]", q)
+        .await
+        .unwrap();
+    let calls: Vec<_> = (0..5).map(|i| invocation("alice", "f", i)).collect();
+    from.record_invocations(&calls, 100).await.unwrap();
+
+    let mut seen = Vec::new();
+    let mut progress = |p: Progress| seen.push(p);
+    let copied = copy(&*from, &*to, 3, &mut progress).await.unwrap();
+    assert_eq!(
+        (
+            copied.users,
+            copied.functions,
+            copied.state_entries,
+            copied.invocations
+        ),
+        (1, 2, 1201, 3)
+    );
+    assert!(
+        seen.iter()
+            .any(|p| p.stage == Stage::State && p.done == 1201)
+    );
+    assert_eq!(to.user_by_token_hash("ha").await.unwrap(), Some(alice));
+    assert_eq!(to.get_function("alice", "pub").await.unwrap(), Some(public));
+    let keys = to
+        .state_keys(&scope("alice", "f"), "k", 2000)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1200);
+    assert_eq!(
+        to.state_get(&scope("alice", "~draft/x"), "d")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("[1]")
+    );
+    let ids: Vec<_> = to
+        .recent_invocations("alice", "f", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.request_id)
+        .collect();
+    assert_eq!(ids, ["r4", "r3", "r2"]);
+
+    let again = copy(&*from, &*to, 3, &mut |_| {}).await.unwrap();
+    assert_eq!(again.invocations, 0);
+    assert_eq!(
+        to.recent_invocations("alice", "f", 10).await.unwrap().len(),
+        3
+    );
+    assert_eq!(
+        to.state_keys(&scope("alice", "f"), "", 2000)
+            .await
+            .unwrap()
+            .len(),
+        1200
+    );
+}

@@ -1,0 +1,108 @@
+//! `skython store copy`: moves what one store holds into another (e.g. a one-machine install's
+//! SQLite file into the cluster's MongoDB). Copying again is safe: users, functions and state
+//! values are replaced by the source's, and invocations are copied only into functions that
+//! have none at the destination, so a repeated copy adds no duplicates.
+
+use crate::{FunctionFilter, Result, StateEntry, Store};
+
+/// State entries read and written per round trip.
+const STATE_PAGE: usize = 500;
+
+/// What is being copied, for progress bars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Users,
+    Functions,
+    State,
+    Invocations,
+}
+
+/// Where a copy is: `done` items of `stage`, out of `total` when known in advance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub stage: Stage,
+    pub done: u64,
+    pub total: Option<u64>,
+}
+
+/// How many of each were copied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Copied {
+    pub users: u64,
+    pub functions: u64,
+    pub state_entries: u64,
+    pub invocations: u64,
+}
+
+/// Copies users (with their tokens), functions, every state entry and the newest
+/// `invocations_per_function` invocations of each function from `from` into `to`.
+pub async fn copy(
+    from: &dyn Store,
+    to: &dyn Store,
+    invocations_per_function: usize,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<Copied> {
+    let mut copied = Copied::default();
+
+    let users = from.export_users().await?;
+    let total = Some(users.len() as u64);
+    for user in &users {
+        to.import_user(user).await?;
+        copied.users += 1;
+        progress(Progress {
+            stage: Stage::Users,
+            done: copied.users,
+            total,
+        });
+    }
+
+    let functions = from.list_functions(&FunctionFilter::default()).await?;
+    let total = Some(functions.len() as u64);
+    for f in &functions {
+        match to.get_function(f.owner(), f.endpoint()).await? {
+            None => to.create_function(f).await?,
+            Some(there) => to.replace_function(f, there.generation).await?,
+        }
+        copied.functions += 1;
+        progress(Progress {
+            stage: Stage::Functions,
+            done: copied.functions,
+            total,
+        });
+    }
+
+    let mut after: Option<StateEntry> = None;
+    loop {
+        let page = from.export_state(after.as_ref(), STATE_PAGE).await?;
+        let Some(last) = page.last().cloned() else {
+            break;
+        };
+        to.import_state(&page).await?;
+        copied.state_entries += page.len() as u64;
+        progress(Progress {
+            stage: Stage::State,
+            done: copied.state_entries,
+            total: None,
+        });
+        after = Some(last);
+    }
+
+    for (n, f) in functions.iter().enumerate() {
+        let (owner, endpoint) = (f.owner(), f.endpoint());
+        if to.recent_invocations(owner, endpoint, 1).await?.is_empty() {
+            let mut recent = from
+                .recent_invocations(owner, endpoint, invocations_per_function)
+                .await?;
+            recent.reverse(); // oldest first, so the newest stay newest
+            to.record_invocations(&recent, invocations_per_function)
+                .await?;
+            copied.invocations += recent.len() as u64;
+        }
+        progress(Progress {
+            stage: Stage::Invocations,
+            done: n as u64 + 1,
+            total,
+        });
+    }
+    Ok(copied)
+}
