@@ -6,12 +6,14 @@ export CARGO_TARGET_DIR ?= $(CACHE)/target
 VENV ?= $(CACHE)/venv
 VENV_FULL ?= $(CACHE)/venv-full
 VENV_BENCH ?= $(CACHE)/venv-bench
+VENV_MONGO ?= $(CACHE)/venv-mongo
+MONGO_PORT ?= 27099
 ADDR ?= 127.0.0.1:8080
 DATA_DIR ?= .skython
 SKYTHON_RELEASE := $(CARGO_TARGET_DIR)/release/skython
 SKYTHON_DEBUG := $(CARGO_TARGET_DIR)/debug/skython
 
-.PHONY: run test build sandbox venv venv-full generate lint unit python-unit e2e clean cluster-up cluster-down \
+.PHONY: run test build sandbox venv venv-full venv-mongo mongo-start mongo-stop generate lint unit python-unit e2e clean cluster-up cluster-down \
 	bench bench-quick bench-ab bench-tools bench-check bench-cluster
 
 ## run: build what is missing, then start Skython at http://$(ADDR) (data in $(DATA_DIR))
@@ -20,19 +22,36 @@ run: venv sandbox
 	$(SKYTHON_RELEASE) up --addr $(ADDR) --data-dir $(DATA_DIR) --python $(VENV)/bin/python
 
 ## test: formatting, lints, unit tests, integration and end-to-end tests over real processes,
-## and the operator against a real one-node Kubernetes (started by e2e/cluster/up.sh and
-## stopped afterwards; KEEP_CLUSTER=1 leaves it running for the next run)
-test: venv venv-full sandbox lint python-unit bench-check
+## the MongoDB backend against a MongoDB-wire server (SecantusDB, started by scripts/mongo.sh and
+## stopped afterwards), and the operator against a real one-node Kubernetes (started by
+## e2e/cluster/up.sh and stopped afterwards; KEEP_CLUSTER=1 leaves it running for the next run)
+test: venv venv-full venv-mongo sandbox lint python-unit bench-check
 	cargo build -p skython-cli
 	@mkdir -p $(CACHE)
 	$(MAKE) cluster-up
-	set -o pipefail; SKYTHON_BIN=$(SKYTHON_DEBUG) SKYTHON_PYTHON=$(VENV)/bin/python \
-	  SKYTHON_PYTHON_FULL=$(VENV_FULL)/bin/python \
-	  SKYTHON_KUBECONFIG=$(KUBECONFIG_E2E) \
-	  cargo test --workspace --no-fail-fast 2>&1 | tee $(CACHE)/test.log; \
-	  rc=$$?; [ -n "$(KEEP_CLUSTER)" ] || bash e2e/cluster/down.sh; \
+	set -o pipefail; rc=1; : > $(CACHE)/test.log; \
+	  if $(MONGO) start; then \
+	    SKYTHON_BIN=$(SKYTHON_DEBUG) SKYTHON_PYTHON=$(VENV)/bin/python \
+	    SKYTHON_PYTHON_FULL=$(VENV_FULL)/bin/python \
+	    SKYTHON_KUBECONFIG=$(KUBECONFIG_E2E) \
+	    SKYTHON_MONGODB_URL='$(MONGODB_URL_E2E)' SKYTHON_SECANTUSD=$(VENV_MONGO)/bin/secantusd-py \
+	    cargo test --workspace --no-fail-fast 2>&1 | tee $(CACHE)/test.log; \
+	    rc=$$?; \
+	  fi; \
+	  $(MONGO) stop; [ -n "$(KEEP_CLUSTER)" ] || bash e2e/cluster/down.sh; \
 	  awk '/^test result:/ {p += $$4; f += $$6} END {printf "%d passed, %d failed\n", p, f}' $(CACHE)/test.log; \
 	  exit $$rc
+
+MONGO := VENV_MONGO=$(VENV_MONGO) MONGO_PORT=$(MONGO_PORT) CACHE=$(CACHE) scripts/mongo.sh
+MONGODB_URL_E2E := mongodb://127.0.0.1:$(MONGO_PORT)/?directConnection=true
+
+## mongo-start: the MongoDB-wire test server on $(MONGO_PORT), fresh storage (for running tests by
+##   hand: SKYTHON_MONGODB_URL=$(MONGODB_URL_E2E)); mongo-stop: stop it
+mongo-start: venv-mongo
+	@$(MONGO) start
+
+mongo-stop:
+	@$(MONGO) stop
 
 KUBECONFIG_E2E := $(CACHE)/cluster/admin.kubeconfig
 
@@ -69,6 +88,11 @@ venv:
 ##   skython up --python-full $(VENV_FULL)/bin/python
 venv-full:
 	@scripts/venv.sh runtime/requirements-full.txt $(VENV_FULL)
+
+## venv-mongo: SecantusDB, the MongoDB-wire server the MongoDB backend's tests run against,
+##   pinned in e2e/mongo/requirements.txt
+venv-mongo:
+	@scripts/venv.sh e2e/mongo/requirements.txt $(VENV_MONGO)
 
 ## generate: rewrite the generated artifacts (docs/openapi.json, the CRD in helm/) from the code
 generate:

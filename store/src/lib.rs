@@ -2,13 +2,14 @@
 //! per-(owner, function) state for `skython.store/load`, and recent invocations with their logs.
 //!
 //! The gateway only sees the [`Store`] trait and the backend-neutral [`StoreError`]; the embedded
-//! SQLite backend ([`SqliteStore`]) is the local default, and a MongoDB backend implements the same
-//! trait for clusters.
+//! SQLite backend ([`SqliteStore`]) is the local default, and the MongoDB backend ([`MongoStore`])
+//! implements the same traits for clusters.
 
 #![forbid(unsafe_code)]
 
 pub mod copy;
 mod location;
+mod mongo;
 mod sqlite;
 mod state;
 
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use skython_crds::{SkyFunctionSpec, SkyFunctionStatus};
 
 pub use location::{StoreLocation, redacted};
+pub use mongo::MongoStore;
 pub use sqlite::SqliteStore;
 pub use state::{Decision, StateWrite, Written, json_equal};
 
