@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 pub mod cluster;
+pub mod mongo;
 
 pub const TOKEN: &str = "sky_e2e_admin_token";
 

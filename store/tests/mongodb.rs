@@ -6,72 +6,24 @@
 #[macro_use]
 mod conformance;
 
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use mongodb::bson::Document;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use serde_json::json;
+use skython_e2e::free_port;
+use skython_e2e::mongo::{
+    SecantusServer, fresh_database, fresh_database_url, server_url, with_database,
+};
 use skython_store::{
     MongoStore, StateQuota, StateScope, StateStore, StateWrite, Store, StoreError, Written,
 };
 
-fn server_url() -> String {
-    std::env::var("SKYTHON_MONGODB_URL").expect(
-        "SKYTHON_MONGODB_URL is not set: these tests need a MongoDB-wire server \
-         (`scripts/mongo.sh start`, then SKYTHON_MONGODB_URL=mongodb://127.0.0.1:27099/?directConnection=true)",
-    )
-}
-
-/// `url` with its database replaced by `database`.
-fn with_database(url: &str, database: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("a mongodb:// URL");
-    let (hosts, tail) = rest.split_once('/').unwrap_or((rest, ""));
-    let options = tail.split_once('?').map(|(_, o)| o);
-    match options {
-        Some(o) => format!("{scheme}://{hosts}/{database}?{o}"),
-        None => format!("{scheme}://{hosts}/{database}"),
-    }
-}
-
-/// A database no other test (in this run or an earlier one) uses.
-fn fresh_database() -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos();
-    format!(
-        "t{}_{nanos}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 async fn fresh_store() -> Arc<dyn Store> {
-    let url = with_database(&server_url(), &fresh_database());
-    Arc::new(MongoStore::connect(&url).await.unwrap())
+    Arc::new(MongoStore::connect(&fresh_database_url()).await.unwrap())
 }
 
 conformance_suite!(fresh_store());
-
-#[test]
-fn the_database_in_a_url_is_replaced_or_added() {
-    assert_eq!(
-        with_database("mongodb://h:1/?directConnection=true", "d"),
-        "mongodb://h:1/d?directConnection=true"
-    );
-    assert_eq!(
-        with_database("mongodb://u:p@h:1,g:2/old?a=b", "d"),
-        "mongodb://u:p@h:1,g:2/d?a=b"
-    );
-    assert_eq!(with_database("mongodb://h", "d"), "mongodb://h/d");
-}
 
 #[tokio::test]
 async fn connect_creates_the_indexes_queries_use() {
@@ -154,58 +106,6 @@ async fn a_malformed_url_is_refused_naming_it() {
     );
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A secantusd-py of our own, stopped (SIGTERM) or killed when dropped.
-struct Server {
-    child: Child,
-}
-
-impl Server {
-    fn start(port: u16, storage: &Path) -> Server {
-        let bin = std::env::var("SKYTHON_SECANTUSD").expect(
-            "SKYTHON_SECANTUSD is not set: it names the secantusd-py that `make venv-mongo` \
-             installs (~/.cache/skython/venv-mongo/bin/secantusd-py)",
-        );
-        let child = Command::new(&bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .arg("--storage-path")
-            .arg(storage)
-            .args(["--log-level", "WARNING"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-        Server { child }
-    }
-
-    /// Stops it the way an operator would, and waits until it has.
-    fn stop(mut self) {
-        let pid = Pid::from_raw(i32::try_from(self.child.id()).unwrap());
-        kill(pid, Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "secantusd-py did not stop");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// The store on a server that was just started: connecting fails until it answers.
 async fn connect_when_up(url: &str) -> MongoStore {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -224,16 +124,14 @@ async fn connect_when_up(url: &str) -> MongoStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_server_makes_state_unavailable_and_its_return_heals() {
     let storage = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let url = format!("mongodb://127.0.0.1:{port}/skython?directConnection=true");
     let scope = StateScope {
         owner: "alice".into(),
         function: "f".into(),
     };
     let q = StateQuota::default();
 
-    let server = Server::start(port, storage.path());
-    let store = connect_when_up(&url).await;
+    let mut server = SecantusServer::start(storage.path());
+    let store = connect_when_up(&server.url("skython")).await;
     store.state_put(&scope, "n", "41", q).await.unwrap();
     server.stop();
 
@@ -249,7 +147,7 @@ async fn losing_the_server_makes_state_unavailable_and_its_return_heals() {
     assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
 
     // Same port, same storage: the same store reconnects by itself and finds the data.
-    let _server = Server::start(port, storage.path());
+    server.resume();
     let deadline = Instant::now() + Duration::from_secs(60);
     let value = loop {
         match store.state_get(&scope, "n").await {
@@ -271,7 +169,7 @@ async fn losing_the_server_makes_state_unavailable_and_its_return_heals() {
 /// Two stores on one fresh database: separate connection pools and separate in-process locks,
 /// as two gateway replicas have, so only MongoDB's transactions keep their writes apart.
 async fn two_gateways() -> [MongoStore; 2] {
-    let url = with_database(&server_url(), &fresh_database());
+    let url = fresh_database_url();
     [
         MongoStore::connect(&url).await.unwrap(),
         MongoStore::connect(&url).await.unwrap(),
@@ -378,4 +276,13 @@ async fn a_set_if_race_across_two_gateways_has_exactly_one_winner_per_round() {
             .await
             .unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_from_sqlite_into_mongodb() {
+    conformance::copy_moves_everything_and_repeating_it_adds_nothing(
+        Arc::new(skython_store::SqliteStore::open_in_memory().unwrap()),
+        fresh_store().await,
+    )
+    .await;
 }
