@@ -468,6 +468,26 @@ fn with_the_gateway_unreachable_load_raises_a_state_error_saying_so() {
 }
 
 #[test]
+fn with_the_gateway_unreachable_a_call_that_needs_state_answers_503_state_unavailable() {
+    let dir = function_dir("from skython import load\n\ndef calc():\n    return load('k')\n");
+    let token = token_file(dir.path(), "token-A");
+    let nobody = format!("http://127.0.0.1:{}", free_port());
+    let (_p, port) = start_announcing(dir.path(), &nobody, &token, 2);
+    let url = format!("http://127.0.0.1:{port}");
+    let c = http();
+    wait_ready(&c, &url);
+    let (status, body) = send(c.post(format!("{url}/")));
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "state_unavailable", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("the call could not use its state: ")
+            && message.contains("unreachable"),
+        "{body}"
+    );
+}
+
+#[test]
 fn a_gateway_url_without_a_pod_ip_stops_the_runner_naming_the_variable() {
     let dir = function_dir("def calc():\n    return 1\n");
     let out = runner(dir.path(), free_port())

@@ -12,7 +12,9 @@ use skython_runner::egress::{EgressProxy, Grant};
 use skython_runner::{
     PoolLimits, StateAnswer, StateHandler, StateRequest, WorkerPool, WorkerSpec, Zygote,
 };
-use skython_store::{FunctionRecord, StateQuota, StateScope, Store, StoreError};
+use skython_store::{
+    FunctionRecord, StateQuota, StateScope, StateWrite, Store, StoreError, Written,
+};
 
 use crate::Limits;
 
@@ -323,6 +325,74 @@ impl ScopedState {
             quota: limits.state_quota,
         }
     }
+
+    /// The write a `store` asks for, or its refusal: the value (and the expected value of a
+    /// compare-and-set) must be JSON within the value size limit.
+    fn store_write(
+        &self,
+        key: &str,
+        value: String,
+        expect: Option<String>,
+    ) -> Result<StateWrite, StateAnswer> {
+        self.check_size(key, "value", &value)?;
+        if serde_json::from_str::<serde::de::IgnoredAny>(&value).is_err() {
+            return Err(StateAnswer::refused(
+                "bad_value",
+                "state values must be JSON",
+            ));
+        }
+        let Some(expect) = expect else {
+            return Ok(StateWrite::Set { value });
+        };
+        self.check_size(key, "expected value", &expect)?;
+        match serde_json::from_str(&expect) {
+            Ok(expect) => Ok(StateWrite::SetIf { value, expect }),
+            Err(_) => Err(StateAnswer::refused(
+                "bad_value",
+                "the expected value of a compare-and-set must be JSON",
+            )),
+        }
+    }
+
+    fn check_size(&self, key: &str, what: &str, json: &str) -> Result<(), StateAnswer> {
+        if json.len() > self.max_value_bytes {
+            return Err(StateAnswer::refused(
+                "value_too_large",
+                format!(
+                    "the {what} for {key:?} is {} bytes of JSON, more than the limit of {} bytes",
+                    json.len(),
+                    self.max_value_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn write(&self, key: &str, write: StateWrite) -> Result<StateAnswer, StoreError> {
+        let written = self
+            .store
+            .state_write(&self.scope, key, &write, self.quota)
+            .await?;
+        let done = StateAnswer {
+            ok: true,
+            ..Default::default()
+        };
+        Ok(match written {
+            // Only a compare-and-set is told it won: a plain store always does.
+            Written::Stored => StateAnswer {
+                won: matches!(write, StateWrite::SetIf { .. }).then_some(true),
+                ..done
+            },
+            Written::Lost => StateAnswer {
+                won: Some(false),
+                ..done
+            },
+            Written::Counted(number) => StateAnswer {
+                value: Some(number),
+                ..done
+            },
+        })
+    }
 }
 
 const MAX_KEY_CHARS: usize = 512;
@@ -334,6 +404,7 @@ impl StateHandler for ScopedState {
         let key = match &request {
             StateRequest::Load { key }
             | StateRequest::Store { key, .. }
+            | StateRequest::Incr { key, .. }
             | StateRequest::Delete { key } => Some(key),
             StateRequest::Keys { .. } => None,
         };
@@ -355,27 +426,14 @@ impl StateHandler for ScopedState {
                     ..Default::default()
                 })
             }
-            StateRequest::Store { key, value } => {
-                if value.len() > self.max_value_bytes {
-                    return StateAnswer::refused(
-                        "value_too_large",
-                        format!(
-                            "the value for {key:?} is {} bytes of JSON, more than the limit of {} bytes",
-                            value.len(),
-                            self.max_value_bytes
-                        ),
-                    );
+            StateRequest::Store { key, value, expect } => {
+                match self.store_write(&key, value, expect) {
+                    Ok(write) => self.write(&key, write).await,
+                    Err(refused) => return refused,
                 }
-                if serde_json::from_str::<serde::de::IgnoredAny>(&value).is_err() {
-                    return StateAnswer::refused("bad_value", "state values must be JSON");
-                }
-                self.store
-                    .state_put(s, &key, &value, self.quota)
-                    .await
-                    .map(|()| StateAnswer {
-                        ok: true,
-                        ..Default::default()
-                    })
+            }
+            StateRequest::Incr { key, by, default } => {
+                self.write(&key, StateWrite::Incr { by, default }).await
             }
             StateRequest::Delete { key } => {
                 self.store
@@ -397,13 +455,26 @@ impl StateHandler for ScopedState {
                     ..Default::default()
                 }),
         };
-        res.unwrap_or_else(|e| match e {
-            StoreError::QuotaExceeded(q) => StateAnswer::refused("quota_exceeded", q.to_string()),
-            e => {
-                tracing::error!(owner = %s.owner, function = %s.function, "state request failed: {e}");
-                StateAnswer::refused("storage_error", "the state storage failed; try again")
-            }
-        })
+        res.unwrap_or_else(|e| refusal(s, e))
+    }
+}
+
+/// What the function hears when the store refuses a request or fails. The details of a failure
+/// go to the server's log: they are about the platform, not the function.
+fn refusal(scope: &StateScope, e: StoreError) -> StateAnswer {
+    let (owner, function) = (&scope.owner, &scope.function);
+    match e {
+        StoreError::QuotaExceeded(q) => StateAnswer::refused("quota_exceeded", q.to_string()),
+        // The store's message names the key and what it holds: the function's own business.
+        StoreError::Invalid(m) => StateAnswer::refused("invalid_write", m),
+        StoreError::Unavailable(m) => {
+            tracing::warn!(%owner, %function, "state storage unavailable: {m}");
+            StateAnswer::refused("state_unavailable", "the state storage cannot be reached")
+        }
+        e => {
+            tracing::error!(%owner, %function, "state request failed: {e}");
+            StateAnswer::refused("storage_error", "the state storage failed; try again")
+        }
     }
 }
 
@@ -475,6 +546,7 @@ mod tests {
             .handle(StateRequest::Store {
                 key: "n".into(),
                 value: "1".into(),
+                expect: None,
             })
             .await;
         assert!(put.ok);
@@ -486,6 +558,7 @@ mod tests {
             .handle(StateRequest::Store {
                 key: "n".into(),
                 value: format!("\"{}\"", "x".repeat(20)),
+                expect: None,
             })
             .await;
         assert_eq!(big.error.unwrap().code, "value_too_large");
@@ -493,6 +566,7 @@ mod tests {
             .handle(StateRequest::Store {
                 key: "n".into(),
                 value: "{".into(),
+                expect: None,
             })
             .await;
         assert_eq!(bad.error.unwrap().code, "bad_value");
@@ -530,6 +604,7 @@ mod tests {
                     .handle(StateRequest::Store {
                         key: key.into(),
                         value: "1".into(),
+                        expect: None,
                     })
                     .await
             }
@@ -543,5 +618,174 @@ mod tests {
             "state quota exceeded: alice may keep at most 1 keys (all functions together); \
              1 in use, this write would make 2"
         );
+    }
+
+    /// alice/f's state in a fresh in-memory store, values up to 16 bytes.
+    fn alices_state() -> ScopedState {
+        ScopedState {
+            store: Arc::new(skython_store::SqliteStore::open_in_memory().unwrap()),
+            scope: StateScope {
+                owner: "alice".into(),
+                function: "f".into(),
+            },
+            max_value_bytes: 16,
+            quota: StateQuota::default(),
+        }
+    }
+
+    fn store(key: &str, value: &str, expect: Option<&str>) -> StateRequest {
+        StateRequest::Store {
+            key: key.into(),
+            value: value.into(),
+            expect: expect.map(Into::into),
+        }
+    }
+
+    fn incr(key: &str, by: i64, default: i64) -> StateRequest {
+        StateRequest::Incr {
+            key: key.into(),
+            by: by.into(),
+            default: default.into(),
+        }
+    }
+
+    async fn load(state: &ScopedState, key: &str) -> Option<String> {
+        state
+            .handle(StateRequest::Load { key: key.into() })
+            .await
+            .value
+    }
+
+    #[tokio::test]
+    async fn incr_counts_from_the_default_and_answers_the_new_number() {
+        let state = alices_state();
+        let first = state.handle(incr("n", 1, 10)).await;
+        assert_eq!(
+            first,
+            StateAnswer {
+                ok: true,
+                value: Some("11".into()),
+                ..Default::default()
+            }
+        );
+        let second = state.handle(incr("n", -3, 10)).await;
+        assert_eq!(second.value.as_deref(), Some("8"));
+        assert_eq!(load(&state, "n").await.as_deref(), Some("8"));
+    }
+
+    #[tokio::test]
+    async fn incr_of_a_non_number_is_refused_with_the_stores_message() {
+        let state = alices_state();
+        assert!(state.handle(store("n", r#""seven""#, None)).await.ok);
+        let err = state.handle(incr("n", 1, 0)).await.error.unwrap();
+        assert_eq!(
+            (err.code.as_str(), err.message.as_str()),
+            (
+                "invalid_write",
+                r#"incr needs a number under "n", found a string"#
+            )
+        );
+        assert_eq!(load(&state, "n").await.as_deref(), Some(r#""seven""#));
+    }
+
+    #[tokio::test]
+    async fn incr_checks_the_key_like_any_request() {
+        let err = alices_state().handle(incr("", 1, 0)).await.error.unwrap();
+        assert_eq!(err.code, "bad_key");
+    }
+
+    #[tokio::test]
+    async fn compare_and_set_writes_only_over_the_expected_value_and_says_so() {
+        let state = alices_state();
+        let won = |a: StateAnswer| (a.ok, a.won);
+        assert_eq!(
+            won(state.handle(store("k", "1", Some("null"))).await),
+            (true, Some(true)),
+            "null expects a missing key"
+        );
+        assert_eq!(
+            won(state.handle(store("k", "2", Some("null"))).await),
+            (true, Some(false))
+        );
+        assert_eq!(
+            won(state.handle(store("k", "3", Some("1.0"))).await),
+            (true, Some(true)),
+            "1.0 equals the stored 1"
+        );
+        assert_eq!(load(&state, "k").await.as_deref(), Some("3"));
+    }
+
+    #[tokio::test]
+    async fn a_plain_store_is_not_told_it_won() {
+        let answer = alices_state().handle(store("k", "1", None)).await;
+        assert_eq!(
+            answer,
+            StateAnswer {
+                ok: true,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn the_expected_value_is_checked_like_a_value() {
+        let state = alices_state();
+        let code = |a: StateAnswer| a.error.unwrap().code;
+        assert_eq!(
+            code(state.handle(store("k", "1", Some("{"))).await),
+            "bad_value"
+        );
+        let big = format!("\"{}\"", "x".repeat(20));
+        let err = state
+            .handle(store("k", "1", Some(&big)))
+            .await
+            .error
+            .unwrap();
+        assert_eq!(err.code, "value_too_large");
+        assert!(
+            err.message.starts_with("the expected value for \"k\""),
+            "{}",
+            err.message
+        );
+        assert_eq!(
+            code(state.handle(store("k", "{", Some("null"))).await),
+            "bad_value",
+            "the new value too"
+        );
+        assert_eq!(load(&state, "k").await, None, "nothing was written");
+    }
+
+    fn scope() -> StateScope {
+        StateScope {
+            owner: "alice".into(),
+            function: "f".into(),
+        }
+    }
+
+    #[test]
+    fn an_unavailable_store_is_state_unavailable_without_its_details() {
+        let answer = refusal(
+            &scope(),
+            StoreError::Unavailable("mongodb://db:27017: connection refused".into()),
+        );
+        assert_eq!(
+            answer,
+            StateAnswer::refused("state_unavailable", "the state storage cannot be reached")
+        );
+    }
+
+    #[test]
+    fn an_invalid_write_keeps_the_stores_message() {
+        let answer = refusal(&scope(), StoreError::Invalid("incr needs a number".into()));
+        assert_eq!(
+            answer,
+            StateAnswer::refused("invalid_write", "incr needs a number")
+        );
+    }
+
+    #[test]
+    fn a_failing_store_is_a_storage_error() {
+        let answer = refusal(&scope(), StoreError::Backend("disk I/O error".into()));
+        assert_eq!(answer.error.unwrap().code, "storage_error");
     }
 }

@@ -72,6 +72,8 @@ fn function_error(err: FunctionError) -> ApiError {
     let status = match err.code.as_str() {
         "bad_arguments" | "bad_json" => StatusCode::BAD_REQUEST,
         "load_timeout" => StatusCode::GATEWAY_TIMEOUT,
+        // The function's storage, not the function, failed: the same call may work later.
+        "state_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     let code: &'static str = match err.code.as_str() {
@@ -82,6 +84,7 @@ fn function_error(err: FunctionError) -> ApiError {
         "load_timeout" => "load_timeout",
         "unserializable_result" => "unserializable_result",
         "result_too_large" => "result_too_large",
+        "state_unavailable" => "state_unavailable",
         _ => "function_error",
     };
     let mut e = ApiError::new(status, code, err.message);
@@ -416,6 +419,31 @@ mod tests {
         assert_eq!(
             st(RunnerError::Spawn("x".into())),
             StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[test]
+    fn a_call_that_lost_its_state_storage_is_503_state_unavailable_with_its_traceback_logged() {
+        let out = CallOutput::from_result(Ok(CallResult {
+            outcome: Outcome::Failed(FunctionError {
+                code: "state_unavailable".into(),
+                type_: Some("StateUnavailable".into()),
+                message: "the call could not use its state".into(),
+                traceback: Some("Traceback ...".into()),
+                expected: None,
+                logs: None,
+                retire: false,
+            }),
+            logs: "Traceback ...".into(),
+        }));
+        assert_eq!(out.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(out.outcome, "state_unavailable");
+        assert_eq!(out.logs, "Traceback ...");
+        let body: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error": {"code": "state_unavailable", "type": "StateUnavailable",
+                "message": "the call could not use its state"}})
         );
     }
 }

@@ -17,7 +17,7 @@ fn error_schema() -> Value {
             "type": "object",
             "required": ["code", "message"],
             "properties": {
-                "code": {"type": "string", "description": "Machine-readable: bad_json, bad_arguments, invalid_spec, syntax_error, source_too_large, source_too_deeply_nested, source_too_complex, function_not_found, function_error, timeout, worker_crashed, out_of_memory, too_many_requests, body_too_large, unauthorized, forbidden, ..."},
+                "code": {"type": "string", "description": "Machine-readable: bad_json, bad_arguments, invalid_spec, syntax_error, source_too_large, source_too_deeply_nested, source_too_complex, function_not_found, function_error, state_unavailable, timeout, worker_crashed, out_of_memory, too_many_requests, body_too_large, unauthorized, forbidden, ..."},
                 "message": {"type": "string", "description": "What went wrong and what was expected."},
                 "type": {"type": "string", "description": "The Python exception type (function_error)."},
                 "expected": {"type": "array", "description": "The function's parameters (bad_arguments)."},
@@ -160,6 +160,7 @@ pub fn document() -> Value {
                     "429": response("Every worker busy and the queue full", Some("Error")),
                     "500": response("The function raised, or its value cannot be encoded", Some("Error")),
                     "502": response("The worker died during the call", Some("Error")),
+                    "503": response("The function's state storage cannot be reached (state_unavailable), or the runtime cannot start a worker: try again later", Some("Error")),
                     "504": response("The call ran past the function's timeout", Some("Error"))
                 }
             }},

@@ -126,9 +126,19 @@ pub enum StateRequest {
     Load {
         key: String,
     },
+    /// `store(key, value)`, or with `expect` (JSON text) a compare-and-set: write only if the
+    /// key holds that value.
     Store {
         key: String,
         value: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<String>,
+    },
+    /// `incr(key, by, default)`: answered with the new number in `value`.
+    Incr {
+        key: String,
+        by: serde_json::Number,
+        default: serde_json::Number,
     },
     Delete {
         key: String,
@@ -144,9 +154,12 @@ pub struct StateAnswer {
     pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub found: Option<bool>,
-    /// JSON text of a loaded value.
+    /// JSON text of a loaded value, or of the number an `incr` stored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
+    /// Whether a `store` with `expect` wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub won: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keys: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -200,8 +213,10 @@ mod tests {
             r,
             StateRequest::Store {
                 key: "n".into(),
-                value: "1".into()
-            }
+                value: "1".into(),
+                expect: None,
+            },
+            "a frame without `expect` is a plain store"
         );
         let r: StateRequest = serde_json::from_str(r#"{"op":"keys"}"#).unwrap();
         assert_eq!(
@@ -218,6 +233,7 @@ mod tests {
         let r = StateRequest::Store {
             key: "n".into(),
             value: "1".into(),
+            expect: None,
         };
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(
@@ -225,6 +241,62 @@ mod tests {
             serde_json::json!({"op": "store", "key": "n", "value": "1"})
         );
         assert_eq!(serde_json::from_value::<StateRequest>(json).unwrap(), r);
+    }
+
+    #[test]
+    fn compare_and_set_round_trips_with_its_expectation_as_json_text() {
+        let r = StateRequest::Store {
+            key: "n".into(),
+            value: "2".into(),
+            expect: Some("null".into()),
+        };
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"op": "store", "key": "n", "value": "2", "expect": "null"})
+        );
+        assert_eq!(serde_json::from_value::<StateRequest>(json).unwrap(), r);
+    }
+
+    #[test]
+    fn incr_round_trips_with_json_numbers() {
+        let r = StateRequest::Incr {
+            key: "n".into(),
+            by: 1.into(),
+            default: serde_json::Number::from_f64(0.5).unwrap(),
+        };
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"op": "incr", "key": "n", "by": 1, "default": 0.5})
+        );
+        assert_eq!(serde_json::from_value::<StateRequest>(json).unwrap(), r);
+        assert!(
+            serde_json::from_str::<StateRequest>(r#"{"op":"incr","key":"n","by":"1","default":0}"#)
+                .is_err(),
+            "numbers, not strings"
+        );
+    }
+
+    #[test]
+    fn the_answers_of_incr_and_compare_and_set_round_trip() {
+        let counted = StateAnswer {
+            ok: true,
+            value: Some("7".into()),
+            ..Default::default()
+        };
+        let lost = StateAnswer {
+            ok: true,
+            won: Some(false),
+            ..Default::default()
+        };
+        for (answer, wire) in [
+            (counted, serde_json::json!({"ok": true, "value": "7"})),
+            (lost, serde_json::json!({"ok": true, "won": false})),
+        ] {
+            assert_eq!(serde_json::to_value(&answer).unwrap(), wire);
+            assert_eq!(serde_json::from_value::<StateAnswer>(wire).unwrap(), answer);
+        }
     }
 
     #[test]

@@ -26,7 +26,11 @@ impl StateHandler for MemoryState {
     async fn handle(&self, request: StateRequest) -> StateAnswer {
         let mut map = self.0.lock().unwrap();
         match request {
-            StateRequest::Store { key, value } => {
+            StateRequest::Store {
+                key,
+                value,
+                expect: None,
+            } => {
                 map.insert(key, value);
                 StateAnswer {
                     ok: true,

@@ -1,18 +1,32 @@
 """Skython's meta library for functions: state that persists per user and per function.
 
-    from skython import store, load
+    from skython import incr, load, store
 
-    def count():
-        n = load("n", 0) + 1
-        store("n", n)
-        return n
+    def visit(page: str):
+        return incr(page)  # this page's visits so far, this one included
 
 Values are anything JSON can hold (numpy and pandas values are converted as return values are).
 Keys are strings. State belongs to the function's owner and the function itself: two functions, or
 two owners, never see each other's keys. Each call is one round trip to the gateway.
+
+Concurrent calls share the state, so what several of them write at once matters:
+- `store(key, value)`: the last writer wins; every write is kept whole, never mixed with another.
+- `incr(key, by=1, default=0)` is atomic: concurrent increments all count, and each caller gets
+  the value its own increment made.
+- `store(key, value, expect=old)` is atomic: it writes only if the key still holds `old` (`None`
+  also matches a missing key) and returns whether it did, so of concurrent callers expecting the
+  same value exactly one wins.
+- A read-modify-write with `load` then `store` is NOT atomic: another call may store in between,
+  and its write is lost. Use `incr`, or retry `store(..., expect=)` until it wins.
+
+A refused state call raises `StateError` (bad key, value too large, quota); `StateUnavailable`, a
+`StateError`, when the storage cannot be reached: a call that lets it escape answers HTTP 503
+`state_unavailable`, and may be retried.
 """
 
-__all__ = ["store", "load", "delete", "keys", "StateError"]
+__all__ = ["store", "load", "incr", "delete", "keys", "StateError", "StateUnavailable"]
+
+import math
 
 # The runtime's own modules, which the zygote imported before this one: one copy of each.
 from skython_runtime.codec import DECODER as _DECODER
@@ -24,18 +38,29 @@ _worker = None
 
 MAX_KEY_CHARS = 512
 
+# The numbers `incr` takes: those the gateway adds exactly (64-bit integers) or as floats.
+_INT_RANGE = range(-(2**63), 2**63)
+
+# `store` without `expect` (None is an expectation: "no value").
+_NOT_GIVEN = object()
+
 
 class StateError(Exception):
-    """A state call was refused (bad key, value too large, storage unavailable)."""
+    """A state call was refused (bad key, value too large, quota exceeded, incr of a non-number)."""
+
+
+class StateUnavailable(StateError):
+    """The state storage cannot be reached right now; the same call may work later."""
 
 
 def _request(op, **fields):
     if _worker is None:
-        raise RuntimeError("skython.store/load only work inside a function running on Skython")
+        raise RuntimeError("skython's state functions only work inside a function running on Skython")
     answer = _worker.state(op, **fields)
     if not answer.get("ok"):
         err = answer.get("error") or {}
-        raise StateError(err.get("message", "the state request failed"))
+        error = StateUnavailable if err.get("code") == "state_unavailable" else StateError
+        raise error(err.get("message", "the state request failed"))
     return answer
 
 
@@ -46,20 +71,60 @@ def _check_key(key):
         raise StateError(f"state keys must be 1-{MAX_KEY_CHARS} characters, got {len(key)}")
 
 
-def store(key, value):
-    """Saves `value` under `key`, replacing what was there."""
-    _check_key(key)
+def _json_text(value, what):
     try:
         data = _encode(value)
     except _Unencodable as e:
-        raise StateError(str(e).replace("the return value", "the stored value")) from None
+        raise StateError(str(e).replace("the return value", what)) from None
+    return data
+
+
+def _number(name, n):
+    """`n` as the plain int or float `incr` sends; TypeError/ValueError naming `name` otherwise."""
+    if isinstance(n, bool) or not isinstance(n, (int, float)):
+        raise TypeError(f"incr's {name} must be an int or a float, not {type(n).__name__}")
+    if isinstance(n, int):
+        if n not in _INT_RANGE:
+            raise ValueError(f"incr's {name} must fit in 64 bits (signed), got {n}")
+        return int(n)
+    if not math.isfinite(n):
+        raise ValueError(f"incr's {name} must be a finite number, got {n}")
+    return float(n)
+
+
+def store(key, value, expect=_NOT_GIVEN):
+    """Saves `value` under `key`, replacing what was there (of concurrent writers, the last wins).
+
+    With `expect`, a compare-and-set: saves only if the key holds a value equal to `expect` (as
+    JSON: `1 == 1.0`; `None` also matches a missing key) and returns whether it did. Atomic: of
+    callers expecting the same value at once, exactly one wins.
+    """
+    _check_key(key)
+    data = _json_text(value, "the stored value")
     limit = _worker.spec.get("maxStateValueBytes") if _worker else None
     if limit and len(data) > limit:
         raise StateError(
             f"the value for {key!r} encodes to {len(data)} bytes of JSON, more than the limit"
             f" of {limit} bytes")
-    # The value travels as JSON text inside the request so the gateway stores it unparsed.
-    _request("store", key=key, value=data.decode("utf-8", "surrogatepass"))
+    # Values travel as JSON text inside the request so the gateway stores them unparsed.
+    fields = {"key": key, "value": data.decode("utf-8", "surrogatepass")}
+    if expect is _NOT_GIVEN:
+        _request("store", **fields)
+        return None
+    fields["expect"] = _json_text(expect, "the expected value").decode("utf-8", "surrogatepass")
+    return bool(_request("store", **fields).get("won"))
+
+
+def incr(key, by=1, default=0):
+    """Adds `by` to the number under `key` (`default` if there is none) and returns the sum.
+
+    Atomic: concurrent increments all count, and each caller gets the value its own increment
+    made. Integers stay integers (64-bit); a float makes the sum a float. Raises StateError if
+    the key holds something other than a number.
+    """
+    _check_key(key)
+    by, default = _number("by", by), _number("default", default)
+    return _DECODER.decode(_request("incr", key=key, by=by, default=default)["value"])
 
 
 def load(key, default=None):

@@ -16,6 +16,8 @@ import time
 import traceback
 import types
 
+from skython import StateUnavailable
+
 from . import isolation, relay
 from .codec import DECODER, SCAN, Unencodable, encode
 from .protocol import (
@@ -214,7 +216,13 @@ class Worker:
         except BaseException as e:  # noqa: BLE001
             # Threads the call started may still be burning CPU: this worker ends after answering.
             self.exhausted = isinstance(e, CpuLimitExceeded)
-            err = self._error("function_error", e, retire=self.exhausted)
+            if isinstance(e, StateUnavailable):
+                # Not the function's fault, and worth retrying: the gateway answers 503.
+                err = self._error("state_unavailable", e, message=(
+                    f"the call could not use its state: {e or 'the storage is unavailable'};"
+                    " try again later"))
+            else:
+                err = self._error("function_error", e, retire=self.exhausted)
             sys.__stderr__.flush()
             self.capture.write(err["traceback"])
             return ERROR, err
