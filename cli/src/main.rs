@@ -4,6 +4,7 @@ mod client;
 mod gateway;
 mod operator;
 mod runner;
+mod store;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -45,6 +46,8 @@ enum Command {
     Ls(client::LsArgs),
     /// Remember a server URL and token for the client commands.
     Login(client::LoginArgs),
+    /// Copy a store into another (e.g. a one-machine SQLite file into a cluster's MongoDB).
+    Store(store::StoreArgs),
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
     /// (internal) The sandbox's staging helper: see runner/src/sandbox.rs.
@@ -149,6 +152,7 @@ fn main() -> std::process::ExitCode {
             Command::Logs(a) => client::logs(a).await,
             Command::Ls(a) => client::ls(a).await,
             Command::Login(a) => client::login(a),
+            Command::Store(a) => store::run(a).await,
             Command::Crdgen => {
                 print!("{}", skython_crds::crd_yaml()?);
                 Ok(())

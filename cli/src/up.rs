@@ -15,7 +15,7 @@ use skython_runner::cgroup::Cgroups;
 use skython_runner::egress::{Cidr, EgressProxy};
 use skython_runner::sandbox::{BwrapConfig, DropTo};
 use skython_runner::{RuntimeConfig, Sandbox, Zygote};
-use skython_store::{SqliteStore, StateQuota, Store};
+use skython_store::{StateQuota, Store, StoreLocation};
 
 /// Limits that the gateway and the runner pod apply to calls.
 #[derive(Args, Debug)]
@@ -152,9 +152,15 @@ pub struct ServerArgs {
     /// Address to listen on.
     #[arg(long, env = "SKYTHON_ADDR", default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
-    /// Where the store (skython.db), the admin token and the runtime files live.
+    /// Where the embedded store (skython.db), the admin token and the runtime files live.
     #[arg(long, env = "SKYTHON_DATA_DIR", default_value = ".skython")]
     data_dir: PathBuf,
+    /// Where users, functions, state and invocations live: sqlite://PATH, or a MongoDB URI
+    /// (mongodb://HOST/DATABASE; in production a replica set, e.g.
+    /// mongodb://db1,db2,db3/skython?replicaSet=rs0&tls=true, with credentials in the URI).
+    /// Several gateways share one MongoDB. Default: sqlite://DATA_DIR/skython.db.
+    #[arg(long, env = "SKYTHON_STORE", hide_env_values = true, value_parser = crate::store::location)]
+    store: Option<StoreLocation>,
     /// Python of the standard runtime (a venv with numpy, pandas, scipy, requests, bs4).
     /// Default: ~/.cache/skython/venv/bin/python if present (`make venv`), else python3.
     #[arg(long, env = "SKYTHON_PYTHON")]
@@ -236,9 +242,14 @@ pub async fn prepare(args: &ServerArgs) -> anyhow::Result<Prepared> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize()?;
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&data_dir.join("skython.db")).context("opening the embedded store")?,
-    );
+    let location = args
+        .store
+        .clone()
+        .unwrap_or_else(|| StoreLocation::in_data_dir(&data_dir));
+    let store = location
+        .open()
+        .await
+        .with_context(|| format!("opening the store at {location}"))?;
     let admin =
         skython_gateway::bootstrap_admin(store.as_ref(), &data_dir, args.admin_token.as_deref())
             .await

@@ -3,11 +3,12 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::StoreError;
+use crate::{SqliteStore, Store, StoreError};
 
 /// A parsed `--store` value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreLocation {
     /// `sqlite://PATH`: everything after the scheme is a file path (`sqlite:///var/lib/x.db` is
     /// absolute, `sqlite://x.db` relative to the working directory).
@@ -46,6 +47,20 @@ impl StoreLocation {
             return Ok(StoreLocation::MongoDb(s.to_string()));
         }
         Err(invalid("unknown scheme"))
+    }
+
+    /// Opens (and creates, if new) the store.
+    pub async fn open(&self) -> Result<Arc<dyn Store>, StoreError> {
+        Ok(match self {
+            StoreLocation::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
+            StoreLocation::MongoDb(uri) => Arc::new(crate::MongoStore::connect(uri).await?),
+        })
+    }
+}
+
+impl fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
