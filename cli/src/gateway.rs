@@ -122,6 +122,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             .await
             .context("starting the cluster platform")?;
     let state = AppState::with_platform(p.config, p.store, p.zygotes, metrics, platform);
+    let recorder = state.recorder.clone();
     let app = skython_gateway::app(state).merge(internal);
     println!("Skython is running at {}", p.url);
     println!(
@@ -132,5 +133,5 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             .map(|n| format!("namespace {n}"))
             .unwrap_or_else(|| "all namespaces".into())
     );
-    serve_app(&args.server, p.listener, p.admin, app).await
+    serve_app(&args.server, p.listener, p.admin, app, recorder).await
 }

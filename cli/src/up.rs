@@ -10,12 +10,12 @@ use anyhow::Context;
 use clap::Args;
 use skython_crds::Runtime;
 use skython_gateway::serve::{ClientTimeouts, serve};
-use skython_gateway::{AdminToken, AppState, GatewayConfig, Limits};
+use skython_gateway::{AdminToken, AppState, GatewayConfig, Limits, Recorder};
 use skython_runner::cgroup::Cgroups;
 use skython_runner::egress::{Cidr, EgressProxy};
 use skython_runner::sandbox::{BwrapConfig, DropTo};
 use skython_runner::{RuntimeConfig, Sandbox, Zygote};
-use skython_store::{StateQuota, Store, StoreLocation};
+use skython_store::{StateQuota, Store, StoreError, StoreLocation};
 
 /// Limits that the gateway and the runner pod apply to calls.
 #[derive(Args, Debug)]
@@ -223,7 +223,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let p = prepare(&args).await?;
     let state = AppState::new(p.config, p.store, p.zygotes)?;
     println!("Skython is running at {}", p.url);
-    serve_app(&args, p.listener, p.admin, skython_gateway::app(state)).await
+    let recorder = state.recorder.clone();
+    serve_app(
+        &args,
+        p.listener,
+        p.admin,
+        skython_gateway::app(state),
+        recorder,
+    )
+    .await
 }
 
 /// The parts of a server before it knows its platform.
@@ -236,6 +244,22 @@ pub struct Prepared {
     pub url: String,
 }
 
+/// Opens the store, waiting up to a minute for a MongoDB that cannot be reached yet (a gateway
+/// and its database often start together).
+async fn open_store(location: &StoreLocation) -> anyhow::Result<Arc<dyn Store>> {
+    const PATIENCE: Duration = Duration::from_secs(60);
+    let started = std::time::Instant::now();
+    loop {
+        match location.open().await {
+            Err(StoreError::Unavailable(why)) if started.elapsed() < PATIENCE => {
+                tracing::warn!("the store at {location} cannot be reached yet ({why}); retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            opened => return opened.with_context(|| format!("opening the store at {location}")),
+        }
+    }
+}
+
 /// Opens the store, creates the admin on first start, starts the runtimes and binds the port.
 pub async fn prepare(args: &ServerArgs) -> anyhow::Result<Prepared> {
     let data_dir = args.data_dir.clone();
@@ -246,10 +270,7 @@ pub async fn prepare(args: &ServerArgs) -> anyhow::Result<Prepared> {
         .store
         .clone()
         .unwrap_or_else(|| StoreLocation::in_data_dir(&data_dir));
-    let store = location
-        .open()
-        .await
-        .with_context(|| format!("opening the store at {location}"))?;
+    let store = open_store(&location).await?;
     let admin =
         skython_gateway::bootstrap_admin(store.as_ref(), &data_dir, args.admin_token.as_deref())
             .await
@@ -360,12 +381,14 @@ pub async fn prepare(args: &ServerArgs) -> anyhow::Result<Prepared> {
     })
 }
 
-/// Tells where the admin's token is, then serves `app` until SIGTERM or Ctrl-C.
+/// Tells where the admin's token is, then serves `app` until SIGTERM or Ctrl-C, and writes the
+/// last calls' records before returning.
 pub async fn serve_app(
     args: &ServerArgs,
     listener: tokio::net::TcpListener,
     admin: AdminToken,
     app: axum::Router,
+    recorder: Recorder,
 ) -> anyhow::Result<()> {
     match admin {
         AdminToken::Created { token, file } => {
@@ -393,5 +416,6 @@ pub async fn serve_app(
         Duration::from_secs(10),
     )
     .await?;
+    recorder.flush().await;
     Ok(())
 }

@@ -22,11 +22,21 @@ fn tour_script() -> String {
 
 #[test]
 fn the_readme_tour_works_as_written() {
+    run_the_tour(&[]);
+}
+
+#[test]
+fn the_readme_tour_works_unchanged_on_mongodb() {
+    run_the_tour(&["--store", &skython_e2e::mongo::fresh_database_url()]);
+}
+
+fn run_the_tour(store_args: &[&str]) {
     // Without SKYTHON_ADMIN_TOKEN, as `make run` starts it: the token is written to the data dir.
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(skython_bin());
     cmd.args(["up", "--addr", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path());
+        .arg(dir.path())
+        .args(store_args);
     let s = Skython::start_with(cmd, dir.path());
     let host = s.url.trim_start_matches("http://");
     let script = tour_script()

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
+use skython_e2e::mongo::fresh_database_url;
 use skython_e2e::{Skython, eventually};
 
 const CLIENTS: usize = 4;
@@ -26,6 +27,27 @@ fn compare_and_set_has_exactly_one_winner_per_round_on_sqlite() {
 #[test]
 fn a_compare_and_set_retry_loop_loses_no_update_on_sqlite() {
     a_compare_and_set_retry_loop_loses_no_update(SQLITE);
+}
+
+/// A fresh database on the MongoDB test server (SecantusDB, which `make test` starts).
+fn on_mongodb(test: fn(&[&str])) {
+    let url = fresh_database_url();
+    test(&["--store", &url]);
+}
+
+#[test]
+fn concurrent_incr_counts_every_call_once_on_mongodb() {
+    on_mongodb(concurrent_incr_counts_every_call_once);
+}
+
+#[test]
+fn compare_and_set_has_exactly_one_winner_per_round_on_mongodb() {
+    on_mongodb(compare_and_set_has_exactly_one_winner_per_round);
+}
+
+#[test]
+fn a_compare_and_set_retry_loop_loses_no_update_on_mongodb() {
+    on_mongodb(a_compare_and_set_retry_loop_loses_no_update);
 }
 
 /// `CLIENTS` threads each make `calls` calls with the arguments `args(client, i)`; the answers
