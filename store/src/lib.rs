@@ -1,9 +1,12 @@
 //! Storage for everything the gateway keeps: users, functions (as `SkyFunction` specs and status),
 //! per-(owner, function) state for `skython.store/load`, and recent invocations with their logs.
 //!
-//! The gateway only sees the [`Store`] trait and the backend-neutral [`StoreError`]; the embedded
-//! SQLite backend ([`SqliteStore`]) is the local default, and the MongoDB backend ([`MongoStore`])
-//! implements the same traits for clusters.
+//! One trait per concern ([`UserStore`], [`FunctionStore`], [`StateStore`], [`InvocationStore`];
+//! [`Store`] is all four, what the gateway holds) with the backend-neutral [`StoreError`]. The
+//! embedded SQLite backend ([`SqliteStore`]) is the local default, the MongoDB backend
+//! ([`MongoStore`]) is for clusters; both run one conformance suite (`tests/conformance`).
+//! What a state write does with the current value is decided once, for both, in [`StateWrite`].
+//! [`StoreLocation`] parses `--store`; [`copy`] moves everything from one store into another.
 
 #![forbid(unsafe_code)]
 
