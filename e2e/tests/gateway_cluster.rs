@@ -478,3 +478,23 @@ fn with_two_gateways_the_leader_scales_on_the_calls_the_other_routes() {
     assert!(s.gateway.metric(writes).is_some_and(|n| n >= 2.0));
     assert_eq!(follower.metric(writes), None, "the follower wrote nothing");
 }
+
+#[test]
+fn two_gateways_on_one_mongodb_share_state_and_invocation_records() {
+    let url = skython_e2e::mongo::fresh_database_url();
+    let store = ["--store", url.as_str()];
+    let s = Stack::start("mongo", &store);
+    let data = tempfile::tempdir().unwrap();
+    let other = start_gateway(&s.k, data.path(), free_port(), &store);
+    let counter = "from skython import incr\ndef hit() -> int:\n    return incr('n')\n";
+    s.apply("counter", "hit", counter, json!({}));
+    assert_eq!(s.gateway.call("admin/hit", json!({})), (200, json!(1)));
+    assert_eq!(other.call("admin/hit", json!({})), (200, json!(2)));
+    // Each gateway records the calls it routed (in batches, soon after) into the one store.
+    let path = "/functions/admin/hit/invocations";
+    let both_recorded = || {
+        let (_, calls) = s.gateway.api(reqwest::Method::GET, path, None);
+        calls["items"].as_array().map(Vec::len) == Some(2)
+    };
+    assert!(eventually(Duration::from_secs(10), both_recorded));
+}
