@@ -10,14 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mongodb::bson::Document;
-use serde_json::json;
 use skython_e2e::free_port;
 use skython_e2e::mongo::{
     SecantusServer, fresh_database, fresh_database_url, server_url, with_database,
 };
-use skython_store::{
-    MongoStore, StateQuota, StateScope, StateStore, StateWrite, Store, StoreError, Written,
-};
+use skython_store::{MongoStore, StateQuota, StateScope, StateStore, Store, StoreError};
 
 async fn fresh_store() -> Arc<dyn Store> {
     Arc::new(MongoStore::connect(&fresh_database_url()).await.unwrap())
@@ -168,114 +165,27 @@ async fn losing_the_server_makes_state_unavailable_and_its_return_heals() {
 
 /// Two stores on one fresh database: separate connection pools and separate in-process locks,
 /// as two gateway replicas have, so only MongoDB's transactions keep their writes apart.
-async fn two_gateways() -> [MongoStore; 2] {
+async fn two_gateways() -> [Arc<dyn Store>; 2] {
     let url = fresh_database_url();
     [
-        MongoStore::connect(&url).await.unwrap(),
-        MongoStore::connect(&url).await.unwrap(),
+        Arc::new(MongoStore::connect(&url).await.unwrap()),
+        Arc::new(MongoStore::connect(&url).await.unwrap()),
     ]
-}
-
-fn alice() -> StateScope {
-    StateScope {
-        owner: "alice".into(),
-        function: "f".into(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn increments_through_two_gateways_all_count() {
-    let stores = two_gateways().await;
-    let incr = StateWrite::Incr {
-        by: 1.into(),
-        default: 0.into(),
-    };
-    let tasks: Vec<_> = (0..4)
-        .map(|i| {
-            let (s, incr) = (stores[i % 2].clone(), incr.clone());
-            tokio::spawn(async move {
-                for _ in 0..50 {
-                    s.state_write(&alice(), "n", &incr, StateQuota::default())
-                        .await
-                        .unwrap();
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    assert_eq!(
-        stores[1].state_get(&alice(), "n").await.unwrap().as_deref(),
-        Some("200")
-    );
+    conformance::concurrent_increments_all_count(two_gateways().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_on_two_gateways_cannot_pass_the_quota_together() {
-    let stores = two_gateways().await;
-    let quota = StateQuota {
-        max_keys: 5,
-        max_bytes: 1 << 20,
-    };
-    let tasks: Vec<_> = (0..40)
-        .map(|i| {
-            let s = stores[i % 2].clone();
-            tokio::spawn(
-                async move { s.state_put(&alice(), &format!("k{i:02}"), "1", quota).await },
-            )
-        })
-        .collect();
-    let mut stored = 0;
-    for t in tasks {
-        match t.await.unwrap() {
-            Ok(()) => stored += 1,
-            Err(StoreError::QuotaExceeded(_)) => {}
-            Err(e) => panic!("{e}"),
-        }
-    }
-    assert_eq!(stored, 5);
-    assert_eq!(
-        stores[0].state_keys(&alice(), "", 100).await.unwrap().len(),
-        5
-    );
+    conformance::concurrent_writers_cannot_pass_the_quota_together(two_gateways().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_set_if_race_across_two_gateways_has_exactly_one_winner_per_round() {
-    let stores = two_gateways().await;
-    for round in 0..10i64 {
-        let tasks: Vec<_> = (0..4)
-            .map(|writer| {
-                let s = stores[writer % 2].clone();
-                let write = StateWrite::SetIf {
-                    value: json!({"round": round + 1, "writer": writer}).to_string(),
-                    expect: if round == 0 {
-                        json!(null)
-                    } else {
-                        json!({"round": round, "writer": null})
-                    },
-                };
-                tokio::spawn(async move {
-                    s.state_write(&alice(), "leader", &write, StateQuota::default())
-                        .await
-                        .unwrap()
-                })
-            })
-            .collect();
-        let mut winners = 0;
-        for t in tasks {
-            if t.await.unwrap() == Written::Stored {
-                winners += 1;
-            }
-        }
-        assert_eq!(winners, 1, "round {round}");
-        let next = json!({"round": round + 1, "writer": null}).to_string();
-        stores[0]
-            .state_put(&alice(), "leader", &next, StateQuota::default())
-            .await
-            .unwrap();
-    }
+    conformance::a_set_if_race_has_exactly_one_winner_per_round(two_gateways().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,14 +34,16 @@ macro_rules! conformance_suite {
             replacing_a_value_counts_only_the_difference,
             another_owner_is_unaffected_by_a_full_quota,
             deleting_a_function_gives_its_state_back_to_the_quota,
-            concurrent_writers_cannot_pass_the_quota_together,
             incr_counts_from_the_default,
             incr_of_a_string_is_refused_and_keeps_it,
-            concurrent_increments_all_count,
             set_if_writes_only_over_the_expected_value,
-            a_set_if_race_has_exactly_one_winner_per_round,
             state_exports_in_pages_and_imports_without_quota,
             unicode_keys_and_values_round_trip,
+        );
+        $crate::conformance_suite!(@races $new;
+            concurrent_writers_cannot_pass_the_quota_together,
+            concurrent_increments_all_count,
+            a_set_if_race_has_exactly_one_winner_per_round,
         );
     };
     (@tests $new:expr; $($name:ident),* $(,)?) => {
@@ -50,6 +52,17 @@ macro_rules! conformance_suite {
             async fn $name() {
                 let store: std::sync::Arc<dyn skython_store::Store> = $new.await;
                 conformance::$name(store).await;
+            }
+        )*
+    };
+    // Races between two handles; here both are the one store (a backend's own tests also run
+    // them on two handles of one database, as two gateways have).
+    (@races $new:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let store: std::sync::Arc<dyn skython_store::Store> = $new.await;
+                conformance::$name([store.clone(), store]).await;
             }
         )*
     };
@@ -544,14 +557,14 @@ pub async fn users_export_and_import_with_their_token(s: Arc<dyn Store>) {
     ));
 }
 
-pub async fn concurrent_writers_cannot_pass_the_quota_together(s: Arc<dyn Store>) {
+pub async fn concurrent_writers_cannot_pass_the_quota_together(stores: [Arc<dyn Store>; 2]) {
     let quota = StateQuota {
         max_keys: 5,
         max_bytes: 1 << 20,
     };
     let tasks: Vec<_> = (0..40)
         .map(|i| {
-            let s = s.clone();
+            let s = stores[i % 2].clone();
             tokio::spawn(async move {
                 s.state_put(&scope("alice", "f"), &format!("k{i:02}"), "1", quota)
                     .await
@@ -567,7 +580,10 @@ pub async fn concurrent_writers_cannot_pass_the_quota_together(s: Arc<dyn Store>
         }
     }
     assert_eq!(stored, 5);
-    let keys = s.state_keys(&scope("alice", "f"), "", 100).await.unwrap();
+    let keys = stores[1]
+        .state_keys(&scope("alice", "f"), "", 100)
+        .await
+        .unwrap();
     assert_eq!(keys.len(), 5);
 }
 
@@ -597,11 +613,11 @@ pub async fn incr_of_a_string_is_refused_and_keeps_it(s: Arc<dyn Store>) {
     );
 }
 
-pub async fn concurrent_increments_all_count(s: Arc<dyn Store>) {
+pub async fn concurrent_increments_all_count(stores: [Arc<dyn Store>; 2]) {
     let f = scope("alice", "f");
     let tasks: Vec<_> = (0..4)
-        .map(|_| {
-            let (s, f) = (s.clone(), f.clone());
+        .map(|i| {
+            let (s, f) = (stores[i % 2].clone(), f.clone());
             tokio::spawn(async move {
                 for _ in 0..50 {
                     s.state_write(&f, "n", &incr(1), StateQuota::default())
@@ -614,7 +630,8 @@ pub async fn concurrent_increments_all_count(s: Arc<dyn Store>) {
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(s.state_get(&f, "n").await.unwrap().as_deref(), Some("200"));
+    let count = stores[1].state_get(&f, "n").await.unwrap();
+    assert_eq!(count.as_deref(), Some("200"));
 }
 
 pub async fn set_if_writes_only_over_the_expected_value(s: Arc<dyn Store>) {
@@ -634,12 +651,12 @@ pub async fn set_if_writes_only_over_the_expected_value(s: Arc<dyn Store>) {
     assert_eq!(s.state_get(&f, "k").await.unwrap().as_deref(), Some("3"));
 }
 
-pub async fn a_set_if_race_has_exactly_one_winner_per_round(s: Arc<dyn Store>) {
+pub async fn a_set_if_race_has_exactly_one_winner_per_round(stores: [Arc<dyn Store>; 2]) {
     let f = scope("alice", "f");
     for round in 0..10i64 {
         let tasks: Vec<_> = (0..4)
             .map(|writer| {
-                let (s, f) = (s.clone(), f.clone());
+                let (s, f) = (stores[writer % 2].clone(), f.clone());
                 let write = StateWrite::SetIf {
                     value: json!({"round": round + 1, "writer": writer}).to_string(),
                     expect: if round == 0 {
@@ -664,7 +681,8 @@ pub async fn a_set_if_race_has_exactly_one_winner_per_round(s: Arc<dyn Store>) {
         assert_eq!(winners, 1, "round {round}");
         // Next round expects this round's value without knowing the winner: reset the writer.
         let next = json!({"round": round + 1, "writer": null}).to_string();
-        s.state_put(&f, "leader", &next, StateQuota::default())
+        stores[0]
+            .state_put(&f, "leader", &next, StateQuota::default())
             .await
             .unwrap();
     }
