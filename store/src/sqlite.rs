@@ -2,11 +2,23 @@
 //! server and survives crashes (WAL), which is what a single-machine install wants: the whole
 //! store is one file next to the rest of the data, backed up by copying it.
 //!
-//! Threading: one [`Connection`] behind a [`Mutex`] in an [`Arc`]; every call runs its SQL on
-//! tokio's blocking pool (`spawn_blocking`) so the async runtime never waits on disk or on the
-//! lock. A poisoned lock or a failed blocking task is a [`StoreError::Backend`], never a panic.
-//! Multi-statement writes run in one `IMMEDIATE` transaction; invocation writes arrive in batches
-//! (one transaction each).
+//! Threading: one connection writes, owned by a thread of its own (`writer.rs`): callers queue
+//! their writes and await the answer, so the async runtime never waits on the disk. State writes
+//! queued together commit in one `IMMEDIATE` transaction (group commit), each caller answered
+//! only after that commit returned; other writes run alone on the same thread, in queue order.
+//! Reads of a file in WAL mode use their own connections, which never wait for the writer:
+//! point lookups (a state value, a user, a function) run inline on a free one, since they take
+//! microseconds and a hop to the blocking pool costs two thread switches; listings and exports
+//! run on the blocking pool. A database in memory (tests) has only the writer's connection, and
+//! its reads queue there too. A write that panics, or a writer that is gone, is a
+//! [`StoreError::Backend`] for its callers, never a panic, and the writer goes on.
+//!
+//! Durability: WAL with `synchronous = NORMAL`. A commit has written its frames to the WAL file
+//! when it returns, so an acknowledged write is in the OS page cache and survives the process
+//! being killed (`kill -9`, a crash); the WAL is synced to disk only at checkpoints, so a power
+//! loss or kernel crash may lose the last transactions acknowledged since, but never corrupts
+//! the database. (Power-loss durability would be `synchronous = FULL` on the write connection:
+//! one fsync per commit, which the batches would share. Not offered.)
 //!
 //! Layout: specs and statuses are JSON text columns (the visibility is copied into its own column
 //! so listings filter in SQL); timestamps are integer microseconds since the Unix epoch, so
@@ -15,8 +27,9 @@
 //!
 //! State quotas: `state_usage` holds each owner's key count and value bytes, kept by triggers
 //! on `state` (so every insert, replace and delete, a function's deletion included, updates
-//! it in the same transaction). A `state_put` reads it and writes in one `IMMEDIATE`
-//! transaction, so no two writers pass the quota together.
+//! it in the same transaction). A state write reads it and writes within its batch's
+//! `IMMEDIATE` transaction, so no two writers pass the quota together, not even two processes
+//! on the same file (the second waits for the lock, up to the busy timeout).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
