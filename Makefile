@@ -14,7 +14,7 @@ SKYTHON_RELEASE := $(CARGO_TARGET_DIR)/release/skython
 SKYTHON_DEBUG := $(CARGO_TARGET_DIR)/debug/skython
 
 .PHONY: run test build sandbox venv venv-full venv-mongo mongo-start mongo-stop generate lint unit python-unit e2e clean cluster-up cluster-down \
-	bench bench-quick bench-ab bench-tools bench-check bench-cluster
+	bench bench-quick bench-state bench-ab bench-tools bench-check bench-cluster
 
 ## run: build what is missing, then start Skython at http://$(ADDR) (data in $(DATA_DIR))
 run: venv sandbox
@@ -103,8 +103,9 @@ build:
 	cargo build --release -p skython-cli -p http-floor
 
 ## bench: Skython against FastAPI/uvicorn, Flask/gunicorn, an in-process loop and a do-nothing
-##   HTTP responder (minutes); writes bench/results/latest.md and latest.png; then the cluster
-##   benchmarks when the test cluster is up (skipped, saying why, when it is not)
+##   HTTP responder (minutes); writes bench/results/latest.md and latest.png; the state scenario
+##   also on MongoDB when SKYTHON_MONGODB_URL is set; then the cluster benchmarks when the test
+##   cluster is up (skipped, saying why, when it is not)
 bench: venv sandbox bench-tools build
 	$(VENV_BENCH)/bin/python bench/bench.py --skython $(SKYTHON_RELEASE) \
 	  --http-floor $(CARGO_TARGET_DIR)/release/http-floor \
@@ -126,6 +127,13 @@ bench-cluster: build
 ## bench-quick: warm `add` at concurrency 64 against FastAPI and Flask only (under a minute)
 bench-quick: venv sandbox bench-tools build
 	$(VENV_BENCH)/bin/python bench/bench.py --quick --rounds 3 --seconds 3 \
+	  --skython $(SKYTHON_RELEASE) --runtime-python $(VENV)/bin/python --bench-python $(VENV_BENCH)/bin/python
+
+## bench-state: the state scenario only (about a minute): a counter's `load` + `store` calls/s at
+##   concurrency 16 against the 15,000 target, beside the stateless `add` on the same server; also
+##   on MongoDB when SKYTHON_MONGODB_URL is set (as in `make bench`)
+bench-state: venv sandbox bench-tools build
+	$(VENV_BENCH)/bin/python bench/bench.py --state --rounds 3 --seconds 3 \
 	  --skython $(SKYTHON_RELEASE) --runtime-python $(VENV)/bin/python --bench-python $(VENV_BENCH)/bin/python
 
 ## bench-ab: this tree's build against an earlier one, BASE (a git rev; default 9f560f6, the last

@@ -129,6 +129,7 @@ class Server:
     def __init__(self, name, cmd, port, paths, env=None, cwd=None, logfile=None):
         self.name, self.port, self.paths = name, port, paths
         self.data = None  # a data directory to remove at stop
+        self.store = None  # Skython's: "sqlite" or "mongodb"
         self.log = logfile or tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(pinned(cmd, "server"), env=env, cwd=cwd, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
@@ -198,17 +199,25 @@ class Server:
             shutil.rmtree(self.data, ignore_errors=True)
 
 
-def start_skython(args, name="skython", preload=None, binary=None):
+def start_skython(args, name="skython", preload=None, binary=None, functions=BODIES, store=None):
+    """`skython up` on a fresh data directory with `functions` deployed; `store`: a store URL
+    for `--store` (default: the embedded SQLite in the data directory)."""
     port = free_port()
     data = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     cmd = [binary or args.skython, "up", "--addr", f"127.0.0.1:{port}", "--data-dir", str(data),
            "--python", args.runtime_python, "--admin-token", TOKEN, "--log", "warn"]
     if preload is not None:
         cmd += ["--preload", preload]
+    if store is not None:
+        cmd += ["--store", store]
     s = Server(name, cmd, port, {f: f"/fn/admin/{f}" for f in BODIES})
     s.data = data
+    s.store = "mongodb" if store and store.startswith("mongodb") else "sqlite"
     s.wait_ready("/readyz")
-    for f in BODIES:
+    for f in functions:
+        if store is not None:
+            # A store of its own keeps what an earlier run deployed there.
+            http("DELETE", f"http://127.0.0.1:{port}/api/v1/functions/admin/{f}", token=TOKEN)
         deploy(s, f, FUNCTIONS_SOURCE, entrypoint=f)
     return s
 
@@ -382,17 +391,67 @@ def main(key: str):
     store(key, n)
     return n
 """
+# Calls/s of the counter above (one `load` and one `store` each) at concurrency 16 on the
+# embedded SQLite store, as `make bench` runs it (the server on one CPU).
+STATE_TARGET = 15_000
+STATE_CONNS = 16
 
 
-def state_calls(args, s, progress):
-    deploy(s, "counter", STATE_SOURCE)
-    url = f"http://127.0.0.1:{s.port}/fn/admin/counter"
-    runs = []
-    for r in range(args.rounds):
-        progress.step(f"state round {r + 1}")
-        wrk(url, '{"key": "k"}', 16, args.warmup)
-        runs.append(wrk(url, '{"key": "k"}', 16, args.seconds))
-    return {metric: summary([run[metric] for run in runs]) for metric in ("rps", "p50", "p99", "errors")}
+MONGODB_URL = os.environ.get("SKYTHON_MONGODB_URL")
+
+
+def start_mongodb(args):
+    """`skython up --store $SKYTHON_MONGODB_URL` for the state scenario (a measure beside the
+    embedded store, without a target), or None when that variable is not set."""
+    if not MONGODB_URL:
+        return None
+    return start_skython(args, name="skython-mongodb", functions=["add"], store=MONGODB_URL)
+
+
+def state_calls(args, servers, progress):
+    """results[server] = {"state", "stateless", "ratio"}: the counter and, as the baseline
+    measured in the same rounds, the stateless `add` on the same server, both at c16, with the
+    ratio state/stateless of each round."""
+    raw = {}
+    for s in servers:
+        if s.store != "sqlite":
+            # A store of its own keeps what an earlier run deployed there.
+            http("DELETE", f"http://127.0.0.1:{s.port}/api/v1/functions/admin/counter", token=TOKEN)
+        deploy(s, "counter", STATE_SOURCE)
+    body = '{"key": "k"}'
+    for r, order in rounds_of(servers, args.rounds):
+        for s in order:
+            progress.step(f"state round {r + 1}: {s.name}")
+            counter = f"http://127.0.0.1:{s.port}/fn/admin/counter"
+            wrk(counter, body, STATE_CONNS, args.warmup)  # discarded
+            state = wrk(counter, body, STATE_CONNS, args.seconds)
+            wrk(s.url("add"), BODIES["add"], STATE_CONNS, args.warmup)
+            stateless = wrk(s.url("add"), BODIES["add"], STATE_CONNS, args.seconds)
+            runs = raw.setdefault((s.name, s.store), {"state": [], "stateless": [], "ratio": []})
+            runs["state"].append(state)
+            runs["stateless"].append(stateless)
+            runs["ratio"].append({"rps": state["rps"] / stateless["rps"]})
+    return {name: {"store": store, **{kind: {m: summary([run[m] for run in kinds]) for m in kinds[0]}
+                                      for kind, kinds in runs.items()}}
+            for (name, store), runs in raw.items()}
+
+
+STORES = {"sqlite": "embedded SQLite", "mongodb": "MongoDB"}
+
+
+def state_lines(state):
+    """What the state scenario found, one line per server; the target for the embedded store."""
+    lines = []
+    for name, r in state.items():
+        rps = r["state"]["rps"]["median"]
+        line = (f"{name} ({STORES[r['store']]}): {rps:,.0f} calls/s (each one `load` and one `store`) "
+                f"at c{STATE_CONNS}, {r['ratio']['rps']['median']:.2f}× the stateless `add` on the same "
+                f"server ({r['stateless']['rps']['median']:,.0f} req/s, same rounds)")
+        if r["store"] == "sqlite":
+            line += (f"; target ≥ {STATE_TARGET:,}: {rps / STATE_TARGET:.2f}× "
+                     f"{'met' if rps >= STATE_TARGET else 'MISSED'}")
+        lines.append(line)
+    return lines
 
 
 def density(args, s, flask1, progress, n=100):
@@ -619,7 +678,7 @@ def best_rival(scenario, metric, lowest=False):
     return name, rivals[name]
 
 
-def targets(warm, cold, machine_wide=None):
+def targets(warm, cold, machine_wide=None, state=None):
     out = []
     if "add" in warm and 64 in warm["add"]:
         sc = warm["add"][64]
@@ -642,8 +701,18 @@ def targets(warm, cold, machine_wide=None):
         first = cold["deploy + first call, pandas, pre-warmed zygote"]["median"]
         out.append(("first call of a new pandas function ≤ 0.1× a fresh `import pandas`",
                     f"{first / fresh:.3f}× ({first:.0f} ms vs {fresh:.0f} ms)", first / fresh <= 0.1))
+    state = state or {}
+    sqlite = next((r for r in state.values() if r["store"] == "sqlite"), None)
+    if sqlite:
+        rps = sqlite["state"]["rps"]["median"]
+        out.append((f"state calls (`load` + `store`) at c{STATE_CONNS} ≥ {STATE_TARGET:,}/s, embedded SQLite",
+                    f"{rps:,.0f} calls/s, {rps / STATE_TARGET:.2f}× the target; "
+                    f"{sqlite['ratio']['rps']['median']:.2f}× the stateless `add` "
+                    f"({sqlite['stateless']['rps']['median']:,.0f} req/s) in the same rounds",
+                    rps >= STATE_TARGET))
     runs = [*warm.values(), machine_wide or {}]
     errors = sum(r["errors"]["max"] for f in runs for sc in f.values() for r in sc.values())
+    errors += sum(r[kind]["errors"]["max"] for r in state.values() for kind in ("state", "stateless"))
     out.append(("zero errors in every run", f"{errors:.0f} errors", errors == 0))
     return out
 
@@ -680,7 +749,7 @@ def report(args, warm, cold, state, dens, machine_wide, elapsed):
               "in Rust that answers every request with the same body and does nothing else "
               "(bench/http-floor), the least any server pays here for loopback TCP and its wake-ups", ""]
     lines += ["## Targets", "", "| target | measured | |", "|---|---|---|"]
-    for what, measured, met in targets(warm, cold, machine_wide):
+    for what, measured, met in targets(warm, cold, machine_wide, state):
         lines.append(f"| {what} | {measured} | {'met' if met else '**missed**'} |")
     lines.append("")
     # What profiling found where targets are missed: kept by hand next to this script.
@@ -699,9 +768,17 @@ def report(args, warm, cold, state, dens, machine_wide, elapsed):
         lines += [f"| {k} | {fmt(s, '', 1)} |" for k, s in cold.items()]
         lines.append("")
     if state:
-        lines += ["## State (`load` + `store` per call, concurrency 16, one key)", "",
-                  f"- {fmt(state['rps'])} calls/s (each one load and one store), p50 {fmt(state['p50'], ' ms', 3)}, "
-                  f"p99 {fmt(state['p99'], ' ms', 3)}, errors {state['errors']['max']:.0f}", ""]
+        lines += [f"## State (`load` + `store` per call, concurrency {STATE_CONNS}, one key)", "",
+                  "Each round measures the counter and then the stateless `add` on the same server "
+                  "(the baseline); the ratio is taken per round.", "",
+                  "| server | store | calls/s | p50 | p99 | errors | stateless `add` req/s | ratio |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, r in state.items():
+            st = r["state"]
+            lines.append(f"| {name} | {STORES[r['store']]} | {fmt(st['rps'])} | {fmt(st['p50'], ' ms', 3)} | "
+                         f"{fmt(st['p99'], ' ms', 3)} | {st['errors']['max']:.0f} | "
+                         f"{fmt(r['stateless']['rps'])} | {fmt(r['ratio']['rps'], '×', 2)} |")
+        lines.append("")
     if dens:
         lines += ["## Density", "",
                   f"- Skython before deploying: {dens['before_mib']:.0f} MiB (gateway, zygote with numpy/pandas/scipy preloaded)",
@@ -752,6 +829,9 @@ def main():
     p.add_argument("--http-floor", help="the http-floor binary (a release build): the transport floor")
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--quick", action="store_true", help="only warm `add` at c64 against FastAPI and Flask")
+    p.add_argument("--state", action="store_true",
+                   help="only the state scenario (the counter and the stateless `add` at c16, embedded "
+                   "SQLite, and MongoDB if SKYTHON_MONGODB_URL is set)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seconds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
@@ -771,6 +851,15 @@ def main():
     started = time.monotonic()
     servers = []
     try:
+        if args.state:
+            log("starting skython" + (" (embedded SQLite and MongoDB)" if MONGODB_URL else "") + " …")
+            servers = [start_skython(args, functions=["add"]), *filter(None, [start_mongodb(args)])]
+            progress = Progress(args.rounds * len(servers))
+            state = state_calls(args, servers, progress)
+            progress.finish()
+            for line in state_lines(state):
+                print(line)
+            return 0
         if args.quick:
             scenarios = [("add", 64)]
             log("starting skython, fastapi, flask …")
@@ -793,11 +882,18 @@ def main():
         if args.http_floor:
             servers.append(start_http_floor(args))
         bare = start_skython(args, name="skython-bare", preload="")
-        progress = Progress((len(scenarios) + 1) * args.rounds * len(servers) + 3 * args.rounds + 1)
+        state_rounds = args.rounds * (2 if MONGODB_URL else 1)
+        progress = Progress((len(scenarios) + 1) * args.rounds * len(servers) + 2 * args.rounds
+                            + state_rounds + 1)
         warm = warm_calls(servers, scenarios, args, progress)
         cold = cold_starts(args, servers[0], bare, progress)
         bare.stop()
-        state = state_calls(args, servers[0], progress)
+        mongodb = start_mongodb(args)
+        try:
+            state = state_calls(args, [servers[0], *filter(None, [mongodb])], progress)
+        finally:
+            if mongodb:
+                mongodb.stop()
         dens = density(args, servers[0], servers[3], progress)
         machine_wide = None
         if CPUS is not None:
@@ -813,7 +909,9 @@ def main():
             indent=1, default=str))
         chart(warm, args.out / "latest.png")
         print(md)
-        for what, measured, met in targets(warm, cold, machine_wide):
+        for line in state_lines(state):
+            print(line)
+        for what, measured, met in targets(warm, cold, machine_wide, state):
             print(f"{'met   ' if met else 'MISSED'} {what}: {measured}")
         return 0
     finally:

@@ -87,6 +87,39 @@ class Targets(unittest.TestCase):
         self.assertFalse(t["zero errors in every run"])
 
 
+def state_result(store, state_rps, stateless_rps, errors=0):
+    fig = lambda v: {"median": v, "min": v, "max": v}
+    return {"store": store,
+            "state": {"rps": fig(state_rps), "p50": fig(1.0), "p99": fig(2.0), "errors": fig(errors)},
+            "stateless": {"rps": fig(stateless_rps), "p50": fig(0.3), "p99": fig(1.0), "errors": fig(0)},
+            "ratio": {"rps": fig(state_rps / stateless_rps)}}
+
+
+class StateTarget(unittest.TestCase):
+    def test_the_embedded_store_is_held_to_the_target_and_shown_against_stateless_calls(self):
+        state = {"skython": state_result("sqlite", 16000, 40000),
+                 "skython-mongodb": state_result("mongodb", 3000, 39000)}
+        t = {what: (measured, met) for what, measured, met in bench.targets({}, None, None, state)}
+        measured, met = next(v for k, v in t.items() if k.startswith("state calls"))
+        self.assertTrue(met)
+        self.assertEqual(measured, "16,000 calls/s, 1.07× the target; 0.40× the stateless `add` "
+                                   "(40,000 req/s) in the same rounds")
+        lines = bench.state_lines(state)
+        self.assertTrue(lines[0].endswith("target ≥ 15,000: 1.07× met"), lines[0])
+        self.assertNotIn("target", lines[1], "MongoDB has no target")
+
+    def test_below_the_target_is_missed(self):
+        state = {"skython": state_result("sqlite", 4900, 40000)}
+        met = next(m for what, _, m in bench.targets({}, None, None, state) if what.startswith("state"))
+        self.assertFalse(met)
+        self.assertIn("0.33× MISSED", bench.state_lines(state)[0])
+
+    def test_errors_of_the_state_runs_miss_the_zero_errors_target(self):
+        state = {"skython": state_result("sqlite", 16000, 40000, errors=3)}
+        t = {what: met for what, _, met in bench.targets({}, None, None, state)}
+        self.assertFalse(t["zero errors in every run"])
+
+
 def ab_raw(old, new):
     """Every measure with the same per-round values, for old and new."""
     return {"old": {key: list(old) for key, _, _ in bench.AB_MEASURES},

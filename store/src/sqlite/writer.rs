@@ -1,0 +1,373 @@
+//! The one connection that writes, owned by a thread of its own.
+//!
+//! Callers queue jobs and await their answers; the thread takes every job queued meanwhile at
+//! once. State writes queued together commit in one transaction (group commit): a commit is
+//! most of a small write's cost, so many callers share one. Each caller is answered only after
+//! the commit that holds its write returned. Other writes run one by one, each as it always
+//! did, between batches, in the order they were queued.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use jiff::Timestamp;
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use tokio::sync::oneshot;
+
+use super::{backend, count, micros};
+use crate::{Result, StateQuota, StateScope, StateUsage, StateWrite, StoreError, Written};
+
+/// State writes in one transaction at most: the write lock is held while a batch runs, and a
+/// writer in another process waits that long.
+const MAX_BATCH: usize = 256;
+
+/// A state write waiting for its batch.
+pub(super) struct StateJob {
+    pub scope: StateScope,
+    pub key: String,
+    pub write: StateWrite,
+    pub quota: StateQuota,
+    pub reply: oneshot::Sender<Result<Written>>,
+}
+
+enum Job {
+    State(StateJob),
+    /// Anything else, run alone; it answers its caller itself.
+    Run(Box<dyn FnOnce(&mut Connection) + Send>),
+}
+
+pub(super) struct Writer {
+    /// `None` only while dropping: closing the queue lets the thread finish.
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn stopped() -> StoreError {
+    StoreError::Backend("the database writer failed or stopped before answering".into())
+}
+
+impl Writer {
+    /// Starts the thread that owns `conn`.
+    pub fn start(conn: Connection) -> Result<Writer> {
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || serve(conn, rx))
+            .map_err(backend)?;
+        Ok(Writer {
+            jobs: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn queue(&self, job: Job) -> Result<()> {
+        self.jobs
+            .as_ref()
+            .and_then(|q| q.send(job).ok())
+            .ok_or_else(stopped)
+    }
+
+    /// Runs `f` on the write connection, after the jobs queued before it.
+    pub async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        self.queue(Job::Run(Box::new(move |c| {
+            let _ = reply.send(f(c));
+        })))?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Applies a state write in the next batch; answers once that batch committed.
+    pub async fn state_write(
+        &self,
+        scope: StateScope,
+        key: String,
+        write: StateWrite,
+        quota: StateQuota,
+    ) -> Result<Written> {
+        let (reply, answer) = oneshot::channel();
+        self.queue(Job::State(StateJob {
+            scope,
+            key,
+            write,
+            quota,
+            reply,
+        }))?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+impl Drop for Writer {
+    /// Lets the thread finish the queued jobs and close the connection, so that the file is
+    /// released once the store is gone.
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The writer thread: every job queued while it worked is taken at once, consecutive state
+/// writes as one batch.
+fn serve(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
+    let mut batch = Vec::new();
+    while let Ok(first) = jobs.recv() {
+        let mut next = Some(first);
+        while let Some(job) = next {
+            match job {
+                Job::State(w) => {
+                    batch.push(w);
+                    if batch.len() == MAX_BATCH {
+                        commit(&mut conn, &mut batch);
+                    }
+                }
+                Job::Run(f) => {
+                    // Queued after the batch's writes: they go first.
+                    commit(&mut conn, &mut batch);
+                    guarded(|| f(&mut conn));
+                }
+            }
+            next = jobs.try_recv().ok();
+        }
+        commit(&mut conn, &mut batch);
+    }
+}
+
+/// Runs `f`, surviving its panic: its callers' reply channels are dropped with it, so they get
+/// a `Backend` error and the store goes on (an open transaction rolls back as it unwinds).
+fn guarded(f: impl FnOnce()) {
+    if catch_unwind(AssertUnwindSafe(f)).is_err() {
+        tracing::error!("a database write panicked; its callers get an error");
+    }
+}
+
+/// Writes `batch` in one transaction and answers each caller. A write that is refused
+/// (`Invalid`, `QuotaExceeded`) changes nothing and is answered alone; a failure of the
+/// database rolls the whole batch back and fails every caller in it.
+fn commit(conn: &mut Connection, batch: &mut Vec<StateJob>) {
+    if batch.is_empty() {
+        return;
+    }
+    let jobs = std::mem::take(batch);
+    guarded(|| match write_all(conn, &jobs) {
+        Ok(answers) => {
+            for (job, answer) in jobs.into_iter().zip(answers) {
+                let _ = job.reply.send(answer);
+            }
+        }
+        Err(e) => {
+            tracing::error!("a batch of {} state writes failed: {e}", jobs.len());
+            let message = e.to_string();
+            for job in jobs {
+                let _ = job
+                    .reply
+                    .send(Err(StoreError::Backend(message.clone().into())));
+            }
+        }
+    });
+}
+
+fn write_all(conn: &mut Connection, jobs: &[StateJob]) -> rusqlite::Result<Vec<Result<Written>>> {
+    // IMMEDIATE takes the write lock before anything is read: a writer in another process
+    // waits until this batch has committed.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let answers = jobs
+        .iter()
+        .map(|j| write_one(&tx, j))
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    tx.commit()?;
+    Ok(answers)
+}
+
+/// One write of a batch, on what the writes before it left (the usage included: triggers keep
+/// it within the transaction). The outer error fails the batch; the inner one is this write's
+/// own answer.
+fn write_one(tx: &Transaction<'_>, j: &StateJob) -> rusqlite::Result<Result<Written>> {
+    let s = &j.scope;
+    let current: Option<String> = tx
+        .prepare_cached("SELECT value FROM state WHERE owner = ?1 AND function = ?2 AND key = ?3")?
+        .query_row(params![s.owner, s.function, j.key], |r| r.get(0))
+        .optional()?;
+    let decision = match j.write.apply(&j.key, current.as_deref()) {
+        Ok(d) => d,
+        Err(e) => return Ok(Err(e)),
+    };
+    let Some(value) = decision.store else {
+        return Ok(Ok(decision.written));
+    };
+    let used = tx
+        .prepare_cached("SELECT keys, bytes FROM state_usage WHERE owner = ?1")?
+        .query_row(params![s.owner], |r| {
+            Ok(StateUsage {
+                keys: count(r.get(0)?),
+                bytes: count(r.get(1)?),
+            })
+        })
+        .optional()?
+        .unwrap_or_default();
+    let after = used.after_write(current.map(|v| v.len() as u64), value.len() as u64);
+    if let Err(q) = j.quota.check(&s.owner, used, after) {
+        return Ok(Err(q.into()));
+    }
+    tx.prepare_cached(
+        "INSERT INTO state (owner, function, key, value, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (owner, function, key) DO UPDATE SET value = excluded.value,
+         updated_at = excluded.updated_at",
+    )?
+    .execute(params![
+        s.owner,
+        s.function,
+        j.key,
+        value,
+        micros(Timestamp::now())
+    ])?;
+    Ok(Ok(decision.written))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SqliteStore;
+
+    fn job(
+        key: &str,
+        write: StateWrite,
+        max_keys: u64,
+    ) -> (StateJob, oneshot::Receiver<Result<Written>>) {
+        let (reply, answer) = oneshot::channel();
+        let job = StateJob {
+            scope: StateScope {
+                owner: "alice".into(),
+                function: "f".into(),
+            },
+            key: key.into(),
+            write,
+            quota: StateQuota {
+                max_keys,
+                max_bytes: 1 << 20,
+            },
+            reply,
+        };
+        (job, answer)
+    }
+
+    fn set(v: &str) -> StateWrite {
+        StateWrite::Set { value: v.into() }
+    }
+
+    fn incr() -> StateWrite {
+        StateWrite::Incr {
+            by: 1.into(),
+            default: 0.into(),
+        }
+    }
+
+    /// Commits `writes` as one batch on a fresh database; each write's answer, and the
+    /// connection to look at what was stored.
+    fn batch(
+        conn: Option<Connection>,
+        writes: Vec<(&str, StateWrite, u64)>,
+    ) -> (Vec<Result<Written>>, Connection) {
+        let mut conn = conn.unwrap_or_else(|| {
+            SqliteStore::init(Connection::open_in_memory().unwrap())
+                .unwrap()
+                .0
+        });
+        let (mut jobs, answers): (Vec<_>, Vec<_>) =
+            writes.into_iter().map(|(k, w, q)| job(k, w, q)).unzip();
+        commit(&mut conn, &mut jobs);
+        assert!(jobs.is_empty());
+        let answers = answers
+            .into_iter()
+            .map(|mut a| a.try_recv().unwrap())
+            .collect();
+        (answers, conn)
+    }
+
+    fn stored(conn: &Connection, key: &str) -> Option<String> {
+        conn.query_row("SELECT value FROM state WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .optional()
+        .unwrap()
+    }
+
+    #[test]
+    fn each_write_of_a_batch_sees_the_writes_before_it() {
+        let (answers, conn) = batch(
+            None,
+            vec![("n", set("5"), 10), ("n", incr(), 10), ("n", incr(), 10)],
+        );
+        let answers: Vec<_> = answers.into_iter().map(Result::unwrap).collect();
+        assert_eq!(
+            answers,
+            [
+                Written::Stored,
+                Written::Counted("6".into()),
+                Written::Counted("7".into())
+            ]
+        );
+        assert_eq!(stored(&conn, "n").as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn a_refused_write_changes_nothing_and_its_neighbours_land() {
+        let (answers, conn) = batch(
+            None,
+            vec![
+                ("s", set(r#""text""#), 10),
+                ("s", incr(), 10),
+                ("t", set("1"), 10),
+            ],
+        );
+        assert!(matches!(answers[0], Ok(Written::Stored)));
+        assert!(matches!(answers[1], Err(StoreError::Invalid(_))));
+        assert!(matches!(answers[2], Ok(Written::Stored)));
+        assert_eq!(stored(&conn, "s").as_deref(), Some(r#""text""#));
+        assert_eq!(stored(&conn, "t").as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn the_quota_counts_the_keys_written_earlier_in_the_batch() {
+        let (answers, conn) = batch(
+            None,
+            vec![
+                ("a", set("1"), 2),
+                ("b", set("1"), 2),
+                ("c", set("1"), 2),
+                ("a", set("2"), 2),
+            ],
+        );
+        assert!(answers[0].is_ok() && answers[1].is_ok() && answers[3].is_ok());
+        assert!(
+            matches!(&answers[2], Err(StoreError::QuotaExceeded(q)) if q.used == 2 && q.after == 3)
+        );
+        assert_eq!(stored(&conn, "c"), None);
+        assert_eq!(stored(&conn, "a").as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn a_database_failure_fails_the_whole_batch_and_rolls_it_back() {
+        let (_, conn) = batch(None, vec![]);
+        conn.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON state WHEN NEW.key = 'boom'
+             BEGIN SELECT RAISE(ABORT, 'the disk is full'); END;",
+        )
+        .unwrap();
+        let (answers, conn) = batch(
+            Some(conn),
+            vec![("a", set("1"), 10), ("boom", set("1"), 10)],
+        );
+        for a in &answers {
+            assert!(
+                matches!(a, Err(StoreError::Backend(m)) if m.to_string().contains("the disk is full")),
+                "{a:?}"
+            );
+        }
+        assert_eq!(stored(&conn, "a"), None);
+    }
+}
