@@ -44,6 +44,9 @@ test: venv venv-full venv-mongo sandbox lint python-unit bench-check
 
 MONGO := VENV_MONGO=$(VENV_MONGO) MONGO_PORT=$(MONGO_PORT) CACHE=$(CACHE) scripts/mongo.sh
 MONGODB_URL_E2E := mongodb://127.0.0.1:$(MONGO_PORT)/?directConnection=true
+# Runs the rest of the recipe line with the MongoDB test server up and SKYTHON_MONGODB_URL set,
+# and stops the server afterwards whatever the line's outcome.
+WITH_MONGO = $(MONGO) start && trap '$(MONGO) stop' EXIT && SKYTHON_MONGODB_URL='$(MONGODB_URL_E2E)'
 
 ## mongo-start: the MongoDB-wire test server on $(MONGO_PORT), fresh storage (for running tests by
 ##   hand: SKYTHON_MONGODB_URL=$(MONGODB_URL_E2E)); mongo-stop: stop it
@@ -104,10 +107,10 @@ build:
 
 ## bench: Skython against FastAPI/uvicorn, Flask/gunicorn, an in-process loop and a do-nothing
 ##   HTTP responder (minutes); writes bench/results/latest.md and latest.png; the state scenario
-##   also on MongoDB when SKYTHON_MONGODB_URL is set; then the cluster benchmarks when the test
-##   cluster is up (skipped, saying why, when it is not)
-bench: venv sandbox bench-tools build
-	$(VENV_BENCH)/bin/python bench/bench.py --skython $(SKYTHON_RELEASE) \
+##   on both stores (SQLite, and MongoDB: the SecantusDB test server, started for it); then the
+##   cluster benchmarks when the test cluster is up (skipped, saying why, when it is not)
+bench: venv venv-mongo sandbox bench-tools build
+	$(WITH_MONGO) $(VENV_BENCH)/bin/python bench/bench.py --skython $(SKYTHON_RELEASE) \
 	  --http-floor $(CARGO_TARGET_DIR)/release/http-floor \
 	  --runtime-python $(VENV)/bin/python --bench-python $(VENV_BENCH)/bin/python
 	$(MAKE) bench-cluster CLUSTER_BENCH_FLAGS=--if-cluster
@@ -131,9 +134,9 @@ bench-quick: venv sandbox bench-tools build
 
 ## bench-state: the state scenario only (about a minute): a counter's `load` + `store` calls/s at
 ##   concurrency 16 against the 15,000 target, beside the stateless `add` on the same server; also
-##   on MongoDB when SKYTHON_MONGODB_URL is set (as in `make bench`)
-bench-state: venv sandbox bench-tools build
-	$(VENV_BENCH)/bin/python bench/bench.py --state --rounds 3 --seconds 3 \
+##   on MongoDB (as in `make bench`)
+bench-state: venv venv-mongo sandbox bench-tools build
+	$(WITH_MONGO) $(VENV_BENCH)/bin/python bench/bench.py --state --rounds 3 --seconds 3 \
 	  --skython $(SKYTHON_RELEASE) --runtime-python $(VENV)/bin/python --bench-python $(VENV_BENCH)/bin/python
 
 ## bench-ab: this tree's build against an earlier one, BASE (a git rev; default 9f560f6, the last
