@@ -318,7 +318,24 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     let mut crd = serde_json::to_value(SkyFunction::crd())
         .map_err(<serde_yaml::Error as serde::ser::Error>::custom)?;
     drop_empty_string_defaults(&mut crd);
-    serde_yaml::to_string(&crd)
+    serde_yaml::to_string(&sorted(crd))
+}
+
+/// `v` with every object's keys in order: the same YAML whether or not another crate in the
+/// build turned on serde_json's `preserve_order` (the MongoDB driver does, for the whole
+/// workspace but not for this crate alone).
+fn sorted(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<_> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(sorted).collect())
+        }
+        other => other,
+    }
 }
 
 /// Removes `default: ""` from the schema: API servers before 1.21 read it as `null` and refuse

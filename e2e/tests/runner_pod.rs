@@ -312,6 +312,18 @@ fn start_announcing(
     (Process(child), port)
 }
 
+/// One call of `source` in a runner pod whose gateway (and so its state) cannot be reached.
+fn call_with_the_gateway_unreachable(source: &str) -> (u16, Value) {
+    let dir = function_dir(source);
+    let token = token_file(dir.path(), "token-A");
+    let nobody = format!("http://127.0.0.1:{}", free_port());
+    let (_p, port) = start_announcing(dir.path(), &nobody, &token, 2);
+    let url = format!("http://127.0.0.1:{port}");
+    let c = http();
+    wait_ready(&c, &url);
+    send(c.post(format!("{url}/")))
+}
+
 fn token_file(dir: &Path, token: &str) -> std::path::PathBuf {
     let path = dir.join("token");
     std::fs::write(&path, token).unwrap();
@@ -449,16 +461,9 @@ fn on_sigterm_the_runner_announces_draining_and_still_answers_during_the_drain_d
 
 #[test]
 fn with_the_gateway_unreachable_load_raises_a_state_error_saying_so() {
-    let dir = function_dir(
+    let (status, body) = call_with_the_gateway_unreachable(
         "from skython import load, StateError\n\ndef calc():\n    try:\n        load('k')\n    except StateError as e:\n        return str(e)\n    return 'loaded'\n",
     );
-    let token = token_file(dir.path(), "token-A");
-    let nobody = format!("http://127.0.0.1:{}", free_port());
-    let (_p, port) = start_announcing(dir.path(), &nobody, &token, 2);
-    let url = format!("http://127.0.0.1:{port}");
-    let c = http();
-    wait_ready(&c, &url);
-    let (status, body) = send(c.post(format!("{url}/")));
     assert_eq!(status, 200, "the pod still serves calls: {body}");
     let message = body.as_str().unwrap_or_default();
     assert!(
@@ -469,14 +474,9 @@ fn with_the_gateway_unreachable_load_raises_a_state_error_saying_so() {
 
 #[test]
 fn with_the_gateway_unreachable_a_call_that_needs_state_answers_503_state_unavailable() {
-    let dir = function_dir("from skython import load\n\ndef calc():\n    return load('k')\n");
-    let token = token_file(dir.path(), "token-A");
-    let nobody = format!("http://127.0.0.1:{}", free_port());
-    let (_p, port) = start_announcing(dir.path(), &nobody, &token, 2);
-    let url = format!("http://127.0.0.1:{port}");
-    let c = http();
-    wait_ready(&c, &url);
-    let (status, body) = send(c.post(format!("{url}/")));
+    let (status, body) = call_with_the_gateway_unreachable(
+        "from skython import load\n\ndef calc():\n    return load('k')\n",
+    );
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "state_unavailable", "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
