@@ -139,8 +139,26 @@ struct Inner {
     next_reader: AtomicUsize,
 }
 
+/// A failure as the store's callers see it: a database that stayed locked past the busy timeout
+/// (another process holding a long write) is worth retrying, `Unavailable`; anything else is a
+/// `Backend` failure.
 fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError::Backend(Box::new(e))
+    let e: Box<dyn std::error::Error + Send + Sync> = Box::new(e);
+    match e.downcast_ref::<rusqlite::Error>() {
+        Some(e) if is_busy(e) => locked(e),
+        _ => StoreError::Backend(e),
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+fn locked(e: &rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(format!("the database is locked: {e}"))
 }
 
 fn schema_version(conn: &Connection) -> Result<i64> {
@@ -1020,6 +1038,28 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(v, 99);
+    }
+
+    #[tokio::test]
+    async fn a_database_locked_past_the_busy_timeout_is_unavailable_not_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("skython.db");
+        let s = SqliteStore::open(&path).unwrap();
+        // Another process holds the write lock for longer than the busy timeout.
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let e = s
+            .state_put(&scope("alice", "f"), "k", "1", SMALL)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Unavailable(m) if m.contains("locked")),
+            "{e}"
+        );
+        other.execute_batch("ROLLBACK").unwrap();
+        s.state_put(&scope("alice", "f"), "k", "1", SMALL)
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

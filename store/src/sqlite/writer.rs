@@ -14,7 +14,7 @@ use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::{backend, count, micros};
+use super::{backend, count, is_busy, locked, micros};
 use crate::{Result, StateQuota, StateScope, StateUsage, StateWrite, StoreError, Written};
 
 /// State writes in one transaction at most: the write lock is held while a batch runs, and a
@@ -163,9 +163,12 @@ fn commit(conn: &mut Connection, batch: &mut Vec<StateJob>) {
             tracing::error!("a batch of {} state writes failed: {e}", jobs.len());
             let message = e.to_string();
             for job in jobs {
-                let _ = job
-                    .reply
-                    .send(Err(StoreError::Backend(message.clone().into())));
+                let failed = if is_busy(&e) {
+                    locked(&e)
+                } else {
+                    StoreError::Backend(message.clone().into())
+                };
+                let _ = job.reply.send(Err(failed));
             }
         }
     });
