@@ -47,6 +47,11 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// How errors name a function.
+fn label(owner: &str, endpoint: &str) -> String {
+    format!("function {owner}/{endpoint}")
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct User {
     pub name: String,

@@ -68,7 +68,7 @@ use skython_crds::{SkyFunctionStatus, Visibility};
 use crate::{
     FunctionFilter, FunctionRecord, FunctionStore, Invocation, InvocationStore, Result, StateEntry,
     StateQuota, StateScope, StateStore, StateUsage, StateWrite, StoreError, User, UserRecord,
-    UserStore, Written,
+    UserStore, Written, label,
 };
 
 /// The database when the URI names none.
@@ -269,17 +269,6 @@ fn limit_of(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn visibility(v: Visibility) -> &'static str {
-    match v {
-        Visibility::Private => "private",
-        Visibility::Public => "public",
-    }
-}
-
-fn label(owner: &str, endpoint: &str) -> String {
-    format!("function {owner}/{endpoint}")
-}
-
 fn state_filter(scope: &StateScope, key: &str) -> Document {
     doc! { "owner": &scope.owner, "function": &scope.function, "key": key }
 }
@@ -338,7 +327,7 @@ impl FunctionDoc {
         Ok(FunctionDoc {
             owner: r.spec.owner.clone(),
             endpoint: r.spec.endpoint.clone(),
-            visibility: visibility(r.spec.visibility).to_string(),
+            visibility: r.spec.visibility.as_str().to_string(),
             spec: serde_json::to_string(&r.spec).map_err(backend)?,
             status: serde_json::to_string(&r.status).map_err(backend)?,
             generation: r.generation,
@@ -859,7 +848,7 @@ impl FunctionStore for MongoStore {
     }
 
     async fn list_functions(&self, filter: &FunctionFilter) -> Result<Vec<FunctionRecord>> {
-        let public = doc! { "visibility": visibility(Visibility::Public) };
+        let public = doc! { "visibility": Visibility::Public.as_str() };
         let query = match (&filter.owner, filter.include_public) {
             (Some(owner), true) => doc! { "$or": [{ "owner": owner }, public] },
             (Some(owner), false) => doc! { "owner": owner },

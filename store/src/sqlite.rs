@@ -40,13 +40,13 @@ use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 mod writer;
-use skython_crds::{SkyFunctionStatus, Visibility};
+use skython_crds::SkyFunctionStatus;
 use writer::Writer;
 
 use crate::{
     FunctionFilter, FunctionRecord, FunctionStore, Invocation, InvocationStore, Result, StateEntry,
     StateQuota, StateScope, StateStore, StateWrite, StoreError, User, UserRecord, UserStore,
-    Written,
+    Written, label,
 };
 
 /// The schema this code reads and writes, kept in `PRAGMA user_version`.
@@ -380,17 +380,6 @@ fn function_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FunctionRecord> {
     })
 }
 
-fn visibility(v: Visibility) -> &'static str {
-    match v {
-        Visibility::Private => "private",
-        Visibility::Public => "public",
-    }
-}
-
-fn label(owner: &str, endpoint: &str) -> String {
-    format!("function {owner}/{endpoint}")
-}
-
 #[async_trait]
 impl UserStore for SqliteStore {
     async fn create_user(&self, name: &str, token_hash: &str, is_admin: bool) -> Result<User> {
@@ -532,7 +521,7 @@ impl FunctionStore for SqliteStore {
                     params![
                         r.spec.owner,
                         r.spec.endpoint,
-                        visibility(r.spec.visibility),
+                        r.spec.visibility.as_str(),
                         serde_json::to_string(&r.spec).map_err(backend)?,
                         serde_json::to_string(&r.status).map_err(backend)?,
                         r.generation,
@@ -567,7 +556,7 @@ impl FunctionStore for SqliteStore {
                     params![
                         r.spec.owner,
                         r.spec.endpoint,
-                        visibility(r.spec.visibility),
+                        r.spec.visibility.as_str(),
                         serde_json::to_string(&r.spec).map_err(backend)?,
                         serde_json::to_string(&r.status).map_err(backend)?,
                         r.generation,
