@@ -16,8 +16,12 @@ mod mongo;
 mod sqlite;
 mod state;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use async_trait::async_trait;
 use jiff::Timestamp;
+use tokio::sync::oneshot;
 use serde::{Deserialize, Serialize};
 use skython_crds::{SkyFunctionSpec, SkyFunctionStatus};
 
@@ -316,6 +320,52 @@ pub trait StateStore: Send + Sync {
     /// Writes entries as exported elsewhere, replacing values under the same keys, without
     /// quota checks (the source already held them).
     async fn import_state(&self, entries: &[StateEntry]) -> Result<()>;
+    /// The store's state writes in one order, if it applies them one after another (the
+    /// embedded SQLite's writer thread): what lets the gateway take writes without waiting and
+    /// tell workers about them in commit order. `None` where writes commit concurrently.
+    fn ordered_writes(&self) -> Option<&dyn OrderedStateWrites> {
+        None
+    }
+}
+
+/// Run on the store's writer once a queued write committed (or was refused), in commit order,
+/// before the write's caller hears of it: for whatever must follow the commits in their order.
+pub type CommitHook = Box<dyn FnOnce(&Result<Written>) + Send>;
+
+/// A sequence of state writes that stops at its first failure: a write queued in it after one
+/// that failed is not applied (`Unavailable`), since it may rest on what the failed one wrote.
+#[derive(Clone, Debug, Default)]
+pub struct WriteChain(Arc<AtomicBool>);
+
+impl WriteChain {
+    pub fn is_broken(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    pub fn break_off(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    fn refused() -> StoreError {
+        StoreError::Unavailable("not applied: an earlier write of the same worker failed".into())
+    }
+}
+
+/// A state write for [`OrderedStateWrites::queue_state_write`].
+pub struct QueuedWrite {
+    pub scope: StateScope,
+    pub key: String,
+    pub write: StateWrite,
+    pub quota: StateQuota,
+    pub chain: Option<WriteChain>,
+    pub on_commit: Option<CommitHook>,
+}
+
+/// State writes applied one after another, in the order they were queued.
+pub trait OrderedStateWrites: Send + Sync {
+    /// Queues `write` before returning (so writes queued one after another by one caller apply
+    /// in that order); the receiver answers once its commit returned, after `on_commit` ran.
+    fn queue_state_write(&self, write: QueuedWrite) -> oneshot::Receiver<Result<Written>>;
 }
 
 /// Recent calls with their logs.

@@ -44,7 +44,8 @@ use skython_crds::SkyFunctionStatus;
 use writer::Writer;
 
 use crate::{
-    FunctionFilter, FunctionRecord, FunctionStore, Invocation, InvocationStore, Result, StateEntry,
+    FunctionFilter, FunctionRecord, FunctionStore, Invocation, InvocationStore, OrderedStateWrites,
+    QueuedWrite, Result, StateEntry,
     StateQuota, StateScope, StateStore, StateWrite, StoreError, User, UserRecord, UserStore,
     Written, label,
 };
@@ -675,6 +676,15 @@ impl FunctionStore for SqliteStore {
     }
 }
 
+impl OrderedStateWrites for SqliteStore {
+    fn queue_state_write(
+        &self,
+        write: QueuedWrite,
+    ) -> tokio::sync::oneshot::Receiver<Result<Written>> {
+        self.inner.writer.queue_state(write)
+    }
+}
+
 #[async_trait]
 impl StateStore for SqliteStore {
     async fn state_get(&self, scope: &StateScope, key: &str) -> Result<Option<String>> {
@@ -701,10 +711,19 @@ impl StateStore for SqliteStore {
         write: &StateWrite,
         quota: StateQuota,
     ) -> Result<Written> {
-        self.inner
-            .writer
-            .state_write(scope.clone(), key.to_string(), write.clone(), quota)
-            .await
+        let answer = self.queue_state_write(QueuedWrite {
+            scope: scope.clone(),
+            key: key.to_string(),
+            write: write.clone(),
+            quota,
+            chain: None,
+            on_commit: None,
+        });
+        answer.await.map_err(|_| writer::stopped())?
+    }
+
+    fn ordered_writes(&self) -> Option<&dyn OrderedStateWrites> {
+        Some(self)
     }
 
     async fn state_delete(&self, scope: &StateScope, key: &str) -> Result<bool> {

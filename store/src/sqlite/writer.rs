@@ -15,7 +15,10 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use tokio::sync::oneshot;
 
 use super::{backend, count, is_busy, locked, micros};
-use crate::{Result, StateQuota, StateScope, StateUsage, StateWrite, StoreError, Written};
+use crate::{
+    CommitHook, QueuedWrite, Result, StateQuota, StateScope, StateUsage, StateWrite, StoreError,
+    WriteChain, Written,
+};
 
 /// State writes in one transaction at most: the write lock is held while a batch runs, and a
 /// writer in another process waits that long.
@@ -27,7 +30,25 @@ pub(super) struct StateJob {
     pub key: String,
     pub write: StateWrite,
     pub quota: StateQuota,
+    pub chain: Option<WriteChain>,
+    pub on_commit: Option<CommitHook>,
     pub reply: oneshot::Sender<Result<Written>>,
+}
+
+impl StateJob {
+    /// Its answer: a refused or failed write breaks its chain, then the hook runs, then the
+    /// caller hears.
+    fn answer(self, answer: Result<Written>) {
+        if answer.is_err()
+            && let Some(chain) = &self.chain
+        {
+            chain.break_off();
+        }
+        if let Some(hook) = self.on_commit {
+            guarded(|| hook(&answer));
+        }
+        let _ = self.reply.send(answer);
+    }
 }
 
 enum Job {
@@ -42,7 +63,7 @@ pub(super) struct Writer {
     thread: Option<JoinHandle<()>>,
 }
 
-fn stopped() -> StoreError {
+pub(super) fn stopped() -> StoreError {
     StoreError::Backend("the database writer failed or stopped before answering".into())
 }
 
@@ -60,11 +81,12 @@ impl Writer {
         })
     }
 
-    fn queue(&self, job: Job) -> Result<()> {
-        self.jobs
-            .as_ref()
-            .and_then(|q| q.send(job).ok())
-            .ok_or_else(stopped)
+    /// Hands `job` to the thread; gives it back if the thread is gone.
+    fn queue(&self, job: Job) -> Result<(), Job> {
+        match &self.jobs {
+            Some(q) => q.send(job).map_err(|e| e.0),
+            None => Err(job),
+        }
     }
 
     /// Runs `f` on the write connection, after the jobs queued before it.
@@ -76,27 +98,27 @@ impl Writer {
         let (reply, answer) = oneshot::channel();
         self.queue(Job::Run(Box::new(move |c| {
             let _ = reply.send(f(c));
-        })))?;
+        })))
+        .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 
-    /// Applies a state write in the next batch; answers once that batch committed.
-    pub async fn state_write(
-        &self,
-        scope: StateScope,
-        key: String,
-        write: StateWrite,
-        quota: StateQuota,
-    ) -> Result<Written> {
+    /// Queues a state write for the next batch; it answers once that batch committed.
+    pub fn queue_state(&self, w: QueuedWrite) -> oneshot::Receiver<Result<Written>> {
         let (reply, answer) = oneshot::channel();
-        self.queue(Job::State(StateJob {
-            scope,
-            key,
-            write,
-            quota,
+        let job = StateJob {
+            scope: w.scope,
+            key: w.key,
+            write: w.write,
+            quota: w.quota,
+            chain: w.chain,
+            on_commit: w.on_commit,
             reply,
-        }))?;
-        answer.await.map_err(|_| stopped())?
+        };
+        if let Some(Job::State(job)) = self.queue(Job::State(job)).err() {
+            job.answer(Err(stopped()));
+        }
+        answer
     }
 }
 
@@ -156,7 +178,7 @@ fn commit(conn: &mut Connection, batch: &mut Vec<StateJob>) {
     guarded(|| match write_all(conn, &jobs) {
         Ok(answers) => {
             for (job, answer) in jobs.into_iter().zip(answers) {
-                let _ = job.reply.send(answer);
+                job.answer(answer);
             }
         }
         Err(e) => {
@@ -168,7 +190,7 @@ fn commit(conn: &mut Connection, batch: &mut Vec<StateJob>) {
                 } else {
                     StoreError::Backend(message.clone().into())
                 };
-                let _ = job.reply.send(Err(failed));
+                job.answer(Err(failed));
             }
         }
     });
@@ -190,6 +212,20 @@ fn write_all(conn: &mut Connection, jobs: &[StateJob]) -> rusqlite::Result<Vec<R
 /// it within the transaction). The outer error fails the batch; the inner one is this write's
 /// own answer.
 fn write_one(tx: &Transaction<'_>, j: &StateJob) -> rusqlite::Result<Result<Written>> {
+    let answer = decide_and_write(tx, j)?;
+    if answer.is_err()
+        && let Some(chain) = &j.chain
+    {
+        // The chain's later writes in this batch must see it broken.
+        chain.break_off();
+    }
+    Ok(answer)
+}
+
+fn decide_and_write(tx: &Transaction<'_>, j: &StateJob) -> rusqlite::Result<Result<Written>> {
+    if j.chain.as_ref().is_some_and(WriteChain::is_broken) {
+        return Ok(Err(WriteChain::refused()));
+    }
     let s = &j.scope;
     let current: Option<String> = tx
         .prepare_cached("SELECT value FROM state WHERE owner = ?1 AND function = ?2 AND key = ?3")?
@@ -233,6 +269,8 @@ fn write_one(tx: &Transaction<'_>, j: &StateJob) -> rusqlite::Result<Result<Writ
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
     use crate::SqliteStore;
 
@@ -253,6 +291,8 @@ mod tests {
                 max_keys,
                 max_bytes: 1 << 20,
             },
+            chain: None,
+            on_commit: None,
             reply,
         };
         (job, answer)
@@ -351,6 +391,57 @@ mod tests {
         );
         assert_eq!(stored(&conn, "c"), None);
         assert_eq!(stored(&conn, "a").as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn a_chain_stops_at_its_first_refused_write_and_other_writes_go_on() {
+        let chain = WriteChain::default();
+        let (_, mut conn) = batch(None, vec![]);
+        let (mut jobs, answers): (Vec<_>, Vec<_>) = [
+            ("s", set(r#""text""#), Some(chain.clone())),
+            ("s", incr(), Some(chain.clone())),
+            ("t", set("1"), Some(chain.clone())),
+            ("u", set("1"), None),
+        ]
+        .into_iter()
+        .map(|(k, w, c)| {
+            let (mut j, a) = job(k, w, 10);
+            j.chain = c;
+            (j, a)
+        })
+        .unzip();
+        commit(&mut conn, &mut jobs);
+        let answers: Vec<_> = answers
+            .into_iter()
+            .map(|mut a| a.try_recv().unwrap())
+            .collect();
+        assert!(matches!(answers[0], Ok(Written::Stored)));
+        assert!(matches!(answers[1], Err(StoreError::Invalid(_))));
+        assert!(matches!(answers[2], Err(StoreError::Unavailable(_))));
+        assert!(matches!(answers[3], Ok(Written::Stored)));
+        assert!(chain.is_broken());
+        assert_eq!(stored(&conn, "t"), None);
+        assert_eq!(stored(&conn, "u").as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn hooks_run_in_commit_order_before_each_caller_hears() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (_, mut conn) = batch(None, vec![]);
+        let (mut jobs, mut answers): (Vec<_>, Vec<_>) = ["a", "b", "c"]
+            .into_iter()
+            .map(|k| {
+                let (mut j, a) = job(k, set("1"), 10);
+                let seen = seen.clone();
+                j.on_commit = Some(Box::new(move |r: &Result<Written>| {
+                    seen.lock().unwrap().push((k, r.is_ok()));
+                }));
+                (j, a)
+            })
+            .unzip();
+        commit(&mut conn, &mut jobs);
+        assert_eq!(*seen.lock().unwrap(), [("a", true), ("b", true), ("c", true)]);
+        assert!(answers.iter_mut().all(|a| a.try_recv().is_ok()));
     }
 
     #[test]
