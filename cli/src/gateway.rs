@@ -75,6 +75,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         .await
         .context("connecting to Kubernetes")?;
     let p = prepare(&args.server).await?;
+    let _held_until_exit = p.sqlite_lock;
     let peers = args
         .peer_token
         .clone()

@@ -1,13 +1,15 @@
 //! `skython up`: the local install: gateway, zygote and SQLite store in one process.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use nix::fcntl::{Flock, FlockArg};
 use skython_crds::Runtime;
 use skython_gateway::serve::{ClientTimeouts, serve};
 use skython_gateway::{AdminToken, AppState, GatewayConfig, Limits, Recorder};
@@ -221,6 +223,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let args = args.server;
     crate::init_logging(&args.log)?;
     let p = prepare(&args).await?;
+    let _held_until_exit = p.sqlite_lock;
     let state = AppState::new(p.config, p.store, p.zygotes)?;
     println!("Skython is running at {}", p.url);
     let recorder = state.recorder.clone();
@@ -242,6 +245,8 @@ pub struct Prepared {
     pub config: GatewayConfig,
     pub listener: tokio::net::TcpListener,
     pub url: String,
+    /// This server's hold on its SQLite file, for as long as it runs.
+    pub sqlite_lock: Option<Flock<File>>,
 }
 
 /// Opens the store, waiting up to a minute for a MongoDB that cannot be reached yet (a gateway
@@ -271,6 +276,10 @@ pub async fn prepare(args: &ServerArgs) -> anyhow::Result<Prepared> {
         .clone()
         .unwrap_or_else(|| StoreLocation::in_data_dir(&data_dir));
     let store = open_store(&location).await?;
+    let sqlite_lock = match &location {
+        StoreLocation::Sqlite(path) => Some(lock_sqlite(path)?),
+        StoreLocation::MongoDb(_) => None,
+    };
     let admin =
         skython_gateway::bootstrap_admin(store.as_ref(), &data_dir, args.admin_token.as_deref())
             .await
@@ -370,6 +379,8 @@ pub async fn prepare(args: &ServerArgs) -> anyhow::Result<Prepared> {
         cgroups,
         // An empty value (`SKYTHON_METRICS_TOKEN=`) is no token, not one everybody knows.
         metrics_token: args.metrics_token.clone().filter(|t| !t.trim().is_empty()),
+        // Workers may cache state only while this server is the one writer of its store.
+        state_cache: sqlite_lock.is_some(),
     };
     Ok(Prepared {
         store,
@@ -378,6 +389,20 @@ pub async fn prepare(args: &ServerArgs) -> anyhow::Result<Prepared> {
         config,
         listener,
         url,
+        sqlite_lock,
+    })
+}
+
+/// Holds `path` for this server alone: its workers cache state values, which another writer of
+/// the same file would make wrong. (SQLite's own locks are separate, and still guard each write.)
+fn lock_sqlite(path: &Path) -> anyhow::Result<Flock<File>> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        anyhow::anyhow!(
+            "{} is in use by another Skython server ({e}): stop that one first, or give this \
+             one its own --data-dir or --store",
+            path.display()
+        )
     })
 }
 

@@ -9,14 +9,17 @@ use async_trait::async_trait;
 use skython_crds::{Network, Runtime, SkyFunctionSpec};
 use skython_runner::cgroup::{Cgroups, Group, GroupLimits};
 use skython_runner::egress::{EgressProxy, Grant};
+use skython_runner::protocol::CACHE_VALUE_MAX;
 use skython_runner::{
-    PoolLimits, StateAnswer, StateHandler, StateRequest, WorkerPool, WorkerSpec, Zygote,
+    PoolLimits, StateAnswer, StateCache, StateHandler, StatePeer, StateRequest, StateTicket,
+    WorkerPool, WorkerSpec, Zygote,
 };
 use skython_store::{
-    FunctionRecord, StateQuota, StateScope, StateWrite, Store, StoreError, Written,
+    FunctionRecord, QueuedWrite, StateQuota, StateScope, StateWrite, Store, StoreError, Written,
 };
 
 use crate::Limits;
+use crate::state_hub::StateHub;
 
 type Key = (String, String);
 
@@ -51,6 +54,8 @@ pub struct Deployments {
     cgroups: Option<Arc<Cgroups>>,
     live: RwLock<HashMap<Key, Arc<Deployed>>>,
     missing: Mutex<Missing>,
+    /// Where workers cache state: only if this gateway is its store's one writer.
+    state_hub: Option<Arc<StateHub>>,
 }
 
 impl Deployments {
@@ -60,7 +65,10 @@ impl Deployments {
         limits: Limits,
         egress: Option<Arc<EgressProxy>>,
         cgroups: Option<Arc<Cgroups>>,
+        state_cache: bool,
     ) -> Self {
+        // Caching needs the store's writes in one order, too.
+        let state_hub = (state_cache && store.ordered_writes().is_some()).then(Arc::default);
         Deployments {
             store,
             zygotes,
@@ -69,6 +77,7 @@ impl Deployments {
             cgroups,
             live: RwLock::new(HashMap::new()),
             missing: Mutex::default(),
+            state_hub,
         }
     }
 
@@ -242,7 +251,10 @@ impl Deployments {
     }
 
     pub fn scoped_state(&self, scope: StateScope) -> ScopedState {
-        ScopedState::new(self.store.clone(), scope, &self.limits)
+        ScopedState {
+            hub: self.state_hub.clone(),
+            ..ScopedState::new(self.store.clone(), scope, &self.limits)
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Key, Arc<Deployed>>> {
@@ -272,6 +284,7 @@ pub fn worker_spec(spec: &SkyFunctionSpec, entrypoint: &str, limits: &Limits) ->
         max_result_bytes: limits.max_result_bytes,
         max_log_bytes: limits.max_log_bytes,
         max_state_value_bytes: limits.max_state_value_bytes,
+        state_cache: false,
     }
 }
 
@@ -313,6 +326,8 @@ pub struct ScopedState {
     scope: StateScope,
     max_value_bytes: usize,
     quota: StateQuota,
+    /// Set where the workers cache state.
+    hub: Option<Arc<StateHub>>,
 }
 
 impl ScopedState {
@@ -323,6 +338,7 @@ impl ScopedState {
             scope,
             max_value_bytes: limits.max_state_value_bytes,
             quota: limits.state_quota,
+            hub: None,
         }
     }
 
@@ -373,6 +389,9 @@ impl ScopedState {
             .store
             .state_write(&self.scope, key, &write, self.quota)
             .await?;
+        if let Some(hub) = &self.hub {
+            hub.changed(&self.scope, key);
+        }
         let done = StateAnswer {
             ok: true,
             ..Default::default()
@@ -408,13 +427,8 @@ impl StateHandler for ScopedState {
             | StateRequest::Delete { key } => Some(key),
             StateRequest::Keys { .. } => None,
         };
-        if let Some(key) = key
-            && (key.is_empty() || key.chars().count() > MAX_KEY_CHARS)
-        {
-            return StateAnswer::refused(
-                "bad_key",
-                format!("state keys must be 1-{MAX_KEY_CHARS} characters"),
-            );
+        if let Some(Err(refused)) = key.map(|k| check_key(k)) {
+            return refused;
         }
         let s = &self.scope;
         let res = match request {
@@ -436,10 +450,11 @@ impl StateHandler for ScopedState {
                 self.write(&key, StateWrite::Incr { by, default }).await
             }
             StateRequest::Delete { key } => {
-                self.store
-                    .state_delete(s, &key)
-                    .await
-                    .map(|found| StateAnswer {
+                let deleted = self.store.state_delete(s, &key).await;
+                if let Some(hub) = &self.hub {
+                    hub.changed(s, &key);
+                }
+                deleted.map(|found| StateAnswer {
                         ok: true,
                         found: Some(found),
                         ..Default::default()
@@ -457,6 +472,76 @@ impl StateHandler for ScopedState {
         };
         res.unwrap_or_else(|e| refusal(s, e))
     }
+
+    fn cache(&self) -> Option<&dyn StateCache> {
+        self.hub.as_ref().map(|_| self as &dyn StateCache)
+    }
+}
+
+impl StateCache for ScopedState {
+    fn attach(&self, peer: StatePeer) {
+        if let Some(hub) = &self.hub {
+            hub.attach(&self.scope, peer);
+        }
+    }
+
+    fn write_behind(&self, from: &StatePeer, key: String, value: String) -> StateTicket {
+        let (Some(hub), Some(ordered)) = (&self.hub, self.store.ordered_writes()) else {
+            let refused = StateAnswer::refused("state_unavailable", "no write-behind here");
+            return Box::pin(std::future::ready(refused));
+        };
+        let chain = hub.chain(&self.scope, from);
+        let pushed = (value.len() <= CACHE_VALUE_MAX).then(|| value.clone());
+        let write = match check_key(&key).and_then(|()| self.store_write(&key, value, None)) {
+            Ok(w) => w,
+            Err(refused) => {
+                // The writes it sent after this one must not land either.
+                chain.break_off();
+                return Box::pin(std::future::ready(refused));
+            }
+        };
+        let (hub, scope, from, pushed_key) =
+            (hub.clone(), self.scope.clone(), from.clone(), key.clone());
+        let on_commit = Box::new(move |written: &skython_store::Result<Written>| {
+            from.count_own_write();
+            if written.is_ok() {
+                match &pushed {
+                    Some(value) => hub.stored(&scope, &from, &pushed_key, value),
+                    None => hub.changed(&scope, &pushed_key),
+                }
+            }
+        });
+        let committed = ordered.queue_state_write(QueuedWrite {
+            scope: self.scope.clone(),
+            key,
+            write,
+            quota: self.quota,
+            chain: Some(chain),
+            on_commit: Some(on_commit),
+        });
+        let scope = self.scope.clone();
+        Box::pin(async move {
+            match committed.await {
+                Ok(Ok(_)) => StateAnswer {
+                    ok: true,
+                    ..Default::default()
+                },
+                Ok(Err(e)) => refusal(&scope, e),
+                Err(_) => refusal(&scope, StoreError::Unavailable("the store stopped".into())),
+            }
+        })
+    }
+}
+
+/// A key the gateway takes: the worker checks too, but its frames are untrusted.
+fn check_key(key: &str) -> Result<(), StateAnswer> {
+    if key.is_empty() || key.chars().count() > MAX_KEY_CHARS {
+        return Err(StateAnswer::refused(
+            "bad_key",
+            format!("state keys must be 1-{MAX_KEY_CHARS} characters"),
+        ));
+    }
+    Ok(())
 }
 
 /// What the function hears when the store refuses a request or fails. The details of a failure

@@ -23,6 +23,7 @@ pub mod openapi;
 pub mod platform;
 mod recorder;
 pub mod serve;
+mod state_hub;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -94,6 +95,10 @@ pub struct GatewayConfig {
     pub cgroups: Option<Arc<skython_runner::cgroup::Cgroups>>,
     /// A token that may read `/metrics` besides the admin's API token (for a scraper).
     pub metrics_token: Option<String>,
+    /// Workers cache state values and send plain `store`s without waiting (`runner/PROTOCOL.md`,
+    /// "State cache"). Only right where this gateway is the store's one writer: the embedded
+    /// SQLite held by this server alone; ignored for a store that does not order its writes.
+    pub state_cache: bool,
 }
 
 #[derive(Clone)]
@@ -155,6 +160,7 @@ impl AppState {
             config.limits.clone(),
             config.egress.clone(),
             config.cgroups.clone(),
+            config.state_cache,
         ))
     }
 

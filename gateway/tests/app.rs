@@ -68,6 +68,7 @@ async fn gateway(metrics_token: Option<&str>) -> Gateway {
         egress: None,
         cgroups: None,
         metrics_token: metrics_token.map(String::from),
+        state_cache: true,
     };
     let state = AppState::new(config, store, HashMap::new()).unwrap();
     Gateway {

@@ -109,6 +109,7 @@ async fn gateway(platform: Memory) -> (Router, Arc<SqliteStore>) {
         egress: None,
         cgroups: None,
         metrics_token: None,
+        state_cache: true,
     };
     let metrics = Arc::new(Metrics::new().unwrap());
     let state = AppState::with_platform(

@@ -196,6 +196,7 @@ impl InFlight {
                 Reply::Done(
                     Err(Error::Crashed("the worker's reader stopped".into())),
                     None,
+                    None,
                 )
             }),
             None => Reply::NotStarted,
@@ -257,10 +258,11 @@ impl WorkerPool {
     /// A pool whose workers' `store`/`load` requests `state` answers.
     pub fn new(
         zygote: Arc<Zygote>,
-        spec: WorkerSpec,
+        mut spec: WorkerSpec,
         limits: PoolLimits,
         state: Arc<dyn StateHandler>,
     ) -> Self {
+        spec.state_cache = state.cache().is_some();
         WorkerPool {
             shared: Arc::new(Shared {
                 zygote,
@@ -304,11 +306,15 @@ impl WorkerPool {
             let (mut call, cold) = self.shared.clone().submit(args).await?;
             cold_start |= cold;
             match call.reply().await {
-                Reply::Done(result, held) => {
+                Reply::Done(result, held, gate) => {
                     if let Some(held) = held {
                         self.shared.observe(held);
                     }
-                    return result.map(|result| CallReport { result, cold_start });
+                    let result = match (result, gate) {
+                        (Ok(result), Some(gate)) => gate.settle(result).await,
+                        (result, _) => result?,
+                    };
+                    return Ok(CallReport { result, cold_start });
                 }
                 Reply::NotStarted => continue,
             }
@@ -579,8 +585,12 @@ pub async fn run_once(
         .map(|g| g.worker(0))
         .transpose()
         .map_err(|e| Error::Spawn(format!("creating the worker's cgroup: {e}")))?;
+    let spec = WorkerSpec {
+        state_cache: state.cache().is_some(),
+        ..spec.clone()
+    };
     let worker = zygote
-        .spawn(spec, timeout, group.as_ref())
+        .spawn(&spec, timeout, group.as_ref())
         .await?
         .serve(state, timeout);
     let result = worker.call(args).await;

@@ -20,6 +20,10 @@ pub mod kind {
     pub const CALL: u8 = b'C';
     pub const STATE_REQ: u8 = b'Q';
     pub const STATE_ANS: u8 = b'A';
+    /// Worker → gateway, with the state cache on: a plain `store` that waits for no answer.
+    pub const STATE_WRITE: u8 = b'V';
+    /// Gateway → worker, with the state cache on: another worker's write committed (or forget).
+    pub const STATE_PUSH: u8 = b'N';
     pub const LOG: u8 = b'G';
     /// Worker → gateway before some answers: how long the call held the worker (µs, decimal
     /// ASCII): its CPU time, or its wall time if it blocked.
@@ -86,6 +90,40 @@ pub struct WorkerSpec {
     pub max_result_bytes: usize,
     pub max_log_bytes: usize,
     pub max_state_value_bytes: usize,
+    /// Whether the worker caches state values and sends plain `store`s without waiting (see
+    /// `PROTOCOL.md`, "State cache"). Set by the pool from its state handler, not by callers.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub state_cache: bool,
+}
+
+/// Values up to this size (JSON text) are cached by workers and pushed to them; a larger one
+/// is only forgotten, and loaded again when asked for.
+pub const CACHE_VALUE_MAX: usize = 16 * 1024;
+
+/// A worker's write-behind `store` (`V`).
+#[derive(Debug, Deserialize)]
+pub struct StateWriteFrame {
+    pub key: String,
+    pub value: String,
+}
+
+/// What the gateway pushes to a caching worker (`N`).
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum StatePush<'a> {
+    /// Another worker's write of `key` committed with `value`; `acked` of the receiving
+    /// worker's own `V` writes had been committed or refused by then.
+    Value {
+        key: &'a str,
+        value: &'a str,
+        acked: u64,
+    },
+    Forget {
+        key: &'a str,
+    },
+    Reset {
+        reset: bool,
+    },
 }
 
 /// An error reported by Python code: the function's exception, bad arguments, a load failure.

@@ -13,12 +13,14 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Buf, Bytes, BytesMut};
+use futures::FutureExt;
+use futures::future::Shared;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
@@ -28,7 +30,10 @@ use tokio::sync::{Notify, oneshot};
 use tracing::Instrument;
 
 use crate::cgroup::OomProbe;
-use crate::protocol::{self, FunctionError, Ready, StateAnswer, StateRequest, kind};
+use crate::protocol::{
+    self, CACHE_VALUE_MAX, FunctionError, Ready, StateAnswer, StatePush, StateRequest,
+    StateWriteFrame, kind,
+};
 use crate::{Error, Result};
 
 /// Answers a worker's `store`/`load` requests. The implementation knows which (owner, function)
@@ -36,7 +41,87 @@ use crate::{Error, Result};
 #[async_trait]
 pub trait StateHandler: Send + Sync {
     async fn handle(&self, request: StateRequest) -> StateAnswer;
+    /// `Some` if the workers may cache values and send plain stores without waiting.
+    fn cache(&self) -> Option<&dyn StateCache> {
+        None
+    }
 }
+
+/// The gateway's side of the workers' state cache (`PROTOCOL.md`, "State cache"): offered by a
+/// handler that is the only writer of its state and applies writes in the order it takes them.
+pub trait StateCache: Send + Sync {
+    /// A caching worker started: from now on it hears of the writes the others commit.
+    fn attach(&self, peer: StatePeer);
+    /// Queues `from`'s plain `store` before returning (a worker's writes apply in the order it
+    /// sent them); answers once the write committed, or was refused.
+    fn write_behind(&self, from: &StatePeer, key: String, value: String) -> StateTicket;
+}
+
+/// The answer to a write-behind store, once it committed or was refused.
+pub type StateTicket = futures::future::BoxFuture<'static, StateAnswer>;
+
+/// A caching worker, as its function's state handler sees it: told about the writes of the
+/// function's other workers.
+#[derive(Clone)]
+pub struct StatePeer(Arc<PeerInner>);
+
+struct PeerInner {
+    id: u64,
+    line: Weak<Line>,
+    /// Its own write-behind stores committed or refused so far (counted in commit order).
+    committed: AtomicU64,
+}
+
+impl StatePeer {
+    fn new(line: &Arc<Line>) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        StatePeer(Arc::new(PeerInner {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            line: Arc::downgrade(line),
+            committed: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    /// The worker has stopped: nothing more to tell it.
+    pub fn is_gone(&self) -> bool {
+        self.0.line.upgrade().is_none_or(|l| l.queue().closed)
+    }
+
+    /// One of its own write-behind stores committed or was refused. Called in commit order,
+    /// like the pushes, so each push says which of its own writes came before it.
+    pub fn count_own_write(&self) {
+        self.0.committed.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Another worker's write of `key` committed with `value` (JSON text). Called in commit
+    /// order.
+    pub fn push_value(&self, key: &str, value: &str) {
+        if value.len() > CACHE_VALUE_MAX {
+            return self.forget(key);
+        }
+        let acked = self.0.committed.load(Ordering::SeqCst);
+        self.push(&StatePush::Value { key, value, acked });
+    }
+
+    /// `key` changed in a way the worker cannot cache (a delete, a count): it asks next time.
+    /// Safe in any order.
+    pub fn forget(&self, key: &str) {
+        self.push(&StatePush::Forget { key });
+    }
+
+    fn push(&self, push: &StatePush<'_>) {
+        if let (Some(line), Ok(payload)) = (self.0.line.upgrade(), serde_json::to_vec(push)) {
+            line.push(&payload);
+        }
+    }
+}
+
+/// How much an idle worker's missed pushes may take before they become one `reset`.
+const PARKED_MAX: usize = 64 * 1024;
 
 /// How a call that reached the function ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,14 +139,58 @@ pub struct CallResult {
     pub logs: String,
 }
 
+/// Holds a call's answer until the worker's write-behind stores sent before it have committed.
+pub(crate) struct Gate {
+    writes: Shared<StateTicket>,
+    line: Arc<Line>,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate").field("worker", &self.line.group.pid).finish()
+    }
+}
+
+impl Gate {
+    /// `result`, once the writes before it are committed; if one was refused, the call fails
+    /// with that refusal and the worker is stopped (its cache may hold the refused value, and
+    /// its later answers may rest on it).
+    pub(crate) async fn settle(self, result: CallResult) -> CallResult {
+        let answer = self.writes.await;
+        if answer.ok {
+            return result;
+        }
+        let error = answer.error.unwrap_or_else(|| protocol::StateAnswerError {
+            code: "state_unavailable".into(),
+            message: "the state write failed".into(),
+        });
+        let message = format!("a store() of this worker was refused: {}", error.message);
+        self.line.retire(&message);
+        let unavailable = error.code == "state_unavailable";
+        CallResult {
+            outcome: Outcome::Failed(FunctionError {
+                code: if unavailable { "state_unavailable" } else { "function_error" }.into(),
+                type_: Some(if unavailable { "StateUnavailable" } else { "StateError" }.into()),
+                message,
+                traceback: None,
+                expected: None,
+                logs: None,
+                retire: false,
+            }),
+            logs: result.logs,
+        }
+    }
+}
+
 /// The end of one submitted call.
 // Built once per call and moved once through its oneshot: boxing the large variant would only
 // add an allocation per call.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Reply {
-    /// The call ran (or broke the worker); with how long it held the worker, when measured.
-    Done(Result<CallResult>, Option<Duration>),
+    /// The call ran (or broke the worker); with how long it held the worker, when measured,
+    /// and what its answer waits for.
+    Done(Result<CallResult>, Option<Duration>, Option<Gate>),
     /// The worker stopped before it started this call: it may run on another worker.
     NotStarted,
 }
@@ -203,6 +332,11 @@ impl Worker {
             queue: Mutex::new(Queue::default()),
             wake_writer: Notify::new(),
         });
+        let peer = state.cache().map(|cache| {
+            let peer = StatePeer::new(&line);
+            cache.attach(peer.clone());
+            peer
+        });
         let reader = Reader {
             line: line.clone(),
             rd,
@@ -210,6 +344,8 @@ impl Worker {
             logs: String::new(),
             ran: None,
             state,
+            peer,
+            last_write: None,
             limits,
             oom,
             call_timeout,
@@ -243,7 +379,9 @@ impl WorkerHandle {
             return None;
         }
         let head = q.pending.is_empty();
-        self.line.send(&mut q, kind::CALL, args, head);
+        // What it missed while idle goes first.
+        let parked = std::mem::take(&mut q.parked);
+        self.line.send_after(&mut q, &parked, kind::CALL, args, head);
         if head {
             q.head_started = Some(Instant::now());
         }
@@ -263,7 +401,8 @@ impl WorkerHandle {
         let stopped = || Error::Crashed(format!("worker {} stopped", self.pid()));
         let rx = self.submit(args).ok_or_else(stopped)?;
         match rx.await {
-            Ok(Reply::Done(result, _)) => result,
+            Ok(Reply::Done(Ok(result), _, Some(gate))) => Ok(gate.settle(result).await),
+            Ok(Reply::Done(result, _, _)) => result,
             Ok(Reply::NotStarted) | Err(_) => Err(stopped()),
         }
     }
@@ -298,25 +437,64 @@ impl Line {
     /// writer task, which runs after the gateway's other ready tasks and so writes the calls
     /// they submit together, for the worker to read in one wake-up.
     fn send(&self, q: &mut Queue, k: u8, payload: &[u8], now: bool) {
+        self.send_after(q, &[], k, payload, now);
+    }
+
+    /// [`Line::send`] of a frame after `before` (whole frames).
+    fn send_after(&self, q: &mut Queue, before: &[u8], k: u8, payload: &[u8], now: bool) {
         let header = protocol::header(k, payload.len());
+        let parts = [before, &header[..], payload];
         let mut written = 0;
         if now && q.outbox.is_empty() && !q.writing {
-            let parts = [IoSlice::new(&header), IoSlice::new(payload)];
+            let slices = parts.map(IoSlice::new);
             // An error other than a full socket means the worker is gone: the reader sees it.
-            written = self.wr.try_write_vectored(&parts).unwrap_or(0);
+            written = self.wr.try_write_vectored(&slices).unwrap_or(0);
         }
-        let total = header.len() + payload.len();
-        if written == total {
+        if written == parts.iter().map(|p| p.len()).sum::<usize>() {
             return;
         }
-        if written < header.len() {
-            q.outbox.extend_from_slice(&header[written..]);
-            q.outbox.extend_from_slice(payload);
-        } else {
-            q.outbox
-                .extend_from_slice(&payload[written - header.len()..]);
+        for part in parts {
+            let skip = written.min(part.len());
+            written -= skip;
+            q.outbox.extend_from_slice(&part[skip..]);
         }
         self.wake_writer.notify_one();
+    }
+
+    /// A state push: sent along with the calls of a busy worker; an idle one is not woken, it
+    /// gets what it missed before its next call (or, past `PARKED_MAX`, a reset).
+    fn push(&self, payload: &[u8]) {
+        let mut q = self.queue();
+        if q.closed {
+            return;
+        }
+        if !q.pending.is_empty() {
+            return self.send(&mut q, kind::STATE_PUSH, payload, false);
+        }
+        if q.parked_reset {
+            return; // the reset forgets everything anyway
+        }
+        if q.parked.len() + protocol::HEADER_LEN + payload.len() > PARKED_MAX {
+            let reset = serde_json::to_vec(&StatePush::Reset { reset: true }).unwrap_or_default();
+            q.parked.clear();
+            q.parked.extend_from_slice(&protocol::header(kind::STATE_PUSH, reset.len()));
+            q.parked.extend_from_slice(&reset);
+            q.parked_reset = true;
+            return;
+        }
+        q.parked
+            .extend_from_slice(&protocol::header(kind::STATE_PUSH, payload.len()));
+        q.parked.extend_from_slice(payload);
+    }
+
+    /// Stops the worker for `reason`: it takes no more calls, and the running one fails with it.
+    fn retire(&self, reason: &str) {
+        {
+            let mut q = self.queue();
+            q.closed = true;
+            q.retired_for.get_or_insert_with(|| reason.to_string());
+        }
+        self.group.kill();
     }
 }
 
@@ -331,6 +509,12 @@ struct Queue {
     /// When the head call started: its submission, or the arrival of the answer before it.
     head_started: Option<Instant>,
     closed: bool,
+    /// State pushes an idle worker has not been sent yet (whole frames).
+    parked: Vec<u8>,
+    /// `parked` is a reset.
+    parked_reset: bool,
+    /// Why the worker was stopped from outside its reader (a refused write-behind store).
+    retired_for: Option<String>,
 }
 
 impl Queue {
@@ -403,6 +587,10 @@ struct Reader {
     /// How long the running call held the worker, if the worker measured it.
     ran: Option<Duration>,
     state: Arc<dyn StateHandler>,
+    /// This worker, if it caches state.
+    peer: Option<StatePeer>,
+    /// Its latest write-behind store, until known committed.
+    last_write: Option<Shared<StateTicket>>,
     limits: FrameLimits,
     oom: Option<OomProbe>,
     call_timeout: Duration,
@@ -511,6 +699,7 @@ impl Reader {
                 None
             }
             kind::STATE_REQ => self.answer_state(&payload).await,
+            kind::STATE_WRITE => self.write_behind(&payload),
             kind::OK => {
                 let result = CallResult {
                     outcome: Outcome::Returned(payload),
@@ -547,6 +736,21 @@ impl Reader {
                 "sent a state request with no call running".into(),
             ));
         };
+        // Its earlier stores first: what it asks may depend on them.
+        if let Some(writes) = self.last_write.clone() {
+            match tokio::time::timeout_at(deadline.into(), writes).await {
+                Err(_) => return Some(Stop::Timeout),
+                Ok(done) if done.ok => self.last_write = None,
+                // The gate fails the call and stops the worker; this request is refused.
+                Ok(_) => {
+                    let refused = StateAnswer::refused(
+                        "state_unavailable",
+                        "an earlier store() of this worker was refused",
+                    );
+                    return self.send_state_answer(&refused);
+                }
+            }
+        }
         let answer = match serde_json::from_slice::<StateRequest>(payload) {
             Ok(req) => {
                 let handled = self.state.handle(req).instrument(span);
@@ -557,7 +761,11 @@ impl Reader {
             }
             Err(e) => StateAnswer::refused("bad_request", format!("bad state request: {e}")),
         };
-        let body = match serde_json::to_vec(&answer) {
+        self.send_state_answer(&answer)
+    }
+
+    fn send_state_answer(&self, answer: &StateAnswer) -> Option<Stop> {
+        let body = match serde_json::to_vec(answer) {
             Ok(b) => b,
             Err(e) => return Some(Stop::Protocol(format!("encoding a state answer: {e}"))),
         };
@@ -566,8 +774,44 @@ impl Reader {
         None
     }
 
+    /// A plain `store` the worker does not wait for: queued at once, in the order sent; the
+    /// answers after it wait for its commit (`finish`).
+    fn write_behind(&mut self, payload: &[u8]) -> Option<Stop> {
+        let (Some(cache), Some(peer)) = (self.state.cache(), &self.peer) else {
+            return Some(Stop::Protocol(
+                "sent a write-behind store to a function whose state takes none".into(),
+            ));
+        };
+        if self.line.queue().pending.is_empty() {
+            return Some(Stop::Protocol(
+                "sent a state write with no call running".into(),
+            ));
+        }
+        let frame = match serde_json::from_slice::<StateWriteFrame>(payload) {
+            Ok(f) => f,
+            Err(e) => return Some(Stop::Protocol(format!("sent a bad state write: {e}"))),
+        };
+        self.last_write = Some(cache.write_behind(peer, frame.key, frame.value).shared());
+        None
+    }
+
+    /// What the head call's answer waits for: the worker's write-behind stores not yet known
+    /// to be committed.
+    fn gate(&mut self) -> Option<Gate> {
+        let writes = self.last_write.as_ref()?;
+        if writes.peek().is_some_and(|done| done.ok) {
+            self.last_write = None;
+            return None;
+        }
+        Some(Gate {
+            writes: writes.clone(),
+            line: self.line.clone(),
+        })
+    }
+
     /// The head call answered: hand it its result; the next one starts now.
     fn finish(&mut self, result: CallResult, retire: bool) -> Option<Stop> {
+        let gate = self.gate();
         let mut q = self.line.queue();
         let Some(head) = q.pending.pop_front() else {
             return Some(Stop::Protocol("sent an answer with no call running".into()));
@@ -577,18 +821,19 @@ impl Reader {
         // A retiring worker takes nothing more; closed before the caller hears of it.
         q.closed |= retire;
         drop(q);
-        let _ = head.reply.send(Reply::Done(Ok(result), held));
+        let _ = head.reply.send(Reply::Done(Ok(result), held, gate));
         retire.then_some(Stop::Retired)
     }
 
     /// The worker is done: kill what is left of it and answer every queued call.
     fn close(self, stop: Stop) {
-        let pending = {
+        let (pending, retired_for) = {
             let mut q = self.line.queue();
             q.closed = true;
             q.outbox.clear();
+            q.parked.clear();
             q.head_started = None;
-            std::mem::take(&mut q.pending)
+            (std::mem::take(&mut q.pending), q.retired_for.take())
         };
         let we_killed = self.line.group.killed.load(Ordering::SeqCst);
         self.line.group.kill();
@@ -596,6 +841,10 @@ impl Reader {
         let pid = self.line.group.pid;
         let head_error = match stop {
             Stop::Retired => None,
+            Stop::Eof | Stop::Io(_) if retired_for.is_some() => Some(Error::Crashed(format!(
+                "worker {pid} was stopped during the call: {}",
+                retired_for.unwrap_or_default()
+            ))),
             Stop::Timeout => Some(Error::Timeout(self.call_timeout)),
             Stop::Eof | Stop::Io(_) if self.oom.as_ref().is_some_and(OomProbe::fired) => {
                 let limit = self.oom.and_then(|o| o.limit_bytes).map_or_else(
@@ -625,7 +874,7 @@ impl Reader {
         if let Some(e) = head_error {
             match pending.next() {
                 Some(head) => {
-                    let _ = head.reply.send(Reply::Done(Err(e), None));
+                    let _ = head.reply.send(Reply::Done(Err(e), None, None));
                 }
                 None if !we_killed => tracing::warn!(pid, "idle worker exited"),
                 None => {}

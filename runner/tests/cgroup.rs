@@ -541,6 +541,7 @@ async fn a_timed_out_calls_daemon_dies_with_its_worker() {
         max_result_bytes: 1 << 20,
         max_log_bytes: 1 << 10,
         max_state_value_bytes: 1024,
+        state_cache: false,
     };
     let limits = PoolLimits {
         max_workers: 1,

@@ -81,6 +81,7 @@ fn spec(source: &str, entrypoint: &str) -> WorkerSpec {
         max_result_bytes: 1 << 20,
         max_log_bytes: 100,
         max_state_value_bytes: 1024,
+        state_cache: false,
     }
 }
 
