@@ -552,6 +552,8 @@ fn refusal(scope: &StateScope, e: StoreError) -> StateAnswer {
         StoreError::QuotaExceeded(q) => StateAnswer::refused("quota_exceeded", q.to_string()),
         // The store's message names the key and what it holds: the function's own business.
         StoreError::Invalid(m) => StateAnswer::refused("invalid_write", m),
+        // The worker's earlier write failed; this one may work when sent again.
+        StoreError::Aborted(m) => StateAnswer::refused("state_unavailable", m),
         StoreError::Unavailable(m) => {
             tracing::warn!(%owner, %function, "state storage unavailable: {m}");
             StateAnswer::refused("state_unavailable", "the state storage cannot be reached")
@@ -625,6 +627,7 @@ mod tests {
             },
             max_value_bytes: 16,
             quota: StateQuota::default(),
+            hub: None,
         };
         let (a, b) = (mk("alice", "f"), mk("bob", "f"));
         let put = a
@@ -681,6 +684,7 @@ mod tests {
                 max_keys: 1,
                 max_bytes: 1024,
             },
+            hub: None,
         };
         let put = |f: &'static str, key: &'static str| {
             let state = state(f);
@@ -705,6 +709,25 @@ mod tests {
         );
     }
 
+    #[test]
+    fn workers_cache_state_only_where_the_gateway_is_the_one_writer() {
+        let caching = |one_writer: bool| {
+            let store: Arc<dyn Store> =
+                Arc::new(skython_store::SqliteStore::open_in_memory().unwrap());
+            let d = Deployments::new(
+                store,
+                HashMap::new(),
+                Limits::default(),
+                None,
+                None,
+                one_writer,
+            );
+            d.scoped_state(alices_state().scope).cache().is_some()
+        };
+        assert!(caching(true));
+        assert!(!caching(false));
+    }
+
     /// alice/f's state in a fresh in-memory store, values up to 16 bytes.
     fn alices_state() -> ScopedState {
         ScopedState {
@@ -715,6 +738,7 @@ mod tests {
             },
             max_value_bytes: 16,
             quota: StateQuota::default(),
+            hub: None,
         }
     }
 

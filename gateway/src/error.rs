@@ -87,6 +87,9 @@ impl From<StoreError> for ApiError {
                     "the storage backend cannot be reached; try again",
                 )
             }
+            StoreError::Aborted(msg) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "write_aborted", msg)
+            }
             StoreError::Backend(source) => {
                 tracing::error!(error = %source, "storage failed");
                 ApiError::new(

@@ -45,6 +45,9 @@ pub enum StoreError {
     /// long): worth retrying later, unlike `Backend`.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// Not applied because an earlier write of its [`WriteChain`] failed; worth retrying.
+    #[error("{0}")]
+    Aborted(String),
     #[error("storage backend failed: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -347,7 +350,7 @@ impl WriteChain {
     }
 
     fn refused() -> StoreError {
-        StoreError::Unavailable("not applied: an earlier write of the same worker failed".into())
+        StoreError::Aborted("not applied: an earlier store() of the same worker failed".into())
     }
 }
 

@@ -417,7 +417,7 @@ mod tests {
             .collect();
         assert!(matches!(answers[0], Ok(Written::Stored)));
         assert!(matches!(answers[1], Err(StoreError::Invalid(_))));
-        assert!(matches!(answers[2], Err(StoreError::Unavailable(_))));
+        assert!(matches!(answers[2], Err(StoreError::Aborted(_))));
         assert!(matches!(answers[3], Ok(Written::Stored)));
         assert!(chain.is_broken());
         assert_eq!(stored(&conn, "t"), None);
