@@ -32,6 +32,7 @@ import math
 
 # The runtime's own modules, which the zygote imported before this one: one copy of each.
 from skython_runtime.codec import DECODER as _DECODER
+from skython_runtime.codec import SCAN as _SCAN
 from skython_runtime.codec import Unencodable as _Unencodable
 from skython_runtime.codec import encode as _encode
 from skython_runtime.state_cache import MISS as _MISS
@@ -80,6 +81,15 @@ def _json_text(value, what):
     except _Unencodable as e:
         raise StateError(str(e).replace("the return value", what)) from None
     return data
+
+
+def _decode(text):
+    """A value from its JSON text: the C scanner alone for the compact text state holds."""
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration:  # leading whitespace, or not JSON: decode() says which
+        end = -1
+    return value if end == len(text) else _DECODER.decode(text)
 
 
 def _number(name, n):
@@ -144,7 +154,7 @@ def incr(key, by=1, default=0):
     text = _request("incr", key=key, by=by, default=default)["value"]
     if _worker.cache is not None:
         _worker.cache.settle(key, text)
-    return _DECODER.decode(text)
+    return _decode(text)
 
 
 def load(key, default=None):
@@ -155,12 +165,12 @@ def load(key, default=None):
         text = cache.get(key)
         if text is not _MISS:
             # Decoded afresh: a caller that changes the value changes only its own copy.
-            return default if text is None else _DECODER.decode(text)
+            return default if text is None else _decode(text)
     answer = _request("load", key=key)
     text = answer["value"] if answer.get("found") else None
     if cache is not None:
         cache.settle(key, text)
-    return default if text is None else _DECODER.decode(text)
+    return default if text is None else _decode(text)
 
 
 def delete(key):

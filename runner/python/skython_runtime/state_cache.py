@@ -54,9 +54,11 @@ class StateCache:
         if key not in self.values:
             return MISS  # what has arrived could only drop it
         # Another call's write may have arrived since (this call may be polling the key).
+        chan = self.chan
         if self.poller.poll(0):
-            self.chan.receive_arrived()
-        self.drain()
+            chan.receive_arrived()
+        if chan.inbox:
+            self.drain()
         return self.values.get(key, MISS)
 
     def drain(self):

@@ -249,6 +249,13 @@ class Loads(Cached):
         self.assertEqual(load("k", 7), 7)
         self.nothing_sent()
 
+    def test_values_not_in_compact_json_still_decode(self):
+        for text, value in ((' {"a": [1, 2]} ', {"a": [1, 2]}), ("1.0", 1.0), ('"é"', "é")):
+            self.answer(ok=True, found=True, value=text)
+            self.assertEqual(load(text), value)
+            self.request()
+            self.assertEqual(load(text), value)
+
     def test_loads_return_fresh_copies(self):
         store("l", [1])
         store("d", {"a": 1})
