@@ -7,7 +7,9 @@
 
 Values are anything JSON can hold (numpy and pandas values are converted as return values are).
 Keys are strings. State belongs to the function's owner and the function itself: two functions, or
-two owners, never see each other's keys. Each call is one round trip to the gateway.
+two owners, never see each other's keys. Each call is one round trip to the gateway, except where
+the gateway lets workers cache the state: there a plain `store` returns at once, and a `load` of a
+key the worker knows is answered from its cache (kept up to date with the other calls' writes).
 
 Concurrent calls share the state, so what several of them write at once matters:
 - `store(key, value)`: the last writer wins; every write is kept whole, never mixed with another.
@@ -30,8 +32,10 @@ import math
 
 # The runtime's own modules, which the zygote imported before this one: one copy of each.
 from skython_runtime.codec import DECODER as _DECODER
+from skython_runtime.codec import SCAN as _SCAN
 from skython_runtime.codec import Unencodable as _Unencodable
 from skython_runtime.codec import encode as _encode
+from skython_runtime.state_cache import MISS as _MISS
 
 # Set by the worker process that loads the function; None outside Skython.
 _worker = None
@@ -79,6 +83,15 @@ def _json_text(value, what):
     return data
 
 
+def _decode(text):
+    """A value from its JSON text: the C scanner alone for the compact text state holds."""
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration:  # leading whitespace, or not JSON: decode() says which
+        end = -1
+    return value if end == len(text) else _DECODER.decode(text)
+
+
 def _number(name, n):
     """`n` as the plain int or float `incr` sends; TypeError/ValueError naming `name` otherwise."""
     if isinstance(n, bool) or not isinstance(n, (int, float)):
@@ -95,6 +108,10 @@ def _number(name, n):
 def store(key, value, expect=_NOT_GIVEN):
     """Saves `value` under `key`, replacing what was there (of concurrent writers, the last wins).
 
+    May return before the value is saved: it is durable, and seen by other calls, once this call
+    returns. A store the gateway refuses then (quota exceeded, storage unavailable) makes this
+    call fail with that error.
+
     With `expect`, a compare-and-set: saves only if the key holds a value equal to `expect` (as
     JSON: `1 == 1.0`; `None` also matches a missing key) and returns whether it did. Atomic: of
     callers expecting the same value at once, exactly one wins.
@@ -107,12 +124,22 @@ def store(key, value, expect=_NOT_GIVEN):
             f"the value for {key!r} encodes to {len(data)} bytes of JSON, more than the limit"
             f" of {limit} bytes")
     # Values travel as JSON text inside the request so the gateway stores them unparsed.
-    fields = {"key": key, "value": data.decode("utf-8", "surrogatepass")}
+    text = data.decode("utf-8", "surrogatepass")
+    cache = _worker.cache if _worker else None
     if expect is _NOT_GIVEN:
-        _request("store", **fields)
+        if cache is not None:
+            cache.write(key, text)  # write-behind: the gateway answers the call once it is saved
+        else:
+            _request("store", key=key, value=text)
         return None
-    fields["expect"] = _json_text(expect, "the expected value").decode("utf-8", "surrogatepass")
-    return bool(_request("store", **fields).get("won"))
+    expected = _json_text(expect, "the expected value").decode("utf-8", "surrogatepass")
+    won = bool(_request("store", key=key, value=text, expect=expected).get("won"))
+    if cache is not None:
+        if won:
+            cache.settle(key, text)
+        else:
+            cache.forget(key)  # another value, which the answer does not tell
+    return won
 
 
 def incr(key, by=1, default=0):
@@ -124,22 +151,35 @@ def incr(key, by=1, default=0):
     """
     _check_key(key)
     by, default = _number("by", by), _number("default", default)
-    return _DECODER.decode(_request("incr", key=key, by=by, default=default)["value"])
+    text = _request("incr", key=key, by=by, default=default)["value"]
+    if _worker.cache is not None:
+        _worker.cache.settle(key, text)
+    return _decode(text)
 
 
 def load(key, default=None):
     """The value saved under `key`, or `default` if there is none."""
     _check_key(key)
+    cache = _worker.cache if _worker else None
+    if cache is not None:
+        text = cache.get(key)
+        if text is not _MISS:
+            # Decoded afresh: a caller that changes the value changes only its own copy.
+            return default if text is None else _decode(text)
     answer = _request("load", key=key)
-    if not answer.get("found"):
-        return default
-    return _DECODER.decode(answer["value"])
+    text = answer["value"] if answer.get("found") else None
+    if cache is not None:
+        cache.settle(key, text)
+    return default if text is None else _decode(text)
 
 
 def delete(key):
     """Removes `key`; returns whether it existed."""
     _check_key(key)
-    return bool(_request("delete", key=key).get("found"))
+    found = bool(_request("delete", key=key).get("found"))
+    if _worker.cache is not None:
+        _worker.cache.settle(key, None)
+    return found
 
 
 def keys(prefix=""):

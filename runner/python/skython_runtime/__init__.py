@@ -7,7 +7,7 @@ socket until the gateway closes it. The wire format is described in runner/PROTO
 
 Modules, by concern: `protocol` (frames and channels), `codec` (JSON of values), `inspection`
 (reading a source without running it), `worker` (loading and calling a function), `isolation`
-(what a worker does to itself before user code), `relay` (the egress relay), `zygote` (preload
-and the request loop). Each is imported once: `__main__` only calls `zygote.main`, and the
+(what a worker does to itself before user code), `state_cache` (a worker's cache of its
+function's state), `relay` (the egress relay), `zygote` (preload and the request loop). Each is imported once: `__main__` only calls `zygote.main`, and the
 `skython` library imports from these same modules.
 """

@@ -17,6 +17,9 @@ HELLO, SPAWN, SPAWNED, FAILED, INSPECT = b"H", b"S", b"P", b"E", b"I"
 # Worker channel (gateway <-> worker).
 STARTED, GO, READY, LOAD_ERROR, CALL, STATE_REQ, STATE_ANS, LOG, RAN, OK, ERROR = (
     b"T", b"W", b"R", b"L", b"C", b"Q", b"A", b"G", b"U", b"O", b"X")
+# With the state cache on: a write-behind store (worker -> gateway, unanswered) and another
+# worker's committed write, or a cache entry to forget (gateway -> worker).
+STATE_WRITE, STATE_PUSH = b"V", b"N"
 
 
 class Channel:
@@ -60,9 +63,24 @@ class Channel:
 
     def ready(self):
         """Whether a whole frame has already arrived (another call is waiting)."""
+        return bool(self.deferred) or self.whole()
+
+    def whole(self):
+        """Whether the inbox holds a whole frame, which `read` returns without waiting."""
         inbox = self.inbox
-        return bool(self.deferred) or (
-            len(inbox) >= HEADER.size and len(inbox) >= HEADER.size + HEADER.unpack_from(inbox)[0])
+        return (len(inbox) >= HEADER.size
+                and len(inbox) >= HEADER.size + HEADER.unpack_from(inbox)[0])
+
+    def receive_arrived(self):
+        """Moves what the socket holds into the inbox, without waiting for more."""
+        try:
+            while True:
+                data = self.sock.recv(LARGE_FRAME, socket.MSG_DONTWAIT)
+                self.inbox += data
+                if len(data) < LARGE_FRAME:  # drained, or closed (b""): `read` will say so
+                    return
+        except BlockingIOError:
+            pass
 
     def recv(self):
         return self.deferred.popleft() if self.deferred else self.read()

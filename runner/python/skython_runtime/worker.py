@@ -22,7 +22,8 @@ from . import isolation, relay
 from .codec import DECODER, SCAN, Unencodable, encode
 from .protocol import (
     CALL, ERROR, GO, HEADER, KINDS, LARGE_FRAME, LOAD_ERROR, LOG, OK, RAN, READY, STARTED,
-    STATE_ANS, STATE_REQ, Channel)
+    STATE_ANS, STATE_PUSH, STATE_REQ, Channel)
+from .state_cache import StateCache
 
 # Answers of short pipelined calls are held for one write at most this long (seconds).
 HOLD_ANSWERS = 0.001
@@ -92,6 +93,7 @@ class Worker:
         self.exhausted = False  # a call hit the CPU limit: stop after answering it
         self.recent_call = 0.0  # moving average of how long calls hold the worker (seconds)
         self.calls = 0
+        self.cache = StateCache(chan) if spec.get("stateCache") else None
 
     def _error(self, code, exc=None, message=None, **extra):
         err = {"code": code}
@@ -265,6 +267,8 @@ class Worker:
                     continue
                 kind, payload = KINDS[data[4]], data[HEADER.size:]
             if kind != CALL:
+                if kind == STATE_PUSH and self.cache is not None:
+                    self.cache.push(payload)
                 continue
             # Every few calls, how long the call held this worker: its CPU time, or its wall
             # time if it blocked (I/O, sleep, a state request). Not the wall time alone: on a
@@ -314,15 +318,20 @@ class Worker:
     def state(self, op, **fields):
         """A store/load/delete/keys request answered by the gateway, scoped to this function."""
         fields["op"] = op
-        chan = self.chan
+        chan, cache = self.chan, self.cache
         chan.send_json(STATE_REQ, fields)  # after the answers held so far
+        if cache is not None:
+            cache.touched.clear()
         while True:
             kind, payload = chan.read()
             if kind == STATE_ANS:
                 return DECODER.decode(payload.decode())
-            if kind != CALL:
+            if kind == STATE_PUSH and cache is not None:
+                cache.touched.add(cache.push(payload))  # `settle` sees what the wait brought
+            elif kind == CALL:
+                chan.deferred.append((kind, payload))  # a pipelined call: it runs after this one
+            else:
                 raise RuntimeError(f"unexpected frame {kind!r} while waiting for a state answer")
-            chan.deferred.append((kind, payload))  # a pipelined call: it runs after this one
 
 
 async def _await(awaitable):

@@ -3,23 +3,30 @@ the answer, and how a call that lost its storage is reported."""
 
 import json
 import socket
+import threading
+import time
 import unittest
 
 import skython
-from skython import StateError, StateUnavailable, incr, load, store
-from skython_runtime.protocol import ERROR, STATE_ANS, STATE_REQ, Channel
+from skython import StateError, StateUnavailable, delete, incr, keys, load, store
+from skython_runtime.protocol import (
+    CALL, ERROR, OK, STATE_ANS, STATE_PUSH, STATE_REQ, STATE_WRITE, Channel)
+from skython_runtime.state_cache import CACHE_MAX_KEYS, CACHE_VALUE_MAX
 from skython_runtime.worker import Worker
 
 
 class Gateway(unittest.TestCase):
     """A worker whose state requests this test answers, as the gateway would, on a socketpair."""
 
+    spec = {"maxStateValueBytes": 100}
+
     def setUp(self):
         ours, theirs = socket.socketpair()
         self.addCleanup(ours.close)
         self.addCleanup(theirs.close)
+        ours.settimeout(5)  # a request that never comes fails the test instead of hanging it
         self.chan = Channel(ours)
-        self.worker = Worker(Channel(theirs), {"maxStateValueBytes": 100})
+        self.worker = Worker(Channel(theirs), dict(self.spec))
         skython._worker = self.worker
         self.addCleanup(setattr, skython, "_worker", None)
 
@@ -31,6 +38,12 @@ class Gateway(unittest.TestCase):
         """The state request the worker sent."""
         kind, payload = self.chan.recv()
         self.assertEqual(kind, STATE_REQ)
+        return json.loads(payload)
+
+    def frame(self, kind):
+        """The next frame the worker sent, which must be of `kind`, decoded."""
+        got, payload = self.chan.recv()
+        self.assertEqual(got, kind)
         return json.loads(payload)
 
     def nothing_sent(self):
@@ -151,6 +164,366 @@ class Unavailable(Gateway):
         self.answer(ok=False, error={"code": "quota_exceeded", "message": "full"})
         _, err = self.worker.call(b"{}")
         self.assertEqual((err["code"], err["type"]), ("function_error", "StateError"))
+
+
+class WithoutCache(Gateway):
+    def test_a_plain_store_is_a_round_trip(self):
+        self.answer(ok=True)
+        store("k", 1)
+        self.assertEqual(self.request(), {"op": "store", "key": "k", "value": "1"})
+        self.nothing_sent()
+
+    def test_every_load_asks(self):
+        for _ in range(2):
+            self.answer(ok=True, found=True, value="1")
+            self.assertEqual(load("k"), 1)
+            self.assertEqual(self.request(), {"op": "load", "key": "k"})
+
+
+class Cached(Gateway):
+    """A worker that caches state (the gateway is its only writer) and pushes this test sends."""
+
+    spec = {"stateCache": True, "maxStateValueBytes": 100_000}
+
+    def push(self, **push):
+        self.chan.send_json(STATE_PUSH, push)
+
+    def push_taken(self, **push):
+        """A push that the worker takes in now (as a load would), before any answer is queued."""
+        self.push(**push)
+        self.worker.chan.receive_arrived()
+        self.worker.cache.drain()
+
+    def cached_load(self, key, text):
+        """Loads `key` once, answered with `text`: it is in the cache after."""
+        self.answer(ok=True, found=True, value=text)
+        load(key)
+        self.request()
+
+
+class WriteBehind(Cached):
+    def test_a_plain_store_sends_a_write_and_waits_for_no_answer(self):
+        self.assertIsNone(store("k", [1, 2]))
+        self.assertEqual(self.frame(STATE_WRITE), {"key": "k", "value": "[1,2]"})
+        self.nothing_sent()
+
+    def test_a_write_behind_held_answers_goes_out_with_them(self):
+        self.worker.chan.queue(OK, b"1")  # a held answer of an earlier call
+        store("k", 2)
+        self.nothing_sent()
+        self.chan.sock.settimeout(5)
+        self.worker.chan.flush()
+        self.assertEqual(self.chan.recv(), (OK, bytearray(b"1")))
+        self.assertEqual(self.frame(STATE_WRITE), {"key": "k", "value": "2"})
+
+    def test_values_over_the_limit_are_refused_before_sending(self):
+        self.worker.spec["maxStateValueBytes"] = 10
+        with self.assertRaisesRegex(StateError, "more than the limit of 10 bytes"):
+            store("k", "x" * 20)
+        self.nothing_sent()
+
+    def test_a_store_with_expect_stays_a_round_trip(self):
+        self.answer(ok=True, won=True)
+        self.assertIs(store("k", 2, expect=1), True)
+        self.assertEqual(self.request(), {"op": "store", "key": "k", "value": "2", "expect": "1"})
+
+
+class Loads(Cached):
+    def test_a_load_after_its_own_store_is_answered_from_the_cache(self):
+        store("k", {"a": 1})
+        self.frame(STATE_WRITE)
+        self.assertEqual(load("k"), {"a": 1})
+        self.nothing_sent()
+
+    def test_a_second_load_of_a_loaded_key_sends_nothing(self):
+        self.answer(ok=True, found=True, value="[1]")
+        self.assertEqual(load("k"), [1])
+        self.assertEqual(self.request(), {"op": "load", "key": "k"})
+        self.assertEqual(load("k"), [1])
+        self.nothing_sent()
+
+    def test_a_load_of_a_missing_key_caches_the_absence(self):
+        self.answer(ok=True, found=False)
+        self.assertEqual(load("k", 5), 5)
+        self.request()
+        self.assertEqual(load("k", 7), 7)
+        self.nothing_sent()
+
+    def test_values_not_in_compact_json_still_decode(self):
+        for text, value in ((' {"a": [1, 2]} ', {"a": [1, 2]}), ("1.0", 1.0), ('"é"', "é")):
+            self.answer(ok=True, found=True, value=text)
+            self.assertEqual(load(text), value)
+            self.request()
+            self.assertEqual(load(text), value)
+
+    def test_loads_return_fresh_copies(self):
+        store("l", [1])
+        store("d", {"a": 1})
+        load("l").append(2)
+        load("d")["b"] = 2
+        self.assertEqual((load("l"), load("d")), ([1], {"a": 1}))
+
+    def test_a_value_over_16_kib_is_not_cached(self):
+        big = "x" * CACHE_VALUE_MAX
+        store("k", big)  # 2 characters more as JSON
+        self.frame(STATE_WRITE)
+        self.answer(ok=True, found=True, value=json.dumps(big))
+        self.assertEqual(load("k"), big)
+        self.request()
+        self.answer(ok=True, found=True, value=json.dumps(big))
+        load("k")
+        self.request()
+
+    def test_a_value_of_16_kib_is_cached(self):
+        store("k", "x" * (CACHE_VALUE_MAX - 2))
+        self.frame(STATE_WRITE)
+        load("k")
+        self.nothing_sent()
+
+    def test_at_most_4096_keys_are_kept_the_oldest_dropped(self):
+        for i in range(CACHE_MAX_KEYS + 1):
+            self.worker.cache.settle(f"k{i}", "1")
+        self.assertEqual(len(self.worker.cache.values), CACHE_MAX_KEYS)
+        self.assertNotIn("k0", self.worker.cache.values)
+        self.assertIn("k1", self.worker.cache.values)
+
+    def test_a_refused_load_caches_nothing(self):
+        self.answer(ok=False, error={"code": "state_unavailable", "message": "down"})
+        with self.assertRaises(StateUnavailable):
+            load("k")
+        self.request()
+        self.answer(ok=True, found=True, value="1")
+        self.assertEqual(load("k"), 1)
+        self.request()
+
+
+class RoundTripWrites(Cached):
+    def test_incr_caches_the_new_value(self):
+        self.answer(ok=True, value="3")
+        incr("n")
+        self.request()
+        self.assertEqual(load("n"), 3)
+        self.nothing_sent()
+
+    def test_a_won_compare_and_set_caches_the_value(self):
+        self.answer(ok=True, won=True)
+        store("k", [2], expect=None)
+        self.request()
+        self.assertEqual(load("k"), [2])
+        self.nothing_sent()
+
+    def test_a_lost_compare_and_set_drops_the_key(self):
+        store("k", 1)
+        self.frame(STATE_WRITE)
+        self.answer(ok=True, won=False)
+        store("k", 2, expect=0)
+        self.request()
+        self.answer(ok=True, found=True, value="9")
+        self.assertEqual(load("k"), 9)
+        self.request()
+
+    def test_delete_caches_the_absence(self):
+        store("k", 1)
+        self.frame(STATE_WRITE)
+        self.answer(ok=True, found=True)
+        self.assertIs(delete("k"), True)
+        self.request()
+        self.assertEqual(load("k", "none"), "none")
+        self.nothing_sent()
+
+    def test_keys_leaves_the_cache_alone(self):
+        store("k", 1)
+        self.frame(STATE_WRITE)
+        self.answer(ok=True, keys=["k"])
+        self.assertEqual(keys(), ["k"])
+        self.request()
+        self.assertEqual(load("k"), 1)
+        self.nothing_sent()
+
+
+class Pushes(Cached):
+    def test_a_push_for_a_cached_key_updates_it(self):
+        self.cached_load("k", "1")
+        self.push(key="k", value="2", acked=0)
+        self.assertEqual(load("k"), 2)
+        self.nothing_sent()
+
+    def test_a_push_for_a_key_known_absent_updates_it(self):
+        self.answer(ok=True, found=False)
+        load("k")
+        self.request()
+        self.push(key="k", value="2", acked=0)
+        self.assertEqual(load("k"), 2)
+        self.nothing_sent()
+
+    def test_a_push_for_an_uncached_key_is_ignored(self):
+        self.push_taken(key="k", value="2", acked=0)
+        self.answer(ok=True, found=True, value="3")
+        self.assertEqual(load("k"), 3)
+        self.request()
+
+    def test_a_push_older_than_an_own_write_in_flight_is_ignored(self):
+        store("k", 1)
+        self.push(key="k", value="2", acked=0)
+        self.assertEqual(load("k"), 1)
+
+    def test_a_push_after_the_own_write_was_committed_applies(self):
+        store("other", 0)
+        store("k", 1)  # write 2
+        self.push(key="k", value="2", acked=2)
+        self.assertEqual(load("k"), 2)
+
+    def test_a_push_before_the_last_own_write_of_the_key_is_ignored(self):
+        store("k", 1)
+        store("k", 3)  # write 2
+        self.push(key="k", value="2", acked=1)
+        self.assertEqual(load("k"), 3)
+
+    def test_a_key_whose_own_write_is_no_longer_remembered_leaves_the_cache(self):
+        store("k", 1)  # write 1, still in flight as far as the worker knows
+        self.frame(STATE_WRITE)
+        for i in range(CACHE_MAX_KEYS):  # as many other keys written, none of them cached
+            store(f"k{i}", 0)
+            self.frame(STATE_WRITE)
+            self.worker.cache.forget(f"k{i}")
+        self.push_taken(key="k", value="2", acked=0)  # older than write 1, which is forgotten
+        self.answer(ok=True, found=True, value="1")
+        self.assertEqual(load("k"), 1)
+        self.request()
+
+    def test_a_pushed_value_over_16_kib_drops_the_key(self):
+        self.cached_load("k", "1")
+        big = json.dumps("x" * CACHE_VALUE_MAX)
+        self.push_taken(key="k", value=big, acked=0)
+        self.answer(ok=True, found=True, value=big)
+        load("k")
+        self.request()
+
+    def test_forget_drops_the_key(self):
+        self.cached_load("k", "1")
+        self.cached_load("j", "1")
+        self.push_taken(key="k")
+        self.answer(ok=True, found=True, value="2")
+        self.assertEqual(load("k"), 2)
+        self.request()
+        self.assertEqual(load("j"), 1)
+        self.nothing_sent()
+
+    def test_reset_drops_every_key(self):
+        self.cached_load("k", "1")
+        self.cached_load("j", "1")
+        self.push_taken(reset=True)
+        for key in ("k", "j"):
+            self.answer(ok=True, found=True, value="2")
+            self.assertEqual(load(key), 2)
+            self.request()
+
+    def test_a_push_during_a_load_of_the_key_leaves_the_answer_uncached(self):
+        self.push(key="k", value="1", acked=0)
+        self.answer(ok=True, found=True, value="2")
+        self.assertEqual(load("k"), 2)
+        self.request()
+        self.answer(ok=True, found=True, value="3")
+        self.assertEqual(load("k"), 3)
+        self.request()
+
+    def test_a_reset_during_a_round_trip_leaves_the_answer_uncached(self):
+        self.push(reset=True)
+        self.answer(ok=True, value="1")
+        incr("n")
+        self.request()
+        self.answer(ok=True, found=True, value="5")
+        self.assertEqual(load("n"), 5)
+        self.request()
+
+    def test_a_push_of_another_key_during_a_load_does_not_matter(self):
+        self.push(key="j", value="1", acked=0)
+        self.cached_load("k", "2")
+        self.assertEqual(load("k"), 2)
+        self.nothing_sent()
+
+    def test_calls_arriving_during_a_round_trip_are_kept_around_pushes(self):
+        self.chan.queue(CALL, b"[1]")
+        self.chan.queue_json(STATE_PUSH, {"key": "k"})
+        self.chan.queue(CALL, b"[2]")
+        self.chan.queue_json(STATE_ANS, {"ok": True, "found": False})
+        self.chan.flush()
+        load("k")
+        self.assertEqual(list(self.worker.chan.deferred),
+                         [(CALL, bytearray(b"[1]")), (CALL, bytearray(b"[2]"))])
+
+
+class Drain(Cached):
+    def test_a_push_sent_while_a_call_runs_is_seen_by_its_next_load(self):
+        def poll():
+            first = load("k")
+            self.push(key="k", value="2", acked=0)
+            return [first, load("k")]
+
+        self.worker.fn = poll
+        self.answer(ok=True, found=True, value="1")
+        self.assertEqual(self.worker.call(b"{}"), (OK, b"[1,2]"))
+        self.request()
+        self.nothing_sent()
+
+    def test_calls_it_finds_are_kept_in_order_and_a_partial_frame_stays(self):
+        self.cached_load("k", "1")
+        self.chan.queue(CALL, b"[1]")
+        self.chan.queue_json(STATE_PUSH, {"key": "k", "value": "2", "acked": 0})
+        self.chan.queue(CALL, b"[2]")
+        self.chan.flush()
+        self.chan.sock.sendall(b"\x03\x00\x00\x00C[3")  # the start of a third call
+        self.assertEqual(load("k"), 2)
+        chan = self.worker.chan
+        self.assertEqual(list(chan.deferred),
+                         [(CALL, bytearray(b"[1]")), (CALL, bytearray(b"[2]"))])
+        self.chan.sock.sendall(b"]")
+        self.assertEqual([chan.recv() for _ in range(3)],
+                         [(CALL, bytearray(b"[1]")), (CALL, bytearray(b"[2]")),
+                          (CALL, bytearray(b"[3]"))])
+
+
+class Serving(Cached):
+    """Pushes that arrive between calls, read by the worker's serve loop (in a thread)."""
+
+    def setUp(self):
+        super().setUp()
+        self.worker.fn = lambda: load("k")
+        serving = threading.Thread(target=self.worker.serve)
+        serving.start()
+        self.addCleanup(serving.join, 5)
+        self.addCleanup(self.chan.sock.shutdown, socket.SHUT_RDWR)  # serve returns
+
+    def result(self):
+        """The answer of the next call (past any `U`)."""
+        while True:
+            kind, payload = self.chan.recv()
+            if kind in (OK, ERROR):
+                return kind, bytes(payload)
+
+    def first_call_loads(self, text):
+        self.chan.send_json(CALL, {})
+        self.request()
+        self.answer(ok=True, found=True, value=text)
+        self.assertEqual(self.result(), (OK, text.encode()))
+
+    def test_a_push_alone_is_applied_and_is_not_a_call(self):
+        self.first_call_loads("1")
+        self.push(key="k", value="2", acked=0)
+        deadline = time.monotonic() + 5
+        while self.worker.cache.values["k"] != "2" and time.monotonic() < deadline:
+            time.sleep(0.001)
+        self.chan.send_json(CALL, {})
+        self.assertEqual(self.result(), (OK, b"2"))
+        self.assertEqual(self.worker.calls, 2)
+
+    def test_a_push_sent_with_a_call_is_applied_before_it(self):
+        self.first_call_loads("1")
+        self.chan.queue_json(STATE_PUSH, {"key": "k", "value": "2", "acked": 0})
+        self.chan.queue(CALL, b"{}")
+        self.chan.flush()
+        self.assertEqual(self.result(), (OK, b"2"))
+        self.assertEqual(self.worker.calls, 2)
 
 
 if __name__ == "__main__":
