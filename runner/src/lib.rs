@@ -99,6 +99,10 @@ const PYTHON_FILES: &[(&str, &str)] = &[
         include_str!("../python/skython_runtime/protocol.py"),
     ),
     (
+        "skython_runtime/state_cache.py",
+        include_str!("../python/skython_runtime/state_cache.py"),
+    ),
+    (
         "skython_runtime/relay.py",
         include_str!("../python/skython_runtime/relay.py"),
     ),
