@@ -6,6 +6,8 @@
 //! the commit that holds its write returned. Other writes run one by one, each as it always
 //! did, between batches, in the order they were queued.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -200,71 +202,112 @@ fn write_all(conn: &mut Connection, jobs: &[StateJob]) -> rusqlite::Result<Vec<R
     // IMMEDIATE takes the write lock before anything is read: a writer in another process
     // waits until this batch has committed.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut batch = Batch::default();
     let answers = jobs
         .iter()
-        .map(|j| write_one(&tx, j))
+        .map(|j| {
+            let answer = batch.decide(&tx, j)?;
+            if answer.is_err()
+                && let Some(chain) = &j.chain
+            {
+                // The chain's later writes in this batch must see it broken.
+                chain.break_off();
+            }
+            Ok(answer)
+        })
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    batch.write(&tx)?;
     tx.commit()?;
     Ok(answers)
 }
 
-/// One write of a batch, on what the writes before it left (the usage included: triggers keep
-/// it within the transaction). The outer error fails the batch; the inner one is this write's
-/// own answer.
-fn write_one(tx: &Transaction<'_>, j: &StateJob) -> rusqlite::Result<Result<Written>> {
-    let answer = decide_and_write(tx, j)?;
-    if answer.is_err()
-        && let Some(chain) = &j.chain
-    {
-        // The chain's later writes in this batch must see it broken.
-        chain.break_off();
-    }
-    Ok(answer)
+/// (owner, function, key)
+type Key<'j> = (&'j str, &'j str, &'j str);
+
+/// A batch's view of the state: each key's value and each owner's usage as the batch's earlier
+/// writes left them, read once. Values reach the table when the batch ends, once per key, so a
+/// key written many times in one batch (a busy counter) costs one statement, not three a write.
+#[derive(Default)]
+struct Batch<'j> {
+    values: HashMap<Key<'j>, Option<String>>,
+    /// Keys written, in the order of their first write.
+    written: Vec<Key<'j>>,
+    usage: HashMap<&'j str, StateUsage>,
 }
 
-fn decide_and_write(tx: &Transaction<'_>, j: &StateJob) -> rusqlite::Result<Result<Written>> {
-    if j.chain.as_ref().is_some_and(WriteChain::is_broken) {
-        return Ok(Err(WriteChain::refused()));
+impl<'j> Batch<'j> {
+    /// One write, on what the writes before it left. The outer error fails the batch; the
+    /// inner one is this write's own answer.
+    fn decide(
+        &mut self,
+        tx: &Transaction<'_>,
+        j: &'j StateJob,
+    ) -> rusqlite::Result<Result<Written>> {
+        if j.chain.as_ref().is_some_and(WriteChain::is_broken) {
+            return Ok(Err(WriteChain::refused()));
+        }
+        let s = &j.scope;
+        let key = (s.owner.as_str(), s.function.as_str(), j.key.as_str());
+        let current = match self.values.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(
+                tx.prepare_cached(
+                    "SELECT value FROM state WHERE owner = ?1 AND function = ?2 AND key = ?3",
+                )?
+                .query_row(params![key.0, key.1, key.2], |r| r.get(0))
+                .optional()?,
+            ),
+        };
+        let decision = match j.write.apply(&j.key, current.as_deref()) {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(e)),
+        };
+        let Some(value) = decision.store else {
+            return Ok(Ok(decision.written));
+        };
+        let used = match self.usage.entry(&s.owner) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(
+                tx.prepare_cached("SELECT keys, bytes FROM state_usage WHERE owner = ?1")?
+                    .query_row(params![s.owner], |r| {
+                        Ok(StateUsage {
+                            keys: count(r.get(0)?),
+                            bytes: count(r.get(1)?),
+                        })
+                    })
+                    .optional()?
+                    .unwrap_or_default(),
+            ),
+        };
+        let after = used.after_write(
+            current.as_ref().map(|v| v.len() as u64),
+            value.len() as u64,
+        );
+        if let Err(q) = j.quota.check(&s.owner, *used, after) {
+            return Ok(Err(q.into()));
+        }
+        *used = after;
+        if !self.written.contains(&key) {
+            self.written.push(key);
+        }
+        *current = Some(value);
+        Ok(Ok(decision.written))
     }
-    let s = &j.scope;
-    let current: Option<String> = tx
-        .prepare_cached("SELECT value FROM state WHERE owner = ?1 AND function = ?2 AND key = ?3")?
-        .query_row(params![s.owner, s.function, j.key], |r| r.get(0))
-        .optional()?;
-    let decision = match j.write.apply(&j.key, current.as_deref()) {
-        Ok(d) => d,
-        Err(e) => return Ok(Err(e)),
-    };
-    let Some(value) = decision.store else {
-        return Ok(Ok(decision.written));
-    };
-    let used = tx
-        .prepare_cached("SELECT keys, bytes FROM state_usage WHERE owner = ?1")?
-        .query_row(params![s.owner], |r| {
-            Ok(StateUsage {
-                keys: count(r.get(0)?),
-                bytes: count(r.get(1)?),
-            })
-        })
-        .optional()?
-        .unwrap_or_default();
-    let after = used.after_write(current.map(|v| v.len() as u64), value.len() as u64);
-    if let Err(q) = j.quota.check(&s.owner, used, after) {
-        return Ok(Err(q.into()));
+
+    /// Writes each written key's last value (the triggers keep the usage as decided).
+    fn write(self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
+        let now = micros(Timestamp::now());
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO state (owner, function, key, value, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (owner, function, key) DO UPDATE SET value = excluded.value,
+             updated_at = excluded.updated_at",
+        )?;
+        for key in &self.written {
+            let value = self.values.get(key).and_then(Option::as_deref);
+            upsert.execute(params![key.0, key.1, key.2, value, now])?;
+        }
+        Ok(())
     }
-    tx.prepare_cached(
-        "INSERT INTO state (owner, function, key, value, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (owner, function, key) DO UPDATE SET value = excluded.value,
-         updated_at = excluded.updated_at",
-    )?
-    .execute(params![
-        s.owner,
-        s.function,
-        j.key,
-        value,
-        micros(Timestamp::now())
-    ])?;
-    Ok(Ok(decision.written))
 }
 
 #[cfg(test)]
