@@ -115,13 +115,87 @@ impl StatePeer {
 
     fn push(&self, push: &StatePush<'_>) {
         if let (Some(line), Ok(payload)) = (self.0.line.upgrade(), serde_json::to_vec(push)) {
-            line.push(&payload);
+            line.push(push, &payload);
         }
     }
 }
 
-/// How much an idle worker's missed pushes may take before they become one `reset`.
-const PARKED_MAX: usize = 64 * 1024;
+/// State pushes not yet written to a worker, oldest first. Between two writes to the socket,
+/// the pushes of one key's values become the last one (it carries the latest `acked` too), so
+/// a busy key costs a worker one push per write, not one per commit.
+#[derive(Default)]
+struct Pushes {
+    items: Vec<Pushed>,
+    bytes: usize,
+}
+
+struct Pushed {
+    /// `None`: a reset.
+    key: Option<String>,
+    forget: bool,
+    /// The whole frame.
+    frame: Vec<u8>,
+}
+
+impl Pushes {
+    fn add(&mut self, push: &StatePush<'_>, payload: &[u8]) {
+        let (key, forget) = match push {
+            StatePush::Value { key, .. } => (*key, false),
+            StatePush::Forget { key } => (*key, true),
+            StatePush::Reset { .. } => return self.reset(),
+        };
+        if self.items.first().is_some_and(|p| p.key.is_none()) {
+            return; // after a reset, the worker's cache is empty: these would change nothing
+        }
+        let mut frame = protocol::header(kind::STATE_PUSH, payload.len()).to_vec();
+        frame.extend_from_slice(payload);
+        let same_key = |p: &Pushed| p.key.as_deref() == Some(key);
+        if forget {
+            self.items.retain(|p| !same_key(p));
+        } else if let Some(last) = self.items.iter_mut().rev().find(|p| same_key(p))
+            && !last.forget
+        {
+            // A value only replaces a value: a forget before it may stand for a later commit.
+            last.frame = frame;
+            return self.recount();
+        }
+        self.items.push(Pushed {
+            key: Some(key.to_string()),
+            forget,
+            frame,
+        });
+        self.recount();
+        if self.bytes > PUSHES_MAX {
+            self.reset();
+        }
+    }
+
+    fn reset(&mut self) {
+        let reset = serde_json::to_vec(&StatePush::Reset { reset: true }).unwrap_or_default();
+        let mut frame = protocol::header(kind::STATE_PUSH, reset.len()).to_vec();
+        frame.extend_from_slice(&reset);
+        self.items = vec![Pushed {
+            key: None,
+            forget: true,
+            frame,
+        }];
+        self.recount();
+    }
+
+    fn recount(&mut self) {
+        self.bytes = self.items.iter().map(|p| p.frame.len()).sum();
+    }
+
+    /// The frames, in order, leaving none.
+    fn take(&mut self) -> Vec<u8> {
+        let frames = self.items.drain(..).flat_map(|p| p.frame).collect();
+        self.bytes = 0;
+        frames
+    }
+}
+
+/// How much pushes not yet written may take before they become one `reset`.
+const PUSHES_MAX: usize = 64 * 1024;
 
 /// How a call that reached the function ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -379,9 +453,7 @@ impl WorkerHandle {
             return None;
         }
         let head = q.pending.is_empty();
-        // What it missed while idle goes first.
-        let parked = std::mem::take(&mut q.parked);
-        self.line.send_after(&mut q, &parked, kind::CALL, args, head);
+        self.line.send(&mut q, kind::CALL, args, head);
         if head {
             q.head_started = Some(Instant::now());
         }
@@ -436,14 +508,11 @@ impl Line {
     /// waiting for (`now`) is written at once if the socket takes it; others are left to the
     /// writer task, which runs after the gateway's other ready tasks and so writes the calls
     /// they submit together, for the worker to read in one wake-up.
+    /// State pushes not yet written go first (the frames after them may rest on them).
     fn send(&self, q: &mut Queue, k: u8, payload: &[u8], now: bool) {
-        self.send_after(q, &[], k, payload, now);
-    }
-
-    /// [`Line::send`] of a frame after `before` (whole frames).
-    fn send_after(&self, q: &mut Queue, before: &[u8], k: u8, payload: &[u8], now: bool) {
+        let pushes = q.pushes.take();
         let header = protocol::header(k, payload.len());
-        let parts = [before, &header[..], payload];
+        let parts = [&pushes[..], &header[..], payload];
         let mut written = 0;
         if now && q.outbox.is_empty() && !q.writing {
             let slices = parts.map(IoSlice::new);
@@ -461,30 +530,17 @@ impl Line {
         self.wake_writer.notify_one();
     }
 
-    /// A state push: sent along with the calls of a busy worker; an idle one is not woken, it
-    /// gets what it missed before its next call (or, past `PARKED_MAX`, a reset).
-    fn push(&self, payload: &[u8]) {
+    /// A state push: a busy worker gets it from the writer task, with whatever else is
+    /// written by then; an idle one is not woken, it gets what it missed before its next call.
+    fn push(&self, push: &StatePush<'_>, payload: &[u8]) {
         let mut q = self.queue();
         if q.closed {
             return;
         }
+        q.pushes.add(push, payload);
         if !q.pending.is_empty() {
-            return self.send(&mut q, kind::STATE_PUSH, payload, false);
+            self.wake_writer.notify_one();
         }
-        if q.parked_reset {
-            return; // the reset forgets everything anyway
-        }
-        if q.parked.len() + protocol::HEADER_LEN + payload.len() > PARKED_MAX {
-            let reset = serde_json::to_vec(&StatePush::Reset { reset: true }).unwrap_or_default();
-            q.parked.clear();
-            q.parked.extend_from_slice(&protocol::header(kind::STATE_PUSH, reset.len()));
-            q.parked.extend_from_slice(&reset);
-            q.parked_reset = true;
-            return;
-        }
-        q.parked
-            .extend_from_slice(&protocol::header(kind::STATE_PUSH, payload.len()));
-        q.parked.extend_from_slice(payload);
     }
 
     /// Stops the worker for `reason`: it takes no more calls, and the running one fails with it.
@@ -509,10 +565,8 @@ struct Queue {
     /// When the head call started: its submission, or the arrival of the answer before it.
     head_started: Option<Instant>,
     closed: bool,
-    /// State pushes an idle worker has not been sent yet (whole frames).
-    parked: Vec<u8>,
-    /// `parked` is a reset.
-    parked_reset: bool,
+    /// State pushes not yet written (they go before the next frame written).
+    pushes: Pushes,
     /// Why the worker was stopped from outside its reader (a refused write-behind store).
     retired_for: Option<String>,
 }
@@ -555,6 +609,9 @@ async fn write_later(line: Arc<Line>) {
                     return;
                 }
                 std::mem::swap(&mut out, &mut q.outbox);
+                // Pushes came after whatever is in the outbox.
+                let pushes = q.pushes.take();
+                out.extend_from_slice(&pushes);
                 q.writing = !out.is_empty();
                 if !q.writing {
                     break;
@@ -831,7 +888,7 @@ impl Reader {
             let mut q = self.line.queue();
             q.closed = true;
             q.outbox.clear();
-            q.parked.clear();
+            q.pushes.take();
             q.head_started = None;
             (std::mem::take(&mut q.pending), q.retired_for.take())
         };
@@ -883,5 +940,75 @@ impl Reader {
         for p in pending {
             let _ = p.reply.send(Reply::NotStarted);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(pushes: &mut Pushes, key: &str, value: &str, acked: u64) {
+        let push = StatePush::Value { key, value, acked };
+        pushes.add(&push, &serde_json::to_vec(&push).unwrap());
+    }
+
+    fn forget(pushes: &mut Pushes, key: &str) {
+        let push = StatePush::Forget { key };
+        pushes.add(&push, &serde_json::to_vec(&push).unwrap());
+    }
+
+    /// The payloads of the frames `take` gives, as text.
+    fn taken(pushes: &mut Pushes) -> Vec<String> {
+        let bytes = pushes.take();
+        let mut out = Vec::new();
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+            assert_eq!(rest[4], kind::STATE_PUSH);
+            out.push(String::from_utf8(rest[5..5 + len].to_vec()).unwrap());
+            rest = &rest[5 + len..];
+        }
+        out
+    }
+
+    #[test]
+    fn pushes_of_one_keys_values_become_the_last_one_in_place() {
+        let mut p = Pushes::default();
+        value(&mut p, "a", "1", 0);
+        value(&mut p, "b", "1", 0);
+        value(&mut p, "a", "2", 3);
+        assert_eq!(
+            taken(&mut p),
+            [
+                r#"{"key":"a","value":"2","acked":3}"#,
+                r#"{"key":"b","value":"1","acked":0}"#
+            ]
+        );
+        assert!(taken(&mut p).is_empty());
+    }
+
+    #[test]
+    fn a_forget_drops_the_keys_earlier_pushes_and_a_value_after_it_does_not_replace_it() {
+        let mut p = Pushes::default();
+        value(&mut p, "a", "1", 0);
+        forget(&mut p, "a");
+        value(&mut p, "a", "2", 0);
+        value(&mut p, "a", "3", 0);
+        assert_eq!(
+            taken(&mut p),
+            [r#"{"key":"a"}"#, r#"{"key":"a","value":"3","acked":0}"#]
+        );
+    }
+
+    #[test]
+    fn pushes_past_the_limit_become_one_reset_and_nothing_follows_it() {
+        let mut p = Pushes::default();
+        let big = "x".repeat(1024);
+        for i in 0..100 {
+            value(&mut p, &format!("k{i}"), &big, 0);
+        }
+        value(&mut p, "after", "1", 0);
+        forget(&mut p, "after");
+        assert_eq!(taken(&mut p), [r#"{"reset":true}"#]);
     }
 }

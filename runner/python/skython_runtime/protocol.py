@@ -36,6 +36,8 @@ class Channel:
         self.outbox = []
         self.held_since = 0.0  # when the oldest frame in the outbox was queued
         self.deferred = collections.deque()  # calls that arrived during a state request
+        # The running call's answer will be held: more calls are waiting and calls are short.
+        self.batching = False
 
     def queue(self, kind, payload=b""):
         if not self.outbox:

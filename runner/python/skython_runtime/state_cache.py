@@ -43,10 +43,12 @@ class StateCache:
                 self.values.pop(old, None)
         self.put(key, text)
         chan = self.chan
-        held = bool(chan.outbox)
+        # Behind held answers, or in a call whose answer will be held (a batch of short calls),
+        # it goes out with them: one write, and one commit for the batch's stores.
+        later = chan.outbox or chan.batching
         # JSON text inside JSON, as the `Q` store sends it: the gateway stores it unparsed.
         chan.queue_json(STATE_WRITE, {"key": key, "value": text})
-        if not held:
+        if not later:
             chan.flush()
 
     def get(self, key):

@@ -248,6 +248,7 @@ class Worker:
                     kind, payload = chan.recv()
                 except (EOFError, OSError):
                     return
+                chan.batching = self.recent_call < HOLD_ANSWERS / 10 and chan.ready()
             else:
                 # Nothing buffered: the usual case at low concurrency, where a call's latency is
                 # all there is. The next call most often arrives alone, as one whole frame, and
@@ -256,6 +257,7 @@ class Worker:
                 # used, are a good part of a call's round trip.
                 if chan.outbox:
                     chan.flush()
+                chan.batching = False
                 try:
                     data = sock.recv(LARGE_FRAME)
                 except OSError:

@@ -216,6 +216,16 @@ class WriteBehind(Cached):
         self.assertEqual(self.chan.recv(), (OK, bytearray(b"1")))
         self.assertEqual(self.frame(STATE_WRITE), {"key": "k", "value": "2"})
 
+    def test_a_write_of_a_call_whose_answer_will_be_held_waits_for_that_answer(self):
+        self.worker.chan.batching = True  # more short calls are waiting behind this one
+        store("k", 2)
+        self.nothing_sent()
+        self.worker.chan.queue(OK, b"2")
+        self.worker.chan.flush()
+        self.chan.sock.settimeout(5)
+        self.assertEqual(self.frame(STATE_WRITE), {"key": "k", "value": "2"})
+        self.assertEqual(self.chan.recv(), (OK, bytearray(b"2")))
+
     def test_values_over_the_limit_are_refused_before_sending(self):
         self.worker.spec["maxStateValueBytes"] = 10
         with self.assertRaisesRegex(StateError, "more than the limit of 10 bytes"):
