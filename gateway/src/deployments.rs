@@ -485,6 +485,12 @@ impl StateCache for ScopedState {
         }
     }
 
+    fn flush(&self) {
+        if let Some(ordered) = self.store.ordered_writes() {
+            ordered.flush_state_writes();
+        }
+    }
+
     fn write_behind(&self, from: &StatePeer, key: String, value: String) -> StateTicket {
         let (Some(hub), Some(ordered)) = (&self.hub, self.store.ordered_writes()) else {
             let refused = StateAnswer::refused("state_unavailable", "no write-behind here");

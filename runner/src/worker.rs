@@ -55,6 +55,9 @@ pub trait StateCache: Send + Sync {
     /// Queues `from`'s plain `store` before returning (a worker's writes apply in the order it
     /// sent them); answers once the write committed, or was refused.
     fn write_behind(&self, from: &StatePeer, key: String, value: String) -> StateTicket;
+    /// Starts the writes taken so far: called once the worker's frames at hand are handled, so
+    /// that the stores of a batch of calls commit together.
+    fn flush(&self);
 }
 
 /// The answer to a write-behind store, once it committed or was refused.
@@ -656,7 +659,17 @@ struct Reader {
 impl Reader {
     async fn run(mut self) {
         let stop = self.serve().await;
+        // The answers already given wait for these.
+        self.flush_writes();
         self.close(stop);
+    }
+
+    fn flush_writes(&self) {
+        if self.last_write.is_some()
+            && let Some(cache) = self.state.cache()
+        {
+            cache.flush();
+        }
     }
 
     async fn serve(&mut self) -> Stop {
@@ -676,6 +689,7 @@ impl Reader {
                     return stop;
                 }
             }
+            self.flush_writes();
             let now = Instant::now();
             let head_deadline = self.deadline();
             if head_deadline.is_some_and(|d| d <= now) {
@@ -794,6 +808,7 @@ impl Reader {
             ));
         };
         // Its earlier stores first: what it asks may depend on them.
+        self.flush_writes();
         if let Some(writes) = self.last_write.clone() {
             match tokio::time::timeout_at(deadline.into(), writes).await {
                 Err(_) => return Some(Stop::Timeout),

@@ -367,8 +367,12 @@ pub struct QueuedWrite {
 /// State writes applied one after another, in the order they were queued.
 pub trait OrderedStateWrites: Send + Sync {
     /// Queues `write` before returning (so writes queued one after another by one caller apply
-    /// in that order); the receiver answers once its commit returned, after `on_commit` ran.
+    /// in that order); it waits for the next [`flush_state_writes`](Self::flush_state_writes),
+    /// so that the writes a caller queues together commit together. The receiver answers once
+    /// its commit returned, after `on_commit` ran.
     fn queue_state_write(&self, write: QueuedWrite) -> oneshot::Receiver<Result<Written>>;
+    /// Starts the writes queued so far (everyone's).
+    fn flush_state_writes(&self);
 }
 
 /// Recent calls with their logs.

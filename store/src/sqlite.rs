@@ -683,6 +683,10 @@ impl OrderedStateWrites for SqliteStore {
     ) -> tokio::sync::oneshot::Receiver<Result<Written>> {
         self.inner.writer.queue_state(write)
     }
+
+    fn flush_state_writes(&self) {
+        self.inner.writer.flush_states();
+    }
 }
 
 #[async_trait]
@@ -719,6 +723,7 @@ impl StateStore for SqliteStore {
             chain: None,
             on_commit: None,
         });
+        self.flush_state_writes();
         answer.await.map_err(|_| writer::stopped())?
     }
 

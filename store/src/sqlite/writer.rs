@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc;
+use std::sync::{Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 
 use jiff::Timestamp;
@@ -54,7 +54,8 @@ impl StateJob {
 }
 
 enum Job {
-    State(StateJob),
+    /// State writes queued together, in order.
+    States(Vec<StateJob>),
     /// Anything else, run alone; it answers its caller itself.
     Run(Box<dyn FnOnce(&mut Connection) + Send>),
 }
@@ -62,6 +63,8 @@ enum Job {
 pub(super) struct Writer {
     /// `None` only while dropping: closing the queue lets the thread finish.
     jobs: Option<mpsc::Sender<Job>>,
+    /// State writes queued but not yet handed to the thread (see `flush_states`).
+    states: Mutex<Vec<StateJob>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -79,6 +82,7 @@ impl Writer {
             .map_err(backend)?;
         Ok(Writer {
             jobs: Some(tx),
+            states: Mutex::default(),
             thread: Some(thread),
         })
     }
@@ -105,7 +109,7 @@ impl Writer {
         answer.await.map_err(|_| stopped())?
     }
 
-    /// Queues a state write for the next batch; it answers once that batch committed.
+    /// Queues a state write for the next `flush_states`; it answers once its batch committed.
     pub fn queue_state(&self, w: QueuedWrite) -> oneshot::Receiver<Result<Written>> {
         let (reply, answer) = oneshot::channel();
         let job = StateJob {
@@ -117,10 +121,26 @@ impl Writer {
             on_commit: w.on_commit,
             reply,
         };
-        if let Some(Job::State(job)) = self.queue(Job::State(job)).err() {
-            job.answer(Err(stopped()));
-        }
+        self.states
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(job);
         answer
+    }
+
+    /// Hands the state writes queued so far to the thread, as one job: the thread is woken once
+    /// for them, and they commit together (a thread woken for each would commit them one by one
+    /// on a busy CPU).
+    pub fn flush_states(&self) {
+        let states = std::mem::take(&mut *self.states.lock().unwrap_or_else(PoisonError::into_inner));
+        if states.is_empty() {
+            return;
+        }
+        if let Some(Job::States(states)) = self.queue(Job::States(states)).err() {
+            for job in states {
+                job.answer(Err(stopped()));
+            }
+        }
     }
 }
 
@@ -128,6 +148,7 @@ impl Drop for Writer {
     /// Lets the thread finish the queued jobs and close the connection, so that the file is
     /// released once the store is gone.
     fn drop(&mut self) {
+        self.flush_states();
         drop(self.jobs.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -143,10 +164,12 @@ fn serve(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
         let mut next = Some(first);
         while let Some(job) = next {
             match job {
-                Job::State(w) => {
-                    batch.push(w);
-                    if batch.len() == MAX_BATCH {
-                        commit(&mut conn, &mut batch);
+                Job::States(writes) => {
+                    for w in writes {
+                        batch.push(w);
+                        if batch.len() == MAX_BATCH {
+                            commit(&mut conn, &mut batch);
+                        }
                     }
                 }
                 Job::Run(f) => {
