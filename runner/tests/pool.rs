@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use skython_runner::{
-    CallResult, Error, Inspection, Outcome, PoolLimits, RuntimeConfig, StateAnswer, StateHandler,
-    StateRequest, WorkerPool, WorkerSpec, Zygote,
+    CallResult, Error, Inspection, Outcome, PoolLimits, RuntimeConfig, StateAnswer, StateCache,
+    StateHandler, StatePeer, StateRequest, StateTicket, WorkerPool, WorkerSpec, Zygote,
 };
 
 struct NoState;
@@ -46,6 +46,39 @@ impl StateHandler for MemoryState {
             _ => StateAnswer::refused("unsupported", "not in this test"),
         }
     }
+}
+
+/// State whose workers cache (the pool turns `stateCache` on), where every key holds a long
+/// value and every write-behind store is refused, as a store past the quota would be.
+struct RefusingCache;
+
+#[async_trait]
+impl StateHandler for RefusingCache {
+    async fn handle(&self, _: StateRequest) -> StateAnswer {
+        StateAnswer {
+            ok: true,
+            found: Some(true),
+            value: Some(r#""a long value""#.into()),
+            ..Default::default()
+        }
+    }
+
+    fn cache(&self) -> Option<&dyn StateCache> {
+        Some(self)
+    }
+}
+
+impl StateCache for RefusingCache {
+    fn attach(&self, _: StatePeer) {}
+
+    fn write_behind(&self, _: &StatePeer, _: String, _: String) -> StateTicket {
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            StateAnswer::refused("quota_exceeded", "state quota exceeded (test)")
+        })
+    }
+
+    fn flush(&self) {}
 }
 
 #[async_trait]
@@ -716,4 +749,28 @@ async fn keras_runs_under_the_address_space_limit_of_a_function_without_a_cgroup
     let pool = WorkerPool::new(z, s, l, Arc::new(NoState));
     let report = pool.call(b"{}").await.unwrap();
     assert_eq!(returned(&report.result), "[2,1]");
+}
+
+/// A write-behind store refused after the function returned: the call fails with the refusal,
+/// and the worker, whose cache holds the refused value, is replaced.
+#[tokio::test]
+async fn a_refused_write_behind_fails_its_call_and_replaces_the_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let z = zygote(dir.path());
+    let source = "import os\nfrom skython import load, store\n\n\
+                  def f(write=False):\n    load('k')\n    if write:\n        store('k', 1)\n    \
+                  return os.getpid()\n";
+    let pool = WorkerPool::new(z, spec(source, "f"), limits(1), Arc::new(RefusingCache));
+    let pid = |r: &CallResult| returned(r).parse::<i64>().unwrap();
+    let first = pool.call(b"{}").await.unwrap();
+    let refused = pool.call(br#"{"write": true}"#).await.unwrap();
+    match &refused.result.outcome {
+        Outcome::Failed(e) => {
+            assert_eq!((e.code.as_str(), e.type_.as_deref()), ("function_error", Some("StateError")));
+            assert!(e.message.contains("state quota exceeded (test)"), "{}", e.message);
+        }
+        other => panic!("the refused store's call answered {other:?}"),
+    }
+    let after = pool.call(b"{}").await.unwrap();
+    assert_ne!(pid(&first.result), pid(&after.result), "a new worker answers");
 }

@@ -77,3 +77,95 @@ mod on_a_file {
         conformance::a_set_if_race_has_exactly_one_winner_per_round(two_processes()).await;
     }
 }
+
+/// The ordered writes the gateway's write-behind uses: queued writes wait for a flush, then
+/// commit in queue order, each hook before its caller's answer, and a chain stops at its first
+/// refused write.
+mod ordered_writes {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use skython_store::{
+        QueuedWrite, StateQuota, StateScope, StateStore, StateWrite, StoreError, WriteChain,
+        Written,
+    };
+
+    use super::*;
+
+    fn scope() -> StateScope {
+        StateScope {
+            owner: "alice".into(),
+            function: "f".into(),
+        }
+    }
+
+    fn write(key: &str, value: &str, chain: Option<&WriteChain>) -> QueuedWrite {
+        QueuedWrite {
+            scope: scope(),
+            key: key.into(),
+            write: StateWrite::Set {
+                value: value.into(),
+            },
+            quota: StateQuota {
+                max_keys: 2,
+                max_bytes: 1 << 20,
+            },
+            chain: chain.cloned(),
+            on_commit: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_writes_wait_for_a_flush_then_apply_in_queue_order() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let ordered = store.ordered_writes().expect("SQLite orders its writes");
+        let mut answers: Vec<_> = ["1", "2", "3"]
+            .into_iter()
+            .map(|v| ordered.queue_state_write(write("n", v, None)))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(answers.iter_mut().all(|a| a.try_recv().is_err()), "nothing ran");
+        assert_eq!(store.state_get(&scope(), "n").await.unwrap(), None);
+        ordered.flush_state_writes();
+        for a in answers {
+            assert!(matches!(a.await.unwrap(), Ok(Written::Stored)));
+        }
+        assert_eq!(
+            store.state_get(&scope(), "n").await.unwrap().as_deref(),
+            Some("3")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hook_runs_before_its_caller_hears_and_a_chain_stops_at_a_refusal() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let ordered = store.ordered_writes().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let chain = WriteChain::default();
+        let answers: Vec<_> = ["a", "b", "c", "a"]
+            .into_iter()
+            .map(|k| {
+                let seen = seen.clone();
+                let mut w = write(k, "1", Some(&chain));
+                w.on_commit = Some(Box::new(move |r: &skython_store::Result<Written>| {
+                    seen.lock().unwrap().push((k, r.is_ok()));
+                }));
+                ordered.queue_state_write(w)
+            })
+            .collect();
+        ordered.flush_state_writes();
+        let mut results = Vec::new();
+        for a in answers {
+            let r = a.await.unwrap();
+            results.push(r);
+        }
+        // Two keys at most: "c" is refused, and the chain refuses "a" after it too.
+        assert!(results[0].is_ok() && results[1].is_ok());
+        assert!(matches!(results[2], Err(StoreError::QuotaExceeded(_))));
+        assert!(matches!(results[3], Err(StoreError::Aborted(_))));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [("a", true), ("b", true), ("c", false), ("a", false)]
+        );
+    }
+}

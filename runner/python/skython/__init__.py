@@ -108,9 +108,11 @@ def _number(name, n):
 def store(key, value, expect=_NOT_GIVEN):
     """Saves `value` under `key`, replacing what was there (of concurrent writers, the last wins).
 
-    May return before the value is saved: it is durable, and seen by other calls, once this call
-    returns. A store the gateway refuses then (quota exceeded, storage unavailable) makes this
-    call fail with that error.
+    It is durable, and seen by calls that start after this one returns, once this call returns.
+    A store that cannot grow the owner's state (a key this worker knows, a value no longer than
+    the one it holds) may return before the value is saved; if saving it then fails, this call
+    fails with that error. Any other store waits for its answer, so one past the owner's quota
+    raises StateError here.
 
     With `expect`, a compare-and-set: saves only if the key holds a value equal to `expect` (as
     JSON: `1 == 1.0`; `None` also matches a missing key) and returns whether it did. Atomic: of
@@ -127,10 +129,12 @@ def store(key, value, expect=_NOT_GIVEN):
     text = data.decode("utf-8", "surrogatepass")
     cache = _worker.cache if _worker else None
     if expect is _NOT_GIVEN:
-        if cache is not None:
+        if cache is not None and cache.cannot_grow(key, len(data)):
             cache.write(key, text)  # write-behind: the gateway answers the call once it is saved
         else:
             _request("store", key=key, value=text)
+            if cache is not None:
+                cache.settle(key, text)
         return None
     expected = _json_text(expect, "the expected value").decode("utf-8", "surrogatepass")
     won = bool(_request("store", key=key, value=text, expect=expected).get("won"))

@@ -15,6 +15,8 @@ from .protocol import STATE_PUSH, STATE_WRITE
 # Larger values are loaded from the gateway each time, so the cache stays small.
 CACHE_VALUE_MAX = 16 * 1024
 CACHE_MAX_KEYS = 4096
+# What the cached text may take in all (it counts against the function's memory).
+CACHE_MAX_BYTES = 4 << 20
 # `get`'s answer for a key the cache does not know (None is a known absence).
 MISS = object()
 # The key a reset touches: every one.
@@ -28,6 +30,7 @@ class StateCache:
         self.writes = 0  # this worker's write-behind writes so far; the n-th is numbered n
         self.written = {}  # key -> the number of this worker's last write of it
         self.acked = 0  # how many of those the gateway had committed, as of the last push
+        self.added = 0  # bytes of text put since the cache was last measured
         self.touched = set()  # the keys pushed during the last round trip (ALL: a reset)
         self.poller = select.poll()
         self.poller.register(chan.sock, select.POLLIN)
@@ -50,6 +53,15 @@ class StateCache:
         chan.queue_json(STATE_WRITE, {"key": key, "value": text})
         if not later:
             chan.flush()
+
+    def cannot_grow(self, key, size):
+        """Whether writing `size` bytes under `key` keeps the owner's state within what it takes
+        now: the key holds a value here at least as long. Such a write passes any quota, so it
+        may go without waiting for its answer."""
+        text = self.values.get(key)
+        if text is None:
+            return False
+        return size <= (len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass")))
 
     def get(self, key):
         """The cached JSON text of `key`, None if it is known absent, or MISS."""
@@ -93,6 +105,21 @@ class StateCache:
         if key not in values and len(values) >= CACHE_MAX_KEYS:
             del values[next(iter(values))]  # the oldest entry
         values[key] = text
+        if text is not None:
+            # What was put since the last measure bounds what the cache holds: measured (and
+            # the oldest entries dropped) only once that passes the budget.
+            self.added += len(text)
+            if self.added > CACHE_MAX_BYTES:
+                self.shrink()
+
+    def shrink(self):
+        """Drops the oldest entries until the text left takes half the budget."""
+        values = self.values
+        total = sum(len(t) for t in values.values() if t is not None)
+        while total > CACHE_MAX_BYTES // 2:
+            text = values.pop(next(iter(values)))
+            total -= len(text) if text is not None else 0
+        self.added = total
 
     def push(self, payload):
         """An `N` frame: another worker's committed write, a key to forget, or a reset.

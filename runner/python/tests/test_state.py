@@ -11,7 +11,7 @@ import skython
 from skython import StateError, StateUnavailable, delete, incr, keys, load, store
 from skython_runtime.protocol import (
     CALL, ERROR, OK, STATE_ANS, STATE_PUSH, STATE_REQ, STATE_WRITE, Channel)
-from skython_runtime.state_cache import CACHE_MAX_KEYS, CACHE_VALUE_MAX
+from skython_runtime.state_cache import CACHE_MAX_BYTES, CACHE_MAX_KEYS, CACHE_VALUE_MAX
 from skython_runtime.worker import Worker
 
 
@@ -185,6 +185,12 @@ class Cached(Gateway):
 
     spec = {"stateCache": True, "maxStateValueBytes": 100_000}
 
+    def setUp(self):
+        super().setUp()
+        # Every plain store goes behind here: these tests are about the cache and write-behind;
+        # which stores may go behind is `StoresThatMayGrow`'s.
+        self.worker.cache.cannot_grow = lambda key, size: True
+
     def push(self, **push):
         self.chan.send_json(STATE_PUSH, push)
 
@@ -199,6 +205,48 @@ class Cached(Gateway):
         self.answer(ok=True, found=True, value=text)
         load(key)
         self.request()
+
+
+class StoresThatMayGrow(Cached):
+    """Only a store that cannot grow the owner's state goes behind: any other waits for its
+    answer, so a store past the quota raises in the call."""
+
+    def setUp(self):
+        super().setUp()
+        del self.worker.cache.cannot_grow  # the real rule
+
+    def test_a_store_of_a_key_the_worker_does_not_hold_waits_and_raises_a_refusal(self):
+        self.answer(ok=False, error={"code": "quota_exceeded", "message": "state quota exceeded"})
+        with self.assertRaisesRegex(StateError, "state quota exceeded"):
+            store("k", 1)
+        self.assertEqual(self.request(), {"op": "store", "key": "k", "value": "1"})
+
+    def test_a_value_no_longer_than_the_one_held_goes_behind(self):
+        self.cached_load("k", '"abc"')
+        store("k", "xyz")
+        self.assertEqual(self.frame(STATE_WRITE), {"key": "k", "value": '"xyz"'})
+
+    def test_a_longer_value_waits_for_its_answer(self):
+        self.cached_load("k", "1")
+        self.answer(ok=True)
+        store("k", 10)
+        self.assertEqual(self.request(), {"op": "store", "key": "k", "value": "10"})
+
+    def test_lengths_compare_in_bytes_of_utf8(self):
+        self.cached_load("k", '"é"')  # 4 bytes, 3 characters
+        self.answer(ok=True)
+        store("k", "ab")  # 4 bytes: fits
+        self.assertEqual(self.frame(STATE_WRITE), {"key": "k", "value": '"ab"'})
+        store("k", "abc")  # 5 bytes: may grow
+        self.assertEqual(self.request(), {"op": "store", "key": "k", "value": '"abc"'})
+
+    def test_a_known_absence_is_not_room_to_write_behind(self):
+        self.answer(ok=True, found=False)
+        load("k")
+        self.request()
+        self.answer(ok=True)
+        store("k", 1)
+        self.assertEqual(self.request(), {"op": "store", "key": "k", "value": "1"})
 
 
 class WriteBehind(Cached):
@@ -289,6 +337,16 @@ class Loads(Cached):
         self.frame(STATE_WRITE)
         load("k")
         self.nothing_sent()
+
+    def test_the_cached_text_stays_within_its_byte_budget_the_oldest_dropped(self):
+        text = '"' + "x" * (CACHE_VALUE_MAX - 16) + '"'
+        keys = [f"k{i}" for i in range(2 * CACHE_MAX_BYTES // CACHE_VALUE_MAX)]
+        for key in keys:
+            self.worker.cache.put(key, text)  # as loads and pushes do
+        values = self.worker.cache.values
+        self.assertLessEqual(sum(len(t) for t in values.values()), CACHE_MAX_BYTES)
+        self.assertIn(keys[-1], values)
+        self.assertNotIn(keys[0], values)
 
     def test_at_most_4096_keys_are_kept_the_oldest_dropped(self):
         for i in range(CACHE_MAX_KEYS + 1):
