@@ -60,6 +60,11 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
         a.to.open()
             .await
             .with_context(|| format!("opening {}", a.to))?;
+    // A running server's workers cache what its SQLite file holds: it must be the one writer.
+    let _held_until_done = match &a.to {
+        StoreLocation::Sqlite(path) => Some(crate::up::lock_sqlite(path)?),
+        StoreLocation::MongoDb(_) => None,
+    };
     let mut bars = Bars::default();
     let copied = copy(&*from, &*to, a.invocations, &mut |p| bars.show(p))
         .await

@@ -393,9 +393,10 @@ pub async fn prepare(args: &ServerArgs) -> anyhow::Result<Prepared> {
     })
 }
 
-/// Holds `path` for this server alone: its workers cache state values, which another writer of
-/// the same file would make wrong. (SQLite's own locks are separate, and still guard each write.)
-fn lock_sqlite(path: &Path) -> anyhow::Result<Flock<File>> {
+/// Holds `path` for this process alone: a server's workers cache state values, which another
+/// writer of the same file would make wrong. (SQLite's own locks are separate, and still guard
+/// each write.)
+pub fn lock_sqlite(path: &Path) -> anyhow::Result<Flock<File>> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
         anyhow::anyhow!(

@@ -1,8 +1,9 @@
 //! The workers' state cache on the embedded store (`runner/PROTOCOL.md`, "State cache"): values
 //! cached in each worker and plain `store`s sent without waiting must still read as one store.
 //! A call sees every write of the calls that finished before it started (on whichever worker),
-//! a running call sees other calls' writes as they commit, and a write the store refuses fails
-//! its call and is never read.
+//! a running call sees other calls' writes as they commit, and a store past the quota still
+//! raises in the call and is never read. (A write-behind store refused after its call returned
+//! is the runner's test: `a_refused_write_behind_fails_its_call_and_replaces_the_worker`.)
 
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
@@ -96,7 +97,7 @@ def main(op: str):\n    \
 }
 
 #[test]
-fn a_store_the_quota_refuses_fails_its_call_and_is_never_read() {
+fn a_store_past_the_quota_raises_in_its_call_and_is_never_read() {
     let s = Skython::start(&["--state-max-keys-per-owner", "1"]);
     s.deploy_ok("quota", STORE_OR_LOAD, json!({"concurrency": 1}));
     let store = |key: &str, value: i64| {
@@ -113,10 +114,9 @@ fn a_store_the_quota_refuses_fails_its_call_and_is_never_read() {
     assert_eq!(body["error"]["type"], "StateError", "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(
-        message.contains("store()") && message.contains("state quota exceeded"),
-        "the message names the refused store and the quota: {message}"
+        message.contains("state quota exceeded"),
+        "the message names the quota: {message}"
     );
-    // The worker that had cached the refused value is gone; nothing reads it.
     assert_eq!(load("b"), json!("missing"));
     assert_eq!(load("a"), json!(1));
     assert_eq!(store("a", 3), (200, json!("stored")));
@@ -142,4 +142,27 @@ fn a_second_server_on_the_same_data_directory_is_refused() {
     // The first one goes on serving.
     s.deploy_ok("still", "def main():\n    return 1\n", json!({}));
     assert_eq!(s.call("admin/still", json!({})), (200, json!(1)));
+}
+
+#[test]
+fn a_store_copy_into_a_running_servers_file_is_refused() {
+    let s = Skython::start(&[]);
+    let db = s.data_dir.join("skython.db");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let source = elsewhere.path().join("source.db");
+    std::fs::copy(&db, &source).unwrap();
+    let out = Command::new(skython_bin())
+        .args(["store", "copy", "--from"])
+        .arg(format!("sqlite://{}", source.display()))
+        .arg("--to")
+        .arg(format!("sqlite://{}", db.display()))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run skython store copy");
+    assert!(!out.status.success(), "the copy ran");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("in use by another Skython server"),
+        "says why: {stderr}"
+    );
 }
