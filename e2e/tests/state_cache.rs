@@ -106,7 +106,8 @@ fn a_store_past_the_quota_raises_in_its_call_and_is_never_read() {
             json!({"op": "store", "key": key, "value": value}),
         )
     };
-    let load = |key: &str| s.call("admin/quota", json!({"op": "load", "key": key})).1["value"].clone();
+    let load =
+        |key: &str| s.call("admin/quota", json!({"op": "load", "key": key})).1["value"].clone();
     assert_eq!(store("a", 1), (200, json!("stored")));
     let (status, body) = store("b", 2);
     assert_eq!(status, 500, "{body}");

@@ -455,10 +455,10 @@ impl StateHandler for ScopedState {
                     hub.changed(s, &key);
                 }
                 deleted.map(|found| StateAnswer {
-                        ok: true,
-                        found: Some(found),
-                        ..Default::default()
-                    })
+                    ok: true,
+                    found: Some(found),
+                    ..Default::default()
+                })
             }
             StateRequest::Keys { prefix } => self
                 .store

@@ -28,9 +28,7 @@ use std::time::Duration;
 pub use pool::{CallReport, PoolLimits, WorkerPool, run_once};
 pub use protocol::{FunctionError, Hello, StateAnswer, StateRequest, WorkerSpec};
 pub use sandbox::Sandbox;
-pub use worker::{
-    CallResult, Outcome, StateCache, StateHandler, StatePeer, StateTicket, Worker,
-};
+pub use worker::{CallResult, Outcome, StateCache, StateHandler, StatePeer, StateTicket, Worker};
 pub use zygote::{Inspection, RuntimeConfig, SourceError, Zygote};
 
 #[derive(Debug, thiserror::Error)]

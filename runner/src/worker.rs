@@ -224,7 +224,9 @@ pub(crate) struct Gate {
 
 impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gate").field("worker", &self.line.group.pid).finish()
+        f.debug_struct("Gate")
+            .field("worker", &self.line.group.pid)
+            .finish()
     }
 }
 
@@ -246,8 +248,20 @@ impl Gate {
         let unavailable = error.code == "state_unavailable";
         CallResult {
             outcome: Outcome::Failed(FunctionError {
-                code: if unavailable { "state_unavailable" } else { "function_error" }.into(),
-                type_: Some(if unavailable { "StateUnavailable" } else { "StateError" }.into()),
+                code: if unavailable {
+                    "state_unavailable"
+                } else {
+                    "function_error"
+                }
+                .into(),
+                type_: Some(
+                    if unavailable {
+                        "StateUnavailable"
+                    } else {
+                        "StateError"
+                    }
+                    .into(),
+                ),
                 message,
                 traceback: None,
                 expected: None,

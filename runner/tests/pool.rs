@@ -766,11 +766,22 @@ async fn a_refused_write_behind_fails_its_call_and_replaces_the_worker() {
     let refused = pool.call(br#"{"write": true}"#).await.unwrap();
     match &refused.result.outcome {
         Outcome::Failed(e) => {
-            assert_eq!((e.code.as_str(), e.type_.as_deref()), ("function_error", Some("StateError")));
-            assert!(e.message.contains("state quota exceeded (test)"), "{}", e.message);
+            assert_eq!(
+                (e.code.as_str(), e.type_.as_deref()),
+                ("function_error", Some("StateError"))
+            );
+            assert!(
+                e.message.contains("state quota exceeded (test)"),
+                "{}",
+                e.message
+            );
         }
         other => panic!("the refused store's call answered {other:?}"),
     }
     let after = pool.call(b"{}").await.unwrap();
-    assert_ne!(pid(&first.result), pid(&after.result), "a new worker answers");
+    assert_ne!(
+        pid(&first.result),
+        pid(&after.result),
+        "a new worker answers"
+    );
 }

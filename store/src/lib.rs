@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use jiff::Timestamp;
-use tokio::sync::oneshot;
 use serde::{Deserialize, Serialize};
 use skython_crds::{SkyFunctionSpec, SkyFunctionStatus};
+use tokio::sync::oneshot;
 
 pub use location::{StoreLocation, redacted};
 pub use mongo::MongoStore;

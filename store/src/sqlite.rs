@@ -45,9 +45,8 @@ use writer::Writer;
 
 use crate::{
     FunctionFilter, FunctionRecord, FunctionStore, Invocation, InvocationStore, OrderedStateWrites,
-    QueuedWrite, Result, StateEntry,
-    StateQuota, StateScope, StateStore, StateWrite, StoreError, User, UserRecord, UserStore,
-    Written, label,
+    QueuedWrite, Result, StateEntry, StateQuota, StateScope, StateStore, StateWrite, StoreError,
+    User, UserRecord, UserStore, Written, label,
 };
 
 /// The schema this code reads and writes, kept in `PRAGMA user_version`.

@@ -124,7 +124,10 @@ mod ordered_writes {
             .map(|v| ordered.queue_state_write(write("n", v, None)))
             .collect();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(answers.iter_mut().all(|a| a.try_recv().is_err()), "nothing ran");
+        assert!(
+            answers.iter_mut().all(|a| a.try_recv().is_err()),
+            "nothing ran"
+        );
         assert_eq!(store.state_get(&scope(), "n").await.unwrap(), None);
         ordered.flush_state_writes();
         for a in answers {

@@ -132,7 +132,8 @@ impl Writer {
     /// for them, and they commit together (a thread woken for each would commit them one by one
     /// on a busy CPU).
     pub fn flush_states(&self) {
-        let states = std::mem::take(&mut *self.states.lock().unwrap_or_else(PoisonError::into_inner));
+        let states =
+            std::mem::take(&mut *self.states.lock().unwrap_or_else(PoisonError::into_inner));
         if states.is_empty() {
             return;
         }
@@ -302,10 +303,7 @@ impl<'j> Batch<'j> {
                     .unwrap_or_default(),
             ),
         };
-        let after = used.after_write(
-            current.as_ref().map(|v| v.len() as u64),
-            value.len() as u64,
-        );
+        let after = used.after_write(current.as_ref().map(|v| v.len() as u64), value.len() as u64);
         if let Err(q) = j.quota.check(&s.owner, *used, after) {
             return Ok(Err(q.into()));
         }
@@ -506,7 +504,10 @@ mod tests {
             })
             .unzip();
         commit(&mut conn, &mut jobs);
-        assert_eq!(*seen.lock().unwrap(), [("a", true), ("b", true), ("c", true)]);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [("a", true), ("b", true), ("c", true)]
+        );
         assert!(answers.iter_mut().all(|a| a.try_recv().is_ok()));
     }
 
