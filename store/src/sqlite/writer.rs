@@ -17,10 +17,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use tokio::sync::oneshot;
 
 use super::{backend, count, is_busy, locked, micros};
-use crate::{
-    CommitHook, QueuedWrite, Result, StateQuota, StateScope, StateUsage, StateWrite, StoreError,
-    WriteChain, Written,
-};
+use crate::{QueuedWrite, Result, StateUsage, StoreError, WriteChain, Written};
 
 /// State writes in one transaction at most: the write lock is held while a batch runs, and a
 /// writer in another process waits that long.
@@ -28,12 +25,7 @@ const MAX_BATCH: usize = 256;
 
 /// A state write waiting for its batch.
 pub(super) struct StateJob {
-    pub scope: StateScope,
-    pub key: String,
-    pub write: StateWrite,
-    pub quota: StateQuota,
-    pub chain: Option<WriteChain>,
-    pub on_commit: Option<CommitHook>,
+    pub queued: QueuedWrite,
     pub reply: oneshot::Sender<Result<Written>>,
 }
 
@@ -42,11 +34,11 @@ impl StateJob {
     /// caller hears.
     fn answer(self, answer: Result<Written>) {
         if answer.is_err()
-            && let Some(chain) = &self.chain
+            && let Some(chain) = &self.queued.chain
         {
             chain.break_off();
         }
-        if let Some(hook) = self.on_commit {
+        if let Some(hook) = self.queued.on_commit {
             guarded(|| hook(&answer));
         }
         let _ = self.reply.send(answer);
@@ -112,15 +104,7 @@ impl Writer {
     /// Queues a state write for the next `flush_states`; it answers once its batch committed.
     pub fn queue_state(&self, w: QueuedWrite) -> oneshot::Receiver<Result<Written>> {
         let (reply, answer) = oneshot::channel();
-        let job = StateJob {
-            scope: w.scope,
-            key: w.key,
-            write: w.write,
-            quota: w.quota,
-            chain: w.chain,
-            on_commit: w.on_commit,
-            reply,
-        };
+        let job = StateJob { queued: w, reply };
         self.states
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -232,7 +216,7 @@ fn write_all(conn: &mut Connection, jobs: &[StateJob]) -> rusqlite::Result<Vec<R
         .map(|j| {
             let answer = batch.decide(&tx, j)?;
             if answer.is_err()
-                && let Some(chain) = &j.chain
+                && let Some(chain) = &j.queued.chain
             {
                 // The chain's later writes in this batch must see it broken.
                 chain.break_off();
@@ -265,8 +249,9 @@ impl<'j> Batch<'j> {
     fn decide(
         &mut self,
         tx: &Transaction<'_>,
-        j: &'j StateJob,
+        job: &'j StateJob,
     ) -> rusqlite::Result<Result<Written>> {
+        let j = &job.queued;
         if j.chain.as_ref().is_some_and(WriteChain::is_broken) {
             return Ok(Err(WriteChain::refused()));
         }
@@ -336,7 +321,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::SqliteStore;
+    use crate::{SqliteStore, StateQuota, StateScope, StateWrite};
 
     fn job(
         key: &str,
@@ -344,7 +329,7 @@ mod tests {
         max_keys: u64,
     ) -> (StateJob, oneshot::Receiver<Result<Written>>) {
         let (reply, answer) = oneshot::channel();
-        let job = StateJob {
+        let queued = QueuedWrite {
             scope: StateScope {
                 owner: "alice".into(),
                 function: "f".into(),
@@ -357,8 +342,8 @@ mod tests {
             },
             chain: None,
             on_commit: None,
-            reply,
         };
+        let job = StateJob { queued, reply };
         (job, answer)
     }
 
@@ -470,7 +455,7 @@ mod tests {
         .into_iter()
         .map(|(k, w, c)| {
             let (mut j, a) = job(k, w, 10);
-            j.chain = c;
+            j.queued.chain = c;
             (j, a)
         })
         .unzip();
@@ -497,7 +482,7 @@ mod tests {
             .map(|k| {
                 let (mut j, a) = job(k, set("1"), 10);
                 let seen = seen.clone();
-                j.on_commit = Some(Box::new(move |r: &Result<Written>| {
+                j.queued.on_commit = Some(Box::new(move |r: &Result<Written>| {
                     seen.lock().unwrap().push((k, r.is_ok()));
                 }));
                 (j, a)
