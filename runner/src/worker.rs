@@ -220,6 +220,8 @@ pub struct CallResult {
 pub(crate) struct Gate {
     writes: Shared<StateTicket>,
     line: Arc<Line>,
+    /// A store that has not committed by then fails the call, as a call past its timeout would.
+    deadline: Instant,
 }
 
 impl std::fmt::Debug for Gate {
@@ -235,7 +237,11 @@ impl Gate {
     /// with that refusal and the worker is stopped (its cache may hold the refused value, and
     /// its later answers may rest on it).
     pub(crate) async fn settle(self, result: CallResult) -> CallResult {
-        let answer = self.writes.await;
+        let answer = tokio::time::timeout_at(self.deadline.into(), self.writes)
+            .await
+            .unwrap_or_else(|_| {
+                StateAnswer::refused("state_unavailable", "the storage did not save it in time")
+            });
         if answer.ok {
             return result;
         }
@@ -892,6 +898,7 @@ impl Reader {
         Some(Gate {
             writes: writes.clone(),
             line: self.line.clone(),
+            deadline: Instant::now() + self.call_timeout,
         })
     }
 

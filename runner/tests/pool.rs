@@ -49,11 +49,21 @@ impl StateHandler for MemoryState {
 }
 
 /// State whose workers cache (the pool turns `stateCache` on), where every key holds a long
-/// value and every write-behind store is refused, as a store past the quota would be.
-struct RefusingCache;
+/// value and every write-behind store ends as `ticket` says.
+struct CacheWhere {
+    ticket: fn() -> StateTicket,
+}
+
+/// Every write-behind store refused, as one past the quota would be.
+fn refused() -> StateTicket {
+    Box::pin(async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        StateAnswer::refused("quota_exceeded", "state quota exceeded (test)")
+    })
+}
 
 #[async_trait]
-impl StateHandler for RefusingCache {
+impl StateHandler for CacheWhere {
     async fn handle(&self, _: StateRequest) -> StateAnswer {
         StateAnswer {
             ok: true,
@@ -68,14 +78,11 @@ impl StateHandler for RefusingCache {
     }
 }
 
-impl StateCache for RefusingCache {
+impl StateCache for CacheWhere {
     fn attach(&self, _: StatePeer) {}
 
     fn write_behind(&self, _: &StatePeer, _: String, _: String) -> StateTicket {
-        Box::pin(async {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            StateAnswer::refused("quota_exceeded", "state quota exceeded (test)")
-        })
+        (self.ticket)()
     }
 
     fn flush(&self) {}
@@ -760,7 +767,8 @@ async fn a_refused_write_behind_fails_its_call_and_replaces_the_worker() {
     let source = "import os\nfrom skython import load, store\n\n\
                   def f(write=False):\n    load('k')\n    if write:\n        store('k', 1)\n    \
                   return os.getpid()\n";
-    let pool = WorkerPool::new(z, spec(source, "f"), limits(1), Arc::new(RefusingCache));
+    let state = Arc::new(CacheWhere { ticket: refused });
+    let pool = WorkerPool::new(z, spec(source, "f"), limits(1), state);
     let pid = |r: &CallResult| returned(r).parse::<i64>().unwrap();
     let first = pool.call(b"{}").await.unwrap();
     let refused = pool.call(br#"{"write": true}"#).await.unwrap();
@@ -784,4 +792,26 @@ async fn a_refused_write_behind_fails_its_call_and_replaces_the_worker() {
         pid(&after.result),
         "a new worker answers"
     );
+}
+
+/// A write-behind store that never commits (a stuck disk) holds its call's answer no longer
+/// than the call's timeout: the call then fails as unavailable state.
+#[tokio::test]
+async fn a_write_behind_that_never_commits_fails_its_call_at_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let z = zygote(dir.path());
+    let source = "from skython import load, store\n\ndef f():\n    load('k')\n    store('k', 1)\n    return 1\n";
+    let state = Arc::new(CacheWhere {
+        ticket: || Box::pin(std::future::pending()),
+    });
+    let l = limits(1);
+    let timeout = l.call_timeout;
+    let pool = WorkerPool::new(z, spec(source, "f"), l, state);
+    let started = Instant::now();
+    let r = pool.call(b"{}").await.unwrap();
+    match &r.result.outcome {
+        Outcome::Failed(e) => assert_eq!(e.code, "state_unavailable", "{e:?}"),
+        other => panic!("answered {other:?}"),
+    }
+    assert!(started.elapsed() >= timeout, "held until the timeout");
 }
