@@ -31,9 +31,8 @@ __all__ = ["store", "load", "incr", "delete", "keys", "StateError", "StateUnavai
 import math
 
 # The runtime's own modules, which the zygote imported before this one: one copy of each.
-from skython_runtime.codec import DECODER as _DECODER
-from skython_runtime.codec import SCAN as _SCAN
 from skython_runtime.codec import Unencodable as _Unencodable
+from skython_runtime.codec import decode as _decode
 from skython_runtime.codec import encode as _encode
 from skython_runtime.state_cache import MISS as _MISS
 
@@ -81,15 +80,6 @@ def _json_text(value, what):
     except _Unencodable as e:
         raise StateError(str(e).replace("the return value", what)) from None
     return data
-
-
-def _decode(text):
-    """A value from its JSON text: the C scanner alone for the compact text state holds."""
-    try:
-        value, end = _SCAN(text, 0)
-    except StopIteration:  # leading whitespace, or not JSON: decode() says which
-        end = -1
-    return value if end == len(text) else _DECODER.decode(text)
 
 
 def _number(name, n):

@@ -117,6 +117,16 @@ DECODER = json.JSONDecoder()
 SCAN = DECODER.scan_once
 
 
+def decode(text):
+    """A value from its JSON text: the C scanner alone for compact text (call arguments, state
+    values), `DECODER.decode` for the rest, which raises ValueError naming what is wrong."""
+    try:
+        value, end = SCAN(text, 0)
+    except StopIteration:  # leading whitespace, or not JSON: decode() says which
+        end = -1
+    return value if end == len(text) else DECODER.decode(text)
+
+
 def encode(value):
     """JSON bytes for a return value or state value; raises Unencodable with a clear message."""
     try:

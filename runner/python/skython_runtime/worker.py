@@ -19,7 +19,7 @@ import types
 from skython import StateUnavailable
 
 from . import isolation, relay
-from .codec import DECODER, SCAN, Unencodable, encode
+from .codec import DECODER, Unencodable, decode, encode
 from .protocol import (
     CALL, ERROR, GO, HEADER, KINDS, LARGE_FRAME, LOAD_ERROR, LOG, OK, RAN, READY, STARTED,
     STATE_ANS, STATE_PUSH, STATE_REQ, Channel)
@@ -169,11 +169,11 @@ class Worker:
             # The gateway has checked the body is JSON (UTF-8, object or array, bounded depth).
             text = payload.decode("utf-8")
             try:
-                args, end = SCAN(text, 0)
-            except StopIteration:  # leading whitespace, or not JSON: decode() says which
-                end = -1
-            if end != len(text):
-                args = DECODER.decode(text) if text.strip() else {}
+                args = decode(text)
+            except ValueError:
+                if text.strip():
+                    raise
+                args = {}  # an empty body: no arguments
         except (ValueError, RecursionError) as e:
             return ERROR, self._error("bad_json", message=f"the request body is not valid JSON: {e}")
         if isinstance(args, dict):

@@ -7,7 +7,7 @@ import enum
 import unittest
 import uuid
 
-from skython_runtime.codec import DECODER, Unencodable, encode
+from skython_runtime.codec import DECODER, Unencodable, decode, encode
 
 try:
     import numpy
@@ -99,3 +99,17 @@ class Refusals(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class Decode(unittest.TestCase):
+    def test_compact_and_spaced_text_decode_alike(self):
+        for text in ('{"a":[1,2.5]}', ' { "a" : [1, 2.5] } '):
+            self.assertEqual(decode(text), {"a": [1, 2.5]})
+
+    def test_text_with_more_after_the_value_is_refused(self):
+        with self.assertRaisesRegex(ValueError, "Extra data"):
+            decode("1 2")
+
+    def test_empty_text_is_refused(self):
+        with self.assertRaises(ValueError):
+            decode("")

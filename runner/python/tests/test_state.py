@@ -142,6 +142,12 @@ class Unavailable(Gateway):
             store("k", 1)
         self.assertNotIsInstance(raised.exception, StateUnavailable)
 
+    def test_an_empty_body_calls_without_arguments_and_bad_json_is_bad_json(self):
+        self.worker.fn = lambda: "none"
+        self.assertEqual(self.worker.call(b" "), (OK, b'"none"'))
+        kind, err = self.worker.call(b"{")
+        self.assertEqual((kind, err["code"]), (ERROR, "bad_json"))
+
     def test_a_call_that_lets_it_escape_is_state_unavailable_with_its_traceback(self):
         def counter():
             return incr("n")
