@@ -129,6 +129,7 @@ impl StatePeer {
 #[derive(Default)]
 struct Pushes {
     items: Vec<Pushed>,
+    /// What `items`' frames take, kept as they change.
     bytes: usize,
 }
 
@@ -150,24 +151,31 @@ impl Pushes {
         if self.items.first().is_some_and(|p| p.key.is_none()) {
             return; // after a reset, the worker's cache is empty: these would change nothing
         }
-        let mut frame = protocol::header(kind::STATE_PUSH, payload.len()).to_vec();
-        frame.extend_from_slice(payload);
+        let frame = push_frame(payload);
         let same_key = |p: &Pushed| p.key.as_deref() == Some(key);
         if forget {
-            self.items.retain(|p| !same_key(p));
+            let bytes = &mut self.bytes;
+            self.items.retain(|p| {
+                let keep = !same_key(p);
+                if !keep {
+                    *bytes -= p.frame.len();
+                }
+                keep
+            });
         } else if let Some(last) = self.items.iter_mut().rev().find(|p| same_key(p))
             && !last.forget
         {
             // A value only replaces a value: a forget before it may stand for a later commit.
+            self.bytes = self.bytes - last.frame.len() + frame.len();
             last.frame = frame;
-            return self.recount();
+            return;
         }
+        self.bytes += frame.len();
         self.items.push(Pushed {
             key: Some(key.to_string()),
             forget,
             frame,
         });
-        self.recount();
         if self.bytes > PUSHES_MAX {
             self.reset();
         }
@@ -175,18 +183,13 @@ impl Pushes {
 
     fn reset(&mut self) {
         let reset = serde_json::to_vec(&StatePush::Reset { reset: true }).unwrap_or_default();
-        let mut frame = protocol::header(kind::STATE_PUSH, reset.len()).to_vec();
-        frame.extend_from_slice(&reset);
+        let frame = push_frame(&reset);
+        self.bytes = frame.len();
         self.items = vec![Pushed {
             key: None,
             forget: true,
             frame,
         }];
-        self.recount();
-    }
-
-    fn recount(&mut self) {
-        self.bytes = self.items.iter().map(|p| p.frame.len()).sum();
     }
 
     /// The frames, in order, leaving none.
@@ -199,6 +202,13 @@ impl Pushes {
 
 /// How much pushes not yet written may take before they become one `reset`.
 const PUSHES_MAX: usize = 64 * 1024;
+
+/// A whole `N` frame.
+fn push_frame(payload: &[u8]) -> Vec<u8> {
+    let mut frame = protocol::header(kind::STATE_PUSH, payload.len()).to_vec();
+    frame.extend_from_slice(payload);
+    frame
+}
 
 /// How a call that reached the function ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -1034,6 +1044,19 @@ mod tests {
             taken(&mut p),
             [r#"{"key":"a"}"#, r#"{"key":"a","value":"3","acked":0}"#]
         );
+    }
+
+    #[test]
+    fn the_byte_count_follows_replacements_and_forgets() {
+        let mut p = Pushes::default();
+        value(&mut p, "a", "1", 0);
+        value(&mut p, "b", "1", 0);
+        value(&mut p, "a", "22222", 0);
+        forget(&mut p, "b");
+        let frames: usize = p.items.iter().map(|i| i.frame.len()).sum();
+        assert_eq!(p.bytes, frames);
+        assert_eq!(p.take().len(), frames);
+        assert_eq!(p.bytes, 0);
     }
 
     #[test]
