@@ -62,7 +62,10 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
             .with_context(|| format!("opening {}", a.to))?;
     // A running server's workers cache what its SQLite file holds: it must be the one writer.
     let _held_until_done = match &a.to {
-        StoreLocation::Sqlite(path) => Some(crate::up::lock_sqlite(path)?),
+        StoreLocation::Sqlite(path) => Some(crate::up::lock_sqlite(
+            path,
+            "stop it before copying into its store",
+        )?),
         StoreLocation::MongoDb(_) => None,
     };
     let mut bars = Bars::default();

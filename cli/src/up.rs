@@ -277,7 +277,10 @@ pub async fn prepare(args: &ServerArgs) -> anyhow::Result<Prepared> {
         .unwrap_or_else(|| StoreLocation::in_data_dir(&data_dir));
     let store = open_store(&location).await?;
     let sqlite_lock = match &location {
-        StoreLocation::Sqlite(path) => Some(lock_sqlite(path)?),
+        StoreLocation::Sqlite(path) => Some(lock_sqlite(
+            path,
+            "stop that one first, or give this one its own --data-dir or --store",
+        )?),
         StoreLocation::MongoDb(_) => None,
     };
     let admin =
@@ -395,13 +398,12 @@ pub async fn prepare(args: &ServerArgs) -> anyhow::Result<Prepared> {
 
 /// Holds `path` for this process alone: a server's workers cache state values, which another
 /// writer of the same file would make wrong. (SQLite's own locks are separate, and still guard
-/// each write.)
-pub fn lock_sqlite(path: &Path) -> anyhow::Result<Flock<File>> {
+/// each write.) `what_to_do` ends the error when another process holds it.
+pub fn lock_sqlite(path: &Path, what_to_do: &str) -> anyhow::Result<Flock<File>> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
         anyhow::anyhow!(
-            "{} is in use by another Skython server ({e}): stop that one first, or give this \
-             one its own --data-dir or --store",
+            "{} is in use by another Skython server ({e}): {what_to_do}",
             path.display()
         )
     })

@@ -127,18 +127,11 @@ fn a_store_past_the_quota_raises_in_its_call_and_is_never_read() {
 #[test]
 fn a_second_server_on_the_same_data_directory_is_refused() {
     let s = Skython::start(&[]);
-    let out = Command::new(skython_bin())
-        .args(["up", "--addr", "127.0.0.1:0", "--data-dir"])
-        .arg(&s.data_dir)
-        .env("SKYTHON_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run a second skython up");
-    assert!(!out.status.success(), "the second server started");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("in use by another Skython server"),
-        "says why: {stderr}"
+    refused_as_in_use(
+        Command::new(skython_bin())
+            .args(["up", "--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(&s.data_dir)
+            .env("SKYTHON_LOG", "warn"),
     );
     // The first one goes on serving.
     s.deploy_ok("still", "def main():\n    return 1\n", json!({}));
@@ -152,15 +145,19 @@ fn a_store_copy_into_a_running_servers_file_is_refused() {
     let elsewhere = tempfile::tempdir().unwrap();
     let source = elsewhere.path().join("source.db");
     std::fs::copy(&db, &source).unwrap();
-    let out = Command::new(skython_bin())
-        .args(["store", "copy", "--from"])
-        .arg(format!("sqlite://{}", source.display()))
-        .arg("--to")
-        .arg(format!("sqlite://{}", db.display()))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run skython store copy");
-    assert!(!out.status.success(), "the copy ran");
+    refused_as_in_use(
+        Command::new(skython_bin())
+            .args(["store", "copy", "--from"])
+            .arg(format!("sqlite://{}", source.display()))
+            .arg("--to")
+            .arg(format!("sqlite://{}", db.display())),
+    );
+}
+
+/// Runs `cmd`, which must fail saying that a running server holds the SQLite file.
+fn refused_as_in_use(cmd: &mut Command) {
+    let out = cmd.stdin(Stdio::null()).output().expect("run skython");
+    assert!(!out.status.success(), "it ran: {cmd:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("in use by another Skython server"),

@@ -336,7 +336,7 @@ pub trait StateStore: Send + Sync {
 pub type CommitHook = Box<dyn FnOnce(&Result<Written>) + Send>;
 
 /// A sequence of state writes that stops at its first failure: a write queued in it after one
-/// that failed is not applied (`Unavailable`), since it may rest on what the failed one wrote.
+/// that failed is not applied (`Aborted`), since it may rest on what the failed one wrote.
 #[derive(Clone, Debug, Default)]
 pub struct WriteChain(Arc<AtomicBool>);
 
