@@ -90,6 +90,35 @@ pub struct SkyFunctionSpec {
     /// What the function may reach over the network.
     #[serde(default)]
     pub network: Network,
+    /// Who may call the endpoint. Unset: `public` for public functions, `key` for private ones
+    /// (see [`SkyFunctionSpec::effective_access`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<Access>,
+    /// Web origins whose pages may call the endpoint from a browser (CORS), e.g.
+    /// `https://example.com`, or `*` for any. Unset: any origin. Calls carry no cookies, so a
+    /// browser page still needs a key for a gated function.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+/// Who may call a function's endpoint.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Anyone, without credentials.
+    Public,
+    /// Callers presenting an API key scoped to the function, or a token of its owner.
+    Key,
+}
+
+impl Access {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Public => "public",
+            Access::Key => "key",
+        }
+    }
 }
 
 /// Network access of a function.
@@ -107,7 +136,7 @@ pub enum Network {
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Visibility {
-    /// Only the owner sees the function in listings (anyone may still call its endpoint).
+    /// Only the owner sees the function; its endpoint needs a key unless `access` is `public`.
     #[default]
     Private,
     /// Listed in the skybox catalogue.
@@ -273,6 +302,22 @@ pub struct Param {
 }
 
 impl SkyFunctionSpec {
+    /// Who may call the endpoint: `access` if set, else what the visibility implies (a private
+    /// function is not open to the world just because its URL is guessable).
+    pub fn effective_access(&self) -> Access {
+        self.access.unwrap_or(match self.visibility {
+            Visibility::Public => Access::Public,
+            Visibility::Private => Access::Key,
+        })
+    }
+
+    /// Whether a browser page of `origin` may call the endpoint.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.allowed_origins
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|o| o == "*" || o == origin))
+    }
+
     /// A spec with every optional field at its default.
     pub fn new(owner: &str, endpoint: &str, source: &str) -> Self {
         SkyFunctionSpec {
@@ -291,6 +336,8 @@ impl SkyFunctionSpec {
             replicas: None,
             network: Network::default(),
             env: Vec::new(),
+            access: None,
+            allowed_origins: None,
         }
     }
 

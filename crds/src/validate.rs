@@ -13,6 +13,7 @@ const MAX_DESCRIPTION_CHARS: usize = 4000;
 const MAX_TAGS: usize = 20;
 const MAX_TAG_CHARS: usize = 40;
 const MAX_ENV: usize = 64;
+const MAX_ORIGINS: usize = 32;
 const MAX_ENV_VALUE_BYTES: usize = 32 << 10;
 const MIN_MEMORY: u64 = 64 << 20;
 const MAX_MEMORY: u64 = 64 << 30;
@@ -41,6 +42,30 @@ pub fn is_dns_label(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
+}
+
+/// What a browser sends in `Origin`: `scheme://host[:port]`, lowercase, nothing after.
+fn is_origin(s: &str) -> bool {
+    if s == "*" {
+        return true;
+    }
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return false;
+    };
+    let host = match rest.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()) => h,
+        _ => rest,
+    };
+    let name = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.';
+    let ipv6 = |h: &str| {
+        h.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .is_some_and(|a| !a.is_empty() && a.bytes().all(|c| c.is_ascii_hexdigit() || c == b':'))
+    };
+    matches!(scheme, "http" | "https")
+        && !host.is_empty()
+        && host.len() <= 253
+        && (host.bytes().all(name) || ipv6(host))
 }
 
 fn is_identifier(s: &str) -> bool {
@@ -137,6 +162,23 @@ pub(crate) fn spec(s: &SkyFunctionSpec) -> Vec<FieldError> {
         } else if !seen.insert(t) {
             err(&format!("tags[{i}]"), format!("duplicate tag {t:?}"));
         }
+    }
+    for (i, o) in s.allowed_origins.iter().flatten().enumerate() {
+        if !is_origin(o) {
+            err(
+                &format!("allowedOrigins[{i}]"),
+                format!(
+                    "must be \"*\" or an origin such as \"https://example.com\" or \
+                     \"http://localhost:8080\" (scheme, host and port only), got {o:?}"
+                ),
+            );
+        }
+    }
+    if s.allowed_origins
+        .as_ref()
+        .is_some_and(|l| l.len() > MAX_ORIGINS)
+    {
+        err("allowedOrigins", format!("at most {MAX_ORIGINS} origins"));
     }
     match parse_cpu_millis(&s.resources.cpu) {
         Some(m) if m > 0 => {}
@@ -260,6 +302,33 @@ mod tests {
                 .validate()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn allowed_origins_are_star_or_bare_origins() {
+        let mut s = SkyFunctionSpec::new("alice", "add", "def add(a, b): return a + b");
+        s.allowed_origins = Some(
+            [
+                "*",
+                "https://example.com",
+                "http://localhost:8080",
+                "http://[::1]:3000",
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        assert!(s.validate().is_empty(), "{:?}", s.validate());
+        for bad in [
+            "example.com",
+            "https://example.com/",
+            "https://Example.com",
+            "ftp://x",
+            "https://a.com:x",
+            "",
+        ] {
+            s.allowed_origins = Some(vec![bad.into()]);
+            assert_eq!(fields(&s), ["allowedOrigins[0]"], "{bad}");
+        }
     }
 
     #[test]
