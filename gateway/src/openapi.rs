@@ -9,7 +9,7 @@ use crate::api::{
     FunctionList, FunctionView, InvocationList, Me, NOT_DEPLOYABLE, TestRunRequest, TestRunResponse,
 };
 
-fn error_schema() -> Value {
+pub(crate) fn error_schema() -> Value {
     json!({
         "type": "object",
         "required": ["error"],
