@@ -100,8 +100,11 @@ pub struct ClusterPlatform {
     gateway_metrics: Arc<Metrics>,
     /// Each served function's argument schema, with the resource version of the SkyFunction it
     /// was read from: read again only when that changes.
-    arg_schemas: Mutex<HashMap<(String, String), (String, Arc<ArgSchema>)>>,
+    arg_schemas: Mutex<HashMap<(String, String), VersionedArgs>>,
 }
+
+/// An argument schema and the resource version of the SkyFunction it was read from.
+type VersionedArgs = (String, Arc<ArgSchema>);
 
 impl ClusterPlatform {
     /// Starts the watches and the autoscaler; returns the platform and the router of the pods'

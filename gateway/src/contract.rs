@@ -173,6 +173,8 @@ impl Ty {
 
     /// Whether `v` fits; else where it does not (a path below `v`) and what is there.
     fn check(&self, v: &Value) -> Result<(), Mismatch> {
+        // A JSON boolean is no number here, though Python's bool is an int: JSON tells them
+        // apart, and `true` for a count or a weight is almost always the client's mistake.
         let fits = match (self, v) {
             (Ty::Any, _)
             | (Ty::Null, Value::Null)
