@@ -7,13 +7,14 @@ VENV ?= $(CACHE)/venv
 VENV_FULL ?= $(CACHE)/venv-full
 VENV_BENCH ?= $(CACHE)/venv-bench
 VENV_MONGO ?= $(CACHE)/venv-mongo
+VENV_OPENAPI ?= $(CACHE)/venv-openapi
 MONGO_PORT ?= 27099
 ADDR ?= 127.0.0.1:8080
 DATA_DIR ?= .skython
 SKYTHON_RELEASE := $(CARGO_TARGET_DIR)/release/skython
 SKYTHON_DEBUG := $(CARGO_TARGET_DIR)/debug/skython
 
-.PHONY: run test build sandbox venv venv-full venv-mongo mongo-start mongo-stop generate lint unit python-unit e2e clean cluster-up cluster-down \
+.PHONY: run test build sandbox venv venv-full venv-mongo venv-openapi mongo-start mongo-stop generate lint unit python-unit e2e clean cluster-up cluster-down \
 	bench bench-quick bench-state bench-ab bench-tools bench-check bench-cluster
 
 ## run: build what is missing, then start Skython at http://$(ADDR) (data in $(DATA_DIR))
@@ -25,14 +26,14 @@ run: venv sandbox
 ## the MongoDB backend against a MongoDB-wire server (SecantusDB, started by scripts/mongo.sh and
 ## stopped afterwards), and the operator against a real one-node Kubernetes (started by
 ## e2e/cluster/up.sh and stopped afterwards; KEEP_CLUSTER=1 leaves it running for the next run)
-test: venv venv-full venv-mongo sandbox lint python-unit bench-check
+test: venv venv-full venv-mongo venv-openapi sandbox lint python-unit bench-check
 	cargo build -p skython-cli
 	@mkdir -p $(CACHE)
 	$(MAKE) cluster-up
 	set -o pipefail; rc=1; : > $(CACHE)/test.log; \
 	  if $(MONGO) start; then \
 	    SKYTHON_BIN=$(SKYTHON_DEBUG) SKYTHON_PYTHON=$(VENV)/bin/python \
-	    SKYTHON_PYTHON_FULL=$(VENV_FULL)/bin/python \
+	    SKYTHON_PYTHON_FULL=$(VENV_FULL)/bin/python SKYTHON_OPENAPI_PYTHON=$(VENV_OPENAPI)/bin/python \
 	    SKYTHON_KUBECONFIG=$(KUBECONFIG_E2E) \
 	    SKYTHON_MONGODB_URL='$(MONGODB_URL_E2E)' SKYTHON_SECANTUSD=$(VENV_MONGO)/bin/secantusd-py \
 	    cargo test --workspace --no-fail-fast 2>&1 | tee $(CACHE)/test.log; \
@@ -96,6 +97,11 @@ venv-full:
 ##   pinned in e2e/mongo/requirements.txt
 venv-mongo:
 	@scripts/venv.sh e2e/mongo/requirements.txt $(VENV_MONGO)
+
+## venv-openapi: openapi-spec-validator, which the e2e tests run on the functions' OpenAPI
+##   documents, pinned in e2e/openapi/requirements.txt
+venv-openapi:
+	@scripts/venv.sh e2e/openapi/requirements.txt $(VENV_OPENAPI)
 
 ## generate: rewrite the generated artifacts (docs/openapi.json, the CRD in helm/) from the code
 generate:

@@ -2,8 +2,9 @@
 //! (SkyFunctions), the Pod watch, the router and the autoscaler, and serves the pods' internal
 //! routes.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -12,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use skython_crds::SkyFunction;
 use skython_gateway::Limits;
 use skython_gateway::Metrics;
+use skython_gateway::contract::ArgSchema;
 use skython_gateway::error::{ApiError, ApiResult};
 use skython_gateway::platform::{Call, Called, Platform};
 use skython_operator::leader::LeaseConfig;
@@ -96,7 +98,13 @@ pub struct ClusterPlatform {
     _autoscaler: Arc<Autoscaler>,
     metrics: Arc<ClusterMetrics>,
     gateway_metrics: Arc<Metrics>,
+    /// Each served function's argument schema, with the resource version of the SkyFunction it
+    /// was read from: read again only when that changes.
+    arg_schemas: Mutex<HashMap<(String, String), VersionedArgs>>,
 }
+
+/// An argument schema and the resource version of the SkyFunction it was read from.
+type VersionedArgs = (String, Arc<ArgSchema>);
 
 impl ClusterPlatform {
     /// Starts the watches and the autoscaler; returns the platform and the router of the pods'
@@ -217,6 +225,7 @@ impl ClusterPlatform {
             _autoscaler: scaler,
             metrics,
             gateway_metrics,
+            arg_schemas: Mutex::default(),
         });
         Ok((platform, internal_routes))
     }
@@ -339,10 +348,33 @@ impl Platform for ClusterPlatform {
 
     async fn delete_function(&self, owner: &str, endpoint: &str) -> ApiResult<bool> {
         let deleted = self.registry.delete(owner, endpoint).await?;
+        self.arg_schemas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(owner.to_string(), endpoint.to_string()));
         if deleted {
             self.gateway_metrics.forget(&format!("{owner}/{endpoint}"));
         }
         Ok(deleted)
+    }
+
+    async fn arg_schema(&self, owner: &str, endpoint: &str) -> ApiResult<Option<Arc<ArgSchema>>> {
+        self.registry.synced_within(SYNC_WAIT).await?;
+        let Some(f) = self.registry.holder(owner, endpoint) else {
+            return Ok(None);
+        };
+        let version = f.metadata.resource_version.as_deref().unwrap_or_default();
+        let key = (owner.to_string(), endpoint.to_string());
+        let mut cache = self.arg_schemas.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((seen, schema)) = cache.get(&key)
+            && seen == version
+        {
+            return Ok(Some(schema.clone()));
+        }
+        let signature = f.status.as_ref().and_then(|s| s.signature.as_ref());
+        let schema = Arc::new(signature.map(ArgSchema::from_signature).unwrap_or_default());
+        cache.insert(key, (version.to_string(), schema.clone()));
+        Ok(Some(schema))
     }
 
     async fn call(&self, call: Call) -> ApiResult<Called> {

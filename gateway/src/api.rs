@@ -22,6 +22,7 @@ use skython_store::{FunctionFilter, FunctionRecord, Invocation, StateScope};
 
 use crate::AppState;
 use crate::auth::AuthUser;
+use crate::contract::ArgSchema;
 use crate::error::{ApiError, ApiResult};
 use crate::invoke::{CallOutput, check_args};
 
@@ -427,7 +428,7 @@ pub async fn replace_function(
 }
 
 /// The function if the caller may see it: its owner and the admin always, others if public.
-async fn visible(
+pub(crate) async fn visible(
     app: &AppState,
     user: &AuthUser,
     owner: &str,
@@ -541,6 +542,17 @@ pub async fn test_run(
     .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
     let args = check_args(&args)?.to_vec();
     let signature = inspect(&app, &spec).await?;
+    // Refused as the deployed endpoint would refuse them, before a worker starts.
+    if let Err(e) = ArgSchema::from_signature(&signature).check(&args) {
+        return Ok(Json(TestRunResponse {
+            status: e.status.as_u16(),
+            result: None,
+            error: e.body().get("error").cloned(),
+            logs: String::new(),
+            duration_ms: 0.0,
+            signature,
+        }));
+    }
     let zygote = app
         .deployments
         .zygote(spec.runtime)

@@ -19,6 +19,7 @@ use skython_store::{
 };
 
 use crate::Limits;
+use crate::contract::ArgSchema;
 use crate::state_hub::StateHub;
 
 type Key = (String, String);
@@ -30,6 +31,8 @@ pub struct Deployed {
     pub pool: WorkerPool,
     /// The function's way out (`network: internet`), revoked when this version is gone.
     pub egress: Option<Grant>,
+    /// What this version's calls may carry.
+    pub args: Arc<ArgSchema>,
 }
 
 /// Endpoints the store did not have, remembered for a moment: a client calling a mistyped
@@ -203,6 +206,14 @@ impl Deployments {
             generation: record.generation,
             pool: WorkerPool::new(zygote, worker_spec, limits, state).in_group(group),
             egress,
+            args: Arc::new(
+                record
+                    .status
+                    .signature
+                    .as_ref()
+                    .map(ArgSchema::from_signature)
+                    .unwrap_or_default(),
+            ),
         })
     }
 

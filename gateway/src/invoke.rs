@@ -15,7 +15,7 @@ use tracing::Instrument;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::platform::{Call, Called};
+use crate::platform::Call;
 
 /// A call's answer, ready to send and to record.
 pub struct CallOutput {
@@ -29,7 +29,7 @@ pub struct CallOutput {
 }
 
 impl CallOutput {
-    fn failed(e: ApiError, logs: String) -> Self {
+    pub(crate) fn failed(e: ApiError, logs: String) -> Self {
         CallOutput {
             status: e.status,
             body: Bytes::from(e.body().to_string()),
@@ -310,19 +310,34 @@ async fn call(
     }
     let body = body?;
     let args = check_args(&body)?;
-    let rid = rid.to_str().unwrap_or_default().to_string(); // printable: see `request_id`
-    let Called {
-        output: out,
-        cold_start,
-    } = app
+    let schema = app
         .platform
-        .call(Call {
-            owner: owner.clone(),
-            endpoint: endpoint.clone(),
-            args: Bytes::copy_from_slice(args),
-            request_id: rid.clone(),
-        })
-        .await?;
+        .arg_schema(&owner, &endpoint)
+        .await?
+        .ok_or_else(not_found)?;
+    let rid = rid.to_str().unwrap_or_default().to_string(); // printable: see `request_id`
+    let (out, cold_start) = match schema.check(args) {
+        Ok(()) => {
+            let called = app
+                .platform
+                .call(Call {
+                    owner: owner.clone(),
+                    endpoint: endpoint.clone(),
+                    args: Bytes::copy_from_slice(args),
+                    request_id: rid.clone(),
+                })
+                .await?;
+            (called.output, called.cold_start)
+        }
+        // Refused before any worker saw it: counted and recorded as the worker's refusals are.
+        Err(e) => {
+            app.metrics
+                .calls
+                .with_label_values(&[&format!("{owner}/{endpoint}"), e.code])
+                .inc();
+            (CallOutput::failed(e, String::new()), false)
+        }
+    };
     let elapsed = started.elapsed();
     let resp = json_response(out.status, &out.body, cold_start);
     app.recorder.record(Invocation {

@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod contract;
 pub mod deployments;
 pub mod error;
 pub mod invoke;
@@ -218,6 +219,14 @@ pub fn app(state: AppState) -> Router {
             get(api::invocations),
         )
         .route("/functions/{owner}/{endpoint}/logs", get(api::logs))
+        .route(
+            "/functions/{owner}/{endpoint}/openapi.json",
+            get(contract::openapi_json),
+        )
+        .route(
+            "/functions/{owner}/{endpoint}/snippets",
+            get(contract::snippets_json),
+        )
         .route("/test-run", post(api::test_run))
         .route("/me", get(api::me));
     let routes = Router::new()

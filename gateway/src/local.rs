@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use skython_store::{FunctionFilter, FunctionRecord, Store};
 
+use crate::contract::ArgSchema;
 use crate::deployments::Deployments;
 use crate::error::{ApiError, ApiResult};
 use crate::invoke::run_call;
@@ -129,6 +130,11 @@ impl Platform for LocalPlatform {
         self.deployments.remove(owner, endpoint);
         self.metrics.forget(&format!("{owner}/{endpoint}"));
         Ok(true)
+    }
+
+    async fn arg_schema(&self, owner: &str, endpoint: &str) -> ApiResult<Option<Arc<ArgSchema>>> {
+        let deployed = self.deployments.get(owner, endpoint).await?;
+        Ok(deployed.map(|d| d.args.clone()))
     }
 
     async fn call(&self, call: Call) -> ApiResult<Called> {

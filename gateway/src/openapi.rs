@@ -8,8 +8,9 @@ use skython_crds::SkyFunctionSpec;
 use crate::api::{
     FunctionList, FunctionView, InvocationList, Me, NOT_DEPLOYABLE, TestRunRequest, TestRunResponse,
 };
+use crate::contract::Snippets;
 
-fn error_schema() -> Value {
+pub(crate) fn error_schema() -> Value {
     json!({
         "type": "object",
         "required": ["error"],
@@ -21,6 +22,7 @@ fn error_schema() -> Value {
                 "message": {"type": "string", "description": "What went wrong and what was expected."},
                 "type": {"type": "string", "description": "The Python exception type (function_error)."},
                 "expected": {"type": "array", "description": "The function's parameters (bad_arguments)."},
+                "param": {"type": "string", "description": "The parameter whose argument does not fit (bad_arguments)."},
                 "line": {"type": "integer", "description": "Line of a syntax error."},
                 "column": {"type": "integer"},
                 "fields": {"type": "array", "description": "Each invalid spec field (invalid_spec)."}
@@ -108,6 +110,7 @@ pub fn document() -> Value {
             generator.subschema_for::<InvocationList>(),
         ),
         ("Me", generator.subschema_for::<Me>()),
+        ("Snippets", generator.subschema_for::<Snippets>()),
     ] {
         let v = schema.to_value();
         // Named types come back as references; keep the alias only when it adds a name.
@@ -154,7 +157,7 @@ pub fn document() -> Value {
                 "requestBody": {"required": false, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Arguments"}}}},
                 "responses": {
                     "200": {"description": "The return value", "content": {"application/json": {"schema": {}}}},
-                    "400": response("Bad JSON or arguments that do not fit the signature", Some("Error")),
+                    "400": response("Bad JSON (bad_json), or arguments that do not fit the signature or its type hints (bad_arguments; `param` names the parameter)", Some("Error")),
                     "404": response("No such function", Some("Error")),
                     "413": response("Body too large", Some("Error")),
                     "429": response("Every worker busy and the queue full", Some("Error")),
@@ -178,6 +181,12 @@ pub fn document() -> Value {
             },
             "/api/v1/functions/{owner}/{endpoint}/logs": {
                 "get": op("Recent logs of a function (calls that printed or failed)", "200", response("Invocations with logs", Some("InvocationList")), &["400", "401", "403", "404"], None, &fp)
+            },
+            "/api/v1/functions/{owner}/{endpoint}/openapi.json": {
+                "get": op("The OpenAPI document of a function's endpoint, from its type hints", "200", json!({"description": "An OpenAPI 3.1 document", "content": {"application/json": {"schema": {"type": "object"}}}}), &["401", "404"], None, &fp)
+            },
+            "/api/v1/functions/{owner}/{endpoint}/snippets": {
+                "get": op("Client code that calls a function (curl, Python, JavaScript, Swift, Kotlin)", "200", response("Snippets", Some("Snippets")), &["401", "404"], None, &fp)
             },
             "/api/v1/test-run": {
                 "post": op("Run a draft once without deploying it", "200", response("The result, logs and duration", Some("TestRunResponse")), &["400", "401", "413"], Some("TestRunRequest"), &[])

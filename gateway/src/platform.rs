@@ -8,10 +8,13 @@
 //! The API checks everything it can without knowing which (spec validation, the source's
 //! syntax and entry function, permissions), then asks the platform.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use skython_store::{FunctionFilter, FunctionRecord};
 
+use crate::contract::ArgSchema;
 use crate::error::ApiResult;
 use crate::invoke::CallOutput;
 
@@ -51,6 +54,11 @@ pub trait Platform: Send + Sync + 'static {
 
     /// Forgets a function and stops serving it; false when there was none.
     async fn delete_function(&self, owner: &str, endpoint: &str) -> ApiResult<bool>;
+
+    /// What a call of the function may carry, from the signature of the version that serves
+    /// (`None`: no such function). Asked before every call, so computed once per version and
+    /// kept: one cheap lookup.
+    async fn arg_schema(&self, owner: &str, endpoint: &str) -> ApiResult<Option<Arc<ArgSchema>>>;
 
     /// Runs one call. `Err` only when the call could not be placed (no such function: 404;
     /// the platform is full or starting: 503/504); the function's own failures are answers.

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use skython_crds::{SkyFunctionSpec, SkyFunctionStatus};
 use skython_gateway::auth::hash_token;
+use skython_gateway::contract::ArgSchema;
 use skython_gateway::error::{ApiError, ApiResult};
 use skython_gateway::invoke::CallOutput;
 use skython_gateway::platform::{Call, Called};
@@ -53,6 +54,14 @@ impl Platform for Memory {
     async fn delete_function(&self, owner: &str, endpoint: &str) -> ApiResult<bool> {
         let key = (owner.to_string(), endpoint.to_string());
         Ok(self.functions.lock().unwrap().remove(&key).is_some())
+    }
+
+    async fn arg_schema(&self, owner: &str, endpoint: &str) -> ApiResult<Option<Arc<ArgSchema>>> {
+        let record = self.get_function(owner, endpoint).await?;
+        Ok(record.map(|r| {
+            let sig = r.status.signature.as_ref();
+            Arc::new(sig.map(ArgSchema::from_signature).unwrap_or_default())
+        }))
     }
 
     async fn call(&self, call: Call) -> ApiResult<Called> {

@@ -1,0 +1,306 @@
+//! A function's contract over the HTTP app in process: its OpenAPI document and snippets (who
+//! may read them), and calls whose arguments do not fit the type hints refused before a worker
+//! sees them. The calls run a real Python runtime (`SKYTHON_PYTHON`, else `python3`, with numpy).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use serde_json::{Value, json};
+use skython_crds::{Param, Runtime, Signature, SkyFunctionSpec, SkyFunctionStatus, Visibility};
+use skython_gateway::auth::hash_token;
+use skython_gateway::{AppState, GatewayConfig, Limits, app};
+use skython_runner::{RuntimeConfig, Sandbox, Zygote};
+use skython_store::{FunctionRecord, FunctionStore, SqliteStore, UserStore};
+use tower::ServiceExt;
+
+const ADMIN: &str = "sky_admin";
+const ALICE: &str = "sky_alice";
+const BOB: &str = "sky_bob";
+
+struct Gateway {
+    app: Router,
+    _runtime: Option<tempfile::TempDir>,
+}
+
+/// alice's `mean(xs: list[float]) -> float`, stored with its signature (not deployed).
+fn mean_record(visibility: Visibility) -> FunctionRecord {
+    let mut spec = SkyFunctionSpec::new(
+        "alice",
+        "mean",
+        "def mean(xs: list[float]) -> float:\n    return sum(xs) / len(xs)\n",
+    );
+    spec.visibility = visibility;
+    spec.description = "The mean of some numbers.".into();
+    let now = jiff::Timestamp::now();
+    FunctionRecord {
+        spec,
+        status: SkyFunctionStatus {
+            signature: Some(Signature {
+                entrypoint: "mean".into(),
+                params: vec![Param {
+                    name: "xs".into(),
+                    kind: "positional_or_keyword".into(),
+                    annotation: Some("list[float]".into()),
+                    default: None,
+                }],
+                returns: Some("float".into()),
+                doc: Some("Adds them up and divides.".into()),
+            }),
+            ..Default::default()
+        },
+        generation: 1,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// A gateway with the admin, alice and bob; with a Python runtime if `runtime`.
+async fn gateway(records: Vec<FunctionRecord>, runtime: bool) -> Gateway {
+    let store = Arc::new(SqliteStore::open_in_memory().unwrap());
+    for (name, token, admin) in [
+        ("admin", ADMIN, true),
+        ("alice", ALICE, false),
+        ("bob", BOB, false),
+    ] {
+        store
+            .create_user(name, &hash_token(token), admin)
+            .await
+            .unwrap();
+    }
+    for r in &records {
+        store.create_function(r).await.unwrap();
+    }
+    let mut zygotes = HashMap::new();
+    let dir = runtime.then(|| tempfile::tempdir().unwrap());
+    if let Some(dir) = &dir {
+        skython_runner::install_python_files(dir.path()).unwrap();
+        zygotes.insert(
+            Runtime::Standard,
+            Arc::new(Zygote::new(RuntimeConfig {
+                python: std::env::var_os("SKYTHON_PYTHON")
+                    .map(Into::into)
+                    .unwrap_or_else(|| "python3".into()),
+                python_path: dir.path().to_path_buf(),
+                preload: Some(String::new()),
+                workdir: std::env::temp_dir(),
+                sandbox: Sandbox::None,
+                egress_dir: None,
+            })),
+        );
+    }
+    let config = GatewayConfig {
+        public_url: "http://skython.test".into(),
+        limits: Limits::default(),
+        egress: None,
+        cgroups: None,
+        metrics_token: None,
+        state_cache: false,
+    };
+    let state = AppState::new(config, store, zygotes).unwrap();
+    Gateway {
+        app: app(state),
+        _runtime: dir,
+    }
+}
+
+impl Gateway {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
+        let resp = self
+            .app
+            .clone()
+            .oneshot(req.body(body).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.send(Method::GET, path, Some(token), None).await
+    }
+}
+
+const OPENAPI: &str = "/api/v1/functions/alice/mean/openapi.json";
+const SNIPPETS: &str = "/api/v1/functions/alice/mean/snippets";
+
+#[tokio::test]
+async fn the_owner_reads_the_document_of_a_private_function() {
+    let g = gateway(vec![mean_record(Visibility::Private)], false).await;
+    for token in [ALICE, ADMIN] {
+        let (status, doc) = g.get(OPENAPI, token).await;
+        assert_eq!(status, StatusCode::OK, "{doc}");
+        assert_eq!(doc["openapi"], "3.1.0");
+        assert_eq!(doc["servers"][0]["url"], "http://skython.test");
+        let op = &doc["paths"]["/fn/alice/mean"]["post"];
+        assert_eq!(
+            op["requestBody"]["content"]["application/json"]["schema"]["properties"]["xs"],
+            json!({"type": "array", "items": {"type": "number"}})
+        );
+        assert_eq!(
+            op["security"],
+            json!([{"apiKey": []}, {"bearer": []}]),
+            "private functions are gated"
+        );
+    }
+}
+
+#[tokio::test]
+async fn others_get_404_for_a_private_functions_document_and_snippets() {
+    let g = gateway(vec![mean_record(Visibility::Private)], false).await;
+    for path in [OPENAPI, SNIPPETS] {
+        let (status, body) = g.get(path, BOB).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "function_not_found");
+    }
+    let (status, _) = g.send(Method::GET, OPENAPI, None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn anyone_signed_in_reads_a_public_functions_document_and_snippets() {
+    let g = gateway(vec![mean_record(Visibility::Public)], false).await;
+    let (status, doc) = g.get(OPENAPI, BOB).await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    assert!(
+        doc["paths"]["/fn/alice/mean"]["post"]
+            .get("security")
+            .is_none()
+    );
+    let (status, s) = g.get(SNIPPETS, BOB).await;
+    assert_eq!(status, StatusCode::OK, "{s}");
+    for lang in ["curl", "python", "javascript", "swift", "kotlin"] {
+        let code = s[lang].as_str().unwrap_or_default();
+        assert!(
+            code.contains("http://skython.test/fn/alice/mean") && !code.contains("X-Api-Key"),
+            "{lang}: {code}"
+        );
+    }
+    assert!(
+        s["curl"].as_str().unwrap().contains(r#"-d '{"xs":[1.5]}'"#),
+        "{s}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_function_has_no_document() {
+    let g = gateway(vec![], false).await;
+    let (status, _) = g.get(OPENAPI, ADMIN).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+const NUMPY_MEAN: &str = "import numpy as np\n\ndef mean(xs: list[float]) -> float:\n    return float(np.mean(np.array(xs, dtype=float)))\n";
+
+#[tokio::test]
+async fn arguments_that_do_not_fit_the_hints_are_400_before_numpy_sees_them() {
+    let g = gateway(vec![], true).await;
+    let (status, body) = g
+        .send(
+            Method::POST,
+            "/api/v1/functions",
+            Some(ALICE),
+            Some(json!({"endpoint": "mean", "source": NUMPY_MEAN})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = g
+        .send(
+            Method::POST,
+            "/fn/alice/mean",
+            None,
+            Some(json!({"xs": "oops"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let err = &body["error"];
+    assert_eq!(err["code"], "bad_arguments");
+    assert_eq!(err["param"], "xs");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("xs: expected a list of numbers (list[float]), got a string"),
+        "{err}"
+    );
+    assert_eq!(err["expected"][0]["annotation"], "list[float]");
+    // What fits still runs (an int where a float is hinted too).
+    let (status, body) = g
+        .send(
+            Method::POST,
+            "/fn/alice/mean",
+            None,
+            Some(json!({"xs": [1, 2.5]})),
+        )
+        .await;
+    assert_eq!((status, body), (StatusCode::OK, json!(1.75)));
+}
+
+#[tokio::test]
+async fn a_refused_call_is_recorded_with_its_outcome() {
+    let g = gateway(vec![], true).await;
+    let (status, _) = g
+        .send(
+            Method::POST,
+            "/api/v1/functions",
+            Some(ALICE),
+            Some(json!({"endpoint": "mean", "source": NUMPY_MEAN})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    g.send(
+        Method::POST,
+        "/fn/alice/mean",
+        None,
+        Some(json!({"xs": "oops"})),
+    )
+    .await;
+    let (status, list) = g
+        .get("/api/v1/functions/alice/mean/invocations", ALICE)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list["items"][0]["status"], 400);
+    assert_eq!(list["items"][0]["outcome"], "bad_arguments");
+}
+
+#[tokio::test]
+async fn a_test_run_refuses_arguments_that_do_not_fit_as_the_endpoint_would() {
+    let g = gateway(vec![], true).await;
+    let (status, body) = g
+        .send(
+            Method::POST,
+            "/api/v1/test-run",
+            Some(ALICE),
+            Some(json!({"source": NUMPY_MEAN, "args": {"xs": [1, "2"]}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], 400);
+    assert_eq!(body["error"]["code"], "bad_arguments");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("but xs[1] is a string"),
+        "{body}"
+    );
+}
