@@ -502,7 +502,11 @@ mod tests {
 
     /// A router with one ready pod, `slow_pod(delay)`, for a function of `concurrency` 1.
     async fn one_pod(delay: Duration) -> (Arc<Router>, Arc<Pods>, Target) {
-        let addr = slow_pod(delay).await;
+        router_to(slow_pod(delay).await)
+    }
+
+    /// A router with one ready pod at `addr`, for a function of `concurrency` 1.
+    fn router_to(addr: std::net::SocketAddr) -> (Arc<Router>, Arc<Pods>, Target) {
         let f = FunctionRef {
             namespace: "ns".into(),
             name: "slow".into(),
@@ -527,6 +531,33 @@ mod tests {
             timeout: Duration::from_secs(5),
         };
         (Arc::new(router.unwrap()), pods, t)
+    }
+
+    #[tokio::test]
+    async fn the_pod_hears_who_called_and_nothing_for_an_anonymous_call() {
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::post(|headers: axum::http::HeaderMap| async move {
+                match headers.get(CALLER_HEADER) {
+                    Some(v) => v.to_str().unwrap_or("?").to_string(),
+                    None => "none".to_string(),
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let (router, _pods, t) = router_to(addr);
+        let alice = Caller::User {
+            name: "alice".into(),
+        };
+        let heard = router.call(&t, Bytes::new(), "r1", &alice).await.unwrap();
+        assert_eq!(&heard.output.body[..], br#"{"kind":"user","name":"alice"}"#);
+        let heard = router
+            .call(&t, Bytes::new(), "r2", &Caller::Anonymous)
+            .await
+            .unwrap();
+        assert_eq!(&heard.output.body[..], b"none");
     }
 
     #[tokio::test]
