@@ -385,7 +385,7 @@ impl Platform for ClusterPlatform {
             tracing::info_span!("call", function = %target.label, request_id = %call.request_id);
         let called = self
             .router
-            .call(&target, call.args, &call.request_id)
+            .call(&target, call.args, &call.request_id, &call.caller)
             .instrument(span)
             .await?;
         let m = &self.gateway_metrics;

@@ -18,6 +18,8 @@ use bytes::Bytes;
 use skython_gateway::error::ApiError;
 use skython_gateway::invoke::CallOutput;
 use skython_gateway::platform::Called;
+use skython_runner::Caller;
+use skython_runner_pod::wire::{CALLER_HEADER, caller_header};
 
 use crate::metrics::ClusterMetrics;
 use crate::pods::{Backend, Pods};
@@ -125,13 +127,16 @@ impl Router {
             .collect()
     }
 
-    /// Runs one call on a pod of `t`, waiting for one if need be.
+    /// Runs one call for `caller` on a pod of `t`, waiting for one if need be.
     pub async fn call(
         &self,
         t: &Target,
         args: Bytes,
         request_id: &str,
+        caller: &Caller,
     ) -> Result<Called, ApiError> {
+        // Encoded once, not per attempt; an anonymous call carries no header.
+        let caller = (!caller.is_anonymous()).then(|| caller_header(caller));
         let arrived = Instant::now();
         let counters = self.counters(t);
         counters.started.fetch_add(1, Ordering::Relaxed);
@@ -164,6 +169,7 @@ impl Router {
                     slot,
                     args.clone(),
                     request_id.to_string(),
+                    caller.clone(),
                 ));
                 let sent = task.await.unwrap_or_else(|e| {
                     Sent::Answered(Called {
@@ -263,17 +269,18 @@ async fn send(
     slot: Slot,
     args: Bytes,
     request_id: String,
+    caller: Option<String>,
 ) -> Sent {
     let backend = &slot.backend;
     let url = format!("http://{}/", backend.addr);
-    let res = http
+    let mut req = http
         .post(url)
         .header("content-type", "application/json")
-        .header("x-request-id", request_id)
-        .body(args)
-        .timeout(t.timeout + POD_SLACK)
-        .send()
-        .await;
+        .header("x-request-id", request_id);
+    if let Some(caller) = caller {
+        req = req.header(CALLER_HEADER, caller);
+    }
+    let res = req.body(args).timeout(t.timeout + POD_SLACK).send().await;
     let fail = |kind: &str, e: ApiError| {
         metrics
             .pod_failures
@@ -495,7 +502,11 @@ mod tests {
 
     /// A router with one ready pod, `slow_pod(delay)`, for a function of `concurrency` 1.
     async fn one_pod(delay: Duration) -> (Arc<Router>, Arc<Pods>, Target) {
-        let addr = slow_pod(delay).await;
+        router_to(slow_pod(delay).await)
+    }
+
+    /// A router with one ready pod at `addr`, for a function of `concurrency` 1.
+    fn router_to(addr: std::net::SocketAddr) -> (Arc<Router>, Arc<Pods>, Target) {
         let f = FunctionRef {
             namespace: "ns".into(),
             name: "slow".into(),
@@ -523,12 +534,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_pod_hears_who_called_and_nothing_for_an_anonymous_call() {
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::post(|headers: axum::http::HeaderMap| async move {
+                match headers.get(CALLER_HEADER) {
+                    Some(v) => v.to_str().unwrap_or("?").to_string(),
+                    None => "none".to_string(),
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let (router, _pods, t) = router_to(addr);
+        let alice = Caller::User {
+            name: "alice".into(),
+        };
+        let heard = router.call(&t, Bytes::new(), "r1", &alice).await.unwrap();
+        assert_eq!(&heard.output.body[..], br#"{"kind":"user","name":"alice"}"#);
+        let heard = router
+            .call(&t, Bytes::new(), "r2", &Caller::Anonymous)
+            .await
+            .unwrap();
+        assert_eq!(&heard.output.body[..], b"none");
+    }
+
+    #[tokio::test]
     async fn a_caller_that_leaves_mid_call_gives_the_slot_back_when_the_pod_answers() {
         let (router, pods, t) = one_pod(Duration::from_millis(300)).await;
         let f = t.function.clone();
         let left = tokio::time::timeout(
             Duration::from_millis(50),
-            router.call(&t, Bytes::new(), "r1"),
+            router.call(&t, Bytes::new(), "r1", &Caller::Anonymous),
         )
         .await;
         assert!(left.is_err(), "the caller left before the answer");
@@ -540,7 +578,10 @@ mod tests {
             0,
             "the pod's slot is free again"
         );
-        let next = router.call(&t, Bytes::new(), "r2").await.unwrap();
+        let next = router
+            .call(&t, Bytes::new(), "r2", &Caller::Anonymous)
+            .await
+            .unwrap();
         assert_eq!(&next.output.body[..], b"1");
     }
 
@@ -551,7 +592,11 @@ mod tests {
         let calls: Vec<_> = (0..4)
             .map(|i| {
                 let (router, t) = (router.clone(), t.clone());
-                tokio::spawn(async move { router.call(&t, Bytes::new(), &format!("r{i}")).await })
+                tokio::spawn(async move {
+                    router
+                        .call(&t, Bytes::new(), &format!("r{i}"), &Caller::Anonymous)
+                        .await
+                })
             })
             .collect();
         for c in calls {

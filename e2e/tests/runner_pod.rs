@@ -131,6 +131,30 @@ fn a_runner_pod_serves_its_function_at_post_root() {
     );
 }
 
+/// The caller the gateway names in its header reaches the function; none is anonymous.
+#[test]
+fn a_runner_pod_tells_the_function_the_caller_the_gateway_names() {
+    let dir = function_dir("from skython import caller\n\ndef calc():\n    return caller()\n");
+    let (_p, url) = start(dir.path());
+    let c = http();
+    wait_ready(&c, &url);
+    let key = r#"{"kind":"key","id":"key_1","owner":"bob","name":"my-app"}"#;
+    let (status, body) = send(
+        c.post(format!("{url}/"))
+            .header(wire::CALLER_HEADER, key)
+            .body("{}"),
+    );
+    assert_eq!(
+        (status, body),
+        (
+            200,
+            json!({"kind": "key", "id": "key_1", "owner": "bob", "name": "my-app"})
+        )
+    );
+    let (status, body) = send(c.post(format!("{url}/")).body("{}"));
+    assert_eq!((status, body), (200, json!({"kind": "anonymous"})));
+}
+
 #[test]
 fn state_is_refused_with_a_clear_error_in_a_pod() {
     let dir = function_dir(

@@ -17,7 +17,7 @@ use serde_json::Value;
 use skython_crds::{
     Runtime, Signature, SkyFunctionSpec, SkyFunctionStatus, Visibility, is_dns_label,
 };
-use skython_runner::{Inspection, SourceError, run_once};
+use skython_runner::{Caller, Inspection, SourceError, run_once};
 use skython_store::{FunctionFilter, FunctionRecord, Invocation, StateScope};
 
 use crate::AppState;
@@ -571,10 +571,15 @@ pub async fn test_run(
         function: format!("~draft/{endpoint}"),
     }));
     let started = Instant::now();
+    // The draft runs as its author, who is also the one calling it.
+    let caller = Caller::User {
+        name: user.0.name.clone(),
+    };
     let res = run_once(
         zygote,
         &worker_spec,
         &args,
+        &caller,
         state,
         Duration::from_secs(spec.timeout_seconds.into()),
         group.as_ref(),

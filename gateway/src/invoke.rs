@@ -8,7 +8,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use skython_crds::is_dns_label;
-use skython_runner::{CallResult, Error as RunnerError, FunctionError, Outcome, WorkerPool};
+use skython_runner::{
+    CallResult, Caller, Error as RunnerError, FunctionError, Outcome, WorkerPool,
+};
 use skython_store::Invocation;
 use tracing::Instrument;
 
@@ -216,17 +218,18 @@ impl CallTarget for crate::deployments::Deployed {
     }
 }
 
-/// Runs one call and counts it. A client that hangs up does not cut the worker off mid-call:
-/// the call goes on, and its worker is free again when it answers.
+/// Runs one call for `caller` and counts it. A client that hangs up does not cut the worker off
+/// mid-call: the call goes on, and its worker is free again when it answers.
 pub async fn run_call<T: CallTarget>(
     target: Arc<T>,
     args: Bytes,
+    caller: &Caller,
     metrics: &Metrics,
     label: &str,
     span: tracing::Span,
 ) -> (CallOutput, bool) {
     let started = Instant::now();
-    let (res, cold_start) = match target.pool().call(&args).instrument(span).await {
+    let (res, cold_start) = match target.pool().call(&args, caller).instrument(span).await {
         Ok(report) => (Ok(report.result), report.cold_start),
         Err(e) => {
             let cold = matches!(e, RunnerError::Load(_));

@@ -148,6 +148,7 @@ impl Platform for LocalPlatform {
         let (output, cold_start) = run_call(
             deployed.clone(),
             call.args,
+            &call.caller,
             &self.metrics,
             &deployed.label,
             span,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use skython_runner::Caller;
 use skython_store::{FunctionFilter, FunctionRecord};
 
 use crate::contract::ArgSchema;
@@ -25,6 +26,9 @@ pub struct Call {
     pub endpoint: String,
     pub args: Bytes,
     pub request_id: String,
+    /// Who called, for `skython.caller()`: an identity only, never a scope. The call runs as
+    /// the function's owner (state, limits, secrets) whoever this is.
+    pub caller: Caller,
 }
 
 /// What a call gave.

@@ -2,7 +2,8 @@
 //! ConfigMap), served by the same zygote, worker pool, limits, call path and JSON rules as the
 //! gateway (shared from `skython-gateway`).
 //!
-//! `POST /` calls the function. `/healthz` answers while the process lives (liveness);
+//! `POST /` calls the function, for the caller in [`wire::CALLER_HEADER`] (anonymous without
+//! it). `/healthz` answers while the process lives (liveness);
 //! `/readyz` answers 200 once a worker has loaded the function, so a pod whose module fails to
 //! import never receives traffic and says why. `/metrics` has the call metrics.
 //! `POST wire::IDENTITY_PATH` answers the gateway's identity challenge ([`crate::identity`]).
@@ -24,9 +25,10 @@ use skython_gateway::invoke::{
     CallTarget, check_args, json_response, request_id, run_call, with_request_id,
 };
 use skython_gateway::metrics::Metrics;
-use skython_runner::{Inspection, SourceError, StateHandler, WorkerPool, Zygote};
+use skython_runner::{Caller, Inspection, SourceError, StateHandler, WorkerPool, Zygote};
 
 use crate::identity::{self, AnnouncedToken};
+use crate::wire;
 
 /// Files of the function directory (the keys of the operator's ConfigMap).
 pub const SOURCE_FILE: &str = "source.py";
@@ -170,24 +172,44 @@ async fn call(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let rid = request_id(&headers);
-    let resp = run(&pod, rid.to_str().unwrap_or_default(), body).await;
+    let resp = run(&pod, rid.to_str().unwrap_or_default(), &headers, body).await;
     with_request_id(resp, rid)
 }
 
 async fn run(
     pod: &Arc<RunnerPod>,
     rid: &str,
+    headers: &HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let caller = caller(headers)?;
     let body = body?;
     let args = Bytes::copy_from_slice(check_args(&body)?);
     let span = tracing::info_span!("call", function = %pod.label, request_id = %rid);
-    let (out, cold_start) = run_call(pod.clone(), args, &pod.metrics, &pod.label, span).await;
+    let (out, cold_start) =
+        run_call(pod.clone(), args, &caller, &pod.metrics, &pod.label, span).await;
     if !out.logs.is_empty() {
         // A pod's output is its log: `kubectl logs` shows what the function printed.
         tracing::info!(function = %pod.label, request_id = %rid, outcome = %out.outcome, "output:\n{}", out.logs.trim_end());
     }
     Ok(json_response(out.status, &out.body, cold_start))
+}
+
+/// Who the gateway says called: anonymous without [`wire::CALLER_HEADER`], 400 `bad_caller`
+/// when it is not a caller's JSON.
+fn caller(headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let Some(value) = headers.get(wire::CALLER_HEADER) else {
+        return Ok(Caller::Anonymous);
+    };
+    serde_json::from_slice(value.as_bytes()).map_err(|e| {
+        ApiError::bad_request(
+            "bad_caller",
+            format!(
+                "the {} header must be {{\"kind\": \"anonymous\"}}, {{\"kind\": \"user\", \"name\"}} or {{\"kind\": \"key\", \"id\", \"owner\", \"name\"}}: {e}",
+                wire::CALLER_HEADER
+            ),
+        )
+    })
 }
 
 async fn readyz(State(pod): State<Arc<RunnerPod>>) -> Response {
@@ -212,4 +234,41 @@ async fn metrics(State(pod): State<Arc<RunnerPod>>) -> impl IntoResponse {
         pod.metrics
             .render([(pod.label.as_str(), pod.pool.live(), pod.pool.pipelined())]),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_caller(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(wire::CALLER_HEADER, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn a_call_without_the_caller_header_is_anonymous() {
+        assert_eq!(caller(&HeaderMap::new()).unwrap(), Caller::Anonymous);
+    }
+
+    #[test]
+    fn the_caller_header_names_the_caller() {
+        let alice = Caller::User {
+            name: "alice".into(),
+        };
+        let headers = with_caller(&wire::caller_header(&alice));
+        assert_eq!(caller(&headers).unwrap(), alice);
+    }
+
+    #[test]
+    fn a_caller_header_that_is_no_caller_is_400_bad_caller() {
+        for bad in ["alice", r#"{"kind":"root"}"#, r#"{"kind":"user"}"#] {
+            let e = caller(&with_caller(bad)).unwrap_err();
+            assert_eq!(
+                (e.status, e.code),
+                (StatusCode::BAD_REQUEST, "bad_caller"),
+                "{bad}"
+            );
+        }
+    }
 }

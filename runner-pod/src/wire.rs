@@ -12,6 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use skython_runner::Caller;
 
 /// The audience of the pod's projected token (what the gateway's TokenReview asks for).
 pub const TOKEN_AUDIENCE: &str = "skython-gateway";
@@ -24,6 +25,29 @@ pub const ANNOUNCE_PATH: &str = "/internal/v1/pods/announce";
 pub const STATE_PATH: &str = "/internal/v1/state";
 /// The pod's route for the gateway's identity challenge.
 pub const IDENTITY_PATH: &str = "/internal/identity";
+
+/// The header of a call (`POST /` on the pod) that says who called it: a `Caller` as JSON
+/// ([`caller_header`]). Absent for an anonymous call.
+pub const CALLER_HEADER: &str = "x-skython-caller";
+
+/// [`CALLER_HEADER`]'s value: the caller's JSON in printable ASCII (other characters of names
+/// as `\u` escapes), which any header takes.
+pub fn caller_header(caller: &Caller) -> String {
+    // Plain strings in a tagged enum: encoding cannot fail.
+    let json = serde_json::to_string(caller).unwrap_or_default();
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() && !c.is_ascii_control() {
+            out.push(c);
+        } else {
+            // Outside JSON strings there are only ASCII characters: these are inside one.
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
+}
 
 /// Environment of runner pods (set by the operator: the gateway's URL from its flag, the rest
 /// through the downward API).
@@ -101,6 +125,28 @@ mod tests {
         let long = "t".repeat(900); // longer than a block: hashed first
         assert_ne!(proof(&long, "n1"), proof(&long, "n2"));
         assert_ne!(proof(&long, "n1"), proof(&format!("{long}x"), "n1"));
+    }
+
+    #[test]
+    fn a_caller_header_is_printable_ascii_and_reads_back_as_the_caller() {
+        let caller = Caller::Key {
+            id: "key_1".into(),
+            owner: "bob".into(),
+            name: "café ☃ 🐍\u{7f}".into(),
+        };
+        let header = caller_header(&caller);
+        assert!(
+            header.bytes().all(|b| (0x20..0x7f).contains(&b)),
+            "{header}"
+        );
+        assert!(axum::http::HeaderValue::from_str(&header).is_ok());
+        assert_eq!(serde_json::from_str::<Caller>(&header).unwrap(), caller);
+        assert_eq!(
+            caller_header(&Caller::User {
+                name: "alice".into()
+            }),
+            r#"{"kind":"user","name":"alice"}"#
+        );
     }
 
     #[test]

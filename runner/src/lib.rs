@@ -26,7 +26,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use pool::{CallReport, PoolLimits, WorkerPool, run_once};
-pub use protocol::{FunctionError, Hello, StateAnswer, StateRequest, WorkerSpec};
+pub use protocol::{Caller, FunctionError, Hello, StateAnswer, StateRequest, WorkerSpec};
 pub use sandbox::Sandbox;
 pub use worker::{CallResult, Outcome, StateCache, StateHandler, StatePeer, StateTicket, Worker};
 pub use zygote::{Inspection, RuntimeConfig, SourceError, Zygote};

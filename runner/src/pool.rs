@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, oneshot};
 
 use crate::cgroup::Group;
-use crate::protocol::WorkerSpec;
+use crate::protocol::{Caller, WorkerSpec};
 use crate::worker::{CallResult, Reply, StateHandler, WorkerHandle};
 use crate::zygote::Zygote;
 use crate::{Error, Result};
@@ -299,11 +299,13 @@ impl WorkerPool {
         &self.shared.limits
     }
 
-    /// Runs one call on a warm worker, starting one if none is free and the pool may grow.
-    pub async fn call(&self, args: &[u8]) -> Result<CallReport> {
+    /// Runs one call for `caller` on a warm worker, starting one if none is free and the pool
+    /// may grow. The caller is only told to the function (`skython.caller()`): the call runs
+    /// with the function's own state, limits and secrets.
+    pub async fn call(&self, args: &[u8], caller: &Caller) -> Result<CallReport> {
         let mut cold_start = false;
         for _ in 0..ATTEMPTS {
-            let (mut call, cold) = self.shared.clone().submit(args).await?;
+            let (mut call, cold) = self.shared.clone().submit(args, caller).await?;
             cold_start |= cold;
             match call.reply().await {
                 Reply::Done(result, held, gate) => {
@@ -442,12 +444,12 @@ impl Shared {
     }
 
     /// Places the call on a worker (waiting for room if the pool is full) and submits it.
-    async fn submit(self: Arc<Self>, args: &[u8]) -> Result<(InFlight, bool)> {
+    async fn submit(self: Arc<Self>, args: &[u8], caller: &Caller) -> Result<(InFlight, bool)> {
         let deadline = tokio::time::Instant::now() + self.limits.call_timeout;
         let mut waiting = None;
         let mut cold_start = false;
         loop {
-            match self.place(args) {
+            match self.place(args, caller) {
                 Placed::Submitted(call) => return Ok((call, cold_start)),
                 Placed::Start => {
                     Starting(self.clone()).run().await?;
@@ -479,7 +481,7 @@ impl Shared {
 
     /// One placement decision under the lock: submitted to a worker, or a worker to start
     /// (counted as starting), or nowhere yet.
-    fn place(self: &Arc<Self>, args: &[u8]) -> Placed {
+    fn place(self: &Arc<Self>, args: &[u8], caller: &Caller) -> Placed {
         let depth = self.depth();
         let mut slots = self.slots();
         slots.workers.retain(|s| !s.worker.is_closed());
@@ -493,7 +495,7 @@ impl Shared {
         ) {
             Choice::Worker(i) => {
                 let slot = &mut slots.workers[i];
-                match slot.worker.submit(args) {
+                match slot.worker.submit(args, caller) {
                     Some(rx) => {
                         if slot.in_flight > 0 {
                             self.pipelined.fetch_add(1, Ordering::Relaxed);
@@ -506,7 +508,7 @@ impl Shared {
                     // It stopped just now: look again without it.
                     None => {
                         drop(slots);
-                        self.place(args)
+                        self.place(args, caller)
                     }
                 }
             }
@@ -571,11 +573,13 @@ impl Shared {
     }
 }
 
-/// Runs a draft once in a fresh worker that is stopped afterwards (the test-run API).
+/// Runs a draft once for `caller` in a fresh worker that is stopped afterwards (the test-run
+/// API).
 pub async fn run_once(
     zygote: &Zygote,
     spec: &WorkerSpec,
     args: &[u8],
+    caller: &Caller,
     state: Arc<dyn StateHandler>,
     timeout: Duration,
     group: Option<&Group>,
@@ -593,7 +597,7 @@ pub async fn run_once(
         .spawn(&spec, timeout, group.as_ref())
         .await?
         .serve(state, timeout);
-    let result = worker.call(args).await;
+    let result = worker.call(args, caller).await;
     drop(worker);
     drop(group);
     result

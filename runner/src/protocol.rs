@@ -17,6 +17,9 @@ pub mod kind {
     pub const GO: u8 = b'W';
     pub const READY: u8 = b'R';
     pub const LOAD_ERROR: u8 = b'L';
+    /// Gateway → worker before a `C` whose caller differs from the previous call's: who the
+    /// calls from here on are for (`Caller`, JSON). Not the control channel's `INSPECT`.
+    pub const CALLER: u8 = b'I';
     pub const CALL: u8 = b'C';
     pub const STATE_REQ: u8 = b'Q';
     pub const STATE_ANS: u8 = b'A';
@@ -94,6 +97,30 @@ pub struct WorkerSpec {
     /// `PROTOCOL.md`, "State cache"). Set by the pool from its state handler, not by callers.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub state_cache: bool,
+}
+
+/// Who a call is for, as `skython.caller()` tells the function. Only an identity: the call
+/// runs with its function owner's state, limits and secrets, whoever the caller is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase", deny_unknown_fields)]
+pub enum Caller {
+    /// No credential presented (or none needed).
+    #[default]
+    Anonymous,
+    /// A signed-in user (a session or a personal access token), by account name.
+    User { name: String },
+    /// An API key: its id (never the key itself), its owner's account name and its name.
+    Key {
+        id: String,
+        owner: String,
+        name: String,
+    },
+}
+
+impl Caller {
+    pub fn is_anonymous(&self) -> bool {
+        matches!(self, Caller::Anonymous)
+    }
 }
 
 /// Values up to this size (JSON text) are cached by workers and pushed to them; a larger one
@@ -241,6 +268,42 @@ mod tests {
         );
         let err = read_frame(&mut b, 64).await.unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn callers_are_tagged_by_kind_in_camel_case_json() {
+        for (caller, wire) in [
+            (Caller::Anonymous, serde_json::json!({"kind": "anonymous"})),
+            (
+                Caller::User {
+                    name: "alice".into(),
+                },
+                serde_json::json!({"kind": "user", "name": "alice"}),
+            ),
+            (
+                Caller::Key {
+                    id: "key_1".into(),
+                    owner: "bob".into(),
+                    name: "my-app".into(),
+                },
+                serde_json::json!({"kind": "key", "id": "key_1", "owner": "bob", "name": "my-app"}),
+            ),
+        ] {
+            assert_eq!(serde_json::to_value(&caller).unwrap(), wire);
+            assert_eq!(serde_json::from_value::<Caller>(wire).unwrap(), caller);
+        }
+    }
+
+    #[test]
+    fn a_caller_with_an_unknown_kind_or_field_is_refused() {
+        for bad in [
+            r#"{"kind":"admin"}"#,
+            r#"{"kind":"user"}"#,
+            r#"{"kind":"user","name":"a","state":"x"}"#,
+            r#"{"name":"a"}"#,
+        ] {
+            assert!(serde_json::from_str::<Caller>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

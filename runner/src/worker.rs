@@ -31,7 +31,7 @@ use tracing::Instrument;
 
 use crate::cgroup::OomProbe;
 use crate::protocol::{
-    self, CACHE_VALUE_MAX, FunctionError, Ready, StateAnswer, StatePush, StateRequest,
+    self, CACHE_VALUE_MAX, Caller, FunctionError, Ready, StateAnswer, StatePush, StateRequest,
     StateWriteFrame, kind,
 };
 use crate::{Error, Result};
@@ -202,6 +202,15 @@ impl Pushes {
 
 /// How much pushes not yet written may take before they become one `reset`.
 const PUSHES_MAX: usize = 64 * 1024;
+
+/// A whole `I` frame: `caller` as JSON.
+fn caller_frame(caller: &Caller) -> Vec<u8> {
+    // Plain strings in a tagged enum: encoding cannot fail.
+    let payload = serde_json::to_vec(caller).unwrap_or_default();
+    let mut frame = protocol::header(kind::CALLER, payload.len()).to_vec();
+    frame.extend_from_slice(&payload);
+    frame
+}
 
 /// A whole `N` frame.
 fn push_frame(payload: &[u8]) -> Vec<u8> {
@@ -478,15 +487,23 @@ impl WorkerHandle {
         self.line.queue().closed
     }
 
-    /// Queues a call; `None` if the worker has stopped.
-    pub(crate) fn submit(&self, args: &[u8]) -> Option<oneshot::Receiver<Reply>> {
+    /// Queues a call for `caller`; `None` if the worker has stopped.
+    pub(crate) fn submit(&self, args: &[u8], caller: &Caller) -> Option<oneshot::Receiver<Reply>> {
         let (tx, rx) = oneshot::channel();
         let mut q = self.line.queue();
         if q.closed {
             return None;
         }
         let head = q.pending.is_empty();
-        self.line.send(&mut q, kind::CALL, args, head);
+        // The worker applies an identity to the calls after it, in order: only a change is
+        // sent, so a stream of one caller's calls (anonymous ones, say) costs nothing more.
+        let identity = if q.caller == *caller {
+            Vec::new()
+        } else {
+            q.caller = caller.clone();
+            caller_frame(caller)
+        };
+        self.line.send(&mut q, &identity, kind::CALL, args, head);
         if head {
             q.head_started = Some(Instant::now());
         }
@@ -502,9 +519,9 @@ impl WorkerHandle {
     }
 
     /// Runs one call and waits for it (the test-run API: a worker of its own, no pool).
-    pub(crate) async fn call(&self, args: &[u8]) -> Result<CallResult> {
+    pub(crate) async fn call(&self, args: &[u8], caller: &Caller) -> Result<CallResult> {
         let stopped = || Error::Crashed(format!("worker {} stopped", self.pid()));
-        let rx = self.submit(args).ok_or_else(stopped)?;
+        let rx = self.submit(args, caller).ok_or_else(stopped)?;
         match rx.await {
             Ok(Reply::Done(Ok(result), _, Some(gate))) => Ok(gate.settle(result).await),
             Ok(Reply::Done(result, _, _)) => result,
@@ -541,11 +558,12 @@ impl Line {
     /// waiting for (`now`) is written at once if the socket takes it; others are left to the
     /// writer task, which runs after the gateway's other ready tasks and so writes the calls
     /// they submit together, for the worker to read in one wake-up.
-    /// State pushes not yet written go first (the frames after them may rest on them).
-    fn send(&self, q: &mut Queue, k: u8, payload: &[u8], now: bool) {
+    /// State pushes not yet written go first (the frames after them may rest on them), then
+    /// `before` (whole frames that go with this one, in the same write).
+    fn send(&self, q: &mut Queue, before: &[u8], k: u8, payload: &[u8], now: bool) {
         let pushes = q.pushes.take();
         let header = protocol::header(k, payload.len());
-        let parts = [&pushes[..], &header[..], payload];
+        let parts = [&pushes[..], before, &header[..], payload];
         let mut written = 0;
         if now && q.outbox.is_empty() && !q.writing {
             let slices = parts.map(IoSlice::new);
@@ -602,6 +620,8 @@ struct Queue {
     pushes: Pushes,
     /// Why the worker was stopped from outside its reader (a refused write-behind store).
     retired_for: Option<String>,
+    /// The caller of the last call sent: the worker's current identity (anonymous at first).
+    caller: Caller,
 }
 
 impl Queue {
@@ -872,7 +892,7 @@ impl Reader {
             Err(e) => return Some(Stop::Protocol(format!("encoding a state answer: {e}"))),
         };
         let mut q = self.line.queue();
-        self.line.send(&mut q, kind::STATE_ANS, &body, true);
+        self.line.send(&mut q, &[], kind::STATE_ANS, &body, true);
         None
     }
 

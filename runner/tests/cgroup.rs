@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use skython_runner::cgroup::{Cgroups, GroupLimits, Hierarchy};
 use skython_runner::{
-    Error, PoolLimits, RuntimeConfig, StateAnswer, StateHandler, StateRequest, WorkerPool,
+    Caller, Error, PoolLimits, RuntimeConfig, StateAnswer, StateHandler, StateRequest, WorkerPool,
     WorkerSpec, Zygote,
 };
 
@@ -555,7 +555,7 @@ async fn a_timed_out_calls_daemon_dies_with_its_worker() {
         .unwrap();
     let function_dirs = group.dirs();
     let pool = WorkerPool::new(zygote, spec, limits, Arc::new(NoState)).in_group(Some(group));
-    let first = pool.call(b"{}").await.unwrap();
+    let first = pool.call(b"{}", &Caller::Anonymous).await.unwrap();
     let daemon: i32 = match first.result.outcome {
         skython_runner::Outcome::Returned(b) => std::str::from_utf8(&b).unwrap().parse().unwrap(),
         other => panic!("{other:?}"),
@@ -565,7 +565,7 @@ async fn a_timed_out_calls_daemon_dies_with_its_worker() {
         procs(&function_dirs[0]).contains(&daemon),
         "the daemon is in the function's group"
     );
-    match pool.call(br#"{"hang": true}"#).await {
+    match pool.call(br#"{"hang": true}"#, &Caller::Anonymous).await {
         Err(Error::Timeout(_)) => {}
         Err(e) => panic!("expected a timeout, got {e}"),
         Ok(_) => panic!("expected a timeout, got an answer"),

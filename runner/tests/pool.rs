@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use skython_runner::{
-    CallResult, Error, Inspection, Outcome, PoolLimits, RuntimeConfig, StateAnswer, StateCache,
-    StateHandler, StatePeer, StateRequest, StateTicket, WorkerPool, WorkerSpec, Zygote,
+    CallResult, Caller, Error, Inspection, Outcome, PoolLimits, RuntimeConfig, StateAnswer,
+    StateCache, StateHandler, StatePeer, StateRequest, StateTicket, WorkerPool, WorkerSpec, Zygote,
 };
 
 struct NoState;
@@ -139,7 +139,7 @@ fn limits(max: usize) -> PoolLimits {
 /// sampled) and will queue calls on busy workers.
 async fn learn_calls_are_short(pool: &WorkerPool, args: &[u8]) {
     for _ in 0..5 {
-        pool.call(args).await.unwrap();
+        pool.call(args, &Caller::Anonymous).await.unwrap();
     }
 }
 
@@ -224,7 +224,7 @@ def f(kind: str = "count"):
     let pool = WorkerPool::new(z.clone(), spec(source, "f"), limits(1), Arc::new(NoState));
     let call = |args: &'static str| {
         let pool = &pool;
-        async move { pool.call(args.as_bytes()).await }
+        async move { pool.call(args.as_bytes(), &Caller::Anonymous).await }
     };
     // One warm worker keeps its module state between calls.
     let first = call("{}").await.unwrap();
@@ -259,8 +259,8 @@ def f(kind: str = "count"):
     // Two workers forked from one zygote do not share a random stream.
     let pool2 = WorkerPool::new(z.clone(), spec(source, "f"), limits(2), Arc::new(NoState));
     let (a, b) = tokio::join!(
-        pool2.call(br#"{"kind":"random"}"#),
-        pool2.call(br#"{"kind":"random"}"#)
+        pool2.call(br#"{"kind":"random"}"#, &Caller::Anonymous),
+        pool2.call(br#"{"kind":"random"}"#, &Caller::Anonymous)
     );
     assert_ne!(returned(&a.unwrap().result), returned(&b.unwrap().result));
 }
@@ -271,19 +271,19 @@ async fn timeouts_and_crashes_replace_the_worker_and_idle_workers_stop() {
     let z = zygote(dir.path());
     let source = "import os, time\n\ndef f(mode=''):\n    if mode == 'spin':\n        while True: pass\n    if mode == 'exit':\n        os._exit(3)\n    return os.getpid()\n";
     let pool = WorkerPool::new(z, spec(source, "f"), limits(2), Arc::new(NoState));
-    let pid = returned(&pool.call(b"{}").await.unwrap().result);
+    let pid = returned(&pool.call(b"{}", &Caller::Anonymous).await.unwrap().result);
     let t = Instant::now();
     assert!(matches!(
-        pool.call(br#"{"mode":"spin"}"#).await,
+        pool.call(br#"{"mode":"spin"}"#, &Caller::Anonymous).await,
         Err(Error::Timeout(_))
     ));
     assert!(t.elapsed() < Duration::from_secs(3));
     assert!(matches!(
-        pool.call(br#"{"mode":"exit"}"#).await,
+        pool.call(br#"{"mode":"exit"}"#, &Caller::Anonymous).await,
         Err(Error::Crashed(_))
     ));
     assert_eq!(pool.live(), 0, "the two broken workers are gone");
-    let pid2 = returned(&pool.call(b"{}").await.unwrap().result);
+    let pid2 = returned(&pool.call(b"{}", &Caller::Anonymous).await.unwrap().result);
     assert_ne!(pid, pid2, "a fresh worker answers");
     let proc_path = format!("/proc/{pid2}");
     assert!(std::path::Path::new(&proc_path).exists());
@@ -314,7 +314,7 @@ async fn load_errors_are_reported_with_their_traceback() {
         limits(1),
         Arc::new(NoState),
     );
-    match pool.call(b"{}").await {
+    match pool.call(b"{}", &Caller::Anonymous).await {
         Err(Error::Load(e)) => {
             assert_eq!(e.type_.as_deref(), Some("RuntimeError"));
             assert!(e.message.contains("bad config"));
@@ -346,7 +346,7 @@ async fn hostile_sources_fail_their_inspection_and_the_zygote_keeps_serving() {
         limits(1),
         Arc::new(NoState),
     );
-    let worker_pid = returned(&pool.call(b"{}").await.unwrap().result);
+    let worker_pid = returned(&pool.call(b"{}", &Caller::Anonymous).await.unwrap().result);
     let hostile = [
         format!("x = {}1\ndef main(): return 1\n", "1+".repeat(300_000)),
         format!("x = {}1\ndef main(): return 1\n", "-".repeat(300_000)),
@@ -361,7 +361,7 @@ async fn hostile_sources_fail_their_inspection_and_the_zygote_keeps_serving() {
     }
     assert_eq!(z.start().await.unwrap().pid, zygote_pid, "the same zygote");
     assert_eq!(
-        returned(&pool.call(b"{}").await.unwrap().result),
+        returned(&pool.call(b"{}", &Caller::Anonymous).await.unwrap().result),
         worker_pid,
         "the same warm worker"
     );
@@ -394,7 +394,10 @@ async fn a_slow_inspection_does_not_delay_worker_starts() {
         Arc::new(NoState),
     );
     let started = Instant::now();
-    assert_eq!(returned(&pool.call(b"{}").await.unwrap().result), "2");
+    assert_eq!(
+        returned(&pool.call(b"{}", &Caller::Anonymous).await.unwrap().result),
+        "2"
+    );
     let cold_start = started.elapsed();
     assert!(
         !inspecting.is_finished(),
@@ -467,7 +470,7 @@ def f():
         limits(1),
         Arc::new(MemoryState::default()),
     );
-    let r = pool.call(b"{}").await.unwrap();
+    let r = pool.call(b"{}", &Caller::Anonymous).await.unwrap();
     let v: serde_json::Value = serde_json::from_str(&returned(&r.result)).unwrap();
     assert_eq!(
         v,
@@ -504,9 +507,19 @@ def f(burn: bool):
     let mut l = limits(1);
     l.call_timeout = Duration::from_secs(60);
     let pool = WorkerPool::new(z, s, l, Arc::new(NoState));
-    let first = returned(&pool.call(br#"{"burn": false}"#).await.unwrap().result);
+    let first = returned(
+        &pool
+            .call(br#"{"burn": false}"#, &Caller::Anonymous)
+            .await
+            .unwrap()
+            .result,
+    );
     let t = Instant::now();
-    match pool.call(br#"{"burn": true}"#).await.map(|r| r.result) {
+    match pool
+        .call(br#"{"burn": true}"#, &Caller::Anonymous)
+        .await
+        .map(|r| r.result)
+    {
         Ok(CallResult {
             outcome: Outcome::Failed(e),
             ..
@@ -521,8 +534,79 @@ def f(burn: bool):
         "the CPU limit, not the 60 s timeout, ended the call: {:?}",
         t.elapsed()
     );
-    let next = returned(&pool.call(br#"{"burn": false}"#).await.unwrap().result);
+    let next = returned(
+        &pool
+            .call(br#"{"burn": false}"#, &Caller::Anonymous)
+            .await
+            .unwrap()
+            .result,
+    );
     assert_ne!(first, next, "a fresh worker answers");
+}
+
+const WHO_CALLED: &str =
+    "import os\nfrom skython import caller\n\ndef f():\n    return [caller(), os.getpid()]\n";
+
+fn alice() -> Caller {
+    Caller::User {
+        name: "alice".into(),
+    }
+}
+
+fn bobs_key() -> Caller {
+    Caller::Key {
+        id: "key_1".into(),
+        owner: "bob".into(),
+        name: "my-app".into(),
+    }
+}
+
+/// What `skython.caller()` said in the call, and the worker's pid.
+fn caller_seen(r: &CallResult) -> (serde_json::Value, i64) {
+    serde_json::from_str(&returned(r)).unwrap()
+}
+
+/// One worker, calls one after another: each sees its own caller, and an anonymous call after a
+/// user's sees anonymous (the worker does not keep the previous identity).
+#[tokio::test]
+async fn each_call_on_a_worker_sees_its_own_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let z = zygote(dir.path());
+    let pool = WorkerPool::new(z, spec(WHO_CALLED, "f"), limits(1), Arc::new(NoState));
+    let mut pids = std::collections::BTreeSet::new();
+    for caller in [alice(), bobs_key(), Caller::Anonymous, alice(), alice()] {
+        let r = pool.call(b"{}", &caller).await.unwrap();
+        let (seen, pid) = caller_seen(&r.result);
+        assert_eq!(seen, serde_json::to_value(&caller).unwrap());
+        pids.insert(pid);
+    }
+    assert_eq!(pids.len(), 1, "one worker ran them all");
+}
+
+/// Calls of different callers queued together on one busy worker each see their own.
+#[tokio::test]
+async fn pipelined_calls_of_different_callers_each_see_their_own() {
+    let _serial = CPU_HEAVY.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let z = zygote(dir.path());
+    let pool = WorkerPool::new(z, spec(WHO_CALLED, "f"), limits(1), Arc::new(NoState));
+    learn_calls_are_short(&pool, b"{}").await;
+    let before = pool.pipelined();
+    let callers = [alice(), alice(), Caller::Anonymous, bobs_key(), alice()];
+    let calls = (0..20).map(|i| {
+        let (pool, caller) = (&pool, callers[i % callers.len()].clone());
+        async move {
+            let r = pool.call(b"{}", &caller).await.unwrap();
+            (caller, caller_seen(&r.result).0)
+        }
+    });
+    for (caller, seen) in futures::future::join_all(calls).await {
+        assert_eq!(seen, serde_json::to_value(&caller).unwrap());
+    }
+    assert!(
+        pool.pipelined() > before,
+        "calls were queued on the busy worker"
+    );
 }
 
 /// Calls that arrive together while every worker is busy queue on a worker rather than wait
@@ -545,7 +629,7 @@ async fn short_calls_are_pipelined_on_busy_workers() {
             let pool = &pool;
             async move {
                 let args = format!(r#"{{"i": {i}, "keep": {keep}}}"#);
-                let r = pool.call(args.as_bytes()).await;
+                let r = pool.call(args.as_bytes(), &Caller::Anonymous).await;
                 let r = r.unwrap_or_else(|e| panic!("keep={keep}: call {i}: {e}"));
                 let v: (i64, i64) = serde_json::from_str(&returned(&r.result)).unwrap();
                 if !keep {
@@ -581,13 +665,13 @@ async fn calls_queued_behind_a_broken_call_run_elsewhere() {
     let pool = WorkerPool::new(z, spec(source, "f"), limits(1), Arc::new(NoState));
     learn_calls_are_short(&pool, b"{}").await;
     for (mode, broken) in [("exit", "Crashed"), ("spin", "Timeout")] {
-        let first = returned(&pool.call(b"{}").await.unwrap().result);
+        let first = returned(&pool.call(b"{}", &Caller::Anonymous).await.unwrap().result);
         let before = pool.pipelined();
         let bad = format!(r#"{{"mode": "{mode}"}}"#);
         // Polled in order: the bad call is submitted first, the others queue behind it.
         let (head, rest) = tokio::join!(
-            pool.call(bad.as_bytes()),
-            futures::future::join_all((0..6).map(|_| pool.call(b"{}")))
+            pool.call(bad.as_bytes(), &Caller::Anonymous),
+            futures::future::join_all((0..6).map(|_| pool.call(b"{}", &Caller::Anonymous)))
         );
         match (broken, head) {
             ("Crashed", Err(Error::Crashed(_))) | ("Timeout", Err(Error::Timeout(_))) => {}
@@ -619,9 +703,9 @@ async fn large_arguments_and_results_cross_whole() {
     learn_calls_are_short(&pool, b"{}").await;
     let big = format!(r#"{{"s": "{}"}}"#, "x".repeat(3 << 20));
     let (a, b, c) = tokio::join!(
-        pool.call(big.as_bytes()),
-        pool.call(br#"{"n": 900000}"#),
-        pool.call(br#"{"s": "abc"}"#)
+        pool.call(big.as_bytes(), &Caller::Anonymous),
+        pool.call(br#"{"n": 900000}"#, &Caller::Anonymous),
+        pool.call(br#"{"s": "abc"}"#, &Caller::Anonymous)
     );
     let v = |r: Result<skython_runner::CallReport, Error>| -> (usize, usize) {
         let (len, ys): (usize, String) =
@@ -641,7 +725,7 @@ async fn arguments_and_results_keep_their_json_edge_cases() {
     let pool = WorkerPool::new(z, spec(source, "f"), limits(1), Arc::new(NoState));
     let call = |args: &'static [u8]| {
         let pool = &pool;
-        async move { pool.call(args).await.unwrap().result }
+        async move { pool.call(args, &Caller::Anonymous).await.unwrap().result }
     };
     // Whitespace around the arguments (the worker's fast scan needs the slow path for it).
     assert_eq!(returned(&call(b" \n{\"a\": [1, 2.5]} \t").await), "[1,2.5]");
@@ -687,7 +771,13 @@ fn forging_pool(dir: &std::path::Path) -> WorkerPool {
 async fn a_worker_that_sends_frames_while_idle_is_killed_and_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let pool = forging_pool(dir.path());
-    let first = returned(&pool.call(br#"{"mode":"later"}"#).await.unwrap().result);
+    let first = returned(
+        &pool
+            .call(br#"{"mode":"later"}"#, &Caller::Anonymous)
+            .await
+            .unwrap()
+            .result,
+    );
     let gone = async {
         while pool.live() > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -696,7 +786,7 @@ async fn a_worker_that_sends_frames_while_idle_is_killed_and_replaced() {
     tokio::time::timeout(Duration::from_secs(5), gone)
         .await
         .expect("the worker that wrote while idle is stopped");
-    let next = returned(&pool.call(b"{}").await.unwrap().result);
+    let next = returned(&pool.call(b"{}", &Caller::Anonymous).await.unwrap().result);
     assert_ne!(first, next, "a fresh worker serves the next call");
 }
 
@@ -704,15 +794,15 @@ async fn a_worker_that_sends_frames_while_idle_is_killed_and_replaced() {
 async fn output_past_the_call_cap_fails_the_call_and_kills_the_worker() {
     let dir = tempfile::tempdir().unwrap();
     let pool = forging_pool(dir.path());
-    let first = returned(&pool.call(b"{}").await.unwrap().result);
-    match pool.call(br#"{"mode":"flood"}"#).await {
+    let first = returned(&pool.call(b"{}", &Caller::Anonymous).await.unwrap().result);
+    match pool.call(br#"{"mode":"flood"}"#, &Caller::Anonymous).await {
         Err(Error::Misbehaved(m)) => assert!(m.contains("bytes of output"), "{m}"),
         other => panic!(
             "expected the worker to be stopped, got {:?}",
             other.map(|r| r.result)
         ),
     }
-    let next = returned(&pool.call(b"{}").await.unwrap().result);
+    let next = returned(&pool.call(b"{}", &Caller::Anonymous).await.unwrap().result);
     assert_ne!(first, next);
 }
 
@@ -720,7 +810,7 @@ async fn output_past_the_call_cap_fails_the_call_and_kills_the_worker() {
 async fn a_frame_of_an_unexpected_kind_fails_the_call_as_the_workers_fault() {
     let dir = tempfile::tempdir().unwrap();
     let pool = forging_pool(dir.path());
-    match pool.call(br#"{"mode":"hello"}"#).await {
+    match pool.call(br#"{"mode":"hello"}"#, &Caller::Anonymous).await {
         Err(Error::Misbehaved(m)) => assert!(m.contains("unexpected frame 'H'"), "{m}"),
         other => panic!(
             "expected the worker to be stopped, got {:?}",
@@ -754,7 +844,7 @@ async fn keras_runs_under_the_address_space_limit_of_a_function_without_a_cgroup
     let mut l = limits(1);
     l.call_timeout = Duration::from_secs(60);
     let pool = WorkerPool::new(z, s, l, Arc::new(NoState));
-    let report = pool.call(b"{}").await.unwrap();
+    let report = pool.call(b"{}", &Caller::Anonymous).await.unwrap();
     assert_eq!(returned(&report.result), "[2,1]");
 }
 
@@ -770,8 +860,11 @@ async fn a_refused_write_behind_fails_its_call_and_replaces_the_worker() {
     let state = Arc::new(CacheWhere { ticket: refused });
     let pool = WorkerPool::new(z, spec(source, "f"), limits(1), state);
     let pid = |r: &CallResult| returned(r).parse::<i64>().unwrap();
-    let first = pool.call(b"{}").await.unwrap();
-    let refused = pool.call(br#"{"write": true}"#).await.unwrap();
+    let first = pool.call(b"{}", &Caller::Anonymous).await.unwrap();
+    let refused = pool
+        .call(br#"{"write": true}"#, &Caller::Anonymous)
+        .await
+        .unwrap();
     match &refused.result.outcome {
         Outcome::Failed(e) => {
             assert_eq!(
@@ -786,7 +879,7 @@ async fn a_refused_write_behind_fails_its_call_and_replaces_the_worker() {
         }
         other => panic!("the refused store's call answered {other:?}"),
     }
-    let after = pool.call(b"{}").await.unwrap();
+    let after = pool.call(b"{}", &Caller::Anonymous).await.unwrap();
     assert_ne!(
         pid(&first.result),
         pid(&after.result),
@@ -808,7 +901,7 @@ async fn a_write_behind_that_never_commits_fails_its_call_at_the_timeout() {
     let timeout = l.call_timeout;
     let pool = WorkerPool::new(z, spec(source, "f"), l, state);
     let started = Instant::now();
-    let r = pool.call(b"{}").await.unwrap();
+    let r = pool.call(b"{}", &Caller::Anonymous).await.unwrap();
     match &r.result.outcome {
         Outcome::Failed(e) => assert_eq!(e.code, "state_unavailable", "{e:?}"),
         other => panic!("answered {other:?}"),

@@ -1,4 +1,5 @@
-"""Skython's meta library for functions: state that persists per user and per function.
+"""Skython's meta library for functions: state that persists per user and per function, and
+who called.
 
     from skython import incr, load, store
 
@@ -24,9 +25,23 @@ Concurrent calls share the state, so what several of them write at once matters:
 A refused state call raises `StateError` (bad key, value too large, quota); `StateUnavailable`, a
 `StateError`, when the storage cannot be reached: a call that lets it escape answers HTTP 503
 `state_unavailable`, and may be retried.
+
+Runs as: a call always runs as its function's owner, with the owner's state, limits and
+secrets, whoever called it. `caller()` says who that was, for the function's own checks (a
+per-user quota kept in the state, say); it is never the caller's state or credentials:
+
+    from skython import caller, incr
+
+    def ask(question: str):
+        who = caller()  # e.g. {"kind": "user", "name": "alice"}
+        if who["kind"] != "user":
+            raise PermissionError("sign in to ask")
+        if incr(f"asked/{who['name']}") > 100:  # the owner's state, counted per caller
+            raise PermissionError("100 questions at most")
+        ...
 """
 
-__all__ = ["store", "load", "incr", "delete", "keys", "StateError", "StateUnavailable"]
+__all__ = ["store", "load", "incr", "delete", "keys", "caller", "StateError", "StateUnavailable"]
 
 import math
 
@@ -181,3 +196,17 @@ def keys(prefix=""):
     if not isinstance(prefix, str):
         raise TypeError(f"prefix must be str, not {type(prefix).__name__}")
     return list(_request("keys", prefix=prefix).get("keys", []))
+
+
+def caller():
+    """Who the running call is for, as a new dict (changing it changes nothing else):
+
+    - `{"kind": "anonymous"}`: no credential (also outside a call, and outside Skython);
+    - `{"kind": "user", "name": "alice"}`: a signed-in user, by account name;
+    - `{"kind": "key", "id": "key_...", "owner": "bob", "name": "my-app"}`: an API key, by its
+      id (never the key itself), the account that owns it and its name.
+
+    The call runs with its function owner's state, limits and secrets whoever the caller is.
+    """
+    current = _worker.caller if _worker is not None else None
+    return dict(current) if current else {"kind": "anonymous"}

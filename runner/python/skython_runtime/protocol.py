@@ -17,6 +17,8 @@ HELLO, SPAWN, SPAWNED, FAILED, INSPECT = b"H", b"S", b"P", b"E", b"I"
 # Worker channel (gateway <-> worker).
 STARTED, GO, READY, LOAD_ERROR, CALL, STATE_REQ, STATE_ANS, LOG, RAN, OK, ERROR = (
     b"T", b"W", b"R", b"L", b"C", b"Q", b"A", b"G", b"U", b"O", b"X")
+# Who the calls after it are for (gateway -> worker, only when it changes; JSON).
+CALLER = b"I"
 # With the state cache on: a write-behind store (worker -> gateway, unanswered) and another
 # worker's committed write, or a cache entry to forget (gateway -> worker).
 STATE_WRITE, STATE_PUSH = b"V", b"N"

@@ -21,8 +21,8 @@ from skython import StateUnavailable
 from . import isolation, relay
 from .codec import DECODER, Unencodable, decode, encode
 from .protocol import (
-    CALL, ERROR, GO, HEADER, KINDS, LARGE_FRAME, LOAD_ERROR, LOG, OK, RAN, READY, STARTED,
-    STATE_ANS, STATE_PUSH, STATE_REQ, Channel)
+    CALL, CALLER, ERROR, GO, HEADER, KINDS, LARGE_FRAME, LOAD_ERROR, LOG, OK, RAN, READY,
+    STARTED, STATE_ANS, STATE_PUSH, STATE_REQ, Channel)
 from .state_cache import StateCache
 
 # Answers of short pipelined calls are held for one write at most this long (seconds).
@@ -94,6 +94,8 @@ class Worker:
         self.recent_call = 0.0  # moving average of how long calls hold the worker (seconds)
         self.calls = 0
         self.cache = StateCache(chan) if spec.get("stateCache") else None
+        # Who the running call is for (`skython.caller()`), as the last `I` said; None: anonymous.
+        self.caller = None
 
     def _error(self, code, exc=None, message=None, **extra):
         err = {"code": code}
@@ -269,7 +271,9 @@ class Worker:
                     continue
                 kind, payload = KINDS[data[4]], data[HEADER.size:]
             if kind != CALL:
-                if kind == STATE_PUSH and self.cache is not None:
+                if kind == CALLER:
+                    self.caller = DECODER.decode(payload.decode())
+                elif kind == STATE_PUSH and self.cache is not None:
                     self.cache.push(payload)
                 continue
             # Every few calls, how long the call held this worker: its CPU time, or its wall
@@ -330,8 +334,9 @@ class Worker:
                 return DECODER.decode(payload.decode())
             if kind == STATE_PUSH and cache is not None:
                 cache.touched.add(cache.push(payload))  # `settle` sees what the wait brought
-            elif kind == CALL:
-                chan.deferred.append((kind, payload))  # a pipelined call: it runs after this one
+            elif kind == CALL or kind == CALLER:
+                # A pipelined call (and who it is for): it runs after this one.
+                chan.deferred.append((kind, payload))
             else:
                 raise RuntimeError(f"unexpected frame {kind!r} while waiting for a state answer")
 
