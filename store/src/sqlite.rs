@@ -20,8 +20,9 @@
 //! the database. (Power-loss durability would be `synchronous = FULL` on the write connection:
 //! one fsync per commit, which the batches would share. Not offered.)
 //!
-//! Layout: specs and statuses are JSON text columns (the visibility is copied into its own column
-//! so listings filter in SQL); timestamps are integer microseconds since the Unix epoch, so
+//! Layout: users and their credentials (tokens, API keys, sessions) are in `accounts.rs`; specs
+//! and statuses are JSON text columns (the visibility is copied into its own column so listings
+//! filter in SQL); timestamps are integer microseconds since the Unix epoch, so
 //! sub-microsecond precision is dropped on the way in. `PRAGMA user_version` holds the schema
 //! version; a database written by a newer Skython is refused rather than misread.
 //!
