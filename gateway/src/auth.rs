@@ -5,9 +5,10 @@ use std::path::Path;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
+use jiff::Timestamp;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use skython_store::{Store, StoreError, User};
+use skython_store::{Credential, CredentialKind, KeyUsage, Store, StoreError, User};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -22,6 +23,33 @@ pub fn new_token() -> String {
 
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Characters of a secret kept beside its hash, so a listing shows which one leaked.
+const SHOWN_PREFIX: usize = 8;
+
+/// A public credential id: `kind_` and 8 random hex digits.
+fn new_credential_id(kind: &str) -> String {
+    let mut bytes = [0u8; 4];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{kind}_{}", hex::encode(bytes))
+}
+
+/// The record of `owner`'s personal access token `token` called `name`.
+pub fn token_credential(owner: &str, name: &str, token: &str) -> Credential {
+    Credential {
+        id: new_credential_id("tok"),
+        kind: CredentialKind::Token,
+        owner: owner.to_string(),
+        name: name.to_string(),
+        hash: hash_token(token),
+        prefix: token.chars().take(SHOWN_PREFIX).collect(),
+        functions: Vec::new(),
+        created_at: Timestamp::now(),
+        expires_at: None,
+        revoked_at: None,
+        usage: KeyUsage::default(),
+    }
 }
 
 /// The authenticated caller of a developer-API request.
@@ -57,8 +85,11 @@ impl FromRequestParts<AppState> for AuthUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(&parts.headers, "this API needs a token")?;
-        match state.store.user_by_token_hash(&hash_token(token)).await? {
-            Some(user) => Ok(AuthUser(user)),
+        let found = (state.store)
+            .authenticate(&hash_token(token), Timestamp::now())
+            .await?;
+        match found {
+            Some((_, user)) => Ok(AuthUser(user)),
             None => Err(unauthorized("the token is not valid")),
         }
     }
@@ -75,9 +106,9 @@ pub async fn may_read_metrics(headers: &HeaderMap, state: &AppState) -> Result<(
     if (state.config.metrics_token.as_deref()).is_some_and(|t| hash_token(t) == hash) {
         return Ok(());
     }
-    match state.store.user_by_token_hash(&hash).await? {
-        Some(user) if user.is_admin => Ok(()),
-        Some(user) => Err(ApiError::forbidden(format!(
+    match state.store.authenticate(&hash, Timestamp::now()).await? {
+        Some((_, user)) if user.is_admin => Ok(()),
+        Some((_, user)) => Err(ApiError::forbidden(format!(
             "{} may not read /metrics; {NEEDS}",
             user.name
         ))),
@@ -93,13 +124,14 @@ pub enum AdminToken {
         token: String,
         file: Option<std::path::PathBuf>,
     },
-    /// The token was set from the environment.
+    /// The token was set from the environment (the admin's other tokens named `admin` revoked).
     FromEnv,
     /// The admin exists; its token is in this file if it is still there.
     Existing { file: Option<std::path::PathBuf> },
 }
 
-/// Creates the `admin` user on first start, or applies `SKYTHON_ADMIN_TOKEN`.
+/// Creates the `admin` user on first start, with a token named `admin`, or applies
+/// `SKYTHON_ADMIN_TOKEN`.
 pub async fn bootstrap_admin(
     store: &dyn Store,
     data_dir: &Path,
@@ -109,11 +141,11 @@ pub async fn bootstrap_admin(
     let exists = store.get_user(ADMIN).await?.is_some();
     match (exists, env_token) {
         (true, Some(t)) => {
-            store.set_user_token(ADMIN, &hash_token(t)).await?;
+            set_admin_token(store, t).await?;
             Ok(AdminToken::FromEnv)
         }
         (false, Some(t)) => {
-            store.create_user(ADMIN, &hash_token(t), true).await?;
+            create_admin(store, t).await?;
             Ok(AdminToken::FromEnv)
         }
         (true, None) => Ok(AdminToken::Existing {
@@ -121,7 +153,7 @@ pub async fn bootstrap_admin(
         }),
         (false, None) => {
             let token = new_token();
-            store.create_user(ADMIN, &hash_token(&token), true).await?;
+            create_admin(store, &token).await?;
             let written = write_secret(&file, &token).map_err(|e| {
                 tracing::warn!("could not write {}: {e}", file.display());
             });
@@ -131,6 +163,35 @@ pub async fn bootstrap_admin(
             })
         }
     }
+}
+
+async fn create_admin(store: &dyn Store, token: &str) -> Result<(), StoreError> {
+    let admin = User {
+        name: ADMIN.to_string(),
+        is_admin: true,
+        created_at: Timestamp::now(),
+    };
+    let credential = token_credential(ADMIN, ADMIN, token);
+    store.create_user(&admin, None, &[credential]).await
+}
+
+/// Makes `token` the admin's token named `admin`, revoking the others of that name. The same
+/// token at every start (the usual case of an environment variable) stays as it is.
+async fn set_admin_token(store: &dyn Store, token: &str) -> Result<(), StoreError> {
+    let now = Timestamp::now();
+    let hash = hash_token(token);
+    let tokens = store.list_credentials(ADMIN, CredentialKind::Token).await?;
+    for old in tokens.iter().filter(|k| k.name == ADMIN && k.is_live(now)) {
+        if old.hash != hash {
+            store.revoke_credential(ADMIN, &old.id, now).await?;
+        }
+    }
+    if !tokens.iter().any(|k| k.hash == hash && k.is_live(now)) {
+        store
+            .add_credential(&token_credential(ADMIN, ADMIN, token))
+            .await?;
+    }
+    Ok(())
 }
 
 fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
@@ -172,41 +233,43 @@ mod tests {
             std::fs::read_to_string(file.unwrap()).unwrap().trim(),
             token
         );
-        assert!(
-            store
-                .user_by_token_hash(&hash_token(&token))
-                .await
-                .unwrap()
-                .unwrap()
-                .is_admin
+        let (credential, admin) = store
+            .authenticate(&hash_token(&token), Timestamp::now())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(admin.is_admin);
+        assert_eq!(
+            (credential.name.as_str(), credential.prefix.as_str()),
+            (ADMIN, &token[..SHOWN_PREFIX])
         );
         // Second start: nothing changes.
         assert!(matches!(
             bootstrap_admin(&store, dir.path(), None).await.unwrap(),
             AdminToken::Existing { file: Some(_) }
         ));
-        // The environment replaces the token.
-        assert_eq!(
-            bootstrap_admin(&store, dir.path(), Some("t2"))
-                .await
-                .unwrap(),
-            AdminToken::FromEnv
-        );
-        assert!(
-            store
-                .user_by_token_hash(&hash_token(&token))
-                .await
-                .unwrap()
-                .is_none()
-        );
-        assert_eq!(
-            store
-                .user_by_token_hash(&hash_token("t2"))
-                .await
-                .unwrap()
-                .unwrap()
-                .name,
-            ADMIN
-        );
+        // The environment replaces the token, and giving it again at the next start keeps it.
+        for _ in 0..2 {
+            assert_eq!(
+                bootstrap_admin(&store, dir.path(), Some("t2"))
+                    .await
+                    .unwrap(),
+                AdminToken::FromEnv
+            );
+        }
+        let now = Timestamp::now();
+        let old = store.authenticate(&hash_token(&token), now).await.unwrap();
+        assert!(old.is_none());
+        let (_, admin) = store
+            .authenticate(&hash_token("t2"), now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(admin.name, ADMIN);
+        let tokens = store
+            .list_credentials(ADMIN, CredentialKind::Token)
+            .await
+            .unwrap();
+        assert_eq!(tokens.iter().filter(|k| k.revoked_at.is_none()).count(), 1);
     }
 }

@@ -9,9 +9,9 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use serde_json::Value;
 use skython_crds::{EnvVar, SkyFunctionSpec, SkyFunctionStatus, Visibility};
-use skython_gateway::auth::hash_token;
+use skython_gateway::auth::token_credential;
 use skython_gateway::{AppState, GatewayConfig, Limits, app};
-use skython_store::{FunctionRecord, FunctionStore, SqliteStore, UserStore};
+use skython_store::{FunctionRecord, FunctionStore, SqliteStore, User, UserStore};
 use tower::ServiceExt;
 
 const ADMIN: &str = "sky_admin";
@@ -34,10 +34,13 @@ async fn gateway(metrics_token: Option<&str>) -> Gateway {
         ("alice", ALICE, false),
         ("bob", BOB, false),
     ] {
-        store
-            .create_user(name, &hash_token(token), admin)
-            .await
-            .unwrap();
+        let user = User {
+            name: name.into(),
+            is_admin: admin,
+            created_at: jiff::Timestamp::now(),
+        };
+        let token = token_credential(name, "test", token);
+        store.create_user(&user, None, &[token]).await.unwrap();
     }
     let mut spec = SkyFunctionSpec::new("alice", "weather", "def main(): return 1");
     spec.visibility = Visibility::Public;

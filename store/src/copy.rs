@@ -1,7 +1,8 @@
 //! `skython store copy`: moves what one store holds into another (e.g. a one-machine install's
-//! SQLite file into the cluster's MongoDB). Copying again is safe: users, functions and state
-//! values are replaced by the source's, and invocations are copied only into functions that
-//! have none at the destination, so a repeated copy adds no duplicates.
+//! SQLite file into the cluster's MongoDB). Copying again is safe: users (with their password
+//! hashes and credentials), functions and state values are replaced by the source's, and
+//! invocations are copied only into functions that have none at the destination, so a repeated
+//! copy adds no duplicates.
 
 use crate::{FunctionFilter, Result, StateEntry, Store};
 
@@ -29,12 +30,14 @@ pub struct Progress {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Copied {
     pub users: u64,
+    /// Tokens, keys and sessions of the users.
+    pub credentials: u64,
     pub functions: u64,
     pub state_entries: u64,
     pub invocations: u64,
 }
 
-/// Copies users (with their tokens), functions, every state entry and the newest
+/// Copies users (with their password hashes, tokens, keys and sessions), functions, every state entry and the newest
 /// `invocations_per_function` invocations of each function from `from` into `to`.
 pub async fn copy(
     from: &dyn Store,
@@ -49,6 +52,7 @@ pub async fn copy(
     for user in &users {
         to.import_user(user).await?;
         copied.users += 1;
+        copied.credentials += user.credentials.len() as u64;
         progress(Progress {
             stage: Stage::Users,
             done: copied.users,

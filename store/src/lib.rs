@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+mod accounts;
 pub mod copy;
 mod location;
 mod mongo;
@@ -25,6 +26,10 @@ use serde::{Deserialize, Serialize};
 use skython_crds::{SkyFunctionSpec, SkyFunctionStatus};
 use tokio::sync::oneshot;
 
+pub use accounts::{
+    Credential, CredentialKind, KeyUsage, KeyUsageDelta, User, UserRecord, UserStore,
+    legacy_token_id,
+};
 pub use location::{StoreLocation, redacted};
 pub use mongo::MongoStore;
 pub use sqlite::SqliteStore;
@@ -57,20 +62,6 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// How errors name a function.
 fn label(owner: &str, endpoint: &str) -> String {
     format!("function {owner}/{endpoint}")
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct User {
-    pub name: String,
-    pub is_admin: bool,
-    pub created_at: Timestamp,
-}
-
-/// A user as exported by one backend and imported by another, with their token's hash.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct UserRecord {
-    pub user: User,
-    pub token_hash: String,
 }
 
 /// One stored state value, with where it belongs (for `skython store copy`).
@@ -232,21 +223,6 @@ pub struct Invocation {
     /// Whether this call had to start a worker first.
     #[serde(default)]
     pub cold_start: bool,
-}
-
-/// Accounts: who may use the API. (The accounts issue adds passwords, several tokens and keys.)
-#[async_trait]
-pub trait UserStore: Send + Sync {
-    /// Creates a user; `Conflict` if the name is taken.
-    async fn create_user(&self, name: &str, token_hash: &str, is_admin: bool) -> Result<User>;
-    async fn get_user(&self, name: &str) -> Result<Option<User>>;
-    async fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<User>>;
-    /// `NotFound` if the user does not exist.
-    async fn set_user_token(&self, name: &str, token_hash: &str) -> Result<()>;
-    /// Every user with their token hash, sorted by name (for `skython store copy`).
-    async fn export_users(&self) -> Result<Vec<UserRecord>>;
-    /// Writes a user as exported elsewhere, replacing one of the same name.
-    async fn import_user(&self, record: &UserRecord) -> Result<()>;
 }
 
 /// The functions catalogue.

@@ -3,7 +3,11 @@
 //! same errors, limits and quota semantics; the conformance suite runs on both.
 //!
 //! Collections (in the URI's default database, `skython` if it names none):
-//! - `users`: `{name, token_hash, is_admin, created_at}`, unique on `name` and on `token_hash`.
+//! - `users`: `{name, password_hash, is_admin, created_at}`, unique on `name`.
+//! - `credentials`: `{_id: id, kind, owner, name, hash, prefix, functions, created_at,
+//!   expires_at, revoked_at, calls, errors, duration_ms, last_used_at}`, unique on `hash`, and
+//!   (owner, kind, created_at) for listings. A `users` document of an older Skython carries its
+//!   one `token_hash`: [`MongoStore::connect`] moves it into `credentials` (see `accounts.rs`).
 //! - `functions`: `{owner, endpoint, visibility, spec, status, generation, created_at,
 //!   updated_at}`, unique on (owner, endpoint), and (visibility, owner, endpoint) for listings of
 //!   public functions. Spec and status are JSON text, as in SQLite, so a record reads back
@@ -67,9 +71,11 @@ use skython_crds::{SkyFunctionStatus, Visibility};
 
 use crate::{
     FunctionFilter, FunctionRecord, FunctionStore, Invocation, InvocationStore, Result, StateEntry,
-    StateQuota, StateScope, StateStore, StateUsage, StateWrite, StoreError, User, UserRecord,
-    UserStore, Written, label,
+    StateQuota, StateScope, StateStore, StateUsage, StateWrite, StoreError, Written, label,
 };
+
+mod accounts;
+use accounts::{CredentialDoc, UserDoc};
 
 /// The database when the URI names none.
 const DEFAULT_DATABASE: &str = "skython";
@@ -95,6 +101,7 @@ const DUPLICATE_KEY: i32 = 11000;
 pub struct MongoStore {
     client: Client,
     users: Collection<UserDoc>,
+    credentials: Collection<CredentialDoc>,
     functions: Collection<FunctionDoc>,
     state: Collection<StateDoc>,
     usage: Collection<UsageDoc>,
@@ -102,14 +109,6 @@ pub struct MongoStore {
     counters: Collection<Document>,
     /// Striped by owner (see [`MongoStore::owner_lock`]).
     owner_locks: Arc<[tokio::sync::Mutex<()>]>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct UserDoc {
-    name: String,
-    token_hash: String,
-    is_admin: bool,
-    created_at: i64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -312,16 +311,6 @@ async fn collect<T: DeserializeOwned + Send + Sync>(mut cursor: Cursor<T>) -> Re
     Ok(out)
 }
 
-impl UserDoc {
-    fn into_user(self) -> Result<User> {
-        Ok(User {
-            name: self.name,
-            is_admin: self.is_admin,
-            created_at: from_micros(self.created_at)?,
-        })
-    }
-}
-
 impl FunctionDoc {
     fn from_record(r: &FunctionRecord) -> Result<FunctionDoc> {
         Ok(FunctionDoc {
@@ -417,6 +406,7 @@ impl MongoStore {
         let store = MongoStore {
             client,
             users: db.collection("users"),
+            credentials: db.collection("credentials"),
             functions: db.collection("functions"),
             state: db.collection("state"),
             usage: db.collection("state_usage"),
@@ -425,17 +415,12 @@ impl MongoStore {
             owner_locks: (0..OWNER_LOCKS).map(|_| Default::default()).collect(),
         };
         store.create_indexes().await?;
+        store.migrate_legacy_tokens().await?;
         Ok(store)
     }
 
     async fn create_indexes(&self) -> Result<()> {
-        self.users
-            .create_indexes([
-                index(doc! { "name": 1 }, "name", true),
-                index(doc! { "token_hash": 1 }, "token_hash", true),
-            ])
-            .await
-            .map_err(store_error)?;
+        self.create_account_indexes().await?;
         self.functions
             .create_indexes([
                 index(doc! { "owner": 1, "endpoint": 1 }, "owner_endpoint", true),
@@ -677,113 +662,6 @@ impl MongoStore {
                 .await?;
         }
         Ok(())
-    }
-}
-
-#[async_trait]
-impl UserStore for MongoStore {
-    async fn create_user(&self, name: &str, token_hash: &str, is_admin: bool) -> Result<User> {
-        // Stored at microsecond precision, so return exactly what a later read gives.
-        let created_at = from_micros(micros(Timestamp::now()))?;
-        let user = UserDoc {
-            name: name.to_string(),
-            token_hash: token_hash.to_string(),
-            is_admin,
-            created_at: micros(created_at),
-        };
-        match self.users.insert_one(&user).await {
-            Ok(_) => Ok(User {
-                name: user.name,
-                is_admin,
-                created_at,
-            }),
-            Err(e) if is_duplicate_key(&e) => Err(StoreError::Conflict(
-                if self.get_user(name).await?.is_some() {
-                    format!("user {name} already exists")
-                } else {
-                    format!("cannot create user {name}: the token is already in use")
-                },
-            )),
-            Err(e) => Err(store_error(e)),
-        }
-    }
-
-    async fn get_user(&self, name: &str) -> Result<Option<User>> {
-        let found = self
-            .users
-            .find_one(doc! { "name": name })
-            .await
-            .map_err(store_error)?;
-        found.map(UserDoc::into_user).transpose()
-    }
-
-    async fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<User>> {
-        let found = self
-            .users
-            .find_one(doc! { "token_hash": token_hash })
-            .await
-            .map_err(store_error)?;
-        found.map(UserDoc::into_user).transpose()
-    }
-
-    async fn set_user_token(&self, name: &str, token_hash: &str) -> Result<()> {
-        let updated = self
-            .users
-            .update_one(
-                doc! { "name": name },
-                doc! { "$set": { "token_hash": token_hash } },
-            )
-            .await;
-        match updated {
-            Ok(r) if r.matched_count == 0 => Err(StoreError::NotFound(format!("user {name}"))),
-            Ok(_) => Ok(()),
-            Err(e) if is_duplicate_key(&e) => Err(StoreError::Conflict(format!(
-                "cannot set the token of user {name}: the token is already in use"
-            ))),
-            Err(e) => Err(store_error(e)),
-        }
-    }
-
-    async fn export_users(&self) -> Result<Vec<UserRecord>> {
-        let cursor = self
-            .users
-            .find(doc! {})
-            .sort(doc! { "name": 1 })
-            .await
-            .map_err(store_error)?;
-        collect(cursor)
-            .await?
-            .into_iter()
-            .map(|d| {
-                let token_hash = d.token_hash.clone();
-                Ok(UserRecord {
-                    user: d.into_user()?,
-                    token_hash,
-                })
-            })
-            .collect()
-    }
-
-    async fn import_user(&self, record: &UserRecord) -> Result<()> {
-        let user = UserDoc {
-            name: record.user.name.clone(),
-            token_hash: record.token_hash.clone(),
-            is_admin: record.user.is_admin,
-            created_at: micros(record.user.created_at),
-        };
-        let written = self
-            .users
-            .replace_one(doc! { "name": &user.name }, &user)
-            .upsert(true)
-            .await;
-        match written {
-            Ok(_) => Ok(()),
-            Err(e) if is_duplicate_key(&e) => Err(StoreError::Conflict(format!(
-                "cannot import user {}: another user has the same token",
-                user.name
-            ))),
-            Err(e) => Err(store_error(e)),
-        }
     }
 }
 

@@ -20,8 +20,9 @@
 //! the database. (Power-loss durability would be `synchronous = FULL` on the write connection:
 //! one fsync per commit, which the batches would share. Not offered.)
 //!
-//! Layout: specs and statuses are JSON text columns (the visibility is copied into its own column
-//! so listings filter in SQL); timestamps are integer microseconds since the Unix epoch, so
+//! Layout: users and their credentials (tokens, API keys, sessions) are in `accounts.rs`; specs
+//! and statuses are JSON text columns (the visibility is copied into its own column so listings
+//! filter in SQL); timestamps are integer microseconds since the Unix epoch, so
 //! sub-microsecond precision is dropped on the way in. `PRAGMA user_version` holds the schema
 //! version; a database written by a newer Skython is refused rather than misread.
 //!
@@ -39,6 +40,7 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+mod accounts;
 mod writer;
 use skython_crds::SkyFunctionStatus;
 use writer::Writer;
@@ -46,11 +48,11 @@ use writer::Writer;
 use crate::{
     FunctionFilter, FunctionRecord, FunctionStore, Invocation, InvocationStore, OrderedStateWrites,
     QueuedWrite, Result, StateEntry, StateQuota, StateScope, StateStore, StateWrite, StoreError,
-    User, UserRecord, UserStore, Written, label,
+    Written, label,
 };
 
 /// The schema this code reads and writes, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// How long a statement waits for another connection's lock before failing with `SQLITE_BUSY`.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -58,10 +60,27 @@ const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS users (
     name TEXT PRIMARY KEY,
-    token_hash TEXT NOT NULL UNIQUE,
+    password_hash TEXT,
     is_admin INTEGER NOT NULL,
     created_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS credentials (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE,
+    prefix TEXT NOT NULL,
+    functions TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    revoked_at INTEGER,
+    calls INTEGER NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0,
+    duration_ms REAL NOT NULL DEFAULT 0,
+    last_used_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS credentials_by_owner ON credentials (owner, kind, created_at);
 CREATE TABLE IF NOT EXISTS functions (
     owner TEXT NOT NULL,
     endpoint TEXT NOT NULL,
@@ -120,6 +139,24 @@ END;
 const MIGRATE_1_TO_2: &str = "
 INSERT OR REPLACE INTO state_usage (owner, keys, bytes)
 SELECT owner, count(*), sum(length(CAST(value AS BLOB))) FROM state GROUP BY owner;
+";
+
+/// Version 2 kept one token hash per user: it becomes the user's token `default` (its id from
+/// [`legacy_token_id`](crate::legacy_token_id)), and `users` is rebuilt without the column (SQLite
+/// cannot drop a UNIQUE one) and with `password_hash`. Runs after `SCHEMA` created `credentials`
+/// (and left the old `users` as it was).
+const MIGRATE_2_TO_3: &str = "
+INSERT INTO credentials (id, kind, owner, name, hash, prefix, functions, created_at)
+SELECT 'tok_default_' || name, 'token', name, 'default', token_hash, '', '[]', created_at FROM users;
+CREATE TABLE users_v3 (
+    name TEXT PRIMARY KEY,
+    password_hash TEXT,
+    is_admin INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+INSERT INTO users_v3 (name, is_admin, created_at) SELECT name, is_admin, created_at FROM users;
+DROP TABLE users;
+ALTER TABLE users_v3 RENAME TO users;
 ";
 
 /// The embedded [`Store`]: one SQLite database (a file, or memory for tests). Cloning is cheap and
@@ -284,10 +321,13 @@ impl SqliteStore {
         match version {
             // Fresh file, or already current: the schema is idempotent.
             0 | SCHEMA_VERSION => tx.execute_batch(SCHEMA).map_err(backend)?,
-            // Migrations from older versions, one arm per step.
-            1 => {
+            // Migrations from older versions, each step in turn.
+            1 | 2 => {
                 tx.execute_batch(SCHEMA).map_err(backend)?;
-                tx.execute_batch(MIGRATE_1_TO_2).map_err(backend)?;
+                if version == 1 {
+                    tx.execute_batch(MIGRATE_1_TO_2).map_err(backend)?;
+                }
+                tx.execute_batch(MIGRATE_2_TO_3).map_err(backend)?;
             }
             v if v > SCHEMA_VERSION => return Err(newer_schema(v)),
             v => {
@@ -362,14 +402,6 @@ fn read_connections() -> usize {
 /// Invocation rows written between yields of the CPU (about 50–100 µs of SQLite work).
 const YIELD_EVERY: usize = 16;
 
-fn user_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
-    Ok(User {
-        name: r.get(0)?,
-        is_admin: r.get(1)?,
-        created_at: from_micros(r.get(2)?)?,
-    })
-}
-
 fn function_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FunctionRecord> {
     Ok(FunctionRecord {
         spec: json_col(0, r.get(0)?)?,
@@ -378,135 +410,6 @@ fn function_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FunctionRecord> {
         created_at: from_micros(r.get(3)?)?,
         updated_at: from_micros(r.get(4)?)?,
     })
-}
-
-#[async_trait]
-impl UserStore for SqliteStore {
-    async fn create_user(&self, name: &str, token_hash: &str, is_admin: bool) -> Result<User> {
-        let (name, token_hash) = (name.to_string(), token_hash.to_string());
-        self.write(move |c| {
-            // Stored at microsecond precision, so return exactly what a later read gives.
-            let created_at = from_micros(micros(Timestamp::now())).map_err(backend)?;
-            let inserted = c.execute(
-                "INSERT INTO users (name, token_hash, is_admin, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![name, token_hash, is_admin, micros(created_at)],
-            );
-            match inserted {
-                Ok(_) => Ok(User {
-                    name,
-                    is_admin,
-                    created_at,
-                }),
-                Err(e) if is_unique_violation(&e) => {
-                    let name_taken: bool = c
-                        .query_row(
-                            "SELECT EXISTS (SELECT 1 FROM users WHERE name = ?1)",
-                            [&name],
-                            |r| r.get(0),
-                        )
-                        .map_err(backend)?;
-                    Err(StoreError::Conflict(if name_taken {
-                        format!("user {name} already exists")
-                    } else {
-                        format!("cannot create user {name}: the token is already in use")
-                    }))
-                }
-                Err(e) => Err(backend(e)),
-            }
-        })
-        .await
-    }
-
-    async fn get_user(&self, name: &str) -> Result<Option<User>> {
-        let name = name.to_string();
-        self.lookup(move |c| {
-            c.query_row(
-                "SELECT name, is_admin, created_at FROM users WHERE name = ?1",
-                [name],
-                user_row,
-            )
-            .optional()
-            .map_err(backend)
-        })
-        .await
-    }
-
-    async fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<User>> {
-        let h = token_hash.to_string();
-        self.lookup(move |c| {
-            c.query_row(
-                "SELECT name, is_admin, created_at FROM users WHERE token_hash = ?1",
-                [h],
-                user_row,
-            )
-            .optional()
-            .map_err(backend)
-        })
-        .await
-    }
-
-    async fn set_user_token(&self, name: &str, token_hash: &str) -> Result<()> {
-        let (name, h) = (name.to_string(), token_hash.to_string());
-        self.write(move |c| {
-            let updated = c.execute(
-                "UPDATE users SET token_hash = ?2 WHERE name = ?1",
-                params![name, h],
-            );
-            match updated {
-                Ok(0) => Err(StoreError::NotFound(format!("user {name}"))),
-                Ok(_) => Ok(()),
-                Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
-                    "cannot set the token of user {name}: the token is already in use"
-                ))),
-                Err(e) => Err(backend(e)),
-            }
-        })
-        .await
-    }
-
-    async fn export_users(&self) -> Result<Vec<UserRecord>> {
-        self.scan(|c| {
-            let mut st = c
-                .prepare("SELECT name, is_admin, created_at, token_hash FROM users ORDER BY name")
-                .map_err(backend)?;
-            st.query_map([], |r| {
-                Ok(UserRecord {
-                    user: user_row(r)?,
-                    token_hash: r.get(3)?,
-                })
-            })
-            .map_err(backend)?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(backend)
-        })
-        .await
-    }
-
-    async fn import_user(&self, record: &UserRecord) -> Result<()> {
-        let r = record.clone();
-        self.write(move |c| {
-            let written = c.execute(
-                "INSERT INTO users (name, token_hash, is_admin, created_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (name) DO UPDATE SET token_hash = excluded.token_hash,
-                 is_admin = excluded.is_admin, created_at = excluded.created_at",
-                params![
-                    r.user.name,
-                    r.token_hash,
-                    r.user.is_admin,
-                    micros(r.user.created_at)
-                ],
-            );
-            match written {
-                Ok(_) => Ok(()),
-                Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
-                    "cannot import user {}: another user has the same token",
-                    r.user.name
-                ))),
-                Err(e) => Err(backend(e)),
-            }
-        })
-        .await
-    }
 }
 
 #[async_trait]
@@ -931,6 +834,7 @@ impl InvocationStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{CredentialKind, User, UserStore};
     use skython_crds::SkyFunctionSpec;
 
     fn record_at(owner: &str, endpoint: &str, now: Timestamp) -> FunctionRecord {
@@ -1022,7 +926,7 @@ mod tests {
                 "Integer(1)",
                 "Integer(1)",
                 "Integer(5000)",
-                "Integer(2)"
+                "Integer(3)"
             ]
         );
         assert_eq!(
@@ -1074,27 +978,156 @@ mod tests {
             .unwrap();
     }
 
+    /// The schema version 2 wrote (before credentials), verbatim: old files are made with it.
+    const V2_SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS users (
+        name TEXT PRIMARY KEY,
+        token_hash TEXT NOT NULL UNIQUE,
+        is_admin INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS functions (
+        owner TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        visibility TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        status TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (owner, endpoint)
+    );
+    CREATE TABLE IF NOT EXISTS state (
+        owner TEXT NOT NULL,
+        function TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (owner, function, key)
+    );
+    CREATE TABLE IF NOT EXISTS invocations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        owner TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        duration_ms REAL NOT NULL,
+        status INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        error TEXT,
+        logs TEXT NOT NULL,
+        cold_start INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS invocations_by_function ON invocations (owner, endpoint, id);
+    CREATE TABLE IF NOT EXISTS state_usage (
+        owner TEXT PRIMARY KEY,
+        keys INTEGER NOT NULL,
+        bytes INTEGER NOT NULL
+    );
+    CREATE TRIGGER IF NOT EXISTS state_usage_insert AFTER INSERT ON state BEGIN
+        INSERT INTO state_usage (owner, keys, bytes)
+        VALUES (NEW.owner, 1, length(CAST(NEW.value AS BLOB)))
+        ON CONFLICT (owner) DO UPDATE SET keys = keys + 1, bytes = bytes + excluded.bytes;
+    END;
+    CREATE TRIGGER IF NOT EXISTS state_usage_update AFTER UPDATE OF value ON state BEGIN
+        UPDATE state_usage
+        SET bytes = bytes - length(CAST(OLD.value AS BLOB)) + length(CAST(NEW.value AS BLOB))
+        WHERE owner = NEW.owner;
+    END;
+    CREATE TRIGGER IF NOT EXISTS state_usage_delete AFTER DELETE ON state BEGIN
+        UPDATE state_usage SET keys = keys - 1, bytes = bytes - length(CAST(OLD.value AS BLOB))
+        WHERE owner = OLD.owner;
+    END;
+    ";
+
+    /// A database file as an older Skython left it: the version 2 schema, then `changes`.
+    fn old_database(path: &Path, changes: &str) {
+        let c = Connection::open(path).unwrap();
+        c.execute_batch(V2_SCHEMA).unwrap();
+        c.execute_batch(changes).unwrap();
+    }
+
     #[tokio::test]
-    async fn a_version_1_database_gets_its_state_counted() {
+    async fn a_version_2_database_keeps_its_tokens_as_credentials() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("skython.db");
-        {
-            let s = SqliteStore::open(&path).unwrap();
-            for k in ["a", "b"] {
-                s.state_put(&scope("alice", "f"), k, "1", SMALL)
-                    .await
-                    .unwrap();
-            }
-        }
-        // Make it what version 1 wrote: no usage table, no triggers.
-        let c = Connection::open(&path).unwrap();
-        c.execute_batch(
-            "DROP TRIGGER state_usage_insert; DROP TRIGGER state_usage_update;
-             DROP TRIGGER state_usage_delete; DROP TABLE state_usage; PRAGMA user_version = 1;",
-        )
-        .unwrap();
-        drop(c);
+        let created = Timestamp::from_microsecond(1_700_000_000_123_456).unwrap();
+        old_database(
+            &path,
+            "INSERT INTO users VALUES ('admin', 'hash-a', 1, 1700000000123456);
+             INSERT INTO users VALUES ('alice', 'hash-b', 0, 1700000000123456);
+             PRAGMA user_version = 2;",
+        );
         let s = SqliteStore::open(&path).unwrap();
+        let (token, admin) = s
+            .authenticate("hash-a", Timestamp::now())
+            .await
+            .unwrap()
+            .expect("the admin's token still works");
+        assert_eq!(
+            admin,
+            User {
+                name: "admin".into(),
+                is_admin: true,
+                created_at: created
+            }
+        );
+        assert_eq!(
+            (
+                token.id.as_str(),
+                token.kind,
+                token.name.as_str(),
+                token.created_at
+            ),
+            (
+                "tok_default_admin",
+                CredentialKind::Token,
+                "default",
+                created
+            )
+        );
+        assert_eq!(token.id, crate::legacy_token_id("admin"));
+        let alice = s.authenticate("hash-b", Timestamp::now()).await.unwrap();
+        assert_eq!(alice.map(|(_, u)| u.name).as_deref(), Some("alice"));
+        let (version, columns) = s
+            .write(|c| {
+                let mut st = c
+                    .prepare("SELECT name FROM pragma_table_info('users')")
+                    .unwrap();
+                let columns: Vec<String> = st
+                    .query_map([], |r| r.get(0))
+                    .unwrap()
+                    .collect::<rusqlite::Result<_>>()
+                    .unwrap();
+                Ok((schema_version(c)?, columns))
+            })
+            .await
+            .unwrap();
+        assert_eq!(version, 3);
+        assert_eq!(columns, ["name", "password_hash", "is_admin", "created_at"]);
+        s.set_password_hash("alice", "phc").await.unwrap();
+        assert_eq!(
+            s.password_hash("alice").await.unwrap().as_deref(),
+            Some("phc")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_version_1_database_gets_its_state_counted_and_keeps_its_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("skython.db");
+        // Version 1 had no usage table and no triggers.
+        old_database(
+            &path,
+            "DROP TRIGGER state_usage_insert; DROP TRIGGER state_usage_update;
+             DROP TRIGGER state_usage_delete; DROP TABLE state_usage;
+             INSERT INTO state VALUES ('alice', 'f', 'a', '1', 0), ('alice', 'f', 'b', '1', 0);
+             INSERT INTO users VALUES ('alice', 'hash-a', 0, 1700000000000000);
+             PRAGMA user_version = 1;",
+        );
+        let s = SqliteStore::open(&path).unwrap();
+        let alice = s.authenticate("hash-a", Timestamp::now()).await.unwrap();
+        assert_eq!(alice.map(|(_, u)| u.name).as_deref(), Some("alice"));
         s.state_put(&scope("alice", "g"), "c", "1", SMALL)
             .await
             .unwrap();

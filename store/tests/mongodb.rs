@@ -9,12 +9,16 @@ mod conformance;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mongodb::bson::Document;
+use jiff::Timestamp;
+use mongodb::bson::{Document, doc};
 use skython_e2e::free_port;
 use skython_e2e::mongo::{
     SecantusServer, fresh_database, fresh_database_url, server_url, with_database,
 };
-use skython_store::{MongoStore, StateQuota, StateScope, StateStore, Store, StoreError};
+use skython_store::{
+    CredentialKind, MongoStore, StateQuota, StateScope, StateStore, Store, StoreError, User,
+    UserStore, legacy_token_id,
+};
 
 async fn fresh_store() -> Arc<dyn Store> {
     Arc::new(MongoStore::connect(&fresh_database_url()).await.unwrap())
@@ -61,7 +65,15 @@ async fn connect_creates_the_indexes_queries_use() {
     );
     assert_eq!(
         unique_keys("users").await,
-        expect(&[("_id", false), ("name", true), ("token_hash", true)])
+        expect(&[("_id", false), ("name", true)])
+    );
+    assert_eq!(
+        unique_keys("credentials").await,
+        expect(&[
+            ("_id", false),
+            ("hash", true),
+            ("owner,kind,created_at", false)
+        ])
     );
     assert_eq!(
         unique_keys("functions").await,
@@ -75,6 +87,88 @@ async fn connect_creates_the_indexes_queries_use() {
         unique_keys("invocations").await,
         expect(&[("_id", false), ("owner,endpoint,seq", false)])
     );
+}
+
+/// What an older Skython left: users with one `token_hash` each, unique-indexed.
+#[tokio::test]
+async fn connect_moves_the_tokens_of_older_users_into_credentials() {
+    let database = fresh_database();
+    let url = with_database(&server_url(), &database);
+    let users = mongodb::Client::with_uri_str(&url)
+        .await
+        .unwrap()
+        .database(&database)
+        .collection::<Document>("users");
+    users
+        .create_index(
+            mongodb::IndexModel::builder()
+                .keys(doc! { "token_hash": 1 })
+                .options(
+                    mongodb::options::IndexOptions::builder()
+                        .name("token_hash".to_string())
+                        .unique(true)
+                        .build(),
+                )
+                .build(),
+        )
+        .await
+        .unwrap();
+    let created = 1_700_000_000_123_456_i64;
+    users
+        .insert_many([
+            doc! { "name": "admin", "token_hash": "hash-a", "is_admin": true, "created_at": created },
+            doc! { "name": "alice", "token_hash": "hash-b", "is_admin": false, "created_at": created },
+        ])
+        .await
+        .unwrap();
+
+    // Twice, as two gateways starting one after the other would.
+    MongoStore::connect(&url).await.unwrap();
+    let store = MongoStore::connect(&url).await.unwrap();
+    let (token, admin) = store
+        .authenticate("hash-a", Timestamp::now())
+        .await
+        .unwrap()
+        .expect("the admin's token still works");
+    assert!(admin.is_admin);
+    assert_eq!(
+        (token.id, token.kind, token.name, token.owner),
+        (
+            legacy_token_id("admin"),
+            CredentialKind::Token,
+            "default".to_string(),
+            "admin".to_string()
+        )
+    );
+    assert_eq!(token.created_at.as_microsecond(), created);
+    assert_eq!(
+        store
+            .list_credentials("alice", CredentialKind::Token)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let left = users
+        .count_documents(doc! { "token_hash": { "$exists": true } })
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    let names = users.list_index_names().await.unwrap();
+    assert!(!names.iter().any(|n| n == "token_hash"), "{names:?}");
+    // Users without the field no longer collide on the old index.
+    store
+        .create_user(
+            &User {
+                name: "bob".into(),
+                is_admin: false,
+                created_at: Timestamp::now(),
+            },
+            None,
+            &[],
+        )
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

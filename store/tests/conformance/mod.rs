@@ -10,8 +10,9 @@ use jiff::Timestamp;
 use serde_json::json;
 use skython_crds::{SkyFunctionSpec, SkyFunctionStatus, Visibility};
 use skython_store::{
-    FunctionFilter, FunctionRecord, Invocation, QuotaExceeded, QuotaKind, Result, StateEntry,
-    StateQuota, StateScope, StateWrite, Store, StoreError, User, UserRecord, Written,
+    Credential, CredentialKind, FunctionFilter, FunctionRecord, Invocation, KeyUsage,
+    KeyUsageDelta, QuotaExceeded, QuotaKind, Result, StateEntry, StateQuota, StateScope,
+    StateWrite, Store, StoreError, User, UserRecord, Written,
 };
 
 /// Expands to one test per behaviour; `$new` is an async expression giving an `Arc<dyn Store>`
@@ -20,8 +21,18 @@ use skython_store::{
 macro_rules! conformance_suite {
     ($new:expr) => {
         $crate::conformance_suite!(@tests $new;
-            users,
-            users_export_and_import_with_their_token,
+            a_user_created_with_a_token_authenticates_with_it,
+            a_taken_name_is_a_conflict_and_nothing_is_kept,
+            a_secret_in_use_is_a_conflict,
+            a_credential_needs_its_owner,
+            a_revoked_credential_no_longer_authenticates,
+            an_expired_session_does_not_authenticate,
+            credentials_list_by_kind_newest_first,
+            another_owners_credential_is_not_found,
+            key_usage_adds_up_over_batches,
+            pruning_removes_only_expired_sessions,
+            password_hashes_are_set_and_read,
+            users_export_and_import_with_their_credentials,
             functions_round_trip_with_optimistic_concurrency,
             timestamps_keep_microseconds,
             listing_filters_by_owner_and_visibility,
@@ -128,36 +139,390 @@ fn quota_error(r: Result<()>) -> QuotaExceeded {
     }
 }
 
-pub async fn users(s: Arc<dyn Store>) {
-    let u = s.create_user("alice", "h1", false).await.unwrap();
-    assert_eq!(s.get_user("alice").await.unwrap(), Some(u.clone()));
-    assert_eq!(s.user_by_token_hash("h1").await.unwrap(), Some(u));
+fn user(name: &str) -> User {
+    User {
+        name: name.into(),
+        is_admin: false,
+        created_at: now(),
+    }
+}
+
+/// `now` moved by `seconds` (earlier if negative).
+fn later(seconds: i64) -> Timestamp {
+    now() + jiff::SignedDuration::from_secs(seconds)
+}
+
+fn credential(kind: CredentialKind, owner: &str, id: &str, hash: &str) -> Credential {
+    Credential {
+        id: id.into(),
+        kind,
+        owner: owner.into(),
+        name: if kind == CredentialKind::Session {
+            String::new()
+        } else {
+            format!("{id} of {owner}")
+        },
+        hash: hash.into(),
+        prefix: "sky_1234".into(),
+        functions: if kind == CredentialKind::Key {
+            vec![format!("{owner}/*"), "bob/weather".into()]
+        } else {
+            Vec::new()
+        },
+        created_at: now(),
+        expires_at: (kind == CredentialKind::Session).then(|| later(3600)),
+        revoked_at: None,
+        usage: KeyUsage::default(),
+    }
+}
+
+fn token(owner: &str, id: &str, hash: &str) -> Credential {
+    credential(CredentialKind::Token, owner, id, hash)
+}
+
+/// A user with one token (id `tok_<name>`, hash `h_<name>`).
+async fn user_with_token(s: &dyn Store, name: &str) -> (User, Credential) {
+    let (u, t) = (
+        user(name),
+        token(name, &format!("tok_{name}"), &format!("h_{name}")),
+    );
+    s.create_user(&u, None, std::slice::from_ref(&t))
+        .await
+        .unwrap();
+    (u, t)
+}
+
+pub async fn a_user_created_with_a_token_authenticates_with_it(s: Arc<dyn Store>) {
+    let mut admin = user("root");
+    admin.is_admin = true;
+    let t = token("root", "tok_1", "h1");
+    s.create_user(&admin, None, std::slice::from_ref(&t))
+        .await
+        .unwrap();
+    assert_eq!(s.get_user("root").await.unwrap(), Some(admin.clone()));
+    assert_eq!(s.authenticate("h1", now()).await.unwrap(), Some((t, admin)));
+    assert_eq!(s.authenticate("h2", now()).await.unwrap(), None);
+    assert!(s.get_user("nobody").await.unwrap().is_none());
+}
+
+pub async fn a_taken_name_is_a_conflict_and_nothing_is_kept(s: Arc<dyn Store>) {
+    let (alice, _) = user_with_token(&*s, "alice").await;
+    let mut again = user("alice");
+    again.is_admin = true;
+    let fresh = token("alice", "tok_new", "h_new");
     assert!(matches!(
-        s.create_user("alice", "h2", false).await,
+        s.create_user(&again, Some("$argon2id$x"), std::slice::from_ref(&fresh)).await,
         Err(StoreError::Conflict(m)) if m == "user alice already exists"
     ));
+    assert_eq!(s.get_user("alice").await.unwrap(), Some(alice));
+    assert_eq!(s.authenticate("h_new", now()).await.unwrap(), None);
+    assert_eq!(s.password_hash("alice").await.unwrap(), None);
+}
+
+pub async fn a_secret_in_use_is_a_conflict(s: Arc<dyn Store>) {
+    user_with_token(&*s, "alice").await;
+    // A new user whose second credential repeats alice's hash: the user is not kept either.
+    let creds = [
+        token("bob", "tok_b1", "h_b1"),
+        token("bob", "tok_b2", "h_alice"),
+    ];
     assert!(matches!(
-        s.create_user("bob", "h1", true).await,
-        Err(StoreError::Conflict(m)) if m.contains("bob") && m.contains("token")
+        s.create_user(&user("bob"), None, &creds).await,
+        Err(StoreError::Conflict(m)) if m.contains("tok_b2")
     ));
     assert!(s.get_user("bob").await.unwrap().is_none());
-    let admin = s.create_user("root", "hr", true).await.unwrap();
-    assert!(admin.is_admin);
+    assert_eq!(s.authenticate("h_b1", now()).await.unwrap(), None);
+    // The same for a credential added later, and for a reused id.
     assert!(matches!(
-        s.set_user_token("root", "h1").await,
-        Err(StoreError::Conflict(m)) if m.contains("root")
+        s.add_credential(&token("alice", "tok_a2", "h_alice")).await,
+        Err(StoreError::Conflict(_))
     ));
-    s.set_user_token("alice", "h3").await.unwrap();
-    assert!(s.user_by_token_hash("h1").await.unwrap().is_none());
-    assert_eq!(
-        s.user_by_token_hash("h3").await.unwrap().unwrap().name,
-        "alice"
-    );
     assert!(matches!(
-        s.set_user_token("nobody", "x").await,
+        s.add_credential(&token("alice", "tok_alice", "h_other"))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        s.list_credentials("alice", CredentialKind::Token)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+pub async fn a_credential_needs_its_owner(s: Arc<dyn Store>) {
+    assert!(matches!(
+        s.add_credential(&token("nobody", "tok_1", "h1")).await,
         Err(StoreError::NotFound(m)) if m == "user nobody"
     ));
-    assert!(s.get_user("nobody").await.unwrap().is_none());
+    assert_eq!(s.authenticate("h1", now()).await.unwrap(), None);
+    assert!(matches!(
+        s.create_user(&user("alice"), None, &[token("bob", "tok_1", "h1")]).await,
+        Err(StoreError::Invalid(m)) if m.contains("bob")
+    ));
+    assert!(s.get_user("alice").await.unwrap().is_none());
+}
+
+pub async fn a_revoked_credential_no_longer_authenticates(s: Arc<dyn Store>) {
+    user_with_token(&*s, "alice").await;
+    let key = credential(CredentialKind::Key, "alice", "key_1", "hk");
+    s.add_credential(&key).await.unwrap();
+    assert!(s.authenticate("hk", now()).await.unwrap().is_some());
+    let first = later(-10);
+    assert!(s.revoke_credential("alice", "key_1", first).await.unwrap());
+    assert_eq!(s.authenticate("hk", now()).await.unwrap(), None);
+    // Revoking again keeps the first time.
+    assert!(s.revoke_credential("alice", "key_1", now()).await.unwrap());
+    let revoked = s.get_credential("alice", "key_1").await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(first));
+    // Other credentials are untouched; another owner's or a missing one is not revoked.
+    assert!(s.authenticate("h_alice", now()).await.unwrap().is_some());
+    assert!(
+        !s.revoke_credential("bob", "tok_alice", now())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.revoke_credential("alice", "key_nope", now())
+            .await
+            .unwrap()
+    );
+    assert!(s.authenticate("h_alice", now()).await.unwrap().is_some());
+}
+
+pub async fn an_expired_session_does_not_authenticate(s: Arc<dyn Store>) {
+    user_with_token(&*s, "alice").await;
+    let mut session = credential(CredentialKind::Session, "alice", "ses_1", "hs");
+    session.expires_at = Some(later(60));
+    s.add_credential(&session).await.unwrap();
+    assert_eq!(
+        s.authenticate("hs", now()).await.unwrap().map(|(k, _)| k),
+        Some(session)
+    );
+    assert_eq!(s.authenticate("hs", later(61)).await.unwrap(), None);
+}
+
+pub async fn credentials_list_by_kind_newest_first(s: Arc<dyn Store>) {
+    let (_, first) = user_with_token(&*s, "alice").await;
+    user_with_token(&*s, "bob").await;
+    let mut older = token("alice", "tok_old", "h_old");
+    older.created_at = later(-100);
+    let mut newer = token("alice", "tok_new", "h_new");
+    newer.created_at = later(100);
+    for k in [&older, &newer] {
+        s.add_credential(k).await.unwrap();
+    }
+    s.revoke_credential("alice", "tok_new", now())
+        .await
+        .unwrap();
+    let key = credential(CredentialKind::Key, "alice", "key_1", "hk");
+    s.add_credential(&key).await.unwrap();
+    let ids = |list: Vec<Credential>| list.into_iter().map(|k| k.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s
+            .list_credentials("alice", CredentialKind::Token)
+            .await
+            .unwrap()),
+        ["tok_new", "tok_alice", "tok_old"]
+    );
+    assert_eq!(
+        s.list_credentials("alice", CredentialKind::Key)
+            .await
+            .unwrap(),
+        [key]
+    );
+    assert!(
+        s.list_credentials("alice", CredentialKind::Session)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.list_credentials("alice", CredentialKind::Token)
+            .await
+            .unwrap()[1],
+        first
+    );
+}
+
+pub async fn another_owners_credential_is_not_found(s: Arc<dyn Store>) {
+    let (_, alices) = user_with_token(&*s, "alice").await;
+    user_with_token(&*s, "bob").await;
+    assert_eq!(
+        s.get_credential("alice", "tok_alice").await.unwrap(),
+        Some(alices)
+    );
+    assert_eq!(s.get_credential("bob", "tok_alice").await.unwrap(), None);
+    assert_eq!(s.get_credential("alice", "tok_nope").await.unwrap(), None);
+}
+
+pub async fn key_usage_adds_up_over_batches(s: Arc<dyn Store>) {
+    user_with_token(&*s, "alice").await;
+    for (id, hash) in [("key_1", "h1"), ("key_2", "h2")] {
+        s.add_credential(&credential(CredentialKind::Key, "alice", id, hash))
+            .await
+            .unwrap();
+    }
+    let delta = |id: &str, calls, errors, duration_ms, last_used_at| KeyUsageDelta {
+        id: id.into(),
+        calls,
+        errors,
+        duration_ms,
+        last_used_at,
+    };
+    let (t1, t2) = (later(-20), later(-10));
+    s.record_key_usage(&[
+        delta("key_1", 3, 1, 4.5, t2),
+        delta("key_2", 1, 0, 1.0, t1),
+        delta("key_gone", 5, 5, 5.0, t1),
+    ])
+    .await
+    .unwrap();
+    // A late report of older calls does not move `last_used_at` back; tokens are not metered.
+    s.record_key_usage(&[
+        delta("key_1", 2, 0, 0.5, t1),
+        delta("tok_alice", 1, 0, 1.0, t2),
+    ])
+    .await
+    .unwrap();
+    s.record_key_usage(&[]).await.unwrap();
+    let usage = |id: &'static str| {
+        let s = s.clone();
+        async move { s.get_credential("alice", id).await.unwrap().unwrap().usage }
+    };
+    let expect = |calls, errors, duration_ms, last_used_at| KeyUsage {
+        calls,
+        errors,
+        duration_ms,
+        last_used_at: Some(last_used_at),
+    };
+    assert_eq!(usage("key_1").await, expect(5, 1, 5.0, t2));
+    assert_eq!(usage("key_2").await, expect(1, 0, 1.0, t1));
+    assert_eq!(usage("tok_alice").await, KeyUsage::default());
+}
+
+pub async fn pruning_removes_only_expired_sessions(s: Arc<dyn Store>) {
+    user_with_token(&*s, "alice").await;
+    let mut expired = token("alice", "tok_expired", "h_expired");
+    expired.expires_at = Some(later(-60));
+    let mut old = credential(CredentialKind::Session, "alice", "ses_old", "h1");
+    old.expires_at = Some(later(-60));
+    let live = credential(CredentialKind::Session, "alice", "ses_live", "h2");
+    for k in [&expired, &old, &live] {
+        s.add_credential(k).await.unwrap();
+    }
+    assert_eq!(s.prune_sessions(now()).await.unwrap(), 1);
+    let ids = |list: Vec<Credential>| list.into_iter().map(|k| k.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s
+            .list_credentials("alice", CredentialKind::Session)
+            .await
+            .unwrap()),
+        ["ses_live"]
+    );
+    // An expired token is not a session: it stays, listed as expired.
+    assert_eq!(
+        s.get_credential("alice", "tok_expired").await.unwrap(),
+        Some(expired)
+    );
+    assert_eq!(s.prune_sessions(now()).await.unwrap(), 0);
+}
+
+pub async fn password_hashes_are_set_and_read(s: Arc<dyn Store>) {
+    s.create_user(&user("alice"), Some("$argon2id$v=19$one"), &[])
+        .await
+        .unwrap();
+    user_with_token(&*s, "bob").await;
+    assert_eq!(
+        s.password_hash("alice").await.unwrap().as_deref(),
+        Some("$argon2id$v=19$one")
+    );
+    assert_eq!(s.password_hash("bob").await.unwrap(), None);
+    assert_eq!(s.password_hash("nobody").await.unwrap(), None);
+    s.set_password_hash("bob", "$argon2id$v=19$two")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.password_hash("bob").await.unwrap().as_deref(),
+        Some("$argon2id$v=19$two")
+    );
+    assert!(matches!(
+        s.set_password_hash("nobody", "x").await,
+        Err(StoreError::NotFound(m)) if m == "user nobody"
+    ));
+}
+
+pub async fn users_export_and_import_with_their_credentials(s: Arc<dyn Store>) {
+    user_with_token(&*s, "bob").await;
+    let (alice, alices) = user_with_token(&*s, "alice").await;
+    let mut key = credential(CredentialKind::Key, "alice", "key_1", "hk");
+    key.created_at = later(10);
+    s.add_credential(&key).await.unwrap();
+    s.revoke_credential("alice", "key_1", later(20))
+        .await
+        .unwrap();
+    s.record_key_usage(&[KeyUsageDelta {
+        id: "key_1".into(),
+        calls: 2,
+        errors: 1,
+        duration_ms: 3.25,
+        last_used_at: later(15),
+    }])
+    .await
+    .unwrap();
+    s.set_password_hash("alice", "phc-a").await.unwrap();
+    let key = s.get_credential("alice", "key_1").await.unwrap().unwrap();
+
+    let exported = s.export_users().await.unwrap();
+    let names: Vec<_> = exported.iter().map(|r| r.user.name.as_str()).collect();
+    assert_eq!(names, ["alice", "bob"]);
+    assert_eq!(
+        exported[0],
+        UserRecord {
+            user: alice,
+            password_hash: Some("phc-a".into()),
+            credentials: vec![alices, key],
+        }
+    );
+
+    let carol = UserRecord {
+        user: User {
+            name: "carol".into(),
+            is_admin: true,
+            created_at: Timestamp::new(1_600_000_000, 1_000).unwrap(),
+        },
+        password_hash: None,
+        credentials: vec![
+            token("carol", "tok_c1", "hc1"),
+            credential(CredentialKind::Session, "carol", "ses_c", "hc2"),
+        ],
+    };
+    s.import_user(&carol).await.unwrap();
+    // Importing again replaces (a copy can be repeated), credentials included.
+    let mut fewer = carol.clone();
+    fewer.credentials.truncate(1);
+    s.import_user(&carol).await.unwrap();
+    s.import_user(&fewer).await.unwrap();
+    let back = s.export_users().await.unwrap();
+    assert_eq!(back[2], fewer);
+    assert_eq!(s.authenticate("hc2", now()).await.unwrap(), None);
+    assert_eq!(
+        s.authenticate("hc1", now()).await.unwrap().map(|(_, u)| u),
+        Some(carol.user)
+    );
+    // Another user's secret is refused, and that user's import changes nothing.
+    let mut thief = exported[0].clone();
+    thief.user.name = "mallory".into();
+    for k in &mut thief.credentials {
+        k.owner = "mallory".into();
+    }
+    assert!(matches!(
+        s.import_user(&thief).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(s.get_user("mallory").await.unwrap().is_none());
+    assert_eq!(s.export_users().await.unwrap(), back);
 }
 
 pub async fn functions_round_trip_with_optimistic_concurrency(s: Arc<dyn Store>) {
@@ -530,33 +895,6 @@ pub async fn deleting_a_function_gives_its_state_back_to_the_quota(s: Arc<dyn St
     }
 }
 
-pub async fn users_export_and_import_with_their_token(s: Arc<dyn Store>) {
-    s.create_user("bob", "hb", false).await.unwrap();
-    s.create_user("alice", "ha", true).await.unwrap();
-    let exported = s.export_users().await.unwrap();
-    let names: Vec<_> = exported.iter().map(|r| r.user.name.as_str()).collect();
-    assert_eq!(names, ["alice", "bob"]);
-    assert_eq!(exported[0].token_hash, "ha");
-    let carol = UserRecord {
-        user: User {
-            name: "carol".into(),
-            is_admin: false,
-            created_at: Timestamp::new(1_600_000_000, 1_000).unwrap(),
-        },
-        token_hash: "hc".into(),
-    };
-    s.import_user(&carol).await.unwrap();
-    // Importing again replaces (a copy can be repeated).
-    s.import_user(&carol).await.unwrap();
-    assert_eq!(s.user_by_token_hash("hc").await.unwrap(), Some(carol.user));
-    let mut thief = exported[0].clone();
-    thief.user.name = "mallory".into();
-    assert!(matches!(
-        s.import_user(&thief).await,
-        Err(StoreError::Conflict(_))
-    ));
-}
-
 pub async fn concurrent_writers_cannot_pass_the_quota_together(stores: [Arc<dyn Store>; 2]) {
     let quota = StateQuota {
         max_keys: 5,
@@ -764,7 +1102,12 @@ pub async fn copy_moves_everything_and_repeating_it_adds_nothing(
 ) {
     use skython_store::copy::{Progress, Stage, copy};
     let q = StateQuota::default();
-    let alice = from.create_user("alice", "ha", false).await.unwrap();
+    user_with_token(&*from, "alice").await;
+    from.set_password_hash("alice", "phc").await.unwrap();
+    from.add_credential(&credential(CredentialKind::Key, "alice", "key_1", "hk"))
+        .await
+        .unwrap();
+    user_with_token(&*from, "bob").await;
     let mut public = record("alice", "pub");
     public.spec.visibility = Visibility::Public;
     public.generation = 3;
@@ -788,17 +1131,23 @@ pub async fn copy_moves_everything_and_repeating_it_adds_nothing(
     assert_eq!(
         (
             copied.users,
+            copied.credentials,
             copied.functions,
             copied.state_entries,
             copied.invocations
         ),
-        (1, 2, 1201, 3)
+        (2, 3, 2, 1201, 3)
     );
     assert!(
         seen.iter()
             .any(|p| p.stage == Stage::State && p.done == 1201)
     );
-    assert_eq!(to.user_by_token_hash("ha").await.unwrap(), Some(alice));
+    assert_eq!(
+        to.export_users().await.unwrap(),
+        from.export_users().await.unwrap()
+    );
+    let (key, owner) = to.authenticate("hk", now()).await.unwrap().unwrap();
+    assert_eq!((key.id.as_str(), owner.name.as_str()), ("key_1", "alice"));
     assert_eq!(to.get_function("alice", "pub").await.unwrap(), Some(public));
     let keys = to
         .state_keys(&scope("alice", "f"), "k", 2000)
@@ -823,6 +1172,10 @@ pub async fn copy_moves_everything_and_repeating_it_adds_nothing(
 
     let again = copy(&*from, &*to, 3, &mut |_| {}).await.unwrap();
     assert_eq!(again.invocations, 0);
+    assert_eq!(
+        to.export_users().await.unwrap(),
+        from.export_users().await.unwrap()
+    );
     assert_eq!(
         to.recent_invocations("alice", "f", 10).await.unwrap().len(),
         3
