@@ -376,10 +376,7 @@ mod tests {
             updated_at: Timestamp::UNIX_EPOCH,
         };
         let [name, tags, description, params, doc] = entry_terms(&e);
-        assert_eq!(
-            name,
-            ["celsius", "to", "fahrenheit", "celsiustofahrenheit"]
-        );
+        assert_eq!(name, ["celsius", "to", "fahrenheit", "celsiustofahrenheit"]);
         assert_eq!(tags, ["unit", "conversion", "unitconversion"]);
         assert_eq!(description, ["celsius", "to", "fahrenheit", "again"]);
         assert_eq!(params, ["celsius", "round", "to", "roundto"]);

@@ -278,7 +278,10 @@ impl CatalogStore for MongoStore {
             let starts: std::collections::BTreeSet<&str> =
                 terms.iter().flat_map(|t| prefixes(t)).collect();
             all.extend(starts.iter().map(|p| p.to_string()));
-            set.insert(format!("{}_prefixes", f.name()), starts.into_iter().collect::<Vec<_>>());
+            set.insert(
+                format!("{}_prefixes", f.name()),
+                starts.into_iter().collect::<Vec<_>>(),
+            );
             all.extend(terms.iter().cloned());
             set.insert(format!("{}_terms", f.name()), terms);
         }

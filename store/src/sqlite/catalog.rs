@@ -18,9 +18,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params, params_from_iter};
 
 use super::{SqliteStore, backend, count, from_micros, is_unique_violation, json_col, micros};
-use crate::catalog::{
-    Field, QueryWord, calls_per_function, entry_terms, normal_tag, query_words,
-};
+use crate::catalog::{Field, QueryWord, calls_per_function, entry_terms, normal_tag, query_words};
 use crate::{
     CatalogEntry, CatalogStore, FunctionStats, FunctionVersion, Invocation, Result, SearchHit,
     SearchPage, SearchQuery, StoreError, label,
@@ -145,7 +143,10 @@ fn search_sql(q: &SearchQuery) -> SearchSql {
             for f in Field::ALL {
                 let (col, weight) = (f.name(), f.weight());
                 let prefix = if w.prefix {
-                    format!(" WHEN instr(f.{col}, {start}) THEN {:.1}", f.prefix_weight())
+                    format!(
+                        " WHEN instr(f.{col}, {start}) THEN {:.1}",
+                        f.prefix_weight()
+                    )
                 } else {
                     String::new()
                 };
@@ -248,9 +249,7 @@ impl CatalogStore for SqliteStore {
             let total: i64 = tx
                 .prepare(&sql.count)
                 .and_then(|mut st| {
-                    st.query_row(params_from_iter(&sql.args[..sql.count_args]), |r| {
-                        r.get(0)
-                    })
+                    st.query_row(params_from_iter(&sql.args[..sql.count_args]), |r| r.get(0))
                 })
                 .map_err(backend)?;
             let mut args = sql.args;
@@ -453,7 +452,9 @@ mod tests {
     #[tokio::test]
     async fn a_text_search_reads_the_fts_index_not_the_table() {
         let s = SqliteStore::open_in_memory().unwrap();
-        s.index_function(&entry("celsius", "temperature")).await.unwrap();
+        s.index_function(&entry("celsius", "temperature"))
+            .await
+            .unwrap();
         let q = SearchQuery {
             text: "temp celsius".into(),
             tags: vec!["units".into()],
