@@ -1,8 +1,9 @@
 //! Storage for everything the gateway keeps: users, functions (as `SkyFunction` specs and status),
-//! per-(owner, function) state for `skython.store/load`, and recent invocations with their logs.
+//! per-(owner, function) state for `skython.store/load`, recent invocations with their logs, and
+//! the skybox catalogue (search, call and clone counts, versions).
 //!
-//! One trait per concern ([`UserStore`], [`FunctionStore`], [`StateStore`], [`InvocationStore`];
-//! [`Store`] is all four, what the gateway holds) with the backend-neutral [`StoreError`]. The
+//! One trait per concern ([`UserStore`], [`FunctionStore`], [`StateStore`], [`InvocationStore`],
+//! [`CatalogStore`]; [`Store`] is all of them, what the gateway holds) with the backend-neutral [`StoreError`]. The
 //! embedded SQLite backend ([`SqliteStore`]) is the local default, the MongoDB backend
 //! ([`MongoStore`]) is for clusters; both run one conformance suite (`tests/conformance`).
 //! What a state write does with the current value is decided once, for both, in [`StateWrite`].
@@ -11,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod accounts;
+mod catalog;
 pub mod copy;
 mod location;
 mod mongo;
@@ -29,6 +31,9 @@ use tokio::sync::oneshot;
 pub use accounts::{
     Credential, CredentialKind, KeyUsage, KeyUsageDelta, User, UserRecord, UserStore,
     legacy_token_id,
+};
+pub use catalog::{
+    CatalogEntry, CatalogStore, FunctionStats, FunctionVersion, SearchHit, SearchPage, SearchQuery,
 };
 pub use location::{StoreLocation, redacted};
 pub use mongo::MongoStore;
@@ -370,9 +375,15 @@ pub trait InvocationStore: Send + Sync {
 }
 
 /// Everything the gateway keeps: each backend implements every concern.
-pub trait Store: UserStore + FunctionStore + StateStore + InvocationStore + 'static {}
+pub trait Store:
+    UserStore + FunctionStore + StateStore + InvocationStore + CatalogStore + 'static
+{
+}
 
-impl<T: UserStore + FunctionStore + StateStore + InvocationStore + 'static> Store for T {}
+impl<T> Store for T where
+    T: UserStore + FunctionStore + StateStore + InvocationStore + CatalogStore + 'static
+{
+}
 
 #[cfg(test)]
 mod tests {

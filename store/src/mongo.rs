@@ -19,6 +19,7 @@
 //!   [`StateQuota`], and a count of their state writes (see below).
 //! - `invocations`: one document per call with a `seq` from `counters` (so "newest" is the same
 //!   for every gateway), indexed on (owner, endpoint, seq); each function keeps its newest N.
+//! - `catalog` and `function_versions`: the skybox catalogue (see `mongo/catalog.rs`).
 //!
 //! Timestamps are integer microseconds since the Unix epoch (BSON dates hold milliseconds).
 //!
@@ -69,6 +70,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use skython_crds::{SkyFunctionStatus, Visibility};
 
+mod catalog;
+
 use crate::{
     FunctionFilter, FunctionRecord, FunctionStore, Invocation, InvocationStore, Result, StateEntry,
     StateQuota, StateScope, StateStore, StateUsage, StateWrite, StoreError, Written, label,
@@ -107,6 +110,7 @@ pub struct MongoStore {
     usage: Collection<UsageDoc>,
     invocations: Collection<InvocationDoc>,
     counters: Collection<Document>,
+    catalog: catalog::Catalog,
     /// Striped by owner (see [`MongoStore::owner_lock`]).
     owner_locks: Arc<[tokio::sync::Mutex<()>]>,
 }
@@ -412,6 +416,7 @@ impl MongoStore {
             usage: db.collection("state_usage"),
             invocations: db.collection("invocations"),
             counters: db.collection("counters"),
+            catalog: catalog::Catalog::new(&db),
             owner_locks: (0..OWNER_LOCKS).map(|_| Default::default()).collect(),
         };
         store.create_indexes().await?;
@@ -448,6 +453,7 @@ impl MongoStore {
             ))
             .await
             .map_err(store_error)?;
+        self.catalog.create_indexes().await?;
         Ok(())
     }
 
@@ -542,6 +548,7 @@ impl MongoStore {
             .delete_many(function)
             .session(&mut *s)
             .await?;
+        self.catalog.forget_in(s, owner, endpoint).await?;
         Ok(deleted.deleted_count > 0)
     }
 
@@ -928,6 +935,7 @@ impl InvocationStore for MongoStore {
             .insert_many(docs)
             .await
             .map_err(store_error)?;
+        self.catalog.count_calls(batch).await?;
 
         let mut functions: Vec<(&str, &str)> = batch
             .iter()

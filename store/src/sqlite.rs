@@ -41,6 +41,7 @@ use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 mod accounts;
+mod catalog;
 mod writer;
 use skython_crds::SkyFunctionStatus;
 use writer::Writer;
@@ -336,6 +337,7 @@ impl SqliteStore {
                 ));
             }
         }
+        tx.execute_batch(catalog::SCHEMA).map_err(backend)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(backend)?;
         tx.commit().map_err(backend)?;
@@ -548,6 +550,7 @@ impl FunctionStore for SqliteStore {
                 params![o, e],
             )
             .map_err(backend)?;
+            catalog::forget(&tx, &o, &e).map_err(backend)?;
             tx.commit().map_err(backend)?;
             Ok(n > 0)
         })
@@ -786,6 +789,7 @@ impl InvocationStore for SqliteStore {
                     std::thread::yield_now();
                     prune.execute(params![o, e, keep]).map_err(backend)?;
                 }
+                catalog::count_calls(&tx, &batch).map_err(backend)?;
             }
             std::thread::yield_now();
             tx.commit().map_err(backend)

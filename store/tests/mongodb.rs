@@ -290,3 +290,39 @@ async fn copy_from_sqlite_into_mongodb() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_and_mongodb_rank_the_skybox_alike() {
+    conformance::catalog::backends_rank_the_skybox_alike(
+        Arc::new(skython_store::SqliteStore::open_in_memory().unwrap()),
+        fresh_store().await,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn searches_read_an_index_not_every_entry() {
+    use skython_store::SearchQuery;
+    let store = MongoStore::connect(&fresh_database_url()).await.unwrap();
+    let arc: Arc<dyn Store> = Arc::new(store.clone());
+    conformance::catalog::load_skybox(&*arc).await;
+    let query = |text: &str, tags: &[&str]| SearchQuery {
+        text: text.into(),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        limit: 10,
+        offset: 0,
+    };
+    for (q, index) in [
+        (query("temp celsius", &[]), "terms"),
+        (query("rate", &["finance"]), "terms"),
+        (query("", &["finance"]), "tags"),
+        (query("", &[]), "public_calls"),
+    ] {
+        let plan = store.explain_search(&q).await.unwrap().to_string();
+        assert!(
+            plan.contains("IXSCAN") && plan.contains(&format!("\"indexName\": \"{index}\"")),
+            "{q:?}: {plan}"
+        );
+        assert!(!plan.contains("COLLSCAN"), "{q:?}: {plan}");
+    }
+}

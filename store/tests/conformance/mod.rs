@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod catalog;
+
 use std::sync::Arc;
 
 use jiff::Timestamp;
@@ -51,6 +53,7 @@ macro_rules! conformance_suite {
             state_exports_in_pages_and_imports_without_quota,
             unicode_keys_and_values_round_trip,
         );
+        $crate::catalog_suite!($new);
         $crate::conformance_suite!(@races $new;
             concurrent_writers_cannot_pass_the_quota_together,
             concurrent_increments_all_count,
