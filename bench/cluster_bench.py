@@ -292,7 +292,8 @@ class Kube:
 
 def sky_function(name, source, **spec):
     return {"apiVersion": "skython.io/v1alpha1", "kind": "SkyFunction", "metadata": {"name": name},
-            "spec": {"owner": "admin", "endpoint": name, "source": source, "resources": SMALL, **spec}}
+            "spec": {"owner": "admin", "endpoint": name, "source": source, "resources": SMALL,
+                     "access": "public", **spec}}
 
 
 def wait(what, check, timeout, every=0.5):

@@ -16,6 +16,7 @@ use skython_gateway::{AppState, Metrics};
 use skython_operator::leader::LeaseConfig;
 
 use crate::up::{ServerArgs, prepare, serve_app};
+use skython_gateway::auth::SignupMode;
 
 #[derive(Args, Debug)]
 pub struct GatewayArgs {
@@ -74,7 +75,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let client = skython_operator::client(args.kubeconfig.as_ref())
         .await
         .context("connecting to Kubernetes")?;
-    let p = prepare(&args.server).await?;
+    let p = prepare(&args.server, SignupMode::Closed).await?;
     let _held_until_exit = p.sqlite_lock;
     let peers = args
         .peer_token

@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::Args;
 use nix::fcntl::{Flock, FlockArg};
 use skython_crds::Runtime;
+use skython_gateway::auth::SignupMode;
 use skython_gateway::serve::{ClientTimeouts, serve};
 use skython_gateway::{AdminToken, AppState, GatewayConfig, Limits, Recorder};
 use skython_runner::cgroup::Cgroups;
@@ -189,6 +190,11 @@ pub struct ServerArgs {
     /// token. Default: none, only the admin's token may.
     #[arg(long, env = "SKYTHON_METRICS_TOKEN", hide_env_values = true)]
     metrics_token: Option<String>,
+    /// Who may create accounts (POST /api/v1/accounts): `open` (anyone), `invite` (only the
+    /// admin creates them) or `closed` (nobody but the admin). Default: open for `skython up`,
+    /// closed for `skython gateway`.
+    #[arg(long, env = "SKYTHON_SIGNUP", value_parser = parse_signup)]
+    pub signup: Option<SignupMode>,
     /// State keys one owner may keep, all their functions together.
     #[arg(long, env = "SKYTHON_STATE_MAX_KEYS_PER_OWNER", default_value_t = StateQuota::default().max_keys)]
     state_max_keys_per_owner: u64,
@@ -222,7 +228,7 @@ fn default_python() -> PathBuf {
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let args = args.server;
     crate::init_logging(&args.log)?;
-    let p = prepare(&args).await?;
+    let p = prepare(&args, SignupMode::Open).await?;
     let _held_until_exit = p.sqlite_lock;
     let state = AppState::new(p.config, p.store, p.zygotes)?;
     println!("Skython is running at {}", p.url);
@@ -266,7 +272,12 @@ async fn open_store(location: &StoreLocation) -> anyhow::Result<Arc<dyn Store>> 
 }
 
 /// Opens the store, creates the admin on first start, starts the runtimes and binds the port.
-pub async fn prepare(args: &ServerArgs) -> anyhow::Result<Prepared> {
+fn parse_signup(s: &str) -> Result<SignupMode, String> {
+    s.parse()
+}
+
+/// `default_signup`: who may sign up when `--signup` is not given.
+pub async fn prepare(args: &ServerArgs, default_signup: SignupMode) -> anyhow::Result<Prepared> {
     let data_dir = args.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -384,6 +395,9 @@ pub async fn prepare(args: &ServerArgs) -> anyhow::Result<Prepared> {
         metrics_token: args.metrics_token.clone().filter(|t| !t.trim().is_empty()),
         // Workers may cache state only while this server is the one writer of its store.
         state_cache: sqlite_lock.is_some(),
+        signup: args.signup.unwrap_or(default_signup),
+        login_limits: Default::default(),
+        login_failure_delay: std::time::Duration::from_millis(500),
     };
     Ok(Prepared {
         store,

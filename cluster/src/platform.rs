@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use skython_crds::SkyFunction;
 use skython_gateway::Limits;
 use skython_gateway::Metrics;
-use skython_gateway::contract::ArgSchema;
+use skython_gateway::access::CallPolicy;
 use skython_gateway::error::{ApiError, ApiResult};
 use skython_gateway::platform::{Call, Called, Platform};
 use skython_operator::leader::LeaseConfig;
@@ -98,13 +98,13 @@ pub struct ClusterPlatform {
     _autoscaler: Arc<Autoscaler>,
     metrics: Arc<ClusterMetrics>,
     gateway_metrics: Arc<Metrics>,
-    /// Each served function's argument schema, with the resource version of the SkyFunction it
+    /// Each served function's call policy, with the resource version of the SkyFunction it
     /// was read from: read again only when that changes.
-    arg_schemas: Mutex<HashMap<(String, String), VersionedArgs>>,
+    policies: Mutex<HashMap<(String, String), VersionedPolicy>>,
 }
 
-/// An argument schema and the resource version of the SkyFunction it was read from.
-type VersionedArgs = (String, Arc<ArgSchema>);
+/// A call policy and the resource version of the SkyFunction it was read from.
+type VersionedPolicy = (String, Arc<CallPolicy>);
 
 impl ClusterPlatform {
     /// Starts the watches and the autoscaler; returns the platform and the router of the pods'
@@ -225,7 +225,7 @@ impl ClusterPlatform {
             _autoscaler: scaler,
             metrics,
             gateway_metrics,
-            arg_schemas: Mutex::default(),
+            policies: Mutex::default(),
         });
         Ok((platform, internal_routes))
     }
@@ -292,6 +292,16 @@ impl ClusterPlatform {
     }
 }
 
+/// Runner pods serve a function's current version only.
+fn pinned_unavailable() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "pinned_versions_unavailable",
+        "calling a pinned version (endpoint@n) is not available on Kubernetes yet; call the \
+         current version, or roll back to the one you need",
+    )
+}
+
 /// The state scope of the pods of `f`: the owner/endpoint it holds (none for a function
 /// whose endpoint another holds, or one that is gone).
 fn scope_of(registry: &Registry, f: &FunctionRef) -> Option<StateScope> {
@@ -348,7 +358,7 @@ impl Platform for ClusterPlatform {
 
     async fn delete_function(&self, owner: &str, endpoint: &str) -> ApiResult<bool> {
         let deleted = self.registry.delete(owner, endpoint).await?;
-        self.arg_schemas
+        self.policies
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&(owner.to_string(), endpoint.to_string()));
@@ -358,26 +368,37 @@ impl Platform for ClusterPlatform {
         Ok(deleted)
     }
 
-    async fn arg_schema(&self, owner: &str, endpoint: &str) -> ApiResult<Option<Arc<ArgSchema>>> {
+    async fn call_policy(
+        &self,
+        owner: &str,
+        endpoint: &str,
+        version: Option<i64>,
+    ) -> ApiResult<Option<Arc<CallPolicy>>> {
+        if version.is_some() {
+            return Err(pinned_unavailable());
+        }
         self.registry.synced_within(SYNC_WAIT).await?;
         let Some(f) = self.registry.holder(owner, endpoint) else {
             return Ok(None);
         };
         let version = f.metadata.resource_version.as_deref().unwrap_or_default();
         let key = (owner.to_string(), endpoint.to_string());
-        let mut cache = self.arg_schemas.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.policies.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((seen, schema)) = cache.get(&key)
             && seen == version
         {
             return Ok(Some(schema.clone()));
         }
         let signature = f.status.as_ref().and_then(|s| s.signature.as_ref());
-        let schema = Arc::new(signature.map(ArgSchema::from_signature).unwrap_or_default());
-        cache.insert(key, (version.to_string(), schema.clone()));
-        Ok(Some(schema))
+        let policy = Arc::new(CallPolicy::of(&f.spec, signature));
+        cache.insert(key, (version.to_string(), policy.clone()));
+        Ok(Some(policy))
     }
 
     async fn call(&self, call: Call) -> ApiResult<Called> {
+        if call.version.is_some() {
+            return Err(pinned_unavailable());
+        }
         self.registry.synced_within(SYNC_WAIT).await?;
         let target = self.target(&call.owner, &call.endpoint)?;
         let started = Instant::now();

@@ -311,13 +311,6 @@ impl SkyFunctionSpec {
         })
     }
 
-    /// Whether a browser page of `origin` may call the endpoint.
-    pub fn allows_origin(&self, origin: &str) -> bool {
-        self.allowed_origins
-            .as_ref()
-            .is_none_or(|list| list.iter().any(|o| o == "*" || o == origin))
-    }
-
     /// A spec with every optional field at its default.
     pub fn new(owner: &str, endpoint: &str, source: &str) -> Self {
         SkyFunctionSpec {

@@ -53,8 +53,8 @@ impl Stack {
     /// Applies a SkyFunction with kubectl (with small resources: the test node has 2 CPUs, and
     /// pods that do not fit stay Pending).
     fn apply(&self, name: &str, endpoint: &str, source: &str, spec: Value) {
-        let mut full =
-            json!({"owner": "admin", "endpoint": endpoint, "source": source, "resources": small()});
+        let mut full = json!({"owner": "admin", "endpoint": endpoint, "source": source, "resources": small(),
+                "access": "public"});
         full.as_object_mut()
             .unwrap()
             .extend(spec.as_object().unwrap().clone());

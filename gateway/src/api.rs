@@ -25,6 +25,7 @@ use crate::auth::AuthUser;
 use crate::contract::ArgSchema;
 use crate::error::{ApiError, ApiResult};
 use crate::invoke::{CallOutput, check_args};
+use crate::skybox;
 
 /// A function as the API shows it: the spec fields (without `env`), then what the platform
 /// observed.
@@ -43,23 +44,59 @@ pub struct FunctionView {
     pub generation: i64,
     pub created_at: String,
     pub updated_at: String,
+    /// Calls so far, clones made of it, and the function it was cloned from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<StatsView>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatsView {
+    pub calls: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_called_at: Option<String>,
+    pub clones: u64,
+    /// `owner/endpoint` of the function this one was cloned from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloned_from: Option<String>,
 }
 
 impl FunctionView {
     /// What `viewer` may see of a function: never the values of its `env`, and its names only
     /// if the viewer manages the function.
-    pub fn new(mut r: FunctionRecord, viewer: &AuthUser) -> Self {
+    pub fn new(mut r: FunctionRecord, viewer: Option<&AuthUser>) -> Self {
         let env = std::mem::take(&mut r.spec.env);
         FunctionView {
             env_names: viewer
-                .may_manage(&r.spec.owner)
+                .is_some_and(|v| v.may_manage(&r.spec.owner))
                 .then(|| env.into_iter().map(|e| e.name).collect()),
             spec: r.spec,
             status: r.status,
             generation: r.generation,
             created_at: r.created_at.to_string(),
             updated_at: r.updated_at.to_string(),
+            stats: None,
         }
+    }
+
+    /// The view with the function's statistics from the catalogue (a function's page).
+    pub async fn with_stats(
+        app: &AppState,
+        r: FunctionRecord,
+        viewer: Option<&AuthUser>,
+    ) -> ApiResult<Self> {
+        let s = app
+            .store
+            .function_stats(&r.spec.owner, &r.spec.endpoint)
+            .await?;
+        let mut view = FunctionView::new(r, viewer);
+        view.stats = Some(StatsView {
+            calls: s.calls,
+            last_called_at: s.last_called_at.map(|t| t.to_string()),
+            clones: s.clones,
+            cloned_from: s.cloned_from,
+        });
+        Ok(view)
     }
 }
 
@@ -175,7 +212,7 @@ impl From<Invocation> for InvocationView {
 }
 
 /// Parses a JSON body whatever its content type says (`curl -d` sends form encoding).
-fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     if body.trim_ascii().is_empty() {
         return Err(ApiError::bad_request(
             "invalid_body",
@@ -214,7 +251,7 @@ static SPEC_FIELDS: LazyLock<BTreeSet<String>> = LazyLock::new(|| {
 });
 
 /// Every invalid field at once, in the message and as `fields`.
-fn validate(spec: &SkyFunctionSpec) -> ApiResult<()> {
+pub(crate) fn validate(spec: &SkyFunctionSpec) -> ApiResult<()> {
     let errors = spec.validate();
     if errors.is_empty() {
         return Ok(());
@@ -318,7 +355,7 @@ fn source_error(e: SourceError) -> ApiError {
 }
 
 /// Syntax check and entry function, without running anything.
-async fn inspect(app: &AppState, spec: &SkyFunctionSpec) -> ApiResult<Signature> {
+pub(crate) async fn inspect(app: &AppState, spec: &SkyFunctionSpec) -> ApiResult<Signature> {
     let runtime = spec.runtime;
     let zygote = app.deployments.zygote(runtime).ok_or_else(|| {
         ApiError::bad_request(
@@ -383,7 +420,12 @@ pub async fn create_function(
         updated_at: now,
     };
     let record = app.platform.create_function(record).await?;
-    Ok((StatusCode::CREATED, Json(FunctionView::new(record, &user))).into_response())
+    skybox::deployed(&app, &record, None).await;
+    Ok((
+        StatusCode::CREATED,
+        Json(FunctionView::new(record, Some(&user))),
+    )
+        .into_response())
 }
 
 pub async fn replace_function(
@@ -424,13 +466,15 @@ pub async fn replace_function(
         .platform
         .replace_function(record, current.generation)
         .await?;
-    Ok(Json(FunctionView::new(record, &user)))
+    skybox::deployed(&app, &record, None).await;
+    Ok(Json(FunctionView::new(record, Some(&user))))
 }
 
-/// The function if the caller may see it: its owner and the admin always, others if public.
+/// The function if the caller may see it: its owner and the admin always, anyone (signed in
+/// or not) if public; 404 otherwise, so private names stay private.
 pub(crate) async fn visible(
     app: &AppState,
-    user: &AuthUser,
+    user: Option<&AuthUser>,
     owner: &str,
     endpoint: &str,
 ) -> ApiResult<FunctionRecord> {
@@ -439,18 +483,25 @@ pub(crate) async fn visible(
         return Err(missing());
     }
     match app.platform.get_function(owner, endpoint).await? {
-        Some(r) if user.may_manage(owner) || r.spec.visibility == Visibility::Public => Ok(r),
+        Some(r)
+            if r.spec.visibility == Visibility::Public
+                || user.is_some_and(|u| u.may_manage(owner)) =>
+        {
+            Ok(r)
+        }
         _ => Err(missing()),
     }
 }
 
 pub async fn get_function(
     State(app): State<AppState>,
-    user: AuthUser,
+    user: Option<AuthUser>,
     Path((owner, endpoint)): Path<(String, String)>,
 ) -> ApiResult<Json<FunctionView>> {
-    let record = visible(&app, &user, &owner, &endpoint).await?;
-    Ok(Json(FunctionView::new(record, &user)))
+    let record = visible(&app, user.as_ref(), &owner, &endpoint).await?;
+    Ok(Json(
+        FunctionView::with_stats(&app, record, user.as_ref()).await?,
+    ))
 }
 
 pub async fn delete_function(
@@ -458,7 +509,7 @@ pub async fn delete_function(
     user: AuthUser,
     Path((owner, endpoint)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    visible(&app, &user, &owner, &endpoint).await?;
+    visible(&app, Some(&user), &owner, &endpoint).await?;
     if !user.may_manage(&owner) {
         return Err(ApiError::forbidden(format!(
             "{} may not delete functions of {owner}",
@@ -468,6 +519,7 @@ pub async fn delete_function(
     if !app.platform.delete_function(&owner, &endpoint).await? {
         return Err(ApiError::function_not_found(&owner, &endpoint));
     }
+    app.store.remove_from_catalog(&owner, &endpoint).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -617,7 +669,7 @@ pub async fn invocations(
     query: Result<Query<LimitQuery>, QueryRejection>,
 ) -> ApiResult<Json<InvocationList>> {
     let n = limit(query)?;
-    visible(&app, &user, &owner, &endpoint).await?;
+    visible(&app, Some(&user), &owner, &endpoint).await?;
     if !user.may_manage(&owner) {
         return Err(ApiError::forbidden(
             "only the owner may read a function's invocations",
@@ -684,11 +736,14 @@ mod tests {
 
     #[test]
     fn a_body_may_not_set_replicas() {
-        let user = AuthUser(skython_store::User {
-            name: "alice".into(),
-            is_admin: false,
-            created_at: jiff::Timestamp::now(),
-        });
+        let user = AuthUser(
+            skython_store::User {
+                name: "alice".into(),
+                is_admin: false,
+                created_at: jiff::Timestamp::now(),
+            },
+            crate::auth::token_credential("alice", "test", "sky_pat_test"),
+        );
         let body = serde_json::json!({"endpoint": "f", "source": "def f(): pass", "replicas": 3});
         let e = parse_spec(body, &user, None).unwrap_err();
         assert_eq!(

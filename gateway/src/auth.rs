@@ -1,59 +1,57 @@
-//! Bearer tokens: random, shown once, stored only as SHA-256 hashes.
+//! Who is asking: the developer API takes a personal access token or a session (`Authorization:
+//! Bearer …`), or the browser's session cookie; calls of gated functions take API keys
+//! (`access.rs`). Secrets are made and looked up in `credentials.rs`.
+//!
+//! Cookie-authenticated writes must come from a page of this origin (the `Origin` header, or
+//! `Referer`, names the request's own host): with `SameSite=Lax` that closes cross-site request
+//! forgery without a token the client would have to carry.
 
 use std::path::Path;
+use std::str::FromStr;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use jiff::Timestamp;
-use rand::RngCore;
-use sha2::{Digest, Sha256};
-use skython_store::{Credential, CredentialKind, KeyUsage, Store, StoreError, User};
+use skython_store::{Credential, CredentialKind, Store, StoreError, User};
 
 use crate::AppState;
+use crate::accounts::cookie;
+use crate::credentials::{NewSecret, credential, hash_secret, new_secret};
 use crate::error::ApiError;
 
 pub const ADMIN: &str = "admin";
 
-pub fn new_token() -> String {
-    let mut bytes = [0u8; 24];
-    rand::rng().fill_bytes(&mut bytes);
-    format!("sky_{}", hex::encode(bytes))
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "skython_session";
+
+/// Who may create accounts through `POST /api/v1/accounts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SignupMode {
+    /// Anyone (the default of `skython up`).
+    #[default]
+    Open,
+    /// Only the admin creates accounts.
+    Invite,
+    /// Nobody but the admin (the default of `skython gateway` and the Helm chart).
+    Closed,
 }
 
-pub fn hash_token(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-/// Characters of a secret kept beside its hash, so a listing shows which one leaked.
-const SHOWN_PREFIX: usize = 8;
-
-/// A public credential id: `kind_` and 8 random hex digits.
-fn new_credential_id(kind: &str) -> String {
-    let mut bytes = [0u8; 4];
-    rand::rng().fill_bytes(&mut bytes);
-    format!("{kind}_{}", hex::encode(bytes))
-}
-
-/// The record of `owner`'s personal access token `token` called `name`.
-pub fn token_credential(owner: &str, name: &str, token: &str) -> Credential {
-    Credential {
-        id: new_credential_id("tok"),
-        kind: CredentialKind::Token,
-        owner: owner.to_string(),
-        name: name.to_string(),
-        hash: hash_token(token),
-        prefix: token.chars().take(SHOWN_PREFIX).collect(),
-        functions: Vec::new(),
-        created_at: Timestamp::now(),
-        expires_at: None,
-        revoked_at: None,
-        usage: KeyUsage::default(),
+impl FromStr for SignupMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "open" => Ok(SignupMode::Open),
+            "invite" => Ok(SignupMode::Invite),
+            "closed" => Ok(SignupMode::Closed),
+            _ => Err(format!("expected open, invite or closed, got {s:?}")),
+        }
     }
 }
 
-/// The authenticated caller of a developer-API request.
-pub struct AuthUser(pub User);
+/// The authenticated caller of a developer-API request, and the credential it used.
+#[derive(Debug, Clone)]
+pub struct AuthUser(pub User, pub Credential);
 
 impl AuthUser {
     /// Owners act on their own functions; the admin on everyone's.
@@ -66,32 +64,96 @@ fn unauthorized(message: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
 }
 
-/// The bearer token of a request; `needs` says what the caller should send.
-fn bearer<'a>(headers: &'a HeaderMap, needs: &str) -> Result<&'a str, ApiError> {
-    let header = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .ok_or_else(|| unauthorized(&format!("{needs}: `Authorization: Bearer <token>`")))?;
-    header
-        .to_str()
+/// The bearer secret of a request, if it has an Authorization header; `needs` says what the
+/// caller should send.
+pub fn bearer<'a>(headers: &'a HeaderMap, needs: &str) -> Result<Option<&'a str>, ApiError> {
+    let Some(h) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    h.to_str()
         .ok()
-        .and_then(|h| h.strip_prefix("Bearer "))
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))
+        .map(Some)
+        .ok_or_else(|| {
+            unauthorized(&format!(
+                "the Authorization header must be `Bearer <token>`; {needs}"
+            ))
+        })
+}
+
+const NEEDS: &str = "this API needs a personal access token (`Authorization: Bearer <token>`, \
+                     from sign-up or POST /api/v1/tokens) or a session";
+
+/// Whether a cookie-authenticated request comes from a page of this origin.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let from = headers
+        .get(header::ORIGIN)
+        .or_else(|| headers.get(header::REFERER))
+        .and_then(|v| v.to_str().ok());
+    from.and_then(|o| o.split_once("://"))
+        .map(|(_, rest)| rest.split('/').next().unwrap_or(""))
+        .is_some_and(|authority| authority.eq_ignore_ascii_case(host))
+}
+
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<Option<AuthUser>, ApiError> {
+    let (secret, from_cookie) = match bearer(&parts.headers, NEEDS)? {
+        Some(s) => (s, false),
+        None => match cookie(&parts.headers, SESSION_COOKIE).filter(|c| !c.is_empty()) {
+            Some(c) => (c, true),
+            None => return Ok(None),
+        },
+    };
+    let Some(who) = state.credentials.authenticate(secret).await? else {
+        return Err(unauthorized(if from_cookie {
+            "the session has ended; log in again"
+        } else {
+            "the token is not valid (unknown, revoked or expired)"
+        }));
+    };
+    if who.credential.kind == CredentialKind::Key {
+        return Err(unauthorized(
+            "API keys only call functions; this API needs a personal access token",
+        ));
+    }
+    let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if from_cookie && !safe && !same_origin(&parts.headers) {
+        return Err(ApiError::forbidden_code(
+            "csrf_check_failed",
+            "a request authenticated by the session cookie must come from a page of this site \
+             (its Origin header names another); API clients send a bearer token instead",
+        ));
+    }
+    Ok(Some(AuthUser(who.user.clone(), who.credential.clone())))
 }
 
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(&parts.headers, "this API needs a token")?;
-        let found = (state.store)
-            .authenticate(&hash_token(token), Timestamp::now())
-            .await?;
-        match found {
-            Some((_, user)) => Ok(AuthUser(user)),
-            None => Err(unauthorized("the token is not valid")),
-        }
+        authenticate(parts, state)
+            .await?
+            .ok_or_else(|| unauthorized(NEEDS))
+    }
+}
+
+/// Routes anyone may use, that show more to a signed-in user: no credential is `None`, a bad
+/// one still 401 (a client sending a wrong token wants to know).
+impl OptionalFromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Option<Self>, ApiError> {
+        authenticate(parts, state).await
     }
 }
 
@@ -100,17 +162,18 @@ impl FromRequestParts<AppState> for AuthUser {
 pub async fn may_read_metrics(headers: &HeaderMap, state: &AppState) -> Result<(), ApiError> {
     const NEEDS: &str = "/metrics needs the admin's API token or the metrics token \
                          (--metrics-token)";
-    let token = bearer(headers, NEEDS)?;
-    let hash = hash_token(token);
+    let token = bearer(headers, NEEDS)?
+        .ok_or_else(|| unauthorized(&format!("{NEEDS}: `Authorization: Bearer <token>`")))?;
     // Hashes are compared, so the time taken says nothing about the token.
-    if (state.config.metrics_token.as_deref()).is_some_and(|t| hash_token(t) == hash) {
+    if (state.config.metrics_token.as_deref()).is_some_and(|t| hash_secret(t) == hash_secret(token))
+    {
         return Ok(());
     }
-    match state.store.authenticate(&hash, Timestamp::now()).await? {
-        Some((_, user)) if user.is_admin => Ok(()),
-        Some((_, user)) => Err(ApiError::forbidden(format!(
+    match state.credentials.authenticate(token).await? {
+        Some(who) if who.user.is_admin && who.credential.kind != CredentialKind::Key => Ok(()),
+        Some(who) => Err(ApiError::forbidden(format!(
             "{} may not read /metrics; {NEEDS}",
-            user.name
+            who.user.name
         ))),
         None => Err(unauthorized(&format!("the token is not valid; {NEEDS}"))),
     }
@@ -124,14 +187,24 @@ pub enum AdminToken {
         token: String,
         file: Option<std::path::PathBuf>,
     },
-    /// The token was set from the environment (the admin's other tokens named `admin` revoked).
+    /// The token was set from the environment.
     FromEnv,
     /// The admin exists; its token is in this file if it is still there.
     Existing { file: Option<std::path::PathBuf> },
 }
 
-/// Creates the `admin` user on first start, with a token named `admin`, or applies
-/// `SKYTHON_ADMIN_TOKEN`.
+/// A token credential of `owner` for a secret chosen elsewhere (`SKYTHON_ADMIN_TOKEN`, tests).
+pub fn token_credential(owner: &str, name: &str, secret: &str) -> Credential {
+    let secret = NewSecret::given(CredentialKind::Token, secret.to_string());
+    credential(&secret, CredentialKind::Token, owner, name, vec![], None)
+}
+
+fn admin_token(secret: &str) -> Credential {
+    token_credential(ADMIN, ADMIN, secret)
+}
+
+/// Creates the `admin` user on first start, or applies `SKYTHON_ADMIN_TOKEN` (which replaces
+/// the admin's earlier tokens named "admin").
 pub async fn bootstrap_admin(
     store: &dyn Store,
     data_dir: &Path,
@@ -139,21 +212,51 @@ pub async fn bootstrap_admin(
 ) -> Result<AdminToken, StoreError> {
     let file = data_dir.join("admin.token");
     let exists = store.get_user(ADMIN).await?.is_some();
+    let admin = || User {
+        name: ADMIN.into(),
+        is_admin: true,
+        created_at: Timestamp::now(),
+    };
     match (exists, env_token) {
         (true, Some(t)) => {
-            set_admin_token(store, t).await?;
+            let hash = hash_secret(t);
+            let current = store.list_credentials(ADMIN, CredentialKind::Token).await?;
+            if current
+                .iter()
+                .any(|c| c.hash == hash && c.revoked_at.is_none())
+            {
+                return Ok(AdminToken::FromEnv);
+            }
+            for c in current
+                .iter()
+                .filter(|c| c.name == ADMIN && c.revoked_at.is_none())
+            {
+                store
+                    .revoke_credential(ADMIN, &c.id, Timestamp::now())
+                    .await?;
+            }
+            // A token revoked earlier cannot come back under the same hash: revive it by a
+            // new record only if none has it.
+            if current.iter().any(|c| c.hash == hash) {
+                return Err(StoreError::Conflict(
+                    "SKYTHON_ADMIN_TOKEN was revoked earlier; choose a new one".into(),
+                ));
+            }
+            store.add_credential(&admin_token(t)).await?;
             Ok(AdminToken::FromEnv)
         }
         (false, Some(t)) => {
-            create_admin(store, t).await?;
+            store.create_user(&admin(), None, &[admin_token(t)]).await?;
             Ok(AdminToken::FromEnv)
         }
         (true, None) => Ok(AdminToken::Existing {
             file: file.exists().then_some(file),
         }),
         (false, None) => {
-            let token = new_token();
-            create_admin(store, &token).await?;
+            let token = new_secret(CredentialKind::Token).secret;
+            store
+                .create_user(&admin(), None, &[admin_token(&token)])
+                .await?;
             let written = write_secret(&file, &token).map_err(|e| {
                 tracing::warn!("could not write {}: {e}", file.display());
             });
@@ -163,35 +266,6 @@ pub async fn bootstrap_admin(
             })
         }
     }
-}
-
-async fn create_admin(store: &dyn Store, token: &str) -> Result<(), StoreError> {
-    let admin = User {
-        name: ADMIN.to_string(),
-        is_admin: true,
-        created_at: Timestamp::now(),
-    };
-    let credential = token_credential(ADMIN, ADMIN, token);
-    store.create_user(&admin, None, &[credential]).await
-}
-
-/// Makes `token` the admin's token named `admin`, revoking the others of that name. The same
-/// token at every start (the usual case of an environment variable) stays as it is.
-async fn set_admin_token(store: &dyn Store, token: &str) -> Result<(), StoreError> {
-    let now = Timestamp::now();
-    let hash = hash_token(token);
-    let tokens = store.list_credentials(ADMIN, CredentialKind::Token).await?;
-    for old in tokens.iter().filter(|k| k.name == ADMIN && k.is_live(now)) {
-        if old.hash != hash {
-            store.revoke_credential(ADMIN, &old.id, now).await?;
-        }
-    }
-    if !tokens.iter().any(|k| k.hash == hash && k.is_live(now)) {
-        store
-            .add_credential(&token_credential(ADMIN, ADMIN, token))
-            .await?;
-    }
-    Ok(())
 }
 
 fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
@@ -209,19 +283,19 @@ fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::HeaderValue;
+    use skython_store::UserStore;
 
-    #[test]
-    fn tokens_are_unique_and_hashes_stable() {
-        let (a, b) = (new_token(), new_token());
-        assert_ne!(a, b);
-        assert!(a.starts_with("sky_") && a.len() == 52);
-        assert_eq!(hash_token("x"), hash_token("x"));
-        assert_ne!(hash_token(&a), hash_token(&b));
+    async fn authenticates(store: &dyn Store, token: &str) -> Option<String> {
+        store
+            .authenticate(&hash_secret(token), Timestamp::now())
+            .await
+            .unwrap()
+            .map(|(_, u)| u.name)
     }
 
     #[tokio::test]
-    async fn admin_bootstrap() {
-        use skython_store::UserStore;
+    async fn the_first_start_creates_the_admin_and_writes_its_token() {
         let dir = tempfile::tempdir().unwrap();
         let store = skython_store::SqliteStore::open_in_memory().unwrap();
         let AdminToken::Created { token, file } =
@@ -229,47 +303,70 @@ mod tests {
         else {
             panic!("expected a new admin")
         };
+        assert!(token.starts_with("sky_pat_"));
         assert_eq!(
             std::fs::read_to_string(file.unwrap()).unwrap().trim(),
             token
         );
-        let (credential, admin) = store
-            .authenticate(&hash_token(&token), Timestamp::now())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(admin.is_admin);
-        assert_eq!(
-            (credential.name.as_str(), credential.prefix.as_str()),
-            (ADMIN, &token[..SHOWN_PREFIX])
-        );
-        // Second start: nothing changes.
+        assert_eq!(authenticates(&store, &token).await.as_deref(), Some(ADMIN));
+        assert!(store.get_user(ADMIN).await.unwrap().unwrap().is_admin);
         assert!(matches!(
             bootstrap_admin(&store, dir.path(), None).await.unwrap(),
             AdminToken::Existing { file: Some(_) }
         ));
-        // The environment replaces the token, and giving it again at the next start keeps it.
+    }
+
+    #[tokio::test]
+    async fn the_environment_token_replaces_the_admin_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = skython_store::SqliteStore::open_in_memory().unwrap();
+        let AdminToken::Created { token, .. } =
+            bootstrap_admin(&store, dir.path(), None).await.unwrap()
+        else {
+            panic!("expected a new admin")
+        };
         for _ in 0..2 {
             assert_eq!(
                 bootstrap_admin(&store, dir.path(), Some("t2"))
                     .await
                     .unwrap(),
-                AdminToken::FromEnv
+                AdminToken::FromEnv,
+                "and again at the next start"
             );
         }
-        let now = Timestamp::now();
-        let old = store.authenticate(&hash_token(&token), now).await.unwrap();
-        assert!(old.is_none());
-        let (_, admin) = store
-            .authenticate(&hash_token("t2"), now)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(admin.name, ADMIN);
-        let tokens = store
-            .list_credentials(ADMIN, CredentialKind::Token)
-            .await
-            .unwrap();
-        assert_eq!(tokens.iter().filter(|k| k.revoked_at.is_none()).count(), 1);
+        assert_eq!(authenticates(&store, &token).await, None);
+        assert_eq!(authenticates(&store, "t2").await.as_deref(), Some(ADMIN));
+    }
+
+    #[test]
+    fn a_cookie_write_must_name_this_host_as_its_origin() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::HOST,
+            HeaderValue::from_static("skython.example:8080"),
+        );
+        assert!(!same_origin(&h), "no Origin, no Referer");
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.example"),
+        );
+        assert!(!same_origin(&h));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://skython.example:8080"),
+        );
+        assert!(same_origin(&h));
+        h.remove(header::ORIGIN);
+        h.insert(
+            header::REFERER,
+            HeaderValue::from_static("http://skython.example:8080/editor"),
+        );
+        assert!(same_origin(&h));
+    }
+
+    #[test]
+    fn signup_modes_parse() {
+        assert_eq!("invite".parse(), Ok(SignupMode::Invite));
+        assert!("maybe".parse::<SignupMode>().is_err());
     }
 }

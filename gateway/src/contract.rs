@@ -15,7 +15,7 @@ use axum::extract::{Path, State};
 use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
-use skython_crds::{Signature, SkyFunctionSpec, Visibility};
+use skython_crds::{Signature, SkyFunctionSpec};
 use skython_store::FunctionRecord;
 
 use crate::AppState;
@@ -1108,10 +1108,9 @@ fn describe(sig: &Signature) -> String {
 // ---------------------------------------------------------------------------------------------
 // The OpenAPI document of one function
 
-/// Whether a call needs an API key. Until the spec carries `access: public | key`, private
-/// functions are the gated ones (the default the issue gives them).
+/// Whether a call needs an API key.
 fn gated(spec: &SkyFunctionSpec) -> bool {
-    spec.visibility == Visibility::Private
+    spec.effective_access() == skython_crds::Access::Key
 }
 
 /// An OpenAPI 3.1 document for `POST /fn/{owner}/{endpoint}` of one function, from its
@@ -1413,20 +1412,20 @@ fn kotlin_string(s: &str) -> String {
 /// `GET /api/v1/functions/{owner}/{endpoint}/openapi.json`
 pub async fn openapi_json(
     State(app): State<AppState>,
-    user: AuthUser,
+    user: Option<AuthUser>,
     Path((owner, endpoint)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    let record = crate::api::visible(&app, &user, &owner, &endpoint).await?;
+    let record = crate::api::visible(&app, user.as_ref(), &owner, &endpoint).await?;
     Ok(Json(function_openapi(&record, &app.config.public_url)))
 }
 
 /// `GET /api/v1/functions/{owner}/{endpoint}/snippets`
 pub async fn snippets_json(
     State(app): State<AppState>,
-    user: AuthUser,
+    user: Option<AuthUser>,
     Path((owner, endpoint)): Path<(String, String)>,
 ) -> ApiResult<Json<Snippets>> {
-    let record = crate::api::visible(&app, &user, &owner, &endpoint).await?;
+    let record = crate::api::visible(&app, user.as_ref(), &owner, &endpoint).await?;
     Ok(Json(snippets(&function_openapi(
         &record,
         &app.config.public_url,
@@ -1437,6 +1436,7 @@ pub async fn snippets_json(
 mod tests {
     use super::*;
     use skython_crds::Param;
+    use skython_crds::Visibility;
 
     fn schema_of(annotation: &str) -> Value {
         Ty::parse(annotation).schema()

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use skython_crds::{Network, Runtime, SkyFunctionSpec};
+use skython_crds::{Network, Runtime, SkyFunctionSpec, SkyFunctionStatus};
 use skython_runner::cgroup::{Cgroups, Group, GroupLimits};
 use skython_runner::egress::{EgressProxy, Grant};
 use skython_runner::protocol::CACHE_VALUE_MAX;
@@ -19,7 +19,7 @@ use skython_store::{
 };
 
 use crate::Limits;
-use crate::contract::ArgSchema;
+use crate::access::CallPolicy;
 use crate::state_hub::StateHub;
 
 type Key = (String, String);
@@ -28,11 +28,16 @@ type Key = (String, String);
 pub struct Deployed {
     pub label: String,
     pub generation: i64,
+    /// Who may call this version, from which pages.
+    pub policy: Arc<CallPolicy>,
     pub pool: WorkerPool,
     /// The function's way out (`network: internet`), revoked when this version is gone.
     pub egress: Option<Grant>,
-    /// What this version's calls may carry.
-    pub args: Arc<ArgSchema>,
+}
+
+/// The control group of a function's current version.
+fn group_name(r: &FunctionRecord) -> String {
+    format!("{}.{}.{}", r.spec.owner, r.spec.endpoint, r.generation)
 }
 
 /// Endpoints the store did not have, remembered for a moment: a client calling a mistyped
@@ -126,7 +131,7 @@ impl Deployments {
                 }
                 return Ok(None);
             };
-            let Some(fresh) = self.build(&record) else {
+            let Some(fresh) = self.build(&record, &group_name(&record)) else {
                 return Ok(None);
             };
             let mut live = self.write();
@@ -146,7 +151,7 @@ impl Deployments {
 
     /// Installs the pool of a new version and retires the previous one.
     pub fn replace(&self, record: &FunctionRecord) -> Option<Arc<Deployed>> {
-        let fresh = Arc::new(self.build(record)?);
+        let fresh = Arc::new(self.build(record, &group_name(record))?);
         let key = (record.owner().to_string(), record.endpoint().to_string());
         {
             let mut missing = self.missing();
@@ -160,15 +165,65 @@ impl Deployments {
         Some(fresh)
     }
 
-    /// Retires a deleted function's pool (after the store forgot the function).
+    /// The pool of version `version` of a function (`POST /fn/{owner}/{endpoint}@{n}`): the
+    /// current version's own, or one loaded from the version the store keeps, with the
+    /// function's current environment (versions keep no env values). `None`: no such function
+    /// or version.
+    pub async fn get_pinned(
+        &self,
+        owner: &str,
+        endpoint: &str,
+        version: i64,
+    ) -> skython_store::Result<Option<Arc<Deployed>>> {
+        let Some(current) = self.get(owner, endpoint).await? else {
+            return Ok(None);
+        };
+        if current.generation == version {
+            return Ok(Some(current));
+        }
+        let key = (owner.to_string(), format!("{endpoint}@{version}"));
+        if let Some(d) = self.read().get(&key) {
+            return Ok(Some(d.clone()));
+        }
+        let (Some(v), Some(now)) = (
+            self.store.get_version(owner, endpoint, version).await?,
+            self.store.get_function(owner, endpoint).await?,
+        ) else {
+            return Ok(None);
+        };
+        let pinned = FunctionRecord {
+            spec: SkyFunctionSpec {
+                env: now.spec.env,
+                ..v.spec
+            },
+            status: SkyFunctionStatus {
+                signature: v.signature,
+                ..Default::default()
+            },
+            generation: version,
+            created_at: v.created_at,
+            updated_at: v.created_at,
+        };
+        let Some(fresh) = self.build(&pinned, &format!("{owner}.{endpoint}.pinned-{version}"))
+        else {
+            return Ok(None);
+        };
+        Ok(Some(
+            self.write().entry(key).or_insert(Arc::new(fresh)).clone(),
+        ))
+    }
+
+    /// Retires a deleted function's pools, pinned versions' too (after the store forgot it).
     pub fn remove(&self, owner: &str, endpoint: &str) {
         self.missing().changes += 1;
-        if let Some(old) = self
-            .write()
-            .remove(&(owner.to_string(), endpoint.to_string()))
-        {
-            old.pool.retire();
-        }
+        let pinned = format!("{endpoint}@");
+        self.write().retain(|(o, e), d| {
+            let gone = o == owner && (e == endpoint || e.starts_with(&pinned));
+            if gone {
+                d.pool.retire();
+            }
+            !gone
+        });
     }
 
     /// Stops idle workers everywhere; returns how many.
@@ -183,7 +238,8 @@ impl Deployments {
         self.read().values().cloned().collect()
     }
 
-    fn build(&self, record: &FunctionRecord) -> Option<Deployed> {
+    /// A version's pool; `group` names its control group.
+    fn build(&self, record: &FunctionRecord, group: &str) -> Option<Deployed> {
         let spec = &record.spec;
         let zygote = self.zygotes.get(&spec.runtime)?.clone();
         let entrypoint = record
@@ -195,8 +251,7 @@ impl Deployments {
             .unwrap_or_else(|| "main".into());
         let (mut worker_spec, egress) = self.worker_spec(spec, &entrypoint);
         let limits = pool_limits(spec, &self.limits);
-        let name = format!("{}.{}.{}", spec.owner, spec.endpoint, record.generation);
-        let group = self.group(&name, spec, &mut worker_spec);
+        let group = self.group(group, spec, &mut worker_spec);
         let state = Arc::new(self.scoped_state(StateScope {
             owner: spec.owner.clone(),
             function: spec.endpoint.clone(),
@@ -204,16 +259,9 @@ impl Deployments {
         Some(Deployed {
             label: format!("{}/{}", spec.owner, spec.endpoint),
             generation: record.generation,
+            policy: Arc::new(CallPolicy::of(spec, record.status.signature.as_ref())),
             pool: WorkerPool::new(zygote, worker_spec, limits, state).in_group(group),
             egress,
-            args: Arc::new(
-                record
-                    .status
-                    .signature
-                    .as_ref()
-                    .map(ArgSchema::from_signature)
-                    .unwrap_or_default(),
-            ),
         })
     }
 

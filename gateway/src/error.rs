@@ -52,7 +52,11 @@ impl ApiError {
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+        Self::forbidden_code("forbidden", message)
+    }
+
+    pub fn forbidden_code(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code, message)
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
@@ -123,8 +127,11 @@ impl IntoResponse for ApiError {
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             StatusCode::TOO_MANY_REQUESTS => {
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                let seconds = self.extra.get("retryAfterSeconds").and_then(Value::as_u64);
+                resp.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    seconds.map_or(HeaderValue::from_static("1"), HeaderValue::from),
+                );
             }
             // The rest of the body was not read, so the connection cannot carry another
             // request: say so, or a client reusing it meets a reset.

@@ -11,13 +11,15 @@ use skython_crds::is_dns_label;
 use skython_runner::{
     CallResult, Caller, Error as RunnerError, FunctionError, Outcome, WorkerPool,
 };
-use skython_store::Invocation;
+use skython_store::{CredentialKind, Invocation};
 use tracing::Instrument;
 
 use crate::AppState;
+use crate::access::{self, CallPolicy};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::platform::Call;
+use crate::skybox;
 
 /// A call's answer, ready to send and to record.
 pub struct CallOutput {
@@ -294,32 +296,86 @@ pub async fn call_function(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let rid = request_id(&headers);
-    let resp = call(app, owner, endpoint, &rid, body).await;
-    with_request_id(resp, rid)
+    let mut policy = None;
+    let resp = call(app, owner, endpoint, &headers, &rid, body, &mut policy).await;
+    let mut resp = with_request_id(resp, rid);
+    let origin = headers.get(header::ORIGIN);
+    if origin.is_some() {
+        resp.headers_mut()
+            .extend(access::cors_headers(policy.as_deref(), origin));
+    }
+    resp
+}
+
+/// `OPTIONS /fn/{owner}/{endpoint}`: a browser asking whether a page of its origin may call.
+pub async fn preflight(
+    State(app): State<AppState>,
+    Path((owner, endpoint)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let rid = request_id(&headers);
+    let origin = headers.get(header::ORIGIN);
+    let resp = async {
+        let (policy, _) = policy(&app, &owner, &endpoint).await?;
+        let allowed = access::preflight(&policy, origin)?;
+        let mut resp = StatusCode::NO_CONTENT.into_response();
+        resp.headers_mut().extend(allowed);
+        Ok(resp)
+    }
+    .await;
+    let mut resp = with_request_id(resp, rid);
+    if resp.status() == StatusCode::NOT_FOUND {
+        resp.headers_mut()
+            .extend(access::cors_headers(None, origin));
+    }
+    resp
+}
+
+/// The function's call policy, and the pinned version if the path names one (`endpoint@n`):
+/// 404 for names that cannot be a function, and for no such function or version.
+async fn policy(
+    app: &AppState,
+    owner: &str,
+    segment: &str,
+) -> Result<(Arc<CallPolicy>, Option<i64>), ApiError> {
+    let not_found = || ApiError::function_not_found(owner, segment);
+    let (endpoint, version) = skybox::pinned(segment).ok_or_else(not_found)?;
+    if !is_dns_label(owner) || !is_dns_label(endpoint) {
+        return Err(not_found());
+    }
+    let policy = app
+        .platform
+        .call_policy(owner, endpoint, version)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok((policy, version))
 }
 
 async fn call(
     app: AppState,
     owner: String,
     endpoint: String,
+    headers: &HeaderMap,
     rid: &HeaderValue,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    policy_out: &mut Option<Arc<CallPolicy>>,
 ) -> Result<Response, ApiError> {
     let started_at = jiff::Timestamp::now();
     let started = Instant::now();
-    let not_found = || ApiError::function_not_found(&owner, &endpoint);
-    if !is_dns_label(&owner) || !is_dns_label(&endpoint) {
-        return Err(not_found());
-    }
+    let (policy, version) = policy(&app, &owner, &endpoint).await?;
+    let policy = policy_out.insert(policy).clone();
+    // The endpoint without a pinned version, for records and metrics.
+    let endpoint = policy.endpoint.clone();
+    let secret = access::presented(headers)?;
+    let who = match secret {
+        Some(s) => app.credentials.authenticate(s).await?,
+        None => None,
+    };
+    let caller = access::authorize(&policy, secret.is_some(), who.as_deref())?;
     let body = body?;
     let args = check_args(&body)?;
-    let schema = app
-        .platform
-        .arg_schema(&owner, &endpoint)
-        .await?
-        .ok_or_else(not_found)?;
     let rid = rid.to_str().unwrap_or_default().to_string(); // printable: see `request_id`
-    let (out, cold_start) = match schema.check(args) {
+    let (out, cold_start) = match policy.args.check(args) {
         Ok(()) => {
             let called = app
                 .platform
@@ -328,6 +384,8 @@ async fn call(
                     endpoint: endpoint.clone(),
                     args: Bytes::copy_from_slice(args),
                     request_id: rid.clone(),
+                    caller,
+                    version,
                 })
                 .await?;
             (called.output, called.cold_start)
@@ -342,6 +400,10 @@ async fn call(
         }
     };
     let elapsed = started.elapsed();
+    if let Some(who) = who.filter(|w| w.credential.kind == CredentialKind::Key) {
+        app.meter
+            .record(&who.credential.id, !out.status.is_success(), elapsed);
+    }
     let resp = json_response(out.status, &out.body, cold_start);
     app.recorder.record(Invocation {
         request_id: rid,

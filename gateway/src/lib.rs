@@ -12,18 +12,24 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
+pub mod accounts;
 pub mod api;
 pub mod auth;
 pub mod contract;
+pub mod credentials;
 pub mod deployments;
 pub mod error;
 pub mod invoke;
 pub mod local;
+pub mod login_limit;
+pub mod meter;
 pub mod metrics;
 pub mod openapi;
 pub mod platform;
 mod recorder;
 pub mod serve;
+pub mod skybox;
 mod state_hub;
 
 use std::collections::HashMap;
@@ -34,7 +40,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use skython_crds::Runtime;
 use skython_runner::Zygote;
 use skython_store::{StateQuota, Store};
@@ -100,6 +106,29 @@ pub struct GatewayConfig {
     /// "State cache"). Only right where this gateway is the store's one writer: the embedded
     /// SQLite held by this server alone; ignored for a store that does not order its writes.
     pub state_cache: bool,
+    /// Who may create accounts.
+    pub signup: auth::SignupMode,
+    /// Failed logins allowed per account and per address.
+    pub login_limits: login_limit::LoginLimits,
+    /// How long a failed login waits before it answers.
+    pub login_failure_delay: Duration,
+}
+
+impl GatewayConfig {
+    /// A configuration with every setting at its default (what tests start from).
+    pub fn new(public_url: &str) -> Self {
+        GatewayConfig {
+            public_url: public_url.to_string(),
+            limits: Limits::default(),
+            egress: None,
+            cgroups: None,
+            metrics_token: None,
+            state_cache: false,
+            signup: auth::SignupMode::default(),
+            login_limits: login_limit::LoginLimits::default(),
+            login_failure_delay: Duration::from_millis(500),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -114,6 +143,11 @@ pub struct AppState {
     pub platform: Arc<dyn Platform>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
+    /// Whose secrets are whose (cached lookups).
+    pub credentials: Arc<credentials::Credentials>,
+    pub login_limiter: Arc<std::sync::Mutex<login_limit::LoginLimiter>>,
+    /// Usage of API keys.
+    pub meter: meter::KeyMeter,
 }
 
 impl AppState {
@@ -189,14 +223,41 @@ impl AppState {
                 }
             }
         });
+        // Sessions that ended are of no use: drop them now and then.
+        let pruned = Arc::downgrade(&store);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                let Some(store) = pruned.upgrade() else {
+                    return;
+                };
+                if let Err(e) = store.prune_sessions(jiff::Timestamp::now()).await {
+                    tracing::warn!("could not prune ended sessions: {e}");
+                }
+            }
+        });
         AppState {
+            login_limiter: Arc::new(std::sync::Mutex::new(login_limit::LoginLimiter::new(
+                config.login_limits,
+            ))),
             config: Arc::new(config),
+            credentials: Arc::new(credentials::Credentials::new(store.clone())),
+            meter: meter::KeyMeter::start(store.clone()),
             store,
             deployments,
             platform,
             metrics,
             recorder,
         }
+    }
+}
+
+impl AppState {
+    pub fn login_limiter(&self) -> std::sync::MutexGuard<'_, login_limit::LoginLimiter> {
+        self.login_limiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -227,8 +288,38 @@ pub fn app(state: AppState) -> Router {
             "/functions/{owner}/{endpoint}/snippets",
             get(contract::snippets_json),
         )
+        .route(
+            "/functions/{owner}/{endpoint}/clone",
+            post(skybox::clone_function),
+        )
+        .route(
+            "/functions/{owner}/{endpoint}/versions",
+            get(skybox::list_versions),
+        )
+        .route(
+            "/functions/{owner}/{endpoint}/versions/{version}",
+            get(skybox::get_version),
+        )
+        .route(
+            "/functions/{owner}/{endpoint}/rollback",
+            post(skybox::rollback),
+        )
+        .route("/skybox", get(skybox::search))
         .route("/test-run", post(api::test_run))
-        .route("/me", get(api::me));
+        .route("/me", get(api::me))
+        .route("/accounts", post(accounts::sign_up))
+        .route("/sessions", post(accounts::log_in))
+        .route("/sessions/current", delete(accounts::log_out))
+        .route(
+            "/tokens",
+            post(accounts::create_token).get(accounts::list_tokens),
+        )
+        .route("/tokens/{id}", delete(accounts::revoke_token))
+        .route("/keys", post(accounts::create_key).get(accounts::list_keys))
+        .route(
+            "/keys/{id}",
+            get(accounts::get_key).delete(accounts::revoke_key),
+        );
     let routes = Router::new()
         .nest("/api/v1", api)
         .route("/api/openapi.json", get(openapi_json))
@@ -251,7 +342,10 @@ pub fn app(state: AppState) -> Router {
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
     // Endpoint calls are the hot path: they set their request id and span themselves (the
     // layers above cost about a tenth of a warm call's gateway time).
-    let calls = Router::new().route("/fn/{owner}/{endpoint}", post(invoke::call_function));
+    let calls = Router::new().route(
+        "/fn/{owner}/{endpoint}",
+        post(invoke::call_function).options(invoke::preflight),
+    );
     with_json_fallbacks(calls.merge(routes), "see /api/openapi.json")
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)

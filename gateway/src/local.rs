@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use skython_store::{FunctionFilter, FunctionRecord, Store};
 
-use crate::contract::ArgSchema;
-use crate::deployments::Deployments;
+use crate::access::CallPolicy;
+use crate::deployments::{Deployed, Deployments};
 use crate::error::{ApiError, ApiResult};
 use crate::invoke::run_call;
 use crate::metrics::Metrics;
@@ -34,6 +34,19 @@ impl LocalPlatform {
             deployments,
             metrics,
             public_url: public_url.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// The pool serving the current version, or a pinned one.
+    async fn deployed(
+        &self,
+        owner: &str,
+        endpoint: &str,
+        version: Option<i64>,
+    ) -> skython_store::Result<Option<Arc<Deployed>>> {
+        match version {
+            None => self.deployments.get(owner, endpoint).await,
+            Some(v) => self.deployments.get_pinned(owner, endpoint, v).await,
         }
     }
 
@@ -105,6 +118,18 @@ impl Platform for LocalPlatform {
         Ok(self.store.list_functions(filter).await?)
     }
 
+    async fn call_policy(
+        &self,
+        owner: &str,
+        endpoint: &str,
+        version: Option<i64>,
+    ) -> ApiResult<Option<Arc<CallPolicy>>> {
+        Ok(self
+            .deployed(owner, endpoint, version)
+            .await?
+            .map(|d| d.policy.clone()))
+    }
+
     async fn create_function(&self, record: FunctionRecord) -> ApiResult<FunctionRecord> {
         self.store.create_function(&record).await?;
         self.activate(record).await
@@ -132,15 +157,9 @@ impl Platform for LocalPlatform {
         Ok(true)
     }
 
-    async fn arg_schema(&self, owner: &str, endpoint: &str) -> ApiResult<Option<Arc<ArgSchema>>> {
-        let deployed = self.deployments.get(owner, endpoint).await?;
-        Ok(deployed.map(|d| d.args.clone()))
-    }
-
     async fn call(&self, call: Call) -> ApiResult<Called> {
         let deployed = self
-            .deployments
-            .get(&call.owner, &call.endpoint)
+            .deployed(&call.owner, &call.endpoint, call.version)
             .await?
             .ok_or_else(|| ApiError::function_not_found(&call.owner, &call.endpoint))?;
         let span =

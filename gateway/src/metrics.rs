@@ -19,6 +19,9 @@ pub struct Metrics {
     pub workers: IntGaugeVec,
     pipelined: IntCounterVec,
     pub invocation_records_dropped: IntCounter,
+    pub signups: IntCounter,
+    /// Failed logins by reason: `wrong_password` (or unknown name), `throttled`.
+    pub login_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -62,6 +65,16 @@ impl Metrics {
             "invocation_records_dropped_total",
             "Invocation records not kept because the writer fell behind",
         )?;
+        let signups = IntCounter::new("signups_total", "Accounts created")?;
+        let login_failures = IntCounterVec::new(
+            Opts::new(
+                "login_failures_total",
+                "Refused logins: wrong_password (or unknown name), throttled",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(signups.clone()))?;
+        registry.register(Box::new(login_failures.clone()))?;
         registry.register(Box::new(calls.clone()))?;
         registry.register(Box::new(call_duration.clone()))?;
         registry.register(Box::new(cold_starts.clone()))?;
@@ -77,6 +90,8 @@ impl Metrics {
             workers,
             pipelined,
             invocation_records_dropped,
+            signups,
+            login_failures,
         })
     }
 

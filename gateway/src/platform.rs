@@ -15,7 +15,7 @@ use bytes::Bytes;
 use skython_runner::Caller;
 use skython_store::{FunctionFilter, FunctionRecord};
 
-use crate::contract::ArgSchema;
+use crate::access::CallPolicy;
 use crate::error::ApiResult;
 use crate::invoke::CallOutput;
 
@@ -29,6 +29,8 @@ pub struct Call {
     /// Who called, for `skython.caller()`: an identity only, never a scope. The call runs as
     /// the function's owner (state, limits, secrets) whoever this is.
     pub caller: Caller,
+    /// A pinned version (`POST /fn/{owner}/{endpoint}@{n}`); `None`: the current one.
+    pub version: Option<i64>,
 }
 
 /// What a call gave.
@@ -44,6 +46,17 @@ pub trait Platform: Send + Sync + 'static {
 
     async fn list_functions(&self, filter: &FunctionFilter) -> ApiResult<Vec<FunctionRecord>>;
 
+    /// What the gateway checks before calling the function (who may call, from which pages,
+    /// with which arguments), from its current version or the pinned `version`; `None` when
+    /// there is no such function or version. On the call path:
+    /// cheap, from what the platform keeps in memory where it can.
+    async fn call_policy(
+        &self,
+        owner: &str,
+        endpoint: &str,
+        version: Option<i64>,
+    ) -> ApiResult<Option<Arc<CallPolicy>>>;
+
     /// Stores a new, checked function (409 `conflict` when its endpoint is taken) and starts
     /// serving it; returns it with the status the platform knows so far.
     async fn create_function(&self, record: FunctionRecord) -> ApiResult<FunctionRecord>;
@@ -58,11 +71,6 @@ pub trait Platform: Send + Sync + 'static {
 
     /// Forgets a function and stops serving it; false when there was none.
     async fn delete_function(&self, owner: &str, endpoint: &str) -> ApiResult<bool>;
-
-    /// What a call of the function may carry, from the signature of the version that serves
-    /// (`None`: no such function). Asked before every call, so computed once per version and
-    /// kept: one cheap lookup.
-    async fn arg_schema(&self, owner: &str, endpoint: &str) -> ApiResult<Option<Arc<ArgSchema>>>;
 
     /// Runs one call. `Err` only when the call could not be placed (no such function: 404;
     /// the platform is full or starting: 503/504); the function's own failures are answers.

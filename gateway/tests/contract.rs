@@ -10,10 +10,10 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use serde_json::{Value, json};
 use skython_crds::{Param, Runtime, Signature, SkyFunctionSpec, SkyFunctionStatus, Visibility};
-use skython_gateway::auth::hash_token;
-use skython_gateway::{AppState, GatewayConfig, Limits, app};
+use skython_gateway::auth::token_credential;
+use skython_gateway::{AppState, GatewayConfig, app};
 use skython_runner::{RuntimeConfig, Sandbox, Zygote};
-use skython_store::{FunctionRecord, FunctionStore, SqliteStore, UserStore};
+use skython_store::{FunctionRecord, FunctionStore, SqliteStore, User, UserStore};
 use tower::ServiceExt;
 
 const ADMIN: &str = "sky_admin";
@@ -65,10 +65,13 @@ async fn gateway(records: Vec<FunctionRecord>, runtime: bool) -> Gateway {
         ("alice", ALICE, false),
         ("bob", BOB, false),
     ] {
-        store
-            .create_user(name, &hash_token(token), admin)
-            .await
-            .unwrap();
+        let user = User {
+            name: name.into(),
+            is_admin: admin,
+            created_at: jiff::Timestamp::now(),
+        };
+        let token = token_credential(name, "test", token);
+        store.create_user(&user, None, &[token]).await.unwrap();
     }
     for r in &records {
         store.create_function(r).await.unwrap();
@@ -91,14 +94,7 @@ async fn gateway(records: Vec<FunctionRecord>, runtime: bool) -> Gateway {
             })),
         );
     }
-    let config = GatewayConfig {
-        public_url: "http://skython.test".into(),
-        limits: Limits::default(),
-        egress: None,
-        cgroups: None,
-        metrics_token: None,
-        state_cache: false,
-    };
+    let config = GatewayConfig::new("http://skython.test");
     let state = AppState::new(config, store, zygotes).unwrap();
     Gateway {
         app: app(state),
@@ -174,7 +170,7 @@ async fn others_get_404_for_a_private_functions_document_and_snippets() {
         assert_eq!(body["error"]["code"], "function_not_found");
     }
     let (status, _) = g.send(Method::GET, OPENAPI, None, None).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(status, StatusCode::NOT_FOUND, "nor anonymous visitors");
 }
 
 #[tokio::test]
@@ -219,7 +215,7 @@ async fn arguments_that_do_not_fit_the_hints_are_400_before_numpy_sees_them() {
             Method::POST,
             "/api/v1/functions",
             Some(ALICE),
-            Some(json!({"endpoint": "mean", "source": NUMPY_MEAN})),
+            Some(json!({"endpoint": "mean", "source": NUMPY_MEAN, "access": "public"})),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -263,7 +259,7 @@ async fn a_refused_call_is_recorded_with_its_outcome() {
             Method::POST,
             "/api/v1/functions",
             Some(ALICE),
-            Some(json!({"endpoint": "mean", "source": NUMPY_MEAN})),
+            Some(json!({"endpoint": "mean", "source": NUMPY_MEAN, "access": "public"})),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);

@@ -12,12 +12,12 @@ use axum::http::{Method, Request, StatusCode, header};
 use bytes::Bytes;
 use serde_json::Value;
 use skython_crds::{SkyFunctionSpec, SkyFunctionStatus};
+use skython_gateway::access::CallPolicy;
 use skython_gateway::auth::token_credential;
-use skython_gateway::contract::ArgSchema;
 use skython_gateway::error::{ApiError, ApiResult};
 use skython_gateway::invoke::CallOutput;
 use skython_gateway::platform::{Call, Called};
-use skython_gateway::{AppState, GatewayConfig, Limits, Metrics, Platform, app};
+use skython_gateway::{AppState, GatewayConfig, Metrics, Platform, app};
 use skython_store::{FunctionFilter, FunctionRecord, FunctionStore, SqliteStore, User, UserStore};
 use tower::ServiceExt;
 
@@ -56,12 +56,14 @@ impl Platform for Memory {
         Ok(self.functions.lock().unwrap().remove(&key).is_some())
     }
 
-    async fn arg_schema(&self, owner: &str, endpoint: &str) -> ApiResult<Option<Arc<ArgSchema>>> {
+    async fn call_policy(
+        &self,
+        owner: &str,
+        endpoint: &str,
+        _version: Option<i64>,
+    ) -> ApiResult<Option<Arc<CallPolicy>>> {
         let record = self.get_function(owner, endpoint).await?;
-        Ok(record.map(|r| {
-            let sig = r.status.signature.as_ref();
-            Arc::new(sig.map(ArgSchema::from_signature).unwrap_or_default())
-        }))
+        Ok(record.map(|r| Arc::new(CallPolicy::of(&r.spec, r.status.signature.as_ref()))))
     }
 
     async fn call(&self, call: Call) -> ApiResult<Called> {
@@ -116,12 +118,8 @@ async fn gateway(platform: Memory) -> (Router, Arc<SqliteStore>) {
         },
     );
     let config = GatewayConfig {
-        public_url: "http://skython.test".into(),
-        limits: Limits::default(),
-        egress: None,
-        cgroups: None,
-        metrics_token: None,
         state_cache: true,
+        ..GatewayConfig::new("http://skython.test")
     };
     let metrics = Arc::new(Metrics::new().unwrap());
     let state = AppState::with_platform(
