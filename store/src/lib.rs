@@ -3,11 +3,12 @@
 //! the skybox catalogue (search, call and clone counts, versions).
 //!
 //! One trait per concern ([`UserStore`], [`FunctionStore`], [`StateStore`], [`InvocationStore`],
-//! [`CatalogStore`]; [`Store`] is all of them, what the gateway holds) with the backend-neutral [`StoreError`]. The
-//! embedded SQLite backend ([`SqliteStore`]) is the local default, the MongoDB backend
-//! ([`MongoStore`]) is for clusters; both run one conformance suite (`tests/conformance`).
-//! What a state write does with the current value is decided once, for both, in [`StateWrite`].
-//! [`StoreLocation`] parses `--store`; [`copy`] moves everything from one store into another.
+//! [`CatalogStore`]; [`Store`] is all of them, what the gateway holds) with the backend-neutral
+//! [`StoreError`]. The embedded SQLite backend ([`SqliteStore`]) is the local default, the
+//! MongoDB backend ([`MongoStore`]) is for clusters; both run one conformance suite
+//! (`tests/conformance`). What a state write does with the current value is decided once, for
+//! both, in [`StateWrite`]. [`StoreLocation`] parses `--store`; [`copy`] moves everything from one
+//! store into another.
 
 #![forbid(unsafe_code)]
 
