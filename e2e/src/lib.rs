@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 pub mod cluster;
 pub mod mongo;
+pub mod people;
 
 pub const TOKEN: &str = "sky_e2e_admin_token";
 

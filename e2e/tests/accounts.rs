@@ -3,88 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use reqwest::blocking::{Client, RequestBuilder};
 use serde_json::{Value, json};
 use skython_e2e::Skython;
-
-const PASSWORD: &str = "correct horse battery";
-
-struct Person<'a> {
-    s: &'a Skython,
-    token: String,
-}
-
-fn client() -> Client {
-    Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("client")
-}
-
-fn send(req: RequestBuilder) -> (u16, Value) {
-    let resp = req.send().expect("request");
-    let status = resp.status().as_u16();
-    let text = resp.text().expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-fn sign_up<'a>(s: &'a Skython, name: &str) -> Person<'a> {
-    let (status, body) = send(
-        client()
-            .post(format!("{}/api/v1/accounts", s.url))
-            .json(&json!({"name": name, "password": PASSWORD})),
-    );
-    assert_eq!(status, 201, "{body}");
-    Person {
-        s,
-        token: body["token"].as_str().expect("token").to_string(),
-    }
-}
-
-impl Person<'_> {
-    fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = client()
-            .request(method, format!("{}/api/v1{path}", self.s.url))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        send(req)
-    }
-
-    fn deploy(&self, endpoint: &str, source: &str, more: Value) -> Value {
-        let mut spec = json!({"endpoint": endpoint, "source": source});
-        spec.as_object_mut()
-            .unwrap()
-            .extend(more.as_object().unwrap().clone());
-        let (status, body) = self.api(reqwest::Method::POST, "/functions", Some(spec));
-        assert_eq!(status, 201, "{body}");
-        body
-    }
-
-    fn key(&self, functions: &[&str]) -> (String, String) {
-        let (status, body) = self.api(
-            reqwest::Method::POST,
-            "/keys",
-            Some(json!({"name": "my-app", "functions": functions})),
-        );
-        assert_eq!(status, 201, "{body}");
-        (
-            body["id"].as_str().unwrap().to_string(),
-            body["secret"].as_str().unwrap().to_string(),
-        )
-    }
-}
+use skython_e2e::people::{PASSWORD, client, send};
 
 fn call(s: &Skython, name: &str, headers: &[(&str, &str)]) -> (u16, Value) {
-    let mut req = client().post(format!("{}/fn/{name}", s.url)).body("{}");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    send(req)
+    skython_e2e::people::call(s, name, json!({}), headers)
 }
 
 const WHO: &str = "import skython\n\ndef who():\n    return skython.caller()\n";
@@ -92,7 +16,7 @@ const WHO: &str = "import skython\n\ndef who():\n    return skython.caller()\n";
 #[test]
 fn a_new_user_signs_up_deploys_and_calls_with_a_key() {
     let s = Skython::start(&[]);
-    let carol = sign_up(&s, "carol");
+    let carol = s.sign_up("carol");
     let (status, me) = carol.api(reqwest::Method::GET, "/me", None);
     assert_eq!((status, me["name"].as_str()), (200, Some("carol")));
     carol.deploy("who", WHO, json!({}));
@@ -121,7 +45,7 @@ fn a_new_user_signs_up_deploys_and_calls_with_a_key() {
 #[test]
 fn a_revoked_key_is_refused_at_once() {
     let s = Skython::start(&[]);
-    let dan = sign_up(&s, "dan");
+    let dan = s.sign_up("dan");
     dan.deploy("who", WHO, json!({}));
     let (id, key) = dan.key(&["dan/*"]);
     assert_eq!(call(&s, "dan/who", &[("x-api-key", &key)]).0, 200);
@@ -137,8 +61,8 @@ fn a_revoked_key_is_refused_at_once() {
 #[test]
 fn the_function_is_told_who_called_never_their_state() {
     let s = Skython::start(&[]);
-    let erin = sign_up(&s, "erin");
-    let frank = sign_up(&s, "frank");
+    let erin = s.sign_up("erin");
+    let frank = s.sign_up("frank");
     erin.deploy(
         "counter",
         "import skython\n\ndef counter():\n    return [skython.caller(), skython.incr('n')]\n",
@@ -159,7 +83,7 @@ fn the_function_is_told_who_called_never_their_state() {
 #[test]
 fn wrong_passwords_are_slowed_down_then_refused_and_counted() {
     let s = Skython::start(&[]);
-    sign_up(&s, "gina");
+    s.sign_up("gina");
     let login = |password: &str| {
         send(
             client()
@@ -195,7 +119,7 @@ fn wrong_passwords_are_slowed_down_then_refused_and_counted() {
 #[test]
 fn a_browser_session_is_an_http_only_cookie_and_its_writes_need_this_origin() {
     let s = Skython::start(&[]);
-    sign_up(&s, "hana");
+    s.sign_up("hana");
     let resp = client()
         .post(format!("{}/api/v1/sessions", s.url))
         .json(&json!({"name": "hana", "password": PASSWORD}))
@@ -254,7 +178,7 @@ fn a_browser_session_is_an_http_only_cookie_and_its_writes_need_this_origin() {
 #[test]
 fn browsers_get_cors_answers_for_preflights_and_calls() {
     let s = Skython::start(&[]);
-    let ivan = sign_up(&s, "ivan");
+    let ivan = s.sign_up("ivan");
     ivan.deploy("who", WHO, json!({"visibility": "public"}));
     ivan.deploy(
         "narrow",
@@ -338,4 +262,43 @@ fn sign_up_can_be_closed_or_by_invitation() {
         Some(json!({"name": "jo", "password": PASSWORD})),
     );
     assert_eq!(status, 201, "the admin invites: {body}");
+}
+
+#[test]
+fn nobody_calls_another_owners_gated_function_but_with_its_key() {
+    let s = Skython::start(&[]);
+    let kim = s.sign_up("kim");
+    let lee = s.sign_up("lee");
+    kim.deploy("who", WHO, json!({}));
+    lee.deploy("mine", WHO, json!({}));
+    let (_, kims_key) = kim.key(&["kim/who"]);
+    let (_, lees_key) = lee.key(&["lee/*"]);
+    let lees_token = format!("Bearer {}", lee.token);
+    for (headers, want, code) in [
+        (vec![], 401, "key_required"),
+        (
+            vec![("authorization", lees_token.as_str())],
+            403,
+            "key_not_allowed",
+        ),
+        (
+            vec![("x-api-key", lees_key.as_str())],
+            403,
+            "key_not_allowed",
+        ),
+        (vec![("x-api-key", "sky_key_guessed")], 401, "invalid_key"),
+    ] {
+        let (status, body) = call(&s, "kim/who", &headers);
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (want, Some(code)),
+            "{headers:?}"
+        );
+    }
+    assert_eq!(call(&s, "kim/who", &[("x-api-key", &kims_key)]).0, 200);
+    assert_eq!(
+        kim.call("kim/who", json!({})).0,
+        200,
+        "the owner's own token"
+    );
 }

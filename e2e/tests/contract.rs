@@ -188,8 +188,13 @@ fn snippets_run_as_pasted() {
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), expected);
     }
 
-    // A gated (private) function's snippets carry the key header for the user to fill in.
-    let (_, gated) = s.api(reqwest::Method::GET, "/functions/admin/mean/snippets", None);
+    // A gated function's snippets carry the key header for the user to fill in.
+    s.deploy_ok("gated", FUNCTIONS[0].1, json!({"access": "key"}));
+    let (_, gated) = s.api(
+        reqwest::Method::GET,
+        "/functions/admin/gated/snippets",
+        None,
+    );
     assert!(
         gated["curl"]
             .as_str()

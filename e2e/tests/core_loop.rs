@@ -390,7 +390,7 @@ fn syntax_errors_are_refused_and_the_previous_version_kept() {
     let (status, body) = s.api(
         Method::PUT,
         "/functions/admin/add",
-        Some(json!({"source": broken})),
+        Some(json!({"source": broken, "access": "public"})),
     );
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "syntax_error");
@@ -420,7 +420,7 @@ fn syntax_errors_are_refused_and_the_previous_version_kept() {
     let (status, body) = s.api(
         Method::PUT,
         "/functions/admin/add",
-        Some(json!({"source": "def add(a, b):\n    return a * b\n"})),
+        Some(json!({"source": "def add(a, b):\n    return a * b\n", "access": "public"})),
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["generation"], 2);
@@ -722,7 +722,14 @@ fn env_values_are_never_shown_and_a_replace_without_env_keeps_them() {
 
     // What a client read, sent back without `envNames`: the value stays.
     let mut spec = got.clone();
-    for k in ["status", "generation", "createdAt", "updatedAt", "envNames"] {
+    for k in [
+        "status",
+        "generation",
+        "createdAt",
+        "updatedAt",
+        "envNames",
+        "stats",
+    ] {
         spec.as_object_mut().unwrap().remove(k);
     }
     spec["description"] = "v2".into();

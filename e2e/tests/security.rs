@@ -1289,7 +1289,7 @@ def main(tag: str, hang: bool = False):
         let (status, body) = s.api(
             reqwest::Method::PUT,
             "/functions/admin/plain",
-            Some(json!({"endpoint": "plain", "source": "def main(x: int):\n    return x + 2\n"})),
+            Some(json!({"endpoint": "plain", "access": "public", "source": "def main(x: int):\n    return x + 2\n"})),
         );
         assert_eq!(status, 200, "{body}");
         assert_eq!(s.call("admin/plain", json!({"x": 1})), (200, json!(3)));

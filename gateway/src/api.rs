@@ -230,6 +230,16 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResul
     })
 }
 
+/// Fields of [`FunctionView`] that are not the spec's.
+const VIEW_ONLY: [&str; 6] = [
+    "status",
+    "generation",
+    "createdAt",
+    "updatedAt",
+    "envNames",
+    "stats",
+];
+
 /// Spec fields that are not the developer's to deploy: the replica count belongs to the
 /// autoscaler (on Kubernetes, the SkyFunction's `scale` subresource).
 pub(crate) const NOT_DEPLOYABLE: [&str; 1] = ["replicas"];
@@ -283,6 +293,11 @@ pub fn parse_spec(
             "replicas is not deployable: the platform scales a function between \
              scaling.minReplicas and scaling.maxReplicas; set those instead",
         ));
+    }
+    // What a GET of the function adds to the spec is read-only: a client may send back what
+    // it read (like Kubernetes ignoring `status` in an update).
+    for k in VIEW_ONLY {
+        obj.remove(k);
     }
     let unknown: Vec<&String> = obj.keys().filter(|k| !SPEC_FIELDS.contains(*k)).collect();
     if !unknown.is_empty() {
@@ -753,6 +768,27 @@ mod tests {
         assert!(e.message.contains("scaling.minReplicas"), "{}", e.message);
         assert!(!SPEC_FIELDS.contains("replicas"));
         assert!(SPEC_FIELDS.contains("scaling"));
+    }
+
+    #[test]
+    fn what_a_get_returned_may_be_sent_back_as_a_spec() {
+        let user = AuthUser(
+            skython_store::User {
+                name: "alice".into(),
+                is_admin: false,
+                created_at: jiff::Timestamp::now(),
+            },
+            crate::auth::token_credential("alice", "test", "sky_pat_test"),
+        );
+        let body = serde_json::json!({"endpoint": "f", "source": "def f(): pass",
+            "status": {}, "generation": 3, "createdAt": "x", "updatedAt": "y",
+            "envNames": [], "stats": {"calls": 1}});
+        assert_eq!(parse_spec(body, &user, None).unwrap().endpoint, "f");
+        let typo = serde_json::json!({"endpoint": "f", "source": "def f(): pass", "sorce": ""});
+        assert_eq!(
+            parse_spec(typo, &user, None).unwrap_err().code,
+            "invalid_body"
+        );
     }
 
     #[test]

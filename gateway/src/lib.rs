@@ -237,7 +237,7 @@ impl AppState {
                 }
             }
         });
-        AppState {
+        let app = AppState {
             login_limiter: Arc::new(std::sync::Mutex::new(login_limit::LoginLimiter::new(
                 config.login_limits,
             ))),
@@ -249,7 +249,26 @@ impl AppState {
             platform,
             metrics,
             recorder,
-        }
+        };
+        // Functions deployed before the catalogue existed, or applied with kubectl, are found
+        // too. The platform may still be starting (a cluster's registry syncing): try again.
+        let indexing = app.clone();
+        tokio::spawn(async move {
+            for _ in 0..60 {
+                match skybox::reindex(&indexing).await {
+                    Ok(n) => {
+                        tracing::debug!(functions = n, "catalogue indexed");
+                        return;
+                    }
+                    Err(e) => tracing::debug!("indexing the catalogue: {}", e.message),
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            tracing::warn!(
+                "could not index the catalogue; functions are indexed at their next deploy"
+            );
+        });
+        app
     }
 }
 
