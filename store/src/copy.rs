@@ -2,9 +2,10 @@
 //! SQLite file into the cluster's MongoDB). Copying again is safe: users (with their password
 //! hashes and credentials), functions and state values are replaced by the source's, and
 //! invocations are copied only into functions that have none at the destination, so a repeated
-//! copy adds no duplicates.
+//! copy adds no duplicates. Versions and clone origins come along; call counts only as far as
+//! the copied invocations go.
 
-use crate::{FunctionFilter, Result, StateEntry, Store};
+use crate::{FunctionFilter, Result, StateEntry, Store, StoreError};
 
 /// State entries read and written per round trip.
 const STATE_PAGE: usize = 500;
@@ -37,6 +38,29 @@ pub struct Copied {
     pub invocations: u64,
 }
 
+/// A function's versions (those the destination lacks) and where it was cloned from (once: the
+/// origin's clone count grows only the first time). Search entries are not copied: the gateway
+/// indexes every function when it starts.
+async fn copy_history(from: &dyn Store, to: &dyn Store, owner: &str, endpoint: &str) -> Result<()> {
+    for v in from.list_versions(owner, endpoint).await? {
+        match to.record_version(owner, endpoint, &v).await {
+            Ok(()) | Err(StoreError::Conflict(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let origin = from.function_stats(owner, endpoint).await?.cloned_from;
+    if let Some((o, e)) = origin.as_deref().and_then(|o| o.split_once('/'))
+        && to
+            .function_stats(owner, endpoint)
+            .await?
+            .cloned_from
+            .is_none()
+    {
+        to.record_clone(owner, endpoint, o, e).await?;
+    }
+    Ok(())
+}
+
 /// Copies users (with their password hashes, tokens, keys and sessions), functions, every state entry and the newest
 /// `invocations_per_function` invocations of each function from `from` into `to`.
 pub async fn copy(
@@ -67,6 +91,7 @@ pub async fn copy(
             None => to.create_function(f).await?,
             Some(there) => to.replace_function(f, there.generation).await?,
         }
+        copy_history(from, to, f.owner(), f.endpoint()).await?;
         copied.functions += 1;
         progress(Progress {
             stage: Stage::Functions,

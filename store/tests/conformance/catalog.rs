@@ -438,7 +438,7 @@ pub async fn a_clone_records_its_origin_and_the_origin_counts_it(s: Arc<dyn Stor
     );
 }
 
-fn version(n: i64, source: &str) -> FunctionVersion {
+pub fn version(n: i64, source: &str) -> FunctionVersion {
     let mut spec = SkyFunctionSpec::new("alice", "f", source);
     spec.description = format!("version {n}");
     FunctionVersion {

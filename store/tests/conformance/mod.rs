@@ -1127,6 +1127,14 @@ pub async fn copy_moves_everything_and_repeating_it_adds_nothing(
         .unwrap();
     let calls: Vec<_> = (0..5).map(|i| invocation("alice", "f", i)).collect();
     from.record_invocations(&calls, 100).await.unwrap();
+    for n in [1, 2] {
+        from.record_version("alice", "f", &catalog::version(n, "def main(x): return x"))
+            .await
+            .unwrap();
+    }
+    from.record_clone("alice", "f", "alice", "pub")
+        .await
+        .unwrap();
 
     let mut seen = Vec::new();
     let mut progress = |p: Progress| seen.push(p);
@@ -1172,8 +1180,19 @@ pub async fn copy_moves_everything_and_repeating_it_adds_nothing(
         .map(|i| i.request_id)
         .collect();
     assert_eq!(ids, ["r4", "r3", "r2"]);
+    assert_eq!(
+        to.list_versions("alice", "f").await.unwrap(),
+        from.list_versions("alice", "f").await.unwrap()
+    );
+    let stats = to.function_stats("alice", "f").await.unwrap();
+    assert_eq!(stats.cloned_from.as_deref(), Some("alice/pub"));
 
     let again = copy(&*from, &*to, 3, &mut |_| {}).await.unwrap();
+    assert_eq!(
+        to.function_stats("alice", "pub").await.unwrap().clones,
+        1,
+        "the origin counts its clone once"
+    );
     assert_eq!(again.invocations, 0);
     assert_eq!(
         to.export_users().await.unwrap(),
