@@ -167,7 +167,7 @@ impl Deployments {
 
     /// The pool of version `version` of a function (`POST /fn/{owner}/{endpoint}@{n}`): the
     /// current version's own, or one loaded from the version the store keeps, with the
-    /// function's current environment (versions keep no env values). `None`: no such function
+    /// function's current environment (versions keep no env values) and access. `None`: no such function
     /// or version.
     pub async fn get_pinned(
         &self,
@@ -191,9 +191,14 @@ impl Deployments {
         ) else {
             return Ok(None);
         };
+        // Who may call is the function's current choice: a version from before the owner
+        // gated the function must not stay open through its pinned URL.
         let pinned = FunctionRecord {
             spec: SkyFunctionSpec {
+                access: Some(now.spec.effective_access()),
                 env: now.spec.env,
+                allowed_origins: now.spec.allowed_origins,
+                visibility: now.spec.visibility,
                 ..v.spec
             },
             status: SkyFunctionStatus {
