@@ -520,3 +520,17 @@ pub async fn ls(a: LsArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_target_may_pin_a_version_by_number() {
+        assert_eq!(call_target("alice/add").unwrap(), ("alice", "add"));
+        assert_eq!(call_target("alice/add@2").unwrap(), ("alice", "add@2"));
+        for bad in ["alice/add@", "alice/add@x", "alice/@2", "add"] {
+            assert!(call_target(bad).is_err(), "{bad}");
+        }
+    }
+}
