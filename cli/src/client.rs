@@ -1,7 +1,10 @@
-//! The client commands: deploy, invoke, logs, ls, login.
+//! The client commands for functions: deploy, invoke, logs, ls; and what every client command
+//! shares (the server, its errors, the config file). People, keys and the skybox are in
+//! [`crate::people`].
 //!
 //! Server URL and token come from flags, then `SKYTHON_URL`/`SKYTHON_TOKEN`, then the config file
-//! (`$SKYTHON_CONFIG`, else `~/.config/skython/config.json`, written by `skython login`).
+//! (`$SKYTHON_CONFIG`, else `~/.config/skython/config.json`, written by `skython login` and
+//! `skython signup`).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -16,10 +19,10 @@ use serde_json::{Value, json};
 pub struct Server {
     /// Server URL [env: SKYTHON_URL; config file; default http://127.0.0.1:8080]
     #[arg(long, global = true)]
-    url: Option<String>,
+    pub(crate) url: Option<String>,
     /// API token [env: SKYTHON_TOKEN; config file]
     #[arg(long, global = true)]
-    token: Option<String>,
+    pub(crate) token: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -45,14 +48,46 @@ fn read_config() -> Config {
         .unwrap_or_default()
 }
 
-struct Client {
-    http: reqwest::Client,
-    url: String,
-    token: Option<String>,
+/// Saves the server and token for the next commands (readable by the user only: the token is
+/// a secret); returns where.
+pub(crate) fn save_config(url: &str, token: &str) -> anyhow::Result<PathBuf> {
+    let path = config_path().ok_or_else(|| anyhow!("no HOME; set SKYTHON_CONFIG"))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let cfg = Config {
+        url: Some(url.to_string()),
+        token: Some(token.to_string()),
+    };
+    let bytes = serde_json::to_vec_pretty(&cfg)?;
+    #[cfg(unix)]
+    {
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        // Created 0600, so the token is never readable by others, even for a moment.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(&bytes)?;
+    }
+    #[cfg(not(unix))]
+    std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+pub(crate) struct Client {
+    pub(crate) http: reqwest::Client,
+    pub(crate) url: String,
+    pub(crate) token: Option<String>,
 }
 
 impl Client {
-    fn new(s: &Server) -> anyhow::Result<Client> {
+    pub(crate) fn new(s: &Server) -> anyhow::Result<Client> {
         let cfg = read_config();
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let url = s
@@ -73,7 +108,7 @@ impl Client {
         })
     }
 
-    fn request(
+    pub(crate) fn request(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -87,7 +122,21 @@ impl Client {
             .bearer_auth(token))
     }
 
-    async fn send(
+    /// A request without the token (sign-up, login, search).
+    pub(crate) fn bare(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.url))
+    }
+
+    /// Sends a request; the answer's JSON when it succeeded, else the server's error.
+    pub(crate) async fn ok(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let (status, body) = self.send(req).await?;
+        if !status.is_success() {
+            return Err(api_error(status, &body));
+        }
+        Ok(body)
+    }
+
+    pub(crate) async fn send(
         &self,
         req: reqwest::RequestBuilder,
     ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
@@ -105,13 +154,17 @@ impl Client {
     }
 }
 
-/// `error: <message>` from the common error shape.
-fn api_error(status: reqwest::StatusCode, body: &Value) -> anyhow::Error {
+/// `error: <message> (<status>, <code>)` from the common error shape.
+pub(crate) fn api_error(status: reqwest::StatusCode, body: &Value) -> anyhow::Error {
     let e = &body["error"];
     let mut msg = format!(
-        "{} ({status})",
+        "{} ({status}",
         e["message"].as_str().unwrap_or("request failed")
     );
+    if let Some(code) = e["code"].as_str() {
+        msg.push_str(&format!(", {code}"));
+    }
+    msg.push(')');
     if let (Some(line), Some(text)) = (e["line"].as_u64(), e["text"].as_str()) {
         let col = e["column"].as_u64().unwrap_or(1).max(1) as usize;
         msg.push_str(&format!(
@@ -123,7 +176,7 @@ fn api_error(status: reqwest::StatusCode, body: &Value) -> anyhow::Error {
     anyhow!(msg)
 }
 
-fn split_name(name: &str) -> anyhow::Result<(&str, &str)> {
+pub(crate) fn split_name(name: &str) -> anyhow::Result<(&str, &str)> {
     name.split_once('/')
         .filter(|(o, e)| !o.is_empty() && !e.is_empty() && !e.contains('/'))
         .ok_or_else(|| anyhow!("expected OWNER/ENDPOINT, got {name:?}"))
@@ -176,10 +229,7 @@ pub async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
             .map(|s| s.to_lowercase().replace('_', "-"))
             .ok_or_else(|| anyhow!("pass --endpoint NAME"))?,
     };
-    let spinner = ProgressBar::new_spinner()
-        .with_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}")?);
-    spinner.enable_steady_tick(Duration::from_millis(100));
-    spinner.set_message(format!("deploying {endpoint}…"));
+    let spinner = spinner(format!("deploying {endpoint}…"))?;
     let started = Instant::now();
     let owner = match &a.owner {
         Some(o) => o.clone(),
@@ -203,7 +253,15 @@ pub async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
         200 => {
             let mut spec = current;
             if let Some(obj) = spec.as_object_mut() {
-                for k in ["status", "generation", "createdAt", "updatedAt", "envNames"] {
+                // What the server adds to the spec in its answers.
+                for k in [
+                    "status",
+                    "generation",
+                    "createdAt",
+                    "updatedAt",
+                    "envNames",
+                    "stats",
+                ] {
                     obj.remove(k);
                 }
             }
@@ -272,7 +330,16 @@ pub async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
     }
 }
 
-fn params(sig: &Value) -> String {
+/// A spinner on stderr for requests that take seconds (hidden when stderr is not a terminal).
+pub(crate) fn spinner(message: String) -> anyhow::Result<ProgressBar> {
+    let spinner = ProgressBar::new_spinner()
+        .with_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}")?);
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    spinner.set_message(message);
+    Ok(spinner)
+}
+
+pub(crate) fn params(sig: &Value) -> String {
     sig["params"]
         .as_array()
         .map(|ps| {
@@ -295,16 +362,31 @@ fn params(sig: &Value) -> String {
 
 #[derive(Args, Debug)]
 pub struct InvokeArgs {
-    /// OWNER/ENDPOINT
+    /// OWNER/ENDPOINT, or OWNER/ENDPOINT@VERSION to call an earlier version.
     name: String,
     /// Arguments as JSON (an object or an array); `-` reads standard input. Default: {}.
     args: Option<String>,
+    /// Call with this API key (sent as `X-Api-Key`) instead of your token
+    /// [env: SKYTHON_API_KEY].
+    #[arg(long)]
+    key: Option<String>,
     #[command(flatten)]
     server: Server,
 }
 
+/// `OWNER/ENDPOINT[@VERSION]`, checked here so a typo is not sent as a path.
+fn call_target(name: &str) -> anyhow::Result<(&str, &str)> {
+    let (owner, endpoint) = split_name(name)?;
+    if let Some((e, n)) = endpoint.split_once('@')
+        && (e.is_empty() || n.is_empty() || !n.bytes().all(|c| c.is_ascii_digit()))
+    {
+        bail!("expected OWNER/ENDPOINT@VERSION with a version number, got {name:?}");
+    }
+    Ok((owner, endpoint))
+}
+
 pub async fn invoke(a: InvokeArgs) -> anyhow::Result<()> {
-    let (owner, endpoint) = split_name(&a.name)?;
+    let (owner, endpoint) = call_target(&a.name)?;
     let client = Client::new(&a.server)?;
     let args = match a.args.as_deref() {
         Some("-") => std::io::read_to_string(std::io::stdin())?,
@@ -313,14 +395,34 @@ pub async fn invoke(a: InvokeArgs) -> anyhow::Result<()> {
     };
     serde_json::from_str::<Value>(&args)
         .with_context(|| format!("the arguments are not valid JSON: {args}"))?;
-    let resp = client
+    let key = a
+        .key
+        .or_else(|| std::env::var("SKYTHON_API_KEY").ok())
+        .filter(|k| !k.is_empty());
+    // A private function needs a key or its owner's token: the token goes along unless a key
+    // is given (a public function ignores it; the caller is then told to the function).
+    let mut req = client
         .http
         .post(format!("{}/fn/{owner}/{endpoint}", client.url))
         .header("content-type", "application/json")
         .body(args);
-    let (status, body) = client.send(resp).await?;
+    req = match (&key, &client.token) {
+        (Some(k), _) => req.header("x-api-key", k),
+        (None, Some(t)) => req.bearer_auth(t),
+        (None, None) => req,
+    };
+    let (status, body) = client.send(req).await?;
     if !status.is_success() {
-        return Err(api_error(status, &body));
+        let err = api_error(status, &body);
+        if body["error"]["code"] == "key_required" {
+            let base = endpoint.split('@').next().unwrap_or(endpoint);
+            bail!(
+                "{err}\n  {owner}/{base} is private: its owner creates a key with \
+                 `skython keys create NAME --function {owner}/{base}`;\n  call it with --key KEY \
+                 (or SKYTHON_API_KEY)"
+            );
+        }
+        return Err(err);
     }
     println!("{}", serde_json::to_string_pretty(&body)?);
     Ok(())
@@ -419,31 +521,16 @@ pub async fn ls(a: LsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(Args, Debug)]
-pub struct LoginArgs {
-    /// Server URL.
-    #[arg(long)]
-    url: String,
-    /// API token.
-    #[arg(long)]
-    token: String,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-pub fn login(a: LoginArgs) -> anyhow::Result<()> {
-    let path = config_path().ok_or_else(|| anyhow!("no HOME; set SKYTHON_CONFIG"))?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+    #[test]
+    fn a_call_target_may_pin_a_version_by_number() {
+        assert_eq!(call_target("alice/add").unwrap(), ("alice", "add"));
+        assert_eq!(call_target("alice/add@2").unwrap(), ("alice", "add@2"));
+        for bad in ["alice/add@", "alice/add@x", "alice/@2", "add"] {
+            assert!(call_target(bad).is_err(), "{bad}");
+        }
     }
-    let cfg = Config {
-        url: Some(a.url),
-        token: Some(a.token),
-    };
-    std::fs::write(&path, serde_json::to_vec_pretty(&cfg)?)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    println!("saved to {}", path.display());
-    Ok(())
 }

@@ -3,6 +3,7 @@
 mod client;
 mod gateway;
 mod operator;
+mod people;
 mod runner;
 mod store;
 mod up;
@@ -44,8 +45,22 @@ enum Command {
     Logs(client::LogsArgs),
     /// List functions.
     Ls(client::LsArgs),
-    /// Remember a server URL and token for the client commands.
-    Login(client::LoginArgs),
+    /// Log in (with a password, or a token) and remember the server and token.
+    Login(people::LoginArgs),
+    /// Create an account on the server and remember its token.
+    Signup(people::SignupArgs),
+    /// Search the public functions (the skybox).
+    Search(people::SearchArgs),
+    /// Copy a function into your account.
+    Clone(people::CloneArgs),
+    /// API keys that call your functions: create, ls, show, revoke.
+    Keys(people::KeysArgs),
+    /// Your personal access tokens: create, ls, revoke.
+    Tokens(people::TokensArgs),
+    /// A function's versions (one per deploy), or one version's source.
+    Versions(people::VersionsArgs),
+    /// Run an earlier version's code again (deployed as a new version).
+    Rollback(people::RollbackArgs),
     /// Copy a store into another (e.g. a one-machine SQLite file into a cluster's MongoDB).
     Store(store::StoreArgs),
     /// Print the OpenAPI document of the HTTP API.
@@ -151,7 +166,14 @@ fn main() -> std::process::ExitCode {
             Command::Invoke(a) => client::invoke(a).await,
             Command::Logs(a) => client::logs(a).await,
             Command::Ls(a) => client::ls(a).await,
-            Command::Login(a) => client::login(a),
+            Command::Login(a) => people::login(a).await,
+            Command::Signup(a) => people::signup(a).await,
+            Command::Search(a) => people::search(a).await,
+            Command::Clone(a) => people::clone(a).await,
+            Command::Keys(a) => people::keys(a).await,
+            Command::Tokens(a) => people::tokens(a).await,
+            Command::Versions(a) => people::versions(a).await,
+            Command::Rollback(a) => people::rollback(a).await,
             Command::Store(a) => store::run(a).await,
             Command::Crdgen => {
                 print!("{}", skython_crds::crd_yaml()?);
