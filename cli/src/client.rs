@@ -250,23 +250,8 @@ pub async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
     // An update keeps every field the command line does not set; `env` is not shown (only
     // `envNames`), and a replace without it keeps the current values.
     let (method, url, mut spec) = match status.as_u16() {
-        200 => {
-            let mut spec = current;
-            if let Some(obj) = spec.as_object_mut() {
-                // What the server adds to the spec in its answers.
-                for k in [
-                    "status",
-                    "generation",
-                    "createdAt",
-                    "updatedAt",
-                    "envNames",
-                    "stats",
-                ] {
-                    obj.remove(k);
-                }
-            }
-            (reqwest::Method::PUT, path, spec)
-        }
+        // The server ignores what it adds to the spec in its answers (`status`, `stats`, …).
+        200 => (reqwest::Method::PUT, path, current),
         404 => (
             reqwest::Method::POST,
             "/api/v1/functions".to_string(),

@@ -190,7 +190,11 @@ fn another_owners_versions_are_not_theirs_to_read_or_roll_back() {
 fn a_pinned_version_is_gated_as_the_function_is_now() {
     let s = Skython::start(&[]);
     let ann = s.sign_up("ann");
-    ann.deploy("was-open", "def main():\n    return 1\n", json!({"access": "public"}));
+    ann.deploy(
+        "was-open",
+        "def main():\n    return 1\n",
+        json!({"access": "public"}),
+    );
     assert_eq!(call(&s, "ann/was-open", json!({}), &[]).0, 200);
     let (status, body) = ann.api(
         reqwest::Method::PUT,
@@ -199,6 +203,9 @@ fn a_pinned_version_is_gated_as_the_function_is_now() {
     );
     assert_eq!(status, 200, "{body}");
     let (status, body) = call(&s, "ann/was-open@1", json!({}), &[]);
-    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("key_required")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("key_required"))
+    );
     assert_eq!(ann.call("ann/was-open@1", json!({})), (200, json!(1)));
 }
