@@ -79,7 +79,7 @@ pub fn authorize(
     presented: bool,
     who: Option<&Authenticated>,
 ) -> Result<Caller, ApiError> {
-    let label = format!("{}/{}", policy.owner, policy.endpoint);
+    let label = || format!("{}/{}", policy.owner, policy.endpoint);
     let Some(who) = who else {
         if presented {
             return Err(invalid_key(
@@ -92,8 +92,9 @@ pub fn authorize(
                 StatusCode::UNAUTHORIZED,
                 "key_required",
                 format!(
-                    "{label} needs an API key: send `X-Api-Key: <key>` (or `Authorization: \
-                     Bearer <key>`); its owner creates keys with POST /api/v1/keys"
+                    "{} needs an API key: send `X-Api-Key: <key>` (or `Authorization: \
+                     Bearer <key>`); its owner creates keys with POST /api/v1/keys",
+                    label()
                 ),
             )),
         };
@@ -116,10 +117,12 @@ pub fn authorize(
     };
     if !allowed {
         let what = match c.kind {
-            CredentialKind::Key => format!("the key {} is not scoped to {label}", c.id),
+            CredentialKind::Key => format!("the key {} is not scoped to {}", c.id, label()),
             _ => format!(
-                "{}'s token does not call {label}: ask {} for an API key",
-                who.user.name, policy.owner
+                "{}'s token does not call {}: ask {} for an API key",
+                who.user.name,
+                label(),
+                policy.owner
             ),
         };
         return Err(ApiError::forbidden_code("key_not_allowed", what));
