@@ -20,7 +20,7 @@ use skython_store::FunctionRecord;
 
 use crate::AppState;
 use crate::auth::AuthUser;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorCode};
 
 /// Longest annotation read; a longer one constrains nothing (annotations are user text).
 const MAX_ANNOTATION_CHARS: usize = 1000;
@@ -863,8 +863,8 @@ impl ArgSchema {
             return Ok(());
         }
         let args: Value = serde_json::from_slice(args).map_err(|e| {
-            ApiError::bad_request(
-                "bad_json",
+            ApiError::new(
+                ErrorCode::BadJson,
                 format!("the request body is not valid JSON: {e}"),
             )
         })?;
@@ -922,8 +922,8 @@ impl ArgSchema {
             self.params.iter().filter(|p| p.kind.positional()).collect();
         let var_positional = self.params.iter().find(|p| p.kind == Kind::VarPositional);
         if pos.len() > positional.len() && var_positional.is_none() {
-            return Err(ApiError::bad_request(
-                "bad_arguments",
+            return Err(ApiError::new(
+                ErrorCode::BadArguments,
                 format!("too many positional arguments; expected {}", self.described),
             )
             .with("expected", self.expected.clone()));
@@ -985,8 +985,8 @@ impl ArgSchema {
 
     /// 400 `bad_arguments` about `param`, with the parameters the function takes.
     fn misfit(&self, param: &str, message: String) -> ApiError {
-        ApiError::bad_request(
-            "bad_arguments",
+        ApiError::new(
+            ErrorCode::BadArguments,
             format!("{message}; expected {}", self.described),
         )
         .with("param", param)
@@ -1209,7 +1209,7 @@ pub fn function_openapi(record: &FunctionRecord, public_url: &str) -> Value {
     if !spec.tags.is_empty() {
         operation["tags"] = json!(spec.tags);
     }
-    let mut components = json!({"schemas": {"Error": crate::openapi::error_schema()}});
+    let mut components = json!({"schemas": crate::error::component_schemas()});
     if is_gated {
         operation["security"] = json!([{"apiKey": []}, {"bearer": []}]);
         components["securitySchemes"] = json!({
@@ -1681,7 +1681,7 @@ mod tests {
     fn a_wrong_type_names_the_parameter_the_hint_and_what_was_given() {
         let s = plain(&[("xs", "list[float]")]);
         let e = refusal(&s, json!({"xs": "oops"}));
-        assert_eq!((e.status.as_u16(), e.code), (400, "bad_arguments"));
+        assert_eq!((e.status.as_u16(), e.code.as_str()), (400, "bad_arguments"));
         assert_eq!(
             e.message,
             "xs: expected a list of numbers (list[float]), got a string; expected f(xs: list[float])"

@@ -364,8 +364,7 @@ pub fn with_json_fallbacks<S: Clone + Send + Sync + 'static>(
         })
         .method_not_allowed_fallback(move |req: Request<axum::body::Body>| async move {
             let e = error::ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                error::ErrorCode::MethodNotAllowed,
                 format!(
                     "{} is not allowed on {}; {hint}",
                     req.method(),

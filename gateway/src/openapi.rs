@@ -10,28 +10,6 @@ use crate::api::{
 };
 use crate::contract::Snippets;
 
-pub(crate) fn error_schema() -> Value {
-    json!({
-        "type": "object",
-        "required": ["error"],
-        "properties": {"error": {
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {
-                "code": {"type": "string", "description": "Machine-readable: bad_json, bad_arguments, invalid_spec, syntax_error, source_too_large, source_too_deeply_nested, source_too_complex, function_not_found, function_error, state_unavailable, timeout, worker_crashed, out_of_memory, too_many_requests, body_too_large, unauthorized, forbidden, ..."},
-                "message": {"type": "string", "description": "What went wrong and what was expected."},
-                "type": {"type": "string", "description": "The Python exception type (function_error)."},
-                "expected": {"type": "array", "description": "The function's parameters (bad_arguments)."},
-                "param": {"type": "string", "description": "The parameter whose argument does not fit (bad_arguments)."},
-                "line": {"type": "integer", "description": "Line of a syntax error."},
-                "column": {"type": "integer"},
-                "fields": {"type": "array", "description": "Each invalid spec field (invalid_spec)."}
-            },
-            "additionalProperties": true
-        }}
-    })
-}
-
 fn response(desc: &str, schema: Option<&str>) -> Value {
     match schema {
         Some(s) => {
@@ -118,6 +96,7 @@ pub fn document() -> Value {
             schemas.insert(name.into(), v);
         }
     }
+    generator.subschema_for::<crate::error::ApiError>();
     for (name, schema) in generator.take_definitions(true) {
         schemas.insert(name, schema);
     }
@@ -131,7 +110,6 @@ pub fn document() -> Value {
             props.remove(field);
         }
     }
-    schemas.insert("Error".into(), error_schema());
     schemas.insert("Arguments".into(), json!({
         "description": "Keyword arguments as an object, or positional arguments as an array. An empty body calls with no arguments.",
         "oneOf": [{"type": "object"}, {"type": "array"}]

@@ -20,7 +20,7 @@ use skython_store::{CatalogEntry, FunctionFilter, FunctionRecord, FunctionVersio
 use crate::AppState;
 use crate::api::{FunctionView, inspect, json_body, visible};
 use crate::auth::AuthUser;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorCode};
 
 /// What the catalogue keeps of a function for search.
 pub fn entry(r: &FunctionRecord) -> CatalogEntry {
@@ -114,8 +114,8 @@ impl SearchParams {
         let mut p = SearchParams::default();
         let number = |k: &str, v: &str| {
             v.parse::<usize>().map_err(|_| {
-                ApiError::bad_request(
-                    "bad_query",
+                ApiError::new(
+                    ErrorCode::BadQuery,
                     format!("{k} must be a whole number, got {v:?}"),
                 )
             })
@@ -131,8 +131,8 @@ impl SearchParams {
                 "limit" => p.limit = Some(number("limit", &v)?),
                 "offset" => p.offset = number("offset", &v)?,
                 other => {
-                    return Err(ApiError::bad_request(
-                        "bad_query",
+                    return Err(ApiError::new(
+                        ErrorCode::BadQuery,
                         format!(
                             "unknown parameter {other:?}; the parameters are q, tag, limit and offset"
                         ),
@@ -178,22 +178,22 @@ pub async fn search(
     let p = SearchParams::parse(query.as_deref().unwrap_or(""))?;
     let limit = match p.limit.unwrap_or(20) {
         0 => {
-            return Err(ApiError::bad_request(
-                "bad_query",
+            return Err(ApiError::new(
+                ErrorCode::BadQuery,
                 "limit must be at least 1",
             ));
         }
         n => n.min(100),
     };
     if p.q.chars().count() > 500 {
-        return Err(ApiError::bad_request(
-            "bad_query",
+        return Err(ApiError::new(
+            ErrorCode::BadQuery,
             "q must be at most 500 characters",
         ));
     }
     if p.offset > 10_000 {
-        return Err(ApiError::bad_request(
-            "bad_query",
+        return Err(ApiError::new(
+            ErrorCode::BadQuery,
             "offset must be at most 10000",
         ));
     }
@@ -276,8 +276,7 @@ pub async fn clone_function(
     crate::api::validate(&spec)?;
     if (spec.owner.as_str(), spec.endpoint.as_str()) == (owner.as_str(), endpoint.as_str()) {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
+            ErrorCode::Conflict,
             format!("{owner}/{endpoint} is yours already; give the clone another endpoint name"),
         ));
     }
@@ -379,8 +378,7 @@ async fn stored_version(
         .await?
         .ok_or_else(|| {
             ApiError::new(
-                StatusCode::NOT_FOUND,
-                "version_not_found",
+                ErrorCode::VersionNotFound,
                 format!("{owner}/{endpoint} has no version {version}; GET …/versions lists them"),
             )
         })
