@@ -17,7 +17,7 @@ use skython_crds::is_dns_label;
 use skython_store::{Credential, CredentialKind, KeyUsage, User};
 
 use crate::AppState;
-use crate::api::json_body;
+use crate::api::{CredentialPath, json_body};
 use crate::auth::{AuthUser, SESSION_COOKIE, SignupMode};
 use crate::credentials::{credential, hash_password, new_secret, verify_password};
 use crate::error::{ApiError, ApiResult, ErrorCode};
@@ -539,7 +539,7 @@ fn kind_name(kind: CredentialKind) -> &'static str {
 pub async fn get_key(
     State(app): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    Path(CredentialPath { id }): Path<CredentialPath>,
 ) -> ApiResult<Json<CredentialView>> {
     app.meter.flush().await;
     let c = own(&app, &user, CredentialKind::Key, &id).await?;
@@ -558,7 +558,7 @@ async fn revoke(app: &AppState, user: &AuthUser, kind: CredentialKind, id: &str)
 pub async fn revoke_token(
     State(app): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    Path(CredentialPath { id }): Path<CredentialPath>,
 ) -> ApiResult<StatusCode> {
     revoke(&app, &user, CredentialKind::Token, &id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -567,7 +567,7 @@ pub async fn revoke_token(
 pub async fn revoke_key(
     State(app): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    Path(CredentialPath { id }): Path<CredentialPath>,
 ) -> ApiResult<StatusCode> {
     revoke(&app, &user, CredentialKind::Key, &id).await?;
     Ok(StatusCode::NO_CONTENT)

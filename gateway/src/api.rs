@@ -144,6 +144,33 @@ pub struct LimitQuery {
     pub limit: Option<usize>,
 }
 
+/// `{owner}/{endpoint}` of a function's routes (named, so the document names them).
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct FunctionPath {
+    /// The owner's user name.
+    pub owner: String,
+    /// The function's endpoint name.
+    pub endpoint: String,
+}
+
+/// `{owner}/{endpoint}/versions/{version}`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct VersionPath {
+    /// The owner's user name.
+    pub owner: String,
+    /// The function's endpoint name.
+    pub endpoint: String,
+    /// The version's number (its generation).
+    pub version: i64,
+}
+
+/// `{id}` of a token or key.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct CredentialPath {
+    /// The credential's id.
+    pub id: String,
+}
+
 /// A draft to run once without deploying it.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -431,7 +458,7 @@ pub async fn create_function(
 pub async fn replace_function(
     State(app): State<AppState>,
     user: AuthUser,
-    Path((owner, endpoint)): Path<(String, String)>,
+    Path(FunctionPath { owner, endpoint }): Path<FunctionPath>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<FunctionView>> {
     let body: Value = json_body(&body?)?;
@@ -496,7 +523,7 @@ pub(crate) async fn visible(
 pub async fn get_function(
     State(app): State<AppState>,
     user: Option<AuthUser>,
-    Path((owner, endpoint)): Path<(String, String)>,
+    Path(FunctionPath { owner, endpoint }): Path<FunctionPath>,
 ) -> ApiResult<Json<FunctionView>> {
     let record = visible(&app, user.as_ref(), &owner, &endpoint).await?;
     Ok(Json(
@@ -507,7 +534,7 @@ pub async fn get_function(
 pub async fn delete_function(
     State(app): State<AppState>,
     user: AuthUser,
-    Path((owner, endpoint)): Path<(String, String)>,
+    Path(FunctionPath { owner, endpoint }): Path<FunctionPath>,
 ) -> ApiResult<StatusCode> {
     visible(&app, Some(&user), &owner, &endpoint).await?;
     if !user.may_manage(&owner) {
@@ -665,7 +692,7 @@ fn limit(q: Result<Query<LimitQuery>, QueryRejection>) -> ApiResult<usize> {
 pub async fn invocations(
     State(app): State<AppState>,
     user: AuthUser,
-    Path((owner, endpoint)): Path<(String, String)>,
+    Path(FunctionPath { owner, endpoint }): Path<FunctionPath>,
     query: Result<Query<LimitQuery>, QueryRejection>,
 ) -> ApiResult<Json<InvocationList>> {
     let n = limit(query)?;
@@ -686,13 +713,13 @@ pub async fn invocations(
 pub async fn logs(
     State(app): State<AppState>,
     user: AuthUser,
-    Path((owner, endpoint)): Path<(String, String)>,
+    Path(FunctionPath { owner, endpoint }): Path<FunctionPath>,
     query: Result<Query<LimitQuery>, QueryRejection>,
 ) -> ApiResult<Json<InvocationList>> {
     let Json(all) = invocations(
         State(app),
         user,
-        Path((owner, endpoint)),
+        Path(FunctionPath { owner, endpoint }),
         Ok(Query(LimitQuery { limit: Some(1000) })),
     )
     .await?;

@@ -19,6 +19,7 @@ use skython_crds::{Signature, SkyFunctionSpec};
 use skython_store::FunctionRecord;
 
 use crate::AppState;
+use crate::api::FunctionPath;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 
@@ -1413,7 +1414,7 @@ fn kotlin_string(s: &str) -> String {
 pub async fn openapi_json(
     State(app): State<AppState>,
     user: Option<AuthUser>,
-    Path((owner, endpoint)): Path<(String, String)>,
+    Path(FunctionPath { owner, endpoint }): Path<FunctionPath>,
 ) -> ApiResult<Json<Value>> {
     let record = crate::api::visible(&app, user.as_ref(), &owner, &endpoint).await?;
     Ok(Json(function_openapi(&record, &app.config.public_url)))
@@ -1423,7 +1424,7 @@ pub async fn openapi_json(
 pub async fn snippets_json(
     State(app): State<AppState>,
     user: Option<AuthUser>,
-    Path((owner, endpoint)): Path<(String, String)>,
+    Path(FunctionPath { owner, endpoint }): Path<FunctionPath>,
 ) -> ApiResult<Json<Snippets>> {
     let record = crate::api::visible(&app, user.as_ref(), &owner, &endpoint).await?;
     Ok(Json(snippets(&function_openapi(

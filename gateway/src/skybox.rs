@@ -18,7 +18,7 @@ use skython_crds::{Signature, SkyFunctionStatus, Visibility};
 use skython_store::{CatalogEntry, FunctionFilter, FunctionRecord, FunctionVersion, SearchQuery};
 
 use crate::AppState;
-use crate::api::{FunctionView, inspect, json_body, visible};
+use crate::api::{FunctionPath, FunctionView, VersionPath, inspect, json_body, visible};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 
@@ -98,13 +98,16 @@ pub async fn reindex(app: &AppState) -> ApiResult<usize> {
 pub struct SearchParams {
     /// Words to find in names, descriptions, tags, docstrings and parameter names (a word also
     /// finds longer words it starts). Empty: every public function, most called first.
+    #[schemars(default)]
     pub q: String,
     /// Only functions with this tag (repeat the parameter, or separate tags with commas: all
     /// must match).
+    #[schemars(default)]
     pub tag: Vec<String>,
     /// Results per page (default 20, at most 100).
     pub limit: Option<usize>,
     /// Results to skip (for the next pages).
+    #[schemars(default)]
     pub offset: usize,
 }
 
@@ -252,7 +255,7 @@ pub struct CloneRequest {
 pub async fn clone_function(
     State(app): State<AppState>,
     user: AuthUser,
-    Path((owner, endpoint)): Path<(String, String)>,
+    Path(FunctionPath { owner, endpoint }): Path<FunctionPath>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let body = body?;
@@ -354,7 +357,7 @@ fn version_view(v: FunctionVersion, current: i64, with_source: bool) -> VersionV
 pub async fn list_versions(
     State(app): State<AppState>,
     user: AuthUser,
-    Path((owner, endpoint)): Path<(String, String)>,
+    Path(FunctionPath { owner, endpoint }): Path<FunctionPath>,
 ) -> ApiResult<Json<VersionList>> {
     let r = managed(&app, &user, &owner, &endpoint).await?;
     let items = app
@@ -387,7 +390,11 @@ async fn stored_version(
 pub async fn get_version(
     State(app): State<AppState>,
     user: AuthUser,
-    Path((owner, endpoint, version)): Path<(String, String, i64)>,
+    Path(VersionPath {
+        owner,
+        endpoint,
+        version,
+    }): Path<VersionPath>,
 ) -> ApiResult<Json<VersionView>> {
     let r = managed(&app, &user, &owner, &endpoint).await?;
     let v = stored_version(&app, &owner, &endpoint, version).await?;
@@ -406,7 +413,7 @@ pub struct RollbackRequest {
 pub async fn rollback(
     State(app): State<AppState>,
     user: AuthUser,
-    Path((owner, endpoint)): Path<(String, String)>,
+    Path(FunctionPath { owner, endpoint }): Path<FunctionPath>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<FunctionView>> {
     let req: RollbackRequest = json_body(&body?)?;
