@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::PostParams;
 use skython_gateway::Limits;
 use skython_gateway::deployments::ScopedState;
-use skython_gateway::error::{ApiError, ApiResult};
+use skython_gateway::error::{ApiError, ApiResult, ErrorCode};
 use skython_runner::{StateAnswer, StateHandler, StateRequest};
 use skython_runner_pod::wire;
 use skython_store::{StateScope, Store};
@@ -143,8 +143,7 @@ impl Internal {
             .map_err(|e| {
                 tracing::error!("a TokenReview failed: {e}");
                 ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "platform_unavailable",
+                    ErrorCode::PlatformUnavailable,
                     "the gateway could not check the token with the Kubernetes API (it needs to create tokenreviews); see its log",
                 )
             })?;
@@ -172,8 +171,7 @@ impl Internal {
             .map_err(|e| {
                 tracing::error!("reading pod {}/{}: {e}", id.namespace, id.name);
                 ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "platform_unavailable",
+                    ErrorCode::PlatformUnavailable,
                     "the gateway could not read the pod from the Kubernetes API",
                 )
             })?;
@@ -207,11 +205,11 @@ impl Internal {
 }
 
 fn unauthorized(message: &str) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    ApiError::new(ErrorCode::Unauthorized, message)
 }
 
 fn forbidden(message: &str) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    ApiError::new(ErrorCode::Forbidden, message)
 }
 
 async fn announce(
@@ -220,8 +218,8 @@ async fn announce(
     body: Result<Json<wire::Announce>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<StatusCode> {
     let Json(a) = body.map_err(|e| {
-        ApiError::bad_request(
-            "invalid_body",
+        ApiError::new(
+            ErrorCode::InvalidBody,
             format!("expected {{\"ip\", \"port\", \"draining\"}}: {e}"),
         )
     })?;
@@ -231,8 +229,7 @@ async fn announce(
     if !a.draining {
         if pod.ip.is_some_and(|ip| ip != a.ip) {
             return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "address_mismatch",
+                ErrorCode::AddressMismatch,
                 format!("the announced address {} is not the pod's IP", a.ip),
             ));
         }
@@ -260,7 +257,10 @@ async fn state(
     body: Result<Json<StateRequest>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<StateAnswer>> {
     let Json(request) = body.map_err(|e| {
-        ApiError::bad_request("invalid_body", format!("expected a state request: {e}"))
+        ApiError::new(
+            ErrorCode::InvalidBody,
+            format!("expected a state request: {e}"),
+        )
     })?;
     let (id, _) = s.authenticate(&headers).await?;
     let pod = s.pod(&id).await?;

@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::post;
 use k8s_openapi::api::coordination::v1::Lease;
 use serde::{Deserialize, Serialize};
-use skython_gateway::error::{ApiError, ApiResult};
+use skython_gateway::error::{ApiError, ApiResult, ErrorCode};
 use tokio::sync::mpsc;
 
 use crate::{FunctionRef, Load};
@@ -211,13 +211,15 @@ async fn receive(
         .unwrap_or_default();
     if !same(given.as_bytes(), peers.token.as_bytes()) {
         return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "send the gateways' shared peer token (--peer-token) as `Authorization: Bearer ...`",
         ));
     }
     let Json(report) = body.map_err(|e| {
-        ApiError::bad_request("invalid_body", format!("expected a load report: {e}"))
+        ApiError::new(
+            ErrorCode::InvalidBody,
+            format!("expected a load report: {e}"),
+        )
     })?;
     for f in &report.poke {
         poke(f);

@@ -8,13 +8,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use axum::http::StatusCode;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use skython_crds::SkyFunction;
 use skython_gateway::Limits;
 use skython_gateway::Metrics;
 use skython_gateway::access::CallPolicy;
-use skython_gateway::error::{ApiError, ApiResult};
+use skython_gateway::error::{ApiError, ApiResult, ErrorCode};
 use skython_gateway::platform::{Call, Called, Platform};
 use skython_operator::leader::LeaseConfig;
 use skython_store::{FunctionFilter, FunctionRecord, StateScope, Store};
@@ -295,8 +294,7 @@ impl ClusterPlatform {
 /// Runner pods serve a function's current version only.
 fn pinned_unavailable() -> ApiError {
     ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "pinned_versions_unavailable",
+        ErrorCode::PinnedVersionsUnavailable,
         "calling a pinned version (endpoint@n) is not available on Kubernetes yet; call the \
          current version, or roll back to the one you need",
     )
@@ -323,8 +321,7 @@ fn refuse_unservable(f: &SkyFunction) -> ApiResult<()> {
     };
     if c.status != "True" && c.reason == "InvalidSource" && status.signature.is_none() {
         return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "function_unavailable",
+            ErrorCode::FunctionUnavailable,
             format!("the function cannot run: {}", c.message),
         ));
     }

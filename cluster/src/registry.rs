@@ -11,14 +11,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use futures::StreamExt;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, PostParams, Preconditions};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use skython_crds::{SkyFunction, SkyFunctionSpec, Visibility, endpoint_holder};
-use skython_gateway::error::{ApiError, ApiResult};
+use skython_gateway::error::{ApiError, ApiResult, ErrorCode};
 use skython_store::{FunctionFilter, FunctionRecord};
 
 /// The field manager of the gateway's writes (`kubectl get -o yaml --show-managed-fields`).
@@ -170,8 +169,7 @@ impl Registry {
             .await
             .map_err(|e| match api_status(&e) {
                 Some(409) => ApiError::new(
-                    StatusCode::CONFLICT,
-                    "conflict",
+                    ErrorCode::Conflict,
                     format!(
                         "{}/{} cannot be created: the SkyFunction {}/{name} already exists",
                         spec.owner, spec.endpoint, self.namespace
@@ -277,9 +275,8 @@ impl Registry {
 
     /// 503 until the first list has arrived: an empty store then means nothing.
     fn synced(&self) -> ApiResult<()> {
-        self.ready().map_err(|why| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "platform_unavailable", why)
-        })
+        self.ready()
+            .map_err(|why| ApiError::new(ErrorCode::PlatformUnavailable, why))
     }
 
     /// Waits until the store's copy of `object` passes `seen` (bounded by `SEEN_WITHIN`).
@@ -328,8 +325,7 @@ fn typed(d: DynamicObject) -> ApiResult<SkyFunction> {
         .and_then(serde_json::from_value)
         .map_err(|e| {
             ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "platform_unavailable",
+                ErrorCode::PlatformUnavailable,
                 format!("the API server answered with an unreadable SkyFunction: {e}"),
             )
         })
@@ -407,8 +403,7 @@ fn qualified_name(f: &SkyFunction) -> String {
 
 fn taken(owner: &str, endpoint: &str, holder: &SkyFunction) -> ApiError {
     ApiError::new(
-        StatusCode::CONFLICT,
-        "conflict",
+        ErrorCode::Conflict,
         format!(
             "{owner}/{endpoint} already exists (SkyFunction {}); replace it with PUT",
             qualified_name(holder)
@@ -418,8 +413,7 @@ fn taken(owner: &str, endpoint: &str, holder: &SkyFunction) -> ApiError {
 
 fn changed(owner: &str, endpoint: &str, holder: &SkyFunction) -> ApiError {
     ApiError::new(
-        StatusCode::CONFLICT,
-        "conflict",
+        ErrorCode::Conflict,
         format!(
             "{owner}/{endpoint} changed meanwhile (SkyFunction {}); read it again and retry",
             qualified_name(holder)
@@ -438,8 +432,7 @@ fn api_status(e: &kube::Error) -> Option<u16> {
 /// What a failed write of SkyFunctions (`verb`: create, update, delete) in `namespace` means
 /// for the API's caller. What only the operator of the cluster can fix is 503.
 pub fn kube_error(e: kube::Error, verb: &str, namespace: &str) -> ApiError {
-    let unavailable =
-        |msg: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "platform_unavailable", msg);
+    let unavailable = |msg: String| ApiError::new(ErrorCode::PlatformUnavailable, msg);
     let kube::Error::Api(status) = &e else {
         return unavailable(format!(
             "the Kubernetes API could not be reached to {verb} a SkyFunction: {e}"
@@ -459,9 +452,9 @@ pub fn kube_error(e: kube::Error, verb: &str, namespace: &str) -> ApiError {
             "{} (is the SkyFunction CRD installed, and namespace {namespace} there?)",
             status.message
         )),
-        409 => ApiError::new(StatusCode::CONFLICT, "conflict", status.message.clone()),
-        400 | 422 => ApiError::bad_request(
-            "invalid_spec",
+        409 => ApiError::new(ErrorCode::Conflict, status.message.clone()),
+        400 | 422 => ApiError::new(
+            ErrorCode::InvalidSpec,
             format!("the cluster refused the function: {}", status.message),
         ),
         _ => unavailable(format!(
@@ -496,6 +489,7 @@ fn watch_failure(e: &watcher::Error, scope: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use axum::http::StatusCode;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, Time};
 
     use super::*;
@@ -624,7 +618,7 @@ mod tests {
             "fns",
         );
         assert_eq!(
-            (e.status, e.code),
+            (e.status, e.code.as_str()),
             (StatusCode::SERVICE_UNAVAILABLE, "platform_unavailable")
         );
         assert!(
@@ -644,7 +638,7 @@ mod tests {
     fn api_server_answers_map_to_api_errors() {
         let code = |status| {
             let e = kube_error(api_error(status, "m"), "update", "fns");
-            (e.status.as_u16(), e.code)
+            (e.status.as_u16(), e.code.as_str())
         };
         assert_eq!(code(409), (409, "conflict"));
         assert_eq!(code(422), (400, "invalid_spec"));
@@ -661,7 +655,7 @@ mod tests {
             "fns",
         );
         assert_eq!(
-            (e.status, e.code),
+            (e.status, e.code.as_str()),
             (StatusCode::SERVICE_UNAVAILABLE, "platform_unavailable")
         );
     }

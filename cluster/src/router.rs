@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use bytes::Bytes;
-use skython_gateway::error::ApiError;
+use skython_gateway::error::{ApiError, ErrorCode};
 use skython_gateway::invoke::CallOutput;
 use skython_gateway::platform::Called;
 use skython_runner::Caller;
@@ -195,8 +195,7 @@ impl Router {
             if queued.is_none() {
                 if counters.queued.load(Ordering::Relaxed) >= self.config.queue_limit {
                     return Err(ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "queue_full",
+                        ErrorCode::QueueFull,
                         format!(
                             "{} calls already wait for a pod of {}; try again later",
                             self.config.queue_limit, t.label
@@ -216,12 +215,14 @@ impl Router {
             let left = self.config.queue_timeout.saturating_sub(arrived.elapsed());
             if tokio::time::timeout(left, notified).await.is_err() {
                 let (code, what) = if saw_pod {
-                    ("queue_timeout", "a pod of the function to be free")
+                    (ErrorCode::QueueTimeout, "a pod of the function to be free")
                 } else {
-                    ("cold_start_timeout", "a pod of the function to start")
+                    (
+                        ErrorCode::ColdStartTimeout,
+                        "a pod of the function to start",
+                    )
                 };
                 return Err(ApiError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
                     code,
                     format!(
                         "waited {:.1} s for {what} ({}); try again",
@@ -442,8 +443,7 @@ fn failed(e: ApiError) -> CallOutput {
 
 fn pod_timeout(t: &Target) -> ApiError {
     ApiError::new(
-        StatusCode::GATEWAY_TIMEOUT,
-        "timeout",
+        ErrorCode::Timeout,
         format!(
             "the pod did not answer within the function's timeout ({} s) and {} s more",
             t.timeout.as_secs(),
@@ -454,8 +454,7 @@ fn pod_timeout(t: &Target) -> ApiError {
 
 fn pod_broken(pod: &str, e: &reqwest::Error) -> ApiError {
     ApiError::new(
-        StatusCode::BAD_GATEWAY,
-        "pod_failed",
+        ErrorCode::PodFailed,
         format!("the runner pod {pod} failed during the call ({e}); the call may have run"),
     )
 }

@@ -182,7 +182,10 @@ async fn a_second_create_of_an_endpoint_conflicts() {
     let record = function("alice", "weather", "def main(): return 1");
     registry.create(&record).await.unwrap();
     let e = registry.create(&record).await.unwrap_err();
-    assert_eq!((e.status, e.code), (StatusCode::CONFLICT, "conflict"));
+    assert_eq!(
+        (e.status, e.code.as_str()),
+        (StatusCode::CONFLICT, "conflict")
+    );
     assert!(
         e.message
             .contains(&format!("{}/alice.weather", c.namespace)),
@@ -261,7 +264,10 @@ async fn a_replace_from_a_stale_generation_conflicts() {
         .replace(&function("alice", "weather", "def main(): return 2"), 7)
         .await
         .unwrap_err();
-    assert_eq!((e.status, e.code), (StatusCode::CONFLICT, "conflict"));
+    assert_eq!(
+        (e.status, e.code.as_str()),
+        (StatusCode::CONFLICT, "conflict")
+    );
     assert_eq!(
         registry
             .get("alice", "weather")

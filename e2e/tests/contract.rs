@@ -1,7 +1,8 @@
 //! Functions' contracts over the real `skython up` process: each deployed function's OpenAPI
 //! document validates (openapi-spec-validator, `$SKYTHON_OPENAPI_PYTHON`, installed by
 //! `make venv-openapi`), a request built from its example succeeds, arguments that do not fit
-//! the hints are refused naming the parameter, and the client snippets run as pasted.
+//! the hints are refused naming the parameter, and the client snippets run as pasted. The
+//! platform's own document validates too.
 
 use std::process::Command;
 
@@ -82,6 +83,17 @@ fn document(s: &Skython, endpoint: &str) -> Value {
     );
     assert_eq!(status, 200, "{endpoint}: {doc}");
     doc
+}
+
+#[test]
+fn the_platforms_document_validates() {
+    let s = Skython::start(&[]);
+    let (status, doc) = s.get("/api/openapi.json");
+    assert_eq!(status, 200, "{doc}");
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    if let Err(report) = validate(&doc) {
+        panic!("openapi-spec-validator refused /api/openapi.json:\n{report}");
+    }
 }
 
 #[test]

@@ -10,14 +10,14 @@
 //! origins the function allows (`allowedOrigins`, any by default). Calls never read cookies, so
 //! allowing any origin exposes nothing a page could not get with a plain request.
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use skython_crds::{Access, Signature, SkyFunctionSpec};
 use skython_runner::Caller;
 use skython_store::CredentialKind;
 
 use crate::contract::ArgSchema;
 use crate::credentials::Authenticated;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// What the gateway checks before a call, from the function's current spec.
 #[derive(Debug, Clone)]
@@ -68,7 +68,7 @@ pub fn presented(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 }
 
 fn invalid_key(message: &str) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, "invalid_key", message)
+    ApiError::new(ErrorCode::InvalidKey, message)
 }
 
 /// Who a call comes from, if it may run: `who` is the presented secret's owner (`None`: none
@@ -89,8 +89,7 @@ pub fn authorize(
         return match policy.access {
             Access::Public => Ok(Caller::Anonymous),
             Access::Key => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "key_required",
+                ErrorCode::KeyRequired,
                 format!(
                     "{} needs an API key: send `X-Api-Key: <key>` (or `Authorization: \
                      Bearer <key>`); its owner creates keys with POST /api/v1/keys",
@@ -125,7 +124,7 @@ pub fn authorize(
                 policy.owner
             ),
         };
-        return Err(ApiError::forbidden_code("key_not_allowed", what));
+        return Err(ApiError::new(ErrorCode::KeyNotAllowed, what));
     }
     Ok(caller)
 }
@@ -172,8 +171,8 @@ pub fn preflight(
 ) -> Result<Vec<(HeaderName, HeaderValue)>, ApiError> {
     let mut h = cors_headers(Some(policy), origin);
     if h.is_empty() {
-        return Err(ApiError::forbidden_code(
-            "origin_not_allowed",
+        return Err(ApiError::new(
+            ErrorCode::OriginNotAllowed,
             format!(
                 "{}/{} may not be called from pages of {}; its owner lists the origins allowed \
                  in allowedOrigins",
@@ -205,6 +204,7 @@ pub fn preflight(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
     use jiff::Timestamp;
     use skython_store::{Credential, User};
 
@@ -244,7 +244,7 @@ mod tests {
     #[test]
     fn a_public_function_runs_for_anonymous_callers() {
         assert_eq!(
-            authorize(&policy(Access::Public), false, None).map_err(|e| e.code),
+            authorize(&policy(Access::Public), false, None).map_err(|e| e.code.as_str()),
             Ok(Caller::Anonymous)
         );
     }
@@ -253,7 +253,7 @@ mod tests {
     fn a_gated_function_without_a_key_is_401_key_required() {
         let e = authorize(&policy(Access::Key), false, None).unwrap_err();
         assert_eq!(
-            (e.status, e.code),
+            (e.status, e.code.as_str()),
             (StatusCode::UNAUTHORIZED, "key_required")
         );
         assert!(e.message.contains("X-Api-Key"), "{}", e.message);
@@ -263,7 +263,7 @@ mod tests {
     fn an_invalid_key_is_401_even_for_a_public_function() {
         let e = authorize(&policy(Access::Public), true, None).unwrap_err();
         assert_eq!(
-            (e.status, e.code),
+            (e.status, e.code.as_str()),
             (StatusCode::UNAUTHORIZED, "invalid_key")
         );
     }
@@ -273,7 +273,7 @@ mod tests {
         for scope in ["bob/f", "bob/*"] {
             let k = who("bob", CredentialKind::Key, &["bob/other", scope]);
             assert_eq!(
-                authorize(&policy(Access::Key), true, Some(&k)).map_err(|e| e.code),
+                authorize(&policy(Access::Key), true, Some(&k)).map_err(|e| e.code.as_str()),
                 Ok(Caller::Key {
                     id: "key_1".into(),
                     owner: "bob".into(),
@@ -288,7 +288,7 @@ mod tests {
         let k = who("bob", CredentialKind::Key, &["bob/g", "bobby/*"]);
         let e = authorize(&policy(Access::Key), true, Some(&k)).unwrap_err();
         assert_eq!(
-            (e.status, e.code),
+            (e.status, e.code.as_str()),
             (StatusCode::FORBIDDEN, "key_not_allowed")
         );
     }
@@ -298,7 +298,7 @@ mod tests {
         for name in ["bob", "admin"] {
             let t = who(name, CredentialKind::Token, &[]);
             assert_eq!(
-                authorize(&policy(Access::Key), true, Some(&t)).map_err(|e| e.code),
+                authorize(&policy(Access::Key), true, Some(&t)).map_err(|e| e.code.as_str()),
                 Ok(Caller::User { name: name.into() })
             );
         }
@@ -315,7 +315,7 @@ mod tests {
     fn a_signed_in_caller_of_a_public_function_is_named() {
         let t = who("alice", CredentialKind::Token, &[]);
         assert_eq!(
-            authorize(&policy(Access::Public), true, Some(&t)).map_err(|e| e.code),
+            authorize(&policy(Access::Public), true, Some(&t)).map_err(|e| e.code.as_str()),
             Ok(Caller::User {
                 name: "alice".into()
             })
@@ -373,7 +373,7 @@ mod tests {
         p.allowed_origins = Some(vec![]);
         let e = preflight(&p, Some(&origin("https://b.example"))).unwrap_err();
         assert_eq!(
-            (e.status, e.code),
+            (e.status, e.code.as_str()),
             (StatusCode::FORBIDDEN, "origin_not_allowed")
         );
     }

@@ -17,10 +17,10 @@ use skython_crds::is_dns_label;
 use skython_store::{Credential, CredentialKind, KeyUsage, User};
 
 use crate::AppState;
-use crate::api::json_body;
+use crate::api::{CredentialPath, json_body};
 use crate::auth::{AuthUser, SESSION_COOKIE, SignupMode};
 use crate::credentials::{credential, hash_password, new_secret, verify_password};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorCode};
 
 /// Names that are parts of the product's URLs, or would mislead.
 const RESERVED: &[&str] = &[
@@ -172,8 +172,8 @@ pub struct CredentialList {
 
 fn check_name(name: &str) -> ApiResult<()> {
     if !is_dns_label(name) {
-        return Err(ApiError::bad_request(
-            "invalid_name",
+        return Err(ApiError::new(
+            ErrorCode::InvalidName,
             format!(
                 "name must be 1-63 lowercase letters, digits or '-', starting and ending with a \
                  letter or digit, got {name:?}"
@@ -181,8 +181,8 @@ fn check_name(name: &str) -> ApiResult<()> {
         ));
     }
     if RESERVED.contains(&name) {
-        return Err(ApiError::bad_request(
-            "name_reserved",
+        return Err(ApiError::new(
+            ErrorCode::NameReserved,
             format!("{name:?} is reserved; choose another name"),
         ));
     }
@@ -192,8 +192,8 @@ fn check_name(name: &str) -> ApiResult<()> {
 fn check_password(password: &str) -> ApiResult<()> {
     let n = password.chars().count();
     if !PASSWORD_CHARS.contains(&n) {
-        return Err(ApiError::bad_request(
-            "weak_password",
+        return Err(ApiError::new(
+            ErrorCode::WeakPassword,
             format!(
                 "password must be {} to {} characters, got {n}",
                 PASSWORD_CHARS.start(),
@@ -207,8 +207,8 @@ fn check_password(password: &str) -> ApiResult<()> {
 fn check_label(what: &str, name: &str) -> ApiResult<()> {
     let n = name.chars().count();
     if n == 0 || n > 64 || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "invalid_name",
+        return Err(ApiError::new(
+            ErrorCode::InvalidName,
             format!("a {what} name is 1-64 characters without control characters, got {name:?}"),
         ));
     }
@@ -235,14 +235,14 @@ pub async fn sign_up(
         SignupMode::Open => {}
         _ if by_admin => {}
         SignupMode::Invite => {
-            return Err(ApiError::forbidden_code(
-                "signup_by_invitation",
+            return Err(ApiError::new(
+                ErrorCode::SignupByInvitation,
                 "accounts on this instance are created by an administrator; ask one to invite you",
             ));
         }
         SignupMode::Closed => {
-            return Err(ApiError::forbidden_code(
-                "signup_closed",
+            return Err(ApiError::new(
+                ErrorCode::SignupClosed,
                 "sign-up is closed on this instance",
             ));
         }
@@ -272,8 +272,7 @@ pub async fn sign_up(
         .await
         .map_err(|e| match e {
             skython_store::StoreError::Conflict(_) => ApiError::new(
-                StatusCode::CONFLICT,
-                "name_taken",
+                ErrorCode::NameTaken,
                 format!("the name {:?} is taken; choose another", req.name),
             ),
             e => e.into(),
@@ -319,8 +318,7 @@ pub async fn log_in(
         };
         let seconds = t.retry_after.as_secs().max(1);
         return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_attempts",
+            ErrorCode::TooManyAttempts,
             format!("too many failed logins for {whose}; try again in {seconds} s"),
         )
         .with("retryAfterSeconds", seconds));
@@ -342,8 +340,7 @@ pub async fn log_in(
         // Slows a guesser that spreads over accounts and addresses, on top of argon2's cost.
         tokio::time::sleep(app.config.login_failure_delay).await;
         return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
+            ErrorCode::InvalidCredentials,
             "wrong name or password",
         ));
     }
@@ -428,14 +425,14 @@ pub async fn create_token(
 /// caller manages; a named function must exist.
 async fn check_scopes(app: &AppState, user: &AuthUser, functions: &[String]) -> ApiResult<()> {
     if functions.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid_body",
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
             "functions must name at least one function: \"owner/endpoint\" or \"owner/*\"",
         ));
     }
     if functions.len() > 100 {
-        return Err(ApiError::bad_request(
-            "invalid_body",
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
             "a key may be scoped to at most 100 entries; use \"owner/*\" for all of an owner's",
         ));
     }
@@ -444,8 +441,8 @@ async fn check_scopes(app: &AppState, user: &AuthUser, functions: &[String]) -> 
             .split_once('/')
             .filter(|(o, e)| is_dns_label(o) && (*e == "*" || is_dns_label(e)))
         else {
-            return Err(ApiError::bad_request(
-                "invalid_body",
+            return Err(ApiError::new(
+                ErrorCode::InvalidBody,
                 format!("functions entries are \"owner/endpoint\" or \"owner/*\", got {f:?}"),
             ));
         };
@@ -542,7 +539,7 @@ fn kind_name(kind: CredentialKind) -> &'static str {
 pub async fn get_key(
     State(app): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    Path(CredentialPath { id }): Path<CredentialPath>,
 ) -> ApiResult<Json<CredentialView>> {
     app.meter.flush().await;
     let c = own(&app, &user, CredentialKind::Key, &id).await?;
@@ -561,7 +558,7 @@ async fn revoke(app: &AppState, user: &AuthUser, kind: CredentialKind, id: &str)
 pub async fn revoke_token(
     State(app): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    Path(CredentialPath { id }): Path<CredentialPath>,
 ) -> ApiResult<StatusCode> {
     revoke(&app, &user, CredentialKind::Token, &id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -570,7 +567,7 @@ pub async fn revoke_token(
 pub async fn revoke_key(
     State(app): State<AppState>,
     user: AuthUser,
-    Path(id): Path<String>,
+    Path(CredentialPath { id }): Path<CredentialPath>,
 ) -> ApiResult<StatusCode> {
     revoke(&app, &user, CredentialKind::Key, &id).await?;
     Ok(StatusCode::NO_CONTENT)

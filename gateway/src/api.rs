@@ -23,7 +23,7 @@ use skython_store::{FunctionFilter, FunctionRecord, Invocation, StateScope};
 use crate::AppState;
 use crate::auth::AuthUser;
 use crate::contract::ArgSchema;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::invoke::{CallOutput, check_args};
 use crate::skybox;
 
@@ -144,6 +144,33 @@ pub struct LimitQuery {
     pub limit: Option<usize>,
 }
 
+/// `{owner}/{endpoint}` of a function's routes (named, so the document names them).
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct FunctionPath {
+    /// The owner's user name.
+    pub owner: String,
+    /// The function's endpoint name.
+    pub endpoint: String,
+}
+
+/// `{owner}/{endpoint}/versions/{version}`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct VersionPath {
+    /// The owner's user name.
+    pub owner: String,
+    /// The function's endpoint name.
+    pub endpoint: String,
+    /// The version's number (its generation).
+    pub version: i64,
+}
+
+/// `{id}` of a token or key.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct CredentialPath {
+    /// The credential's id.
+    pub id: String,
+}
+
 /// A draft to run once without deploying it.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -214,17 +241,17 @@ impl From<Invocation> for InvocationView {
 /// Parses a JSON body whatever its content type says (`curl -d` sends form encoding).
 pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     if body.trim_ascii().is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid_body",
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
             "the request body is empty; send a JSON object",
         ));
     }
     serde_json::from_slice(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => {
-            ApiError::bad_request("invalid_body", format!("invalid body: {e}"))
+            ApiError::new(ErrorCode::InvalidBody, format!("invalid body: {e}"))
         }
-        _ => ApiError::bad_request(
-            "bad_json",
+        _ => ApiError::new(
+            ErrorCode::BadJson,
             format!("the request body is not valid JSON: {e}"),
         ),
     })
@@ -271,7 +298,7 @@ pub(crate) fn validate(spec: &SkyFunctionSpec) -> ApiResult<()> {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("; ");
-    Err(ApiError::bad_request("invalid_spec", message)
+    Err(ApiError::new(ErrorCode::InvalidSpec, message)
         .with("fields", serde_json::to_value(&errors).unwrap_or_default()))
 }
 
@@ -282,14 +309,14 @@ pub fn parse_spec(
     path: Option<(&str, &str)>,
 ) -> ApiResult<SkyFunctionSpec> {
     let obj = body.as_object_mut().ok_or_else(|| {
-        ApiError::bad_request(
-            "invalid_body",
+        ApiError::new(
+            ErrorCode::InvalidBody,
             "the body must be a JSON object of SkyFunction spec fields",
         )
     })?;
     if obj.contains_key("replicas") {
-        return Err(ApiError::bad_request(
-            "invalid_body",
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
             "replicas is not deployable: the platform scales a function between \
              scaling.minReplicas and scaling.maxReplicas; set those instead",
         ));
@@ -302,8 +329,8 @@ pub fn parse_spec(
     let unknown: Vec<&String> = obj.keys().filter(|k| !SPEC_FIELDS.contains(*k)).collect();
     if !unknown.is_empty() {
         let known: Vec<&str> = SPEC_FIELDS.iter().map(String::as_str).collect();
-        return Err(ApiError::bad_request(
-            "invalid_body",
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
             format!(
                 "unknown field(s) {unknown:?}; the spec fields are {}",
                 known.join(", ")
@@ -316,8 +343,8 @@ pub fn parse_spec(
     ] {
         match (obj.get(field), from_path) {
             (Some(Value::String(given)), Some(p)) if given != p => {
-                return Err(ApiError::bad_request(
-                    "invalid_body",
+                return Err(ApiError::new(
+                    ErrorCode::InvalidBody,
                     format!("{field} {given:?} in the body differs from {p:?} in the URL"),
                 ));
             }
@@ -330,7 +357,7 @@ pub fn parse_spec(
     obj.entry("owner")
         .or_insert_with(|| user.0.name.clone().into());
     let spec: SkyFunctionSpec = serde_json::from_value(body)
-        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid spec: {e}")))?;
+        .map_err(|e| ApiError::new(ErrorCode::InvalidBody, format!("invalid spec: {e}")))?;
     validate(&spec)?;
     if !user.may_manage(&spec.owner) {
         return Err(ApiError::forbidden(format!(
@@ -342,18 +369,18 @@ pub fn parse_spec(
 }
 
 fn source_error(e: SourceError) -> ApiError {
-    let code: &'static str = match e.code.as_str() {
-        "syntax_error" => "syntax_error",
-        "no_entrypoint" => "no_entrypoint",
-        "ambiguous_entrypoint" => "ambiguous_entrypoint",
-        "entrypoint_not_found" => "entrypoint_not_found",
+    let code = match e.code.as_str() {
+        "syntax_error" => ErrorCode::SyntaxError,
+        "no_entrypoint" => ErrorCode::NoEntrypoint,
+        "ambiguous_entrypoint" => ErrorCode::AmbiguousEntrypoint,
+        "entrypoint_not_found" => ErrorCode::EntrypointNotFound,
         // The source exhausted a limit of its inspection (runner/python/skython_runtime/inspection.py).
-        "source_too_large" => "source_too_large",
-        "source_too_deeply_nested" => "source_too_deeply_nested",
-        "source_too_complex" => "source_too_complex",
-        _ => "invalid_source",
+        "source_too_large" => ErrorCode::SourceTooLarge,
+        "source_too_deeply_nested" => ErrorCode::SourceTooDeeplyNested,
+        "source_too_complex" => ErrorCode::SourceTooComplex,
+        _ => ErrorCode::InvalidSource,
     };
-    let mut err = ApiError::bad_request(code, e.message);
+    let mut err = ApiError::new(code, e.message);
     if let Some(l) = e.line {
         err = err.with("line", l);
     }
@@ -373,14 +400,15 @@ fn source_error(e: SourceError) -> ApiError {
 pub(crate) async fn inspect(app: &AppState, spec: &SkyFunctionSpec) -> ApiResult<Signature> {
     let runtime = spec.runtime;
     let zygote = app.deployments.zygote(runtime).ok_or_else(|| {
-        ApiError::bad_request(
-            "runtime_unavailable",
+        ApiError::new(
+            ErrorCode::RuntimeUnavailable,
             format!(
                 "runtime {:?} is not installed on this server (available: {})",
                 runtime.as_str(),
                 app.deployments.runtimes().join(", ")
             ),
         )
+        .with_status(StatusCode::BAD_REQUEST)
     })?;
     let filename = format!("{}.py", spec.endpoint);
     match zygote
@@ -392,8 +420,7 @@ pub(crate) async fn inspect(app: &AppState, spec: &SkyFunctionSpec) -> ApiResult
         Err(e) => {
             tracing::error!("inspecting a source failed: {e}");
             Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "runtime_unavailable",
+                ErrorCode::RuntimeUnavailable,
                 "the Python runtime is not available; see the server log",
             ))
         }
@@ -446,7 +473,7 @@ pub async fn create_function(
 pub async fn replace_function(
     State(app): State<AppState>,
     user: AuthUser,
-    Path((owner, endpoint)): Path<(String, String)>,
+    Path(FunctionPath { owner, endpoint }): Path<FunctionPath>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<FunctionView>> {
     let body: Value = json_body(&body?)?;
@@ -511,7 +538,7 @@ pub(crate) async fn visible(
 pub async fn get_function(
     State(app): State<AppState>,
     user: Option<AuthUser>,
-    Path((owner, endpoint)): Path<(String, String)>,
+    Path(FunctionPath { owner, endpoint }): Path<FunctionPath>,
 ) -> ApiResult<Json<FunctionView>> {
     let record = visible(&app, user.as_ref(), &owner, &endpoint).await?;
     Ok(Json(
@@ -522,7 +549,7 @@ pub async fn get_function(
 pub async fn delete_function(
     State(app): State<AppState>,
     user: AuthUser,
-    Path((owner, endpoint)): Path<(String, String)>,
+    Path(FunctionPath { owner, endpoint }): Path<FunctionPath>,
 ) -> ApiResult<StatusCode> {
     visible(&app, Some(&user), &owner, &endpoint).await?;
     if !user.may_manage(&owner) {
@@ -606,7 +633,7 @@ pub async fn test_run(
             .as_ref()
             .unwrap_or(&Value::Object(Default::default())),
     )
-    .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+    .map_err(|e| ApiError::new(ErrorCode::InvalidBody, e.to_string()))?;
     let args = check_args(&args)?.to_vec();
     let signature = inspect(&app, &spec).await?;
     // Refused as the deployed endpoint would refuse them, before a worker starts.
@@ -669,8 +696,8 @@ pub async fn test_run(
 fn limit(q: Result<Query<LimitQuery>, QueryRejection>) -> ApiResult<usize> {
     let Query(q) = q?;
     match q.limit.unwrap_or(50) {
-        0 => Err(ApiError::bad_request(
-            "bad_query",
+        0 => Err(ApiError::new(
+            ErrorCode::BadQuery,
             "limit must be at least 1",
         )),
         n => Ok(n.min(1000)),
@@ -680,7 +707,7 @@ fn limit(q: Result<Query<LimitQuery>, QueryRejection>) -> ApiResult<usize> {
 pub async fn invocations(
     State(app): State<AppState>,
     user: AuthUser,
-    Path((owner, endpoint)): Path<(String, String)>,
+    Path(FunctionPath { owner, endpoint }): Path<FunctionPath>,
     query: Result<Query<LimitQuery>, QueryRejection>,
 ) -> ApiResult<Json<InvocationList>> {
     let n = limit(query)?;
@@ -701,13 +728,13 @@ pub async fn invocations(
 pub async fn logs(
     State(app): State<AppState>,
     user: AuthUser,
-    Path((owner, endpoint)): Path<(String, String)>,
+    Path(FunctionPath { owner, endpoint }): Path<FunctionPath>,
     query: Result<Query<LimitQuery>, QueryRejection>,
 ) -> ApiResult<Json<InvocationList>> {
     let Json(all) = invocations(
         State(app),
         user,
-        Path((owner, endpoint)),
+        Path(FunctionPath { owner, endpoint }),
         Ok(Query(LimitQuery { limit: Some(1000) })),
     )
     .await?;
@@ -744,7 +771,7 @@ mod tests {
             "source_too_complex",
         ] {
             let e = source_error(source_err(code));
-            assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, code));
+            assert_eq!((e.status, e.code.as_str()), (StatusCode::BAD_REQUEST, code));
             assert_eq!(e.message, format!("why: {code}"));
         }
     }
@@ -762,7 +789,7 @@ mod tests {
         let body = serde_json::json!({"endpoint": "f", "source": "def f(): pass", "replicas": 3});
         let e = parse_spec(body, &user, None).unwrap_err();
         assert_eq!(
-            (e.status, e.code),
+            (e.status, e.code.as_str()),
             (StatusCode::BAD_REQUEST, "invalid_body")
         );
         assert!(e.message.contains("scaling.minReplicas"), "{}", e.message);
@@ -795,7 +822,7 @@ mod tests {
     fn an_unknown_source_error_is_an_invalid_source() {
         let e = source_error(source_err("something_new"));
         assert_eq!(
-            (e.status, e.code),
+            (e.status, e.code.as_str()),
             (StatusCode::BAD_REQUEST, "invalid_source")
         );
     }

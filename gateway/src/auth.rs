@@ -11,14 +11,14 @@ use std::str::FromStr;
 
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, header};
 use jiff::Timestamp;
 use skython_store::{Credential, CredentialKind, Store, StoreError, User};
 
 use crate::AppState;
 use crate::accounts::cookie;
 use crate::credentials::{NewSecret, credential, hash_secret, new_secret};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 pub const ADMIN: &str = "admin";
 
@@ -61,7 +61,7 @@ impl AuthUser {
 }
 
 fn unauthorized(message: &str) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    ApiError::new(ErrorCode::Unauthorized, message)
 }
 
 /// The bearer secret of a request, if it has an Authorization header; `needs` says what the
@@ -125,8 +125,8 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Option<AuthUser
     }
     let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
     if from_cookie && !safe && !same_origin(&parts.headers) {
-        return Err(ApiError::forbidden_code(
-            "csrf_check_failed",
+        return Err(ApiError::new(
+            ErrorCode::CsrfCheckFailed,
             "a request authenticated by the session cookie must come from a page of this site \
              (its Origin header names another); API clients send a bearer token instead",
         ));

@@ -19,8 +19,9 @@ use skython_crds::{Signature, SkyFunctionSpec};
 use skython_store::FunctionRecord;
 
 use crate::AppState;
+use crate::api::FunctionPath;
 use crate::auth::AuthUser;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorCode};
 
 /// Longest annotation read; a longer one constrains nothing (annotations are user text).
 const MAX_ANNOTATION_CHARS: usize = 1000;
@@ -863,8 +864,8 @@ impl ArgSchema {
             return Ok(());
         }
         let args: Value = serde_json::from_slice(args).map_err(|e| {
-            ApiError::bad_request(
-                "bad_json",
+            ApiError::new(
+                ErrorCode::BadJson,
                 format!("the request body is not valid JSON: {e}"),
             )
         })?;
@@ -922,8 +923,8 @@ impl ArgSchema {
             self.params.iter().filter(|p| p.kind.positional()).collect();
         let var_positional = self.params.iter().find(|p| p.kind == Kind::VarPositional);
         if pos.len() > positional.len() && var_positional.is_none() {
-            return Err(ApiError::bad_request(
-                "bad_arguments",
+            return Err(ApiError::new(
+                ErrorCode::BadArguments,
                 format!("too many positional arguments; expected {}", self.described),
             )
             .with("expected", self.expected.clone()));
@@ -985,8 +986,8 @@ impl ArgSchema {
 
     /// 400 `bad_arguments` about `param`, with the parameters the function takes.
     fn misfit(&self, param: &str, message: String) -> ApiError {
-        ApiError::bad_request(
-            "bad_arguments",
+        ApiError::new(
+            ErrorCode::BadArguments,
             format!("{message}; expected {}", self.described),
         )
         .with("param", param)
@@ -1209,7 +1210,7 @@ pub fn function_openapi(record: &FunctionRecord, public_url: &str) -> Value {
     if !spec.tags.is_empty() {
         operation["tags"] = json!(spec.tags);
     }
-    let mut components = json!({"schemas": {"Error": crate::openapi::error_schema()}});
+    let mut components = json!({"schemas": crate::error::component_schemas()});
     if is_gated {
         operation["security"] = json!([{"apiKey": []}, {"bearer": []}]);
         components["securitySchemes"] = json!({
@@ -1413,7 +1414,7 @@ fn kotlin_string(s: &str) -> String {
 pub async fn openapi_json(
     State(app): State<AppState>,
     user: Option<AuthUser>,
-    Path((owner, endpoint)): Path<(String, String)>,
+    Path(FunctionPath { owner, endpoint }): Path<FunctionPath>,
 ) -> ApiResult<Json<Value>> {
     let record = crate::api::visible(&app, user.as_ref(), &owner, &endpoint).await?;
     Ok(Json(function_openapi(&record, &app.config.public_url)))
@@ -1423,7 +1424,7 @@ pub async fn openapi_json(
 pub async fn snippets_json(
     State(app): State<AppState>,
     user: Option<AuthUser>,
-    Path((owner, endpoint)): Path<(String, String)>,
+    Path(FunctionPath { owner, endpoint }): Path<FunctionPath>,
 ) -> ApiResult<Json<Snippets>> {
     let record = crate::api::visible(&app, user.as_ref(), &owner, &endpoint).await?;
     Ok(Json(snippets(&function_openapi(
@@ -1681,7 +1682,7 @@ mod tests {
     fn a_wrong_type_names_the_parameter_the_hint_and_what_was_given() {
         let s = plain(&[("xs", "list[float]")]);
         let e = refusal(&s, json!({"xs": "oops"}));
-        assert_eq!((e.status.as_u16(), e.code), (400, "bad_arguments"));
+        assert_eq!((e.status.as_u16(), e.code.as_str()), (400, "bad_arguments"));
         assert_eq!(
             e.message,
             "xs: expected a list of numbers (list[float]), got a string; expected f(xs: list[float])"

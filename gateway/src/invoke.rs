@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use crate::AppState;
 use crate::access::{self, CallPolicy};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
 use crate::platform::Call;
 use crate::skybox;
@@ -80,18 +80,17 @@ fn function_error(err: FunctionError) -> ApiError {
         "state_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    let code: &'static str = match err.code.as_str() {
-        "bad_arguments" => "bad_arguments",
-        "bad_json" => "bad_json",
-        "function_error" => "function_error",
-        "load_error" => "load_error",
-        "load_timeout" => "load_timeout",
-        "unserializable_result" => "unserializable_result",
-        "result_too_large" => "result_too_large",
-        "state_unavailable" => "state_unavailable",
-        _ => "function_error",
+    let code = match err.code.as_str() {
+        "bad_arguments" => ErrorCode::BadArguments,
+        "bad_json" => ErrorCode::BadJson,
+        "load_error" => ErrorCode::LoadError,
+        "load_timeout" => ErrorCode::LoadTimeout,
+        "unserializable_result" => ErrorCode::UnserializableResult,
+        "result_too_large" => ErrorCode::ResultTooLarge,
+        "state_unavailable" => ErrorCode::StateUnavailable,
+        _ => ErrorCode::FunctionError,
     };
-    let mut e = ApiError::new(status, code, err.message);
+    let mut e = ApiError::new(code, err.message).with_status(status);
     if let Some(t) = err.type_ {
         e = e.with("type", t);
     }
@@ -104,44 +103,30 @@ fn function_error(err: FunctionError) -> ApiError {
 fn runner_error(e: RunnerError) -> ApiError {
     let msg = e.to_string();
     match e {
-        RunnerError::Timeout(_) => ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
-            format!("{msg}; the worker was stopped"),
-        ),
+        RunnerError::Timeout(_) => {
+            ApiError::new(ErrorCode::Timeout, format!("{msg}; the worker was stopped"))
+        }
         RunnerError::Crashed(_) => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "worker_crashed",
+            ErrorCode::WorkerCrashed,
             format!(
                 "{msg}: the process exited (os._exit, a crash in native code, or a resource limit); it will be replaced"
             ),
         ),
         RunnerError::OutOfMemory(_) => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "out_of_memory",
+            ErrorCode::OutOfMemory,
             format!("{msg}; it will be replaced"),
         ),
         RunnerError::Misbehaved(_) => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "worker_crashed",
+            ErrorCode::WorkerCrashed,
             format!("{msg}; the worker was stopped and will be replaced"),
         ),
-        RunnerError::QueueFull { .. } => {
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", msg)
-        }
-        RunnerError::QueueTimeout(_) => {
-            ApiError::new(StatusCode::GATEWAY_TIMEOUT, "queue_timeout", msg)
-        }
-        RunnerError::Retired => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "retry",
-            format!("{msg}; call again"),
-        ),
+        RunnerError::QueueFull { .. } => ApiError::new(ErrorCode::TooManyRequests, msg),
+        RunnerError::QueueTimeout(_) => ApiError::new(ErrorCode::QueueTimeout, msg),
+        RunnerError::Retired => ApiError::new(ErrorCode::Retry, format!("{msg}; call again")),
         other => {
             tracing::error!("runtime failure: {other}");
             ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "runtime_unavailable",
+                ErrorCode::RuntimeUnavailable,
                 "the Python runtime failed to start a worker; see the server log",
             )
         }
@@ -155,23 +140,23 @@ pub fn check_args(body: &[u8]) -> Result<&[u8], ApiError> {
         return Ok(b"{}");
     }
     if nesting_exceeds(trimmed, MAX_NESTING) {
-        return Err(ApiError::bad_request(
-            "bad_json",
+        return Err(ApiError::new(
+            ErrorCode::BadJson,
             format!(
                 "the request body nests arrays and objects more than {MAX_NESTING} levels deep"
             ),
         ));
     }
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(trimmed) {
-        return Err(ApiError::bad_request(
-            "bad_json",
+        return Err(ApiError::new(
+            ErrorCode::BadJson,
             format!("the request body is not valid JSON: {e}"),
         ));
     }
     match trimmed[0] {
         b'{' | b'[' => Ok(trimmed),
-        _ => Err(ApiError::bad_request(
-            "bad_arguments",
+        _ => Err(ApiError::new(
+            ErrorCode::BadArguments,
             "the request body must be a JSON object (keyword arguments) or a JSON array (positional arguments)",
         )),
     }
@@ -394,7 +379,7 @@ async fn call(
         Err(e) => {
             app.metrics
                 .calls
-                .with_label_values(&[&format!("{owner}/{endpoint}"), e.code])
+                .with_label_values(&[&format!("{owner}/{endpoint}"), e.code.as_str()])
                 .inc();
             (CallOutput::failed(e, String::new()), false)
         }
@@ -435,7 +420,7 @@ mod tests {
         assert_eq!(check_args(b"null").unwrap_err().code, "bad_arguments");
         let deep = "[".repeat(10_000) + &"]".repeat(10_000);
         assert_eq!(
-            check_args(deep.as_bytes()).map_err(|e| e.code),
+            check_args(deep.as_bytes()).map_err(|e| e.code.as_str()),
             Err("bad_json"),
             "nesting is bounded"
         );

@@ -36,11 +36,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aide::axum::ApiRouter;
+use aide::axum::routing::{delete_with, get_with, post_with};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::{delete, get, post};
+use axum::response::{IntoResponse, Response};
 use skython_crds::Runtime;
 use skython_runner::Zygote;
 use skython_store::{StateQuota, Store};
@@ -283,68 +284,95 @@ impl AppState {
 /// The whole HTTP surface.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.limits.max_body_bytes;
-    let api = Router::new()
-        .route(
+    with_json_fallbacks(routes().into(), "see /api/openapi.json")
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// Every route, each with its operation in the OpenAPI document ([`openapi`] describes them).
+pub(crate) fn routes() -> ApiRouter<AppState> {
+    use openapi as doc;
+    let api = ApiRouter::new()
+        .api_route(
             "/functions",
-            post(api::create_function).get(api::list_functions),
+            post_with(api::create_function, doc::create_function)
+                .get_with(api::list_functions, doc::list_functions),
         )
-        .route(
+        .api_route(
             "/functions/{owner}/{endpoint}",
-            get(api::get_function)
-                .put(api::replace_function)
-                .delete(api::delete_function),
+            get_with(api::get_function, doc::get_function)
+                .put_with(api::replace_function, doc::replace_function)
+                .delete_with(api::delete_function, doc::delete_function),
         )
-        .route(
+        .api_route(
             "/functions/{owner}/{endpoint}/invocations",
-            get(api::invocations),
+            get_with(api::invocations, doc::invocations),
         )
-        .route("/functions/{owner}/{endpoint}/logs", get(api::logs))
-        .route(
+        .api_route(
+            "/functions/{owner}/{endpoint}/logs",
+            get_with(api::logs, doc::logs),
+        )
+        .api_route(
             "/functions/{owner}/{endpoint}/openapi.json",
-            get(contract::openapi_json),
+            get_with(contract::openapi_json, doc::function_openapi),
         )
-        .route(
+        .api_route(
             "/functions/{owner}/{endpoint}/snippets",
-            get(contract::snippets_json),
+            get_with(contract::snippets_json, doc::snippets),
         )
-        .route(
+        .api_route(
             "/functions/{owner}/{endpoint}/clone",
-            post(skybox::clone_function),
+            post_with(skybox::clone_function, doc::clone_function),
         )
-        .route(
+        .api_route(
             "/functions/{owner}/{endpoint}/versions",
-            get(skybox::list_versions),
+            get_with(skybox::list_versions, doc::list_versions),
         )
-        .route(
+        .api_route(
             "/functions/{owner}/{endpoint}/versions/{version}",
-            get(skybox::get_version),
+            get_with(skybox::get_version, doc::get_version),
         )
-        .route(
+        .api_route(
             "/functions/{owner}/{endpoint}/rollback",
-            post(skybox::rollback),
+            post_with(skybox::rollback, doc::rollback),
         )
-        .route("/skybox", get(skybox::search))
-        .route("/test-run", post(api::test_run))
-        .route("/me", get(api::me))
-        .route("/accounts", post(accounts::sign_up))
-        .route("/sessions", post(accounts::log_in))
-        .route("/sessions/current", delete(accounts::log_out))
-        .route(
+        .api_route("/skybox", get_with(skybox::search, doc::search))
+        .api_route("/test-run", post_with(api::test_run, doc::test_run))
+        .api_route("/me", get_with(api::me, doc::me))
+        .api_route("/accounts", post_with(accounts::sign_up, doc::sign_up))
+        .api_route("/sessions", post_with(accounts::log_in, doc::log_in))
+        .api_route(
+            "/sessions/current",
+            delete_with(accounts::log_out, doc::log_out),
+        )
+        .api_route(
             "/tokens",
-            post(accounts::create_token).get(accounts::list_tokens),
+            post_with(accounts::create_token, doc::create_token)
+                .get_with(accounts::list_tokens, doc::list_tokens),
         )
-        .route("/tokens/{id}", delete(accounts::revoke_token))
-        .route("/keys", post(accounts::create_key).get(accounts::list_keys))
-        .route(
+        .api_route(
+            "/tokens/{id}",
+            delete_with(accounts::revoke_token, doc::revoke_token),
+        )
+        .api_route(
+            "/keys",
+            post_with(accounts::create_key, doc::create_key)
+                .get_with(accounts::list_keys, doc::list_keys),
+        )
+        .api_route(
             "/keys/{id}",
-            get(accounts::get_key).delete(accounts::revoke_key),
+            get_with(accounts::get_key, doc::get_key)
+                .delete_with(accounts::revoke_key, doc::revoke_key),
         );
-    let routes = Router::new()
+    let routes = ApiRouter::new()
         .nest("/api/v1", api)
-        .route("/api/openapi.json", get(openapi_json))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
+        .api_route(
+            "/api/openapi.json",
+            get_with(openapi::openapi_json, doc::document_route),
+        )
+        .api_route("/healthz", get_with(|| async { "ok" }, doc::healthz))
+        .api_route("/readyz", get_with(readyz, doc::readyz))
+        .api_route("/metrics", get_with(metrics_text, doc::metrics))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
@@ -361,13 +389,12 @@ pub fn app(state: AppState) -> Router {
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
     // Endpoint calls are the hot path: they set their request id and span themselves (the
     // layers above cost about a tenth of a warm call's gateway time).
-    let calls = Router::new().route(
+    let calls = ApiRouter::new().api_route(
         "/fn/{owner}/{endpoint}",
-        post(invoke::call_function).options(invoke::preflight),
+        post_with(invoke::call_function, doc::call_function)
+            .options_with(invoke::preflight, doc::preflight),
     );
-    with_json_fallbacks(calls.merge(routes), "see /api/openapi.json")
-        .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state)
+    calls.merge(routes)
 }
 
 /// JSON errors (not axum's plain text) for unknown routes and methods; `hint` says where to look.
@@ -383,8 +410,7 @@ pub fn with_json_fallbacks<S: Clone + Send + Sync + 'static>(
         })
         .method_not_allowed_fallback(move |req: Request<axum::body::Body>| async move {
             let e = error::ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                error::ErrorCode::MethodNotAllowed,
                 format!(
                     "{} is not allowed on {}; {hint}",
                     req.method(),
@@ -395,11 +421,7 @@ pub fn with_json_fallbacks<S: Clone + Send + Sync + 'static>(
         })
 }
 
-async fn openapi_json() -> impl IntoResponse {
-    axum::Json(openapi::document())
-}
-
-async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
+async fn readyz(State(app): State<AppState>) -> Response {
     for rt in app.deployments.runtimes() {
         let runtime = if rt == "full" {
             Runtime::Full
@@ -428,7 +450,7 @@ async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
 async fn metrics_text(
     State(app): State<AppState>,
     headers: HeaderMap,
-) -> Result<impl IntoResponse, error::ApiError> {
+) -> Result<Response, error::ApiError> {
     auth::may_read_metrics(&headers, &app).await?;
     let pools = app.deployments.all();
     let mut text = app.metrics.render(
@@ -443,5 +465,6 @@ async fn metrics_text(
             HeaderValue::from_static("text/plain; version=0.0.4"),
         )],
         text,
-    ))
+    )
+        .into_response())
 }

@@ -18,9 +18,9 @@ use skython_crds::{Signature, SkyFunctionStatus, Visibility};
 use skython_store::{CatalogEntry, FunctionFilter, FunctionRecord, FunctionVersion, SearchQuery};
 
 use crate::AppState;
-use crate::api::{FunctionView, inspect, json_body, visible};
+use crate::api::{FunctionPath, FunctionView, VersionPath, inspect, json_body, visible};
 use crate::auth::AuthUser;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorCode};
 
 /// What the catalogue keeps of a function for search.
 pub fn entry(r: &FunctionRecord) -> CatalogEntry {
@@ -98,13 +98,16 @@ pub async fn reindex(app: &AppState) -> ApiResult<usize> {
 pub struct SearchParams {
     /// Words to find in names, descriptions, tags, docstrings and parameter names (a word also
     /// finds longer words it starts). Empty: every public function, most called first.
+    #[schemars(default)]
     pub q: String,
     /// Only functions with this tag (repeat the parameter, or separate tags with commas: all
     /// must match).
+    #[schemars(default)]
     pub tag: Vec<String>,
     /// Results per page (default 20, at most 100).
     pub limit: Option<usize>,
     /// Results to skip (for the next pages).
+    #[schemars(default)]
     pub offset: usize,
 }
 
@@ -114,8 +117,8 @@ impl SearchParams {
         let mut p = SearchParams::default();
         let number = |k: &str, v: &str| {
             v.parse::<usize>().map_err(|_| {
-                ApiError::bad_request(
-                    "bad_query",
+                ApiError::new(
+                    ErrorCode::BadQuery,
                     format!("{k} must be a whole number, got {v:?}"),
                 )
             })
@@ -131,8 +134,8 @@ impl SearchParams {
                 "limit" => p.limit = Some(number("limit", &v)?),
                 "offset" => p.offset = number("offset", &v)?,
                 other => {
-                    return Err(ApiError::bad_request(
-                        "bad_query",
+                    return Err(ApiError::new(
+                        ErrorCode::BadQuery,
                         format!(
                             "unknown parameter {other:?}; the parameters are q, tag, limit and offset"
                         ),
@@ -178,22 +181,22 @@ pub async fn search(
     let p = SearchParams::parse(query.as_deref().unwrap_or(""))?;
     let limit = match p.limit.unwrap_or(20) {
         0 => {
-            return Err(ApiError::bad_request(
-                "bad_query",
+            return Err(ApiError::new(
+                ErrorCode::BadQuery,
                 "limit must be at least 1",
             ));
         }
         n => n.min(100),
     };
     if p.q.chars().count() > 500 {
-        return Err(ApiError::bad_request(
-            "bad_query",
+        return Err(ApiError::new(
+            ErrorCode::BadQuery,
             "q must be at most 500 characters",
         ));
     }
     if p.offset > 10_000 {
-        return Err(ApiError::bad_request(
-            "bad_query",
+        return Err(ApiError::new(
+            ErrorCode::BadQuery,
             "offset must be at most 10000",
         ));
     }
@@ -252,7 +255,7 @@ pub struct CloneRequest {
 pub async fn clone_function(
     State(app): State<AppState>,
     user: AuthUser,
-    Path((owner, endpoint)): Path<(String, String)>,
+    Path(FunctionPath { owner, endpoint }): Path<FunctionPath>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let body = body?;
@@ -276,8 +279,7 @@ pub async fn clone_function(
     crate::api::validate(&spec)?;
     if (spec.owner.as_str(), spec.endpoint.as_str()) == (owner.as_str(), endpoint.as_str()) {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
+            ErrorCode::Conflict,
             format!("{owner}/{endpoint} is yours already; give the clone another endpoint name"),
         ));
     }
@@ -355,7 +357,7 @@ fn version_view(v: FunctionVersion, current: i64, with_source: bool) -> VersionV
 pub async fn list_versions(
     State(app): State<AppState>,
     user: AuthUser,
-    Path((owner, endpoint)): Path<(String, String)>,
+    Path(FunctionPath { owner, endpoint }): Path<FunctionPath>,
 ) -> ApiResult<Json<VersionList>> {
     let r = managed(&app, &user, &owner, &endpoint).await?;
     let items = app
@@ -379,8 +381,7 @@ async fn stored_version(
         .await?
         .ok_or_else(|| {
             ApiError::new(
-                StatusCode::NOT_FOUND,
-                "version_not_found",
+                ErrorCode::VersionNotFound,
                 format!("{owner}/{endpoint} has no version {version}; GET …/versions lists them"),
             )
         })
@@ -389,7 +390,11 @@ async fn stored_version(
 pub async fn get_version(
     State(app): State<AppState>,
     user: AuthUser,
-    Path((owner, endpoint, version)): Path<(String, String, i64)>,
+    Path(VersionPath {
+        owner,
+        endpoint,
+        version,
+    }): Path<VersionPath>,
 ) -> ApiResult<Json<VersionView>> {
     let r = managed(&app, &user, &owner, &endpoint).await?;
     let v = stored_version(&app, &owner, &endpoint, version).await?;
@@ -408,7 +413,7 @@ pub struct RollbackRequest {
 pub async fn rollback(
     State(app): State<AppState>,
     user: AuthUser,
-    Path((owner, endpoint)): Path<(String, String)>,
+    Path(FunctionPath { owner, endpoint }): Path<FunctionPath>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<FunctionView>> {
     let req: RollbackRequest = json_body(&body?)?;

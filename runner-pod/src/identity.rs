@@ -12,10 +12,10 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use skython_gateway::error::ApiError;
+use skython_gateway::error::{ApiError, ErrorCode};
 use skython_gateway::invoke::{request_id, with_request_id};
 
 use crate::wire::{self, IdentityChallenge, IdentityProof};
@@ -57,17 +57,16 @@ async fn challenge(
 fn prove(token: Option<&str>, body: &[u8]) -> Result<IdentityProof, ApiError> {
     let expected = r#"expected {"nonce": "<random hex>"}"#;
     let challenge: IdentityChallenge = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("bad_challenge", format!("{expected}: {e}")))?;
+        .map_err(|e| ApiError::new(ErrorCode::BadChallenge, format!("{expected}: {e}")))?;
     if challenge.nonce.is_empty() {
-        return Err(ApiError::bad_request(
-            "bad_challenge",
+        return Err(ApiError::new(
+            ErrorCode::BadChallenge,
             format!("the nonce is empty; {expected}"),
         ));
     }
     let token = token.ok_or_else(|| {
         ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_announced",
+            ErrorCode::NotAnnounced,
             "this pod has not announced itself to a gateway yet",
         )
     })?;
@@ -80,7 +79,7 @@ fn prove(token: Option<&str>, body: &[u8]) -> Result<IdentityProof, ApiError> {
 mod tests {
     use super::*;
     use axum::body::Body;
-    use axum::http::Request;
+    use axum::http::{Request, StatusCode};
     use http_body_util::BodyExt;
     use serde_json::{Value, json};
     use tower::ServiceExt;

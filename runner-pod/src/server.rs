@@ -20,7 +20,7 @@ use axum::routing::{get, post};
 use skython_crds::SkyFunctionSpec;
 use skython_gateway::Limits;
 use skython_gateway::deployments::{pool_limits, worker_spec};
-use skython_gateway::error::ApiError;
+use skython_gateway::error::{ApiError, ErrorCode};
 use skython_gateway::invoke::{
     CallTarget, check_args, json_response, request_id, run_call, with_request_id,
 };
@@ -202,8 +202,8 @@ fn caller(headers: &HeaderMap) -> Result<Caller, ApiError> {
         return Ok(Caller::Anonymous);
     };
     serde_json::from_slice(value.as_bytes()).map_err(|e| {
-        ApiError::bad_request(
-            "bad_caller",
+        ApiError::new(
+            ErrorCode::BadCaller,
             format!(
                 "the {} header must be {{\"kind\": \"anonymous\"}}, {{\"kind\": \"user\", \"name\"}} or {{\"kind\": \"key\", \"id\", \"owner\", \"name\"}}: {e}",
                 wire::CALLER_HEADER
@@ -216,12 +216,20 @@ async fn readyz(State(pod): State<Arc<RunnerPod>>) -> Response {
     let r = pod.readiness.read().unwrap_or_else(|p| p.into_inner());
     let (code, message) = match &*r {
         Readiness::Ready => return "ready".into_response(),
-        Readiness::Loading => ("loading", "the function is still loading".to_string()),
-        Readiness::Failed(msg) => ("load_error", format!("the function failed to load: {msg}")),
+        Readiness::Loading => (
+            ErrorCode::Loading,
+            "the function is still loading".to_string(),
+        ),
+        Readiness::Failed(msg) => (
+            ErrorCode::LoadError,
+            format!("the function failed to load: {msg}"),
+        ),
     };
     // Answered directly, not as an `ApiError`: probes ask every few seconds, and the load
     // failure is already in the log once.
-    let body = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).body();
+    let body = ApiError::new(code, message)
+        .with_status(StatusCode::SERVICE_UNAVAILABLE)
+        .body();
     (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
 }
 
@@ -265,7 +273,7 @@ mod tests {
         for bad in ["alice", r#"{"kind":"root"}"#, r#"{"kind":"user"}"#] {
             let e = caller(&with_caller(bad)).unwrap_err();
             assert_eq!(
-                (e.status, e.code),
+                (e.status, e.code.as_str()),
                 (StatusCode::BAD_REQUEST, "bad_caller"),
                 "{bad}"
             );
