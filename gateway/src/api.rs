@@ -449,20 +449,7 @@ pub async fn create_function(
 ) -> ApiResult<Response> {
     let body: Value = json_body(&body?)?;
     let spec = parse_spec(body, &user, None)?;
-    let signature = inspect(&app, &spec).await?;
-    let now = jiff::Timestamp::now();
-    let record = FunctionRecord {
-        status: SkyFunctionStatus {
-            signature: Some(signature),
-            ..Default::default()
-        },
-        spec,
-        generation: 1,
-        created_at: now,
-        updated_at: now,
-    };
-    let record = app.platform.create_function(record).await?;
-    skybox::deployed(&app, &record, None).await;
+    let record = deploy(&app, spec, None, None).await?;
     Ok((
         StatusCode::CREATED,
         Json(FunctionView::new(record, Some(&user))),
@@ -491,25 +478,51 @@ pub async fn replace_function(
             ))
         })?;
     if keeps_env {
-        spec.env = current.spec.env;
+        spec.env = current.spec.env.clone();
     }
-    let signature = inspect(&app, &spec).await?;
-    let record = FunctionRecord {
-        status: SkyFunctionStatus {
-            signature: Some(signature),
-            ..Default::default()
-        },
-        spec,
-        generation: current.generation + 1,
-        created_at: current.created_at,
-        updated_at: jiff::Timestamp::now(),
-    };
-    let record = app
-        .platform
-        .replace_function(record, current.generation)
-        .await?;
-    skybox::deployed(&app, &record, None).await;
+    let record = deploy(&app, spec, Some(&current), None).await?;
     Ok(Json(FunctionView::new(record, Some(&user))))
+}
+
+/// Deploys a checked spec: the source inspected (syntax, entry function, signature), then a new
+/// function (`current` None) or the version after `current`, indexed in the skybox and
+/// recorded as a version (`restored_from`: the version a rollback brings back).
+pub(crate) async fn deploy(
+    app: &AppState,
+    spec: SkyFunctionSpec,
+    current: Option<&FunctionRecord>,
+    restored_from: Option<i64>,
+) -> ApiResult<FunctionRecord> {
+    let signature = inspect(app, &spec).await?;
+    let now = jiff::Timestamp::now();
+    let status = SkyFunctionStatus {
+        signature: Some(signature),
+        ..Default::default()
+    };
+    let record = match current {
+        None => {
+            let record = FunctionRecord {
+                status,
+                spec,
+                generation: 1,
+                created_at: now,
+                updated_at: now,
+            };
+            app.platform.create_function(record).await?
+        }
+        Some(c) => {
+            let record = FunctionRecord {
+                status,
+                spec,
+                generation: c.generation + 1,
+                created_at: c.created_at,
+                updated_at: now,
+            };
+            app.platform.replace_function(record, c.generation).await?
+        }
+    };
+    skybox::deployed(app, &record, restored_from).await;
+    Ok(record)
 }
 
 /// The function if the caller may see it: its owner and the admin always, anyone (signed in

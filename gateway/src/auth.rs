@@ -199,6 +199,23 @@ pub fn token_credential(owner: &str, name: &str, secret: &str) -> Credential {
     credential(&secret, CredentialKind::Token, owner, name, vec![], None)
 }
 
+/// Creates a user whose token is `secret` (automation and tests).
+pub async fn create_user_with_token(
+    store: &dyn Store,
+    name: &str,
+    is_admin: bool,
+    secret: &str,
+) -> Result<(), StoreError> {
+    let user = User {
+        name: name.into(),
+        is_admin,
+        created_at: Timestamp::now(),
+    };
+    store
+        .create_user(&user, None, &[token_credential(name, "test", secret)])
+        .await
+}
+
 fn admin_token(secret: &str) -> Credential {
     token_credential(ADMIN, ADMIN, secret)
 }

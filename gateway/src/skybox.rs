@@ -14,11 +14,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use skython_crds::{Signature, SkyFunctionStatus, Visibility};
+use skython_crds::{Signature, Visibility};
 use skython_store::{CatalogEntry, FunctionFilter, FunctionRecord, FunctionVersion, SearchQuery};
 
 use crate::AppState;
-use crate::api::{FunctionPath, FunctionView, VersionPath, inspect, json_body, visible};
+use crate::api::{FunctionPath, FunctionView, VersionPath, deploy, json_body, visible};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 
@@ -283,20 +283,7 @@ pub async fn clone_function(
             format!("{owner}/{endpoint} is yours already; give the clone another endpoint name"),
         ));
     }
-    let signature = inspect(&app, &spec).await?;
-    let now = jiff::Timestamp::now();
-    let record = FunctionRecord {
-        status: SkyFunctionStatus {
-            signature: Some(signature),
-            ..Default::default()
-        },
-        spec,
-        generation: 1,
-        created_at: now,
-        updated_at: now,
-    };
-    let record = app.platform.create_function(record).await?;
-    deployed(&app, &record, None).await;
+    let record = deploy(&app, spec, None, None).await?;
     app.store
         .record_clone(&record.spec.owner, &record.spec.endpoint, &owner, &endpoint)
         .await?;
@@ -422,22 +409,7 @@ pub async fn rollback(
     let mut spec = old.spec;
     spec.env = current.spec.env.clone();
     spec.replicas = current.spec.replicas;
-    let signature = inspect(&app, &spec).await?;
-    let record = FunctionRecord {
-        status: SkyFunctionStatus {
-            signature: Some(signature),
-            ..Default::default()
-        },
-        spec,
-        generation: current.generation + 1,
-        created_at: current.created_at,
-        updated_at: jiff::Timestamp::now(),
-    };
-    let record = app
-        .platform
-        .replace_function(record, current.generation)
-        .await?;
-    deployed(&app, &record, Some(req.version)).await;
+    let record = deploy(&app, spec, Some(&current), Some(req.version)).await?;
     Ok(Json(
         FunctionView::with_stats(&app, record, Some(&user)).await?,
     ))

@@ -9,9 +9,9 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use serde_json::Value;
 use skython_crds::{EnvVar, SkyFunctionSpec, SkyFunctionStatus, Visibility};
-use skython_gateway::auth::token_credential;
+use skython_gateway::auth::create_user_with_token;
 use skython_gateway::{AppState, GatewayConfig, app};
-use skython_store::{FunctionRecord, FunctionStore, SqliteStore, User, UserStore};
+use skython_store::{FunctionRecord, FunctionStore, SqliteStore};
 use tower::ServiceExt;
 
 const ADMIN: &str = "sky_admin";
@@ -34,13 +34,9 @@ async fn gateway(metrics_token: Option<&str>) -> Gateway {
         ("alice", ALICE, false),
         ("bob", BOB, false),
     ] {
-        let user = User {
-            name: name.into(),
-            is_admin: admin,
-            created_at: jiff::Timestamp::now(),
-        };
-        let token = token_credential(name, "test", token);
-        store.create_user(&user, None, &[token]).await.unwrap();
+        create_user_with_token(&*store, name, admin, token)
+            .await
+            .unwrap();
     }
     let mut spec = SkyFunctionSpec::new("alice", "weather", "def main(): return 1");
     spec.visibility = Visibility::Public;

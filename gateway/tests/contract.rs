@@ -10,10 +10,10 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use serde_json::{Value, json};
 use skython_crds::{Param, Runtime, Signature, SkyFunctionSpec, SkyFunctionStatus, Visibility};
-use skython_gateway::auth::token_credential;
+use skython_gateway::auth::create_user_with_token;
 use skython_gateway::{AppState, GatewayConfig, app};
 use skython_runner::{RuntimeConfig, Sandbox, Zygote};
-use skython_store::{FunctionRecord, FunctionStore, SqliteStore, User, UserStore};
+use skython_store::{FunctionRecord, FunctionStore, SqliteStore};
 use tower::ServiceExt;
 
 const ADMIN: &str = "sky_admin";
@@ -65,13 +65,9 @@ async fn gateway(records: Vec<FunctionRecord>, runtime: bool) -> Gateway {
         ("alice", ALICE, false),
         ("bob", BOB, false),
     ] {
-        let user = User {
-            name: name.into(),
-            is_admin: admin,
-            created_at: jiff::Timestamp::now(),
-        };
-        let token = token_credential(name, "test", token);
-        store.create_user(&user, None, &[token]).await.unwrap();
+        create_user_with_token(&*store, name, admin, token)
+            .await
+            .unwrap();
     }
     for r in &records {
         store.create_function(r).await.unwrap();
