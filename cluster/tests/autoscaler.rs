@@ -267,8 +267,15 @@ async fn the_leader_writes_demand_as_replicas_and_returns_to_zero_after_idle() {
         "down after {took:?}, before idleSecondsToZero"
     );
 
-    let text = render(&registry);
+    // The scaler counts a write once the API server answered it, which may be just after
+    // this test read the new count back.
     let label = r#"function="scale/burst""#;
+    let counted = format!(r#"skython_autoscaler_scale_writes_total{{{label},outcome="ok"}} 3"#);
+    let until = Instant::now() + Duration::from_secs(2);
+    while !render(&registry).contains(&counted) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let text = render(&registry);
     assert!(text.contains(&format!("skython_autoscaler_desired_replicas{{{label}}} 0")));
     assert!(
         text.contains(&format!(
