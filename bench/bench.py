@@ -223,8 +223,9 @@ def start_skython(args, name="skython", preload=None, binary=None, functions=BOD
 
 
 def deploy(s, endpoint, source, **spec):
-    # Called by load generators without a key, like FastAPI's and Flask's endpoints.
-    body = json.dumps({"endpoint": endpoint, "source": source, "access": "public", **spec})
+    # Called by load generators without a key, like FastAPI's and Flask's endpoints: public
+    # (which older builds, the A/B baselines, understand as well).
+    body = json.dumps({"endpoint": endpoint, "source": source, "visibility": "public", **spec})
     status, answer = http("POST", f"http://127.0.0.1:{s.port}/api/v1/functions", body, token=TOKEN)
     if status not in (200, 201):
         raise SystemExit(f"deploying {endpoint}: {status} {answer[:500]!r}")

@@ -132,8 +132,18 @@ impl GatewayConfig {
     }
 }
 
+/// What every handler reads: one `Arc`, so a request's clone of it is one count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub config: Arc<GatewayConfig>,
     /// Users, tokens, invocation records and state (and the functions, for `LocalPlatform`).
     pub store: Arc<dyn Store>,
@@ -146,7 +156,7 @@ pub struct AppState {
     pub recorder: Recorder,
     /// Whose secrets are whose (cached lookups).
     pub credentials: Arc<credentials::Credentials>,
-    pub login_limiter: Arc<std::sync::Mutex<login_limit::LoginLimiter>>,
+    pub login_limiter: std::sync::Mutex<login_limit::LoginLimiter>,
     /// Usage of API keys.
     pub meter: meter::KeyMeter,
 }
@@ -238,10 +248,10 @@ impl AppState {
                 }
             }
         });
-        let app = AppState {
-            login_limiter: Arc::new(std::sync::Mutex::new(login_limit::LoginLimiter::new(
+        let app = AppState(Arc::new(Shared {
+            login_limiter: std::sync::Mutex::new(login_limit::LoginLimiter::new(
                 config.login_limits,
-            ))),
+            )),
             config: Arc::new(config),
             credentials: Arc::new(credentials::Credentials::new(store.clone())),
             meter: meter::KeyMeter::start(store.clone()),
@@ -250,7 +260,7 @@ impl AppState {
             platform,
             metrics,
             recorder,
-        };
+        }));
         // Functions deployed before the catalogue existed, or applied with kubectl, are found
         // too. The platform may still be starting (a cluster's registry syncing): try again.
         let indexing = app.clone();
