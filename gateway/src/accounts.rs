@@ -404,15 +404,19 @@ pub async fn create_token(
 ) -> ApiResult<Response> {
     let req: NewToken = json_body(&body?)?;
     check_label("token", &req.name)?;
-    let secret = new_secret(CredentialKind::Token);
-    let c = credential(
-        &secret,
-        CredentialKind::Token,
-        &user.0.name,
-        &req.name,
-        vec![],
-        None,
-    );
+    mint(&app, &user, CredentialKind::Token, &req.name, vec![]).await
+}
+
+/// A new token or key of the caller's: stored as its hash, answered once with its secret.
+async fn mint(
+    app: &AppState,
+    user: &AuthUser,
+    kind: CredentialKind,
+    name: &str,
+    functions: Vec<String>,
+) -> ApiResult<Response> {
+    let secret = new_secret(kind);
+    let c = credential(&secret, kind, &user.0.name, name, functions, None);
     app.store.add_credential(&c).await?;
     Ok((
         StatusCode::CREATED,
@@ -470,21 +474,7 @@ pub async fn create_key(
     let mut functions = req.functions;
     functions.sort();
     functions.dedup();
-    let secret = new_secret(CredentialKind::Key);
-    let c = credential(
-        &secret,
-        CredentialKind::Key,
-        &user.0.name,
-        &req.name,
-        functions,
-        None,
-    );
-    app.store.add_credential(&c).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(CredentialView::new(&c, Some(secret.secret))),
-    )
-        .into_response())
+    mint(&app, &user, CredentialKind::Key, &req.name, functions).await
 }
 
 async fn list(app: &AppState, user: &AuthUser, kind: CredentialKind) -> ApiResult<CredentialList> {
