@@ -302,3 +302,26 @@ fn nobody_calls_another_owners_gated_function_but_with_its_key() {
         "the owner's own token"
     );
 }
+
+#[test]
+fn sign_ups_from_one_address_are_bounded() {
+    let s = Skython::start(&[]);
+    for i in 0..100 {
+        s.sign_up(&format!("user{i}"));
+    }
+    let (status, body) = send(
+        client()
+            .post(format!("{}/api/v1/accounts", s.url))
+            .json(&json!({"name": "user10", "password": PASSWORD})),
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("too_many_attempts"))
+    );
+    let (status, body) = s.api(
+        reqwest::Method::POST,
+        "/accounts",
+        Some(json!({"name": "user100", "password": PASSWORD})),
+    );
+    assert_eq!(status, 201, "the admin is not limited: {body}");
+}

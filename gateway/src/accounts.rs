@@ -2,6 +2,7 @@
 //! (`sessions`), personal access tokens (`tokens`) and API keys that gate calls (`keys`).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::PoisonError;
 use std::time::Instant;
 
 use axum::Json;
@@ -227,6 +228,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 pub async fn sign_up(
     State(app): State<AppState>,
     admin: Option<AuthUser>,
+    connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let req: SignUp = json_body(&body?)?;
@@ -249,6 +251,23 @@ pub async fn sign_up(
     }
     check_name(&req.name)?;
     check_password(&req.password)?;
+    if !by_admin {
+        // Each sign-up costs an argon2 hash: bounded per address.
+        let (address, now) = (peer(connect.as_ref().map(|c| &c.0)), Instant::now());
+        let mut limiter = app
+            .signup_limiter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Err(t) = limiter.check("", address, now) {
+            let seconds = t.retry_after.as_secs().max(1);
+            return Err(ApiError::new(
+                ErrorCode::TooManyAttempts,
+                format!("too many sign-ups from this address; try again in {seconds} s"),
+            )
+            .with("retryAfterSeconds", seconds));
+        }
+        limiter.count("", address, now);
+    }
     let password = req.password;
     let phc = blocking(move || hash_password(&password))
         .await?
@@ -332,7 +351,7 @@ pub async fn log_in(
     let ok = blocking(move || verify_password(&password, phc.as_deref())).await?;
     if !ok {
         app.login_limiter()
-            .failed(&req.name, address, Instant::now());
+            .count(&req.name, address, Instant::now());
         app.metrics
             .login_failures
             .with_label_values(&["wrong_password"])

@@ -157,6 +157,8 @@ pub struct Shared {
     /// Whose secrets are whose (cached lookups).
     pub credentials: Arc<credentials::Credentials>,
     pub login_limiter: std::sync::Mutex<login_limit::LoginLimiter>,
+    /// Sign-ups per address ([`login_limit::LoginLimits::SIGNUPS`]).
+    pub signup_limiter: std::sync::Mutex<login_limit::LoginLimiter>,
     /// Usage of API keys.
     pub meter: meter::KeyMeter,
 }
@@ -251,6 +253,9 @@ impl AppState {
         let app = AppState(Arc::new(Shared {
             login_limiter: std::sync::Mutex::new(login_limit::LoginLimiter::new(
                 config.login_limits,
+            )),
+            signup_limiter: std::sync::Mutex::new(login_limit::LoginLimiter::new(
+                login_limit::LoginLimits::SIGNUPS,
             )),
             config: Arc::new(config),
             credentials: Arc::new(credentials::Credentials::new(store.clone())),

@@ -1,5 +1,5 @@
 //! Login throttling: failed password attempts are counted per account and per client address
-//! within a window; past a limit, further attempts are refused (429) until the window has
+//! (sign-ups per address, in a limiter of their own) within a window; past a limit, further attempts are refused (429) until the window has
 //! moved on, whatever the password. Successful logins clear the account's count.
 //!
 //! In memory, per gateway process: a restart or a second gateway replica starts its own counts,
@@ -16,6 +16,16 @@ pub struct LoginLimits {
     pub per_account: usize,
     pub per_address: usize,
     pub window: Duration,
+}
+
+impl LoginLimits {
+    /// Sign-ups per address: each costs an argon2 hash, so a flood of them is a way to burn the
+    /// gateway's CPU. Generous, since on one machine every client is the loopback address.
+    pub const SIGNUPS: LoginLimits = LoginLimits {
+        per_account: usize::MAX,
+        per_address: 100,
+        window: Duration::from_secs(3600),
+    };
 }
 
 impl Default for LoginLimits {
@@ -77,8 +87,9 @@ impl LoginLimiter {
         Ok(())
     }
 
-    /// Counts a wrong password (or an unknown account: the same, so names cannot be probed).
-    pub fn failed(&mut self, account: &str, address: IpAddr, now: Instant) {
+    /// Counts an attempt that is limited: a wrong password (or an unknown account: the same,
+    /// so names cannot be probed), or a sign-up.
+    pub fn count(&mut self, account: &str, address: IpAddr, now: Instant) {
         if self.accounts.len() >= MAX_TRACKED || self.addresses.len() >= MAX_TRACKED {
             self.forget_expired(now);
         }
@@ -176,7 +187,7 @@ mod tests {
         let (mut l, t) = (LoginLimiter::new(LIMITS), Instant::now());
         for i in 0..3 {
             assert_eq!(l.check("alice", ip(i), t), Ok(()));
-            l.failed("alice", ip(i), t);
+            l.count("alice", ip(i), t);
         }
         let e = l.check("alice", ip(9), t).unwrap_err();
         assert!(e.account);
@@ -192,7 +203,7 @@ mod tests {
     fn an_address_is_refused_after_its_limit_across_accounts() {
         let (mut l, t) = (LoginLimiter::new(LIMITS), Instant::now());
         for i in 0..5 {
-            l.failed(&format!("user{i}"), ip(1), t);
+            l.count(&format!("user{i}"), ip(1), t);
         }
         let e = l.check("someone-else", ip(1), t).unwrap_err();
         assert!(!e.account);
@@ -203,7 +214,7 @@ mod tests {
     fn failures_leave_the_window() {
         let (mut l, t) = (LoginLimiter::new(LIMITS), Instant::now());
         for s in 0..3 {
-            l.failed("alice", ip(1), t + Duration::from_secs(s * 10));
+            l.count("alice", ip(1), t + Duration::from_secs(s * 10));
         }
         let later = t + Duration::from_secs(30);
         assert_eq!(
@@ -219,12 +230,12 @@ mod tests {
     fn a_success_clears_the_account_but_not_the_address() {
         let (mut l, t) = (LoginLimiter::new(LIMITS), Instant::now());
         for _ in 0..2 {
-            l.failed("alice", ip(1), t);
+            l.count("alice", ip(1), t);
         }
         l.succeeded("alice");
         assert_eq!(l.failures("alice", t), 0);
         for _ in 0..3 {
-            l.failed("bob", ip(1), t);
+            l.count("bob", ip(1), t);
         }
         assert!(
             l.check("carol", ip(1), t).is_err(),
