@@ -238,11 +238,16 @@ pub async fn bootstrap_admin(
         (true, Some(t)) => {
             let hash = hash_secret(t);
             let current = store.list_credentials(ADMIN, CredentialKind::Token).await?;
-            if current
-                .iter()
-                .any(|c| c.hash == hash && c.revoked_at.is_none())
-            {
-                return Ok(AdminToken::FromEnv);
+            match current.iter().find(|c| c.hash == hash) {
+                Some(c) if c.revoked_at.is_none() => return Ok(AdminToken::FromEnv),
+                // A token revoked earlier cannot come back under the same hash. Refused before
+                // anything is revoked, so the admin keeps the tokens it has.
+                Some(_) => {
+                    return Err(StoreError::Conflict(
+                        "SKYTHON_ADMIN_TOKEN was revoked earlier; choose a new one".into(),
+                    ));
+                }
+                None => {}
             }
             for c in current
                 .iter()
@@ -251,13 +256,6 @@ pub async fn bootstrap_admin(
                 store
                     .revoke_credential(ADMIN, &c.id, Timestamp::now())
                     .await?;
-            }
-            // A token revoked earlier cannot come back under the same hash: revive it by a
-            // new record only if none has it.
-            if current.iter().any(|c| c.hash == hash) {
-                return Err(StoreError::Conflict(
-                    "SKYTHON_ADMIN_TOKEN was revoked earlier; choose a new one".into(),
-                ));
             }
             store.add_credential(&admin_token(t)).await?;
             Ok(AdminToken::FromEnv)
@@ -352,6 +350,23 @@ mod tests {
             );
         }
         assert_eq!(authenticates(&store, &token).await, None);
+        assert_eq!(authenticates(&store, "t2").await.as_deref(), Some(ADMIN));
+    }
+
+    #[tokio::test]
+    async fn a_revoked_environment_token_is_refused_and_the_admin_keeps_its_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = skython_store::SqliteStore::open_in_memory().unwrap();
+        bootstrap_admin(&store, dir.path(), Some("t1"))
+            .await
+            .unwrap();
+        bootstrap_admin(&store, dir.path(), Some("t2"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            bootstrap_admin(&store, dir.path(), Some("t1")).await,
+            Err(StoreError::Conflict(_))
+        ));
         assert_eq!(authenticates(&store, "t2").await.as_deref(), Some(ADMIN));
     }
 
