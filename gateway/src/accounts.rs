@@ -2,7 +2,7 @@
 //! (`sessions`), personal access tokens (`tokens`) and API keys that gate calls (`keys`).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::PoisonError;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use axum::Json;
@@ -22,6 +22,7 @@ use crate::api::{CredentialPath, json_body};
 use crate::auth::{AuthUser, SESSION_COOKIE, SignupMode};
 use crate::credentials::{credential, hash_password, new_secret, verify_password};
 use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::login_limit::{LoginLimiter, Throttled};
 
 /// Names that are parts of the product's URLs, or would mislead.
 const RESERVED: &[&str] = &[
@@ -253,19 +254,11 @@ pub async fn sign_up(
     check_password(&req.password)?;
     if !by_admin {
         // Each sign-up costs an argon2 hash: bounded per address.
-        let (address, now) = (peer(connect.as_ref().map(|c| &c.0)), Instant::now());
-        let mut limiter = app
-            .signup_limiter
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Err(t) = limiter.check("", address, now) {
-            let seconds = t.retry_after.as_secs().max(1);
-            return Err(ApiError::new(
-                ErrorCode::TooManyAttempts,
-                format!("too many sign-ups from this address; try again in {seconds} s"),
-            )
-            .with("retryAfterSeconds", seconds));
-        }
+        let (address, now) = (peer(connect), Instant::now());
+        let mut limiter = locked(&app.signup_limiter);
+        limiter
+            .check("", address, now)
+            .map_err(|t| throttled("too many sign-ups from this address", t))?;
         limiter.count("", address, now);
     }
     let password = req.password;
@@ -310,8 +303,31 @@ pub async fn sign_up(
 
 /// The client's address: the connection's peer (a proxy in front of the gateway shows as one
 /// client; the per-account limit still applies to each account).
-fn peer(connect: Option<&ConnectInfo<SocketAddr>>) -> IpAddr {
-    connect.map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
+fn peer(connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>) -> IpAddr {
+    connect.map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.0.ip())
+}
+
+fn locked(limiter: &Mutex<LoginLimiter>) -> MutexGuard<'_, LoginLimiter> {
+    limiter.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// 429 `too_many_attempts`, saying when to try again.
+fn throttled(what: &str, t: Throttled) -> ApiError {
+    let seconds = t.retry_after.as_secs().max(1);
+    ApiError::new(
+        ErrorCode::TooManyAttempts,
+        format!("{what}; try again in {seconds} s"),
+    )
+    .with("retryAfterSeconds", seconds)
+}
+
+/// The session cookie's header: `secret` for `max_age` seconds (an empty one, 0: removed).
+fn session_cookie(secret: &str, max_age: i64, secure: bool) -> Option<HeaderValue> {
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
+    ))
+    .ok()
 }
 
 /// `POST /api/v1/sessions`: log in with a password; sets the session cookie.
@@ -321,11 +337,9 @@ pub async fn log_in(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let req: Login = json_body(&body?)?;
-    let address = peer(connect.as_ref().map(|c| &c.0));
-    let throttled = app
-        .login_limiter()
-        .check(&req.name, address, Instant::now());
-    if let Err(t) = throttled {
+    let address = peer(connect);
+    let throttled_login = locked(&app.login_limiter).check(&req.name, address, Instant::now());
+    if let Err(t) = throttled_login {
         app.metrics
             .login_failures
             .with_label_values(&["throttled"])
@@ -335,12 +349,7 @@ pub async fn log_in(
         } else {
             "this address"
         };
-        let seconds = t.retry_after.as_secs().max(1);
-        return Err(ApiError::new(
-            ErrorCode::TooManyAttempts,
-            format!("too many failed logins for {whose}; try again in {seconds} s"),
-        )
-        .with("retryAfterSeconds", seconds));
+        return Err(throttled(&format!("too many failed logins for {whose}"), t));
     }
     let phc = if is_dns_label(&req.name) {
         app.store.password_hash(&req.name).await?
@@ -350,8 +359,7 @@ pub async fn log_in(
     let password = req.password;
     let ok = blocking(move || verify_password(&password, phc.as_deref())).await?;
     if !ok {
-        app.login_limiter()
-            .count(&req.name, address, Instant::now());
+        locked(&app.login_limiter).count(&req.name, address, Instant::now());
         app.metrics
             .login_failures
             .with_label_values(&["wrong_password"])
@@ -363,7 +371,7 @@ pub async fn log_in(
             "wrong name or password",
         ));
     }
-    app.login_limiter().succeeded(&req.name);
+    locked(&app.login_limiter).succeeded(&req.name);
     let secret = new_secret(CredentialKind::Session);
     let expires_at = Timestamp::now() + SignedDuration::from_hours(24 * SESSION_DAYS);
     let session = credential(
@@ -375,15 +383,10 @@ pub async fn log_in(
         Some(expires_at),
     );
     app.store.add_credential(&session).await?;
-    let secure = if app.config.public_url.starts_with("https://") {
-        "; Secure"
-    } else {
-        ""
-    };
-    let cookie = format!(
-        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
-        secret.secret,
-        SESSION_DAYS * 86_400
+    let cookie = session_cookie(
+        &secret.secret,
+        SESSION_DAYS * 86_400,
+        app.config.public_url.starts_with("https://"),
     );
     let mut resp = (
         StatusCode::CREATED,
@@ -394,7 +397,7 @@ pub async fn log_in(
         }),
     )
         .into_response();
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
+    if let Some(v) = cookie {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
     Ok(resp)
@@ -403,16 +406,12 @@ pub async fn log_in(
 /// `DELETE /api/v1/sessions/current`: ends the session the request came with.
 pub async fn log_out(State(app): State<AppState>, user: AuthUser) -> ApiResult<Response> {
     if user.1.kind == CredentialKind::Session {
-        app.store
-            .revoke_credential(&user.0.name, &user.1.id, Timestamp::now())
-            .await?;
-        app.credentials.forget(&user.0.name, &user.1.id);
+        revoked(&app, &user.0.name, &user.1.id).await?;
     }
     let mut resp = StatusCode::NO_CONTENT.into_response();
-    resp.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("skython_session=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0"),
-    );
+    if let Some(v) = session_cookie("", 0, app.config.public_url.starts_with("https://")) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
     Ok(resp)
 }
 
@@ -557,10 +556,15 @@ pub async fn get_key(
 
 async fn revoke(app: &AppState, user: &AuthUser, kind: CredentialKind, id: &str) -> ApiResult<()> {
     own(app, user, kind, id).await?;
+    revoked(app, &user.0.name, id).await
+}
+
+/// Revokes `owner`'s credential `id` in the store and forgets it here at once.
+async fn revoked(app: &AppState, owner: &str, id: &str) -> ApiResult<()> {
     app.store
-        .revoke_credential(&user.0.name, id, Timestamp::now())
+        .revoke_credential(owner, id, Timestamp::now())
         .await?;
-    app.credentials.forget(&user.0.name, id);
+    app.credentials.forget(owner, id);
     Ok(())
 }
 

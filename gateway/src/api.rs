@@ -257,15 +257,21 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResul
     })
 }
 
-/// Fields of [`FunctionView`] that are not the spec's.
-const VIEW_ONLY: [&str; 6] = [
-    "status",
-    "generation",
-    "createdAt",
-    "updatedAt",
-    "envNames",
-    "stats",
-];
+/// The top-level property names of a type's JSON schema.
+fn properties(schema: &schemars::Schema) -> BTreeSet<String> {
+    schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Fields of [`FunctionView`] that are not the spec's, from both schemas.
+static VIEW_ONLY: LazyLock<BTreeSet<String>> = LazyLock::new(|| {
+    let spec = properties(&schemars::schema_for!(SkyFunctionSpec));
+    let view = properties(&schemars::schema_for!(FunctionView));
+    view.difference(&spec).cloned().collect()
+});
 
 /// Spec fields that are not the developer's to deploy: the replica count belongs to the
 /// autoscaler (on Kubernetes, the SkyFunction's `scale` subresource).
@@ -274,17 +280,9 @@ pub(crate) const NOT_DEPLOYABLE: [&str; 1] = ["replicas"];
 /// The spec's top-level field names a body may carry, from its schema: anything else in a body
 /// is a mistake.
 static SPEC_FIELDS: LazyLock<BTreeSet<String>> = LazyLock::new(|| {
-    let schema = schemars::schema_for!(SkyFunctionSpec);
-    schema
-        .get("properties")
-        .and_then(Value::as_object)
-        .map(|p| {
-            p.keys()
-                .filter(|k| !NOT_DEPLOYABLE.contains(&k.as_str()))
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default()
+    let mut fields = properties(&schemars::schema_for!(SkyFunctionSpec));
+    fields.retain(|k| !NOT_DEPLOYABLE.contains(&k.as_str()));
+    fields
 });
 
 /// Every invalid field at once, in the message and as `fields`.
@@ -323,7 +321,7 @@ pub fn parse_spec(
     }
     // What a GET of the function adds to the spec is read-only: a client may send back what
     // it read (like Kubernetes ignoring `status` in an update).
-    for k in VIEW_ONLY {
+    for k in VIEW_ONLY.iter() {
         obj.remove(k);
     }
     let unknown: Vec<&String> = obj.keys().filter(|k| !SPEC_FIELDS.contains(*k)).collect();
@@ -824,6 +822,17 @@ mod tests {
             "status": {}, "generation": 3, "createdAt": "x", "updatedAt": "y",
             "envNames": [], "stats": {"calls": 1}});
         assert_eq!(parse_spec(body, &user, None).unwrap().endpoint, "f");
+        assert_eq!(
+            VIEW_ONLY.iter().map(String::as_str).collect::<Vec<_>>(),
+            [
+                "createdAt",
+                "envNames",
+                "generation",
+                "stats",
+                "status",
+                "updatedAt"
+            ]
+        );
         let typo = serde_json::json!({"endpoint": "f", "source": "def f(): pass", "sorce": ""});
         assert_eq!(
             parse_spec(typo, &user, None).unwrap_err().code,

@@ -288,14 +288,6 @@ impl AppState {
     }
 }
 
-impl AppState {
-    pub fn login_limiter(&self) -> std::sync::MutexGuard<'_, login_limit::LoginLimiter> {
-        self.login_limiter
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
 /// The whole HTTP surface.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.limits.max_body_bytes;

@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use skython_crds::{Signature, Visibility};
+use skython_crds::{Signature, SkyFunctionSpec, Visibility};
 use skython_store::{CatalogEntry, FunctionFilter, FunctionRecord, FunctionVersion, SearchQuery};
 
 use crate::AppState;
@@ -39,12 +39,17 @@ pub fn entry(r: &FunctionRecord) -> CatalogEntry {
     }
 }
 
-/// A deploy as a version: the spec without its env values (secrets are not kept in history).
-fn version_of(r: &FunctionRecord, restored_from: Option<i64>) -> FunctionVersion {
-    let mut spec = r.spec.clone();
+/// Empties the spec's env values, keeping their names: what versions and clones keep.
+fn without_env_values(mut spec: SkyFunctionSpec) -> SkyFunctionSpec {
     for e in &mut spec.env {
         e.value.clear();
     }
+    spec
+}
+
+/// A deploy as a version: the spec without its env values (secrets are not kept in history).
+fn version_of(r: &FunctionRecord, restored_from: Option<i64>) -> FunctionVersion {
+    let spec = without_env_values(r.spec.clone());
     FunctionVersion {
         version: r.generation,
         spec,
@@ -57,19 +62,13 @@ fn version_of(r: &FunctionRecord, restored_from: Option<i64>) -> FunctionVersion
 /// Indexes a function just deployed and records its version. The function is deployed
 /// whatever happens here: a failure is logged, and the next start indexes it again.
 pub async fn deployed(app: &AppState, r: &FunctionRecord, restored_from: Option<i64>) {
+    let (owner, endpoint) = (&r.spec.owner, &r.spec.endpoint);
     if let Err(e) = app.store.index_function(&entry(r)).await {
-        tracing::warn!(function = %format!("{}/{}", r.spec.owner, r.spec.endpoint), "could not index: {e}");
+        tracing::warn!(%owner, %endpoint, "could not index: {e}");
     }
-    if let Err(e) = app
-        .store
-        .record_version(
-            &r.spec.owner,
-            &r.spec.endpoint,
-            &version_of(r, restored_from),
-        )
-        .await
-    {
-        tracing::warn!(function = %format!("{}/{}", r.spec.owner, r.spec.endpoint), "could not record the version: {e}");
+    let version = version_of(r, restored_from);
+    if let Err(e) = app.store.record_version(owner, endpoint, &version).await {
+        tracing::warn!(%owner, %endpoint, "could not record the version: {e}");
     }
 }
 
@@ -83,11 +82,10 @@ pub async fn reindex(app: &AppState) -> ApiResult<usize> {
     for r in &all {
         app.store.index_function(&entry(r)).await?;
         let (o, e) = (&r.spec.owner, &r.spec.endpoint);
-        if app.store.get_version(o, e, r.generation).await?.is_none() {
-            match app.store.record_version(o, e, &version_of(r, None)).await {
-                Ok(()) | Err(skython_store::StoreError::Conflict(_)) => {}
-                Err(err) => return Err(err.into()),
-            }
+        // A version already recorded is a conflict, and stays as it is.
+        match app.store.record_version(o, e, &version_of(r, None)).await {
+            Ok(()) | Err(skython_store::StoreError::Conflict(_)) => {}
+            Err(err) => return Err(err.into()),
         }
     }
     Ok(all.len())
@@ -268,14 +266,11 @@ pub async fn clone_function(
         json_body(&body)?
     };
     let origin = visible(&app, Some(&user), &owner, &endpoint).await?;
-    let mut spec = origin.spec.clone();
+    let mut spec = without_env_values(origin.spec);
     spec.owner = user.0.name.clone();
-    spec.endpoint = req.endpoint.unwrap_or(endpoint.clone());
+    spec.endpoint = req.endpoint.unwrap_or_else(|| endpoint.clone());
     spec.visibility = req.visibility;
     spec.replicas = None;
-    for e in &mut spec.env {
-        e.value.clear();
-    }
     crate::api::validate(&spec)?;
     if (spec.owner.as_str(), spec.endpoint.as_str()) == (owner.as_str(), endpoint.as_str()) {
         return Err(ApiError::new(

@@ -13,12 +13,12 @@ use bytes::Bytes;
 use serde_json::Value;
 use skython_crds::{SkyFunctionSpec, SkyFunctionStatus};
 use skython_gateway::access::CallPolicy;
-use skython_gateway::auth::token_credential;
+use skython_gateway::auth::create_user_with_token;
 use skython_gateway::error::{ApiError, ApiResult};
 use skython_gateway::invoke::CallOutput;
 use skython_gateway::platform::{Call, Called};
 use skython_gateway::{AppState, GatewayConfig, Metrics, Platform, app};
-use skython_store::{FunctionFilter, FunctionRecord, FunctionStore, SqliteStore, User, UserStore};
+use skython_store::{FunctionFilter, FunctionRecord, FunctionStore, SqliteStore};
 use tower::ServiceExt;
 
 const ADMIN: &str = "sky_admin";
@@ -99,13 +99,9 @@ impl Platform for Memory {
 
 async fn gateway(platform: Memory) -> (Router, Arc<SqliteStore>) {
     let store = Arc::new(SqliteStore::open_in_memory().unwrap());
-    let admin = User {
-        name: "admin".into(),
-        is_admin: true,
-        created_at: jiff::Timestamp::now(),
-    };
-    let token = token_credential("admin", "test", ADMIN);
-    store.create_user(&admin, None, &[token]).await.unwrap();
+    create_user_with_token(&*store, "admin", true, ADMIN)
+        .await
+        .unwrap();
     let now = jiff::Timestamp::now();
     platform.functions.lock().unwrap().insert(
         ("admin".into(), "echo".into()),
