@@ -31,6 +31,7 @@ mod recorder;
 pub mod serve;
 pub mod skybox;
 mod state_hub;
+mod web;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -292,6 +293,16 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.limits.max_body_bytes;
     with_json_fallbacks(routes().into(), "see /api/openapi.json")
+        // The web app's files and pages are what a browser gets where no API route is.
+        .fallback(|req: Request<axum::body::Body>| async move {
+            match web::respond(req.method(), req.uri().path(), req.headers()) {
+                Some(page) => page,
+                None => {
+                    let e = error::ApiError::not_found("no such route; see /api/openapi.json");
+                    invoke::with_request_id(Err(e), invoke::request_id(req.headers()))
+                }
+            }
+        })
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

@@ -1,0 +1,124 @@
+// Every page at desktop and phone widths: a screenshot (a test artefact) and an accessibility
+// scan with no serious or critical violation; and failures shown as readable messages.
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { assertNoConsoleErrors, deploy, launchBrowser, scanA11y, screenshot, signUp, startSkython, viewports, watchConsole } from "./harness.mjs";
+
+const PASSWORD = "correct horse battery";
+let skython, browser, owner;
+
+before(async () => {
+  skython = await startSkython();
+  browser = await launchBrowser();
+  owner = "pat" + Date.now().toString(36);
+  const token = await signUp(skython.url, owner, PASSWORD);
+  await deploy(skython.url, token, {
+    owner,
+    endpoint: "celsius",
+    source:
+      'def main(fahrenheit: float, precision: int = 1) -> float:\n    """Fahrenheit to Celsius."""\n    print("converting", fahrenheit)\n    return round((fahrenheit - 32) * 5 / 9, precision)\n',
+    description: "Converts temperatures from Fahrenheit to Celsius",
+    tags: ["units", "temperature"],
+    visibility: "public",
+    access: "public",
+  });
+  // One call, so that the owner's pages have a call, its logs and its counts to show.
+  const called = await fetch(`${skython.url}/fn/${owner}/celsius`, { method: "POST", body: '{"fahrenheit": 212}' });
+  assert.equal(called.status, 200);
+});
+after(async () => {
+  await browser?.close();
+  await skython?.stop();
+});
+
+/** A context logged in as the owner, by the API (the cookie), as the login page would. */
+async function ownerContext(viewport) {
+  const ctx = await browser.newContext(viewport);
+  const r = await ctx.request.post(`${skython.url}/api/v1/sessions`, {
+    data: { name: owner, password: PASSWORD },
+    headers: { origin: skython.url },
+  });
+  assert.equal(r.status(), 201);
+  await ctx.addInitScript((name) => localStorage.setItem("skython.user", name), owner);
+  return ctx;
+}
+
+const PAGES = [
+  { name: "front", path: "/", ready: { role: "heading", name: /HTTP endpoint/ } },
+  { name: "sign-up", path: "/signup", ready: { role: "heading", name: "Create your account" } },
+  { name: "log-in", path: "/login", ready: { role: "heading", name: "Log in" } },
+  { name: "skybox", path: "/skybox?q=celsius", ready: { role: "link", name: /\/celsius$/ } },
+  { name: "public-function", path: () => `/f/${owner}/celsius`, ready: { role: "heading", name: "Arguments and return value" } },
+  { name: "not-found", path: "/no/such/page", ready: { role: "heading", name: "Page not found" } },
+  { name: "my-functions", path: "/functions", owner: true, ready: { role: "link", name: "celsius" } },
+  { name: "editor", path: "/new", owner: true, ready: { role: "heading", name: "Test" } },
+  { name: "own-function", path: () => `/f/${owner}/celsius`, owner: true, ready: { role: "heading", name: "Recent calls" } },
+];
+
+for (const [size, viewport] of Object.entries(viewports)) {
+  for (const p of PAGES) {
+    test(`the ${p.name} page at ${size} width has a screenshot and no serious accessibility violation`, async () => {
+      const ctx = p.owner ? await ownerContext(viewport) : await browser.newContext(viewport);
+      const page = await ctx.newPage();
+      const errors = watchConsole(page);
+      const path = typeof p.path === "function" ? p.path() : p.path;
+      await page.goto(skython.url + path);
+      await page.getByRole(p.ready.role, { name: p.ready.name }).first().waitFor();
+      await page.getByRole("status").filter({ hasText: /…$/ }).waitFor({ state: "detached" }).catch(() => {});
+      await screenshot(page, p.name, size);
+      await scanA11y(page, `${p.name} (${size})`);
+      // The not-found page answers 404 on purpose.
+      assertNoConsoleErrors(errors, { allow: p.name === "not-found" ? [/404/] : [] });
+      await ctx.close();
+    });
+  }
+}
+
+test("the editor shows the skybox as a tab on a phone", async () => {
+  const ctx = await ownerContext(viewports.phone);
+  const page = await ctx.newPage();
+  await page.goto(skython.url + "/new");
+  const search = page.getByLabel("Search functions");
+  await page.getByRole("textbox", { name: "Python source" }).waitFor();
+  assert.equal(await search.isVisible(), false);
+  await page.getByRole("tab", { name: "Skybox" }).click();
+  await search.fill("celsius");
+  await page.getByRole("link", { name: `${owner}/celsius` }).waitFor();
+  assert.equal(await page.getByRole("textbox", { name: "Python source" }).isVisible(), false);
+  await ctx.close();
+});
+
+test("the skybox says so when the server cannot be reached", async () => {
+  const ctx = await browser.newContext(viewports.desktop);
+  const page = await ctx.newPage();
+  await page.route("**/api/v1/skybox*", (route) => route.abort("connectionrefused"));
+  await page.goto(skython.url + "/skybox");
+  await page.getByRole("alert").filter({ hasText: "cannot be reached" }).waitFor();
+  await ctx.close();
+});
+
+test("a server error on a function page is a readable message, not a blank page", async () => {
+  const ctx = await browser.newContext(viewports.desktop);
+  const page = await ctx.newPage();
+  await page.route("**/api/v1/functions/**", (route) =>
+    route.fulfill({ status: 500, contentType: "text/plain", body: "Internal Server Error" }),
+  );
+  await page.goto(`${skython.url}/f/${owner}/celsius`);
+  await page.getByRole("alert").filter({ hasText: "The server failed (HTTP 500)" }).waitFor();
+  await page.getByRole("heading", { name: "Could not load the function" }).waitFor();
+  await ctx.close();
+});
+
+test("the API's own error message is shown next to the field it is about", async () => {
+  const ctx = await browser.newContext(viewports.desktop);
+  const page = await ctx.newPage();
+  await page.goto(skython.url + "/signup");
+  await page.getByLabel("Name", { exact: true }).fill(owner);
+  await page.getByLabel("Password").fill(PASSWORD);
+  await page.getByRole("button", { name: "Sign up" }).click();
+  const field = page.getByLabel("Name", { exact: true });
+  await page.locator("#auth-name-error").filter({ hasText: /taken/ }).waitFor();
+  assert.equal(await field.getAttribute("aria-invalid"), "true");
+  assert.match(await field.getAttribute("aria-describedby"), /auth-name-error/);
+  await ctx.close();
+});
