@@ -1,5 +1,5 @@
-//! The developer API under `/api/v1`: deploy, read, replace, delete and list functions, test-run
-//! drafts, and read recent invocations and logs. Bearer-token auth.
+//! The developer API under `/api/v1`: deploy, read, replace, delete and list functions, check
+//! and test-run drafts, and read recent invocations and logs. Bearer-token auth.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, LazyLock};
@@ -18,7 +18,7 @@ use skython_crds::{
     Runtime, Signature, SkyFunctionSpec, SkyFunctionStatus, Visibility, is_dns_label,
 };
 use skython_runner::{Caller, Inspection, SourceError, run_once};
-use skython_store::{FunctionFilter, FunctionRecord, Invocation, StateScope};
+use skython_store::{FunctionFilter, FunctionRecord, FunctionStats, Invocation, StateScope};
 
 use crate::AppState;
 use crate::auth::AuthUser;
@@ -53,12 +53,26 @@ pub struct FunctionView {
 #[serde(rename_all = "camelCase")]
 pub struct StatsView {
     pub calls: u64,
+    /// Calls that failed (counted in `calls` too).
+    pub errors: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_called_at: Option<String>,
     pub clones: u64,
     /// `owner/endpoint` of the function this one was cloned from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cloned_from: Option<String>,
+}
+
+impl From<FunctionStats> for StatsView {
+    fn from(s: FunctionStats) -> Self {
+        StatsView {
+            calls: s.calls,
+            errors: s.errors,
+            last_called_at: s.last_called_at.map(|t| t.to_string()),
+            clones: s.clones,
+            cloned_from: s.cloned_from,
+        }
+    }
 }
 
 impl FunctionView {
@@ -90,12 +104,7 @@ impl FunctionView {
             .function_stats(&r.spec.owner, &r.spec.endpoint)
             .await?;
         let mut view = FunctionView::new(r, viewer);
-        view.stats = Some(StatsView {
-            calls: s.calls,
-            last_called_at: s.last_called_at.map(|t| t.to_string()),
-            clones: s.clones,
-            cloned_from: s.cloned_from,
-        });
+        view.stats = Some(s.into());
         Ok(view)
     }
 }
@@ -107,7 +116,7 @@ fn without_env(schema: &mut schemars::Schema) {
     }
 }
 
-/// A function in a listing (without its source).
+/// A function in a listing (without its source), with its statistics.
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FunctionSummary {
@@ -123,6 +132,7 @@ pub struct FunctionSummary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signature: Option<Signature>,
     pub updated_at: String,
+    pub stats: StatsView,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -188,6 +198,87 @@ pub struct TestRunRequest {
     pub runtime: Runtime,
     #[serde(default)]
     pub timeout_seconds: Option<u32>,
+}
+
+/// A draft to check while it is written: nothing runs.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CheckRequest {
+    pub source: String,
+    #[serde(default)]
+    pub entrypoint: Option<String>,
+    #[serde(default)]
+    pub runtime: Runtime,
+}
+
+/// A draft's verdict: its signature if it would deploy, else what is wrong with it.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckResult {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
+    pub problems: Vec<Problem>,
+}
+
+/// What is wrong with a source, and where: what a deploy of it is refused with (`code`,
+/// `message` and the rest are the error body's).
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Problem {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The line of a syntax error (from 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<u32>,
+    /// The text of that line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// The functions that could be the entrypoint (`ambiguous_entrypoint`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidates: Option<Vec<String>>,
+}
+
+impl From<SourceError> for Problem {
+    fn from(e: SourceError) -> Self {
+        let code = match e.code.as_str() {
+            "syntax_error" => ErrorCode::SyntaxError,
+            "no_entrypoint" => ErrorCode::NoEntrypoint,
+            "ambiguous_entrypoint" => ErrorCode::AmbiguousEntrypoint,
+            "entrypoint_not_found" => ErrorCode::EntrypointNotFound,
+            // The source exhausted a limit of its inspection (runner/python/skython_runtime/inspection.py).
+            "source_too_large" => ErrorCode::SourceTooLarge,
+            "source_too_deeply_nested" => ErrorCode::SourceTooDeeplyNested,
+            "source_too_complex" => ErrorCode::SourceTooComplex,
+            _ => ErrorCode::InvalidSource,
+        };
+        Problem {
+            code,
+            message: e.message,
+            line: e.line,
+            column: e.column,
+            text: e.text,
+            candidates: e.candidates,
+        }
+    }
+}
+
+/// The error a deploy of the source is refused with: the problem's fields in its body.
+impl From<Problem> for ApiError {
+    fn from(p: Problem) -> Self {
+        let mut extra = match serde_json::to_value(&p) {
+            Ok(Value::Object(fields)) => fields,
+            _ => Default::default(),
+        };
+        extra.remove("code");
+        extra.remove("message");
+        ApiError {
+            extra,
+            ..ApiError::new(p.code, p.message)
+        }
+    }
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -366,36 +457,14 @@ pub fn parse_spec(
     Ok(spec)
 }
 
-fn source_error(e: SourceError) -> ApiError {
-    let code = match e.code.as_str() {
-        "syntax_error" => ErrorCode::SyntaxError,
-        "no_entrypoint" => ErrorCode::NoEntrypoint,
-        "ambiguous_entrypoint" => ErrorCode::AmbiguousEntrypoint,
-        "entrypoint_not_found" => ErrorCode::EntrypointNotFound,
-        // The source exhausted a limit of its inspection (runner/python/skython_runtime/inspection.py).
-        "source_too_large" => ErrorCode::SourceTooLarge,
-        "source_too_deeply_nested" => ErrorCode::SourceTooDeeplyNested,
-        "source_too_complex" => ErrorCode::SourceTooComplex,
-        _ => ErrorCode::InvalidSource,
-    };
-    let mut err = ApiError::new(code, e.message);
-    if let Some(l) = e.line {
-        err = err.with("line", l);
-    }
-    if let Some(c) = e.column {
-        err = err.with("column", c);
-    }
-    if let Some(t) = e.text {
-        err = err.with("text", t);
-    }
-    if let Some(c) = e.candidates {
-        err = err.with("candidates", c);
-    }
-    err
-}
-
 /// Syntax check and entry function, without running anything.
 pub(crate) async fn inspect(app: &AppState, spec: &SkyFunctionSpec) -> ApiResult<Signature> {
+    examine(app, spec).await?.map_err(ApiError::from)
+}
+
+/// The source's signature, or what is wrong with the source; an error if it could not be
+/// inspected (its runtime is missing or failed).
+async fn examine(app: &AppState, spec: &SkyFunctionSpec) -> ApiResult<Result<Signature, Problem>> {
     let runtime = spec.runtime;
     let zygote = app.deployments.zygote(runtime).ok_or_else(|| {
         ApiError::new(
@@ -413,8 +482,8 @@ pub(crate) async fn inspect(app: &AppState, spec: &SkyFunctionSpec) -> ApiResult
         .inspect(&spec.source, &filename, spec.entrypoint.as_deref())
         .await
     {
-        Ok(Inspection::Ok { signature }) => Ok(signature),
-        Ok(Inspection::Invalid { error }) => Err(source_error(error)),
+        Ok(Inspection::Ok { signature }) => Ok(Ok(signature)),
+        Ok(Inspection::Invalid { error }) => Ok(Err(error.into())),
         Err(e) => {
             tracing::error!("inspecting a source failed: {e}");
             Err(ApiError::new(
@@ -423,6 +492,20 @@ pub(crate) async fn inspect(app: &AppState, spec: &SkyFunctionSpec) -> ApiResult
             ))
         }
     }
+}
+
+/// A draft of `user`'s as their function `endpoint`, to inspect or run.
+fn draft(
+    user: &AuthUser,
+    endpoint: &str,
+    source: &str,
+    entrypoint: Option<String>,
+    runtime: Runtime,
+) -> SkyFunctionSpec {
+    let mut spec = SkyFunctionSpec::new(&user.0.name, endpoint, source);
+    spec.entrypoint = entrypoint;
+    spec.runtime = runtime;
+    spec
 }
 
 /// Who the token belongs to.
@@ -602,11 +685,19 @@ pub async fn list_functions(
             include_public: true,
         },
     };
-    let records = app.platform.list_functions(&filter).await?;
+    let mut records = app.platform.list_functions(&filter).await?;
+    records.retain(|r| q.owner.as_ref().is_none_or(|o| r.spec.owner == *o));
+    let names: Vec<(String, String)> = records
+        .iter()
+        .map(|r| (r.spec.owner.clone(), r.spec.endpoint.clone()))
+        .collect();
+    // The counts include every call finished before the listing.
+    app.recorder.flush().await;
+    let stats = app.store.functions_stats(&names).await?;
     let items = records
         .into_iter()
-        .filter(|r| q.owner.as_ref().is_none_or(|o| r.spec.owner == *o))
-        .map(|r| FunctionSummary {
+        .zip(stats)
+        .map(|(r, stats)| FunctionSummary {
             ready: r
                 .status
                 .ready_condition()
@@ -620,6 +711,7 @@ pub async fn list_functions(
             tags: r.spec.tags,
             visibility: r.spec.visibility,
             runtime: r.spec.runtime,
+            stats: stats.into(),
         })
         .collect();
     Ok(Json(FunctionList { items }))
@@ -632,9 +724,13 @@ pub async fn test_run(
 ) -> ApiResult<Json<TestRunResponse>> {
     let req: TestRunRequest = json_body(&body?)?;
     let endpoint = req.endpoint.clone().unwrap_or_else(|| "draft".into());
-    let mut spec = SkyFunctionSpec::new(&user.0.name, &endpoint, &req.source);
-    spec.entrypoint = req.entrypoint.clone();
-    spec.runtime = req.runtime;
+    let mut spec = draft(
+        &user,
+        &endpoint,
+        &req.source,
+        req.entrypoint.clone(),
+        req.runtime,
+    );
     if let Some(t) = req.timeout_seconds {
         spec.timeout_seconds = t;
     }
@@ -704,6 +800,34 @@ pub async fn test_run(
     }))
 }
 
+/// Checks a draft as a deploy would, answering what is wrong with its source as problems
+/// (not errors): an editor checks as its user types.
+pub async fn check(
+    State(app): State<AppState>,
+    user: AuthUser,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<CheckResult>> {
+    let req: CheckRequest = json_body(&body?)?;
+    let spec = draft(&user, "draft", &req.source, req.entrypoint, req.runtime);
+    // An emptied editor is a draft without a function (the inspector says so), not a bad
+    // request.
+    if !spec.source.trim().is_empty() {
+        validate(&spec)?;
+    }
+    Ok(Json(match examine(&app, &spec).await? {
+        Ok(signature) => CheckResult {
+            ok: true,
+            signature: Some(signature),
+            problems: Vec::new(),
+        },
+        Err(problem) => CheckResult {
+            ok: false,
+            signature: None,
+            problems: vec![problem],
+        },
+    }))
+}
+
 fn limit(q: Result<Query<LimitQuery>, QueryRejection>) -> ApiResult<usize> {
     let Query(q) = q?;
     match q.limit.unwrap_or(50) {
@@ -762,6 +886,10 @@ pub async fn logs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn source_error(e: SourceError) -> ApiError {
+        Problem::from(e).into()
+    }
 
     fn source_err(code: &str) -> SourceError {
         SourceError {
@@ -837,6 +965,26 @@ mod tests {
         assert_eq!(
             parse_spec(typo, &user, None).unwrap_err().code,
             "invalid_body"
+        );
+    }
+
+    #[test]
+    fn a_problem_is_the_error_body_of_a_refused_deploy() {
+        let e = source_error(SourceError {
+            line: Some(2),
+            column: Some(9),
+            text: Some("    retur x".into()),
+            ..source_err("syntax_error")
+        });
+        assert_eq!(
+            e.body(),
+            serde_json::json!({"error": {"code": "syntax_error", "message": "why: syntax_error",
+                "line": 2, "column": 9, "text": "    retur x"}})
+        );
+        let problem = Problem::from(source_err("ambiguous_entrypoint"));
+        assert_eq!(
+            serde_json::to_value(&problem).unwrap(),
+            serde_json::json!({"code": "ambiguous_entrypoint", "message": "why: ambiguous_entrypoint"})
         );
     }
 

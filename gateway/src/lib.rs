@@ -1,7 +1,7 @@
 //! The Skython gateway: one axum app that serves
 //!
 //! - `POST /fn/{owner}/{endpoint}`: calls of deployed functions, handed to the [`Platform`];
-//! - `/api/v1/...`: the developer API (deploy, test-run, invocations, logs), OpenAPI at
+//! - `/api/v1/...`: the developer API (deploy, check, test-run, invocations, logs), OpenAPI at
 //!   `/api/openapi.json`;
 //! - `/healthz`, `/readyz`, `/metrics`.
 //!
@@ -356,6 +356,7 @@ pub(crate) fn routes() -> ApiRouter<AppState> {
         )
         .api_route("/skybox", get_with(skybox::search, doc::search))
         .api_route("/test-run", post_with(api::test_run, doc::test_run))
+        .api_route("/check", post_with(api::check, doc::check))
         .api_route("/me", get_with(api::me, doc::me))
         .api_route("/accounts", post_with(accounts::sign_up, doc::sign_up))
         .api_route("/sessions", post_with(accounts::log_in, doc::log_in))

@@ -431,6 +431,17 @@ pub(crate) fn test_run(o: TransformOperation<'_>) -> TransformOperation<'_> {
     json_body::<crate::api::TestRunRequest>(o)
 }
 
+pub(crate) fn check(o: TransformOperation<'_>) -> TransformOperation<'_> {
+    // What a deploy of the source is refused for is the answer's `problems`, not an error.
+    let o = op(
+        o,
+        "Check a draft as a deploy would, without running it: its signature, or its problems \
+         (a syntax error with its line, no clear entry function, ...) in a 200",
+        &all(&[STORE, COOKIE, BODY, &[InvalidSpec, RuntimeUnavailable]]),
+    );
+    json_body::<crate::api::CheckRequest>(o)
+}
+
 pub(crate) fn me(o: TransformOperation<'_>) -> TransformOperation<'_> {
     op(o, "Who the credential belongs to", STORE)
 }

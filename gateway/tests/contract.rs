@@ -1,6 +1,7 @@
 //! A function's contract over the HTTP app in process: its OpenAPI document and snippets (who
-//! may read them), and calls whose arguments do not fit the type hints refused before a worker
-//! sees them. The calls run a real Python runtime (`SKYTHON_PYTHON`, else `python3`, with numpy).
+//! may read them), calls whose arguments do not fit the type hints refused before a worker
+//! sees them, drafts checked as a deploy would check them, and the calls and errors a listing
+//! counts. The calls run a real Python runtime (`SKYTHON_PYTHON`, else `python3`, with numpy).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -295,4 +296,123 @@ async fn a_test_run_refuses_arguments_that_do_not_fit_as_the_endpoint_would() {
             .contains("but xs[1] is a string"),
         "{body}"
     );
+}
+
+/// `POST /api/v1/check` by alice.
+async fn check(g: &Gateway, body: Value) -> (StatusCode, Value) {
+    g.send(Method::POST, "/api/v1/check", Some(ALICE), Some(body))
+        .await
+}
+
+#[tokio::test]
+async fn a_valid_draft_checks_ok_with_its_signature() {
+    let g = gateway(vec![], true).await;
+    let (status, body) = check(&g, json!({"source": NUMPY_MEAN})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["ok"], true);
+    assert_eq!(body["problems"], json!([]));
+    assert_eq!(body["signature"]["entrypoint"], "mean");
+    assert_eq!(body["signature"]["params"][0]["name"], "xs");
+    assert_eq!(body["signature"]["params"][0]["annotation"], "list[float]");
+}
+
+#[tokio::test]
+async fn a_syntax_error_is_a_problem_on_its_line() {
+    let g = gateway(vec![], true).await;
+    let source = "def f(x):\n    return x\n\ndef g(:\n    pass\n";
+    let (status, body) = check(&g, json!({"source": source})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["ok"], false);
+    assert!(body.get("signature").is_none(), "{body}");
+    let problems = body["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{body}");
+    assert_eq!(problems[0]["code"], "syntax_error");
+    assert_eq!(problems[0]["line"], 4, "{body}");
+    assert!(problems[0]["column"].is_u64(), "{body}");
+}
+
+#[tokio::test]
+async fn a_draft_without_its_entry_function_is_a_problem() {
+    let g = gateway(vec![], true).await;
+    let (status, body) = check(&g, json!({"source": "x = 1\n"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["ok"], false);
+    assert_eq!(body["problems"][0]["code"], "no_entrypoint", "{body}");
+    let (_, body) = check(&g, json!({"source": NUMPY_MEAN, "entrypoint": "median"})).await;
+    assert_eq!(
+        body["problems"][0]["code"], "entrypoint_not_found",
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn an_emptied_editor_is_a_problem_not_a_bad_request() {
+    let g = gateway(vec![], true).await;
+    let (status, body) = check(&g, json!({"source": "  \n"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["ok"], false);
+    assert_eq!(body["problems"][0]["code"], "no_entrypoint", "{body}");
+}
+
+#[tokio::test]
+async fn a_check_request_of_the_wrong_shape_is_a_bad_request() {
+    let g = gateway(vec![], false).await;
+    for body in [
+        json!({"source": NUMPY_MEAN, "args": {}}),
+        json!({"source": 42}),
+        json!({"source": NUMPY_MEAN, "runtime": "cobol"}),
+    ] {
+        let (status, answer) = check(&g, body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        assert_eq!(answer["error"]["code"], "invalid_body", "{body}: {answer}");
+    }
+    let (status, answer) = check(&g, json!({"source": "x".repeat(2 << 20)})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["error"]["code"], "invalid_spec");
+}
+
+#[tokio::test]
+async fn checking_needs_a_credential() {
+    let g = gateway(vec![], false).await;
+    let (status, body) = g
+        .send(
+            Method::POST,
+            "/api/v1/check",
+            None,
+            Some(json!({"source": NUMPY_MEAN})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"]["code"], "unauthorized");
+}
+
+#[tokio::test]
+async fn the_listing_counts_each_functions_calls_and_errors() {
+    let g = gateway(vec![], true).await;
+    let source = "def half_of_one(n: int) -> float:\n    return 1 / n\n";
+    let (status, body) = g
+        .send(
+            Method::POST,
+            "/api/v1/functions",
+            Some(ALICE),
+            Some(json!({"endpoint": "half", "source": source, "access": "public"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = g
+        .send(Method::POST, "/fn/alice/half", None, Some(json!({"n": 2})))
+        .await;
+    assert_eq!((status, body), (StatusCode::OK, json!(0.5)));
+    let (status, body) = g
+        .send(Method::POST, "/fn/alice/half", None, Some(json!({"n": 0})))
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    let (status, list) = g.get("/api/v1/functions", ALICE).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let stats = &list["items"][0]["stats"];
+    assert_eq!((&stats["calls"], &stats["errors"]), (&json!(2), &json!(1)));
+    assert!(stats["lastCalledAt"].is_string(), "{list}");
+    // The function's page says the same.
+    let (_, f) = g.get("/api/v1/functions/alice/half", ALICE).await;
+    assert_eq!(f["stats"]["errors"], 1, "{f}");
 }

@@ -65,6 +65,8 @@ pub struct SearchPage {
 #[serde(rename_all = "camelCase")]
 pub struct FunctionStats {
     pub calls: u64,
+    /// Calls that did not succeed (counted in `calls` too).
+    pub errors: u64,
     pub last_called_at: Option<Timestamp>,
     /// How many functions were cloned from this one.
     pub clones: u64,
@@ -98,6 +100,9 @@ pub trait CatalogStore: Send + Sync {
     async fn search_functions(&self, query: &SearchQuery) -> Result<SearchPage>;
     /// Zeros for a function never called nor cloned.
     async fn function_stats(&self, owner: &str, endpoint: &str) -> Result<FunctionStats>;
+    /// [`function_stats`](Self::function_stats) of each `(owner, endpoint)`, in their order,
+    /// in one read (a listing's).
+    async fn functions_stats(&self, functions: &[(String, String)]) -> Result<Vec<FunctionStats>>;
     /// Records that owner/endpoint was cloned from origin: sets its `cloned_from`, adds one to
     /// the origin's clones.
     async fn record_clone(
@@ -272,17 +277,31 @@ pub(crate) fn normal_tag(tag: &str) -> String {
     tag.trim().to_lowercase()
 }
 
-/// A batch of finished calls per function: how many, and when the last one started.
+/// What a batch of finished calls adds to one function's statistics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct CallCounts {
+    pub calls: i64,
+    pub errors: i64,
+    /// When the last one started.
+    pub last: Timestamp,
+}
+
+/// A batch of finished calls per function.
 pub(crate) fn calls_per_function(
     batch: &[crate::Invocation],
-) -> std::collections::BTreeMap<(&str, &str), (i64, Timestamp)> {
+) -> std::collections::BTreeMap<(&str, &str), CallCounts> {
     let mut out = std::collections::BTreeMap::new();
     for i in batch {
-        let (calls, last) = out
+        let c = out
             .entry((i.owner.as_str(), i.endpoint.as_str()))
-            .or_insert((0, i.started_at));
-        *calls += 1;
-        *last = (*last).max(i.started_at);
+            .or_insert(CallCounts {
+                calls: 0,
+                errors: 0,
+                last: i.started_at,
+            });
+        c.calls += 1;
+        c.errors += i64::from(!i.succeeded());
+        c.last = c.last.max(i.started_at);
     }
     out
 }

@@ -231,6 +231,13 @@ pub struct Invocation {
     pub cold_start: bool,
 }
 
+impl Invocation {
+    /// Whether the call returned a value (an error's outcome is its code).
+    pub fn succeeded(&self) -> bool {
+        self.outcome == "ok"
+    }
+}
+
 /// The functions catalogue.
 #[async_trait]
 pub trait FunctionStore: Send + Sync {

@@ -53,7 +53,7 @@ use crate::{
 };
 
 /// The schema this code reads and writes, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// How long a statement waits for another connection's lock before failing with `SQLITE_BUSY`.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -323,12 +323,15 @@ impl SqliteStore {
             // Fresh file, or already current: the schema is idempotent.
             0 | SCHEMA_VERSION => tx.execute_batch(SCHEMA).map_err(backend)?,
             // Migrations from older versions, each step in turn.
-            1 | 2 => {
+            1..=3 => {
                 tx.execute_batch(SCHEMA).map_err(backend)?;
-                if version == 1 {
+                if version < 2 {
                     tx.execute_batch(MIGRATE_1_TO_2).map_err(backend)?;
                 }
-                tx.execute_batch(MIGRATE_2_TO_3).map_err(backend)?;
+                if version < 3 {
+                    tx.execute_batch(MIGRATE_2_TO_3).map_err(backend)?;
+                }
+                catalog::migrate_3_to_4(&tx).map_err(backend)?;
             }
             v if v > SCHEMA_VERSION => return Err(newer_schema(v)),
             v => {
@@ -838,7 +841,7 @@ impl InvocationStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{CredentialKind, User, UserStore};
+    use crate::{CatalogStore, CredentialKind, User, UserStore};
     use skython_crds::SkyFunctionSpec;
 
     fn record_at(owner: &str, endpoint: &str, now: Timestamp) -> FunctionRecord {
@@ -930,7 +933,7 @@ mod tests {
                 "Integer(1)",
                 "Integer(1)",
                 "Integer(5000)",
-                "Integer(3)"
+                "Integer(4)"
             ]
         );
         assert_eq!(
@@ -1107,13 +1110,65 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(version, 3);
+        assert_eq!(version, 4);
         assert_eq!(columns, ["name", "password_hash", "is_admin", "created_at"]);
         s.set_password_hash("alice", "phc").await.unwrap();
         assert_eq!(
             s.password_hash("alice").await.unwrap().as_deref(),
             Some("phc")
         );
+    }
+
+    fn call(endpoint: &str, outcome: &str) -> Invocation {
+        Invocation {
+            request_id: format!("r-{outcome}"),
+            owner: "alice".into(),
+            endpoint: endpoint.into(),
+            started_at: Timestamp::now(),
+            duration_ms: 1.0,
+            status: if outcome == "ok" { 200 } else { 500 },
+            outcome: outcome.into(),
+            error: None,
+            logs: String::new(),
+            cold_start: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_version_3_catalogue_keeps_its_counts_and_counts_errors_from_then_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("skython.db");
+        let s = SqliteStore::open(&path).unwrap();
+        s.record_invocations(&[call("f", "ok")], 10).await.unwrap();
+        drop(s);
+        // What version 3 left: the catalogue without its `errors` column.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("ALTER TABLE catalog DROP COLUMN errors; PRAGMA user_version = 3;")
+            .unwrap();
+        let s = SqliteStore::open(&path).unwrap();
+        let before = s.function_stats("alice", "f").await.unwrap();
+        assert_eq!((before.calls, before.errors), (1, 0));
+        s.record_invocations(&[call("f", "function_error")], 10)
+            .await
+            .unwrap();
+        let after = s.function_stats("alice", "f").await.unwrap();
+        assert_eq!((after.calls, after.errors), (2, 1));
+        let version = s.write(|c| schema_version(c)).await.unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[tokio::test]
+    async fn a_database_from_before_the_catalogue_gets_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("skython.db");
+        old_database(&path, "PRAGMA user_version = 2;");
+        let s = SqliteStore::open(&path).unwrap();
+        s.record_invocations(&[call("f", "timeout")], 10)
+            .await
+            .unwrap();
+        let stats = s.function_stats("alice", "f").await.unwrap();
+        assert_eq!((stats.calls, stats.errors), (1, 1));
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! The skybox catalogue on MongoDB.
 //!
 //! `catalog` holds one document per function that was indexed, called or cloned:
-//! `{owner, endpoint, public, tags, updated_at, calls, last_called_at, clones, cloned_from}`,
+//! `{owner, endpoint, public, tags, updated_at, calls, errors, last_called_at, clones,
+//! cloned_from}` (`errors` missing in documents from before it: 0),
 //! and for an indexed one the terms of the shared tokenizer (`crate::catalog::terms`): per
 //! field, `<field>_terms` and `<field>_prefixes` (the prefixes a query word may be, see
 //! `crate::catalog::prefixes`), and `terms`, all of them together, under a multikey index. A
@@ -181,13 +182,13 @@ impl Catalog {
 
     /// Adds a batch of finished calls to their functions' counts: one update per function.
     pub(super) async fn count_calls(&self, batch: &[Invocation]) -> Result<()> {
-        for ((owner, endpoint), (calls, last)) in calls_per_function(batch) {
+        for ((owner, endpoint), n) in calls_per_function(batch) {
             self.entries
                 .update_one(
                     function(owner, endpoint),
                     doc! {
-                        "$inc": { "calls": calls },
-                        "$max": { "last_called_at": micros(last) },
+                        "$inc": { "calls": n.calls, "errors": n.errors },
+                        "$max": { "last_called_at": micros(n.last) },
                         "$setOnInsert": { "clones": 0_i64 },
                     },
                 )
@@ -263,6 +264,41 @@ impl MongoStore {
             .await
             .map_err(store_error)
     }
+}
+
+/// An entry's statistics, from a document with the fields of [`STATS`]; a count missing from
+/// an older document is 0.
+fn stats_of(d: &Document) -> Result<FunctionStats> {
+    let present = |field: &str| !matches!(d.get(field), None | Some(Bson::Null));
+    let number = |field: &str| -> Result<u64> {
+        Ok(if present(field) {
+            count(integer(d, field)?)
+        } else {
+            0
+        })
+    };
+    Ok(FunctionStats {
+        calls: number("calls")?,
+        errors: number("errors")?,
+        last_called_at: if present("last_called_at") {
+            Some(from_micros(integer(d, "last_called_at")?)?)
+        } else {
+            None
+        },
+        clones: number("clones")?,
+        cloned_from: d.get_str("cloned_from").ok().map(str::to_string),
+    })
+}
+
+/// The fields of an entry's statistics (a projection).
+const STATS: [&str; 5] = ["calls", "errors", "last_called_at", "clones", "cloned_from"];
+
+/// A projection of `fields`.
+fn only(fields: &[&str]) -> Document {
+    fields
+        .iter()
+        .map(|f| (f.to_string(), Bson::Int32(1)))
+        .collect()
 }
 
 #[async_trait]
@@ -359,27 +395,40 @@ impl CatalogStore for MongoStore {
     }
 
     async fn function_stats(&self, owner: &str, endpoint: &str) -> Result<FunctionStats> {
-        let Some(d) = self
+        let found = self
             .catalog
             .entries
             .find_one(function(owner, endpoint))
-            .projection(doc! { "calls": 1, "last_called_at": 1, "clones": 1, "cloned_from": 1 })
+            .projection(only(&STATS))
             .await
-            .map_err(store_error)?
-        else {
-            return Ok(FunctionStats::default());
-        };
-        let present = |field: &str| !matches!(d.get(field), None | Some(Bson::Null));
-        Ok(FunctionStats {
-            calls: count(integer(&d, "calls")?),
-            last_called_at: if present("last_called_at") {
-                Some(from_micros(integer(&d, "last_called_at")?)?)
-            } else {
-                None
-            },
-            clones: count(integer(&d, "clones")?),
-            cloned_from: d.get_str("cloned_from").ok().map(str::to_string),
-        })
+            .map_err(store_error)?;
+        found.map_or(Ok(FunctionStats::default()), |d| stats_of(&d))
+    }
+
+    async fn functions_stats(&self, functions: &[(String, String)]) -> Result<Vec<FunctionStats>> {
+        if functions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let any: Vec<Document> = functions.iter().map(|(o, e)| function(o, e)).collect();
+        let cursor = self
+            .catalog
+            .entries
+            .find(doc! { "$or": any })
+            .projection(only(&[&STATS[..], &["owner", "endpoint"]].concat()))
+            .await
+            .map_err(store_error)?;
+        let mut found = std::collections::HashMap::new();
+        for d in collect(cursor).await? {
+            let key = (
+                d.get_str("owner").map_err(backend)?.to_string(),
+                d.get_str("endpoint").map_err(backend)?.to_string(),
+            );
+            found.insert(key, stats_of(&d)?);
+        }
+        Ok(functions
+            .iter()
+            .map(|f| found.get(f).cloned().unwrap_or_default())
+            .collect())
     }
 
     async fn record_clone(

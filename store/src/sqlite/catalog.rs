@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS catalog (
     public INTEGER NOT NULL DEFAULT 0,
     updated_at INTEGER,
     calls INTEGER NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0,
     last_called_at INTEGER,
     clones INTEGER NOT NULL DEFAULT 0,
     cloned_from TEXT,
@@ -66,6 +67,20 @@ CREATE TABLE IF NOT EXISTS function_versions (
 );
 ";
 
+/// Version 3's `catalog` counted no errors: it gains the column, at 0 (the invocations kept are
+/// too few to count the past ones). A file from before the catalogue has no `catalog` yet, and
+/// gets it whole from [`SCHEMA`].
+pub(super) fn migrate_3_to_4(c: &Connection) -> rusqlite::Result<()> {
+    let columns: Vec<String> = c
+        .prepare("SELECT name FROM pragma_table_info('catalog')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if !columns.is_empty() && !columns.iter().any(|c| c == "errors") {
+        c.execute_batch("ALTER TABLE catalog ADD COLUMN errors INTEGER NOT NULL DEFAULT 0")?;
+    }
+    Ok(())
+}
+
 /// Forgets a function's entry, statistics and versions (in the caller's transaction).
 pub(super) fn forget(c: &Connection, owner: &str, endpoint: &str) -> rusqlite::Result<()> {
     c.prepare_cached("DELETE FROM catalog WHERE owner = ?1 AND endpoint = ?2")?
@@ -79,13 +94,15 @@ pub(super) fn forget(c: &Connection, owner: &str, endpoint: &str) -> rusqlite::R
 /// one statement per function, not per call.
 pub(super) fn count_calls(c: &Connection, batch: &[Invocation]) -> rusqlite::Result<()> {
     let mut add = c.prepare_cached(
-        "INSERT INTO catalog (owner, endpoint, calls, last_called_at) VALUES (?1, ?2, ?3, ?4)
+        "INSERT INTO catalog (owner, endpoint, calls, errors, last_called_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (owner, endpoint) DO UPDATE SET calls = calls + excluded.calls,
+         errors = errors + excluded.errors,
          last_called_at = max(coalesce(last_called_at, excluded.last_called_at),
                               excluded.last_called_at)",
     )?;
-    for ((owner, endpoint), (calls, last)) in calls_per_function(batch) {
-        add.execute(params![owner, endpoint, calls, micros(last)])?;
+    for ((owner, endpoint), n) in calls_per_function(batch) {
+        add.execute(params![owner, endpoint, n.calls, n.errors, micros(n.last)])?;
     }
     Ok(())
 }
@@ -185,6 +202,26 @@ fn version_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FunctionVersion> {
     })
 }
 
+/// One function's statistics; zeros if it has no row.
+fn stats_of(c: &Connection, owner: &str, endpoint: &str) -> rusqlite::Result<FunctionStats> {
+    c.prepare_cached(
+        "SELECT calls, errors, last_called_at, clones, cloned_from FROM catalog
+         WHERE owner = ?1 AND endpoint = ?2",
+    )?
+    .query_row(params![owner, endpoint], |r| {
+        let last: Option<i64> = r.get(2)?;
+        Ok(FunctionStats {
+            calls: count(r.get(0)?),
+            errors: count(r.get(1)?),
+            last_called_at: last.map(from_micros).transpose()?,
+            clones: count(r.get(3)?),
+            cloned_from: r.get(4)?,
+        })
+    })
+    .optional()
+    .map(Option::unwrap_or_default)
+}
+
 const VERSION_COLUMNS: &str = "version, spec, signature, created_at, restored_from";
 
 #[async_trait]
@@ -278,25 +315,20 @@ impl CatalogStore for SqliteStore {
 
     async fn function_stats(&self, owner: &str, endpoint: &str) -> Result<FunctionStats> {
         let (o, e) = (owner.to_string(), endpoint.to_string());
-        self.lookup(move |c| {
-            c.prepare_cached(
-                "SELECT calls, last_called_at, clones, cloned_from FROM catalog
-                 WHERE owner = ?1 AND endpoint = ?2",
-            )
-            .and_then(|mut st| {
-                st.query_row(params![o, e], |r| {
-                    let last: Option<i64> = r.get(1)?;
-                    Ok(FunctionStats {
-                        calls: count(r.get(0)?),
-                        last_called_at: last.map(from_micros).transpose()?,
-                        clones: count(r.get(2)?),
-                        cloned_from: r.get(3)?,
-                    })
-                })
-                .optional()
-            })
-            .map(Option::unwrap_or_default)
-            .map_err(backend)
+        self.lookup(move |c| stats_of(c, &o, &e).map_err(backend))
+            .await
+    }
+
+    async fn functions_stats(&self, functions: &[(String, String)]) -> Result<Vec<FunctionStats>> {
+        let functions = functions.to_vec();
+        self.scan(move |c| {
+            // One snapshot for all of them.
+            let tx = c.transaction().map_err(backend)?;
+            functions
+                .iter()
+                .map(|(o, e)| stats_of(&tx, o, e))
+                .collect::<rusqlite::Result<_>>()
+                .map_err(backend)
         })
         .await
     }

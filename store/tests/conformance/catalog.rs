@@ -29,6 +29,9 @@ macro_rules! catalog_suite {
                 hostile_query_text_is_only_words,
                 reindexing_replaces_the_entry_and_keeps_its_counts,
                 stats_count_recorded_invocations,
+                a_failed_call_counts_as_a_call_and_an_error,
+                a_successful_call_is_no_error,
+                stats_of_several_functions_come_in_their_order,
                 a_clone_records_its_origin_and_the_origin_counts_it,
                 versions_are_kept_and_listed_newest_first,
                 a_duplicate_version_is_a_conflict,
@@ -411,6 +414,65 @@ pub async fn stats_count_recorded_invocations(s: Arc<dyn Store>) {
     assert_eq!(stats.last_called_at, Some(t0 + 9.minutes()));
     assert_eq!((stats.clones, stats.cloned_from), (0, None));
     assert_eq!(s.function_stats("a", "g").await.unwrap().calls, 1);
+}
+
+/// A call of `owner/endpoint` that failed with `outcome`.
+fn failed(owner: &str, endpoint: &str, id: usize, outcome: &str) -> skython_store::Invocation {
+    skython_store::Invocation {
+        status: 500,
+        outcome: outcome.into(),
+        error: Some("it raised".into()),
+        ..invocation(owner, endpoint, id)
+    }
+}
+
+pub async fn a_failed_call_counts_as_a_call_and_an_error(s: Arc<dyn Store>) {
+    s.record_invocations(&[failed("a", "f", 1, "function_error")], 5)
+        .await
+        .unwrap();
+    let stats = s.function_stats("a", "f").await.unwrap();
+    assert_eq!((stats.calls, stats.errors), (1, 1));
+    assert!(stats.last_called_at.is_some());
+    // Counted in the same write as the calls, batch after batch.
+    s.record_invocations(
+        &[failed("a", "f", 2, "timeout"), invocation("a", "f", 3)],
+        5,
+    )
+    .await
+    .unwrap();
+    let stats = s.function_stats("a", "f").await.unwrap();
+    assert_eq!((stats.calls, stats.errors), (3, 2));
+}
+
+pub async fn a_successful_call_is_no_error(s: Arc<dyn Store>) {
+    call(&*s, "a", "f", 2).await;
+    let stats = s.function_stats("a", "f").await.unwrap();
+    assert_eq!((stats.calls, stats.errors), (2, 0));
+}
+
+pub async fn stats_of_several_functions_come_in_their_order(s: Arc<dyn Store>) {
+    call(&*s, "a", "f", 2).await;
+    s.record_invocations(&[failed("b", "g", 1, "timeout")], 5)
+        .await
+        .unwrap();
+    s.record_clone("c", "h", "a", "f").await.unwrap();
+    let keys: Vec<(String, String)> = [("b", "g"), ("nobody", "x"), ("a", "f"), ("c", "h")]
+        .iter()
+        .map(|(o, e)| (o.to_string(), e.to_string()))
+        .collect();
+    let mut each = Vec::new();
+    for (o, e) in &keys {
+        each.push(s.function_stats(o, e).await.unwrap());
+    }
+    let all = s.functions_stats(&keys).await.unwrap();
+    assert_eq!(all, each);
+    let calls: Vec<_> = all
+        .iter()
+        .map(|st| (st.calls, st.errors, st.clones))
+        .collect();
+    assert_eq!(calls, [(1, 1, 0), (0, 0, 0), (2, 0, 1), (0, 0, 0)]);
+    assert_eq!(all[3].cloned_from.as_deref(), Some("a/f"));
+    assert!(s.functions_stats(&[]).await.unwrap().is_empty());
 }
 
 pub async fn a_clone_records_its_origin_and_the_origin_counts_it(s: Arc<dyn Store>) {
