@@ -15,7 +15,7 @@ SKYTHON_RELEASE := $(CARGO_TARGET_DIR)/release/skython
 SKYTHON_DEBUG := $(CARGO_TARGET_DIR)/debug/skython
 
 .PHONY: run test build sandbox venv venv-full venv-mongo venv-openapi mongo-start mongo-stop generate lint unit python-unit e2e clean cluster-up cluster-down \
-	bench bench-quick bench-state bench-ab bench-tools bench-check bench-cluster
+	bench bench-quick bench-state bench-ab bench-tools bench-check bench-cluster web browser web-test
 
 ## run: build what is missing, then start Skython at http://$(ADDR) (data in $(DATA_DIR))
 run: venv sandbox
@@ -26,7 +26,7 @@ run: venv sandbox
 ## the MongoDB backend against a MongoDB-wire server (SecantusDB, started by scripts/mongo.sh and
 ## stopped afterwards), and the operator against a real one-node Kubernetes (started by
 ## e2e/cluster/up.sh and stopped afterwards; KEEP_CLUSTER=1 leaves it running for the next run)
-test: venv venv-full venv-mongo venv-openapi sandbox lint python-unit bench-check
+test: venv venv-full venv-mongo venv-openapi sandbox lint python-unit bench-check web-test
 	cargo build -p skython-cli
 	@mkdir -p $(CACHE)
 	$(MAKE) cluster-up
@@ -83,6 +83,25 @@ python-unit: venv
 sandbox:
 	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq bubblewrap) >/dev/null; } || \
 	  { echo "bubblewrap sandboxes every function: install it (sudo apt-get install bubblewrap)" >&2; exit 1; }
+
+## web: the web app's npm packages (pinned in web/package-lock.json; `npm ci` again when the lock
+##   changes) and its build into web/dist
+web: web/node_modules/.ci-stamp
+	cd web && npm run build
+
+web/node_modules/.ci-stamp: web/package-lock.json
+	cd web && npm ci
+	@touch $@
+
+## browser: Debian's Chromium, which the web tests drive (installed with apt when missing)
+browser:
+	@[ -x /usr/bin/chromium ] || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null; } || \
+	  { echo "the web tests drive Debian's Chromium: install it (sudo apt-get install chromium)" >&2; exit 1; }
+
+## web-test: the browser tests (web/tests): headless Chromium against a real `skython up`
+web-test: web browser venv sandbox
+	cargo build -p skython-cli
+	cd web && SKYTHON_BIN=$(abspath $(SKYTHON_DEBUG)) SKYTHON_PYTHON=$(abspath $(VENV))/bin/python npm test
 
 ## venv: the standard Python runtime (numpy, pandas, scipy, requests, bs4), pinned in runtime/
 venv:
