@@ -18,7 +18,7 @@ SKYTHON_DEBUG := $(CARGO_TARGET_DIR)/debug/skython
 	bench bench-quick bench-state bench-ab bench-tools bench-check bench-cluster web browser web-test
 
 ## run: build what is missing, then start Skython at http://$(ADDR) (data in $(DATA_DIR))
-run: venv sandbox
+run: venv sandbox web
 	cargo build --release -p skython-cli
 	$(SKYTHON_RELEASE) up --addr $(ADDR) --data-dir $(DATA_DIR) --python $(VENV)/bin/python
 

@@ -38,7 +38,7 @@ const result = await esbuild.build({
   bundle: true,
   // The editor (CodeMirror, most of the bytes) is its own chunk, loaded when a page shows code.
   splitting: true,
-  minify: true,
+  minify: !process.argv.includes("--debug"),
   format: "esm",
   target: ["chrome110", "firefox110", "safari16"],
   jsx: "automatic",

@@ -142,16 +142,11 @@ export function ArgsForm({
   );
 }
 
-/** Keeps the form's values across signature changes for parameters that stay. */
+/** The form's values: what the person typed, over the defaults of the current signature (a
+ * parameter that stays keeps its value when the signature changes). */
 export function useArgs(signature?: Signature | null) {
-  const [values, setValues] = useState<ArgValues>({});
-  const [key, setKey] = useState("");
-  const sigKey = JSON.stringify(formParams(signature));
-  if (sigKey !== key) {
-    const fresh = initialValues(signature);
-    for (const k of Object.keys(fresh)) if (k in values) fresh[k] = values[k];
-    setKey(sigKey);
-    setValues(fresh);
-  }
-  return [values, setValues] as const;
+  const [edited, setEdited] = useState<ArgValues>({});
+  const values = initialValues(signature);
+  for (const k of Object.keys(values)) if (k in edited) values[k] = edited[k];
+  return [values, (v: ArgValues) => setEdited((e) => ({ ...e, ...v }))] as const;
 }

@@ -1,22 +1,27 @@
 // The Python editor (CodeMirror 6): highlighting, the server's problems as lint marks, and a
 // read-only variant for showing other people's code.
 import { python } from "@codemirror/lang-python";
+import { indentUnit } from "@codemirror/language";
 import { type Diagnostic, lintGutter, setDiagnostics } from "@codemirror/lint";
 import { EditorState } from "@codemirror/state";
-import { EditorView } from "@codemirror/view";
+import { EditorView, tooltips } from "@codemirror/view";
 import { basicSetup } from "codemirror";
 import { useEffect, useRef } from "preact/hooks";
 
 export interface Problem {
   message: string;
-  line?: number;
-  column?: number;
+  line?: number | null;
+  column?: number | null;
 }
 
+const NONE: Problem[] = [];
+
+/** `value` is the initial text of an editable editor (which then owns it), and the text of a
+ * read-only one. */
 export function PythonEditor({
   value,
   onChange,
-  problems = [],
+  problems = NONE,
   label,
   readOnly = false,
   id,
@@ -41,7 +46,10 @@ export function PythonEditor({
         extensions: [
           basicSetup,
           python(),
+          indentUnit.of("    "), // PEP 8
           lintGutter(),
+          // Tooltips (completions, lint messages) live on the body, not clipped by the box.
+          tooltips({ parent: document.body }),
           EditorView.contentAttributes.of({ "aria-label": label, ...(id ? { id } : {}) }),
           EditorState.readOnly.of(readOnly),
           EditorView.editable.of(!readOnly),
@@ -55,10 +63,11 @@ export function PythonEditor({
     return () => v.destroy();
   }, []);
 
-  // A new document from outside (a clone, a version) replaces the text.
+  // A read-only view follows its value (a rollback, another version). An editable one owns
+  // its document: feeding the person's own typing back in races with the next keystroke.
   useEffect(() => {
     const v = view.current;
-    if (v && v.state.doc.toString() !== value) {
+    if (v && readOnly && v.state.doc.toString() !== value) {
       v.dispatch({ changes: { from: 0, to: v.state.doc.length, insert: value } });
     }
   }, [value]);
@@ -76,8 +85,8 @@ export function PythonEditor({
 function diagnostic(state: EditorState, p: Problem): Diagnostic {
   const lines = state.doc.lines;
   const line = state.doc.line(Math.min(Math.max(p.line ?? 1, 1), lines));
-  const from = Math.min(line.from + Math.max((p.column ?? 1) - 1, 0), line.to);
-  // Mark to the line's end so that an error at the end of a line is still visible.
-  const to = from < line.to ? line.to : from;
-  return { from, to, severity: "error", message: p.message, source: "Python" };
+  let from = Math.min(line.from + Math.max((p.column ?? 1) - 1, 0), line.to);
+  // To the line's end; an error at the very end (an unfinished expression) marks the line's text.
+  if (from >= line.to) from = line.from + (/^\s*/.exec(line.text)?.[0].length ?? 0);
+  return { from: Math.min(from, line.to), to: line.to, severity: "error", message: p.message, source: "Python" };
 }

@@ -30,7 +30,7 @@ export function FunctionPage({ user, owner, endpoint }: { user: string | null; o
     );
   }
   const f = fn.data!;
-  const stats = f.stats ?? { calls: 0, clones: 0 };
+  const stats: NonNullable<FunctionView["stats"]> = f.stats ?? { calls: 0, errors: 0, clones: 0 };
   const mine = user === f.owner;
   return (
     <article class="fn-page">
@@ -50,7 +50,7 @@ export function FunctionPage({ user, owner, endpoint }: { user: string | null; o
             ))}
           </p>
           <p class="muted">
-            {stats.calls} call{stats.calls === 1 ? "" : "s"} · last {timeAgo(f.stats?.lastCalledAt)} · {stats.clones} clone
+            {stats.calls} call{stats.calls === 1 ? "" : "s"} · last {timeAgo(stats.lastCalledAt)} · {stats.clones} clone
             {stats.clones === 1 ? "" : "s"}
             {stats.clonedFrom && (
               <>
