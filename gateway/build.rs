@@ -20,8 +20,7 @@ fn main() {
     for (i, (route, path)) in files.iter().enumerate() {
         let gz = if compressible(route) {
             let bytes = std::fs::read(path).expect("read asset");
-            let mut enc =
-                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
             enc.write_all(&bytes).expect("gzip");
             let name = out.join(format!("asset-{i}.gz"));
             std::fs::write(&name, enc.finish().expect("gzip")).expect("write gz");

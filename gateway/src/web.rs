@@ -29,14 +29,13 @@ pub(crate) fn respond(method: &Method, path: &str, headers: &HeaderMap) -> Optio
         return None;
     }
     let gzip_ok = accepts(headers, header::ACCEPT_ENCODING, "gzip");
-    if path != "/index.html" {
-        if let Some(asset) = find(path) {
-            return Some(file(asset, gzip_ok, StatusCode::OK));
-        }
+    if let Some(asset) = find(path).filter(|_| path != "/index.html") {
+        return Some(file(asset, gzip_ok, StatusCode::OK));
     }
     // The front page for anyone; other pages only for browsers (an API client asking for a
     // missing route wants the JSON error).
-    if path != "/" && (!accepts(headers, header::ACCEPT, "text/html") || path.starts_with("/api/")) {
+    if path != "/" && (!accepts(headers, header::ACCEPT, "text/html") || path.starts_with("/api/"))
+    {
         return None;
     }
     let status = if is_page(path) {
@@ -145,16 +144,89 @@ mod tests {
 
     #[test]
     fn the_apps_own_routes_are_pages() {
-        for p in ["/", "/signup", "/skybox", "/new", "/functions/", "/f/alice/hello", "/edit/alice/hello"] {
+        for p in [
+            "/",
+            "/signup",
+            "/skybox",
+            "/new",
+            "/functions/",
+            "/f/alice/hello",
+            "/edit/alice/hello",
+        ] {
             assert!(is_page(p), "{p}");
         }
     }
 
     #[test]
     fn other_paths_are_not_pages() {
-        for p in ["/nope", "/f/alice", "/f/alice/hello/extra", "/edit/", "/fn/alice/hello", "/api/v1/me"] {
+        for p in [
+            "/nope",
+            "/f/alice",
+            "/f/alice/hello/extra",
+            "/edit/",
+            "/fn/alice/hello",
+            "/api/v1/me",
+        ] {
             assert!(!is_page(p), "{p}");
         }
+    }
+
+    fn html() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_static("text/html,*/*"));
+        h
+    }
+
+    #[test]
+    fn a_page_is_the_app_with_its_security_headers_or_says_how_to_build_it() {
+        let page = respond(&Method::GET, "/f/alice/hello", &html()).expect("a page");
+        if find("/index.html").is_some() {
+            assert_eq!(page.status(), StatusCode::OK);
+            let csp = page.headers()[header::CONTENT_SECURITY_POLICY]
+                .to_str()
+                .unwrap();
+            assert!(csp.contains("script-src 'self'"), "{csp}");
+            assert_eq!(page.headers()[header::CACHE_CONTROL], "no-cache");
+        } else {
+            assert_eq!(page.status(), StatusCode::SERVICE_UNAVAILABLE);
+        }
+    }
+
+    #[test]
+    fn an_unknown_page_is_the_apps_not_found_page_with_a_404() {
+        let page = respond(&Method::GET, "/no/such/page", &html()).expect("a page");
+        if find("/index.html").is_some() {
+            assert_eq!(page.status(), StatusCode::NOT_FOUND);
+        }
+    }
+
+    #[test]
+    fn hashed_assets_are_cached_for_good_and_gzipped_when_asked() {
+        let Some(asset) = ASSETS.iter().find(|a| a.path.ends_with(".js")) else {
+            return; // the app is not built into this binary
+        };
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip, br"),
+        );
+        let r = respond(&Method::GET, asset.path, &h).expect("the asset");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(
+            r.headers()[header::CACHE_CONTROL]
+                .to_str()
+                .unwrap()
+                .contains("immutable")
+        );
+        assert_eq!(r.headers()[header::CONTENT_ENCODING], "gzip");
+        assert!(
+            r.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/javascript")
+        );
+        let plain = respond(&Method::GET, asset.path, &HeaderMap::new()).expect("the asset");
+        assert!(plain.headers().get(header::CONTENT_ENCODING).is_none());
     }
 
     #[test]
@@ -163,8 +235,6 @@ mod tests {
         json.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         assert!(respond(&Method::GET, "/skybox", &json).is_none());
         assert!(respond(&Method::POST, "/skybox", &HeaderMap::new()).is_none());
-        let mut html = HeaderMap::new();
-        html.insert(header::ACCEPT, HeaderValue::from_static("text/html,*/*"));
-        assert!(respond(&Method::GET, "/api/v1/nope", &html).is_none());
+        assert!(respond(&Method::GET, "/api/v1/nope", &html()).is_none());
     }
 }

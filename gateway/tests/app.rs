@@ -257,3 +257,32 @@ async fn a_deleted_functions_series_are_gone() {
     assert_eq!(status, StatusCode::OK);
     assert!(!scraped.contains("weather"), "{scraped}");
 }
+
+#[tokio::test]
+async fn a_browser_opening_an_app_path_gets_a_page() {
+    let g = gateway(None).await;
+    let req = Request::get("/f/alice/hello")
+        .header(header::ACCEPT, "text/html,application/xhtml+xml")
+        .body(Body::empty())
+        .unwrap();
+    let resp = g.app.clone().oneshot(req).await.unwrap();
+    // The app's page when `make web` built it into this binary; else the page saying how to.
+    assert!(
+        [StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE].contains(&resp.status()),
+        "{}",
+        resp.status()
+    );
+    let kind = resp.headers()[header::CONTENT_TYPE].to_str().unwrap();
+    assert!(kind.starts_with("text/html"), "{kind}");
+}
+
+#[tokio::test]
+async fn an_api_client_on_a_missing_route_still_gets_a_json_error() {
+    let g = gateway(None).await;
+    let (status, body) = g.get("/f/alice/hello", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(json(&body)["error"]["code"], "not_found");
+    let (status, body) = g.send(Method::POST, "/skybox", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(json(&body)["error"]["code"], "not_found");
+}

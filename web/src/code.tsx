@@ -1,10 +1,11 @@
 // The Python editor (CodeMirror 6): highlighting, the server's problems as lint marks, and a
 // read-only variant for showing other people's code.
 import { python } from "@codemirror/lang-python";
-import { indentUnit } from "@codemirror/language";
+import { HighlightStyle, indentUnit, syntaxHighlighting } from "@codemirror/language";
 import { type Diagnostic, lintGutter, setDiagnostics } from "@codemirror/lint";
 import { EditorState } from "@codemirror/state";
 import { EditorView, tooltips } from "@codemirror/view";
+import { tags as t } from "@lezer/highlight";
 import { basicSetup } from "codemirror";
 import { useEffect, useRef } from "preact/hooks";
 
@@ -15,6 +16,18 @@ export interface Problem {
 }
 
 const NONE: Problem[] = [];
+
+/** Colours with at least 4.5:1 contrast on white (the default style's orange and grey fail). */
+const highlight = HighlightStyle.define([
+  { tag: [t.keyword, t.controlKeyword, t.definitionKeyword, t.moduleKeyword, t.operatorKeyword], color: "#7b1fa2" },
+  { tag: [t.string, t.special(t.string), t.character], color: "#a31515" },
+  { tag: [t.number, t.bool, t.null], color: "#0b6a3b" },
+  { tag: [t.comment, t.lineComment, t.blockComment], color: "#57606a", fontStyle: "italic" },
+  { tag: [t.function(t.definition(t.variableName)), t.function(t.variableName)], color: "#1d4ed8" },
+  { tag: [t.definition(t.className), t.className], color: "#8a4b00" },
+  { tag: [t.self, t.special(t.variableName)], color: "#9a3412" },
+  { tag: t.invalid, color: "#b00020" },
+]);
 
 /** `value` is the initial text of an editable editor (which then owns it), and the text of a
  * read-only one. */
@@ -46,11 +59,14 @@ export function PythonEditor({
         extensions: [
           basicSetup,
           python(),
+          syntaxHighlighting(highlight),
           indentUnit.of("    "), // PEP 8
           lintGutter(),
           // Tooltips (completions, lint messages) live on the body, not clipped by the box.
           tooltips({ parent: document.body }),
-          EditorView.contentAttributes.of({ "aria-label": label, ...(id ? { id } : {}) }),
+          // Focusable even when read-only, so that a keyboard can scroll long code.
+          EditorView.contentAttributes.of({ "aria-label": label, tabindex: "0", ...(id ? { id } : {}) }),
+          ...(readOnly || matchMedia("(max-width: 800px)").matches ? [EditorView.lineWrapping] : []),
           EditorState.readOnly.of(readOnly),
           EditorView.editable.of(!readOnly),
           EditorView.updateListener.of((u) => {

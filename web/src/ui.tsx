@@ -115,8 +115,11 @@ export function Tabs({
   selected,
   onSelect,
   idPrefix,
+  panelOf = () => `${idPrefix}-panel`,
 }: {
   label: string;
+  /** The id of the panel a tab shows (one panel for all by default). */
+  panelOf?: (tab: string) => string;
   tabs: { id: string; title: string }[];
   selected: string;
   onSelect: (id: string) => void;
@@ -130,7 +133,7 @@ export function Tabs({
           role="tab"
           id={`${idPrefix}-tab-${t.id}`}
           aria-selected={t.id === selected}
-          aria-controls={`${idPrefix}-panel`}
+          aria-controls={panelOf(t.id)}
           tabIndex={t.id === selected ? 0 : -1}
           onClick={() => onSelect(t.id)}
           onKeyDown={(e) => {

@@ -122,3 +122,57 @@ test("the API's own error message is shown next to the field it is about", async
   assert.match(await field.getAttribute("aria-describedby"), /auth-name-error/);
   await ctx.close();
 });
+
+test("the owner rolls back to an earlier version from the function page", async () => {
+  const token = await signUp(skython.url, "rita" + Date.now().toString(36), PASSWORD);
+  const me = await (await fetch(`${skython.url}/api/v1/me`, { headers: { authorization: `Bearer ${token}` } })).json();
+  const spec = (answer) => ({ owner: me.name, endpoint: "answer", source: `def main():\n    return ${answer}\n`, access: "public" });
+  await deploy(skython.url, token, spec(1));
+  const second = await fetch(`${skython.url}/api/v1/functions/${me.name}/answer`, {
+    method: "PUT",
+    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+    body: JSON.stringify(spec(2)),
+  });
+  assert.equal(second.status, 200, await second.text());
+  const ctx = await browser.newContext(viewports.desktop);
+  await ctx.request.post(`${skython.url}/api/v1/sessions`, { data: { name: me.name, password: PASSWORD }, headers: { origin: skython.url } });
+  await ctx.addInitScript((name) => localStorage.setItem("skython.user", name), me.name);
+  const page = await ctx.newPage();
+  const errors = watchConsole(page);
+  await page.goto(`${skython.url}/f/${me.name}/answer`);
+  await page.getByRole("button", { name: "Roll back to version 1" }).click();
+  await page.getByRole("button", { name: "Roll back to version 2" }).waitFor();
+  const called = await fetch(`${skython.url}/fn/${me.name}/answer`, { method: "POST", body: "{}" });
+  assert.equal(await called.json(), 1);
+  assert.match(await page.getByRole("textbox", { name: `Source of ${me.name}/answer` }).textContent(), /return 1/);
+  assertNoConsoleErrors(errors);
+  await ctx.close();
+});
+
+test("a key made on a gated function's page calls it, and revoking it stops it", async () => {
+  const ctx = await ownerContext(viewports.desktop);
+  const page = await ctx.newPage();
+  const errors = watchConsole(page);
+  // A function that needs a key: its page offers to make one.
+  const made = await ctx.request.post(`${skython.url}/api/v1/functions`, {
+    data: { owner, endpoint: "gated", source: "def main(x: int) -> int:\n    return x * 2\n", access: "key" },
+    headers: { origin: skython.url },
+  });
+  assert.equal(made.status(), 201, await made.text());
+  await page.goto(`${skython.url}/f/${owner}/gated`);
+  await page.getByLabel("x (int)").fill("21");
+  await page.getByRole("button", { name: "Create a key" }).click();
+  await page.waitForFunction(() => document.querySelector("#try-key")?.value.startsWith("sky_key_"));
+  await page.getByRole("button", { name: "Call endpoint" }).click();
+  const answer = page.getByRole("region", { name: "Call result" });
+  await answer.getByText("HTTP 200").waitFor();
+  assert.equal((await answer.getByLabel("Response body").textContent()).trim(), "42");
+  const key = await page.locator("#try-key").inputValue();
+  await page.reload();
+  await page.getByRole("button", { name: "Revoke key try-gated" }).click();
+  await page.getByText("No keys for this function.").waitFor();
+  const refused = await fetch(`${skython.url}/fn/${owner}/gated`, { method: "POST", headers: { "x-api-key": key }, body: '{"x": 1}' });
+  assert.equal(refused.status, 401);
+  assertNoConsoleErrors(errors);
+  await ctx.close();
+});

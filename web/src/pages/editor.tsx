@@ -99,12 +99,13 @@ function Editor({ user, initial, editing }: { user: string; initial: Draft; edit
         ]}
         selected={tab}
         onSelect={setTab}
+        panelOf={(id) => `ide-panel-${id}`}
       />
-      <aside class={"ide-skybox" + (tab === "skybox" ? " shown" : "")} aria-labelledby="ide-skybox-title">
+      <aside id="ide-panel-skybox" class={"ide-skybox" + (tab === "skybox" ? " shown" : "")} aria-labelledby="ide-skybox-title">
         <h2 id="ide-skybox-title">Skybox</h2>
         <SkyboxSearch compact headingLevel={3} />
       </aside>
-      <div class={"ide-main" + (tab === "code" ? " shown" : "")}>
+      <div id="ide-panel-code" class={"ide-main" + (tab === "code" ? " shown" : "")}>
         <section class="ide-code" aria-labelledby="ide-code-title">
           <div class="row">
             <h1 id="ide-code-title">{editing ? `${draft.owner}/${draft.endpoint}` : "New function"}</h1>

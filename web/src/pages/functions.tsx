@@ -24,7 +24,7 @@ export function MyFunctions({ user }: { user: string }) {
       )}
       {list.data && list.data.items.length > 0 && (
         <div class="table-wrap">
-          <table>
+          <table class="stack">
             <caption class="visually-hidden">Your functions</caption>
             <thead>
               <tr>
@@ -47,13 +47,13 @@ export function MyFunctions({ user }: { user: string }) {
                     <Link href={`/f/${f.owner}/${f.endpoint}`}>{f.endpoint}</Link>
                     {f.description && <div class="muted small">{f.description}</div>}
                   </th>
-                  <td>
+                  <td data-label="Status">
                     <span class={"badge " + (f.ready ? "ok" : "warn")}>{f.ready ? "Ready" : "Starting"}</span>
                   </td>
-                  <td>{f.visibility === "public" ? "Public" : "Private"}</td>
-                  <td>{timeAgo(f.stats.lastCalledAt)}</td>
-                  <td class="num">{f.stats.calls}</td>
-                  <td class="num">{f.stats.errors}</td>
+                  <td data-label="Visibility">{f.visibility === "public" ? "Public" : "Private"}</td>
+                  <td data-label="Last call" class="nowrap">{timeAgo(f.stats.lastCalledAt)}</td>
+                  <td data-label="Calls" class="num">{f.stats.calls}</td>
+                  <td data-label="Errors" class="num">{f.stats.errors}</td>
                 </tr>
               ))}
             </tbody>
