@@ -232,6 +232,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let _held_until_exit = p.sqlite_lock;
     let state = AppState::new(p.config, p.store, p.zygotes)?;
     println!("Skython is running at {}", p.url);
+    println!("Open it in a browser to write, test, deploy and share functions.");
     let recorder = state.recorder.clone();
     serve_app(
         &args,
