@@ -142,11 +142,30 @@ export function ArgsForm({
   );
 }
 
-/** The form's values: what the person typed, over the defaults of the current signature (a
- * parameter that stays keeps its value when the signature changes). */
-export function useArgs(signature?: Signature | null) {
+/** The form's state: what the person typed over the current signature's defaults (a parameter
+ * that stays keeps its value when the signature changes), the fields' errors, and `submit`,
+ * which checks the fields, then sends the arguments with a busy flag and the failure kept. */
+export function useArgsForm(signature?: Signature | null) {
   const [edited, setEdited] = useState<ArgValues>({});
+  const [errors, setErrors] = useState<Record<string, string>>({});
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<unknown>(null);
   const values = initialValues(signature);
   for (const k of Object.keys(values)) if (k in edited) values[k] = edited[k];
-  return [values, (v: ArgValues) => setEdited((e) => ({ ...e, ...v }))] as const;
+  const submit = (send: (args: Record<string, unknown>) => Promise<void>) => async (e: Event) => {
+    e.preventDefault();
+    const checked = collect(signature, values);
+    setErrors(checked.errors);
+    if (!checked.args) return;
+    setBusy(true);
+    setError(null);
+    try {
+      await send(checked.args);
+    } catch (err) {
+      setError(err);
+    } finally {
+      setBusy(false);
+    }
+  };
+  return { values, errors, busy, error, setError, submit, setValues: (v: ArgValues) => setEdited((old) => ({ ...old, ...v })) };
 }

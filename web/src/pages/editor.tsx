@@ -3,7 +3,7 @@
 // desktop, a tab on a phone).
 import { useEffect, useRef, useState } from "preact/hooks";
 import { ApiError, type Signature, type TestRunResponse, api, call } from "../api/client";
-import { ArgsForm, collect, useArgs } from "../args";
+import { ArgsForm, useArgsForm } from "../args";
 import type { Problem } from "../code";
 import { PythonEditor } from "../python-editor";
 import { navigate } from "../router";
@@ -134,44 +134,29 @@ function Editor({ user, initial, editing }: { user: string; initial: Draft; edit
 }
 
 function TestPanel({ draft, signature, onProblems }: { draft: Draft; signature: Signature | null; onProblems: (p: Problem[]) => void }) {
-  const [values, setValues] = useArgs(signature);
-  const [errors, setErrors] = useState<Record<string, string>>({});
-  const [running, setRunning] = useState(false);
+  const form = useArgsForm(signature);
   const [result, setResult] = useState<TestRunResponse | null>(null);
-  const [error, setError] = useState<unknown>(null);
-
-  const run = async (e: Event) => {
-    e.preventDefault();
-    const { args, errors } = collect(signature, values);
-    setErrors(errors);
-    if (!args) return;
-    setRunning(true);
-    setError(null);
+  const run = form.submit(async (args) => {
+    setResult(null);
     try {
-      const r = await call(
-        api.POST("/api/v1/test-run", { body: { source: draft.source, args, endpoint: draft.endpoint || null } }),
-      );
-      setResult(r);
+      setResult(await call(api.POST("/api/v1/test-run", { body: { source: draft.source, args, endpoint: draft.endpoint || null } })));
     } catch (err) {
-      setResult(null);
-      setError(err);
       if (err instanceof ApiError && err.body?.line) onProblems([{ message: err.message, line: err.body.line, column: err.body.column }]);
-    } finally {
-      setRunning(false);
+      throw err;
     }
-  };
+  });
 
   return (
     <section class="panel" aria-labelledby="test-title">
       <h2 id="test-title">Test</h2>
       <form onSubmit={run} noValidate>
-        <ArgsForm signature={signature} values={values} errors={errors} onChange={setValues} idPrefix="arg" />
-        <button type="submit" disabled={running}>
-          {running ? "Running…" : "Run test"}
+        <ArgsForm signature={signature} values={form.values} errors={form.errors} onChange={form.setValues} idPrefix="arg" />
+        <button type="submit" disabled={form.busy}>
+          {form.busy ? "Running…" : "Run test"}
         </button>
       </form>
-      {running && <Spinner label="Running the draft in a new worker…" />}
-      <ErrorMessage error={error} title="The test could not run" />
+      {form.busy && <Spinner label="Running the draft in a new worker…" />}
+      <ErrorMessage error={form.error} title="The test could not run" />
       {result && <TestResult r={result} />}
     </section>
   );

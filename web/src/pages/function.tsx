@@ -3,7 +3,7 @@
 // with rollback, and API keys.
 import { useState } from "preact/hooks";
 import { ApiError, type FunctionView, type Snippets, api, call, callEndpoint } from "../api/client";
-import { ArgsForm, collect, useArgs } from "../args";
+import { ArgsForm, useArgsForm } from "../args";
 import { PythonEditor } from "../python-editor";
 import { Link, navigate, useLocation } from "../router";
 import { CopyButton, ErrorMessage, Spinner, TabPanel, Tabs, ms, timeAgo, useAsync, useTitle } from "../ui";
@@ -160,36 +160,18 @@ function Contract({ f }: { f: FunctionView }) {
 
 function TryIt({ f, mine }: { f: FunctionView; mine: boolean }) {
   const signature = f.status?.signature;
-  const [values, setValues] = useArgs(signature);
-  const [errors, setErrors] = useState<Record<string, string>>({});
+  const form = useArgsForm(signature);
   const [key, setKey] = useState("");
-  const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<unknown>(null);
   const [answer, setAnswer] = useState<Awaited<ReturnType<typeof callEndpoint>> | null>(null);
   const needsKey = f.access === "key";
-
-  const run = async (e: Event) => {
-    e.preventDefault();
-    const { args, errors } = collect(signature, values);
-    setErrors(errors);
-    if (!args) return;
-    setBusy(true);
-    setError(null);
-    try {
-      setAnswer(await callEndpoint(f.owner, f.endpoint, args, needsKey ? key.trim() : undefined));
-    } catch (err) {
-      setError(err);
-    } finally {
-      setBusy(false);
-    }
-  };
+  const run = form.submit(async (args) => setAnswer(await callEndpoint(f.owner, f.endpoint, args, needsKey ? key.trim() : undefined)));
   const newKey = async () => {
-    setError(null);
+    form.setError(null);
     try {
       const k = await call(api.POST("/api/v1/keys", { body: { name: `try-${f.endpoint}`, functions: [`${f.owner}/${f.endpoint}`] } }));
       setKey(k.secret ?? "");
     } catch (err) {
-      setError(err);
+      form.setError(err);
     }
   };
 
@@ -197,7 +179,7 @@ function TryIt({ f, mine }: { f: FunctionView; mine: boolean }) {
     <section class="panel" aria-labelledby="try-title">
       <h2 id="try-title">Call it</h2>
       <form onSubmit={run} noValidate>
-        <ArgsForm signature={signature} values={values} errors={errors} onChange={setValues} idPrefix="try" />
+        <ArgsForm signature={signature} values={form.values} errors={form.errors} onChange={form.setValues} idPrefix="try" />
         {needsKey && (
           <div class="field">
             <label for="try-key">API key</label>
@@ -211,11 +193,11 @@ function TryIt({ f, mine }: { f: FunctionView; mine: boolean }) {
             </div>
           </div>
         )}
-        <button type="submit" disabled={busy}>
-          {busy ? "Calling…" : "Call endpoint"}
+        <button type="submit" disabled={form.busy}>
+          {form.busy ? "Calling…" : "Call endpoint"}
         </button>
       </form>
-      <ErrorMessage error={error} />
+      <ErrorMessage error={form.error} />
       {answer && (
         <div class="result" role="region" aria-label="Call result">
           <p class="row">
