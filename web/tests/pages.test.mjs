@@ -176,3 +176,26 @@ test("a key made on a gated function's page calls it, and revoking it stops it",
   assertNoConsoleErrors(errors);
   await ctx.close();
 });
+
+test("a visitor signs up with the keyboard alone, and the focused control is outlined", async () => {
+  const ctx = await browser.newContext(viewports.desktop);
+  const page = await ctx.newPage();
+  const errors = watchConsole(page);
+  await page.goto(skython.url + "/signup");
+  await page.getByRole("heading", { name: "Create your account" }).waitFor();
+  const focused = () => page.evaluate(() => document.activeElement?.getAttribute("aria-label") || document.activeElement?.textContent || document.activeElement?.id);
+  // Tab from the top of the page to the name field, passing the header's links.
+  for (let i = 0; i < 12 && (await focused()) !== "auth-name"; i++) await page.keyboard.press("Tab");
+  assert.equal(await focused(), "auth-name");
+  await page.keyboard.type("kim" + Date.now().toString(36));
+  await page.keyboard.press("Tab");
+  await page.keyboard.type(PASSWORD);
+  await page.keyboard.press("Tab");
+  assert.equal(await focused(), "Sign up");
+  const outline = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+  assert.notEqual(outline, "none");
+  await page.keyboard.press("Enter");
+  await page.getByRole("heading", { name: "New function" }).waitFor();
+  assertNoConsoleErrors(errors);
+  await ctx.close();
+});
