@@ -199,3 +199,30 @@ test("a visitor signs up with the keyboard alone, and the focused control is out
   assertNoConsoleErrors(errors);
   await ctx.close();
 });
+
+test("the owner edits a function and deploys a new version from the editor", async () => {
+  const ctx = await ownerContext(viewports.desktop);
+  const page = await ctx.newPage();
+  page.setDefaultTimeout(20_000);
+  const errors = watchConsole(page);
+  const made = await ctx.request.post(`${skython.url}/api/v1/functions`, {
+    data: { owner, endpoint: "shout", source: "def main(s: str) -> str:\n    return s\n", access: "public" },
+    headers: { origin: skython.url },
+  });
+  assert.equal(made.status(), 201, await made.text());
+  await page.goto(`${skython.url}/f/${owner}/shout`);
+  await page.getByRole("link", { name: "Edit" }).click();
+  await page.getByRole("heading", { name: `${owner}/shout` }).waitFor();
+  assert.equal(await page.getByLabel("Endpoint name").inputValue(), "shout");
+  const editor = page.getByRole("textbox", { name: "Python source" });
+  await editor.getByText("return s").click();
+  await page.keyboard.press("End");
+  await page.keyboard.type(".upper()");
+  await page.getByRole("button", { name: "Deploy new version" }).click();
+  await page.getByRole("status").filter({ hasText: "Deployed" }).waitFor();
+  await page.getByText("Version 2").waitFor();
+  const called = await fetch(`${skython.url}/fn/${owner}/shout`, { method: "POST", body: '{"s": "hey"}' });
+  assert.equal(await called.json(), "HEY");
+  assertNoConsoleErrors(errors);
+  await ctx.close();
+});
