@@ -40,6 +40,7 @@ test: venv venv-full venv-mongo venv-openapi sandbox lint python-unit bench-chec
 	    rc=$$?; \
 	  fi; \
 	  $(MONGO) stop; [ -n "$(KEEP_CLUSTER)" ] || bash e2e/cluster/down.sh; \
+	  awk '/^# pass / {wp = $$3} /^# fail / {wf = $$3} END {printf "browser: %d passed, %d failed; ", wp, wf}' $(CACHE)/web-test.log; \
 	  awk '/^test result:/ {p += $$4; f += $$6} END {printf "%d passed, %d failed\n", p, f}' $(CACHE)/test.log; \
 	  exit $$rc
 
@@ -101,7 +102,9 @@ browser:
 ## web-test: the browser tests (web/tests): headless Chromium against a real `skython up`
 web-test: web browser venv sandbox
 	cargo build -p skython-cli
-	cd web && SKYTHON_BIN=$(abspath $(SKYTHON_DEBUG)) SKYTHON_PYTHON=$(abspath $(VENV))/bin/python npm test
+	@mkdir -p $(CACHE)
+	set -o pipefail; cd web && SKYTHON_BIN=$(abspath $(SKYTHON_DEBUG)) SKYTHON_PYTHON=$(abspath $(VENV))/bin/python \
+	  npm test 2>&1 | tee $(CACHE)/web-test.log
 
 ## venv: the standard Python runtime (numpy, pandas, scipy, requests, bs4), pinned in runtime/
 venv:

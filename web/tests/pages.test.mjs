@@ -31,16 +31,23 @@ after(async () => {
   await skython?.stop();
 });
 
-/** A context logged in as the owner, by the API (the cookie), as the login page would. */
-async function ownerContext(viewport) {
+/** A context logged in as `name` (the owner by default), by the API (the cookie), as the
+ * login page would. */
+async function ownerContext(viewport, name = owner) {
   const ctx = await browser.newContext(viewport);
   const r = await ctx.request.post(`${skython.url}/api/v1/sessions`, {
-    data: { name: owner, password: PASSWORD },
+    data: { name, password: PASSWORD },
     headers: { origin: skython.url },
   });
   assert.equal(r.status(), 201);
-  await ctx.addInitScript((name) => localStorage.setItem("skython.user", name), owner);
+  await ctx.addInitScript((n) => localStorage.setItem("skython.user", n), name);
   return ctx;
+}
+
+/** Deploys one of the owner's functions with the context's session cookie. */
+async function deployAsOwner(ctx, spec) {
+  const made = await ctx.request.post(`${skython.url}/api/v1/functions`, { data: { owner, ...spec }, headers: { origin: skython.url } });
+  assert.equal(made.status(), 201, await made.text());
 }
 
 const PAGES = [
@@ -134,9 +141,7 @@ test("the owner rolls back to an earlier version from the function page", async 
     body: JSON.stringify(spec(2)),
   });
   assert.equal(second.status, 200, await second.text());
-  const ctx = await browser.newContext(viewports.desktop);
-  await ctx.request.post(`${skython.url}/api/v1/sessions`, { data: { name: me.name, password: PASSWORD }, headers: { origin: skython.url } });
-  await ctx.addInitScript((name) => localStorage.setItem("skython.user", name), me.name);
+  const ctx = await ownerContext(viewports.desktop, me.name);
   const page = await ctx.newPage();
   const errors = watchConsole(page);
   await page.goto(`${skython.url}/f/${me.name}/answer`);
@@ -154,11 +159,7 @@ test("a key made on a gated function's page calls it, and revoking it stops it",
   const page = await ctx.newPage();
   const errors = watchConsole(page);
   // A function that needs a key: its page offers to make one.
-  const made = await ctx.request.post(`${skython.url}/api/v1/functions`, {
-    data: { owner, endpoint: "gated", source: "def main(x: int) -> int:\n    return x * 2\n", access: "key" },
-    headers: { origin: skython.url },
-  });
-  assert.equal(made.status(), 201, await made.text());
+  await deployAsOwner(ctx, { endpoint: "gated", source: "def main(x: int) -> int:\n    return x * 2\n", access: "key" });
   await page.goto(`${skython.url}/f/${owner}/gated`);
   await page.getByLabel("x (int)").fill("21");
   await page.getByRole("button", { name: "Create a key" }).click();
@@ -205,11 +206,7 @@ test("the owner edits a function and deploys a new version from the editor", asy
   const page = await ctx.newPage();
   page.setDefaultTimeout(20_000);
   const errors = watchConsole(page);
-  const made = await ctx.request.post(`${skython.url}/api/v1/functions`, {
-    data: { owner, endpoint: "shout", source: "def main(s: str) -> str:\n    return s\n", access: "public" },
-    headers: { origin: skython.url },
-  });
-  assert.equal(made.status(), 201, await made.text());
+  await deployAsOwner(ctx, { endpoint: "shout", source: "def main(s: str) -> str:\n    return s\n", access: "public" });
   await page.goto(`${skython.url}/f/${owner}/shout`);
   await page.getByRole("link", { name: "Edit" }).click();
   await page.getByRole("heading", { name: `${owner}/shout` }).waitFor();
