@@ -41,7 +41,7 @@ use aide::axum::ApiRouter;
 use aide::axum::routing::{delete_with, get_with, post_with};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use skython_crds::Runtime;
 use skython_runner::Zygote;
@@ -292,17 +292,8 @@ impl AppState {
 /// The whole HTTP surface.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.limits.max_body_bytes;
-    with_json_fallbacks(routes().into(), "see /api/openapi.json")
-        // The web app's files and pages are what a browser gets where no API route is.
-        .fallback(|req: Request<axum::body::Body>| async move {
-            match web::respond(req.method(), req.uri().path(), req.headers()) {
-                Some(page) => page,
-                None => {
-                    let e = error::ApiError::not_found("no such route; see /api/openapi.json");
-                    invoke::with_request_id(Err(e), invoke::request_id(req.headers()))
-                }
-            }
-        })
+    // The web app's files and pages are what a browser gets where no API route is.
+    with_fallbacks(routes().into(), "see /api/openapi.json", web::respond)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -422,10 +413,25 @@ pub fn with_json_fallbacks<S: Clone + Send + Sync + 'static>(
     router: Router<S>,
     hint: &'static str,
 ) -> Router<S> {
+    with_fallbacks(router, hint, |_, _, _| None)
+}
+
+/// What answers a request no route took, if anything, before the JSON 404.
+type Pages = fn(&Method, &str, &HeaderMap) -> Option<Response>;
+
+/// The JSON fallbacks, with `pages` asked first for a request no route took.
+fn with_fallbacks<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    hint: &'static str,
+    pages: Pages,
+) -> Router<S> {
     router
-        .fallback(move |headers: HeaderMap| async move {
+        .fallback(move |req: Request<axum::body::Body>| async move {
+            if let Some(page) = pages(req.method(), req.uri().path(), req.headers()) {
+                return page;
+            }
             let e = error::ApiError::not_found(format!("no such route; {hint}"));
-            invoke::with_request_id(Err(e), invoke::request_id(&headers))
+            invoke::with_request_id(Err(e), invoke::request_id(req.headers()))
         })
         .method_not_allowed_fallback(move |req: Request<axum::body::Body>| async move {
             let e = error::ApiError::new(

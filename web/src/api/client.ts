@@ -32,6 +32,9 @@ export class ApiError extends Error {
   }
 }
 
+/** What a request that never got an answer (no network, server down) fails with. */
+const unreachable = () => new ApiError(0, "unreachable", "Skython cannot be reached. Check your connection and try again.");
+
 /** The answer of an API call, or an `ApiError` that says what went wrong. */
 export async function call<T>(
   request: Promise<{ data?: T; error?: unknown; response: Response }>,
@@ -40,14 +43,14 @@ export async function call<T>(
   try {
     result = await request;
   } catch {
-    throw new ApiError(0, "unreachable", "Skython cannot be reached. Check your connection and try again.");
+    throw unreachable();
   }
   const { data, error, response } = result;
   if (response.ok) return data as T;
   throw errorOf(response, error);
 }
 
-export function errorOf(response: Response, body: unknown): ApiError {
+function errorOf(response: Response, body: unknown): ApiError {
   const e = (body as { error?: ErrorBody } | undefined)?.error;
   if (e && typeof e.message === "string") return new ApiError(response.status, e.code, e.message, e);
   const what = response.status >= 500 ? "The server failed" : "The request was refused";
@@ -68,7 +71,7 @@ export async function callEndpoint(
   try {
     response = await fetch(`/fn/${owner}/${endpoint}`, { method: "POST", headers, body: JSON.stringify(args) });
   } catch {
-    throw new ApiError(0, "unreachable", "Skython cannot be reached. Check your connection and try again.");
+    throw unreachable();
   }
   const text = await response.text();
   let body: unknown = text;
