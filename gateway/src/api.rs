@@ -15,7 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use skython_crds::{
-    Runtime, Signature, SkyFunctionSpec, SkyFunctionStatus, Visibility, is_dns_label,
+    Access, Runtime, Signature, SkyFunctionSpec, SkyFunctionStatus, Visibility, is_dns_label,
 };
 use skython_runner::{Caller, Inspection, SourceError, run_once};
 use skython_store::{FunctionFilter, FunctionRecord, FunctionStats, Invocation, StateScope};
@@ -40,6 +40,8 @@ pub struct FunctionView {
     /// Their values are never shown; a replace (`PUT`) without `env` keeps them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub env_names: Option<Vec<String>>,
+    /// Who may call it: `access`, or what its visibility implies when `access` is unset.
+    pub effective_access: Access,
     pub status: SkyFunctionStatus,
     pub generation: i64,
     pub created_at: String,
@@ -84,6 +86,7 @@ impl FunctionView {
             env_names: viewer
                 .is_some_and(|v| v.may_manage(&r.spec.owner))
                 .then(|| env.into_iter().map(|e| e.name).collect()),
+            effective_access: r.spec.effective_access(),
             spec: r.spec,
             status: r.status,
             generation: r.generation,

@@ -286,3 +286,14 @@ async fn an_api_client_on_a_missing_route_still_gets_a_json_error() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(json(&body)["error"]["code"], "not_found");
 }
+
+#[tokio::test]
+async fn a_view_says_who_may_call_a_function_whose_access_is_unset() {
+    let g = gateway(None).await;
+    let (status, text) = g.get("/api/v1/functions/alice/weather", Some(BOB)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let body = json(&text);
+    // Public without an `access` of its own: anyone may call it.
+    assert!(body["access"].is_null(), "{text}");
+    assert_eq!(body["effectiveAccess"], "public");
+}

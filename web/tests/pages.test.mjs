@@ -223,3 +223,21 @@ test("the owner edits a function and deploys a new version from the editor", asy
   assertNoConsoleErrors(errors);
   await ctx.close();
 });
+
+test("a public function deployed without an access of its own is called from its page without a key", async () => {
+  const ctx = await ownerContext(viewports.desktop);
+  const page = await ctx.newPage();
+  page.setDefaultTimeout(20_000);
+  const errors = watchConsole(page);
+  await deployAsOwner(ctx, { endpoint: "open-by-default", source: "def main(x: int) -> int:\n    return x + 1\n", visibility: "public" });
+  await page.goto(`${skython.url}/f/${owner}/open-by-default`);
+  await page.getByText("Anyone may call").waitFor();
+  assert.equal(await page.getByLabel("API key", { exact: true }).count(), 0);
+  await page.getByLabel("x (int)").fill("41");
+  await page.getByRole("button", { name: "Call endpoint" }).click();
+  const answer = page.getByRole("region", { name: "Call result" });
+  await answer.getByText("HTTP 200").waitFor();
+  assert.equal((await answer.getByLabel("Response body").textContent()).trim(), "42");
+  assertNoConsoleErrors(errors);
+  await ctx.close();
+});

@@ -38,7 +38,7 @@ export function EditorPage({ user, owner, endpoint }: { user: string; owner?: st
         description: f?.description ?? "",
         tags: (f?.tags ?? []).join(", "),
         visibility: f?.visibility ?? "private",
-        access: f?.access ?? (f?.visibility === "public" ? "public" : "key"),
+        access: f?.effectiveAccess ?? "key", // a new function is private, so callers need a key
         owner: f?.owner ?? user,
       }}
       editing={!!f}

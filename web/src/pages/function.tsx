@@ -42,7 +42,7 @@ export function FunctionPage({ user, owner, endpoint }: { user: string | null; o
           {f.description && <p class="lead">{f.description}</p>}
           <p class="meta">
             <span class="badge">{f.visibility === "public" ? "Public" : "Private"}</span>
-            <span class="badge">{f.access === "public" ? "Anyone may call" : "API key needed"}</span>
+            <span class="badge">{f.effectiveAccess === "public" ? "Anyone may call" : "API key needed"}</span>
             {(f.tags ?? []).map((t) => (
               <Link class="tag" href={`/skybox?tag=${encodeURIComponent(t)}`}>
                 #{t}
@@ -163,7 +163,7 @@ function TryIt({ f, mine }: { f: FunctionView; mine: boolean }) {
   const form = useArgsForm(signature);
   const [key, setKey] = useState("");
   const [answer, setAnswer] = useState<Awaited<ReturnType<typeof callEndpoint>> | null>(null);
-  const needsKey = f.access === "key";
+  const needsKey = f.effectiveAccess === "key";
   const run = form.submit(async (args) => setAnswer(await callEndpoint(f.owner, f.endpoint, args, needsKey ? key.trim() : undefined)));
   const newKey = async () => {
     form.setError(null);
