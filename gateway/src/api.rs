@@ -951,12 +951,13 @@ mod tests {
         );
         let body = serde_json::json!({"endpoint": "f", "source": "def f(): pass",
             "status": {}, "generation": 3, "createdAt": "x", "updatedAt": "y",
-            "envNames": [], "stats": {"calls": 1}});
+            "envNames": [], "effectiveAccess": "key", "stats": {"calls": 1}});
         assert_eq!(parse_spec(body, &user, None).unwrap().endpoint, "f");
         assert_eq!(
             VIEW_ONLY.iter().map(String::as_str).collect::<Vec<_>>(),
             [
                 "createdAt",
+                "effectiveAccess",
                 "envNames",
                 "generation",
                 "stats",
