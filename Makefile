@@ -91,6 +91,7 @@ web: web/node_modules/.ci-stamp
 	cd web && npm run build
 
 web/node_modules/.ci-stamp: web/package-lock.json
+	@command -v npm >/dev/null || { echo "building the web app needs Node.js and npm (sudo apt-get install nodejs npm)" >&2; exit 1; }
 	cd web && npm ci
 	@touch $@
 
