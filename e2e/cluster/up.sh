@@ -24,12 +24,18 @@ RUNNER_IMAGE=docker.io/skython/runner:dev
 PAUSE_IMAGE=docker.io/skython/pause:1
 # Bump when runner_base() changes, so cached bases are rebuilt.
 RUNNER_BASE_RECIPE=1
+# Bump when a component's flags change, so a running cluster of an older recipe is restarted.
+CLUSTER_RECIPE=2
+# The gateway's pods mount a fresh /proc in their sandboxes (bubblewrap), which a masked /proc
+# forbids: they ask for `procMount: Unmasked`, behind this gate on Kubernetes 1.20.
+FEATURE_GATES=ProcMountType=true
 
 healthy() {
   for d in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy; do
     alive "$d" >/dev/null || return 1
   done
   kctl get --raw /readyz >/dev/null 2>&1 || return 1
+  [ "$(cat "$STATE/recipe" 2>/dev/null)" = "$CLUSTER_RECIPE" ] || return 1
   [ "$(kctl get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
 }
 
@@ -144,7 +150,7 @@ start_control_plane() {
     --kubelet-certificate-authority="$PKI/ca.crt" --kubelet-preferred-address-types=InternalIP \
     --service-account-issuer=https://kubernetes.default.svc \
     --service-account-signing-key-file="$PKI/sa.key" --service-account-key-file="$PKI/sa.pub" \
-    --v=1
+    --feature-gates="$FEATURE_GATES" --v=1
   wait_for 90 "the API server to be ready" "$LOGS/kube-apiserver.log" kctl get --raw /readyz
 
   step "controller-manager and scheduler"
@@ -201,6 +207,7 @@ cgroupsPerQOS: false
 enforceNodeAllocatable: []
 failSwapOn: false
 readOnlyPort: 0
+featureGates: {ProcMountType: true}
 clusterDomain: cluster.local
 serializeImagePulls: false
 # The images are imported, never pulled: keep them however full the disk gets.
@@ -369,6 +376,7 @@ main() {
     kubeconfig kubelet kubelet
     start_control_plane
     start_node
+    echo "$CLUSTER_RECIPE" >"$STATE/recipe"
   fi
   step "ready"
   kctl get nodes -o wide
