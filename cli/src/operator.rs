@@ -20,6 +20,9 @@ pub struct OperatorArgs {
     /// Image of the runner pods (`e2e/cluster/up.sh` loads skython/runner:dev).
     #[arg(long, env = "SKYTHON_RUNNER_IMAGE", default_value_t = OperatorConfig::default().runner_image)]
     runner_image: String,
+    /// Image of the runner pods of `runtime: full` functions (tensorflow and keras besides).
+    #[arg(long, env = "SKYTHON_RUNNER_IMAGE_FULL", default_value_t = OperatorConfig::default().runner_image_full)]
+    runner_image_full: String,
     /// RuntimeClass of runner pods, e.g. `gvisor`. Default: the cluster's default runtime.
     #[arg(long, env = "SKYTHON_RUNTIME_CLASS")]
     runtime_class: Option<String>,
@@ -109,6 +112,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         namespace: args.namespace,
         desired: OperatorConfig {
             runner_image: args.runner_image,
+            runner_image_full: args.runner_image_full,
             runtime_class: args.runtime_class,
             runner_uid: args.runner_uid,
             gateway_labels: parse_labels(&args.gateway_labels)?,

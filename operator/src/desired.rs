@@ -33,7 +33,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use sha2::{Digest, Sha256};
-use skython_crds::{Network, SkyFunction, SkyFunctionSpec};
+use skython_crds::{Network, Runtime, SkyFunction, SkyFunctionSpec};
 use skython_runner_pod::wire;
 
 /// The runner container's HTTP port (`POST /` calls the function).
@@ -52,7 +52,10 @@ pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=skython-oper
 /// What the operator is told by its own configuration, not by the function.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OperatorConfig {
+    /// The image of `runtime: standard` functions' pods.
     pub runner_image: String,
+    /// The image of `runtime: full` functions' pods (tensorflow and keras besides).
+    pub runner_image_full: String,
     /// e.g. `gvisor`, for a stronger sandbox where the cluster has one.
     pub runtime_class: Option<String>,
     /// The uid and gid runner pods run as.
@@ -69,10 +72,21 @@ pub struct OperatorConfig {
     pub gateway_url: Option<String>,
 }
 
+impl OperatorConfig {
+    /// The runner image carrying a runtime's libraries.
+    pub fn image(&self, runtime: Runtime) -> &str {
+        match runtime {
+            Runtime::Standard => &self.runner_image,
+            Runtime::Full => &self.runner_image_full,
+        }
+    }
+}
+
 impl Default for OperatorConfig {
     fn default() -> Self {
         OperatorConfig {
             runner_image: "skython/runner:dev".into(),
+            runner_image_full: "skython/runner-full:dev".into(),
             runtime_class: None,
             runner_uid: 10001,
             gateway_labels: [(
@@ -278,7 +292,7 @@ pub fn desired(f: &SkyFunction, cfg: &OperatorConfig) -> Result<Children, Desire
     };
     let container = Container {
         name: "runner".into(),
-        image: Some(cfg.runner_image.clone()),
+        image: Some(cfg.image(spec.runtime).to_string()),
         args: Some(vec![
             "runner".into(),
             "--function-dir".into(),

@@ -2,7 +2,7 @@
 
 use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use skython_crds::{EnvVar, SkyFunction, SkyFunctionSpec};
+use skython_crds::{EnvVar, Runtime, SkyFunction, SkyFunctionSpec};
 use skython_runner_pod::wire;
 
 use crate::desired::{CHECKSUM_ANNOTATION, RUNNER_PORT, checksum, replicas};
@@ -87,6 +87,31 @@ fn resources_env_replicas_and_runtime_class_follow_the_spec() {
     // Zero minimum replicas still runs one until scale-to-zero lands.
     let c = desired(&function("alice-add", add()), &OperatorConfig::default()).unwrap();
     assert_eq!(c.deployment.spec.replicas, Some(1));
+}
+
+#[test]
+fn each_runtime_runs_in_the_image_that_carries_its_libraries() {
+    let cfg = OperatorConfig {
+        runner_image: "registry.example/skython/runner:1.2".into(),
+        runner_image_full: "registry.example/skython/runner-full:1.2".into(),
+        ..Default::default()
+    };
+    let image = |runtime| {
+        let mut spec = add();
+        spec.runtime = runtime;
+        let c = desired(&function("alice-add", spec), &cfg).unwrap();
+        c.deployment.spec.template.spec.unwrap().containers[0]
+            .image
+            .clone()
+    };
+    assert_eq!(
+        image(Runtime::Standard).as_deref(),
+        Some("registry.example/skython/runner:1.2")
+    );
+    assert_eq!(
+        image(Runtime::Full).as_deref(),
+        Some("registry.example/skython/runner-full:1.2")
+    );
 }
 
 #[test]
