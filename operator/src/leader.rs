@@ -73,6 +73,10 @@ pub fn claimed(
             name: Some(cfg.name.clone()),
             namespace: Some(cfg.namespace.clone()),
             resource_version: current.and_then(|l| l.metadata.resource_version.clone()),
+            // A Lease made by an installer (the Helm chart's) keeps the labels and annotations
+            // that say whose it is.
+            labels: current.and_then(|l| l.metadata.labels.clone()),
+            annotations: current.and_then(|l| l.metadata.annotations.clone()),
             ..Default::default()
         },
         spec: Some(LeaseSpec {
@@ -210,6 +214,26 @@ mod tests {
 
     fn at(secs: i64) -> jiff::Timestamp {
         jiff::Timestamp::from_second(1_700_000_000 + secs).unwrap()
+    }
+
+    #[test]
+    fn an_installers_empty_lease_is_taken_and_keeps_its_labels() {
+        let made = Lease {
+            metadata: ObjectMeta {
+                name: Some("skython-operator".into()),
+                labels: Some([("app.kubernetes.io/managed-by".into(), "Helm".into())].into()),
+                annotations: Some([("meta.helm.sh/release-name".into(), "sky".into())].into()),
+                resource_version: Some("7".into()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec::default()),
+        };
+        assert_eq!(decide(Some(&made), "a", at(0)), Decision::Take);
+        let taken = claimed(Some(&made), &cfg("a"), at(0), &Decision::Take);
+        assert_eq!(taken.metadata.labels, made.metadata.labels);
+        assert_eq!(taken.metadata.annotations, made.metadata.annotations);
+        assert_eq!(taken.metadata.resource_version.as_deref(), Some("7"));
+        assert_eq!(taken.spec.unwrap().holder_identity.as_deref(), Some("a"));
     }
 
     #[test]

@@ -88,7 +88,12 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let client = client(settings.kubeconfig.as_ref()).await?;
-    Api::<SkyFunction>::all(client.clone())
+    // Only where it watches: its RBAC may grant no more than that namespace.
+    let functions: Api<SkyFunction> = match &settings.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    functions
         .list(&ListParams::default().limit(1))
         .await
         .map_err(RunError::MissingCrd)?;
