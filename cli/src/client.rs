@@ -414,6 +414,31 @@ pub async fn invoke(a: InvokeArgs) -> anyhow::Result<()> {
 }
 
 #[derive(Args, Debug)]
+pub struct RmArgs {
+    /// OWNER/ENDPOINT
+    name: String,
+    #[command(flatten)]
+    server: Server,
+}
+
+/// Deletes a function: its endpoint stops answering at once.
+pub async fn rm(a: RmArgs) -> anyhow::Result<()> {
+    let (owner, endpoint) = split_name(&a.name)?;
+    let client = Client::new(&a.server)?;
+    let (status, body) = client
+        .send(client.request(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/functions/{owner}/{endpoint}"),
+        )?)
+        .await?;
+    if !status.is_success() {
+        return Err(api_error(status, &body));
+    }
+    println!("deleted {owner}/{endpoint}");
+    Ok(())
+}
+
+#[derive(Args, Debug)]
 pub struct LogsArgs {
     /// OWNER/ENDPOINT
     name: String,

@@ -41,6 +41,8 @@ enum Command {
     Deploy(client::DeployArgs),
     /// Call an endpoint with JSON arguments.
     Invoke(client::InvokeArgs),
+    /// Delete a function.
+    Rm(client::RmArgs),
     /// Show a function's recent logs.
     Logs(client::LogsArgs),
     /// List functions.
@@ -164,6 +166,7 @@ fn main() -> std::process::ExitCode {
             Command::Operator(a) => operator::run(a).await,
             Command::Deploy(a) => client::deploy(a).await,
             Command::Invoke(a) => client::invoke(a).await,
+            Command::Rm(a) => client::rm(a).await,
             Command::Logs(a) => client::logs(a).await,
             Command::Ls(a) => client::ls(a).await,
             Command::Login(a) => people::login(a).await,

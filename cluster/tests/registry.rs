@@ -56,7 +56,7 @@ impl Cluster {
         let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
         if crds.get_opt(CRD).await.expect("reading CRDs").is_none() {
             eprintln!(
-                "skipped: the cluster lacks the {CRD} CRD (kubectl apply -f helm/skython/crds/{CRD}.yaml)"
+                "skipped: the cluster lacks the {CRD} CRD (kubectl apply -f helm/skython/files/{CRD}.yaml)"
             );
             return None;
         }

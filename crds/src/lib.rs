@@ -361,7 +361,7 @@ impl SkyFunctionStatus {
     }
 }
 
-/// The CustomResourceDefinition as YAML (`skython crdgen`; committed in `helm/skython/crds/`).
+/// The CustomResourceDefinition as YAML (`skython crdgen`; committed in `helm/skython/files/`).
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;
     let mut crd = serde_json::to_value(SkyFunction::crd())
@@ -409,7 +409,7 @@ mod crd_tests {
     fn committed_crd_is_current() {
         // Read at run time: a build reused from another checkout carries that checkout's path.
         let dir = std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo test");
-        let path = &format!("{dir}/../helm/skython/crds/skyfunctions.skython.io.yaml");
+        let path = &format!("{dir}/../helm/skython/files/skyfunctions.skython.io.yaml");
         let fresh = super::crd_yaml().unwrap();
         if std::env::var_os("SKYTHON_WRITE_GENERATED").is_some() {
             std::fs::create_dir_all(std::path::Path::new(path).parent().unwrap()).unwrap();

@@ -142,7 +142,7 @@ pub fn fresh_namespace(tag: &str) -> (Kubectl, Cleanup) {
     let namespace = format!("skython-e2e-{tag}-{}", std::process::id());
     let k = Kubectl::new(&namespace);
     let crd = std::fs::read_to_string(
-        crate::repo_root().join("helm/skython/crds/skyfunctions.skython.io.yaml"),
+        crate::repo_root().join("helm/skython/files/skyfunctions.skython.io.yaml"),
     )
     .expect("the generated CRD");
     k.apply(&crd);

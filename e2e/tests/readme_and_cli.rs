@@ -139,3 +139,27 @@ fn cli_deploys_invokes_lists_and_shows_logs() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no API token"));
 }
+
+#[test]
+fn cli_rm_deletes_a_function_and_names_one_that_is_not_there() {
+    let s = Skython::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    s.deploy_ok("gone", "def main():\n    return 1\n", json!({}));
+    let rm = || {
+        let out = Command::new(skython_bin())
+            .args(["rm", "admin/gone"])
+            .env("SKYTHON_URL", &s.url)
+            .env("SKYTHON_TOKEN", TOKEN)
+            .env("SKYTHON_CONFIG", dir.path().join("config.json"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, out) = rm();
+    assert!(ok && out.contains("deleted admin/gone"), "{out}");
+    assert_eq!(s.call("admin/gone", json!({})).0, 404);
+    let (ok, out) = rm();
+    assert!(!ok && out.contains("function_not_found"), "{out}");
+}
