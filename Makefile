@@ -8,13 +8,14 @@ VENV_FULL ?= $(CACHE)/venv-full
 VENV_BENCH ?= $(CACHE)/venv-bench
 VENV_MONGO ?= $(CACHE)/venv-mongo
 VENV_OPENAPI ?= $(CACHE)/venv-openapi
+VENV_HELM ?= $(CACHE)/venv-helm
 MONGO_PORT ?= 27099
 ADDR ?= 127.0.0.1:8080
 DATA_DIR ?= .skython
 SKYTHON_RELEASE := $(CARGO_TARGET_DIR)/release/skython
 SKYTHON_DEBUG := $(CARGO_TARGET_DIR)/debug/skython
 
-.PHONY: run test build sandbox venv venv-full venv-mongo venv-openapi mongo-start mongo-stop generate lint unit python-unit e2e clean cluster-up cluster-down \
+.PHONY: run test build sandbox venv venv-full venv-mongo venv-openapi venv-helm mongo-start mongo-stop generate lint unit python-unit e2e clean cluster-up cluster-down \
 	bench bench-quick bench-state bench-ab bench-tools bench-check bench-cluster web browser web-test
 
 ## run: build what is missing, then start Skython at http://$(ADDR) (data in $(DATA_DIR))
@@ -26,7 +27,7 @@ run: venv sandbox web
 ## the MongoDB backend against a MongoDB-wire server (SecantusDB, started by scripts/mongo.sh and
 ## stopped afterwards), and the operator against a real one-node Kubernetes (started by
 ## e2e/cluster/up.sh and stopped afterwards; KEEP_CLUSTER=1 leaves it running for the next run)
-test: venv venv-full venv-mongo venv-openapi sandbox lint python-unit bench-check web-test
+test: venv venv-full venv-mongo venv-openapi venv-helm sandbox lint python-unit bench-check web-test
 	cargo build -p skython-cli
 	@mkdir -p $(CACHE)
 	$(MAKE) cluster-up
@@ -34,7 +35,7 @@ test: venv venv-full venv-mongo venv-openapi sandbox lint python-unit bench-chec
 	  if $(MONGO) start; then \
 	    SKYTHON_BIN=$(SKYTHON_DEBUG) SKYTHON_PYTHON=$(VENV)/bin/python \
 	    SKYTHON_PYTHON_FULL=$(VENV_FULL)/bin/python SKYTHON_OPENAPI_PYTHON=$(VENV_OPENAPI)/bin/python \
-	    SKYTHON_KUBECONFIG=$(KUBECONFIG_E2E) \
+	    SKYTHON_HELM_PYTHON=$(VENV_HELM)/bin/python SKYTHON_KUBECONFIG=$(KUBECONFIG_E2E) \
 	    SKYTHON_MONGODB_URL='$(MONGODB_URL_E2E)' SKYTHON_SECANTUSD=$(VENV_MONGO)/bin/secantusd-py \
 	    cargo test --workspace --no-fail-fast 2>&1 | tee $(CACHE)/test.log; \
 	    rc=$$?; \
@@ -125,6 +126,11 @@ venv-mongo:
 ##   documents, pinned in e2e/openapi/requirements.txt
 venv-openapi:
 	@scripts/venv.sh e2e/openapi/requirements.txt $(VENV_OPENAPI)
+
+## venv-helm: helm-python-sdk (Helm v4 as a library; Debian has no helm binary), which
+##   scripts/helm.py drives the chart with, pinned in e2e/helm/requirements.txt
+venv-helm:
+	@scripts/venv.sh e2e/helm/requirements.txt $(VENV_HELM)
 
 ## generate: rewrite the generated artifacts (docs/openapi.json, the CRD in helm/) from the code
 generate:

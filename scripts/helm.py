@@ -68,7 +68,8 @@ def lint(args: argparse.Namespace) -> int:
     for m in report.get("messages") or []:
         print(f"[{severities.get(m['severity'], '?')}] {m['path']}: {m['error']}")
     errors = [m for m in report.get("messages") or [] if m["severity"] >= (2 if args.strict else 3)]
-    errors += report.get("errors") or []
+    # The report's own errors repeat its messages; alone only when a chart failed to load.
+    errors = errors or report.get("errors") or []
     print(f"{report.get('total_charts_linted', 0)} chart(s) linted, {len(errors)} failed")
     return 1 if errors else 0
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 pub mod cluster;
+pub mod helm;
 pub mod mongo;
 pub mod people;
 
@@ -104,6 +105,21 @@ impl Skython {
             child: Some(child),
             url,
             data_dir: data_dir.to_path_buf(),
+            _tmp: None,
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("client"),
+        }
+    }
+
+    /// A server this test did not start (e.g. a gateway installed on the cluster), whose admin
+    /// token is [`TOKEN`].
+    pub fn attach(url: &str) -> Skython {
+        Skython {
+            child: None,
+            url: url.trim_end_matches('/').to_string(),
+            data_dir: PathBuf::new(),
             _tmp: None,
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(120))
