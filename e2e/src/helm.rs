@@ -108,9 +108,31 @@ pub struct Release {
 }
 
 impl Release {
-    /// `helm install --wait` with this tree's images and `sets` (`key=value`) on top.
+    /// `helm install --wait` with this tree's images and `sets` (`key=value`) on top. The CRD
+    /// is the one every cluster test applies with kubectl (`crds.install=false`).
     pub fn install(tag: &str, sets: &[&str]) -> Release {
+        Release::install_with(tag, sets, false)
+    }
+
+    /// An install that owns the CRD (`crds.install=true`): it adopts the CRD the cluster tests
+    /// applied with kubectl, as the chart's README tells admins who applied it by hand.
+    pub fn install_owning_the_crd(tag: &str, sets: &[&str]) -> Release {
+        Release::install_with(tag, sets, true)
+    }
+
+    fn install_with(tag: &str, sets: &[&str], owns_crd: bool) -> Release {
         let (k, cleanup) = fresh_namespace(tag);
+        if owns_crd {
+            let crd = "crd/skyfunctions.skython.io";
+            k.run(&["label", crd, "app.kubernetes.io/managed-by=Helm", "--overwrite"]);
+            k.run(&[
+                "annotate",
+                crd,
+                "meta.helm.sh/release-name=sky",
+                &format!("meta.helm.sh/release-namespace={}", k.namespace),
+                "--overwrite",
+            ]);
+        }
         let mongodb_uri = mongodb_in(&k);
         k.run(&[
             "create",
@@ -129,9 +151,7 @@ impl Release {
         let base = [
             format!("image.tag={IMAGE_TAG}"),
             "gateway.adminToken.existingSecret=e2e-admin".into(),
-            // The CRD is kubectl-applied for every cluster test (`fresh_namespace`); the
-            // releases that own it are the uninstall tests'.
-            "crds.install=false".into(),
+            format!("crds.install={owns_crd}"),
         ];
         for s in base.into_iter().chain(sets.iter().map(|s| s.to_string())) {
             args.extend(["--set".into(), s]);

@@ -555,3 +555,83 @@ fn an_upgrade_to_a_new_image_tag_drops_no_calls() {
     assert!(calls > 100, "only {calls} calls during the upgrade");
     assert!(failures.is_empty(), "{} of {calls} calls failed: {:?}", failures.len(), &failures[..failures.len().min(10)]);
 }
+
+/// What is in the release's namespace besides Events (the cluster's record; they expire), as
+/// `Kind name`.
+fn left_in(k: &Kubectl) -> BTreeSet<String> {
+    let all = k
+        .get("pods,services,deployments,replicasets,configmaps,secrets,serviceaccounts,roles,rolebindings,leases,networkpolicies,poddisruptionbudgets,ingresses")
+        .unwrap_or_default();
+    all["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|o| format!("{} {}", o["kind"].as_str().unwrap_or("?"), o["metadata"]["name"].as_str().unwrap_or("?")))
+        .collect()
+}
+
+/// What the test itself put there (SecantusDB and the secrets) and what Kubernetes adds to
+/// every namespace.
+fn not_skythons(thing: &str) -> bool {
+    ["Pod mongodb", "Service mongodb", "Secret skython-mongodb", "Secret e2e-admin", "ConfigMap kube-root-ca.crt", "ServiceAccount default"]
+        .contains(&thing)
+        || thing.starts_with("Secret default-token-")
+}
+
+/// A function from kubectl and one from the API, both called (so both have pods).
+fn two_functions_with_pods(r: &Release) {
+    r.k.apply(&skyfunction("adder", "ops", "add", ADD));
+    let gw = r.gateway();
+    let (status, body) = gw.deploy(json!({"endpoint": "add", "source": ADD}));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(call_ok(r, &gw, "ops/add", json!({"a": 1, "b": 1})), json!(2));
+    assert_eq!(call_ok(r, &gw, "admin/add", json!({"a": 2, "b": 2})), json!(4));
+}
+
+fn cluster_has(k: &Kubectl, what: &str) -> bool {
+    k.try_run(&["get", what, "--ignore-not-found", "-o", "name"], None)
+        .map(|s| !s.trim().is_empty())
+        .unwrap_or(true)
+}
+
+#[test]
+fn an_uninstall_asked_to_remove_the_crd_leaves_nothing_of_skython() {
+    let _one = one_at_a_time();
+    let r = Release::install_owning_the_crd("helm-purge", &["crds.keep=false"]);
+    two_functions_with_pods(&r);
+    let clusterrole = format!("clusterrole/sky-skython-gateway-{}-tokenreview", r.k.namespace);
+    assert!(cluster_has(&r.k, &clusterrole));
+    r.helm(&["uninstall", "sky", "--wait"])
+        .unwrap_or_else(|e| panic!("{e}\n{}", r.story()));
+    // The CRD goes, its SkyFunctions with it, and the garbage collector takes their children.
+    let mut left = BTreeSet::new();
+    r.wait_until("nothing of Skython left", Duration::from_secs(180), || {
+        left = left_in(&r.k).into_iter().filter(|t| !not_skythons(t)).collect();
+        left.is_empty() && !cluster_has(&r.k, "crd/skyfunctions.skython.io")
+    });
+    assert!(left.is_empty(), "left in the namespace: {left:?}");
+    for what in [clusterrole, format!("clusterrolebinding/sky-skython-gateway-{}-tokenreview", r.k.namespace)] {
+        assert!(!cluster_has(&r.k, &what), "{what} outlived the release");
+    }
+}
+
+#[test]
+fn an_uninstall_keeps_the_crd_and_the_skyfunctions_by_default() {
+    let _one = one_at_a_time();
+    let r = Release::install_owning_the_crd("helm-keep", &[]);
+    two_functions_with_pods(&r);
+    r.helm(&["uninstall", "sky", "--wait"])
+        .unwrap_or_else(|e| panic!("{e}\n{}", r.story()));
+    assert!(cluster_has(&r.k, "crd/skyfunctions.skython.io"), "the CRD was removed");
+    for f in ["adder", "admin.add"] {
+        assert!(r.k.get(&format!("skyfunction {f}")).is_some(), "SkyFunction {f} was removed");
+    }
+    // Of the chart's own objects, none is left.
+    let mut chart_left = BTreeSet::new();
+    r.wait_until("the chart's objects gone", Duration::from_secs(60), || {
+        chart_left = left_in(&r.k).into_iter().filter(|t| t.contains("sky-skython")).collect();
+        chart_left.is_empty()
+    });
+    assert!(!cluster_has(&r.k, &format!("clusterrole/sky-skython-gateway-{}-tokenreview", r.k.namespace)));
+}
