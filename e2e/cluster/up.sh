@@ -289,7 +289,8 @@ pause_image() {
 LAYOUT=$IMAGES/oci
 WORK=$IMAGES/work # scratch of a step: the unpacked bundle, wheels, an archive to import
 
-tag_exists() { umoci ls --layout "$LAYOUT" | grep -qx "$1"; }
+# (grep reads the whole list: with -q it may stop early and fail the pipeline with SIGPIPE.)
+tag_exists() { umoci ls --layout "$LAYOUT" | grep -x "$1" >/dev/null; }
 
 drop_older() {
   local t
@@ -363,24 +364,26 @@ binary_layer() {
   rm -rf "$dir"
 }
 
-# NAME.KEY: the image PARENT with an image config (umoci config flags), and with --binary, the
-# binary layer on top. The config is what the Dockerfiles say too: uid 10001, C.UTF-8.
-final_image() { # NAME PARENT [--binary] FLAG...
-  local name=$1 parent=$2 binary=
-  shift 2
-  if [ "$1" = --binary ]; then binary=$BIN_SUM && shift; fi
-  set -- --config.user 10001:10001 --config.env PATH=/usr/local/bin:/usr/bin:/bin \
-    --config.env LANG=C.UTF-8 "$@"
-  TAG=$name.$(echo "$parent $binary $*" | sha256sum | cut -c1-12)
+# NAME.KEY: the image PARENT plus a layer with the binary (one for the images that share it).
+binary_image() { # NAME PARENT
+  local parent=$2
+  TAG=$1.$(echo "$parent $BIN_SUM" | sha256sum | cut -c1-12)
   tag_exists "$TAG" && return 0
-  if [ -n "$binary" ]; then
-    step "adding the skython binary to the $name image"
-    umoci raw add-layer --image "$LAYOUT:$parent" --tag "$TAG" "$BIN_LAYER" ||
-      fail "adding the binary layer"
-    umoci config --image "$LAYOUT:$TAG" "$@"
-  else
-    umoci config --image "$LAYOUT:$parent" --tag "$TAG" "$@"
-  fi
+  step "adding the skython binary to $parent"
+  umoci raw add-layer --image "$LAYOUT:$parent" --tag "$TAG" "$BIN_LAYER" ||
+    fail "adding the binary layer"
+  drop_older "$TAG"
+}
+
+# NAME.KEY: the image PARENT with an image config (umoci config flags), besides what every image
+# has, as in the Dockerfiles: uid 10001 and C.UTF-8.
+final_image() { # NAME PARENT FLAG...
+  local parent=$2
+  TAG=$1.$(echo "$*" | sha256sum | cut -c1-12)
+  shift 2
+  tag_exists "$TAG" && return 0
+  umoci config --image "$LAYOUT:$parent" --tag "$TAG" --config.user 10001:10001 \
+    --config.env PATH=/usr/local/bin:/usr/bin:/bin --config.env LANG=C.UTF-8 "$@"
   drop_older "$TAG"
 }
 
@@ -418,10 +421,12 @@ load_images() {
   venv_image runtime "$os" "$repo/runtime/requirements.txt" /opt/skython/venv \
     numpy pandas scipy requests bs4
   local runtime=$TAG
-  final_image runner "$runtime" --binary "${runner[@]}" --config.workingdir / --config.cmd runner
+  binary_image runtime-bin "$runtime"
+  local app=$TAG
+  final_image runner "$app" "${runner[@]}" --config.workingdir / --config.cmd runner
   import_image "$TAG" docker.io/skython/runner
   # The same layers: the gateway and the operator (its default command is the gateway's).
-  final_image skython "$runtime" --binary "${runner[@]}" --config.workingdir /tmp \
+  final_image skython "$app" "${runner[@]}" --config.workingdir /tmp \
     --config.cmd gateway --config.cmd --addr --config.cmd 0.0.0.0:8080
   import_image "$TAG" docker.io/skython/skython
   # The MongoDB-wire test server (no MongoDB image can be fetched here), storage in /data (an
@@ -436,7 +441,8 @@ load_images() {
   if [ "${SKYTHON_CLUSTER_FULL:-}" = 1 ]; then
     venv_image runtime-full "$os" "$repo/runtime/requirements-full.txt" /opt/skython/venv \
       numpy pandas scipy requests bs4 tensorflow keras
-    final_image runner-full "$TAG" --binary "${runner[@]}" --config.workingdir / --config.cmd runner
+    binary_image runtime-full-bin "$TAG"
+    final_image runner-full "$TAG" "${runner[@]}" --config.workingdir / --config.cmd runner
     import_image "$TAG" docker.io/skython/runner-full
   fi
   rm -rf "$WORK" "$BIN_LAYER"
