@@ -16,7 +16,7 @@ SKYTHON_RELEASE := $(CARGO_TARGET_DIR)/release/skython
 SKYTHON_DEBUG := $(CARGO_TARGET_DIR)/debug/skython
 
 .PHONY: run test build sandbox venv venv-full venv-mongo venv-openapi venv-helm mongo-start mongo-stop generate lint unit python-unit e2e clean cluster-up cluster-down \
-	bench bench-quick bench-state bench-ab bench-tools bench-check bench-cluster web browser web-test
+	bench bench-quick bench-state bench-ab bench-tools bench-check bench-cluster web browser web-test images
 
 ## run: build what is missing, then start Skython at http://$(ADDR) (data in $(DATA_DIR))
 run: venv sandbox web
@@ -61,10 +61,23 @@ mongo-stop:
 
 KUBECONFIG_E2E := $(CACHE)/cluster/admin.kubeconfig
 
-## cluster-up: a real one-node Kubernetes with the runner image built from this tree's binary
+## cluster-up: a real one-node Kubernetes with the images built from this tree's binary (images/README.md;
+##   SKYTHON_CLUSTER_FULL=1 adds runner-full, 2+ GB)
 cluster-up:
 	cargo build -p skython-cli
 	SKYTHON_BIN=$(SKYTHON_DEBUG) bash e2e/cluster/up.sh
+
+## images: the registry images (images/README.md) with Docker: skython, runner and runner-full,
+##   tagged $(IMAGE_REPO)/NAME:$(IMAGE_TAG) (push them yourself)
+IMAGE_REPO ?= skython
+IMAGE_TAG ?= dev
+images:
+	@docker info >/dev/null 2>&1 || { echo "make images needs a running Docker engine (docker info failed);" \
+	  "the test cluster builds its images without one: make cluster-up" >&2; exit 1; }
+	DOCKER_BUILDKIT=1 docker build -f images/skython/Dockerfile -t $(IMAGE_REPO)/skython:$(IMAGE_TAG) .
+	DOCKER_BUILDKIT=1 docker build -f images/runner/Dockerfile -t $(IMAGE_REPO)/runner:$(IMAGE_TAG) .
+	DOCKER_BUILDKIT=1 docker build -f images/runner/Dockerfile --build-arg RUNTIME=full \
+	  -t $(IMAGE_REPO)/runner-full:$(IMAGE_TAG) .
 
 ## cluster-down: stop it (the built binaries and images stay cached)
 cluster-down:
@@ -74,7 +87,7 @@ lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	@command -v shellcheck >/dev/null || (apt-get update -qq && apt-get install -y -qq shellcheck) >/dev/null
-	shellcheck -x -P SCRIPTDIR e2e/cluster/*.sh scripts/*.sh .ci/run
+	shellcheck -x -P SCRIPTDIR e2e/cluster/*.sh scripts/*.sh images/*.sh .ci/run
 
 ## python-unit: the runtime's Python unit tests (runner/python/tests) with the runtime's Python
 python-unit: venv

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Brings up a real one-node Kubernetes (etcd, API server, controller-manager, scheduler, kubelet,
-# kube-proxy, containerd, bridge CNI) on this machine from Debian's packages, and loads the
-# runner image built from $SKYTHON_BIN without a registry. Writes the admin kubeconfig to
+# kube-proxy, containerd, bridge CNI) on this machine from Debian's packages, and loads Skython's
+# images (runner, skython, secantus; runner-full with SKYTHON_CLUSTER_FULL=1) built with
+# $SKYTHON_BIN without a registry. Writes the admin kubeconfig to
 # $CACHE/cluster/admin.kubeconfig. A second run reuses a healthy cluster; a broken one is
 # stopped and started again. Facts behind each step: ../shared/notes/kubernetes-on-this-machine.md.
 #
@@ -16,14 +17,13 @@ repo=$(cd "$here/../.." && pwd)
 
 [ "$(id -u)" = 0 ] || { echo "error: up.sh needs root (containerd, iptables, the bridge)" >&2; exit 1; }
 if [ -z "${SKYTHON_BIN:-}" ] || [ ! -x "$SKYTHON_BIN" ]; then
-  echo "error: set SKYTHON_BIN to the skython binary to put in the runner image" >&2
+  echo "error: set SKYTHON_BIN to the skython binary to put in the images" >&2
   exit 1
 fi
 
-RUNNER_IMAGE=docker.io/skython/runner:dev
 PAUSE_IMAGE=docker.io/skython/pause:1
-# Bump when runner_base() changes, so cached bases are rebuilt.
-RUNNER_BASE_RECIPE=1
+# Bump when os_image() changes, so every image is rebuilt on the new base.
+RUNNER_BASE_RECIPE=2
 # Bump when a component's flags change, so a running cluster of an older recipe is restarted.
 CLUSTER_RECIPE=2
 # The gateway's pods mount a fresh /proc in their sandboxes (bubblewrap), which a masked /proc
@@ -282,85 +282,177 @@ pause_image() {
     import_layout "$layout" docker.io/skython/pause
 }
 
-# The runner's base: Debian bookworm's python3 and a virtualenv with runtime/requirements.txt.
-# Rebuilt only when the requirements (or this recipe) change.
-runner_base() {
-  local key
-  key=$( (cat "$repo/runtime/requirements.txt"; echo "$RUNNER_BASE_RECIPE") | sha256sum | cut -c1-16)
-  local layout=$IMAGES/runner rootfs=$IMAGES/runner-rootfs
-  [ -f "$layout/index.json" ] && [ "$(cat "$IMAGES/runner.key" 2>/dev/null)" = "$key" ] && return 0
-  step "building the runner base image: debootstrap bookworm + python3 + the runtime wheels (cold: a few minutes)"
-  rm -rf "$rootfs" "$layout" "$IMAGES/runner-bundle" "$IMAGES/wheels"
-  timeout 1200 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" \
-    http://deb.debian.org/debian >"$LOGS/debootstrap.log" 2>&1 || fail "debootstrap" "$LOGS/debootstrap.log"
-  # Wheels are fetched by the host's pip (its index and certificates) for the image's Python,
-  # then installed offline inside.
-  local pyver
-  pyver=$(chroot "$rootfs" python3 -c 'import platform; print(platform.python_version())') ||
-    fail "running the image's python3"
-  timeout 900 python3 -m pip download --quiet --dest "$IMAGES/wheels" --only-binary=:all: \
-    --python-version "$pyver" --implementation cp --abi cp311 \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -r "$repo/runtime/requirements.txt" >"$LOGS/wheels.log" 2>&1 || fail "downloading wheels" "$LOGS/wheels.log"
-  cp -r "$IMAGES/wheels" "$rootfs/tmp/wheels"
-  cp "$repo/runtime/requirements.txt" "$rootfs/tmp/requirements.txt"
-  timeout 900 chroot "$rootfs" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root /bin/sh -c '
-    python3 -m venv /opt/skython/venv &&
-    /opt/skython/venv/bin/pip install --quiet --no-index --find-links /tmp/wheels -r /tmp/requirements.txt &&
-    /opt/skython/venv/bin/python -c "import numpy, pandas, scipy, requests, bs4"' \
-    >"$LOGS/venv.log" 2>&1 || fail "installing the runtime into the image" "$LOGS/venv.log"
-  rm -rf "$rootfs"/tmp/* "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/* \
-    "$rootfs"/usr/share/doc "$rootfs"/usr/share/man "$rootfs"/usr/share/locale "$rootfs"/root/.cache
-  umoci init --layout "$layout"
-  umoci new --image "$layout:base"
-  umoci unpack --image "$layout:base" "$IMAGES/runner-bundle" >/dev/null
-  rsync -a "$rootfs/" "$IMAGES/runner-bundle/rootfs/"
-  umoci repack --image "$layout:base" "$IMAGES/runner-bundle"
-  umoci config --image "$layout:base" --config.user 10001:10001 --config.workingdir / \
-    --config.env SKYTHON_PYTHON=/opt/skython/venv/bin/python \
-    --config.env PATH=/usr/local/bin:/usr/bin:/bin --config.env LANG=C.UTF-8 \
-    --config.entrypoint /usr/local/bin/skython
-  umoci gc --layout "$layout"
-  rm -rf "$IMAGES/runner-bundle" "$rootfs"
-  echo "$key" >"$IMAGES/runner.key"
+# The images, built from the same recipe as images/*/Dockerfile (see images/README.md) in one OCI
+# layout, so that they share their layers (the Debian base, the runtime's virtualenv) on disk and
+# in containerd. Each step's result is a tag NAME.KEY, KEY a hash of what went into it: a step
+# runs only when its key changes, and it drops the older tags of its NAME. Steps set TAG.
+LAYOUT=$IMAGES/oci
+WORK=$IMAGES/work # scratch of a step: the unpacked bundle, wheels, an archive to import
+
+# (grep reads the whole list: with -q it may stop early and fail the pipeline with SIGPIPE.)
+tag_exists() { umoci ls --layout "$LAYOUT" | grep -x "$1" >/dev/null; }
+
+drop_older() {
+  local t
+  for t in $(umoci ls --layout "$LAYOUT"); do
+    if [ "${t%%.*}" = "${1%%.*}" ] && [ "$t" != "$1" ]; then umoci rm --image "$LAYOUT:$t"; fi
+  done
+  umoci gc --layout "$LAYOUT"
 }
 
-# runner:dev = the base plus one small layer with this tree's binary (stripped).
-runner_image() {
-  runner_base
-  local layout=$IMAGES/runner layer=$IMAGES/skython-layer
-  rm -rf "$layer" && mkdir -p "$layer/usr/local/bin"
-  strip -o "$layer/usr/local/bin/skython" "$SKYTHON_BIN" 2>/dev/null ||
-    cp "$SKYTHON_BIN" "$layer/usr/local/bin/skython"
-  local sum
-  sum=$(sha256sum "$layer/usr/local/bin/skython" | cut -c1-16)
-  if [ "$(cat "$IMAGES/runner-dev.sum" 2>/dev/null)" != "$sum" ] || [ -z "$(layout_digest "$layout" dev)" ]; then
-    step "adding the skython binary to the runner image"
-    umoci rm --image "$layout:dev" 2>/dev/null || true
-    tar --owner=0 --group=0 -C "$layer" -cf "$layer.tar" usr
-    umoci raw add-layer --image "$layout:base" --tag dev "$layer.tar" || fail "adding the binary layer"
-    umoci gc --layout "$layout"
-    echo "$sum" >"$IMAGES/runner-dev.sum"
-    rm -f "$layer.tar"
-  fi
-  rm -rf "$layer"
-  if [ "$(image_digest "$RUNNER_IMAGE")" != "$(layout_digest "$layout" dev)" ]; then
-    step "importing the runner image into containerd"
-    import_layout "$layout" docker.io/skython/runner
-  fi
+# Debian bookworm with python3 and python3-venv (what images/install-runtime.sh needs) and
+# bubblewrap (the gateway confines draft test runs with it), as the Dockerfiles install them.
+os_image() {
+  TAG=os.$RUNNER_BASE_RECIPE
+  tag_exists "$TAG" && return 0
+  step "building the base image: debootstrap bookworm + python3 + bubblewrap (cold: a few minutes)"
+  rm -rf "$WORK"
+  umoci new --image "$LAYOUT:$TAG"
+  umoci unpack --image "$LAYOUT:$TAG" "$WORK/bundle" >/dev/null
+  local rootfs=$WORK/bundle/rootfs
+  timeout 1200 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,bubblewrap \
+    bookworm "$rootfs" http://deb.debian.org/debian >"$LOGS/debootstrap.log" 2>&1 ||
+    fail "debootstrap" "$LOGS/debootstrap.log"
+  rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/* "$rootfs"/usr/share/doc \
+    "$rootfs"/usr/share/man "$rootfs"/usr/share/info "$rootfs"/usr/share/locale
+  umoci repack --image "$LAYOUT:$TAG" "$WORK/bundle"
+  rm -rf "$WORK"
+  drop_older "$TAG"
+}
+
+# NAME.KEY: the image BASE plus one layer, the virtualenv VENV that images/install-runtime.sh makes
+# from REQUIREMENTS and checks by importing the MODULEs. Its wheels are fetched by the host's pip
+# (its index and certificates) for the image's Python, then installed offline inside.
+venv_image() { # NAME BASE REQUIREMENTS VENV MODULE...
+  local name=$1 base=$2 req=$3 venv=$4
+  shift 4
+  TAG=$name.$(cat "$repo/images/install-runtime.sh" "$req" "$(dirname "$req")/requirements.txt" |
+    (cat; echo "$base $venv $*") | sha256sum | cut -c1-12)
+  tag_exists "$TAG" && return 0
+  step "building the $name layer: $venv from ${req#"$repo"/} (cold: minutes)"
+  rm -rf "$WORK"
+  umoci unpack --image "$LAYOUT:$base" "$WORK/bundle" >/dev/null
+  local rootfs=$WORK/bundle/rootfs python version abi
+  mkdir "$rootfs/tmp/install"
+  cp "$repo/images/install-runtime.sh" "$(dirname "$req")"/requirements*.txt "$rootfs/tmp/install/"
+  python=$(chroot "$rootfs" python3 -c 'import platform, sys
+print(platform.python_version(), "cp%d%d" % sys.version_info[:2])') || fail "running the image's python3"
+  read -r version abi <<<"$python"
+  timeout 1800 python3 -m pip download --quiet --dest "$rootfs/tmp/install/wheels" --only-binary=:all: \
+    --python-version "$version" --implementation cp --abi "$abi" \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -r "$req" >"$LOGS/wheels.log" 2>&1 || fail "downloading wheels" "$LOGS/wheels.log"
+  timeout 1800 chroot "$rootfs" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
+    sh /tmp/install/install-runtime.sh --venv "$venv" --wheels /tmp/install/wheels \
+    "/tmp/install/$(basename "$req")" "$@" >"$LOGS/venv.log" 2>&1 ||
+    fail "installing $venv into the image" "$LOGS/venv.log"
+  rm -rf "$rootfs/tmp/install"
+  umoci repack --image "$LAYOUT:$TAG" "$WORK/bundle"
+  rm -rf "$WORK"
+  drop_older "$TAG"
+}
+
+# This tree's binary (stripped), as a layer to add: BIN_LAYER, and BIN_SUM its checksum.
+binary_layer() {
+  local dir=$IMAGES/skython-layer
+  rm -rf "$dir" && mkdir -p "$dir/usr/local/bin"
+  strip -o "$dir/usr/local/bin/skython" "$SKYTHON_BIN" 2>/dev/null ||
+    cp "$SKYTHON_BIN" "$dir/usr/local/bin/skython"
+  BIN_SUM=$(sha256sum "$dir/usr/local/bin/skython" | cut -c1-16)
+  BIN_LAYER=$dir.tar
+  tar --owner=0 --group=0 -C "$dir" -cf "$BIN_LAYER" usr
+  rm -rf "$dir"
+}
+
+# NAME.KEY: the image PARENT plus a layer with the binary (one for the images that share it).
+binary_image() { # NAME PARENT
+  local parent=$2
+  TAG=$1.$(echo "$parent $BIN_SUM" | sha256sum | cut -c1-12)
+  tag_exists "$TAG" && return 0
+  step "adding the skython binary to $parent"
+  umoci raw add-layer --image "$LAYOUT:$parent" --tag "$TAG" "$BIN_LAYER" ||
+    fail "adding the binary layer"
+  drop_older "$TAG"
+}
+
+# NAME.KEY: the image PARENT with an image config (umoci config flags), besides what every image
+# has, as in the Dockerfiles: uid 10001 and C.UTF-8.
+final_image() { # NAME PARENT FLAG...
+  local parent=$2
+  TAG=$1.$(echo "$*" | sha256sum | cut -c1-12)
+  shift 2
+  tag_exists "$TAG" && return 0
+  umoci config --image "$LAYOUT:$parent" --tag "$TAG" --config.user 10001:10001 \
+    --config.env PATH=/usr/local/bin:/usr/bin:/bin --config.env LANG=C.UTF-8 "$@"
+  drop_older "$TAG"
+}
+
+# Imports TAG into containerd as IMAGE:dev and IMAGE:dev-next, one image under two names (a test
+# upgrades to a changed tag), unless both already name it. The archive holds just its blobs.
+import_image() { # TAG IMAGE
+  local digest
+  digest=$(layout_digest "$LAYOUT" "$1")
+  [ "$(image_digest "$2:dev")" = "$digest" ] && [ "$(image_digest "$2:dev-next")" = "$digest" ] &&
+    return 0
+  step "importing $2:dev and :dev-next into containerd"
+  local out=$WORK/export d
+  rm -rf "$out" && mkdir -p "$out/blobs/sha256"
+  cp "$LAYOUT/oci-layout" "$out/"
+  for d in "$digest" $(jq -r '.config.digest, .layers[].digest' "$LAYOUT/blobs/sha256/${digest#sha256:}"); do
+    ln -f "$LAYOUT/blobs/sha256/${d#sha256:}" "$out/blobs/sha256/"
+  done
+  jq --arg t "$1" '.manifests |= [.[] | select(.annotations["org.opencontainers.image.ref.name"] == $t)
+    | (.annotations["org.opencontainers.image.ref.name"] = ("dev", "dev-next"))]' \
+    "$LAYOUT/index.json" >"$out/index.json"
+  tar -C "$out" -cf - . | ctr_k8s images import --base-name "$2" - >"$LOGS/import.log" 2>&1 ||
+    fail "importing $2 into containerd" "$LOGS/import.log"
+  rm -rf "$out"
 }
 
 load_images() {
   mkdir -p "$IMAGES"
   pause_image
-  runner_image
+  [ -f "$LAYOUT/index.json" ] || umoci init --layout "$LAYOUT"
+  binary_layer
+  local runner=(--config.env SKYTHON_PYTHON=/opt/skython/venv/bin/python
+    --config.entrypoint /usr/local/bin/skython)
+  os_image
+  local os=$TAG
+  venv_image runtime "$os" "$repo/runtime/requirements.txt" /opt/skython/venv \
+    numpy pandas scipy requests bs4
+  local runtime=$TAG
+  binary_image runtime-bin "$runtime"
+  local app=$TAG
+  final_image runner "$app" "${runner[@]}" --config.workingdir / --config.cmd runner
+  import_image "$TAG" docker.io/skython/runner
+  # The same layers: the gateway and the operator (its default command is the gateway's).
+  final_image skython "$app" "${runner[@]}" --config.workingdir /tmp \
+    --config.cmd gateway --config.cmd --addr --config.cmd 0.0.0.0:8080
+  import_image "$TAG" docker.io/skython/skython
+  # The MongoDB-wire test server (no MongoDB image can be fetched here), storage in /data (an
+  # emptyDir under a read-only root filesystem).
+  venv_image secantus-venv "$os" "$repo/e2e/mongo/requirements.txt" /opt/secantus/venv secantus pymongo
+  final_image secantus "$TAG" --config.workingdir /tmp \
+    --config.entrypoint /opt/secantus/venv/bin/secantusd-py --config.cmd --host \
+    --config.cmd 0.0.0.0 --config.cmd --port --config.cmd 27017 --config.cmd --storage-path \
+    --config.cmd /data --config.exposedports 27017/tcp
+  import_image "$TAG" docker.io/skython/secantus
+  # The full runtime (tensorflow, keras) is 2+ GB: only when asked for.
+  if [ "${SKYTHON_CLUSTER_FULL:-}" = 1 ]; then
+    venv_image runtime-full "$os" "$repo/runtime/requirements-full.txt" /opt/skython/venv \
+      numpy pandas scipy requests bs4 tensorflow keras
+    binary_image runtime-full-bin "$TAG"
+    final_image runner-full "$TAG" "${runner[@]}" --config.workingdir / --config.cmd runner
+    import_image "$TAG" docker.io/skython/runner-full
+  fi
+  rm -rf "$WORK" "$BIN_LAYER"
 }
 
 main() {
   mkdir -p "$STATE" "$LOGS" "$PIDS"
   bash "$here/build.sh"
   if healthy; then
-    step "the cluster is already up; refreshing the runner image"
+    step "the cluster is already up; refreshing the images"
     load_images
   else
     if [ -n "$(ls -A "$PIDS" 2>/dev/null)" ]; then
