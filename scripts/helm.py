@@ -98,10 +98,9 @@ def install_or_upgrade(args: argparse.Namespace) -> int:
         release = cfg.install(chart, args.name, values_of(args), create_namespace=args.create_namespace, **common)
     else:
         release = cfg.upgrade(chart, args.name, values_of(args), reuse_values=args.reuse_values, **common)
-    p.done(f"revision {release.get('version', '?')}, {release.get('info', {}).get('status', '?')}")
-    notes = release.get("info", {}).get("notes")
-    if notes:
-        print(notes)
+    p.done(f"revision {release.get('revision')}, {release.get('status')}")
+    if release.get("notes"):
+        print(release["notes"])
     return 0
 
 

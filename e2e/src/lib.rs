@@ -199,6 +199,12 @@ impl Skython {
         self.call_raw(name, args.to_string())
     }
 
+    /// A GET that may find nothing listening: `None` then.
+    pub fn try_get(&self, path: &str) -> Option<(u16, String)> {
+        let resp = self.http.get(format!("{}{path}", self.url)).send().ok()?;
+        Some((resp.status().as_u16(), resp.text().unwrap_or_default()))
+    }
+
     pub fn get(&self, path: &str) -> (u16, String) {
         let resp = self
             .http

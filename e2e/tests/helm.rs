@@ -319,8 +319,11 @@ fn an_installed_release_serves_functions_keeps_state_in_mongodb_and_passes_helm_
     for d in ["sky-skython-operator", "sky-skython-gateway"] {
         k.run(&["rollout", "status", &format!("deployment/{d}"), "--timeout=60s"]);
     }
+    // Through the Service as soon as kube-proxy has the Ready pods (a moment after they are).
     let gw = r.gateway();
-    assert_eq!(gw.get("/readyz").0, 200, "{}", r.story());
+    r.wait_until("the gateway's Service to answer /readyz", Duration::from_secs(30), || {
+        gw.try_get("/readyz").is_some_and(|(status, _)| status == 200)
+    });
 
     // A SkyFunction applied with kubectl, called through the gateway's Service.
     k.apply(&skyfunction("adder", "ops", "add", ADD));

@@ -260,10 +260,21 @@ pub async fn bootstrap_admin(
             store.add_credential(&admin_token(t)).await?;
             Ok(AdminToken::FromEnv)
         }
-        (false, Some(t)) => {
-            store.create_user(&admin(), None, &[admin_token(t)]).await?;
-            Ok(AdminToken::FromEnv)
-        }
+        (false, Some(t)) => match store.create_user(&admin(), None, &[admin_token(t)]).await {
+            Ok(_) => Ok(AdminToken::FromEnv),
+            // Gateway replicas started together on a fresh store: another one made the admin,
+            // with this same token, a moment earlier.
+            Err(StoreError::Conflict(_))
+                if store
+                    .list_credentials(ADMIN, CredentialKind::Token)
+                    .await?
+                    .iter()
+                    .any(|c| c.hash == hash_secret(t) && c.revoked_at.is_none()) =>
+            {
+                Ok(AdminToken::FromEnv)
+            }
+            Err(e) => Err(e),
+        },
         (true, None) => Ok(AdminToken::Existing {
             file: file.exists().then_some(file),
         }),
@@ -351,6 +362,18 @@ mod tests {
         }
         assert_eq!(authenticates(&store, &token).await, None);
         assert_eq!(authenticates(&store, "t2").await.as_deref(), Some(ADMIN));
+    }
+
+    #[tokio::test]
+    async fn replicas_starting_together_with_one_token_all_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = skython_store::SqliteStore::open_in_memory().unwrap();
+        let start = || bootstrap_admin(&store, dir.path(), Some("t1"));
+        let (a, b, c) = tokio::join!(start(), start(), start());
+        for started in [a, b, c] {
+            assert_eq!(started.unwrap(), AdminToken::FromEnv);
+        }
+        assert_eq!(authenticates(&store, "t1").await.as_deref(), Some(ADMIN));
     }
 
     #[tokio::test]
