@@ -209,6 +209,13 @@ pub struct DeployArgs {
     /// Calls served at once (worker processes).
     #[arg(long)]
     concurrency: Option<u32>,
+    /// CPU per worker, a Kubernetes quantity such as 250m or 2 (on Kubernetes, what each
+    /// runner pod requests).
+    #[arg(long)]
+    cpu: Option<String>,
+    /// Memory per worker, such as 256Mi or 1Gi.
+    #[arg(long)]
+    memory: Option<String>,
     /// Deploy for another owner (admin only). Default: the token's user.
     #[arg(long)]
     owner: Option<String>,
@@ -278,6 +285,11 @@ pub async fn deploy(a: DeployArgs) -> anyhow::Result<()> {
     ] {
         if let Some(v) = v {
             spec[k] = v;
+        }
+    }
+    for (k, v) in [("cpu", &a.cpu), ("memory", &a.memory)] {
+        if let Some(v) = v {
+            spec["resources"][k] = v.as_str().into();
         }
     }
     spinner.set_message(format!(

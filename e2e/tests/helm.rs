@@ -291,11 +291,12 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
 
 const ADD: &str = "def add(a: int, b: int) -> int:\n    return a + b\n";
 
-/// A SkyFunction as a cluster admin writes it.
+/// A SkyFunction as a cluster admin writes it. Test functions ask for a tenth of a CPU: the
+/// default (one) would fill the two-core test node with two functions.
 fn skyfunction(name: &str, owner: &str, endpoint: &str, source: &str) -> String {
     let source = source.replace('\n', "\n      ");
     format!(
-        "apiVersion: skython.io/v1alpha1\nkind: SkyFunction\nmetadata:\n  name: {name}\nspec:\n  owner: {owner}\n  endpoint: {endpoint}\n  access: public\n  source: |\n      {source}\n"
+        "apiVersion: skython.io/v1alpha1\nkind: SkyFunction\nmetadata:\n  name: {name}\nspec:\n  owner: {owner}\n  endpoint: {endpoint}\n  access: public\n  resources: {{cpu: 100m}}\n  source: |\n      {source}\n"
     )
 }
 
@@ -330,7 +331,7 @@ fn an_installed_release_serves_functions_keeps_state_in_mongodb_and_passes_helm_
     assert_eq!(call_ok(&r, &gw, "ops/add", json!({"a": 2, "b": 3})), json!(5));
 
     // One deployed through the gateway's API: it becomes a SkyFunction, and answers.
-    let (status, body) = gw.deploy(json!({"endpoint": "visits", "source":
+    let (status, body) = gw.deploy(json!({"endpoint": "visits", "resources": {"cpu": "100m"}, "source":
         "from skython import store, load\n\ndef main(page: str):\n    n = (load(page) or 0) + 1\n    store(page, n)\n    return n\n"}));
     assert_eq!(status, 201, "{body}");
     assert!(k.get("skyfunction admin.visits").is_some(), "no SkyFunction admin.visits");
@@ -473,7 +474,7 @@ fn an_upgrade_to_a_new_image_tag_drops_no_calls() {
     let _one = one_at_a_time();
     let r = Release::install("helm-upgrade", &[]);
     let gw = r.gateway();
-    let (status, body) = gw.deploy(json!({"endpoint": "add", "source": ADD}));
+    let (status, body) = gw.deploy(json!({"endpoint": "add", "resources": {"cpu": "100m"}, "source": ADD}));
     assert_eq!(status, 201, "{body}");
     assert_eq!(call_ok(&r, &gw, "admin/add", json!({"a": 1, "b": 2})), json!(3));
 
@@ -586,7 +587,7 @@ fn not_skythons(thing: &str) -> bool {
 fn two_functions_with_pods(r: &Release) {
     r.k.apply(&skyfunction("adder", "ops", "add", ADD));
     let gw = r.gateway();
-    let (status, body) = gw.deploy(json!({"endpoint": "add", "source": ADD}));
+    let (status, body) = gw.deploy(json!({"endpoint": "add", "resources": {"cpu": "100m"}, "source": ADD}));
     assert_eq!(status, 201, "{body}");
     assert_eq!(call_ok(r, &gw, "ops/add", json!({"a": 1, "b": 1})), json!(2));
     assert_eq!(call_ok(r, &gw, "admin/add", json!({"a": 2, "b": 2})), json!(4));
