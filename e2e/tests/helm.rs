@@ -377,12 +377,19 @@ fn mongo_find(uri: &str, collection: &str, filter: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `kubectl auth can-i` as a service account of the release; `what` is `resource[.group]`,
+/// with `/name` for one object or `#subresource`.
 fn can_i(k: &Kubectl, sa: &str, verb: &str, what: &str, namespace: &str) -> bool {
     let who = format!("system:serviceaccount:{}:{sa}", k.namespace);
+    let (what, subresource) = match what.split_once('#') {
+        Some((w, sub)) => (w, vec![format!("--subresource={sub}")]),
+        None => (what, vec![]),
+    };
     let out = std::process::Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(k.kubeconfig())
         .args(["auth", "can-i", verb, what, "--as", &who, "-n", namespace])
+        .args(subresource)
         .output()
         .expect("kubectl auth can-i");
     String::from_utf8_lossy(&out.stdout).trim() == "yes"
@@ -398,7 +405,7 @@ fn service_accounts_may_do_what_the_chart_grants_and_nothing_dangerous(k: &Kubec
             "sky-skython-operator",
             &[
                 ("skyfunctions.skython.io", &["get", "list", "watch"]),
-                ("skyfunctions.skython.io/status", &["patch"]),
+                ("skyfunctions.skython.io#status", &["patch"]),
                 ("configmaps", &["list", "watch", "create", "patch"]),
                 ("services", &["list", "watch", "create", "patch"]),
                 ("networkpolicies.networking.k8s.io", &["list", "watch", "create", "patch"]),
@@ -406,7 +413,7 @@ fn service_accounts_may_do_what_the_chart_grants_and_nothing_dangerous(k: &Kubec
                 ("events.events.k8s.io", &["create", "patch"]),
                 ("leases.coordination.k8s.io/sky-skython-operator", &["get", "update"]),
                 ("leases.coordination.k8s.io/sky-skython-autoscaler", &[]),
-                ("skyfunctions.skython.io/scale", &[]),
+                ("skyfunctions.skython.io#scale", &[]),
                 ("pods", &[]),
                 ("secrets", &[]),
             ],
@@ -415,8 +422,8 @@ fn service_accounts_may_do_what_the_chart_grants_and_nothing_dangerous(k: &Kubec
             "sky-skython-gateway",
             &[
                 ("skyfunctions.skython.io", &["get", "list", "watch", "create", "update", "delete"]),
-                ("skyfunctions.skython.io/scale", &["patch"]),
-                ("skyfunctions.skython.io/status", &[]),
+                ("skyfunctions.skython.io#scale", &["patch"]),
+                ("skyfunctions.skython.io#status", &[]),
                 ("pods", &["get", "list", "watch"]),
                 ("leases.coordination.k8s.io/sky-skython-autoscaler", &["get", "update"]),
                 ("leases.coordination.k8s.io/sky-skython-operator", &[]),
@@ -430,8 +437,10 @@ fn service_accounts_may_do_what_the_chart_grants_and_nothing_dangerous(k: &Kubec
     for (sa, rules) in grants {
         for (what, allowed) in rules {
             for verb in VERBS {
-                // Lease rules name one object: verbs on collections do not apply to it.
-                if what.contains('/') && matches!(verb, "list" | "watch" | "create" | "deletecollection") {
+                // Rules on one named object or a subresource: verbs on collections do not apply.
+                if (what.contains('/') || what.contains('#'))
+                    && matches!(verb, "list" | "watch" | "create" | "deletecollection")
+                {
                     continue;
                 }
                 let want = allowed.contains(&verb);
