@@ -87,7 +87,12 @@ spec:
     let svc = k.get("service mongodb").expect("the mongodb Service");
     let ip = svc["spec"]["clusterIP"].as_str().expect("a ClusterIP");
     let uri = format!("mongodb://{ip}:27017/skython?directConnection=true");
-    k.run(&["wait", "--for=condition=Ready", "pod/mongodb", "--timeout=120s"]);
+    k.run(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/mongodb",
+        "--timeout=120s",
+    ]);
     k.run(&[
         "create",
         "secret",
@@ -124,7 +129,12 @@ impl Release {
         let (k, cleanup) = fresh_namespace(tag);
         if owns_crd {
             let crd = "crd/skyfunctions.skython.io";
-            k.run(&["label", crd, "app.kubernetes.io/managed-by=Helm", "--overwrite"]);
+            k.run(&[
+                "label",
+                crd,
+                "app.kubernetes.io/managed-by=Helm",
+                "--overwrite",
+            ]);
             k.run(&[
                 "annotate",
                 crd,
@@ -147,7 +157,9 @@ impl Release {
             mongodb_uri,
             _cleanup: cleanup,
         };
-        let mut args: Vec<String> = ["install", "sky", &chart(), "--wait"].map(String::from).into();
+        let mut args: Vec<String> = ["install", "sky", &chart(), "--wait"]
+            .map(String::from)
+            .into();
         let base = [
             format!("image.tag={IMAGE_TAG}"),
             "gateway.adminToken.existingSecret=e2e-admin".into(),

@@ -66,7 +66,13 @@ fn the_defaults_render_an_operator_a_gateway_and_their_least_privilege() {
     let objs = objects(&render(&[]).unwrap_or_else(|e| panic!("{e}")));
     let kinds: BTreeSet<_> = objs
         .iter()
-        .map(|o| format!("{} {}", o["kind"].as_str().unwrap(), o["metadata"]["name"].as_str().unwrap()))
+        .map(|o| {
+            format!(
+                "{} {}",
+                o["kind"].as_str().unwrap(),
+                o["metadata"]["name"].as_str().unwrap()
+            )
+        })
         .collect();
     for want in [
         "CustomResourceDefinition skyfunctions.skython.io",
@@ -89,7 +95,10 @@ fn the_defaults_render_an_operator_a_gateway_and_their_least_privilege() {
     }
     // The CRD and its SkyFunctions survive an uninstall unless asked.
     let crd = find(&objs, "CustomResourceDefinition", "skyfunctions.skython.io");
-    assert_eq!(crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
+    assert_eq!(
+        crd["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
     // Only the TokenReview rule is cluster-wide.
     for o in objs.iter().filter(|o| o["kind"] == "ClusterRole") {
         assert_eq!(
@@ -106,10 +115,17 @@ fn the_defaults_render_an_operator_a_gateway_and_their_least_privilege() {
     let operator = find(&objs, "Deployment", "sky-skython-operator");
     let pod = &operator["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
-    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
-    assert_eq!(pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert_eq!(
+        pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"],
+        true
+    );
     assert!(
-        args_of(operator).contains(&"--gateway-url=http://$(SKY_SKYTHON_GATEWAY_SERVICE_HOST):80".to_string()),
+        args_of(operator)
+            .contains(&"--gateway-url=http://$(SKY_SKYTHON_GATEWAY_SERVICE_HOST):80".to_string()),
         "{:?}",
         args_of(operator)
     );
@@ -151,14 +167,20 @@ fn every_option_of_the_values_file_shows_in_the_manifests() {
     let gpod = &gateway["spec"]["template"]["spec"];
     let gc = &gpod["containers"][0];
     assert_eq!(gateway["spec"]["replicas"], 3);
-    assert_eq!(gc["image"], "registry.example.com/platform/skython/skython-gateway:9.9.9");
+    assert_eq!(
+        gc["image"],
+        "registry.example.com/platform/skython/skython-gateway:9.9.9"
+    );
     assert_eq!(gc["imagePullPolicy"], "Always");
     assert_eq!(gpod["imagePullSecrets"], json!([{"name": "regcred"}]));
     assert_eq!(gpod["nodeSelector"], json!({"pool": "gateways"}));
     assert_eq!(gpod["tolerations"][0]["value"], "gateway");
     assert!(gpod["affinity"]["podAntiAffinity"].is_object());
     assert_eq!(gpod["terminationGracePeriodSeconds"], 22);
-    assert_eq!(gc["lifecycle"]["preStop"]["exec"]["command"], json!(["/bin/sleep", "7"]));
+    assert_eq!(
+        gc["lifecycle"]["preStop"]["exec"]["command"],
+        json!(["/bin/sleep", "7"])
+    );
     assert_eq!(
         gc["securityContext"]["seccompProfile"],
         json!({"type": "Localhost", "localhostProfile": "profiles/skython-gateway.json"})
@@ -166,12 +188,22 @@ fn every_option_of_the_values_file_shows_in_the_manifests() {
     assert_eq!(gc["securityContext"]["procMount"], "Default");
     assert_eq!(gc["resources"]["limits"]["memory"], "3Gi");
     let env = gc["env"].to_string();
-    for want in ["prod-mongodb", "connection", "prod-admin", "admin-token", "prod-metrics", "scrape-token"] {
+    for want in [
+        "prod-mongodb",
+        "connection",
+        "prod-admin",
+        "admin-token",
+        "prod-metrics",
+        "scrape-token",
+    ] {
         assert!(env.contains(want), "{want} not in {env}");
     }
     let opod = &operator["spec"]["template"]["spec"];
     assert_eq!(operator["spec"]["replicas"], 2);
-    assert_eq!(opod["containers"][0]["image"], "registry.example.com/platform/skython/skython-operator:9.9.9");
+    assert_eq!(
+        opod["containers"][0]["image"],
+        "registry.example.com/platform/skython/skython-operator:9.9.9"
+    );
     assert_eq!(opod["nodeSelector"], json!({"pool": "system"}));
     assert_eq!(opod["containers"][0]["resources"]["requests"]["cpu"], "75m");
     assert!(opod["affinity"]["nodeAffinity"].is_object());
@@ -179,21 +211,36 @@ fn every_option_of_the_values_file_shows_in_the_manifests() {
     assert_eq!(svc["spec"]["type"], "LoadBalancer");
     assert_eq!(svc["spec"]["clusterIP"], "10.96.77.77");
     assert_eq!(svc["spec"]["ports"][0]["port"], 8443);
-    assert_eq!(svc["metadata"]["annotations"]["service.example.com/lb"], "internal");
+    assert_eq!(
+        svc["metadata"]["annotations"]["service.example.com/lb"],
+        "internal"
+    );
     let ingress = find(&objs, "Ingress", "sky-skython-gateway");
     assert_eq!(ingress["spec"]["ingressClassName"], "nginx");
     assert_eq!(ingress["spec"]["tls"][0]["secretName"], "functions-tls");
     assert_eq!(ingress["spec"]["rules"][0]["host"], "functions.example.com");
-    assert_eq!(ingress["metadata"]["annotations"]["cert-manager.io/cluster-issuer"], "letsencrypt");
+    assert_eq!(
+        ingress["metadata"]["annotations"]["cert-manager.io/cluster-issuer"],
+        "letsencrypt"
+    );
     let pdb = find(&objs, "PodDisruptionBudget", "sky-skython-operator");
     assert_eq!(pdb["spec"]["minAvailable"], 1);
     let monitor = find(&objs, "ServiceMonitor", "sky-skython");
     assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
     assert_eq!(monitor["spec"]["endpoints"][0]["interval"], "15s");
-    assert_eq!(monitor["spec"]["endpoints"][0]["bearerTokenSecret"]["name"], "prod-metrics");
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["bearerTokenSecret"]["name"],
+        "prod-metrics"
+    );
     // The functions' Roles are in their namespace; the Leases' in the release's.
-    assert_eq!(find(&objs, "Role", "sky-skython-operator")["metadata"]["namespace"], "sky-functions");
-    assert_eq!(find(&objs, "Role", "sky-skython-gateway")["metadata"]["namespace"], "sky-functions");
+    assert_eq!(
+        find(&objs, "Role", "sky-skython-operator")["metadata"]["namespace"],
+        "sky-functions"
+    );
+    assert_eq!(
+        find(&objs, "Role", "sky-skython-gateway")["metadata"]["namespace"],
+        "sky-functions"
+    );
     // Turned off: no CRD, no gateway PDB, no metrics Service, no generated secrets, no test.
     for (kind, name) in [
         ("CustomResourceDefinition", "skyfunctions.skython.io"),
@@ -204,7 +251,9 @@ fn every_option_of_the_values_file_shows_in_the_manifests() {
         ("Pod", "sky-skython-test"),
     ] {
         assert!(
-            !objs.iter().any(|o| o["kind"] == kind && o["metadata"]["name"] == name),
+            !objs
+                .iter()
+                .any(|o| o["kind"] == kind && o["metadata"]["name"] == name),
             "{kind} {name} rendered though turned off"
         );
     }
@@ -215,7 +264,7 @@ fn leaves(v: &Value, path: &str, out: &mut BTreeSet<String>) {
     match v.as_object() {
         Some(m) if !m.is_empty() && !path.ends_with("resources") => {
             for (k, v) in m {
-                leaves(v, &format!("{path}.{k}").trim_start_matches('.').to_string(), out);
+                leaves(v, format!("{path}.{k}").trim_start_matches('.'), out);
             }
         }
         _ => {
@@ -240,10 +289,16 @@ fn every_value_is_typed_and_described_in_the_schema() {
     for path in &paths {
         let mut node = &schema;
         for part in path.split('.') {
-            assert_eq!(node["additionalProperties"], false, "{path}: its map accepts unknown keys");
+            assert_eq!(
+                node["additionalProperties"], false,
+                "{path}: its map accepts unknown keys"
+            );
             node = &node["properties"][part];
         }
-        assert!(node["type"].is_string() || node["type"].is_array(), "{path} has no type");
+        assert!(
+            node["type"].is_string() || node["type"].is_array(),
+            "{path} has no type"
+        );
         assert!(
             node["description"].as_str().is_some_and(|d| !d.is_empty()),
             "{path} has no description"
@@ -259,9 +314,16 @@ fn every_value_is_set_by_the_every_option_file() {
     // An empty map by default (nodeSelector: {}) is set by any key under it.
     let missing: Vec<_> = defaults
         .iter()
-        .filter(|d| !every.iter().any(|e| e == *d || e.starts_with(&format!("{d}."))))
+        .filter(|d| {
+            !every
+                .iter()
+                .any(|e| e == *d || e.starts_with(&format!("{d}.")))
+        })
         .collect();
-    assert!(missing.is_empty(), "not set by e2e/helm/every-option.yaml: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "not set by e2e/helm/every-option.yaml: {missing:?}"
+    );
 }
 
 #[test]
@@ -303,10 +365,14 @@ fn skyfunction(name: &str, owner: &str, endpoint: &str, source: &str) -> String 
 /// Calls until one answers 200 (the first waits for a pod).
 fn call_ok(r: &Release, gw: &Skython, name: &str, args: Value) -> Value {
     let mut last = (0, Value::Null);
-    r.wait_until(&format!("a 200 from {name}"), Duration::from_secs(120), || {
-        last = gw.call(name, args.clone());
-        last.0 == 200
-    });
+    r.wait_until(
+        &format!("a 200 from {name}"),
+        Duration::from_secs(120),
+        || {
+            last = gw.call(name, args.clone());
+            last.0 == 200
+        },
+    );
     last.1
 }
 
@@ -318,38 +384,85 @@ fn an_installed_release_serves_functions_keeps_state_in_mongodb_and_passes_helm_
 
     // Ready: both Deployments rolled out (helm's wait) and every pod Ready.
     for d in ["sky-skython-operator", "sky-skython-gateway"] {
-        k.run(&["rollout", "status", &format!("deployment/{d}"), "--timeout=60s"]);
+        k.run(&[
+            "rollout",
+            "status",
+            &format!("deployment/{d}"),
+            "--timeout=60s",
+        ]);
     }
     // Through the Service as soon as kube-proxy has the Ready pods (a moment after they are).
     let gw = r.gateway();
-    r.wait_until("the gateway's Service to answer /readyz", Duration::from_secs(30), || {
-        gw.try_get("/readyz").is_some_and(|(status, _)| status == 200)
-    });
+    r.wait_until(
+        "the gateway's Service to answer /readyz",
+        Duration::from_secs(30),
+        || {
+            gw.try_get("/readyz")
+                .is_some_and(|(status, _)| status == 200)
+        },
+    );
 
     // A SkyFunction applied with kubectl, called through the gateway's Service.
     k.apply(&skyfunction("adder", "ops", "add", ADD));
-    assert_eq!(call_ok(&r, &gw, "ops/add", json!({"a": 2, "b": 3})), json!(5));
+    assert_eq!(
+        call_ok(&r, &gw, "ops/add", json!({"a": 2, "b": 3})),
+        json!(5)
+    );
 
     // One deployed through the gateway's API: it becomes a SkyFunction, and answers.
     let (status, body) = gw.deploy(json!({"endpoint": "visits", "resources": {"cpu": "100m"}, "source":
         "from skython import store, load\n\ndef main(page: str):\n    n = (load(page) or 0) + 1\n    store(page, n)\n    return n\n"}));
     assert_eq!(status, 201, "{body}");
-    assert!(k.get("skyfunction admin.visits").is_some(), "no SkyFunction admin.visits");
-    assert_eq!(call_ok(&r, &gw, "admin/visits", json!({"page": "home"})), json!(1));
-    assert_eq!(gw.call("admin/visits", json!({"page": "home"})), (200, json!(2)));
+    assert!(
+        k.get("skyfunction admin.visits").is_some(),
+        "no SkyFunction admin.visits"
+    );
+    assert_eq!(
+        call_ok(&r, &gw, "admin/visits", json!({"page": "home"})),
+        json!(1)
+    );
+    assert_eq!(
+        gw.call("admin/visits", json!({"page": "home"})),
+        (200, json!(2))
+    );
 
     // store/load went to MongoDB: the gateways keep nothing (emptyDir), so after both are
     // replaced the count goes on; and the value is in SecantusDB's collection.
-    k.run(&["delete", "pods", "-l", "app.kubernetes.io/component=gateway", "--wait=true"]);
-    k.run(&["rollout", "status", "deployment/sky-skython-gateway", "--timeout=120s"]);
-    assert_eq!(call_ok(&r, &gw, "admin/visits", json!({"page": "home"})), json!(3));
+    k.run(&[
+        "delete",
+        "pods",
+        "-l",
+        "app.kubernetes.io/component=gateway",
+        "--wait=true",
+    ]);
+    k.run(&[
+        "rollout",
+        "status",
+        "deployment/sky-skython-gateway",
+        "--timeout=120s",
+    ]);
+    assert_eq!(
+        call_ok(&r, &gw, "admin/visits", json!({"page": "home"})),
+        json!(3)
+    );
     let found = mongo_find(&r.mongodb_uri, "state", r#"{"owner": "admin"}"#);
-    assert!(found.contains("home") && found.contains('3'), "state in MongoDB: {found}");
+    assert!(
+        found.contains("home") && found.contains('3'),
+        "state in MongoDB: {found}"
+    );
 
     // helm test: a pod deploys a function through the API and calls it.
-    let out = r.helm(&["test", "sky", "--logs"]).unwrap_or_else(|e| panic!("{e}\n{}", r.story()));
-    assert!(out.contains("called admin/helm-test through the gateway: \"hello helm\""), "{out}");
-    assert!(k.get("skyfunction admin.helm-test").is_none(), "helm test left its function");
+    let out = r
+        .helm(&["test", "sky", "--logs"])
+        .unwrap_or_else(|e| panic!("{e}\n{}", r.story()));
+    assert!(
+        out.contains("called admin/helm-test through the gateway: \"hello helm\""),
+        "{out}"
+    );
+    assert!(
+        k.get("skyfunction admin.helm-test").is_none(),
+        "helm test left its function"
+    );
 
     service_accounts_may_do_what_the_chart_grants_and_nothing_dangerous(k);
 }
@@ -373,7 +486,11 @@ fn mongo_find(uri: &str, collection: &str, filter: &str) -> String {
         ])
         .output()
         .expect("running pymongo");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -395,12 +512,24 @@ fn can_i(k: &Kubectl, sa: &str, verb: &str, what: &str, namespace: &str) -> bool
     String::from_utf8_lossy(&out.stdout).trim() == "yes"
 }
 
+/// A resource and the verbs granted on it.
+type Grant<'a> = (&'a str, &'a [&'a str]);
+
 /// `kubectl auth can-i` for each service account: yes for exactly the verbs its Roles grant on
 /// the resources it uses, no for every other verb there, and no for the dangerous ones.
 fn service_accounts_may_do_what_the_chart_grants_and_nothing_dangerous(k: &Kubectl) {
-    const VERBS: [&str; 8] = ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"];
+    const VERBS: [&str; 8] = [
+        "get",
+        "list",
+        "watch",
+        "create",
+        "update",
+        "patch",
+        "delete",
+        "deletecollection",
+    ];
     let ns = k.namespace.clone();
-    let grants: [(&str, &[(&str, &[&str])]); 2] = [
+    let grants: [(&str, &[Grant]); 2] = [
         (
             "sky-skython-operator",
             &[
@@ -408,10 +537,19 @@ fn service_accounts_may_do_what_the_chart_grants_and_nothing_dangerous(k: &Kubec
                 ("skyfunctions.skython.io#status", &["patch"]),
                 ("configmaps", &["list", "watch", "create", "patch"]),
                 ("services", &["list", "watch", "create", "patch"]),
-                ("networkpolicies.networking.k8s.io", &["list", "watch", "create", "patch"]),
-                ("deployments.apps", &["list", "watch", "create", "patch", "delete"]),
+                (
+                    "networkpolicies.networking.k8s.io",
+                    &["list", "watch", "create", "patch"],
+                ),
+                (
+                    "deployments.apps",
+                    &["list", "watch", "create", "patch", "delete"],
+                ),
                 ("events.events.k8s.io", &["create", "patch"]),
-                ("leases.coordination.k8s.io/sky-skython-operator", &["get", "update"]),
+                (
+                    "leases.coordination.k8s.io/sky-skython-operator",
+                    &["get", "update"],
+                ),
                 ("leases.coordination.k8s.io/sky-skython-autoscaler", &[]),
                 ("skyfunctions.skython.io#scale", &[]),
                 ("pods", &[]),
@@ -421,11 +559,17 @@ fn service_accounts_may_do_what_the_chart_grants_and_nothing_dangerous(k: &Kubec
         (
             "sky-skython-gateway",
             &[
-                ("skyfunctions.skython.io", &["get", "list", "watch", "create", "update", "delete"]),
+                (
+                    "skyfunctions.skython.io",
+                    &["get", "list", "watch", "create", "update", "delete"],
+                ),
                 ("skyfunctions.skython.io#scale", &["patch"]),
                 ("skyfunctions.skython.io#status", &[]),
                 ("pods", &["get", "list", "watch"]),
-                ("leases.coordination.k8s.io/sky-skython-autoscaler", &["get", "update"]),
+                (
+                    "leases.coordination.k8s.io/sky-skython-autoscaler",
+                    &["get", "update"],
+                ),
                 ("leases.coordination.k8s.io/sky-skython-operator", &[]),
                 ("deployments.apps", &[]),
                 ("configmaps", &[]),
@@ -445,7 +589,10 @@ fn service_accounts_may_do_what_the_chart_grants_and_nothing_dangerous(k: &Kubec
                 }
                 let want = allowed.contains(&verb);
                 if can_i(k, sa, verb, what, &ns) != want {
-                    wrong.push(format!("{sa} {verb} {what}: expected {}", if want { "yes" } else { "no" }));
+                    wrong.push(format!(
+                        "{sa} {verb} {what}: expected {}",
+                        if want { "yes" } else { "no" }
+                    ));
                 }
             }
         }
@@ -456,8 +603,16 @@ fn service_accounts_may_do_what_the_chart_grants_and_nothing_dangerous(k: &Kubec
             ("create", "pods/exec", ns.as_str()),
             ("create", "pods", ns.as_str()),
             ("escalate", "roles.rbac.authorization.k8s.io", ns.as_str()),
-            ("bind", "clusterroles.rbac.authorization.k8s.io", ns.as_str()),
-            ("create", "rolebindings.rbac.authorization.k8s.io", ns.as_str()),
+            (
+                "bind",
+                "clusterroles.rbac.authorization.k8s.io",
+                ns.as_str(),
+            ),
+            (
+                "create",
+                "rolebindings.rbac.authorization.k8s.io",
+                ns.as_str(),
+            ),
             ("list", "skyfunctions.skython.io", "default"),
             ("create", "leases.coordination.k8s.io", ns.as_str()),
             ("*", "*", ns.as_str()),
@@ -468,14 +623,30 @@ fn service_accounts_may_do_what_the_chart_grants_and_nothing_dangerous(k: &Kubec
         }
     }
     assert!(
-        can_i(k, "sky-skython-gateway", "create", "tokenreviews.authentication.k8s.io", &ns),
+        can_i(
+            k,
+            "sky-skython-gateway",
+            "create",
+            "tokenreviews.authentication.k8s.io",
+            &ns
+        ),
         "the gateway may not review runner pods' tokens"
     );
     assert!(
-        !can_i(k, "sky-skython-operator", "create", "tokenreviews.authentication.k8s.io", &ns),
+        !can_i(
+            k,
+            "sky-skython-operator",
+            "create",
+            "tokenreviews.authentication.k8s.io",
+            &ns
+        ),
         "the operator may review tokens"
     );
-    assert!(wrong.is_empty(), "RBAC differs from the chart's grants:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "RBAC differs from the chart's grants:\n{}",
+        wrong.join("\n")
+    );
 }
 
 #[test]
@@ -483,9 +654,13 @@ fn an_upgrade_to_a_new_image_tag_drops_no_calls() {
     let _one = one_at_a_time();
     let r = Release::install("helm-upgrade", &[]);
     let gw = r.gateway();
-    let (status, body) = gw.deploy(json!({"endpoint": "add", "resources": {"cpu": "100m"}, "source": ADD}));
+    let (status, body) =
+        gw.deploy(json!({"endpoint": "add", "resources": {"cpu": "100m"}, "source": ADD}));
     assert_eq!(status, 201, "{body}");
-    assert_eq!(call_ok(&r, &gw, "admin/add", json!({"a": 1, "b": 2})), json!(3));
+    assert_eq!(
+        call_ok(&r, &gw, "admin/add", json!({"a": 1, "b": 2})),
+        json!(3)
+    );
 
     // Two clients on keep-alive connections, calling without pause.
     let stop = Arc::new(AtomicBool::new(false));
@@ -526,7 +701,15 @@ fn an_upgrade_to_a_new_image_tag_drops_no_calls() {
     let started = Instant::now();
     let chart = chart();
     let next = format!("image.tag={NEXT_IMAGE_TAG}");
-    let upgraded = r.helm(&["upgrade", "sky", &chart, "--reuse-values", "--set", &next, "--wait"]);
+    let upgraded = r.helm(&[
+        "upgrade",
+        "sky",
+        &chart,
+        "--reuse-values",
+        "--set",
+        &next,
+        "--wait",
+    ]);
     // The operator's new runner image rolls the function's pods too; wait until only pods of
     // the new tag serve, then call a little longer.
     let next_image = format!("docker.io/skython/runner:{NEXT_IMAGE_TAG}");
@@ -545,17 +728,29 @@ fn an_upgrade_to_a_new_image_tag_drops_no_calls() {
         c.join().unwrap();
     }
     upgraded.unwrap_or_else(|e| panic!("{e}\n{}", r.story()));
-    assert!(rolled, "the function's pods never all ran {next_image}\n{}", r.story());
+    assert!(
+        rolled,
+        "the function's pods never all ran {next_image}\n{}",
+        r.story()
+    );
     let images: BTreeSet<String> = r.k.get("pods").unwrap()["items"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .map(|p| p["spec"]["containers"][0]["image"].as_str().unwrap_or_default().to_string())
+        .map(|p| {
+            p["spec"]["containers"][0]["image"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
         .filter(|i| !i.contains("secantus"))
         .collect();
     assert!(
-        images.iter().all(|i| i.ends_with(&format!(":{NEXT_IMAGE_TAG}"))) && !images.iter().any(|i| i.ends_with(&format!(":{IMAGE_TAG}"))),
+        images
+            .iter()
+            .all(|i| i.ends_with(&format!(":{NEXT_IMAGE_TAG}")))
+            && !images.iter().any(|i| i.ends_with(&format!(":{IMAGE_TAG}"))),
         "images after the upgrade: {images:?}"
     );
     let calls = calls.load(Ordering::Relaxed);
@@ -566,7 +761,12 @@ fn an_upgrade_to_a_new_image_tag_drops_no_calls() {
         failures.len()
     );
     assert!(calls > 100, "only {calls} calls during the upgrade");
-    assert!(failures.is_empty(), "{} of {calls} calls failed: {:?}", failures.len(), &failures[..failures.len().min(10)]);
+    assert!(
+        failures.is_empty(),
+        "{} of {calls} calls failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
 }
 
 /// What is in the release's namespace besides Events (the cluster's record; they expire), as
@@ -580,15 +780,28 @@ fn left_in(k: &Kubectl) -> BTreeSet<String> {
         .cloned()
         .unwrap_or_default()
         .iter()
-        .map(|o| format!("{} {}", o["kind"].as_str().unwrap_or("?"), o["metadata"]["name"].as_str().unwrap_or("?")))
+        .map(|o| {
+            format!(
+                "{} {}",
+                o["kind"].as_str().unwrap_or("?"),
+                o["metadata"]["name"].as_str().unwrap_or("?")
+            )
+        })
         .collect()
 }
 
 /// What the test itself put there (SecantusDB and the secrets) and what Kubernetes adds to
 /// every namespace.
 fn not_skythons(thing: &str) -> bool {
-    ["Pod mongodb", "Service mongodb", "Secret skython-mongodb", "Secret e2e-admin", "ConfigMap kube-root-ca.crt", "ServiceAccount default"]
-        .contains(&thing)
+    [
+        "Pod mongodb",
+        "Service mongodb",
+        "Secret skython-mongodb",
+        "Secret e2e-admin",
+        "ConfigMap kube-root-ca.crt",
+        "ServiceAccount default",
+    ]
+    .contains(&thing)
         || thing.starts_with("Secret default-token-")
 }
 
@@ -596,10 +809,17 @@ fn not_skythons(thing: &str) -> bool {
 fn two_functions_with_pods(r: &Release) {
     r.k.apply(&skyfunction("adder", "ops", "add", ADD));
     let gw = r.gateway();
-    let (status, body) = gw.deploy(json!({"endpoint": "add", "resources": {"cpu": "100m"}, "source": ADD}));
+    let (status, body) =
+        gw.deploy(json!({"endpoint": "add", "resources": {"cpu": "100m"}, "source": ADD}));
     assert_eq!(status, 201, "{body}");
-    assert_eq!(call_ok(r, &gw, "ops/add", json!({"a": 1, "b": 1})), json!(2));
-    assert_eq!(call_ok(r, &gw, "admin/add", json!({"a": 2, "b": 2})), json!(4));
+    assert_eq!(
+        call_ok(r, &gw, "ops/add", json!({"a": 1, "b": 1})),
+        json!(2)
+    );
+    assert_eq!(
+        call_ok(r, &gw, "admin/add", json!({"a": 2, "b": 2})),
+        json!(4)
+    );
 }
 
 fn cluster_has(k: &Kubectl, what: &str) -> bool {
@@ -613,18 +833,30 @@ fn an_uninstall_asked_to_remove_the_crd_leaves_nothing_of_skython() {
     let _one = one_at_a_time();
     let r = Release::install_owning_the_crd("helm-purge", &["crds.keep=false"]);
     two_functions_with_pods(&r);
-    let clusterrole = format!("clusterrole/sky-skython-gateway-{}-tokenreview", r.k.namespace);
+    let clusterrole = format!(
+        "clusterrole/sky-skython-gateway-{}-tokenreview",
+        r.k.namespace
+    );
     assert!(cluster_has(&r.k, &clusterrole));
     r.helm(&["uninstall", "sky", "--wait"])
         .unwrap_or_else(|e| panic!("{e}\n{}", r.story()));
     // The CRD goes, its SkyFunctions with it, and the garbage collector takes their children.
     let mut left = BTreeSet::new();
     r.wait_until("nothing of Skython left", Duration::from_secs(180), || {
-        left = left_in(&r.k).into_iter().filter(|t| !not_skythons(t)).collect();
+        left = left_in(&r.k)
+            .into_iter()
+            .filter(|t| !not_skythons(t))
+            .collect();
         left.is_empty() && !cluster_has(&r.k, "crd/skyfunctions.skython.io")
     });
     assert!(left.is_empty(), "left in the namespace: {left:?}");
-    for what in [clusterrole, format!("clusterrolebinding/sky-skython-gateway-{}-tokenreview", r.k.namespace)] {
+    for what in [
+        clusterrole,
+        format!(
+            "clusterrolebinding/sky-skython-gateway-{}-tokenreview",
+            r.k.namespace
+        ),
+    ] {
         assert!(!cluster_has(&r.k, &what), "{what} outlived the release");
     }
 }
@@ -636,15 +868,30 @@ fn an_uninstall_keeps_the_crd_and_the_skyfunctions_by_default() {
     two_functions_with_pods(&r);
     r.helm(&["uninstall", "sky", "--wait"])
         .unwrap_or_else(|e| panic!("{e}\n{}", r.story()));
-    assert!(cluster_has(&r.k, "crd/skyfunctions.skython.io"), "the CRD was removed");
+    assert!(
+        cluster_has(&r.k, "crd/skyfunctions.skython.io"),
+        "the CRD was removed"
+    );
     for f in ["adder", "admin.add"] {
-        assert!(r.k.get(&format!("skyfunction {f}")).is_some(), "SkyFunction {f} was removed");
+        assert!(
+            r.k.get(&format!("skyfunction {f}")).is_some(),
+            "SkyFunction {f} was removed"
+        );
     }
     // Of the chart's own objects, none is left.
     let mut chart_left = BTreeSet::new();
     r.wait_until("the chart's objects gone", Duration::from_secs(60), || {
-        chart_left = left_in(&r.k).into_iter().filter(|t| t.contains("sky-skython")).collect();
+        chart_left = left_in(&r.k)
+            .into_iter()
+            .filter(|t| t.contains("sky-skython"))
+            .collect();
         chart_left.is_empty()
     });
-    assert!(!cluster_has(&r.k, &format!("clusterrole/sky-skython-gateway-{}-tokenreview", r.k.namespace)));
+    assert!(!cluster_has(
+        &r.k,
+        &format!(
+            "clusterrole/sky-skython-gateway-{}-tokenreview",
+            r.k.namespace
+        )
+    ));
 }

@@ -171,13 +171,24 @@ fn cli_deploy_sets_the_workers_cpu_and_memory() {
     let file = dir.path().join("small.py");
     std::fs::write(&file, "def main():\n    return 1\n").unwrap();
     let out = Command::new(skython_bin())
-        .args(["deploy", file.to_str().unwrap(), "--cpu", "250m", "--memory", "256Mi"])
+        .args([
+            "deploy",
+            file.to_str().unwrap(),
+            "--cpu",
+            "250m",
+            "--memory",
+            "256Mi",
+        ])
         .env("SKYTHON_URL", &s.url)
         .env("SKYTHON_TOKEN", TOKEN)
         .env("SKYTHON_CONFIG", dir.path().join("config.json"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (status, f) = s.api(reqwest::Method::GET, "/functions/admin/small", None);
     assert_eq!(status, 200, "{f}");
     assert_eq!(f["resources"], json!({"cpu": "250m", "memory": "256Mi"}));
