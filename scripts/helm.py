@@ -8,6 +8,7 @@ like the helm command a cluster admin would type:
   scripts/helm.py template sky helm/skython -n skython -f values.yaml
   scripts/helm.py install sky helm/skython -n skython --set mongodb.existingSecret=mongo --wait
   scripts/helm.py upgrade sky helm/skython -n skython --reuse-values --set image.tag=1.2 --wait
+  scripts/helm.py status sky -n skython
   scripts/helm.py test sky -n skython --logs
   scripts/helm.py uninstall sky -n skython --wait
 
@@ -113,6 +114,14 @@ def uninstall(args: argparse.Namespace) -> int:
     return 0
 
 
+def status(args: argparse.Namespace) -> int:
+    release = config(args).status(args.name)
+    print(f"NAME: {release['name']}\nNAMESPACE: {release['namespace']}\nSTATUS: {release['status']}\nREVISION: {release['revision']}")
+    if release.get("notes"):
+        print(f"NOTES:\n{release['notes']}")
+    return 0
+
+
 def test(args: argparse.Namespace) -> int:
     p = Progress(f"running the tests of {args.name}")
     out = config(args).test(args.name, timeout=args.timeout, logs=args.logs)
@@ -168,6 +177,11 @@ def parser() -> argparse.ArgumentParser:
     cluster(p)
     p.add_argument("--wait", action="store_true", help="until every resource is gone")
     p.set_defaults(run=uninstall)
+
+    p = sub.add_parser("status", help="a release's state and notes")
+    p.add_argument("name")
+    cluster(p)
+    p.set_defaults(run=status)
 
     p = sub.add_parser("test", help="run a release's test hooks")
     p.add_argument("name")

@@ -895,3 +895,45 @@ fn an_uninstall_keeps_the_crd_and_the_skyfunctions_by_default() {
         )
     ));
 }
+
+/// The install's NOTES, as a cluster admin reads them, run as written (the local port made
+/// free for the test): the gateway reached, the admin's token taken, a function deployed and
+/// called.
+#[test]
+fn the_three_commands_of_the_notes_call_a_function() {
+    let _one = one_at_a_time();
+    let r = Release::install("helm-notes", &[]);
+    let notes = r.helm(&["status", "sky"]).unwrap_or_else(|e| panic!("{e}"));
+    let commands: Vec<&str> = notes
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| !l.starts_with("kubectl"))
+        .take_while(|l| !l.starts_with("Open "))
+        .filter(|l| !l.is_empty() && !l.ends_with(':'))
+        .collect();
+    assert!(commands.len() >= 5, "commands in the notes: {commands:?}\n{notes}");
+    let port = skython_e2e::free_port().to_string();
+    let script = commands
+        .join("\n")
+        .replace(" \\\n", " ")
+        .replace("8080", &port);
+    let run = format!(
+        "set -eu\nexport KUBECONFIG={}\ntrap 'kill $(jobs -p) 2>/dev/null' EXIT\n{}\n",
+        r.k.kubeconfig().display(),
+        script.replacen(
+            "&\n",
+            &format!("&\nfor _ in $(seq 50); do curl -s -o /dev/null 127.0.0.1:{port} && break; sleep 0.2; done\n"),
+            1
+        )
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &run])
+        .output()
+        .expect("bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with('5'),
+        "the notes' commands:\n{run}\nsaid: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
