@@ -167,6 +167,7 @@ pub async fn run(args: RunnerArgs) -> anyhow::Result<()> {
         pod.router(),
         args.limits.client_timeouts(),
         shutdown,
+        Duration::ZERO,
         calls_end_within,
     )
     .await?;

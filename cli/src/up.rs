@@ -205,6 +205,11 @@ pub struct ServerArgs {
     limits: LimitArgs,
     #[command(flatten)]
     sandbox: SandboxArgs,
+    /// Seconds to serve on after SIGTERM, closing each connection after its answer, while a
+    /// load balancer (a Kubernetes Service) stops sending new ones; calls in flight then get
+    /// 10 s more. The Helm chart sets 5.
+    #[arg(long, env = "SKYTHON_SHUTDOWN_DELAY_SECS", default_value_t = 0.0)]
+    shutdown_delay_secs: f64,
     /// Log filter (tracing syntax).
     #[arg(long, env = "SKYTHON_LOG", default_value = "info")]
     pub log: String,
@@ -451,12 +456,24 @@ pub async fn serve_app(
         }
     }
     tracing::info!(addr = %listener.local_addr()?, "listening");
+    let lame_duck = Duration::try_from_secs_f64(args.shutdown_delay_secs).with_context(|| {
+        format!(
+            "--shutdown-delay-secs: {} is not a duration in seconds",
+            args.shutdown_delay_secs
+        )
+    })?;
+    let drain = Duration::from_secs(10);
+    let shutdown = async move {
+        crate::termination_signal().await;
+        crate::exit_when_busy_after(lame_duck + drain);
+    };
     serve(
         listener,
         app,
         args.limits.client_timeouts(),
-        crate::shutdown_signal(),
-        Duration::from_secs(10),
+        shutdown,
+        lame_duck,
+        drain,
     )
     .await?;
     recorder.flush().await;

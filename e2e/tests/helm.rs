@@ -147,6 +147,7 @@ fn every_option_of_the_values_file_shows_in_the_manifests() {
         "--pod-queue-timeout-secs=12",
         "--stable-window-secs=90",
         "--panic-window-secs=9",
+        "--shutdown-delay-secs=7",
         "--log=skython=debug",
     ] {
         assert!(g.contains(&want.to_string()), "{want} not in {g:?}");
@@ -177,10 +178,6 @@ fn every_option_of_the_values_file_shows_in_the_manifests() {
     assert_eq!(gpod["tolerations"][0]["value"], "gateway");
     assert!(gpod["affinity"]["podAntiAffinity"].is_object());
     assert_eq!(gpod["terminationGracePeriodSeconds"], 22);
-    assert_eq!(
-        gc["lifecycle"]["preStop"]["exec"]["command"],
-        json!(["/bin/sleep", "7"])
-    );
     assert_eq!(
         gc["securityContext"]["seccompProfile"],
         json!({"type": "Localhost", "localhostProfile": "profiles/skython-gateway.json"})
@@ -911,7 +908,10 @@ fn the_three_commands_of_the_notes_call_a_function() {
         .take_while(|l| !l.starts_with("Open "))
         .filter(|l| !l.is_empty() && !l.ends_with(':'))
         .collect();
-    assert!(commands.len() >= 5, "commands in the notes: {commands:?}\n{notes}");
+    assert!(
+        commands.len() >= 5,
+        "commands in the notes: {commands:?}\n{notes}"
+    );
     let port = skython_e2e::free_port().to_string();
     let script = commands
         .join("\n")
@@ -935,5 +935,34 @@ fn the_three_commands_of_the_notes_call_a_function() {
         out.status.success() && stdout.trim_end().ends_with('5'),
         "the notes' commands:\n{run}\nsaid: {stdout}{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn an_install_with_a_wrong_typed_value_is_refused_before_anything_is_made() {
+    let namespace = format!("skython-e2e-helm-refused-{}", std::process::id());
+    let kubeconfig = skython_e2e::cluster::kubeconfig().display().to_string();
+    let chart = chart();
+    let err = helm(&[
+        "install",
+        "sky",
+        &chart,
+        "-n",
+        &namespace,
+        "--create-namespace",
+        "--kubeconfig",
+        &kubeconfig,
+        "--set-json",
+        r#"gateway.queue={"limit": "lots"}"#,
+    ])
+    .unwrap_err();
+    assert!(
+        err.contains("/gateway/queue/limit") && err.contains("want integer"),
+        "{err}"
+    );
+    let k = Kubectl::new("default");
+    assert!(
+        !cluster_has(&k, &format!("namespace/{namespace}")),
+        "the refused install made its namespace"
     );
 }

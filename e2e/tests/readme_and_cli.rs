@@ -64,26 +64,33 @@ fn run_the_tour(store_args: &[&str]) {
     );
 }
 
+/// `skython ARGS` against `s` with the admin's token: success, stdout, stderr.
+fn cli_as_admin(
+    s: &Skython,
+    config_dir: &std::path::Path,
+    args: &[&str],
+) -> (bool, String, String) {
+    let out = Command::new(skython_bin())
+        .args(args)
+        .env("SKYTHON_URL", &s.url)
+        .env("SKYTHON_TOKEN", TOKEN)
+        .env("SKYTHON_CONFIG", config_dir.join("config.json"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn cli_deploys_invokes_lists_and_shows_logs() {
     let s = Skython::start(&[]);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("shout.py");
     std::fs::write(&file, "def shout(word: str = 'hi') -> str:\n    print('shouting', word)\n    return word.upper()\n").unwrap();
-    let cli = |args: &[&str]| {
-        let out = Command::new(skython_bin())
-            .args(args)
-            .env("SKYTHON_URL", &s.url)
-            .env("SKYTHON_TOKEN", TOKEN)
-            .env("SKYTHON_CONFIG", dir.path().join("config.json"))
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| cli_as_admin(&s, dir.path(), args);
     let f = file.to_str().unwrap();
     let (ok, out, err) = cli(&[
         "deploy",
@@ -146,16 +153,8 @@ fn cli_rm_deletes_a_function_and_names_one_that_is_not_there() {
     let dir = tempfile::tempdir().unwrap();
     s.deploy_ok("gone", "def main():\n    return 1\n", json!({}));
     let rm = || {
-        let out = Command::new(skython_bin())
-            .args(["rm", "admin/gone"])
-            .env("SKYTHON_URL", &s.url)
-            .env("SKYTHON_TOKEN", TOKEN)
-            .env("SKYTHON_CONFIG", dir.path().join("config.json"))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.success(), text)
+        let (ok, out, err) = cli_as_admin(&s, dir.path(), &["rm", "admin/gone"]);
+        (ok, out + &err)
     };
     let (ok, out) = rm();
     assert!(ok && out.contains("deleted admin/gone"), "{out}");
@@ -170,25 +169,13 @@ fn cli_deploy_sets_the_workers_cpu_and_memory() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("small.py");
     std::fs::write(&file, "def main():\n    return 1\n").unwrap();
-    let out = Command::new(skython_bin())
-        .args([
-            "deploy",
-            file.to_str().unwrap(),
-            "--cpu",
-            "250m",
-            "--memory",
-            "256Mi",
-        ])
-        .env("SKYTHON_URL", &s.url)
-        .env("SKYTHON_TOKEN", TOKEN)
-        .env("SKYTHON_CONFIG", dir.path().join("config.json"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let file = file.to_str().unwrap();
+    let (ok, out, err) = cli_as_admin(
+        &s,
+        dir.path(),
+        &["deploy", file, "--cpu", "250m", "--memory", "256Mi"],
     );
+    assert!(ok, "{out}{err}");
     let (status, f) = s.api(reqwest::Method::GET, "/functions/admin/small", None);
     assert_eq!(status, 200, "{f}");
     assert_eq!(f["resources"], json!({"cpu": "250m", "memory": "256Mi"}));
