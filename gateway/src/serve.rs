@@ -51,11 +51,15 @@ pub async fn serve(
     drain: Duration,
 ) -> std::io::Result<()> {
     let closing = Arc::new(AtomicBool::new(false));
-    let app = app
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            timeouts.body,
-        ))
-        .layer(axum::middleware::from_fn({
+    let app = app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        timeouts.body,
+    ));
+    // Only servers with a lame-duck period pay for the check on every answer (runner pods and
+    // `skython up` have none).
+    let app = if lame_duck.is_zero() {
+        app
+    } else {
+        app.layer(axum::middleware::from_fn({
             let closing = closing.clone();
             move |req: axum::extract::Request, next: axum::middleware::Next| {
                 let closing = closing.load(Ordering::Relaxed);
@@ -72,7 +76,8 @@ pub async fn serve(
                     res
                 }
             }
-        }));
+        }))
+    };
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
