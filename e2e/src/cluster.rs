@@ -11,18 +11,11 @@ use crate::{Process, eventually, free_port, skython_bin};
 
 /// The cluster's admin kubeconfig: `$SKYTHON_KUBECONFIG`, else where `up.sh` writes it.
 pub fn kubeconfig() -> PathBuf {
-    let path = std::env::var_os("SKYTHON_KUBECONFIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/skython/cluster/admin.kubeconfig")
-        });
-    assert!(
-        path.exists(),
-        "no cluster: {} is missing; start one with `bash e2e/cluster/up.sh` (`make test` does)",
-        path.display()
-    );
-    path
+    crate::cached(
+        "SKYTHON_KUBECONFIG",
+        "cluster/admin.kubeconfig",
+        "no cluster; start one with `bash e2e/cluster/up.sh` (`make test` does)",
+    )
 }
 
 pub struct Kubectl {

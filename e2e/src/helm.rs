@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::cluster::{Cleanup, Kubectl, fresh_namespace, kubeconfig};
+use crate::cluster::{Cleanup, Kubectl, fresh_namespace};
 use crate::{Skython, TOKEN, repo_root};
 
 /// The tag `e2e/cluster/up.sh` gives this tree's images; `:dev-next` is the same content under
@@ -16,18 +16,11 @@ pub const NEXT_IMAGE_TAG: &str = "dev-next";
 
 /// The Python with helm-python-sdk: `$SKYTHON_HELM_PYTHON`, else `make venv-helm`'s.
 pub fn helm_python() -> PathBuf {
-    let python = std::env::var_os("SKYTHON_HELM_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/skython/venv-helm/bin/python")
-        });
-    assert!(
-        python.exists(),
-        "{} is missing: run `make venv-helm` (`make test` does)",
-        python.display()
-    );
-    python
+    crate::cached(
+        "SKYTHON_HELM_PYTHON",
+        "venv-helm/bin/python",
+        "run `make venv-helm` (`make test` does)",
+    )
 }
 
 pub fn chart() -> String {
@@ -103,10 +96,12 @@ spec:
     uri
 }
 
+/// The name of every test release (each has a namespace of its own).
+pub const RELEASE: &str = "sky";
+
 /// A release of the chart in a fresh namespace, with MongoDB (SecantusDB) and the tests' admin
 /// token; uninstalled and its namespace deleted when dropped.
 pub struct Release {
-    pub name: String,
     pub k: Kubectl,
     pub mongodb_uri: String,
     _cleanup: Cleanup,
@@ -138,7 +133,7 @@ impl Release {
             k.run(&[
                 "annotate",
                 crd,
-                "meta.helm.sh/release-name=sky",
+                &format!("meta.helm.sh/release-name={RELEASE}"),
                 &format!("meta.helm.sh/release-namespace={}", k.namespace),
                 "--overwrite",
             ]);
@@ -152,12 +147,11 @@ impl Release {
             &format!("--from-literal=token={TOKEN}"),
         ]);
         let release = Release {
-            name: "sky".into(),
             k,
             mongodb_uri,
             _cleanup: cleanup,
         };
-        let mut args: Vec<String> = ["install", "sky", &chart(), "--wait"]
+        let mut args: Vec<String> = ["install", RELEASE, &chart(), "--wait"]
             .map(String::from)
             .into();
         let base = [
@@ -177,7 +171,7 @@ impl Release {
 
     /// `scripts/helm.py` in this release's namespace.
     pub fn helm(&self, args: &[&str]) -> Result<String, String> {
-        let kubeconfig = kubeconfig().display().to_string();
+        let kubeconfig = self.k.kubeconfig().display().to_string();
         let mut all = args.to_vec();
         all.extend(["-n", &self.k.namespace, "--kubeconfig", &kubeconfig]);
         helm(&all)
@@ -230,6 +224,6 @@ impl Release {
 impl Drop for Release {
     /// Uninstalls (the chart's cluster-wide objects go too); the namespace goes after.
     fn drop(&mut self) {
-        let _ = self.helm(&["uninstall", &self.name, "--timeout", "60"]);
+        let _ = self.helm(&["uninstall", RELEASE, "--timeout", "60"]);
     }
 }

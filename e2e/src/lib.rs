@@ -26,6 +26,18 @@ pub fn repo_root() -> PathBuf {
     Path::new(&dir).join("..")
 }
 
+/// Something `make` builds into the cache: `$ENV`, else `~/.cache/skython/RELATIVE`. A test
+/// without it fails saying `how` to get it.
+pub fn cached(env: &str, relative: &str, how: &str) -> PathBuf {
+    let path = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default())
+            .join(".cache/skython")
+            .join(relative)
+    });
+    assert!(path.exists(), "{} is missing: {how}", path.display());
+    path
+}
+
 pub fn skython_bin() -> PathBuf {
     if let Some(b) = std::env::var_os("SKYTHON_BIN") {
         return b.into();

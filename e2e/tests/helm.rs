@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use skython_e2e::cluster::Kubectl;
-use skython_e2e::helm::{IMAGE_TAG, NEXT_IMAGE_TAG, Release, chart, helm};
+use skython_e2e::helm::{IMAGE_TAG, NEXT_IMAGE_TAG, RELEASE, Release, chart, helm};
 use skython_e2e::{Skython, eventually, repo_root};
 
 fn every_option() -> String {
@@ -450,7 +450,7 @@ fn an_installed_release_serves_functions_keeps_state_in_mongodb_and_passes_helm_
 
     // helm test: a pod deploys a function through the API and calls it.
     let out = r
-        .helm(&["test", "sky", "--logs"])
+        .helm(&["test", RELEASE, "--logs"])
         .unwrap_or_else(|e| panic!("{e}\n{}", r.story()));
     assert!(
         out.contains("called admin/helm-test through the gateway: \"hello helm\""),
@@ -466,13 +466,12 @@ fn an_installed_release_serves_functions_keeps_state_in_mongodb_and_passes_helm_
 
 /// Documents of a collection as mongosh would print them (pymongo from the SecantusDB venv).
 fn mongo_find(uri: &str, collection: &str, filter: &str) -> String {
-    let secantusd = std::env::var("SKYTHON_SECANTUSD").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/skython/venv-mongo/bin/secantusd-py",
-            std::env::var("HOME").unwrap_or_default()
-        )
-    });
-    let python = std::path::Path::new(&secantusd).with_file_name("python");
+    let secantusd = skython_e2e::cached(
+        "SKYTHON_SECANTUSD",
+        "venv-mongo/bin/secantusd-py",
+        "run `make venv-mongo` (`make test` does)",
+    );
+    let python = secantusd.with_file_name("python");
     let out = std::process::Command::new(python)
         .args([
             "-c",
@@ -700,7 +699,7 @@ fn an_upgrade_to_a_new_image_tag_drops_no_calls() {
     let next = format!("image.tag={NEXT_IMAGE_TAG}");
     let upgraded = r.helm(&[
         "upgrade",
-        "sky",
+        RELEASE,
         &chart,
         "--reuse-values",
         "--set",
@@ -819,12 +818,6 @@ fn two_functions_with_pods(r: &Release) {
     );
 }
 
-fn cluster_has(k: &Kubectl, what: &str) -> bool {
-    k.try_run(&["get", what, "--ignore-not-found", "-o", "name"], None)
-        .map(|s| !s.trim().is_empty())
-        .unwrap_or(true)
-}
-
 #[test]
 fn an_uninstall_asked_to_remove_the_crd_leaves_nothing_of_skython() {
     let _one = one_at_a_time();
@@ -834,8 +827,8 @@ fn an_uninstall_asked_to_remove_the_crd_leaves_nothing_of_skython() {
         "clusterrole/sky-skython-gateway-{}-tokenreview",
         r.k.namespace
     );
-    assert!(cluster_has(&r.k, &clusterrole));
-    r.helm(&["uninstall", "sky", "--wait"])
+    assert!(r.k.get(&clusterrole).is_some());
+    r.helm(&["uninstall", RELEASE, "--wait"])
         .unwrap_or_else(|e| panic!("{e}\n{}", r.story()));
     // The CRD goes, its SkyFunctions with it, and the garbage collector takes their children.
     let mut left = BTreeSet::new();
@@ -844,7 +837,7 @@ fn an_uninstall_asked_to_remove_the_crd_leaves_nothing_of_skython() {
             .into_iter()
             .filter(|t| !not_skythons(t))
             .collect();
-        left.is_empty() && !cluster_has(&r.k, "crd/skyfunctions.skython.io")
+        left.is_empty() && r.k.get("crd/skyfunctions.skython.io").is_none()
     });
     assert!(left.is_empty(), "left in the namespace: {left:?}");
     for what in [
@@ -854,7 +847,7 @@ fn an_uninstall_asked_to_remove_the_crd_leaves_nothing_of_skython() {
             r.k.namespace
         ),
     ] {
-        assert!(!cluster_has(&r.k, &what), "{what} outlived the release");
+        assert!(r.k.get(&what).is_none(), "{what} outlived the release");
     }
 }
 
@@ -863,10 +856,10 @@ fn an_uninstall_keeps_the_crd_and_the_skyfunctions_by_default() {
     let _one = one_at_a_time();
     let r = Release::install_owning_the_crd("helm-keep", &[]);
     two_functions_with_pods(&r);
-    r.helm(&["uninstall", "sky", "--wait"])
+    r.helm(&["uninstall", RELEASE, "--wait"])
         .unwrap_or_else(|e| panic!("{e}\n{}", r.story()));
     assert!(
-        cluster_has(&r.k, "crd/skyfunctions.skython.io"),
+        r.k.get("crd/skyfunctions.skython.io").is_some(),
         "the CRD was removed"
     );
     for f in ["adder", "admin.add"] {
@@ -884,13 +877,13 @@ fn an_uninstall_keeps_the_crd_and_the_skyfunctions_by_default() {
             .collect();
         chart_left.is_empty()
     });
-    assert!(!cluster_has(
-        &r.k,
-        &format!(
+    assert!(
+        r.k.get(&format!(
             "clusterrole/sky-skython-gateway-{}-tokenreview",
             r.k.namespace
-        )
-    ));
+        ))
+        .is_none()
+    );
 }
 
 /// The install's NOTES, as a cluster admin reads them, run as written (the local port made
@@ -900,7 +893,9 @@ fn an_uninstall_keeps_the_crd_and_the_skyfunctions_by_default() {
 fn the_three_commands_of_the_notes_call_a_function() {
     let _one = one_at_a_time();
     let r = Release::install("helm-notes", &[]);
-    let notes = r.helm(&["status", "sky"]).unwrap_or_else(|e| panic!("{e}"));
+    let notes = r
+        .helm(&["status", RELEASE])
+        .unwrap_or_else(|e| panic!("{e}"));
     let commands: Vec<&str> = notes
         .lines()
         .map(str::trim)
@@ -962,7 +957,7 @@ fn an_install_with_a_wrong_typed_value_is_refused_before_anything_is_made() {
     );
     let k = Kubectl::new("default");
     assert!(
-        !cluster_has(&k, &format!("namespace/{namespace}")),
+        k.get(&format!("namespace/{namespace}")).is_none(),
         "the refused install made its namespace"
     );
 }

@@ -50,6 +50,14 @@ async function deployAsOwner(ctx, spec) {
   assert.equal(made.status(), 201, await made.text());
 }
 
+/** Presses "Call endpoint" on a function's page; the answer's body once "HTTP 200" shows. */
+async function callFromPage(page) {
+  await page.getByRole("button", { name: "Call endpoint" }).click();
+  const answer = page.getByRole("region", { name: "Call result" });
+  await answer.getByText("HTTP 200").waitFor();
+  return (await answer.getByLabel("Response body").textContent()).trim();
+}
+
 const PAGES = [
   { name: "front", path: "/", ready: { role: "heading", name: /HTTP endpoint/ } },
   { name: "sign-up", path: "/signup", ready: { role: "heading", name: "Create your account" } },
@@ -164,10 +172,7 @@ test("a key made on a gated function's page calls it, and revoking it stops it",
   await page.getByLabel("x (int)").fill("21");
   await page.getByRole("button", { name: "Create a key" }).click();
   await page.waitForFunction(() => document.querySelector("#try-key")?.value.startsWith("sky_key_"));
-  await page.getByRole("button", { name: "Call endpoint" }).click();
-  const answer = page.getByRole("region", { name: "Call result" });
-  await answer.getByText("HTTP 200").waitFor();
-  assert.equal((await answer.getByLabel("Response body").textContent()).trim(), "42");
+  assert.equal(await callFromPage(page), "42");
   const key = await page.locator("#try-key").inputValue();
   await page.reload();
   await page.getByRole("button", { name: "Revoke key try-gated" }).click();
@@ -234,10 +239,7 @@ test("a public function deployed without an access of its own is called from its
   await page.getByText("Anyone may call").waitFor();
   assert.equal(await page.getByLabel("API key", { exact: true }).count(), 0);
   await page.getByLabel("x (int)").fill("41");
-  await page.getByRole("button", { name: "Call endpoint" }).click();
-  const answer = page.getByRole("region", { name: "Call result" });
-  await answer.getByText("HTTP 200").waitFor();
-  assert.equal((await answer.getByLabel("Response body").textContent()).trim(), "42");
+  assert.equal(await callFromPage(page), "42");
   assertNoConsoleErrors(errors);
   await ctx.close();
 });
