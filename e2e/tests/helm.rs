@@ -868,9 +868,10 @@ fn an_uninstall_keeps_the_crd_and_the_skyfunctions_by_default() {
             "SkyFunction {f} was removed"
         );
     }
-    // Of the chart's own objects, none is left.
+    // Of the chart's own objects, none is left. Pods take their grace period and then the
+    // kubelet's volume cleanup, which a busy node stretches well past a minute.
     let mut chart_left = BTreeSet::new();
-    r.wait_until("the chart's objects gone", Duration::from_secs(60), || {
+    r.wait_until("the chart's objects gone", Duration::from_secs(180), || {
         chart_left = left_in(&r.k)
             .into_iter()
             .filter(|t| t.contains("sky-skython"))

@@ -107,6 +107,92 @@ pub fn proof(token: &str, nonce: &str) -> String {
     hex::encode(outer)
 }
 
+/// Pool pods: runner pods started before anyone knows their function (`skython runner --pool`,
+/// created by the operator), which a gateway claims for a function with no pod and specialises
+/// by sending it the function ([`Specialise`]) at [`SPECIALISE_PATH`], signed with the pool key.
+///
+/// An unclaimed pool pod may reach nothing (no egress), so it cannot announce itself or learn a
+/// secret from the gateway: it checks the gateway's Ed25519 signature with the public key the
+/// operator gives it ([`ENV_POOL_PUBLIC_KEY`]). Both derive the key pair from one secret
+/// ([`PoolKey::from_secret`]), which the pod never sees. A signed request names the pod's uid, and
+/// a pod is specialised once: a copy of it is useless to any other pod, and to this one after.
+pub const POOL_LABEL: &str = "skython.io/pool";
+/// The pod route the gateway specialises a pool pod at (body: [`Specialise`], signed).
+pub const SPECIALISE_PATH: &str = "/internal/specialise";
+/// The header carrying the hex Ed25519 signature of a specialise request's exact body.
+pub const SIGNATURE_HEADER: &str = "x-skython-signature";
+/// A pool pod's uid (downward API `metadata.uid`), which a specialise request must name.
+pub const ENV_POD_UID: &str = "SKYTHON_POD_UID";
+/// The hex Ed25519 public key pool pods check specialise requests with.
+pub const ENV_POOL_PUBLIC_KEY: &str = "SKYTHON_POOL_PUBLIC_KEY";
+/// The runtime a pool pod preloads (`standard`, `full`); set, the runner runs as a pool pod.
+pub const ENV_POOL_RUNTIME: &str = "SKYTHON_POOL";
+/// Annotations a gateway writes on the pool pod it claimed (with the function's labels and an
+/// owner reference to the SkyFunction): who claimed it and when (RFC 3339), and the version it
+/// serves (the operator's checksum annotation, `skython.io/function-checksum`).
+pub const CLAIMED_BY_ANNOTATION: &str = "skython.io/claimed-by";
+pub const CLAIMED_AT_ANNOTATION: &str = "skython.io/claimed-at";
+
+/// `POST SPECIALISE_PATH`: "serve this function from now on". Answered 200 once a worker has
+/// loaded it (the pod is then the function's, for its life); 401 for a bad signature, 403 for
+/// a request naming another pod, 409 when the pod is already specialised (another gateway
+/// replica claimed it first), 422 when the function cannot load (the message says why).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Specialise {
+    /// The uid of the pod this request is for.
+    pub pod_uid: String,
+    /// The SkyFunction's `namespace/name`, for the pod's logs and metrics.
+    pub function: String,
+    /// The function as its Deployment's pods see it (`function.json`, source included).
+    pub spec: skython_crds::SkyFunctionSpec,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("an Ed25519 key cannot be made from this secret: {0}")]
+pub struct PoolKeyError(String);
+
+/// The pool's Ed25519 key pair, derived from a shared secret (SHA-256 of it is the seed), so the
+/// chart needs to generate nothing but random bytes.
+pub struct PoolKey(ring::signature::Ed25519KeyPair);
+
+impl PoolKey {
+    pub fn from_secret(secret: &[u8]) -> Result<PoolKey, PoolKeyError> {
+        let seed = Sha256::digest(secret);
+        ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed)
+            .map(PoolKey)
+            .map_err(|e| PoolKeyError(e.to_string()))
+    }
+
+    /// What pool pods verify with ([`ENV_POOL_PUBLIC_KEY`]).
+    pub fn public_hex(&self) -> String {
+        use ring::signature::KeyPair;
+        hex::encode(self.0.public_key().as_ref())
+    }
+
+    /// The [`SIGNATURE_HEADER`] value for `body`.
+    pub fn sign(&self, body: &[u8]) -> String {
+        hex::encode(self.0.sign(body).as_ref())
+    }
+}
+
+impl std::fmt::Debug for PoolKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PoolKey({})", self.public_hex())
+    }
+}
+
+/// Whether `signature_hex` is the pool key's signature of `body`.
+pub fn verify(public_hex: &str, body: &[u8], signature_hex: &str) -> bool {
+    let (Ok(public), Ok(signature)) = (hex::decode(public_hex.trim()), hex::decode(signature_hex))
+    else {
+        return false;
+    };
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public)
+        .verify(body, &signature)
+        .is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +241,26 @@ mod tests {
         assert_eq!(a.port, 8080);
         assert!(!a.draining);
         assert!(serde_json::from_str::<Announce>(r#"{"ip":"nope","port":1}"#).is_err());
+    }
+
+    #[test]
+    fn a_pool_signature_verifies_with_the_public_key_of_the_same_secret_only() {
+        let key = PoolKey::from_secret(b"the chart's random bytes").unwrap();
+        let body = br#"{"podUid":"u1"}"#;
+        let sig = key.sign(body);
+        assert!(verify(&key.public_hex(), body, &sig));
+        assert!(!verify(&key.public_hex(), br#"{"podUid":"u2"}"#, &sig), "another body");
+        let other = PoolKey::from_secret(b"another secret").unwrap();
+        assert!(!verify(&other.public_hex(), body, &sig), "another key");
+        assert!(!verify(&key.public_hex(), body, "not hex"));
+        assert!(!verify("", body, &sig));
+    }
+
+    #[test]
+    fn the_pool_key_is_the_same_for_the_same_secret() {
+        let a = PoolKey::from_secret(b"s").unwrap();
+        let b = PoolKey::from_secret(b"s").unwrap();
+        assert_eq!(a.public_hex(), b.public_hex());
+        assert_eq!(a.public_hex().len(), 64);
     }
 }
