@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{ArgAction, Args};
 use skython_cluster::autoscaler::AutoscalerConfig;
-use skython_cluster::platform::{ClusterConfig, ClusterPlatform, PeerConfig};
+use skython_cluster::platform::{ClusterConfig, ClusterPlatform, PeerConfig, PoolConfig};
 use skython_cluster::router::RouterConfig;
 use skython_gateway::{AppState, Metrics};
 use skython_operator::leader::LeaseConfig;
@@ -63,6 +63,27 @@ pub struct GatewayArgs {
     /// The URL other replicas reach this one at (with --peer-token). Default: the public URL.
     #[arg(long, env = "SKYTHON_ADVERTISE_URL")]
     advertise_url: Option<String>,
+    /// The warm pool's secret (the file the operator's --pool-key-file reads too). With it, a
+    /// call for a function with no pod claims an idle pool pod and is served in tens of
+    /// milliseconds; without it, every cold start waits for a new pod (about half a second
+    /// at best).
+    ///
+    /// Sizing the pool (`skython operator --pool-size`, the chart's `pool.size`), from this
+    /// gateway's /metrics:
+    /// - skython_pool_claims_total{outcome="miss"} grows: calls found the pool empty and waited
+    ///   for a Deployment's pod. Raise the size to the number of functions that start from zero
+    ///   within one refill (a pool pod takes about a second to start, `--pool-refill-per-second`
+    ///   caps how many start at once) times the pods each needs (its waiting calls over its
+    ///   `concurrency`).
+    /// - skython_pool_pods stays at the size and misses stay at zero: the pool may be smaller;
+    ///   each idle standard pod holds about 100 MiB (the full runtime's several hundred).
+    /// - outcome="refused": another gateway replica claimed the same pod first (harmless; many
+    ///   mean a small pool under several replicas). outcome="failed": see the log.
+    /// - skython_pool_specialise_seconds: the claim's cost on the call (the function's own
+    ///   imports run here); skython_pool_claim_seconds: recording the claim through the API,
+    ///   off the call's path.
+    #[arg(long, env = "SKYTHON_POOL_KEY_FILE", verbatim_doc_comment)]
+    pool_key_file: Option<PathBuf>,
 }
 
 fn seconds(flag: &str, s: f64) -> anyhow::Result<Duration> {
@@ -90,6 +111,22 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
                 .to_string(),
             token,
         });
+    let pool = match &args.pool_key_file {
+        None => None,
+        Some(path) => {
+            let secret = std::fs::read(path)
+                .with_context(|| format!("--pool-key-file {}", path.display()))?;
+            let key = skython_runner_pod::wire::PoolKey::from_secret(&secret)
+                .with_context(|| format!("--pool-key-file {}", path.display()))?;
+            Some(PoolConfig {
+                key: Arc::new(key),
+                claimed_by: args
+                    .identity
+                    .clone()
+                    .unwrap_or_else(skython_operator::default_identity),
+            })
+        }
+    };
     let config = ClusterConfig {
         deploy_namespace: args.function_namespace.clone(),
         watch_namespace: args.watch_namespace.clone(),
@@ -117,6 +154,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         }),
         limits: p.config.limits.clone(),
         peers,
+        pool,
     };
     let metrics = Arc::new(Metrics::new()?);
     let (platform, internal) =

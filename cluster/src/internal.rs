@@ -28,7 +28,7 @@ use skython_runner_pod::wire;
 use skython_store::{StateScope, Store};
 
 use crate::FunctionRef;
-use crate::pods::{Announced, PodView, Pods};
+use crate::pods::{Announced, PodView, Pods, PoolPodView};
 
 /// Who a token belongs to, as the API server says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +41,8 @@ pub struct PodIdentity {
 /// How long a reviewed token is trusted without asking again (projected tokens live an hour;
 /// a deleted pod's token stops working at the API server at once, here within this).
 const REVIEW_TTL: Duration = Duration::from_secs(60);
+/// How long a request from a claimed pool pod waits for its claim to show on the Pod.
+const CLAIM_RECORD_WAIT: Duration = Duration::from_secs(3);
 
 /// Reads a TokenReview's answer: the pod a bound service-account token was issued to.
 pub fn pod_identity(review: &TokenReview) -> Option<PodIdentity> {
@@ -159,29 +161,38 @@ impl Internal {
         Ok((id, token))
     }
 
-    /// The runner pod `id` names, from the watch, or from the API when the watch has not
-    /// shown it yet (a pod announces within a second of its creation).
+    /// The runner pod `id` names, from the watch (or this gateway's claims), or from the API
+    /// when the watch has not shown it yet (a pod announces within a second of its creation).
+    /// A pool pod that another replica just claimed gets its function's labels a moment after
+    /// it serves: it is waited for, briefly.
     async fn pod(&self, id: &PodIdentity) -> ApiResult<PodView> {
         if let Some(p) = self.pods.pod(&id.uid) {
             return Ok(p);
         }
-        let pod = kube::Api::<Pod>::namespaced(self.client.clone(), &id.namespace)
-            .get_opt(&id.name)
-            .await
-            .map_err(|e| {
-                tracing::error!("reading pod {}/{}: {e}", id.namespace, id.name);
-                ApiError::new(
-                    ErrorCode::PlatformUnavailable,
-                    "the gateway could not read the pod from the Kubernetes API",
-                )
-            })?;
-        let view = pod
-            .as_ref()
-            .and_then(PodView::of)
-            .filter(|v| v.uid == id.uid)
-            .ok_or_else(|| forbidden("the token's pod is not a runner pod (or is gone)"))?;
-        self.pods.apply(view.clone());
-        Ok(view)
+        let deadline = Instant::now() + CLAIM_RECORD_WAIT;
+        loop {
+            let pod = kube::Api::<Pod>::namespaced(self.client.clone(), &id.namespace)
+                .get_opt(&id.name)
+                .await
+                .map_err(|e| {
+                    tracing::error!("reading pod {}/{}: {e}", id.namespace, id.name);
+                    ApiError::new(
+                        ErrorCode::PlatformUnavailable,
+                        "the gateway could not read the pod from the Kubernetes API",
+                    )
+                })?
+                .filter(|p| p.metadata.uid.as_deref() == Some(id.uid.as_str()));
+            if let Some(view) = pod.as_ref().and_then(PodView::of) {
+                self.pods.apply(view.clone());
+                return Ok(view);
+            }
+            if pod.as_ref().and_then(PoolPodView::of).is_none() || Instant::now() >= deadline {
+                return Err(forbidden(
+                    "the token's pod is not a runner pod of a function (or is gone)",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Whether whoever listens at `addr` holds `token`.

@@ -6,6 +6,8 @@
 //!   announcements (checked before any call goes to them);
 //! - `router`: a call goes to the ready pod with the fewest calls in flight, or waits for one in
 //!   a bounded queue (and wakes the autoscaler when the function is at zero);
+//! - `pool`: a function at zero claims a warm pool pod and specialises it (tens of ms), while
+//!   its Deployment scales up;
 //! - `autoscaler`: in-flight and queued calls per function → replicas, written through the
 //!   SkyFunction's scale subresource;
 //! - `internal`: the routes runner pods call (announce, state), authenticated by their tokens;
@@ -19,6 +21,7 @@ pub mod metrics;
 pub mod peers;
 pub mod platform;
 pub mod pods;
+pub mod pool;
 pub mod registry;
 pub mod router;
 

@@ -16,6 +16,15 @@ pub struct ClusterMetrics {
     /// `port_open` (the pod announced itself, checked), `first_answer`.
     pub cold_start_phase: HistogramVec,
     pub pod_failures: IntCounterVec,
+    /// Claimable pool pods, by runtime.
+    pub pool_pods: IntGaugeVec,
+    /// Claims by runtime and outcome: `hit` (a pool pod serves the function), `miss` (a claim
+    /// was due and the pool was empty), `refused` (another replica had claimed the pod), `failed`.
+    pub pool_claims: IntCounterVec,
+    /// From taking a pool pod to its answering that the function is loaded.
+    pub pool_specialise: HistogramVec,
+    /// Recording a claim on the Pod (off the call's path).
+    pub pool_claim: HistogramVec,
 }
 
 const BUCKETS: &[f64] = &[
@@ -65,6 +74,37 @@ impl ClusterMetrics {
             ),
             &["function", "kind"],
         )?;
+        let pool_pods = IntGaugeVec::new(
+            Opts::new("pool_pods", "Unclaimed pool pods ready to be claimed"),
+            &["runtime"],
+        )?;
+        let pool_claims = IntCounterVec::new(
+            Opts::new(
+                "pool_claims_total",
+                "Pool claims by outcome: hit, miss (pool empty), refused (claimed elsewhere first), failed",
+            ),
+            &["runtime", "outcome"],
+        )?;
+        let pool_specialise = HistogramVec::new(
+            HistogramOpts::new(
+                "pool_specialise_seconds",
+                "From taking a pool pod to the function loaded in it",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["runtime"],
+        )?;
+        let pool_claim = HistogramVec::new(
+            HistogramOpts::new(
+                "pool_claim_seconds",
+                "Recording a claim on the Pod through the API (after the call has its pod)",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["runtime"],
+        )?;
+        registry.register(Box::new(pool_pods.clone()))?;
+        registry.register(Box::new(pool_claims.clone()))?;
+        registry.register(Box::new(pool_specialise.clone()))?;
+        registry.register(Box::new(pool_claim.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(queued.clone()))?;
         registry.register(Box::new(ready_pods.clone()))?;
@@ -81,6 +121,10 @@ impl ClusterMetrics {
             cold_starts,
             cold_start_phase,
             pod_failures,
+            pool_pods,
+            pool_claims,
+            pool_specialise,
+            pool_claim,
         })
     }
 

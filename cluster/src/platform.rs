@@ -24,8 +24,9 @@ use crate::internal::Internal;
 use crate::metrics::ClusterMetrics;
 use crate::peers::{Peers, Poke};
 use crate::pods::{self, Pods};
+use crate::pool::Pool;
 use crate::registry::Registry;
-use crate::router::{Router, RouterConfig, Target};
+use crate::router::{Claim, Router, RouterConfig, Target};
 use crate::{FunctionRef, Load};
 
 /// How long a deploy through the API waits for the operator's verdict on the new version.
@@ -76,6 +77,17 @@ pub struct ClusterConfig {
     pub limits: Limits,
     /// With several gateway replicas: how they reach each other (`None`: this one is alone).
     pub peers: Option<PeerConfig>,
+    /// Claiming warm pool pods (`None`: every cold start waits for a Deployment's pod).
+    pub pool: Option<PoolConfig>,
+}
+
+/// What claiming pool pods needs.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Signs specialise requests; pool pods hold its public half.
+    pub key: Arc<skython_runner_pod::wire::PoolKey>,
+    /// This gateway's name in the claims it records.
+    pub claimed_by: String,
 }
 
 /// How gateway replicas find and trust each other.
@@ -155,10 +167,24 @@ impl ClusterPlatform {
                 }
             })
         };
+        let claim: Claim = match &config.pool {
+            Some(p) => {
+                let pool = Pool::new(
+                    client.clone(),
+                    pods.clone(),
+                    p.key.clone(),
+                    p.claimed_by.clone(),
+                    metrics.clone(),
+                )?;
+                Arc::new(move |t: &Target, waiting: u32| pool.claim_for(t, waiting))
+            }
+            None => Arc::new(|_: &Target, _| {}),
+        };
         let router = Arc::new(Router::new(
             pods.clone(),
             config.router.clone(),
             poke,
+            claim,
             metrics.clone(),
         )?);
         let local: DemandSource = {
@@ -287,6 +313,7 @@ impl ClusterPlatform {
             label: format!("{owner}/{endpoint}"),
             concurrency: f.spec.concurrency.max(1),
             timeout: Duration::from_secs(f.spec.timeout_seconds.into()),
+            object: f,
         })
     }
 }
@@ -424,6 +451,10 @@ impl Platform for ClusterPlatform {
         let m = &self.metrics;
         for g in [&m.in_flight, &m.queued, &m.ready_pods] {
             g.reset();
+        }
+        for rt in [skython_crds::Runtime::Standard, skython_crds::Runtime::Full] {
+            let n = self.pods.pool_available(rt);
+            m.pool_pods.with_label_values(&[rt.as_str()]).set(n as i64);
         }
         for (
             f,

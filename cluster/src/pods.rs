@@ -11,6 +11,10 @@
 //!
 //! A pod being deleted, or one that announced it is draining, takes no new calls; its calls in
 //! flight finish (the router holds its `Backend` until they do).
+//!
+//! The same watch sees the warm pool: unclaimed pool pods (label `skython.io/pool`, no function
+//! label), which `pool` claims for a function. A pod this gateway claimed serves that function at
+//! once, from the claim's own record, before its labels reach the API server and the watch.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -20,6 +24,8 @@ use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
+use skython_crds::Runtime;
+use skython_runner_pod::wire::POOL_LABEL;
 use tokio::sync::Notify;
 
 use crate::FunctionRef;
@@ -40,38 +46,109 @@ pub struct PodView {
     pub port: u16,
     pub ready: bool,
     pub deleting: bool,
+    /// A pool pod claimed for the function (not one of its Deployment's).
+    pub from_pool: bool,
+}
+
+/// What any runner pod shows: uid, name, IP, port, readiness, deletion.
+struct Basics {
+    uid: String,
+    name: String,
+    ip: Option<IpAddr>,
+    port: u16,
+    ready: bool,
+    deleting: bool,
+}
+
+fn basics(pod: &Pod) -> Option<Basics> {
+    let status = pod.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let port = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.ports.as_ref())
+        .and_then(|ps| ps.iter().find(|p| p.name.as_deref() == Some("http")))
+        .and_then(|p| u16::try_from(p.container_port).ok())
+        .unwrap_or(DEFAULT_PORT);
+    Some(Basics {
+        uid: pod.metadata.uid.clone()?,
+        name: pod.name_any(),
+        ip: status
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse().ok()),
+        port,
+        ready,
+        deleting: pod.metadata.deletion_timestamp.is_some(),
+    })
 }
 
 impl PodView {
-    /// `None` for a pod that is not a runner pod (no function label, no uid).
+    /// `None` for a pod that is not a function's runner pod (no function label, no uid).
     pub fn of(pod: &Pod) -> Option<PodView> {
         let function = pod.labels().get(FUNCTION_LABEL)?.clone();
-        let status = pod.status.as_ref();
-        let ready = status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        let port = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.containers.first())
-            .and_then(|c| c.ports.as_ref())
-            .and_then(|ps| ps.iter().find(|p| p.name.as_deref() == Some("http")))
-            .and_then(|p| u16::try_from(p.container_port).ok())
-            .unwrap_or(DEFAULT_PORT);
+        let b = basics(pod)?;
         Some(PodView {
-            uid: pod.metadata.uid.clone()?,
-            name: pod.name_any(),
+            uid: b.uid,
+            name: b.name,
             function: FunctionRef {
                 namespace: pod.namespace()?,
                 name: function,
             },
-            ip: status
-                .and_then(|s| s.pod_ip.as_deref())
-                .and_then(|ip| ip.parse().ok()),
-            port,
-            ready,
-            deleting: pod.metadata.deletion_timestamp.is_some(),
+            ip: b.ip,
+            port: b.port,
+            ready: b.ready,
+            deleting: b.deleting,
+            from_pool: pod.labels().contains_key(POOL_LABEL),
         })
+    }
+}
+
+/// An unclaimed pool pod: the pool label (its runtime), no function label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolPodView {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub runtime: Runtime,
+    pub ip: Option<IpAddr>,
+    pub port: u16,
+    pub ready: bool,
+    pub deleting: bool,
+}
+
+impl PoolPodView {
+    pub fn of(pod: &Pod) -> Option<PoolPodView> {
+        let labels = pod.labels();
+        if labels.contains_key(FUNCTION_LABEL) {
+            return None;
+        }
+        let runtime = match labels.get(POOL_LABEL)?.as_str() {
+            "standard" => Runtime::Standard,
+            "full" => Runtime::Full,
+            _ => return None,
+        };
+        let b = basics(pod)?;
+        Some(PoolPodView {
+            uid: b.uid,
+            name: b.name,
+            namespace: pod.namespace()?,
+            runtime,
+            ip: b.ip,
+            port: b.port,
+            ready: b.ready,
+            deleting: b.deleting,
+        })
+    }
+
+    /// Where a claim may reach it: Ready, with an IP, not going away.
+    pub fn claimable_at(&self) -> Option<SocketAddr> {
+        (self.ready && !self.deleting)
+            .then_some(self.ip)
+            .flatten()
+            .map(|ip| SocketAddr::new(ip, self.port))
     }
 }
 
@@ -102,6 +179,7 @@ pub struct Backend {
     pub uid: String,
     pub name: String,
     pub addr: SocketAddr,
+    pub from_pool: bool,
     in_flight: AtomicU32,
     /// Set when the pod may take no new calls (gone from the routable set, or refused a
     /// connection); calls already sent finish.
@@ -140,6 +218,12 @@ struct Inner {
     became_routable: HashMap<FunctionRef, Instant>,
     /// When a pod of each function was last seen for the first time.
     pod_seen: HashMap<FunctionRef, Instant>,
+    /// Pool pods this gateway claimed, as the claim made them (until the watch shows them).
+    claimed: HashMap<String, PodView>,
+    /// Unclaimed pool pods, by uid.
+    pool: HashMap<String, PoolPodView>,
+    /// Pool pods this gateway took for a claim: never offered again, whatever the claim's fate.
+    taken: std::collections::HashSet<String>,
 }
 
 /// The routable pods of every function, kept current by the Pod watch and announcements.
@@ -190,9 +274,64 @@ impl Pods {
             .collect()
     }
 
-    /// The watched pod with this uid.
+    /// The watched (or claimed by this gateway) pod with this uid.
     pub fn pod(&self, uid: &str) -> Option<PodView> {
-        self.inner().pods.get(uid).cloned()
+        let inner = self.inner();
+        inner
+            .pods
+            .get(uid)
+            .or_else(|| inner.claimed.get(uid))
+            .cloned()
+    }
+
+    /// How many of the function's routable pods are its own (not claimed from the pool).
+    pub fn own_pods(&self, f: &FunctionRef) -> usize {
+        self.inner()
+            .backends
+            .get(f)
+            .map_or(0, |b| b.iter().filter(|b| !b.from_pool).count())
+    }
+
+    /// An unclaimed pool pod appeared or changed.
+    pub fn apply_pool(&self, pod: PoolPodView) {
+        let mut inner = self.inner();
+        if !inner.taken.contains(&pod.uid) {
+            inner.pool.insert(pod.uid.clone(), pod);
+        }
+    }
+
+    /// Takes a claimable pool pod of `runtime` for a claim (the oldest seen first is as good as
+    /// any: all are alike); it is offered to nobody else afterwards.
+    pub fn take_pool_pod(&self, runtime: Runtime) -> Option<(PoolPodView, SocketAddr)> {
+        let mut inner = self.inner();
+        let (uid, addr) = inner
+            .pool
+            .values()
+            .filter(|p| p.runtime == runtime)
+            .find_map(|p| Some((p.uid.clone(), p.claimable_at()?)))?;
+        let pod = inner.pool.remove(&uid)?;
+        inner.taken.insert(uid);
+        Some((pod, addr))
+    }
+
+    /// Claimable pool pods of `runtime` now.
+    pub fn pool_available(&self, runtime: Runtime) -> usize {
+        self.inner()
+            .pool
+            .values()
+            .filter(|p| p.runtime == runtime && p.claimable_at().is_some())
+            .count()
+    }
+
+    /// A pool pod this gateway specialised for `pod.function`: routable at once.
+    pub fn add_claimed(&self, pod: PodView) {
+        let f = pod.function.clone();
+        {
+            let mut inner = self.inner();
+            inner.claimed.insert(pod.uid.clone(), pod);
+            rebuild(&mut inner, &f);
+        }
+        self.wake(&f);
     }
 
     /// A Pod object appeared or changed.
@@ -200,6 +339,8 @@ impl Pods {
         let f = pod.function.clone();
         {
             let mut inner = self.inner();
+            // A claimed pool pod now shows its function's labels.
+            inner.pool.remove(&pod.uid);
             // A pod now showing another IP than it announced: the watch wins.
             if let (Some(a), Some(ip)) = (inner.announced.get(&pod.uid), pod.ip)
                 && a.addr.ip() != ip
@@ -221,7 +362,10 @@ impl Pods {
         let f = {
             let mut inner = self.inner();
             inner.announced.remove(uid);
-            let Some(pod) = inner.pods.remove(uid) else {
+            inner.pool.remove(uid);
+            inner.taken.remove(uid);
+            let claimed = inner.claimed.remove(uid);
+            let Some(pod) = inner.pods.remove(uid).or(claimed) else {
                 return;
             };
             rebuild(&mut inner, &pod.function);
@@ -230,16 +374,32 @@ impl Pods {
         self.wake(&f);
     }
 
-    /// The watch restarted: `pods` is everything there is.
-    pub fn replace_all(&self, pods: Vec<PodView>) {
+    /// The watch restarted: `pods` and `pool` are everything there is.
+    pub fn replace_all(&self, pods: Vec<PodView>, pool: Vec<PoolPodView>) {
         let functions: Vec<FunctionRef> = {
             let mut inner = self.inner();
             let mut functions: Vec<FunctionRef> = inner.backends.keys().cloned().collect();
             inner.pods = pods.into_iter().map(|p| (p.uid.clone(), p)).collect();
             let Inner {
-                pods, announced, ..
+                pods,
+                announced,
+                claimed,
+                pool: unclaimed,
+                taken,
+                ..
             } = &mut *inner;
-            announced.retain(|uid, _| pods.contains_key(uid));
+            // A claimed pod the listing shows unlabelled (its claim not recorded yet) stays
+            // claimed; one not listed at all is gone.
+            let listed: std::collections::HashSet<&String> =
+                pool.iter().map(|p| &p.uid).chain(pods.keys()).collect();
+            claimed.retain(|uid, _| listed.contains(uid));
+            taken.retain(|uid| listed.contains(uid));
+            *unclaimed = pool
+                .into_iter()
+                .filter(|p| !taken.contains(&p.uid) && !claimed.contains_key(&p.uid))
+                .map(|p| (p.uid.clone(), p))
+                .collect();
+            announced.retain(|uid, _| pods.contains_key(uid) || claimed.contains_key(uid));
             functions.extend(inner.pods.values().map(|p| p.function.clone()));
             functions.sort();
             functions.dedup();
@@ -295,7 +455,29 @@ impl Pods {
 fn rebuild(inner: &mut Inner, f: &FunctionRef) {
     let old = inner.backends.remove(f).unwrap_or_default();
     let mut fresh: Vec<Arc<Backend>> = Vec::new();
-    for pod in inner.pods.values().filter(|p| &p.function == f) {
+    // The watch's view of a pod wins over the claim's record of it.
+    let claimed_only = inner
+        .claimed
+        .values()
+        .filter(|p| !inner.pods.contains_key(&p.uid));
+    for pod in inner
+        .pods
+        .values()
+        .chain(claimed_only)
+        .filter(|p| &p.function == f)
+    {
+        // A pod this gateway specialised is ready for it, whatever the kubelet's last probe
+        // (taken while it specialised) says.
+        let claimed_ready;
+        let pod = if !pod.ready && inner.claimed.contains_key(&pod.uid) {
+            claimed_ready = PodView {
+                ready: true,
+                ..pod.clone()
+            };
+            &claimed_ready
+        } else {
+            pod
+        };
         let Some(addr) = routable_address(pod, inner.announced.get(&pod.uid)) else {
             continue;
         };
@@ -308,6 +490,7 @@ fn rebuild(inner: &mut Inner, f: &FunctionRef) {
                 uid: pod.uid.clone(),
                 name: pod.name.clone(),
                 addr,
+                from_pool: pod.from_pool,
                 in_flight: AtomicU32::new(0),
                 retired: AtomicBool::new(false),
             })
@@ -343,11 +526,14 @@ pub async fn watch(
     let stream = watcher(api, watcher::Config::default().labels(RUNNER_SELECTOR)).default_backoff();
     futures::pin_mut!(stream);
     let mut listing: Vec<PodView> = Vec::new();
+    let mut pool_listing: Vec<PoolPodView> = Vec::new();
     while let Some(event) = stream.next().await {
         match event {
             Ok(watcher::Event::Apply(p)) => {
                 if let Some(v) = PodView::of(&p) {
                     pods.apply(v);
+                } else if let Some(v) = PoolPodView::of(&p) {
+                    pods.apply_pool(v);
                 }
             }
             Ok(watcher::Event::Delete(p)) => {
@@ -355,10 +541,19 @@ pub async fn watch(
                     pods.delete(uid);
                 }
             }
-            Ok(watcher::Event::Init) => listing.clear(),
-            Ok(watcher::Event::InitApply(p)) => listing.extend(PodView::of(&p)),
+            Ok(watcher::Event::Init) => {
+                listing.clear();
+                pool_listing.clear();
+            }
+            Ok(watcher::Event::InitApply(p)) => {
+                listing.extend(PodView::of(&p));
+                pool_listing.extend(PoolPodView::of(&p));
+            }
             Ok(watcher::Event::InitDone) => {
-                pods.replace_all(std::mem::take(&mut listing));
+                pods.replace_all(
+                    std::mem::take(&mut listing),
+                    std::mem::take(&mut pool_listing),
+                );
                 synced.store(true, Ordering::Release);
             }
             Err(e) => tracing::warn!("watching runner pods: {e}"),
@@ -386,6 +581,7 @@ mod tests {
             port: 8080,
             ready,
             deleting: false,
+            from_pool: false,
         }
     }
 
@@ -491,5 +687,106 @@ mod tests {
         assert!(!b.try_acquire(2));
         b.release();
         assert!(b.try_acquire(2));
+    }
+
+    fn pool_pod(uid: &str, ready: bool) -> PoolPodView {
+        PoolPodView {
+            uid: uid.into(),
+            name: format!("pool-{uid}"),
+            namespace: "ns".into(),
+            runtime: Runtime::Standard,
+            ip: Some("10.88.1.50".parse().unwrap()),
+            port: 8080,
+            ready,
+            deleting: false,
+        }
+    }
+
+    fn claimed(uid: &str) -> PodView {
+        PodView {
+            from_pool: true,
+            ..pod(uid, Some("10.88.1.50"), true)
+        }
+    }
+
+    #[test]
+    fn only_ready_pool_pods_of_the_runtime_are_taken_and_each_once() {
+        let pods = Pods::new();
+        pods.apply_pool(pool_pod("p1", false));
+        assert!(pods.take_pool_pod(Runtime::Standard).is_none(), "not ready");
+        assert!(pods.take_pool_pod(Runtime::Full).is_none());
+        pods.apply_pool(pool_pod("p1", true));
+        assert_eq!(pods.pool_available(Runtime::Standard), 1);
+        let (taken, addr) = pods.take_pool_pod(Runtime::Standard).unwrap();
+        assert_eq!((taken.uid.as_str(), addr.port()), ("p1", 8080));
+        pods.apply_pool(pool_pod("p1", true));
+        assert!(
+            pods.take_pool_pod(Runtime::Standard).is_none(),
+            "a taken pod is never offered again, whatever the watch says"
+        );
+    }
+
+    #[test]
+    fn a_claimed_pod_serves_its_function_before_the_watch_shows_its_labels() {
+        let pods = Pods::new();
+        pods.add_claimed(claimed("p1"));
+        assert_eq!(pods.backends(&f("hello")).len(), 1);
+        assert_eq!(
+            pods.own_pods(&f("hello")),
+            0,
+            "a pool pod is not the function's own"
+        );
+        assert_eq!(pods.pod("p1").unwrap().function, f("hello"));
+    }
+
+    #[test]
+    fn a_claimed_pod_stays_routable_while_the_kubelet_still_says_unready() {
+        let pods = Pods::new();
+        pods.add_claimed(claimed("p1"));
+        let b = pods.backends(&f("hello"));
+        pods.apply(PodView {
+            ready: false,
+            ..claimed("p1")
+        });
+        let now = pods.backends(&f("hello"));
+        assert_eq!(now.len(), 1);
+        assert!(
+            Arc::ptr_eq(&b[0], &now[0]),
+            "its calls in flight keep counting"
+        );
+    }
+
+    #[test]
+    fn a_deleted_claimed_pod_stops_serving() {
+        let pods = Pods::new();
+        pods.add_claimed(claimed("p1"));
+        pods.delete("p1");
+        assert!(pods.backends(&f("hello")).is_empty());
+        assert!(pods.pod("p1").is_none());
+    }
+
+    #[test]
+    fn a_relisting_keeps_an_unlabelled_claim_and_drops_a_vanished_one() {
+        let pods = Pods::new();
+        pods.add_claimed(claimed("p1"));
+        pods.add_claimed(claimed("p2"));
+        // p1 listed still unlabelled (its claim not recorded yet); p2 gone.
+        pods.replace_all(vec![], vec![pool_pod("p1", true)]);
+        assert!(pods.pod("p1").is_some());
+        assert!(pods.pod("p2").is_none());
+        assert_eq!(
+            pods.pool_available(Runtime::Standard),
+            0,
+            "p1 is not offered"
+        );
+    }
+
+    #[test]
+    fn own_pods_count_the_deployments_pods_only() {
+        let pods = Pods::new();
+        pods.add_claimed(claimed("p1"));
+        pods.apply(pod("d1", Some("10.88.1.2"), true));
+        assert_eq!(pods.own_pods(&f("hello")), 1);
+        assert_eq!(pods.backends(&f("hello")).len(), 2);
     }
 }

@@ -2,7 +2,7 @@
 //! `concurrency`), over keep-alive connections; otherwise a bounded wait for one.
 //!
 //! A call that finds its function without a pod wakes the autoscaler at once (no tick to wait
-//! for) and waits with the others in the function's queue: a full queue answers 503
+//! for), may claim a warm pool pod (`pool`), and waits with the others in the function's queue: a full queue answers 503
 //! `queue_full`, a wait past the deadline 504 `cold_start_timeout` (or `queue_timeout` when
 //! pods existed but stayed busy). A call is sent once: a refused connection (nothing reached
 //! the pod) tries another pod, anything after that is the call's answer (502 when the pod
@@ -47,6 +47,8 @@ impl Default for RouterConfig {
 #[derive(Debug, Clone)]
 pub struct Target {
     pub function: FunctionRef,
+    /// The SkyFunction (what a pool pod is specialised with).
+    pub object: Arc<skython_crds::SkyFunction>,
     /// `owner/endpoint`, for metrics and logs.
     pub label: String,
     /// Calls one pod serves at once.
@@ -65,6 +67,10 @@ struct Counters {
 /// Asks for a scale-up of a function that has calls and no pod.
 pub type ScaleUp = Arc<dyn Fn(&FunctionRef) + Send + Sync>;
 
+/// Offered each call that starts to wait, with the number of calls waiting: may claim a pool pod
+/// for the function (in the background; the pod wakes the waiting calls when it serves).
+pub type Claim = Arc<dyn Fn(&Target, u32) + Send + Sync>;
+
 pub struct Router {
     pods: Arc<Pods>,
     http: reqwest::Client,
@@ -73,6 +79,7 @@ pub struct Router {
     /// When each function was last scaled up from zero (for cold-start metrics).
     woken: Mutex<HashMap<FunctionRef, Instant>>,
     scale_up: ScaleUp,
+    claim: Claim,
     metrics: Arc<ClusterMetrics>,
 }
 
@@ -85,6 +92,7 @@ impl Router {
         pods: Arc<Pods>,
         config: RouterConfig,
         scale_up: ScaleUp,
+        claim: Claim,
         metrics: Arc<ClusterMetrics>,
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
@@ -100,6 +108,7 @@ impl Router {
             counters: Mutex::default(),
             woken: Mutex::default(),
             scale_up,
+            claim,
             metrics,
         })
     }
@@ -211,6 +220,7 @@ impl Router {
                         .inc();
                     (self.scale_up)(&t.function);
                 }
+                (self.claim)(t, counters.queued.load(Ordering::Relaxed));
             }
             let left = self.config.queue_timeout.saturating_sub(arrived.elapsed());
             if tokio::time::timeout(left, notified).await.is_err() {
@@ -479,6 +489,7 @@ mod tests {
                 port: 8080,
                 ready: true,
                 deleting: false,
+                from_pool: false,
             });
         }
         (pods, f)
@@ -519,12 +530,24 @@ mod tests {
             port: addr.port(),
             ready: true,
             deleting: false,
+            from_pool: false,
         });
         let metrics = Arc::new(ClusterMetrics::new().unwrap());
         let no_scaling: ScaleUp = Arc::new(|_: &FunctionRef| {});
-        let router = Router::new(pods.clone(), RouterConfig::default(), no_scaling, metrics);
+        let no_pool: Claim = Arc::new(|_: &Target, _| {});
+        let router = Router::new(
+            pods.clone(),
+            RouterConfig::default(),
+            no_scaling,
+            no_pool,
+            metrics,
+        );
         let t = Target {
             function: f,
+            object: Arc::new(skython_crds::SkyFunction::new(
+                "a.slow",
+                skython_crds::SkyFunctionSpec::new("a", "slow", "def slow(): pass"),
+            )),
             label: "a/slow".into(),
             concurrency: 1,
             timeout: Duration::from_secs(5),

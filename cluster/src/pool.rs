@@ -1,0 +1,327 @@
+//! Claiming warm pool pods: a call for a function with no pod of its own takes an unclaimed
+//! pool pod (the operator keeps a few per runtime running, zygote warm, no function), sends it
+//! the function signed with the pool key, and routes to it as soon as it answers, tens of
+//! milliseconds instead of a pod's start.
+//!
+//! Nothing on the call's path waits for the API server: the claim is this gateway's choice
+//! (`Pods::take_pool_pod`; the pod itself accepts one specialisation only, so two replicas that
+//! pick the same pod cannot both have it: the second hears 409 and takes another), and it is
+//! recorded on the Pod afterwards (the function's labels, who claimed it and when, the version,
+//! and the SkyFunction as its controller, so the function's ReplicaSet never adopts it and its
+//! deletion takes the pod along). The labels put the pod under its function's NetworkPolicy and
+//! in every gateway's routing; the operator retires it once the function's Deployment serves,
+//! or after `idleSecondsToZero`. A claimed pod never returns to the pool.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Resource;
+use kube::api::{Patch, PatchParams};
+use skython_crds::SkyFunction;
+use skython_operator::desired::{CHECKSUM_ANNOTATION, checksum};
+use skython_runner_pod::wire::{self, PoolKey};
+
+use crate::FunctionRef;
+use crate::metrics::ClusterMetrics;
+use crate::pods::{FUNCTION_LABEL, PodView, Pods, PoolPodView};
+use crate::router::Target;
+
+/// How long a pool pod may take to load a function (its own imports included).
+const SPECIALISE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pool pods tried for one claim when they refuse (taken by another replica) or cannot be reached.
+const CLAIM_ATTEMPTS: usize = 3;
+
+/// Whether one more pool pod should be claimed for a function: only while it has no pod of its
+/// own (a cold start; warm functions scale through their Deployment), and only as many as the
+/// waiting calls need (`concurrency` calls per pod), counting the claims under way.
+pub fn should_claim(own_pods: usize, pending: u32, concurrency: u32, waiting: u32) -> bool {
+    own_pods == 0 && pending.saturating_mul(concurrency.max(1)) < waiting
+}
+
+/// The merge patch recording a claim on the Pod: the function's labels (its NetworkPolicy and
+/// every gateway's routing select by them), who claimed it and when, the version it serves,
+/// and the SkyFunction as its only owner and controller.
+pub fn claim_patch(f: &SkyFunction, claimed_by: &str, at: jiff::Timestamp) -> serde_json::Value {
+    let owner = f.controller_owner_ref(&());
+    serde_json::json!({
+        "metadata": {
+            "labels": {
+                FUNCTION_LABEL: f.metadata.name,
+                "skython.io/owner": f.spec.owner,
+                "skython.io/endpoint": f.spec.endpoint,
+            },
+            "annotations": {
+                wire::CLAIMED_BY_ANNOTATION: claimed_by,
+                wire::CLAIMED_AT_ANNOTATION: at.to_string(),
+                CHECKSUM_ANNOTATION: checksum(f),
+            },
+            "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
+        }
+    })
+}
+
+/// How one attempt at a pool pod ended.
+#[derive(Debug)]
+enum Attempt {
+    Specialised,
+    /// Another gateway replica specialised it first (409).
+    Refused,
+    /// The pod could not be reached or answered oddly: another pod may do.
+    Unreachable(String),
+    /// The function cannot load (422): no pod would do better.
+    Failed(String),
+}
+
+pub struct Pool {
+    client: kube::Client,
+    pods: Arc<Pods>,
+    key: Arc<PoolKey>,
+    /// This gateway's name in the claim annotation.
+    claimed_by: String,
+    http: reqwest::Client,
+    metrics: Arc<ClusterMetrics>,
+    /// Claims under way, per function.
+    pending: Mutex<HashMap<FunctionRef, u32>>,
+}
+
+impl Pool {
+    pub fn new(
+        client: kube::Client,
+        pods: Arc<Pods>,
+        key: Arc<PoolKey>,
+        claimed_by: String,
+        metrics: Arc<ClusterMetrics>,
+    ) -> Result<Arc<Self>, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Arc::new(Pool {
+            client,
+            pods,
+            key,
+            claimed_by,
+            http,
+            metrics,
+            pending: Mutex::default(),
+        }))
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<FunctionRef, u32>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A call of `t` waits with `waiting - 1` others: claims a pool pod for it if one is due
+    /// and there is one. Returns at once; the claim goes on in its own task and wakes the
+    /// function's waiting calls when the pod serves.
+    pub fn claim_for(self: &Arc<Self>, t: &Target, waiting: u32) {
+        let runtime = t.object.spec.runtime;
+        let label = [runtime.as_str()];
+        {
+            let mut pending = self.pending();
+            let n = pending.entry(t.function.clone()).or_default();
+            if !should_claim(self.pods.own_pods(&t.function), *n, t.concurrency, waiting) {
+                return;
+            }
+            if self.pods.pool_available(runtime) == 0 {
+                self.metrics
+                    .pool_claims
+                    .with_label_values(&[label[0], "miss"])
+                    .inc();
+                return;
+            }
+            *n += 1;
+        }
+        let pool = self.clone();
+        let t = t.clone();
+        tokio::spawn(async move {
+            pool.claim(&t).await;
+            let mut pending = pool.pending();
+            if let Some(n) = pending.get_mut(&t.function) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    pending.remove(&t.function);
+                }
+            }
+        });
+    }
+
+    /// Tries pool pods until one serves `t` (or none is left, or the function cannot load).
+    async fn claim(&self, t: &Target) {
+        let runtime = t.object.spec.runtime.as_str();
+        for _ in 0..CLAIM_ATTEMPTS {
+            let Some((pod, addr)) = self.pods.take_pool_pod(t.object.spec.runtime) else {
+                self.metrics
+                    .pool_claims
+                    .with_label_values(&[runtime, "miss"])
+                    .inc();
+                return;
+            };
+            let started = Instant::now();
+            let attempt = self.specialise(&pod, addr, t).await;
+            let outcome = match &attempt {
+                Attempt::Specialised => "hit",
+                Attempt::Refused => "refused",
+                Attempt::Unreachable(_) | Attempt::Failed(_) => "failed",
+            };
+            self.metrics
+                .pool_claims
+                .with_label_values(&[runtime, outcome])
+                .inc();
+            match attempt {
+                Attempt::Specialised => {
+                    self.metrics
+                        .pool_specialise
+                        .with_label_values(&[runtime])
+                        .observe(started.elapsed().as_secs_f64());
+                    tracing::info!(function = %t.label, pod = %pod.name, took_ms = started.elapsed().as_millis() as u64, "claimed a pool pod");
+                    self.pods.add_claimed(PodView {
+                        uid: pod.uid.clone(),
+                        name: pod.name.clone(),
+                        function: t.function.clone(),
+                        ip: Some(addr.ip()),
+                        port: addr.port(),
+                        ready: true,
+                        deleting: false,
+                        from_pool: true,
+                    });
+                    self.record(&pod, t).await;
+                    return;
+                }
+                Attempt::Refused => {
+                    tracing::debug!(function = %t.label, pod = %pod.name, "a pool pod was claimed by another gateway first");
+                }
+                Attempt::Unreachable(why) => {
+                    tracing::warn!(function = %t.label, pod = %pod.name, "a pool pod could not be specialised: {why}");
+                }
+                Attempt::Failed(why) => {
+                    tracing::warn!(function = %t.label, pod = %pod.name, "the function did not load in a pool pod: {why}");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn specialise(&self, pod: &PoolPodView, addr: SocketAddr, t: &Target) -> Attempt {
+        let request = wire::Specialise {
+            pod_uid: pod.uid.clone(),
+            function: t.function.to_string(),
+            spec: skython_crds::SkyFunctionSpec {
+                replicas: None,
+                ..t.object.spec.clone()
+            },
+        };
+        let body = match serde_json::to_vec(&request) {
+            Ok(b) => b,
+            Err(e) => return Attempt::Failed(format!("encoding the function: {e}")),
+        };
+        let signature = self.key.sign(&body);
+        let res = self
+            .http
+            .post(format!("http://{addr}{}", wire::SPECIALISE_PATH))
+            .header("content-type", "application/json")
+            .header(wire::SIGNATURE_HEADER, signature)
+            .body(body)
+            .timeout(SPECIALISE_TIMEOUT)
+            .send()
+            .await;
+        let resp = match res {
+            Ok(r) => r,
+            Err(e) => return Attempt::Unreachable(e.to_string()),
+        };
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        match status.as_u16() {
+            200..=299 => Attempt::Specialised,
+            409 => Attempt::Refused,
+            422 => Attempt::Failed(text),
+            _ => Attempt::Unreachable(format!("answered {status}: {text}")),
+        }
+    }
+
+    /// Writes the claim on the Pod (after the call has its pod: off the call's path). A pod
+    /// whose claim cannot be recorded keeps serving this gateway; the others take it for
+    /// unclaimed until the write lands, and their specialise is refused.
+    async fn record(&self, pod: &PoolPodView, t: &Target) {
+        let api: kube::Api<Pod> = kube::Api::namespaced(self.client.clone(), &pod.namespace);
+        let patch = claim_patch(&t.object, &self.claimed_by, jiff::Timestamp::now());
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=5 {
+            match api
+                .patch(&pod.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    self.metrics
+                        .pool_claim
+                        .with_label_values(&[t.object.spec.runtime.as_str()])
+                        .observe(started.elapsed().as_secs_f64());
+                    return;
+                }
+                Err(e) if attempt == 5 => {
+                    tracing::error!(function = %t.label, pod = %pod.name, "recording the claim on the pod failed (the gateway needs `patch pods`): {e}");
+                }
+                Err(e) => {
+                    tracing::warn!(function = %t.label, pod = %pod.name, "recording the claim failed, retrying: {e}");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_function_with_its_own_pods_claims_nothing() {
+        assert!(!should_claim(1, 0, 1, 10));
+    }
+
+    #[test]
+    fn a_cold_function_claims_until_the_claims_cover_the_waiting_calls() {
+        assert!(should_claim(0, 0, 1, 1), "the first call claims");
+        assert!(
+            !should_claim(0, 1, 1, 1),
+            "one claim serves one waiting call"
+        );
+        assert!(should_claim(0, 1, 1, 2));
+        assert!(
+            !should_claim(0, 1, 4, 4),
+            "a pod of concurrency 4 serves four"
+        );
+        assert!(should_claim(0, 1, 4, 5));
+    }
+
+    #[test]
+    fn a_claim_labels_the_pod_for_its_function_and_makes_the_function_its_controller() {
+        let mut f = SkyFunction::new(
+            "alice.hello",
+            skython_crds::SkyFunctionSpec::new("alice", "hello", "def hello(): pass"),
+        );
+        f.metadata.namespace = Some("fns".into());
+        f.metadata.uid = Some("uid-1".into());
+        let at: jiff::Timestamp = "2026-12-07T03:00:00Z".parse().unwrap();
+        let p = claim_patch(&f, "gw-1", at);
+        let m = &p["metadata"];
+        assert_eq!(m["labels"][FUNCTION_LABEL], "alice.hello");
+        assert_eq!(m["labels"]["skython.io/owner"], "alice");
+        assert_eq!(m["labels"]["skython.io/endpoint"], "hello");
+        assert_eq!(m["annotations"][wire::CLAIMED_BY_ANNOTATION], "gw-1");
+        assert_eq!(
+            m["annotations"][wire::CLAIMED_AT_ANNOTATION],
+            "2026-12-07T03:00:00Z"
+        );
+        assert_eq!(m["annotations"][CHECKSUM_ANNOTATION], checksum(&f));
+        let owners = m["ownerReferences"].as_array().unwrap();
+        assert_eq!(owners.len(), 1, "the pool's anchor is no longer an owner");
+        assert_eq!(owners[0]["uid"], "uid-1");
+        assert_eq!(owners[0]["controller"], true);
+    }
+}
