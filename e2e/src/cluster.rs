@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::{Process, eventually, free_port, skython_bin};
 
@@ -265,4 +265,195 @@ pub fn start_gateway(k: &Kubectl, data_dir: &Path, port: u16, extra: &[&str]) ->
         cmd.env("SKYTHON_PYTHON", py);
     }
     crate::Skython::start_with(cmd, data_dir)
+}
+
+/// A namespace of its own with the CRD, `skython gateway` and `skython operator` as processes
+/// (the operator pointing runner pods at the gateway).
+pub struct Stack {
+    pub k: Kubectl,
+    pub gateway: crate::Skython,
+    pub operator: Operator,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    port: u16,
+    /// Last: the namespace goes after the processes.
+    _cleanup: Cleanup,
+}
+
+impl Stack {
+    /// A namespace with the CRD, a gateway with `flags`, and an operator pointing pods at it.
+    pub fn start(test: &str, flags: &[&str]) -> Stack {
+        Stack::start_with(test, flags, &[])
+    }
+
+    /// With flags for the operator too.
+    pub fn start_with(test: &str, flags: &[&str], operator_flags: &[&str]) -> Stack {
+        let (k, cleanup) = fresh_namespace(&format!("gw-{test}"));
+        let (data, runtime) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let port = free_port();
+        let gateway = start_gateway(&k, data.path(), port, flags);
+        let mut extra = vec!["--gateway-url", &gateway.url];
+        extra.extend_from_slice(operator_flags);
+        let operator = Operator::start_with(&k, runtime.path(), &extra);
+        Stack {
+            k,
+            gateway,
+            operator,
+            _cleanup: cleanup,
+            _dirs: (data, runtime),
+            port,
+        }
+    }
+
+    /// Kills the gateway (SIGKILL: no chance to flush anything) and starts it again.
+    pub fn restart_gateway(&mut self, flags: &[&str]) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.gateway.pid().to_string()])
+            .status();
+        self.gateway.stop();
+        self.gateway = start_gateway(&self.k, Path::new(&self.gateway.data_dir), self.port, flags);
+    }
+
+    /// Applies a SkyFunction with kubectl (with small resources: the test node has 2 CPUs, and
+    /// pods that do not fit stay Pending).
+    pub fn apply(&self, name: &str, endpoint: &str, source: &str, spec: Value) {
+        let mut full = json!({"owner": "admin", "endpoint": endpoint, "source": source, "resources": small(),
+                "access": "public"});
+        full.as_object_mut()
+            .unwrap()
+            .extend(spec.as_object().unwrap().clone());
+        let obj = json!({
+            "apiVersion": "skython.io/v1alpha1",
+            "kind": "SkyFunction",
+            "metadata": {"name": name},
+            "spec": full,
+        });
+        self.k.apply(&obj.to_string());
+    }
+
+    pub fn replicas(&self, name: &str) -> (i64, i64) {
+        let f = self
+            .k
+            .get(&format!("skyfunction {name}"))
+            .unwrap_or_default();
+        (
+            f["spec"]["replicas"].as_i64().unwrap_or(-1),
+            f["status"]["readyReplicas"].as_i64().unwrap_or(0),
+        )
+    }
+
+    pub fn wait_replicas(&self, name: &str, want: i64, timeout: Duration) {
+        let mut last = (0, 0);
+        assert!(
+            eventually(timeout, || {
+                last = self.replicas(name);
+                last.0 == want
+            }),
+            "{name}: spec.replicas stayed {} (ready {}), wanted {want}",
+            last.0,
+            last.1
+        );
+    }
+
+    pub fn pods(&self, function: &str) -> Vec<Value> {
+        self.k
+            .get(&format!("pods -l skython.io/function={function}"))
+            .and_then(|p| p["items"].as_array().cloned())
+            .unwrap_or_default()
+    }
+}
+
+/// What test functions get, so that a burst's pods fit on the 2-CPU test node.
+pub fn small() -> Value {
+    json!({"cpu": "100m", "memory": "128Mi"})
+}
+
+/// The host pid of the runner process of `pod` (the test runs as root on the node).
+pub fn runner_pid(pod: &str) -> Option<u32> {
+    let wanted = format!("SKYTHON_POD_NAME={pod}");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        let is_runner = cmdline.split(|b| *b == 0).any(|a| a == b"runner");
+        let is_pod = environ.split(|b| *b == 0).any(|v| v == wanted.as_bytes());
+        (is_runner && is_pod).then_some(pid)
+    })
+}
+
+/// `pid` and every process below it (a runner, its zygote, the zygote's workers).
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let p: u32 = e.file_name().to_str()?.parse().ok()?;
+                    let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+                    // After the command's closing parenthesis: state, then the parent's pid.
+                    let ppid = stat
+                        .rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse()
+                        .ok()?;
+                    Some((p, ppid))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    tree
+}
+
+/// Whether `needle` is anywhere in the readable memory of process `pid` (the test runs as root
+/// on the node). Regions that cannot be read (the kernel's own) are skipped.
+pub fn memory_holds(pid: u32, needle: &[u8]) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        return false;
+    };
+    let Ok(mut mem) = std::fs::File::open(format!("/proc/{pid}/mem")) else {
+        return false;
+    };
+    const CHUNK: u64 = 1 << 20;
+    let mut buf = vec![0u8; CHUNK as usize + needle.len()];
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
+            continue;
+        };
+        if !perms.starts_with('r') {
+            continue;
+        }
+        let mut at = start;
+        while at < end {
+            // Chunks overlap by the needle's length, so no match is split between two.
+            let len = ((end - at).min(CHUNK + needle.len() as u64)) as usize;
+            if mem.seek(SeekFrom::Start(at)).is_err() || mem.read_exact(&mut buf[..len]).is_err() {
+                break;
+            }
+            if buf[..len].windows(needle.len()).any(|w| w == needle) {
+                return true;
+            }
+            at += CHUNK;
+        }
+    }
+    false
 }

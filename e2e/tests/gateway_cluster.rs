@@ -4,105 +4,11 @@
 //! Each test has its own namespace, operator and gateway (processes of the binary under test;
 //! the runner pods run the image `e2e/cluster/up.sh` built from the same binary).
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use skython_e2e::cluster::{
-    Cleanup, Kubectl, Operator, fresh_namespace, ready_condition, start_gateway,
-};
-use skython_e2e::{Skython, eventually, free_port};
-
-struct Stack {
-    k: Kubectl,
-    gateway: Skython,
-    _operator: Operator,
-    _dirs: (tempfile::TempDir, tempfile::TempDir),
-    port: u16,
-    /// Last: the namespace goes after the processes.
-    _cleanup: Cleanup,
-}
-
-impl Stack {
-    /// A namespace with the CRD, a gateway with `flags`, and an operator pointing pods at it.
-    fn start(test: &str, flags: &[&str]) -> Stack {
-        let (k, cleanup) = fresh_namespace(&format!("gw-{test}"));
-        let (data, runtime) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let port = free_port();
-        let gateway = start_gateway(&k, data.path(), port, flags);
-        let operator = Operator::start_with(&k, runtime.path(), &["--gateway-url", &gateway.url]);
-        Stack {
-            k,
-            gateway,
-            _operator: operator,
-            _cleanup: cleanup,
-            _dirs: (data, runtime),
-            port,
-        }
-    }
-
-    /// Kills the gateway (SIGKILL: no chance to flush anything) and starts it again.
-    fn restart_gateway(&mut self, flags: &[&str]) {
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", &self.gateway.pid().to_string()])
-            .status();
-        self.gateway.stop();
-        self.gateway = start_gateway(&self.k, Path::new(&self.gateway.data_dir), self.port, flags);
-    }
-
-    /// Applies a SkyFunction with kubectl (with small resources: the test node has 2 CPUs, and
-    /// pods that do not fit stay Pending).
-    fn apply(&self, name: &str, endpoint: &str, source: &str, spec: Value) {
-        let mut full = json!({"owner": "admin", "endpoint": endpoint, "source": source, "resources": small(),
-                "access": "public"});
-        full.as_object_mut()
-            .unwrap()
-            .extend(spec.as_object().unwrap().clone());
-        let obj = json!({
-            "apiVersion": "skython.io/v1alpha1",
-            "kind": "SkyFunction",
-            "metadata": {"name": name},
-            "spec": full,
-        });
-        self.k.apply(&obj.to_string());
-    }
-
-    fn replicas(&self, name: &str) -> (i64, i64) {
-        let f = self
-            .k
-            .get(&format!("skyfunction {name}"))
-            .unwrap_or_default();
-        (
-            f["spec"]["replicas"].as_i64().unwrap_or(-1),
-            f["status"]["readyReplicas"].as_i64().unwrap_or(0),
-        )
-    }
-
-    fn wait_replicas(&self, name: &str, want: i64, timeout: Duration) {
-        let mut last = (0, 0);
-        assert!(
-            eventually(timeout, || {
-                last = self.replicas(name);
-                last.0 == want
-            }),
-            "{name}: spec.replicas stayed {} (ready {}), wanted {want}",
-            last.0,
-            last.1
-        );
-    }
-
-    fn pods(&self, function: &str) -> Vec<Value> {
-        self.k
-            .get(&format!("pods -l skython.io/function={function}"))
-            .and_then(|p| p["items"].as_array().cloned())
-            .unwrap_or_default()
-    }
-}
-
-/// What test functions get, so that a burst's pods fit on the 2-CPU test node.
-fn small() -> Value {
-    json!({"cpu": "100m", "memory": "128Mi"})
-}
+use skython_e2e::cluster::{Stack, ready_condition, runner_pid, small, start_gateway};
+use skython_e2e::{eventually, free_port};
 
 /// A call in a thread of its own: its status and error code (empty when it succeeded).
 fn spawn_call(url: &str, body: &str) -> std::thread::JoinHandle<(u16, String)> {
@@ -364,19 +270,6 @@ fn an_announcement_without_a_pods_token_is_refused() {
         .send()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 401);
-}
-
-/// The host pid of the runner process of `pod` (the test runs as root on the node).
-fn runner_pid(pod: &str) -> Option<u32> {
-    let wanted = format!("SKYTHON_POD_NAME={pod}");
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-        let is_runner = cmdline.split(|b| *b == 0).any(|a| a == b"runner");
-        let is_pod = environ.split(|b| *b == 0).any(|v| v == wanted.as_bytes());
-        (is_runner && is_pod).then_some(pid)
-    })
 }
 
 #[test]
