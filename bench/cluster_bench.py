@@ -12,7 +12,12 @@ ends), and writes bench/results/cluster.md:
 2. the same with 200 SkyFunctions deployed (190 of them at zero, never called);
 3. the gateway's overhead per warm call: the same pod called through the gateway and directly at
    its IP (`POST http://POD_IP:8080/`), p50 at concurrency 1 and throughput at concurrency 64;
-4. the replica-seconds of a standard burst against the ideal (see `burst`).
+4. the replica-seconds of a standard burst against the ideal (see `burst`);
+5. the warm pool, in a second namespace whose operator keeps pool pods and whose gateway claims
+   them: time to first answer from zero on a pool hit (each call a function never called, with
+   a claimable pool pod), on a pool miss (three functions called at once on a pool of two: the
+   third takes its Deployment's path), and the memory of an idle pool pod (PSS of its processes,
+   read from the host's /proc).
 
 Python standard library only; `wrk` for the warm calls when present (threads otherwise). Targets
 are printed as met or missed; not a CI gate.
@@ -62,6 +67,15 @@ SAMPLE_SECONDS = 0.2
 
 COLD_TARGET_S = 1.0
 MANY_RATIO_TARGET = 1.2
+POOL_HIT_P50_MS, POOL_HIT_P99_MS, POOL_MISS_S = 50, 200, 1.0
+POOL_SIZE = 2
+POOL_HITS = 20
+POOL_MISS_ROUNDS = 5
+# Answers with the name of the pod that ran it: a pool pod's tells a hit from a miss.
+WHO = "import socket\n\ndef who() -> str:\n    return socket.gethostname()\n"
+POOL_POD_PREFIX = "skython-pool-"
+# A CPU request no node here has: the function's Deployment never takes over from its claimed pod.
+NEVER_FITS = {"cpu": "8", "memory": "128Mi"}
 
 
 # ------------------------------------------------------------------ pure parts
@@ -110,6 +124,24 @@ def phase_deltas(before, after, function):
 
 
 PHASES = ("scale", "pod_created", "port_open", "first_answer")
+
+
+def percentile(values, q):
+    """The nearest-rank q-th percentile (q in 0-100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def pss_kib(pid):
+    """The proportional set size of one process, from /proc/<pid>/smaps_rollup (0 if gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def step_integral(samples, end):
@@ -179,6 +211,22 @@ def targets(results):
         ratio = warm["gateway"]["c64"]["rps"]["median"] / warm["direct"]["c64"]["rps"]["median"]
         out.append(("c64 throughput through the gateway / calling the pod directly",
                     f"{ratio:.2f}×", None))
+    pool = results.get("pool")
+    if pool:
+        hits = [t * 1000 for t in pool["hits"]]
+        p50, p99 = percentile(hits, 50), percentile(hits, 99)
+        out.append((f"from zero on a pool hit ({len(hits)} cold calls): p50 ≤ {POOL_HIT_P50_MS} ms",
+                    f"{p50:.1f} ms", p50 <= POOL_HIT_P50_MS))
+        out.append((f"from zero on a pool hit: p99 ≤ {POOL_HIT_P99_MS} ms", f"{p99:.1f} ms",
+                    p99 <= POOL_HIT_P99_MS))
+        if pool["misses"]:
+            worst = max(pool["misses"])
+            out.append((f"from zero on a pool miss ({len(pool['misses'])} calls): max ≤ {POOL_MISS_S:g} s",
+                        f"median {statistics_median(pool['misses']):.3f} s, max {worst:.3f} s",
+                        worst <= POOL_MISS_S))
+        if pool["idle_pss_mib"]:
+            out.append(("memory per idle pool pod (PSS of its processes; no target)",
+                        f"median {statistics_median(pool['idle_pss_mib']):.0f} MiB", None))
     burst = results.get("burst")
     if burst:
         out.append(("replica-seconds of the standard burst / the ideal",
@@ -348,9 +396,10 @@ def free_port(host):
 class Stack:
     """A namespace with the CRD, `skython gateway` and `skython operator`, all removed by stop()."""
 
-    def __init__(self, args):
-        self.args = args
-        self.k = Kube(args.kubeconfig, f"skython-bench-{os.getpid()}")
+    def __init__(self, args, pool=False):
+        self.args, self.pool = args, pool
+        suffix = "-pool" if pool else ""
+        self.k = Kube(args.kubeconfig, f"skython-bench-{os.getpid()}{suffix}")
         self.procs, self.dirs, self.namespace_made = [], [], False
 
     def start(self):
@@ -362,6 +411,13 @@ class Stack:
         self.namespace_made = True
         data, runtime = (tempfile.mkdtemp(prefix="bench-cluster-") for _ in range(2))
         self.dirs += [data, runtime]
+        gateway_pool, operator_pool = [], []
+        if self.pool:
+            key = Path(data) / "pool.key"
+            key.write_text(os.urandom(32).hex())
+            gateway_pool = ["--pool-key-file", str(key)]
+            operator_pool = gateway_pool + ["--pool-size", str(POOL_SIZE), "--pool-refill-per-second", "2",
+                                            "--pool-cpu", "100m", "--pool-memory", "256Mi"]
         env = {**os.environ, "SKYTHON_ADMIN_TOKEN": TOKEN, "SKYTHON_PYTHON": args.python,
                "SKYTHON_LOG": os.environ.get("SKYTHON_LOG", "warn")}
         ns = k.namespace
@@ -369,7 +425,7 @@ class Stack:
         gateway = Proc("gateway", [args.skython, "gateway", "--addr", f"{HOST_FROM_PODS}:{port}",
                                    "--data-dir", data, "--kubeconfig", k.kubeconfig,
                                    "--function-namespace", ns, "--watch-namespace", ns,
-                                   "--lease-namespace", ns], env)
+                                   "--lease-namespace", ns, *gateway_pool], env)
         self.procs.append(gateway)
         self.url = wait("the gateway's URL", lambda: gateway.check() or next(
             (line.split("Skython is running at ", 1)[1].strip() for line in gateway.text().splitlines()
@@ -378,7 +434,8 @@ class Stack:
         operator = Proc("operator", [args.skython, "operator", "--kubeconfig", k.kubeconfig,
                                      "--namespace", ns, "--lease-namespace", ns,
                                      "--metrics-addr", f"127.0.0.1:{metrics_port}",
-                                     "--runtime-dir", runtime, "--gateway-url", self.url], env)
+                                     "--runtime-dir", runtime, "--gateway-url", self.url,
+                                     *operator_pool], env)
         self.procs.append(operator)
 
         def leading():
@@ -409,12 +466,14 @@ class Stack:
             log(f"--- {p.name} (last {lines} lines)", *p.text().splitlines()[-lines:], sep="\n")
 
     def stop(self):
+        """Stops everything once (a second call finds nothing left)."""
         for p in reversed(self.procs):
             p.stop()
         if self.namespace_made:
             self.k.run("delete", "namespace", self.k.namespace, "--wait=false", check=False)
         for d in self.dirs:
             shutil.rmtree(d, ignore_errors=True)
+        self.procs, self.dirs, self.namespace_made = [], [], False
 
 
 def wait_at_zero(stack, name, timeout=120):
@@ -447,6 +506,107 @@ def cold_starts(stack, name, n, functions, progress, what):
               if all(p in r["phases"] for r in runs)}
     return {"functions": functions, "runs": runs, "seconds": summary([r["seconds"] for r in runs]),
             "phases": phases}
+
+
+def statistics_median(values):
+    return summary(values)["median"]
+
+
+def pool_bench(args, progress):
+    """Cold calls on a warm pool: hits, misses, and what an idle pool pod holds."""
+    stack = Stack(args, pool=True)
+    try:
+        progress.step(f"pool: starting a gateway and an operator with a pool of {POOL_SIZE}")
+        stack.start()
+        stack.k.apply({"apiVersion": "v1", "kind": "List", "items": [
+            sky_function(f"hit{i:02d}", WHO.replace("def who", f"def hit{i:02d}"), replicas=0,
+                         resources=NEVER_FITS, scaling={"idleSecondsToZero": 1})
+            for i in range(POOL_HITS)] + [
+            sky_function(f"m{r}x{j}", WHO.replace("def who", f"def m{r}x{j}"), replicas=0,
+                         scaling={"idleSecondsToZero": 1})
+            for r in range(POOL_MISS_ROUNDS) for j in range(POOL_SIZE + 1)]})
+        wait_deployed(stack, POOL_HITS + POOL_MISS_ROUNDS * (POOL_SIZE + 1))
+
+        def claimable(n):
+            def enough():
+                stack.check()
+                return metric(stack.metrics(), "skython_pool_pods", runtime="standard") >= n
+            wait(f"{n} claimable pool pods", enough, 120, every=0.1)
+
+        claimable(POOL_SIZE)
+        idle = []
+        for pod in stack.k.get("pods -l skython.io/pool,!skython.io/function")["items"]:
+            pid = runner_pid(pod["metadata"]["name"])
+            if pid:
+                idle.append(sum(pss_kib(p) for p in process_tree(pid)) / 1024)
+        hits = []
+        for i in range(POOL_HITS):
+            progress.step(f"pool: hit {i + 1}/{POOL_HITS}")
+            claimable(1)
+            t0 = time.perf_counter()
+            status, answer = stack.call(f"hit{i:02d}", "{}")
+            seconds = time.perf_counter() - t0
+            if status != 200 or not json.loads(answer).startswith(POOL_POD_PREFIX):
+                raise SystemExit(f"pool hit {i}: {status} {answer[:300]!r}")
+            hits.append(seconds)
+        misses = []
+        for r in range(POOL_MISS_ROUNDS):
+            progress.step(f"pool: {POOL_SIZE + 1} functions at once on {POOL_SIZE} pool pods, {r + 1}/{POOL_MISS_ROUNDS}")
+            claimable(POOL_SIZE)
+            answers = [None] * (POOL_SIZE + 1)
+
+            def call(j):
+                t0 = time.perf_counter()
+                status, answer = stack.call(f"m{r}x{j}", "{}")
+                answers[j] = (status, answer, time.perf_counter() - t0)
+            threads = [threading.Thread(target=call, args=(j,)) for j in range(POOL_SIZE + 1)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            for status, answer, seconds in answers:
+                if status != 200:
+                    raise SystemExit(f"pool miss round {r}: {status} {answer[:300]!r}")
+                if not json.loads(answer).startswith(POOL_POD_PREFIX):
+                    misses.append(seconds)
+        return {"hits": hits, "misses": misses, "idle_pss_mib": idle}
+    except BaseException:
+        stack.dump_logs()
+        raise
+    finally:
+        stack.stop()
+
+
+def runner_pid(pod):
+    """The host pid of the runner process of `pod` (the bench runs as root on the node)."""
+    wanted = f"SKYTHON_POD_NAME={pod}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"runner" in cmdline and wanted in environ:
+            return int(entry.name)
+    return None
+
+
+def process_tree(pid):
+    """`pid` and every process below it."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    tree = [pid]
+    for p in tree:
+        tree.extend(c for c, pp in parents.items() if pp == p)
+    return tree
 
 
 def fillers(first, count):
@@ -683,6 +843,24 @@ def report(args, results, loads, elapsed):
                   f"- seconds after the start: the first pod ready {at(b['first_ready'])}; the burst "
                   f"ended {b['seconds']:.1f} s; desired replicas 0 {at(b['desired_zero'])}; no pod "
                   f"ready {at(b['ready_zero'])}; no pod left {at(b['until_zero'])}", ""]
+    pool = results.get("pool")
+    if pool:
+        lines += ["## The warm pool", "",
+                  f"A second namespace: the operator keeps {POOL_SIZE} pool pods (100m, 256Mi, refilled at "
+                  "2 per second), the gateway claims them. A hit: a function never called (its Deployment "
+                  "cannot start: it asks for 8 CPUs), called once a pool pod is claimable, through the "
+                  f"gateway, request in to answer out. A miss: {POOL_SIZE + 1} such functions (100m) called "
+                  f"at once on a full pool of {POOL_SIZE}, the one not answered by a pool pod.", "",
+                  "| | median | p99 (nearest rank) | max |", "|---|---|---|---|",
+                  f"| pool hit ({len(pool['hits'])}) | {statistics_median(pool['hits']) * 1000:.1f} ms | "
+                  f"{percentile(pool['hits'], 99) * 1000:.1f} ms | {max(pool['hits']) * 1000:.1f} ms |"]
+        if pool["misses"]:
+            lines.append(f"| pool miss ({len(pool['misses'])}) | {statistics_median(pool['misses']):.3f} s | "
+                         f"{percentile(pool['misses'], 99):.3f} s | {max(pool['misses']):.3f} s |")
+        if pool["idle_pss_mib"]:
+            lines += ["", "- memory of an idle pool pod (PSS of the runner and its zygote): " +
+                      ", ".join(f"{m:.0f} MiB" for m in pool["idle_pss_mib"])]
+        lines.append("")
     lines += ["## Reproduce", "",
               "`make cluster-up`, then `make bench-cluster` (`--quick`: fewer repetitions). "
               f"This run took {elapsed:.0f} s{' (--quick)' if args.quick else ''}.", ""]
@@ -733,7 +911,8 @@ def main():
     stack = Stack(args)
     results = {}
     cpu_starts = max(3, args.cold_starts // 2)  # a side measure: fewer, to keep the run short
-    progress = Progress(7 + 2 * (args.cold_starts + 1) + cpu_starts + 1 + 4 * args.rounds)
+    progress = Progress(7 + 2 * (args.cold_starts + 1) + cpu_starts + 1 + 4 * args.rounds
+                        + 1 + POOL_HITS + POOL_MISS_ROUNDS)
     try:
         progress.step(f"starting the gateway and the operator in {stack.k.namespace}")
         stack.start()
@@ -761,6 +940,8 @@ def main():
         results["cold_many"] = cold_starts(stack, "add", args.cold_starts, args.functions, progress,
                                            f"{args.functions} functions")
         progress.step("cleaning up")
+        stack.stop()
+        results["pool"] = pool_bench(args, progress)
     except BaseException:
         progress.finish()
         stack.dump_logs()

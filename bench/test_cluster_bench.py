@@ -120,3 +120,19 @@ class Load(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class Pool(unittest.TestCase):
+    def test_the_nearest_rank_percentile_of_twenty_is_the_largest_at_99(self):
+        values = list(range(1, 21))
+        self.assertEqual(cb.percentile(values, 50), 10)
+        self.assertEqual(cb.percentile(values, 99), 20)
+        self.assertEqual(cb.percentile([7], 99), 7)
+
+    def test_pool_targets_are_met_or_missed_on_their_thresholds(self):
+        results = {"pool": {"hits": [0.02] * 19 + [0.3], "misses": [0.6, 0.9], "idle_pss_mib": [96]}}
+        verdicts = {what.rsplit(":", 1)[-1].strip(): met for what, _, met in cb.targets(results)}
+        self.assertTrue(verdicts["p50 ≤ 50 ms"])
+        self.assertFalse(verdicts["p99 ≤ 200 ms"], "one slow hit in twenty is the p99")
+        self.assertTrue(verdicts["max ≤ 1 s"])
+
