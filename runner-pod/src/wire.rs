@@ -249,7 +249,10 @@ mod tests {
         let body = br#"{"podUid":"u1"}"#;
         let sig = key.sign(body);
         assert!(verify(&key.public_hex(), body, &sig));
-        assert!(!verify(&key.public_hex(), br#"{"podUid":"u2"}"#, &sig), "another body");
+        assert!(
+            !verify(&key.public_hex(), br#"{"podUid":"u2"}"#, &sig),
+            "another body"
+        );
         let other = PoolKey::from_secret(b"another secret").unwrap();
         assert!(!verify(&other.public_hex(), body, &sig), "another key");
         assert!(!verify(&key.public_hex(), body, "not hex"));
