@@ -65,7 +65,8 @@ pub struct RunnerArgs {
     #[arg(long, env = wire::ENV_POOL_RUNTIME, value_parser = parse_runtime)]
     pool: Option<Runtime>,
     /// A pool pod's key for specialise requests: the hex Ed25519 public key of the gateways'
-    /// pool key. Required with --pool.
+    /// pool key. An unclaimed pod can reach no one to ask, so it trusts only what this key
+    /// signed. Required with --pool.
     #[arg(long, env = wire::ENV_POOL_PUBLIC_KEY)]
     pool_public_key: Option<String>,
     /// A pool pod's uid (the downward API's `metadata.uid`): a specialise request must name it.

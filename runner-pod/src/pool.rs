@@ -343,7 +343,7 @@ async fn dispatch(State(pool): State<Arc<PoolPod>>, req: Request<Body>) -> Respo
             Err(never) => match never {},
         };
     }
-    if req.uri().path() == "/readyz" {
+    if req.method() == axum::http::Method::GET && req.uri().path() == "/readyz" {
         return match pool.claim.borrow().readiness() {
             Ok(()) => "claimable".into_response(),
             Err((code, message)) => unready(code, message),

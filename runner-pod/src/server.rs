@@ -54,7 +54,8 @@ pub enum PodError {
     Source(Box<SourceError>),
     #[error(transparent)]
     Runtime(Box<skython_runner::Error>),
-    #[error("the function failed to load: {0}")]
+    /// Why the first worker could not load the function (the message says it failed to load).
+    #[error("{0}")]
     Load(String),
     #[error(transparent)]
     Metrics(#[from] prometheus::Error),
