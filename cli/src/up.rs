@@ -218,7 +218,7 @@ pub struct ServerArgs {
 /// What the full runtime's zygote imports: TensorFlow and Keras too. Their pages are then shared
 /// by every worker and charged to none of them (a worker importing TensorFlow itself would pay
 /// about 600 MiB and 8 s, past the default memory of a function).
-const FULL_RUNTIME_PRELOAD: &str = "numpy,pandas,scipy,requests,bs4,tensorflow,keras";
+pub(crate) const FULL_RUNTIME_PRELOAD: &str = "numpy,pandas,scipy,requests,bs4,tensorflow,keras";
 
 fn default_python() -> PathBuf {
     if let Some(home) = std::env::var_os("HOME") {

@@ -28,13 +28,19 @@ fn function_dir(source: &str) -> tempfile::TempDir {
 }
 
 fn runner(dir: &Path, port: u16) -> Command {
+    let mut cmd = skython_runner(dir, port);
+    cmd.arg("--function-dir").arg(dir);
+    cmd
+}
+
+/// `skython runner` on `port`, writing its runtime files under `dir`; no gateway, no pool.
+fn skython_runner(dir: &Path, port: u16) -> Command {
     let mut cmd = Command::new(skython_bin());
-    cmd.args(["runner", "--function-dir"])
-        .arg(dir)
-        .args(["--port", &port.to_string(), "--runtime-dir"])
+    cmd.args(["runner", "--port", &port.to_string(), "--runtime-dir"])
         .arg(dir.join("runtime"))
         .env("SKYTHON_LOG", "warn")
-        .env_remove(wire::ENV_GATEWAY_URL);
+        .env_remove(wire::ENV_GATEWAY_URL)
+        .env_remove(wire::ENV_POOL_RUNTIME);
     if let Some(py) = std::env::var_os("SKYTHON_PYTHON") {
         cmd.env("SKYTHON_PYTHON", py);
     }
@@ -522,4 +528,294 @@ fn a_gateway_url_without_a_pod_ip_stops_the_runner_naming_the_variable() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(wire::ENV_POD_IP), "{err}");
+}
+
+// Pool mode: `skython runner --pool standard`, specialised by signed requests.
+
+const POD_UID: &str = "0d6f1c1e-pool-pod-1";
+
+fn pool_key() -> wire::PoolKey {
+    wire::PoolKey::from_secret(b"the test pool's secret").unwrap()
+}
+
+/// A pool runner for [`POD_UID`] checking with [`pool_key`]; it keeps `dir` for its files.
+fn pool_runner(dir: &Path, port: u16) -> Command {
+    let mut cmd = skython_runner(dir, port);
+    cmd.args(["--pool", "standard"])
+        .env(wire::ENV_POOL_PUBLIC_KEY, pool_key().public_hex())
+        .env(wire::ENV_POD_UID, POD_UID);
+    cmd
+}
+
+/// A running pool runner, ready (claimable).
+struct PoolRunner {
+    process: Process,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl PoolRunner {
+    fn start() -> PoolRunner {
+        PoolRunner::start_with(|_| {})
+    }
+
+    fn start_with(more: impl FnOnce(&mut Command)) -> PoolRunner {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let mut cmd = pool_runner(dir.path(), port);
+        more(&mut cmd);
+        let child = cmd
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start skython runner --pool");
+        let runner = PoolRunner {
+            process: Process(child),
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        wait_ready(&http(), &runner.url);
+        runner
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        send(http().get(format!("{}{path}", self.url)))
+    }
+
+    fn call(&self, args: &str) -> (u16, Value) {
+        send(http().post(format!("{}/", self.url)).body(args.to_string()))
+    }
+
+    /// `POST wire::SPECIALISE_PATH` with `body` and the `signature` header.
+    fn specialise_with(&self, body: &[u8], signature: &str) -> (u16, Value) {
+        send(
+            http()
+                .post(format!("{}{}", self.url, wire::SPECIALISE_PATH))
+                .header(wire::SIGNATURE_HEADER, signature)
+                .body(body.to_vec()),
+        )
+    }
+
+    /// A specialise request for `source`, naming `pod_uid`, signed with the pool key.
+    fn specialise(&self, pod_uid: &str, source: &str) -> (u16, Value) {
+        let body = specialise_body(pod_uid, source);
+        self.specialise_with(&body, &pool_key().sign(&body))
+    }
+}
+
+fn specialise_body(pod_uid: &str, source: &str) -> Vec<u8> {
+    let request = json!({
+        "podUid": pod_uid,
+        "function": "alice/calc",
+        "spec": {"owner": "alice", "endpoint": "calc", "source": source,
+                 "timeoutSeconds": 5, "concurrency": 2},
+    });
+    request.to_string().into_bytes()
+}
+
+const ADD: &str = "def calc(a: int, b: int):\n    return a + b\n";
+
+#[test]
+fn a_pool_runner_is_ready_before_it_has_a_function() {
+    let pool = PoolRunner::start();
+    assert_eq!(pool.get("/readyz").0, 200);
+    assert_eq!(pool.get("/healthz").0, 200);
+}
+
+#[test]
+fn a_call_to_an_unspecialised_pool_runner_answers_503_not_specialised() {
+    let pool = PoolRunner::start();
+    let (status, body) = pool.call(r#"{"a": 1, "b": 2}"#);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "not_specialised");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("pool pod waiting for a function"),
+        "{body}"
+    );
+}
+
+#[test]
+fn a_specialise_with_a_wrong_signature_is_401_and_the_pod_stays_claimable() {
+    let pool = PoolRunner::start();
+    let body = specialise_body(POD_UID, ADD);
+    let other = wire::PoolKey::from_secret(b"not the pool's secret").unwrap();
+    for signature in [other.sign(&body), "not hex".to_string()] {
+        let (status, answer) = pool.specialise_with(&body, &signature);
+        assert_eq!(
+            (status, answer["error"]["code"].clone()),
+            (401, json!("bad_signature"))
+        );
+    }
+    assert_eq!(pool.get("/readyz").0, 200, "still claimable");
+    let (status, answer) = pool.specialise(POD_UID, ADD);
+    assert_eq!(status, 200, "{answer}");
+}
+
+#[test]
+fn a_specialise_naming_another_pod_is_403() {
+    let pool = PoolRunner::start();
+    let (status, body) = pool.specialise("another-pods-uid", ADD);
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (403, json!("forbidden"))
+    );
+    assert_eq!(pool.get("/readyz").0, 200, "still claimable");
+}
+
+#[test]
+fn a_signed_specialise_answers_200_and_then_the_pod_serves_the_function() {
+    let pool = PoolRunner::start();
+    let (status, body) = pool.specialise(POD_UID, ADD);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["function"], "alice/calc");
+    assert!(body["specialiseMs"].is_u64(), "{body}");
+    eprintln!("specialised in {} ms", body["specialiseMs"]);
+    assert_eq!(pool.get("/readyz"), (200, json!("ready")));
+    assert_eq!(pool.call(r#"{"a": 1, "b": 2}"#), (200, json!(3)));
+    let metrics = http()
+        .get(format!("{}/metrics", pool.url))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains(r#"skython_calls_total{function="alice/calc",outcome="ok"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_second_specialise_is_409() {
+    let pool = PoolRunner::start();
+    assert_eq!(pool.specialise(POD_UID, ADD).0, 200);
+    let other = "def calc():\n    return 'another function'\n";
+    let (status, body) = pool.specialise(POD_UID, other);
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (409, json!("already_specialised"))
+    );
+    assert_eq!(
+        pool.call(r#"{"a": 2, "b": 2}"#),
+        (200, json!(4)),
+        "still the first"
+    );
+}
+
+#[test]
+fn a_function_that_fails_to_import_answers_422_and_the_pod_is_never_claimable_again() {
+    let pool = PoolRunner::start();
+    let broken = "import no_such_module_here\n\ndef calc():\n    return 1\n";
+    let (status, body) = pool.specialise(POD_UID, broken);
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (422, json!("load_error"))
+    );
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("no_such_module_here"), "{body}");
+
+    let (status, body) = pool.get("/readyz");
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (503, json!("load_error"))
+    );
+    let (status, body) = pool.specialise(POD_UID, ADD);
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (409, json!("already_specialised"))
+    );
+}
+
+#[test]
+fn an_unspecialised_pool_runner_exits_promptly_on_sigterm() {
+    let mut pool = PoolRunner::start();
+    let asked = std::time::Instant::now();
+    let code = pool.process.terminate();
+    assert_eq!(code, Some(0), "a clean exit");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "took {:?} (there is nothing to drain)",
+        asked.elapsed()
+    );
+}
+
+#[test]
+fn a_pool_runner_announces_itself_only_once_specialised() {
+    let gateway = FakeGateway::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let token = token_file(tmp.path(), "token-A");
+    let pool = PoolRunner::start_with(|cmd| {
+        cmd.env(wire::ENV_GATEWAY_URL, &gateway.url)
+            .env(wire::ENV_POD_IP, "127.0.0.1")
+            .env(wire::ENV_TOKEN_FILE, &token);
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        gateway.seen().announcements.is_empty(),
+        "an unclaimed pool pod can reach nothing, and tries nothing"
+    );
+    assert_eq!(pool.specialise(POD_UID, ADD).0, 200);
+    let seen = gateway.announcements(1, Duration::from_secs(2));
+    let port: u16 = pool.url.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(
+        seen.first()
+            .map(|(auth, a)| (auth.as_str(), a.port, a.draining)),
+        Some(("Bearer token-A", port, false))
+    );
+}
+
+#[test]
+fn on_sigterm_a_specialised_pool_runner_drains_like_a_functions_pod() {
+    let gateway = FakeGateway::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let token = token_file(tmp.path(), "token-A");
+    let mut pool = PoolRunner::start_with(|cmd| {
+        cmd.env(wire::ENV_GATEWAY_URL, &gateway.url)
+            .env(wire::ENV_POD_IP, "127.0.0.1")
+            .env(wire::ENV_TOKEN_FILE, &token)
+            .env("SKYTHON_DRAIN_DELAY_SECS", "4");
+    });
+    assert_eq!(pool.specialise(POD_UID, ADD).0, 200);
+    gateway.announcements(1, Duration::from_secs(2));
+
+    let status = Command::new("kill")
+        .args(["-TERM", &pool.process.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        eventually(Duration::from_secs(2), || gateway
+            .seen()
+            .announcements
+            .iter()
+            .any(|(_, a)| a.draining)),
+        "announced draining at once"
+    );
+    assert_eq!(
+        pool.call(r#"{"a": 1, "b": 1}"#),
+        (200, json!(2)),
+        "still serving"
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || matches!(
+            pool.process.0.try_wait(),
+            Ok(Some(_))
+        )),
+        "the runner stops after the drain delay"
+    );
+}
+
+#[test]
+fn a_pool_runner_without_the_pool_key_stops_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    for key in [None, Some("abc")] {
+        let mut cmd = pool_runner(dir.path(), free_port());
+        match key {
+            None => cmd.env_remove(wire::ENV_POOL_PUBLIC_KEY),
+            Some(key) => cmd.env(wire::ENV_POOL_PUBLIC_KEY, key),
+        };
+        let out = cmd.output().expect("run skython runner --pool");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(wire::ENV_POOL_PUBLIC_KEY), "{key:?}: {err}");
+    }
 }

@@ -176,6 +176,14 @@ error_codes! {
     BadCaller = "bad_caller" => BAD_REQUEST,
     /// A runner pod's function is still loading.
     Loading = "loading" => SERVICE_UNAVAILABLE,
+    /// A pool pod has no function yet: a gateway must specialise it first.
+    NotSpecialised = "not_specialised" => SERVICE_UNAVAILABLE,
+    /// A request to specialise a pool pod is not signed with the pool key.
+    BadSignature = "bad_signature" => UNAUTHORIZED,
+    /// A pool pod was specialised already (or failed to be): it serves no other function.
+    AlreadySpecialised = "already_specialised" => CONFLICT,
+    /// A pool pod was asked to serve a function of another runtime than the one it preloads.
+    WrongRuntime = "wrong_runtime" => UNPROCESSABLE_ENTITY,
 
     // The server.
     /// The storage backend cannot be reached or failed; try again.

@@ -7,9 +7,13 @@
 //! `/readyz` answers 200 once a worker has loaded the function, so a pod whose module fails to
 //! import never receives traffic and says why. `/metrics` has the call metrics.
 //! `POST wire::IDENTITY_PATH` answers the gateway's identity challenge ([`crate::identity`]).
+//!
+//! A pool pod ([`crate::pool`]) builds its `RunnerPod` when a gateway specialises it, from the
+//! spec in the request instead of a directory, and from then on serves these same routes.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -50,6 +54,9 @@ pub enum PodError {
     Source(Box<SourceError>),
     #[error(transparent)]
     Runtime(Box<skython_runner::Error>),
+    /// Why the first worker could not load the function (the message says it failed to load).
+    #[error("{0}")]
+    Load(String),
     #[error(transparent)]
     Metrics(#[from] prometheus::Error),
 }
@@ -81,6 +88,7 @@ enum Readiness {
 /// The one function this pod serves.
 pub struct RunnerPod {
     label: String,
+    timeout: Duration,
     pool: WorkerPool,
     metrics: Metrics,
     readiness: RwLock<Readiness>,
@@ -119,6 +127,7 @@ impl RunnerPod {
         pool_limits.min_workers = pool_limits.min_workers.max(1);
         let label = format!("{}/{}", spec.owner, spec.endpoint);
         Ok(Arc::new(RunnerPod {
+            timeout: Duration::from_secs(spec.timeout_seconds.into()),
             pool: WorkerPool::new(
                 zygote,
                 worker_spec(spec, &signature.entrypoint, &limits),
@@ -133,17 +142,31 @@ impl RunnerPod {
         }))
     }
 
+    /// `owner/endpoint`: how logs and metrics name the function.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The function's timeout: how long a call may still run when the pod stops.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Loads the function in a first worker; the pod is ready when that succeeds.
-    pub async fn warm(&self) {
-        let result = self.pool.warm(1).await;
+    pub async fn warm(&self) -> Result<(), PodError> {
+        let result = self.pool.warm(1).await.map_err(|e| e.to_string());
         let mut r = self.readiness.write().unwrap_or_else(|p| p.into_inner());
-        *r = match result {
-            Ok(()) => Readiness::Ready,
+        match result {
+            Ok(()) => {
+                *r = Readiness::Ready;
+                Ok(())
+            }
             Err(e) => {
                 tracing::error!(function = %self.label, "loading the function failed: {e}");
-                Readiness::Failed(e.to_string())
+                *r = Readiness::Failed(e.clone());
+                Err(PodError::Load(e))
             }
-        };
+        }
     }
 
     /// Stops idle workers beyond the one kept warm.
@@ -225,8 +248,12 @@ async fn readyz(State(pod): State<Arc<RunnerPod>>) -> Response {
             format!("the function failed to load: {msg}"),
         ),
     };
-    // Answered directly, not as an `ApiError`: probes ask every few seconds, and the load
-    // failure is already in the log once.
+    unready(code, message)
+}
+
+/// A readiness probe's 503. Answered directly, not as an `ApiError`: probes ask every few
+/// seconds, and a load failure is already in the log once.
+pub(crate) fn unready(code: ErrorCode, message: String) -> Response {
     let body = ApiError::new(code, message)
         .with_status(StatusCode::SERVICE_UNAVAILABLE)
         .body();
