@@ -198,7 +198,10 @@ impl Pool {
                     tracing::warn!(function = %t.label, pod = %pod.name, "a pool pod could not be specialised: {why}");
                 }
                 Attempt::Failed(why) => {
+                    // The function's code may have run there: the pod is the function's now
+                    // (recorded, so the operator retires it and no gateway offers it again).
                     tracing::warn!(function = %t.label, pod = %pod.name, "the function did not load in a pool pod: {why}");
+                    self.record(&pod, t).await;
                     return;
                 }
             }
