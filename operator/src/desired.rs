@@ -263,147 +263,25 @@ pub fn desired(f: &SkyFunction, cfg: &OperatorConfig) -> Result<Children, Desire
             ..Default::default()
         })
         .collect();
-    env.extend([
-        env_value("SKYTHON_FUNCTION_DIR", FUNCTION_DIR),
-        env_from_field(wire::ENV_POD_IP, "status.podIP"),
-        env_from_field(wire::ENV_POD_NAME, "metadata.name"),
-        env_from_field(wire::ENV_POD_NAMESPACE, "metadata.namespace"),
-        env_value(wire::ENV_TOKEN_FILE, wire::TOKEN_FILE),
-    ]);
-    if let Some(url) = &cfg.gateway_url {
-        env.push(env_value(wire::ENV_GATEWAY_URL, url));
-    }
-    let resources: BTreeMap<String, Quantity> = [
-        ("cpu".to_string(), Quantity(spec.resources.cpu.clone())),
-        (
-            "memory".to_string(),
-            Quantity(spec.resources.memory.clone()),
-        ),
-    ]
-    .into();
-    let probe = |path: &str, period: i32| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::String("http".into()),
-            ..Default::default()
-        }),
-        period_seconds: Some(period),
-        ..Default::default()
-    };
-    let container = Container {
-        name: "runner".into(),
-        image: Some(cfg.image(spec.runtime).to_string()),
-        args: Some(vec![
-            "runner".into(),
-            "--function-dir".into(),
-            FUNCTION_DIR.into(),
-            "--port".into(),
-            RUNNER_PORT.to_string(),
-        ]),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: RUNNER_PORT,
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
-        env: Some(env),
-        resources: Some(ResourceRequirements {
-            requests: Some(resources.clone()),
-            limits: Some(resources),
-            ..Default::default()
-        }),
-        // Every second: the gateway hears of a new pod from its announcement; Ready (what the
-        // Deployment and the status count) should not lag far behind.
-        readiness_probe: Some(probe("/readyz", 1)),
-        liveness_probe: Some(probe("/healthz", 10)),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "function".into(),
-                mount_path: FUNCTION_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: "tmp".into(),
-                mount_path: "/tmp".into(),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: "token".into(),
-                mount_path: wire::TOKEN_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-        ]),
-        ..Default::default()
-    };
-    let pod = PodSpec {
-        containers: vec![container],
-        // A pod being removed finishes its calls: it drains (the runner's 2 s), then waits for
-        // calls that may take the whole timeout.
-        termination_grace_period_seconds: Some(termination_grace_seconds(spec)),
-        // No token for the Kubernetes API; the pod's only token is the projected one, whose
-        // audience is the gateway.
-        automount_service_account_token: Some(false),
-        enable_service_links: Some(false),
-        runtime_class_name: cfg.runtime_class.clone(),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(cfg.runner_uid),
-            run_as_group: Some(cfg.runner_uid),
-            fs_group: Some(cfg.runner_uid),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        volumes: Some(vec![
-            Volume {
-                name: "function".into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: child.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            Volume {
-                name: "tmp".into(),
-                empty_dir: Some(EmptyDirVolumeSource {
-                    size_limit: Some(Quantity(cfg.tmp_size.clone())),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            Volume {
-                name: "token".into(),
-                projected: Some(ProjectedVolumeSource {
-                    sources: Some(vec![VolumeProjection {
-                        service_account_token: Some(ServiceAccountTokenProjection {
-                            audience: Some(wire::TOKEN_AUDIENCE.into()),
-                            expiration_seconds: Some(TOKEN_EXPIRATION_SECONDS),
-                            path: TOKEN_PATH.into(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        ]),
-        ..Default::default()
-    };
+    env.push(env_value("SKYTHON_FUNCTION_DIR", FUNCTION_DIR));
+    let pod = runner_pod(
+        RunnerPod {
+            image: cfg.image(spec.runtime),
+            args: vec![
+                "runner".into(),
+                "--function-dir".into(),
+                FUNCTION_DIR.into(),
+                "--port".into(),
+                RUNNER_PORT.to_string(),
+            ],
+            env,
+            cpu: &spec.resources.cpu,
+            memory: &spec.resources.memory,
+            termination_grace_seconds: termination_grace_seconds(spec),
+            function_config_map: Some(child.clone()),
+        },
+        cfg,
+    );
     let deployment = Deployment {
         metadata: meta.clone(),
         spec: DeploymentSpec {
@@ -448,20 +326,7 @@ pub fn desired(f: &SkyFunction, cfg: &OperatorConfig) -> Result<Children, Desire
             }),
             policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
             egress: Some(egress_rules(spec.network, cfg)),
-            ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(vec![NetworkPolicyPeer {
-                    pod_selector: Some(LabelSelector {
-                        match_labels: Some(cfg.gateway_labels.clone()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }]),
-                ports: Some(vec![NetworkPolicyPort {
-                    protocol: Some("TCP".into()),
-                    port: Some(IntOrString::Int(RUNNER_PORT)),
-                    ..Default::default()
-                }]),
-            }]),
+            ingress: Some(vec![gateway_ingress(cfg)]),
         }),
     };
     Ok(Children {
@@ -470,6 +335,184 @@ pub fn desired(f: &SkyFunction, cfg: &OperatorConfig) -> Result<Children, Desire
         service,
         network_policy,
     })
+}
+
+/// Where a function's pods and pool pods differ; [`runner_pod`] wraps it in the restricted
+/// profile they share.
+struct RunnerPod<'a> {
+    image: &'a str,
+    args: Vec<String>,
+    /// Before the environment every runner pod gets (its own identity, its token, the gateway).
+    env: Vec<EnvVar>,
+    /// Requests and limits alike.
+    cpu: &'a str,
+    memory: &'a str,
+    termination_grace_seconds: i64,
+    /// The function's ConfigMap, mounted at [`FUNCTION_DIR`]; a pool pod has none (it is sent
+    /// its function when claimed).
+    function_config_map: Option<String>,
+}
+
+/// A runner pod: no API token, non-root, RuntimeDefault seccomp, read-only root, no
+/// capabilities, a small writable /tmp, and the projected token it proves itself to the
+/// gateway with.
+fn runner_pod(p: RunnerPod, cfg: &OperatorConfig) -> PodSpec {
+    let mut env = p.env;
+    env.extend([
+        env_from_field(wire::ENV_POD_IP, "status.podIP"),
+        env_from_field(wire::ENV_POD_NAME, "metadata.name"),
+        env_from_field(wire::ENV_POD_NAMESPACE, "metadata.namespace"),
+        env_value(wire::ENV_TOKEN_FILE, wire::TOKEN_FILE),
+    ]);
+    if let Some(url) = &cfg.gateway_url {
+        env.push(env_value(wire::ENV_GATEWAY_URL, url));
+    }
+    let resources: BTreeMap<String, Quantity> = [
+        ("cpu".to_string(), Quantity(p.cpu.to_string())),
+        ("memory".to_string(), Quantity(p.memory.to_string())),
+    ]
+    .into();
+    let probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        ..Default::default()
+    };
+    let mut volume_mounts = Vec::new();
+    let mut volumes = Vec::new();
+    if let Some(config_map) = p.function_config_map {
+        volume_mounts.push(VolumeMount {
+            name: "function".into(),
+            mount_path: FUNCTION_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        volumes.push(Volume {
+            name: "function".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: config_map,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    volume_mounts.extend([
+        VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "token".into(),
+            mount_path: wire::TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+    ]);
+    volumes.extend([
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity(cfg.tmp_size.clone())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "token".into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(wire::TOKEN_AUDIENCE.into()),
+                        expiration_seconds: Some(TOKEN_EXPIRATION_SECONDS),
+                        path: TOKEN_PATH.into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ]);
+    let container = Container {
+        name: "runner".into(),
+        image: Some(p.image.to_string()),
+        args: Some(p.args),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: RUNNER_PORT,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        env: Some(env),
+        resources: Some(ResourceRequirements {
+            requests: Some(resources.clone()),
+            limits: Some(resources),
+            ..Default::default()
+        }),
+        // Every second: the gateway hears of a new pod from its announcement; Ready (what the
+        // Deployment and the status count) should not lag far behind.
+        readiness_probe: Some(probe("/readyz", 1)),
+        liveness_probe: Some(probe("/healthz", 10)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(volume_mounts),
+        ..Default::default()
+    };
+    PodSpec {
+        containers: vec![container],
+        // A pod being removed finishes its calls: it drains (the runner's 2 s), then waits for
+        // calls that may take the whole timeout.
+        termination_grace_period_seconds: Some(p.termination_grace_seconds),
+        // No token for the Kubernetes API; the pod's only token is the projected one, whose
+        // audience is the gateway.
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        runtime_class_name: cfg.runtime_class.clone(),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(cfg.runner_uid),
+            run_as_group: Some(cfg.runner_uid),
+            fs_group: Some(cfg.runner_uid),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volumes: Some(volumes),
+        ..Default::default()
+    }
+}
+
+/// Runner pods (a function's, or the pool's) take calls from the gateway's pods only.
+fn gateway_ingress(cfg: &OperatorConfig) -> NetworkPolicyIngressRule {
+    NetworkPolicyIngressRule {
+        from: Some(vec![NetworkPolicyPeer {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(cfg.gateway_labels.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        ports: Some(vec![NetworkPolicyPort {
+            protocol: Some("TCP".into()),
+            port: Some(IntOrString::Int(RUNNER_PORT)),
+            ..Default::default()
+        }]),
+    }
 }
 
 /// Where runner pods may connect: the gateway's pods in any namespace (to announce themselves
