@@ -10,6 +10,16 @@
 //!                                     and DNS + internet for `network: internet`)
 //! ```
 //!
+//! The warm pool's objects are here too: its pods (a runner pod without a function, built by
+//! the same [`runner_pod`] as the Deployment's, so both keep one restricted profile), their
+//! NetworkPolicy, and the anchor ConfigMap that owns both:
+//!
+//! ```text
+//! ConfigMap <pool-name> (the anchor) ─owns─▶ pool pods <pool-name>-<runtime>-xxxxx
+//!                                    └owns─▶ NetworkPolicy <pool-name> (unclaimed pods: ingress
+//!                                            from the gateway only, no egress)
+//! ```
+//!
 //! The Deployment's replica count is `spec.replicas` (the `scale` subresource, written by the
 //! gateway's autoscaler) within the function's bounds. It is the one field of the spec the pods do
 //! not see: scaling never changes the pod template, so it never rolls the pods.
@@ -19,7 +29,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, PodSecurityContext, PodSpec,
     PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
     SecurityContext, Service, ServiceAccountTokenProjection, ServicePort, ServiceSpec, Volume,
     VolumeMount, VolumeProjection,
@@ -29,7 +39,9 @@ use k8s_openapi::api::networking::v1::{
     NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use sha2::{Digest, Sha256};
@@ -44,6 +56,12 @@ pub const CHECKSUM_ANNOTATION: &str = "skython.io/function-checksum";
 pub const FUNCTION_LABEL: &str = "skython.io/function";
 /// The name of the projected token's file in [`wire::TOKEN_DIR`].
 const TOKEN_PATH: &str = "token";
+/// The hash of the pool pod's template, so that pods made from an older one (another image,
+/// key or size) are replaced.
+pub const POOL_TEMPLATE_ANNOTATION: &str = "skython.io/pool-template";
+/// The longest `timeoutSeconds` a SkyFunction may have (its CRD's bound): a claimed pool pod
+/// may serve any function, so it is given as long to finish its calls.
+pub const MAX_TIMEOUT_SECONDS: i64 = 900;
 /// Lifetime of the pod's projected token; the kubelet renews it at 80%.
 const TOKEN_EXPIRATION_SECONDS: i64 = 3600;
 /// Selects every object the operator manages (children carry this label).
@@ -105,6 +123,34 @@ impl Default for OperatorConfig {
             .to_vec(),
             tmp_size: "64Mi".into(),
             gateway_url: None,
+        }
+    }
+}
+
+/// The warm pool: runner pods started before anyone knows their function, which a gateway
+/// claims for a function with no pod (see [`crate::pool`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    /// Unclaimed pods kept ready, per runtime.
+    pub size: u32,
+    pub size_full: u32,
+    /// At most this many pool pods created per second per runtime.
+    pub refill_per_second: f64,
+    /// Each pool pod's CPU and memory (requests and limits alike).
+    pub cpu: String,
+    pub memory: String,
+    /// The anchor ConfigMap's and the pool NetworkPolicy's name, and the prefix of the pods'.
+    pub name: String,
+    /// The hex Ed25519 key pool pods check specialise requests with
+    /// ([`wire::PoolKey::public_hex`]).
+    pub public_key: String,
+}
+
+impl PoolConfig {
+    pub fn size(&self, runtime: Runtime) -> u32 {
+        match runtime {
+            Runtime::Standard => self.size,
+            Runtime::Full => self.size_full,
         }
     }
 }
@@ -495,6 +541,145 @@ fn runner_pod(p: RunnerPod, cfg: &OperatorConfig) -> PodSpec {
         volumes: Some(volumes),
         ..Default::default()
     }
+}
+
+/// What the operator creates when the pool's anchor is missing (the chart makes its own): the
+/// owner of every pool pod and of the pool's NetworkPolicy, so that deleting it (an uninstall)
+/// deletes the pool.
+pub fn pool_anchor(namespace: &str, pool: &PoolConfig) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(pool.name.clone()),
+            namespace: Some(namespace.into()),
+            labels: Some(
+                [(
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "skython-operator".to_string(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        data: Some(
+            [(
+                "README".to_string(),
+                "Owner of Skython's warm pool: deleting it deletes the unclaimed pool pods.\n"
+                    .to_string(),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    }
+}
+
+fn owned_by_anchor(anchor: &ConfigMap) -> Result<ObjectMeta, DesiredError> {
+    let namespace = anchor
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(DesiredError::MissingMetadata("namespace"))?;
+    let owner = anchor
+        .controller_owner_ref(&())
+        .ok_or(DesiredError::MissingMetadata("uid"))?;
+    Ok(ObjectMeta {
+        namespace: Some(namespace),
+        owner_references: Some(vec![owner]),
+        ..Default::default()
+    })
+}
+
+/// An unclaimed pool pod of `runtime`, owned by the pool's `anchor`: a function's runner pod
+/// without a function (`skython runner` in pool mode waits to be specialised), with the pool
+/// key to check who specialises it and its own uid, which a specialise request must name.
+pub fn pool_pod(
+    runtime: Runtime,
+    anchor: &ConfigMap,
+    cfg: &OperatorConfig,
+    pool: &PoolConfig,
+) -> Result<Pod, DesiredError> {
+    let spec = runner_pod(
+        RunnerPod {
+            image: cfg.image(runtime),
+            args: vec!["runner".into(), "--port".into(), RUNNER_PORT.to_string()],
+            env: vec![
+                env_value(wire::ENV_POOL_RUNTIME, runtime.as_str()),
+                env_value(wire::ENV_POOL_PUBLIC_KEY, &pool.public_key),
+                env_from_field(wire::ENV_POD_UID, "metadata.uid"),
+            ],
+            cpu: &pool.cpu,
+            memory: &pool.memory,
+            // Claimed, it may serve any function: the longest timeout a function may have.
+            termination_grace_seconds: MAX_TIMEOUT_SECONDS + 15,
+            function_config_map: None,
+        },
+        cfg,
+    );
+    let labels: BTreeMap<String, String> = [
+        ("app.kubernetes.io/name", "skython-runner"),
+        ("app.kubernetes.io/managed-by", "skython-operator"),
+        (wire::POOL_LABEL, runtime.as_str()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let template = serde_json::to_vec(&(&labels, &spec)).unwrap_or_default();
+    Ok(Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}-{}-", pool.name, runtime.as_str())),
+            labels: Some(labels),
+            annotations: Some(
+                [(
+                    POOL_TEMPLATE_ANNOTATION.to_string(),
+                    hex::encode(Sha256::digest(&template)),
+                )]
+                .into(),
+            ),
+            ..owned_by_anchor(anchor)?
+        },
+        spec: Some(spec),
+        ..Default::default()
+    })
+}
+
+/// The policy of unclaimed pool pods: calls from the gateway only, and no egress at all. A
+/// claimed pod carries its function's label, so this one no longer selects it and its
+/// function's does.
+pub fn pool_network_policy(
+    anchor: &ConfigMap,
+    cfg: &OperatorConfig,
+    pool: &PoolConfig,
+) -> Result<NetworkPolicy, DesiredError> {
+    let requirement = |key: &str, operator: &str| LabelSelectorRequirement {
+        key: key.into(),
+        operator: operator.into(),
+        values: None,
+    };
+    Ok(NetworkPolicy {
+        metadata: ObjectMeta {
+            name: Some(pool.name.clone()),
+            labels: Some(
+                [(
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "skython-operator".to_string(),
+                )]
+                .into(),
+            ),
+            ..owned_by_anchor(anchor)?
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_expressions: Some(vec![
+                    requirement(wire::POOL_LABEL, "Exists"),
+                    requirement(FUNCTION_LABEL, "DoesNotExist"),
+                ]),
+                ..Default::default()
+            }),
+            // Egress listed with no rule: nothing may leave.
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            egress: None,
+            ingress: Some(vec![gateway_ingress(cfg)]),
+        }),
+    })
 }
 
 /// Runner pods (a function's, or the pool's) take calls from the gateway's pods only.
