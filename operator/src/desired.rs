@@ -11,7 +11,7 @@
 //! ```
 //!
 //! The warm pool's objects are here too: its pods (a runner pod without a function, built by
-//! the same [`runner_pod`] as the Deployment's, so both keep one restricted profile), their
+//! the same `runner_pod` as the Deployment's, so both keep one restricted profile), their
 //! NetworkPolicy, and the anchor ConfigMap that owns both:
 //!
 //! ```text
