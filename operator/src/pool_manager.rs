@@ -1,7 +1,7 @@
-//! The warm pool's loop, run by the leader: it makes sure the pool's anchor ConfigMap and
-//! NetworkPolicy exist, watches the pool's pods, the SkyFunctions and their Deployments, and
-//! applies [`crate::pool::plan`] every 250 ms and on every change. Decisions live in
-//! [`crate::pool`] and [`crate::desired`]; this module only does the I/O.
+//! The warm pool's loop, run by the leader: it makes sure the pool's anchor ConfigMap exists,
+//! applies the pool's NetworkPolicy, watches the anchor, the pool's pods, the SkyFunctions and
+//! their Deployments, and applies [`crate::pool::plan`] on every change and every 250 ms.
+//! Decisions live in [`crate::pool`] and [`crate::desired`]; this module only does the I/O.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -15,22 +15,25 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 use skython_crds::{Runtime, SkyFunction};
 use skython_runner_pod::wire;
 use tokio::sync::Notify;
 
 use crate::controller::MANAGER;
 use crate::desired::{
-    MANAGED_BY_SELECTOR, OperatorConfig, POOL_TEMPLATE_ANNOTATION, PoolConfig, pool_anchor,
-    pool_network_policy, pool_pod,
+    DesiredError, MANAGED_BY_SELECTOR, OperatorConfig, POOL_TEMPLATE_ANNOTATION, PoolConfig,
+    pool_anchor, pool_network_policy, pool_pod,
 };
 use crate::metrics::OperatorMetrics;
-use crate::pool::{Observed, PlanSettings, PodState, PoolAction, RUNTIMES, Target, plan, state};
+use crate::pool::{
+    Observed, PlanSettings, PodState, PoolAction, RUNTIMES, Target, plan, runtime_label, state,
+};
 
 /// How often the plan runs without a change (a refill that is due, an idle claim).
 const TICK: Duration = Duration::from_millis(250);
-/// How long to wait before setting up again after a failure (RBAC, the API server away).
+/// How long to wait before trying again after a failure (RBAC, the API server away).
 const RETRY: Duration = Duration::from_secs(5);
 /// How long a pod this loop created or deleted may take to show so in the watch; meanwhile
 /// it is counted as the loop left it, so that a slow watch neither doubles a creation nor
@@ -46,52 +49,70 @@ pub async fn run(
     metrics: Arc<OperatorMetrics>,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    let (pods, pods_w) = reflector::store();
-    let (functions, functions_w) = reflector::store();
-    let (deployments, deployments_w) = reflector::store();
-    let events = stream::select_all([
-        watcher(
-            pods_api.clone(),
-            watcher::Config::default().labels(wire::POOL_LABEL),
-        )
-        .default_backoff()
-        .reflect(pods_w)
-        .map(|e| e.map(drop))
-        .boxed(),
-        watcher(
-            Api::<SkyFunction>::namespaced(client.clone(), &namespace),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .reflect(functions_w)
-        .map(|e| e.map(drop))
-        .boxed(),
-        watcher(
-            Api::<Deployment>::namespaced(client.clone(), &namespace),
-            watcher::Config::default().labels(MANAGED_BY_SELECTOR),
-        )
-        .default_backoff()
-        .reflect(deployments_w)
-        .map(|e| e.map(drop))
-        .boxed(),
-    ]);
+    let anchors = watched::<ConfigMap>(
+        &client,
+        &namespace,
+        watcher::Config::default().fields(&format!("metadata.name={}", pool.name)),
+    );
+    let pods = watched::<Pod>(
+        &client,
+        &namespace,
+        watcher::Config::default().labels(wire::POOL_LABEL),
+    );
+    let functions = watched::<SkyFunction>(&client, &namespace, watcher::Config::default());
+    let deployments = watched::<Deployment>(
+        &client,
+        &namespace,
+        watcher::Config::default().labels(MANAGED_BY_SELECTOR),
+    );
+    let events = stream::select_all([anchors.1, pods.1, functions.1, deployments.1]);
+    let manager = Manager {
+        pods_api: Api::namespaced(client.clone(), &namespace),
+        client,
+        namespace,
+        cfg,
+        pool,
+        metrics,
+    };
     let stores = Stores {
-        pods,
-        functions,
-        deployments,
+        anchor: anchors.0,
+        pods: pods.0,
+        functions: functions.0,
+        deployments: deployments.0,
     };
     let changed = Notify::new();
     tokio::select! {
         () = stop => {}
         () = drive(events, &changed) => {}
-        () = manage(&client, &namespace, &cfg, &pool, &metrics, stores, pods_api, &changed) => {}
+        () = manager.manage(stores, &changed) => {}
     }
-    metrics.pool_pods.reset();
+    manager.metrics.pool_pods.reset();
 }
 
-/// Feeds the reflectors (the stores fill as the watches are read), and says when something
-/// changed.
+type Events = stream::BoxStream<'static, Result<(), watcher::Error>>;
+
+/// A store of `K` in `namespace` and the watch that fills it.
+fn watched<K>(client: &Client, namespace: &str, config: watcher::Config) -> (Store<K>, Events)
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (store, writer) = reflector::store();
+    let events = watcher(Api::<K>::namespaced(client.clone(), namespace), config)
+        .default_backoff()
+        .reflect(writer)
+        .map(|e| e.map(drop))
+        .boxed();
+    (store, events)
+}
+
+/// Reads the watches (the stores fill as they are read), and says when something changed.
 async fn drive(
     mut events: impl stream::Stream<Item = Result<(), watcher::Error>> + Unpin,
     changed: &Notify,
@@ -105,9 +126,28 @@ async fn drive(
 }
 
 struct Stores {
+    /// The anchor ConfigMap, alone (a field selector on its name).
+    anchor: Store<ConfigMap>,
     pods: Store<Pod>,
     functions: Store<SkyFunction>,
     deployments: Store<Deployment>,
+}
+
+struct Manager {
+    client: Client,
+    pods_api: Api<Pod>,
+    namespace: String,
+    cfg: OperatorConfig,
+    pool: PoolConfig,
+    metrics: Arc<OperatorMetrics>,
+}
+
+/// What the pool is made from while its anchor stays the same object.
+struct Anchored {
+    uid: String,
+    /// The pod to create, per runtime.
+    templates: Vec<(Runtime, Pod)>,
+    settings: PlanSettings,
 }
 
 /// What this loop did that the watch may not show yet.
@@ -133,166 +173,226 @@ impl InFlight {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn manage(
-    client: &Client,
-    namespace: &str,
-    cfg: &OperatorConfig,
-    pool: &PoolConfig,
-    metrics: &OperatorMetrics,
-    stores: Stores,
-    api: Api<Pod>,
-    changed: &Notify,
-) {
-    let templates = loop {
-        match set_up(client, namespace, cfg, pool).await {
-            Ok(templates) => break templates,
-            Err(e) => {
-                tracing::warn!(retry_in = ?RETRY, "setting up the warm pool: {e}");
-                tokio::time::sleep(RETRY).await;
-            }
+impl Manager {
+    async fn manage(&self, stores: Stores, changed: &Notify) {
+        // The chart makes the anchor; only an operator run without it makes its own, and only
+        // now: once running, a deleted anchor means the pool should go (an uninstall).
+        while let Err(e) = self.ensure_anchor().await {
+            tracing::warn!(retry_in = ?RETRY, "making the warm pool's anchor ConfigMap: {e}");
+            tokio::time::sleep(RETRY).await;
         }
-    };
-    let settings = PlanSettings {
-        targets: templates
-            .iter()
-            .map(|(runtime, pod)| Target {
-                runtime: *runtime,
-                size: pool.size(*runtime),
-                template: pod
-                    .annotations()
-                    .get(POOL_TEMPLATE_ANNOTATION)
-                    .cloned()
-                    .unwrap_or_default(),
-            })
-            .collect(),
-        refill_interval: SignedDuration::try_from_secs_f64(1.0 / pool.refill_per_second)
-            .unwrap_or(SignedDuration::MAX),
-    };
-    // Before the first lists are in, every pod would look missing.
-    let _ = tokio::join!(
-        stores.pods.wait_until_ready(),
-        stores.functions.wait_until_ready(),
-        stores.deployments.wait_until_ready(),
-    );
-    tracing::info!(
-        namespace,
-        size = pool.size,
-        size_full = pool.size_full,
-        refill_per_second = pool.refill_per_second,
-        "warm pool running"
-    );
-    let mut in_flight = InFlight::default();
-    let mut last_created: HashMap<Runtime, Timestamp> = HashMap::new();
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = changed.notified() => {}
-        }
-        let pods = stores.pods.state();
-        in_flight.settle(&pods);
-        let functions = stores.functions.state();
-        let deployments = stores.deployments.state();
-        let observed = Observed {
-            pods: pods
-                .iter()
-                .map(AsRef::as_ref)
-                .filter(|p| !in_flight.deleted.contains_key(&p.name_any()))
-                .chain(in_flight.created.iter().map(|(_, p)| p))
-                .collect(),
-            functions: functions.iter().map(AsRef::as_ref).collect(),
-            deployments: deployments.iter().map(AsRef::as_ref).collect(),
+        // Before the first lists are in, every pod would look missing.
+        let _ = tokio::join!(
+            stores.anchor.wait_until_ready(),
+            stores.pods.wait_until_ready(),
+            stores.functions.wait_until_ready(),
+            stores.deployments.wait_until_ready(),
+        );
+        let pool = &self.pool;
+        tracing::info!(
+            namespace = %self.namespace,
+            size = pool.size,
+            size_full = pool.size_full,
+            refill_per_second = pool.refill_per_second,
+            "warm pool running"
+        );
+        // With no anchor, no pool: unclaimed pods go, claimed ones are still retired in time.
+        let no_pool = PlanSettings {
+            targets: RUNTIMES
+                .map(|runtime| Target {
+                    runtime,
+                    size: 0,
+                    template: String::new(),
+                })
+                .to_vec(),
+            refill_interval: SignedDuration::MAX,
         };
-        count(metrics, &observed.pods);
-        let now = Timestamp::now();
-        for action in plan(now, &settings, &observed, &last_created) {
-            match action {
-                PoolAction::Create(runtime) => {
-                    last_created.insert(runtime, now);
-                    let Some((_, template)) = templates.iter().find(|(r, _)| *r == runtime) else {
-                        continue;
-                    };
-                    match api.create(&PostParams::default(), template).await {
-                        Ok(pod) => {
-                            tracing::info!(runtime = runtime.as_str(), pod = %pod.name_any(), "pool pod created");
-                            metrics
-                                .pool_created
-                                .with_label_values(&[runtime.as_str()])
-                                .inc();
-                            in_flight.created.push((Instant::now(), pod));
-                        }
-                        Err(e) => {
-                            tracing::warn!(runtime = runtime.as_str(), "creating a pool pod: {e}")
+        let mut anchored: Option<Anchored> = None;
+        let mut retry_at = Instant::now();
+        let mut in_flight = InFlight::default();
+        let mut last_created: HashMap<Runtime, Timestamp> = HashMap::new();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = changed.notified() => {}
+            }
+            let anchor = stores.anchor.state().into_iter().next();
+            let uid = anchor.as_ref().and_then(|a| a.metadata.uid.clone());
+            if uid != anchored.as_ref().map(|a| a.uid.clone()) {
+                match anchor {
+                    Some(anchor) if Instant::now() >= retry_at => {
+                        match self.anchor_to(&anchor).await {
+                            Ok(a) => anchored = Some(a),
+                            Err(e) => {
+                                tracing::warn!(retry_in = ?RETRY, "setting up the warm pool: {e}");
+                                retry_at = Instant::now() + RETRY;
+                            }
                         }
                     }
+                    Some(_) => {}
+                    None => {
+                        tracing::warn!(name = %pool.name, "the warm pool's anchor ConfigMap is gone: no pool until it is back");
+                        anchored = None;
+                    }
                 }
-                PoolAction::Delete {
-                    pod,
-                    runtime,
-                    function,
-                    reason,
-                } => {
-                    let deleted = match api.delete(&pod, &DeleteParams::default()).await {
-                        Ok(_) => true,
-                        Err(kube::Error::Api(s)) if s.is_not_found() => true,
-                        Err(e) => {
-                            tracing::warn!(%pod, "deleting a pool pod: {e}");
-                            false
+            }
+            let pods = stores.pods.state();
+            in_flight.settle(&pods);
+            let functions = stores.functions.state();
+            let deployments = stores.deployments.state();
+            let observed = Observed {
+                pods: pods
+                    .iter()
+                    .map(AsRef::as_ref)
+                    .filter(|p| !in_flight.deleted.contains_key(&p.name_any()))
+                    .chain(in_flight.created.iter().map(|(_, p)| p))
+                    .collect(),
+                functions: functions.iter().map(AsRef::as_ref).collect(),
+                deployments: deployments.iter().map(AsRef::as_ref).collect(),
+            };
+            self.count(&observed.pods);
+            let settings = anchored.as_ref().map_or(&no_pool, |a| &a.settings);
+            let now = Timestamp::now();
+            for action in plan(now, settings, &observed, &last_created) {
+                match action {
+                    PoolAction::Create(runtime) => {
+                        last_created.insert(runtime, now);
+                        let template = anchored
+                            .as_ref()
+                            .and_then(|a| a.templates.iter().find(|(r, _)| *r == runtime));
+                        if let Some((_, template)) = template
+                            && let Some(pod) = self.create(runtime, template).await
+                        {
+                            in_flight.created.push((Instant::now(), pod));
                         }
-                    };
-                    if deleted {
-                        tracing::info!(
-                            %pod,
-                            %runtime,
-                            function = function.as_deref().unwrap_or(""),
-                            reason = reason.as_str(),
-                            "pool pod retired"
-                        );
-                        metrics
-                            .pool_retired
-                            .with_label_values(&[&runtime, reason.as_str()])
-                            .inc();
-                        in_flight.deleted.insert(pod, Instant::now());
+                    }
+                    PoolAction::Delete {
+                        pod,
+                        runtime,
+                        function,
+                        reason,
+                    } => {
+                        if self.delete(&pod).await {
+                            tracing::info!(
+                                %pod,
+                                %runtime,
+                                function = function.as_deref().unwrap_or(""),
+                                reason = reason.as_str(),
+                                "pool pod retired"
+                            );
+                            self.metrics
+                                .pool_retired
+                                .with_label_values(&[&runtime, reason.as_str()])
+                                .inc();
+                            in_flight.deleted.insert(pod, Instant::now());
+                        }
                     }
                 }
             }
         }
     }
-}
 
-/// Makes sure the anchor and the NetworkPolicy exist; returns the pod to create per runtime.
-async fn set_up(
-    client: &Client,
-    namespace: &str,
-    cfg: &OperatorConfig,
-    pool: &PoolConfig,
-) -> Result<Vec<(Runtime, Pod)>, SetUpError> {
-    let anchors: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    // The chart makes the anchor; only an operator run without it makes its own. Never
-    // recreated while running: its deletion means the pool should go.
-    let anchor = match anchors.get_opt(&pool.name).await? {
-        Some(anchor) => anchor,
-        None => {
-            tracing::info!(name = %pool.name, "creating the warm pool's anchor ConfigMap");
-            anchors
-                .create(&PostParams::default(), &pool_anchor(namespace, pool))
-                .await?
+    async fn ensure_anchor(&self) -> Result<(), kube::Error> {
+        let anchors: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+        if anchors.get_opt(&self.pool.name).await?.is_none() {
+            tracing::info!(name = %self.pool.name, "creating the warm pool's anchor ConfigMap");
+            let anchor = pool_anchor(&self.namespace, &self.pool);
+            match anchors.create(&PostParams::default(), &anchor).await {
+                Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+                other => {
+                    other?;
+                }
+            }
         }
-    };
-    let policy = pool_network_policy(&anchor, cfg, pool)?;
-    Api::<NetworkPolicy>::namespaced(client.clone(), namespace)
-        .patch(
-            &pool.name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&policy),
-        )
-        .await?;
-    RUNTIMES
-        .into_iter()
-        .map(|runtime| Ok((runtime, pool_pod(runtime, &anchor, cfg, pool)?)))
-        .collect()
+        Ok(())
+    }
+
+    /// The pool owned by `anchor`: its NetworkPolicy applied, its pods' templates.
+    async fn anchor_to(&self, anchor: &ConfigMap) -> Result<Anchored, SetUpError> {
+        let policy = pool_network_policy(anchor, &self.cfg, &self.pool)?;
+        Api::<NetworkPolicy>::namespaced(self.client.clone(), &self.namespace)
+            .patch(
+                &self.pool.name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&policy),
+            )
+            .await?;
+        let templates = RUNTIMES
+            .into_iter()
+            .map(|runtime| Ok((runtime, pool_pod(runtime, anchor, &self.cfg, &self.pool)?)))
+            .collect::<Result<Vec<_>, DesiredError>>()?;
+        let settings = PlanSettings {
+            targets: templates
+                .iter()
+                .map(|(runtime, pod)| Target {
+                    runtime: *runtime,
+                    size: self.pool.size(*runtime),
+                    template: pod
+                        .annotations()
+                        .get(POOL_TEMPLATE_ANNOTATION)
+                        .cloned()
+                        .unwrap_or_default(),
+                })
+                .collect(),
+            refill_interval: SignedDuration::try_from_secs_f64(1.0 / self.pool.refill_per_second)
+                .unwrap_or(SignedDuration::MAX),
+        };
+        Ok(Anchored {
+            uid: anchor.metadata.uid.clone().unwrap_or_default(),
+            templates,
+            settings,
+        })
+    }
+
+    async fn create(&self, runtime: Runtime, template: &Pod) -> Option<Pod> {
+        match self.pods_api.create(&PostParams::default(), template).await {
+            Ok(pod) => {
+                tracing::info!(runtime = runtime.as_str(), pod = %pod.name_any(), "pool pod created");
+                self.metrics
+                    .pool_created
+                    .with_label_values(&[runtime.as_str()])
+                    .inc();
+                Some(pod)
+            }
+            Err(e) => {
+                tracing::warn!(runtime = runtime.as_str(), "creating a pool pod: {e}");
+                None
+            }
+        }
+    }
+
+    /// Deletes a pod with its grace period (a claimed one drains and finishes its calls).
+    async fn delete(&self, pod: &str) -> bool {
+        match self.pods_api.delete(pod, &DeleteParams::default()).await {
+            Ok(_) => true,
+            Err(kube::Error::Api(s)) if s.is_not_found() => true,
+            Err(e) => {
+                tracing::warn!(%pod, "deleting a pool pod: {e}");
+                false
+            }
+        }
+    }
+
+    /// The pods-by-state gauge, zero for a runtime or state with none.
+    fn count(&self, pods: &[&Pod]) {
+        let mut counts: BTreeMap<(String, PodState), i64> = RUNTIMES
+            .iter()
+            .flat_map(|r| PodState::ALL.map(|s| ((r.as_str().to_string(), s), 0)))
+            .collect();
+        for pod in pods {
+            if let (Some(runtime), Some(s)) = (runtime_label(pod), state(pod)) {
+                *counts.entry((runtime.to_string(), s)).or_default() += 1;
+            }
+        }
+        for ((runtime, s), n) in counts {
+            self.metrics
+                .pool_pods
+                .with_label_values(&[&runtime, s.as_str()])
+                .set(n);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -300,24 +400,5 @@ enum SetUpError {
     #[error(transparent)]
     Kube(#[from] kube::Error),
     #[error(transparent)]
-    Desired(#[from] crate::desired::DesiredError),
-}
-
-/// The pods-by-state gauge, zero for a runtime or state with none.
-fn count(metrics: &OperatorMetrics, pods: &[&Pod]) {
-    let mut counts: BTreeMap<(String, PodState), i64> = RUNTIMES
-        .iter()
-        .flat_map(|r| PodState::ALL.map(|s| ((r.as_str().to_string(), s), 0)))
-        .collect();
-    for pod in pods {
-        if let (Some(runtime), Some(s)) = (crate::pool::runtime_label(pod), state(pod)) {
-            *counts.entry((runtime.to_string(), s)).or_default() += 1;
-        }
-    }
-    for ((runtime, s), n) in counts {
-        metrics
-            .pool_pods
-            .with_label_values(&[&runtime, s.as_str()])
-            .set(n);
-    }
+    Desired(#[from] DesiredError),
 }
