@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{ArgAction, Args};
 use skython_operator::leader::LeaseConfig;
-use skython_operator::{OperatorConfig, Settings};
+use skython_operator::{OperatorConfig, PoolConfig, Settings};
+use skython_runner_pod::wire::PoolKey;
 
 #[derive(Args, Debug)]
 pub struct OperatorArgs {
@@ -81,6 +82,96 @@ pub struct OperatorArgs {
     /// Log filter (tracing syntax).
     #[arg(long, env = "SKYTHON_LOG", default_value = "info")]
     log: String,
+    #[command(flatten)]
+    pool: PoolArgs,
+}
+
+/// The warm pool: unclaimed runner pods a gateway specialises for a function with no ready pod
+/// (a cold call in tens of milliseconds instead of a pod start). Each idle standard pod
+/// reserves --pool-memory and uses ≈96 MiB.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Warm pool")]
+struct PoolArgs {
+    /// The pool's shared secret (the gateway reads the same file): pool pods get the public key
+    /// derived from it and accept only requests signed with it. Without it, there is no pool.
+    /// Needs --namespace: pool pods live in the functions' namespace.
+    #[arg(long, env = "SKYTHON_POOL_KEY_FILE")]
+    pool_key_file: Option<PathBuf>,
+    /// Unclaimed `runtime: standard` pods kept ready.
+    #[arg(long, env = "SKYTHON_POOL_SIZE", default_value_t = 3)]
+    pool_size: u32,
+    /// Unclaimed `runtime: full` pods kept ready. Each holds tensorflow too: several hundred
+    /// MiB (≈700 MiB) more than a standard one, so none by default.
+    #[arg(long, env = "SKYTHON_POOL_SIZE_FULL", default_value_t = 0)]
+    pool_size_full: u32,
+    /// At most this many pool pods created per second per runtime (the refill after claims,
+    /// capped so that a burst of claims does not flood the API server and the node).
+    #[arg(long, env = "SKYTHON_POOL_REFILL_PER_SECOND", default_value_t = 1.0, value_parser = parse_rate)]
+    pool_refill_per_second: f64,
+    /// CPU of each pool pod (request and limit).
+    #[arg(long, env = "SKYTHON_POOL_CPU", default_value = "250m", value_parser = parse_cpu)]
+    pool_cpu: String,
+    /// Memory of each pool pod (request and limit).
+    #[arg(long, env = "SKYTHON_POOL_MEMORY", default_value = "512Mi", value_parser = parse_memory)]
+    pool_memory: String,
+    /// Name of the pool's anchor ConfigMap (made if missing; deleting it deletes the pool) and
+    /// NetworkPolicy, and the prefix of pool pods' names (`<name>-<runtime>-…`).
+    #[arg(long, env = "SKYTHON_POOL_NAME", default_value = "skython-pool")]
+    pool_name: String,
+}
+
+impl PoolArgs {
+    /// The pool's settings; `None` without a key file (no pool).
+    fn config(self) -> anyhow::Result<Option<PoolConfig>> {
+        let Some(path) = self.pool_key_file else {
+            tracing::info!("no --pool-key-file: the warm pool is off");
+            return Ok(None);
+        };
+        let secret =
+            std::fs::read(&path).with_context(|| format!("--pool-key-file {}", path.display()))?;
+        anyhow::ensure!(
+            !secret.is_empty(),
+            "--pool-key-file {} is empty",
+            path.display()
+        );
+        let key = PoolKey::from_secret(&secret)?;
+        Ok(Some(PoolConfig {
+            size: self.pool_size,
+            size_full: self.pool_size_full,
+            refill_per_second: self.pool_refill_per_second,
+            cpu: self.pool_cpu,
+            memory: self.pool_memory,
+            name: self.pool_name,
+            public_key: key.public_hex(),
+        }))
+    }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.001 => Ok(r),
+        _ => Err(format!(
+            "expected pods per second, at least 0.001, got {s:?}"
+        )),
+    }
+}
+
+fn parse_cpu(s: &str) -> Result<String, String> {
+    match skython_crds::parse_cpu_millis(s) {
+        Some(m) if m > 0 => Ok(s.to_string()),
+        _ => Err(format!(
+            "expected a CPU quantity such as 250m or 1, got {s:?}"
+        )),
+    }
+}
+
+fn parse_memory(s: &str) -> Result<String, String> {
+    match skython_crds::parse_memory_bytes(s) {
+        Some(b) if b > 0 => Ok(s.to_string()),
+        _ => Err(format!(
+            "expected a memory quantity such as 512Mi, got {s:?}"
+        )),
+    }
 }
 
 fn parse_gateway_url(s: &str) -> Result<String, String> {
@@ -107,6 +198,7 @@ fn parse_labels(s: &str) -> anyhow::Result<std::collections::BTreeMap<String, St
 
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     crate::init_logging(&args.log)?;
+    let pool = args.pool.config()?;
     let settings = Settings {
         kubeconfig: args.kubeconfig,
         namespace: args.namespace,
@@ -133,6 +225,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(skython_operator::default_identity),
             duration: Duration::from_secs(args.lease_seconds.max(2)),
         }),
+        pool,
     };
     skython_operator::run(settings, crate::shutdown_signal()).await?;
     Ok(())
@@ -140,7 +233,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_gateway_url;
+    use super::{parse_cpu, parse_gateway_url, parse_memory, parse_rate};
 
     #[test]
     fn a_gateway_url_is_http_without_a_trailing_slash() {
@@ -151,5 +244,17 @@ mod tests {
         for bad in ["10.88.0.1:8080", "ftp://x", "http://", ""] {
             assert!(parse_gateway_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn pool_flags_refuse_what_kubernetes_or_the_rate_cannot_use() {
+        assert_eq!(parse_rate("0.5"), Ok(0.5));
+        for bad in ["0", "-1", "inf", "NaN", "fast"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+        assert!(parse_cpu("250m").is_ok() && parse_cpu("2").is_ok());
+        assert!(parse_cpu("0").is_err() && parse_cpu("lots").is_err());
+        assert!(parse_memory("512Mi").is_ok());
+        assert!(parse_memory("512 MB").is_err());
     }
 }

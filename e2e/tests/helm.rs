@@ -89,6 +89,8 @@ fn the_defaults_render_an_operator_a_gateway_and_their_least_privilege() {
         "Lease sky-skython-operator",
         "Lease sky-skython-autoscaler",
         "Secret sky-skython-admin",
+        "Secret sky-skython-pool-key",
+        "ConfigMap sky-skython-pool",
         "Pod sky-skython-test",
     ] {
         assert!(kinds.contains(want), "{want} not in {kinds:#?}");
@@ -148,6 +150,7 @@ fn every_option_of_the_values_file_shows_in_the_manifests() {
         "--stable-window-secs=90",
         "--panic-window-secs=9",
         "--shutdown-delay-secs=7",
+        "--pool-key-file=/etc/skython/pool/secret",
         "--log=skython=debug",
     ] {
         assert!(g.contains(&want.to_string()), "{want} not in {g:?}");
@@ -161,6 +164,13 @@ fn every_option_of_the_values_file_shows_in_the_manifests() {
         "--tmp-size=256Mi",
         "--runner-uid=20002",
         "--runtime-class=gvisor",
+        "--pool-key-file=/etc/skython/pool/secret",
+        "--pool-name=sky-skython-pool",
+        "--pool-size=5",
+        "--pool-size-full=1",
+        "--pool-refill-per-second=2.5",
+        "--pool-cpu=500m",
+        "--pool-memory=768Mi",
         "--log=debug",
     ] {
         assert!(o.contains(&want.to_string()), "{want} not in {o:?}");
@@ -236,6 +246,11 @@ fn every_option_of_the_values_file_shows_in_the_manifests() {
     );
     assert_eq!(
         find(&objs, "Role", "sky-skython-gateway")["metadata"]["namespace"],
+        "sky-functions"
+    );
+    // The pool's anchor is where its pods are.
+    assert_eq!(
+        find(&objs, "ConfigMap", "sky-skython-pool")["metadata"]["namespace"],
         "sky-functions"
     );
     // Turned off: no CRD, no gateway PDB, no metrics Service, no generated secrets, no test.
@@ -532,6 +547,7 @@ fn service_accounts_may_do_what_the_chart_grants_and_nothing_dangerous(k: &Kubec
                 ("skyfunctions.skython.io", &["get", "list", "watch"]),
                 ("skyfunctions.skython.io#status", &["patch"]),
                 ("configmaps", &["list", "watch", "create", "patch"]),
+                ("configmaps/sky-skython-pool", &["get", "patch"]),
                 ("services", &["list", "watch", "create", "patch"]),
                 (
                     "networkpolicies.networking.k8s.io",
@@ -548,7 +564,8 @@ fn service_accounts_may_do_what_the_chart_grants_and_nothing_dangerous(k: &Kubec
                 ),
                 ("leases.coordination.k8s.io/sky-skython-autoscaler", &[]),
                 ("skyfunctions.skython.io#scale", &[]),
-                ("pods", &[]),
+                // The warm pool's pods, in this namespace only (see below).
+                ("pods", &["list", "watch", "create", "delete"]),
                 ("secrets", &[]),
             ],
         ),
@@ -561,7 +578,7 @@ fn service_accounts_may_do_what_the_chart_grants_and_nothing_dangerous(k: &Kubec
                 ),
                 ("skyfunctions.skython.io#scale", &["patch"]),
                 ("skyfunctions.skython.io#status", &[]),
-                ("pods", &["get", "list", "watch"]),
+                ("pods", &["get", "list", "watch", "patch"]),
                 (
                     "leases.coordination.k8s.io/sky-skython-autoscaler",
                     &["get", "update"],
@@ -597,7 +614,9 @@ fn service_accounts_may_do_what_the_chart_grants_and_nothing_dangerous(k: &Kubec
             ("list", "secrets", "default"),
             ("get", "secrets", ns.as_str()),
             ("create", "pods/exec", ns.as_str()),
-            ("create", "pods", ns.as_str()),
+            // The gateway may create no pods (its grants above); the operator pool pods in the
+            // functions' namespace only.
+            ("create", "pods", "default"),
             ("escalate", "roles.rbac.authorization.k8s.io", ns.as_str()),
             (
                 "bind",

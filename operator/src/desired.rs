@@ -10,6 +10,16 @@
 //!                                     and DNS + internet for `network: internet`)
 //! ```
 //!
+//! The warm pool's objects are here too: its pods (a runner pod without a function, built by
+//! the same `runner_pod` as the Deployment's, so both keep one restricted profile), their
+//! NetworkPolicy, and the anchor ConfigMap that owns both:
+//!
+//! ```text
+//! ConfigMap <pool-name> (the anchor) ─owns─▶ pool pods <pool-name>-<runtime>-xxxxx
+//!                                    └owns─▶ NetworkPolicy <pool-name> (unclaimed pods: ingress
+//!                                            from the gateway only, no egress)
+//! ```
+//!
 //! The Deployment's replica count is `spec.replicas` (the `scale` subresource, written by the
 //! gateway's autoscaler) within the function's bounds. It is the one field of the spec the pods do
 //! not see: scaling never changes the pod template, so it never rolls the pods.
@@ -19,7 +29,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, PodSecurityContext, PodSpec,
     PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
     SecurityContext, Service, ServiceAccountTokenProjection, ServicePort, ServiceSpec, Volume,
     VolumeMount, VolumeProjection,
@@ -29,7 +39,9 @@ use k8s_openapi::api::networking::v1::{
     NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use sha2::{Digest, Sha256};
@@ -44,6 +56,12 @@ pub const CHECKSUM_ANNOTATION: &str = "skython.io/function-checksum";
 pub const FUNCTION_LABEL: &str = "skython.io/function";
 /// The name of the projected token's file in [`wire::TOKEN_DIR`].
 const TOKEN_PATH: &str = "token";
+/// The hash of the pool pod's template, so that pods made from an older one (another image,
+/// key or size) are replaced.
+pub const POOL_TEMPLATE_ANNOTATION: &str = "skython.io/pool-template";
+/// The longest `timeoutSeconds` a SkyFunction may have (its CRD's bound): a claimed pool pod
+/// may serve any function, so it is given as long to finish its calls.
+pub const MAX_TIMEOUT_SECONDS: i64 = 900;
 /// Lifetime of the pod's projected token; the kubelet renews it at 80%.
 const TOKEN_EXPIRATION_SECONDS: i64 = 3600;
 /// Selects every object the operator manages (children carry this label).
@@ -105,6 +123,34 @@ impl Default for OperatorConfig {
             .to_vec(),
             tmp_size: "64Mi".into(),
             gateway_url: None,
+        }
+    }
+}
+
+/// The warm pool: runner pods started before anyone knows their function, which a gateway
+/// claims for a function with no pod (see [`crate::pool`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    /// Unclaimed pods kept ready, per runtime.
+    pub size: u32,
+    pub size_full: u32,
+    /// At most this many pool pods created per second per runtime.
+    pub refill_per_second: f64,
+    /// Each pool pod's CPU and memory (requests and limits alike).
+    pub cpu: String,
+    pub memory: String,
+    /// The anchor ConfigMap's and the pool NetworkPolicy's name, and the prefix of the pods'.
+    pub name: String,
+    /// The hex Ed25519 key pool pods check specialise requests with
+    /// ([`wire::PoolKey::public_hex`]).
+    pub public_key: String,
+}
+
+impl PoolConfig {
+    pub fn size(&self, runtime: Runtime) -> u32 {
+        match runtime {
+            Runtime::Standard => self.size,
+            Runtime::Full => self.size_full,
         }
     }
 }
@@ -263,147 +309,25 @@ pub fn desired(f: &SkyFunction, cfg: &OperatorConfig) -> Result<Children, Desire
             ..Default::default()
         })
         .collect();
-    env.extend([
-        env_value("SKYTHON_FUNCTION_DIR", FUNCTION_DIR),
-        env_from_field(wire::ENV_POD_IP, "status.podIP"),
-        env_from_field(wire::ENV_POD_NAME, "metadata.name"),
-        env_from_field(wire::ENV_POD_NAMESPACE, "metadata.namespace"),
-        env_value(wire::ENV_TOKEN_FILE, wire::TOKEN_FILE),
-    ]);
-    if let Some(url) = &cfg.gateway_url {
-        env.push(env_value(wire::ENV_GATEWAY_URL, url));
-    }
-    let resources: BTreeMap<String, Quantity> = [
-        ("cpu".to_string(), Quantity(spec.resources.cpu.clone())),
-        (
-            "memory".to_string(),
-            Quantity(spec.resources.memory.clone()),
-        ),
-    ]
-    .into();
-    let probe = |path: &str, period: i32| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::String("http".into()),
-            ..Default::default()
-        }),
-        period_seconds: Some(period),
-        ..Default::default()
-    };
-    let container = Container {
-        name: "runner".into(),
-        image: Some(cfg.image(spec.runtime).to_string()),
-        args: Some(vec![
-            "runner".into(),
-            "--function-dir".into(),
-            FUNCTION_DIR.into(),
-            "--port".into(),
-            RUNNER_PORT.to_string(),
-        ]),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: RUNNER_PORT,
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
-        env: Some(env),
-        resources: Some(ResourceRequirements {
-            requests: Some(resources.clone()),
-            limits: Some(resources),
-            ..Default::default()
-        }),
-        // Every second: the gateway hears of a new pod from its announcement; Ready (what the
-        // Deployment and the status count) should not lag far behind.
-        readiness_probe: Some(probe("/readyz", 1)),
-        liveness_probe: Some(probe("/healthz", 10)),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "function".into(),
-                mount_path: FUNCTION_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: "tmp".into(),
-                mount_path: "/tmp".into(),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: "token".into(),
-                mount_path: wire::TOKEN_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-        ]),
-        ..Default::default()
-    };
-    let pod = PodSpec {
-        containers: vec![container],
-        // A pod being removed finishes its calls: it drains (the runner's 2 s), then waits for
-        // calls that may take the whole timeout.
-        termination_grace_period_seconds: Some(termination_grace_seconds(spec)),
-        // No token for the Kubernetes API; the pod's only token is the projected one, whose
-        // audience is the gateway.
-        automount_service_account_token: Some(false),
-        enable_service_links: Some(false),
-        runtime_class_name: cfg.runtime_class.clone(),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(cfg.runner_uid),
-            run_as_group: Some(cfg.runner_uid),
-            fs_group: Some(cfg.runner_uid),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        volumes: Some(vec![
-            Volume {
-                name: "function".into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: child.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            Volume {
-                name: "tmp".into(),
-                empty_dir: Some(EmptyDirVolumeSource {
-                    size_limit: Some(Quantity(cfg.tmp_size.clone())),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            Volume {
-                name: "token".into(),
-                projected: Some(ProjectedVolumeSource {
-                    sources: Some(vec![VolumeProjection {
-                        service_account_token: Some(ServiceAccountTokenProjection {
-                            audience: Some(wire::TOKEN_AUDIENCE.into()),
-                            expiration_seconds: Some(TOKEN_EXPIRATION_SECONDS),
-                            path: TOKEN_PATH.into(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        ]),
-        ..Default::default()
-    };
+    env.push(env_value("SKYTHON_FUNCTION_DIR", FUNCTION_DIR));
+    let pod = runner_pod(
+        RunnerPod {
+            image: cfg.image(spec.runtime),
+            args: vec![
+                "runner".into(),
+                "--function-dir".into(),
+                FUNCTION_DIR.into(),
+                "--port".into(),
+                RUNNER_PORT.to_string(),
+            ],
+            env,
+            cpu: &spec.resources.cpu,
+            memory: &spec.resources.memory,
+            termination_grace_seconds: termination_grace_seconds(spec),
+            function_config_map: Some(child.clone()),
+        },
+        cfg,
+    );
     let deployment = Deployment {
         metadata: meta.clone(),
         spec: DeploymentSpec {
@@ -448,20 +372,7 @@ pub fn desired(f: &SkyFunction, cfg: &OperatorConfig) -> Result<Children, Desire
             }),
             policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
             egress: Some(egress_rules(spec.network, cfg)),
-            ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(vec![NetworkPolicyPeer {
-                    pod_selector: Some(LabelSelector {
-                        match_labels: Some(cfg.gateway_labels.clone()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }]),
-                ports: Some(vec![NetworkPolicyPort {
-                    protocol: Some("TCP".into()),
-                    port: Some(IntOrString::Int(RUNNER_PORT)),
-                    ..Default::default()
-                }]),
-            }]),
+            ingress: Some(vec![gateway_ingress(cfg)]),
         }),
     };
     Ok(Children {
@@ -470,6 +381,323 @@ pub fn desired(f: &SkyFunction, cfg: &OperatorConfig) -> Result<Children, Desire
         service,
         network_policy,
     })
+}
+
+/// Where a function's pods and pool pods differ; [`runner_pod`] wraps it in the restricted
+/// profile they share.
+struct RunnerPod<'a> {
+    image: &'a str,
+    args: Vec<String>,
+    /// Before the environment every runner pod gets (its own identity, its token, the gateway).
+    env: Vec<EnvVar>,
+    /// Requests and limits alike.
+    cpu: &'a str,
+    memory: &'a str,
+    termination_grace_seconds: i64,
+    /// The function's ConfigMap, mounted at [`FUNCTION_DIR`]; a pool pod has none (it is sent
+    /// its function when claimed).
+    function_config_map: Option<String>,
+}
+
+/// A runner pod: no API token, non-root, RuntimeDefault seccomp, read-only root, no
+/// capabilities, a small writable /tmp, and the projected token it proves itself to the
+/// gateway with.
+fn runner_pod(p: RunnerPod, cfg: &OperatorConfig) -> PodSpec {
+    let mut env = p.env;
+    env.extend([
+        env_from_field(wire::ENV_POD_IP, "status.podIP"),
+        env_from_field(wire::ENV_POD_NAME, "metadata.name"),
+        env_from_field(wire::ENV_POD_NAMESPACE, "metadata.namespace"),
+        env_value(wire::ENV_TOKEN_FILE, wire::TOKEN_FILE),
+    ]);
+    if let Some(url) = &cfg.gateway_url {
+        env.push(env_value(wire::ENV_GATEWAY_URL, url));
+    }
+    let resources: BTreeMap<String, Quantity> = [
+        ("cpu".to_string(), Quantity(p.cpu.to_string())),
+        ("memory".to_string(), Quantity(p.memory.to_string())),
+    ]
+    .into();
+    let probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        ..Default::default()
+    };
+    let mut volume_mounts = Vec::new();
+    let mut volumes = Vec::new();
+    if let Some(config_map) = p.function_config_map {
+        volume_mounts.push(VolumeMount {
+            name: "function".into(),
+            mount_path: FUNCTION_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        volumes.push(Volume {
+            name: "function".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: config_map,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    volume_mounts.extend([
+        VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "token".into(),
+            mount_path: wire::TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+    ]);
+    volumes.extend([
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity(cfg.tmp_size.clone())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "token".into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(wire::TOKEN_AUDIENCE.into()),
+                        expiration_seconds: Some(TOKEN_EXPIRATION_SECONDS),
+                        path: TOKEN_PATH.into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ]);
+    let container = Container {
+        name: "runner".into(),
+        image: Some(p.image.to_string()),
+        args: Some(p.args),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: RUNNER_PORT,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        env: Some(env),
+        resources: Some(ResourceRequirements {
+            requests: Some(resources.clone()),
+            limits: Some(resources),
+            ..Default::default()
+        }),
+        // Every second: the gateway hears of a new pod from its announcement; Ready (what the
+        // Deployment and the status count) should not lag far behind.
+        readiness_probe: Some(probe("/readyz", 1)),
+        liveness_probe: Some(probe("/healthz", 10)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(volume_mounts),
+        ..Default::default()
+    };
+    PodSpec {
+        containers: vec![container],
+        // A pod being removed finishes its calls: it drains (the runner's 2 s), then waits for
+        // calls that may take the whole timeout.
+        termination_grace_period_seconds: Some(p.termination_grace_seconds),
+        // No token for the Kubernetes API; the pod's only token is the projected one, whose
+        // audience is the gateway.
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        runtime_class_name: cfg.runtime_class.clone(),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(cfg.runner_uid),
+            run_as_group: Some(cfg.runner_uid),
+            fs_group: Some(cfg.runner_uid),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volumes: Some(volumes),
+        ..Default::default()
+    }
+}
+
+/// What the operator creates when the pool's anchor is missing (the chart makes its own): the
+/// owner of every pool pod and of the pool's NetworkPolicy, so that deleting it (an uninstall)
+/// deletes the pool.
+pub fn pool_anchor(namespace: &str, pool: &PoolConfig) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(pool.name.clone()),
+            namespace: Some(namespace.into()),
+            labels: Some(
+                [(
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "skython-operator".to_string(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        data: Some(
+            [(
+                "README".to_string(),
+                "Owner of Skython's warm pool: deleting it deletes the unclaimed pool pods.\n"
+                    .to_string(),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    }
+}
+
+fn owned_by_anchor(anchor: &ConfigMap) -> Result<ObjectMeta, DesiredError> {
+    let namespace = anchor
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(DesiredError::MissingMetadata("namespace"))?;
+    let owner = anchor
+        .controller_owner_ref(&())
+        .ok_or(DesiredError::MissingMetadata("uid"))?;
+    Ok(ObjectMeta {
+        namespace: Some(namespace),
+        owner_references: Some(vec![owner]),
+        ..Default::default()
+    })
+}
+
+/// An unclaimed pool pod of `runtime`, owned by the pool's `anchor`: a function's runner pod
+/// without a function (`skython runner` in pool mode waits to be specialised), with the pool
+/// key to check who specialises it and its own uid, which a specialise request must name.
+pub fn pool_pod(
+    runtime: Runtime,
+    anchor: &ConfigMap,
+    cfg: &OperatorConfig,
+    pool: &PoolConfig,
+) -> Result<Pod, DesiredError> {
+    let spec = runner_pod(
+        RunnerPod {
+            image: cfg.image(runtime),
+            args: vec!["runner".into(), "--port".into(), RUNNER_PORT.to_string()],
+            env: vec![
+                env_value(wire::ENV_POOL_RUNTIME, runtime.as_str()),
+                env_value(wire::ENV_POOL_PUBLIC_KEY, &pool.public_key),
+                env_from_field(wire::ENV_POD_UID, "metadata.uid"),
+            ],
+            cpu: &pool.cpu,
+            memory: &pool.memory,
+            // Claimed, it may serve any function: the longest timeout a function may have.
+            termination_grace_seconds: MAX_TIMEOUT_SECONDS + 15,
+            function_config_map: None,
+        },
+        cfg,
+    );
+    let labels: BTreeMap<String, String> = [
+        ("app.kubernetes.io/name", "skython-runner"),
+        ("app.kubernetes.io/managed-by", "skython-operator"),
+        (wire::POOL_LABEL, runtime.as_str()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let template = serde_json::to_vec(&(&labels, &spec)).unwrap_or_default();
+    Ok(Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}-{}-", pool.name, runtime.as_str())),
+            labels: Some(labels),
+            annotations: Some(
+                [(
+                    POOL_TEMPLATE_ANNOTATION.to_string(),
+                    hex::encode(Sha256::digest(&template)),
+                )]
+                .into(),
+            ),
+            ..owned_by_anchor(anchor)?
+        },
+        spec: Some(spec),
+        ..Default::default()
+    })
+}
+
+/// The policy of unclaimed pool pods: calls from the gateway only, and no egress at all. A
+/// claimed pod carries its function's label, so this one no longer selects it and its
+/// function's does.
+pub fn pool_network_policy(
+    anchor: &ConfigMap,
+    cfg: &OperatorConfig,
+    pool: &PoolConfig,
+) -> Result<NetworkPolicy, DesiredError> {
+    let requirement = |key: &str, operator: &str| LabelSelectorRequirement {
+        key: key.into(),
+        operator: operator.into(),
+        values: None,
+    };
+    Ok(NetworkPolicy {
+        metadata: ObjectMeta {
+            name: Some(pool.name.clone()),
+            labels: Some(
+                [(
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "skython-operator".to_string(),
+                )]
+                .into(),
+            ),
+            ..owned_by_anchor(anchor)?
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_expressions: Some(vec![
+                    requirement(wire::POOL_LABEL, "Exists"),
+                    requirement(FUNCTION_LABEL, "DoesNotExist"),
+                ]),
+                ..Default::default()
+            }),
+            // Egress listed with no rule: nothing may leave.
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            egress: None,
+            ingress: Some(vec![gateway_ingress(cfg)]),
+        }),
+    })
+}
+
+/// Runner pods (a function's, or the pool's) take calls from the gateway's pods only.
+fn gateway_ingress(cfg: &OperatorConfig) -> NetworkPolicyIngressRule {
+    NetworkPolicyIngressRule {
+        from: Some(vec![NetworkPolicyPeer {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(cfg.gateway_labels.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        ports: Some(vec![NetworkPolicyPort {
+            protocol: Some("TCP".into()),
+            port: Some(IntOrString::Int(RUNNER_PORT)),
+            ..Default::default()
+        }]),
+    }
 }
 
 /// Where runner pods may connect: the gateway's pods in any namespace (to announce themselves

@@ -6,7 +6,9 @@
 //! - [`controller`]: the kube-runtime loop that applies the children (server-side apply) and
 //!   writes the status when it changed;
 //! - [`leader`]: Lease-based leader election, so several replicas are safe;
-//! - [`inspect`]: reads sources without running them (syntax errors with their line).
+//! - [`inspect`]: reads sources without running them (syntax errors with their line);
+//! - [`pool`] and [`pool_manager`]: the warm pool of unspecialised runner pods that gateways
+//!   claim for a function with no pod (what to create and delete, and the loop that does it).
 //!
 //! [`run`] wires them together; `skython operator` calls it.
 
@@ -17,6 +19,8 @@ pub mod desired;
 pub mod inspect;
 pub mod leader;
 pub mod metrics;
+pub mod pool;
+pub mod pool_manager;
 pub mod status;
 
 use std::net::SocketAddr;
@@ -30,7 +34,7 @@ use kube::runtime::events::Reporter;
 use kube::{Api, Client};
 use skython_crds::SkyFunction;
 
-pub use desired::{Children, DesiredError, OperatorConfig, child_name, desired};
+pub use desired::{Children, DesiredError, OperatorConfig, PoolConfig, child_name, desired};
 
 /// Everything `skython operator` is told.
 #[derive(Debug, Clone)]
@@ -47,6 +51,8 @@ pub struct Settings {
     pub metrics_addr: SocketAddr,
     /// `None` runs without leader election (one replica only).
     pub lease: Option<leader::LeaseConfig>,
+    /// The warm pool, in `namespace`; `None`: no pool.
+    pub pool: Option<PoolConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +69,10 @@ pub enum RunError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Metrics(#[from] prometheus::Error),
+    #[error(
+        "the warm pool needs --namespace: its pods live in the functions' namespace, where the gateway claims them"
+    )]
+    PoolWithoutNamespace,
 }
 
 pub async fn client(kubeconfig: Option<&PathBuf>) -> Result<Client, RunError> {
@@ -87,6 +97,11 @@ pub async fn run(
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    let pool = match (settings.pool.clone(), settings.namespace.clone()) {
+        (Some(pool), Some(namespace)) => Some((pool, namespace)),
+        (Some(_), None) => return Err(RunError::PoolWithoutNamespace),
+        (None, _) => None,
+    };
     let client = client(settings.kubeconfig.as_ref()).await?;
     // Only where it watches: its RBAC may grant no more than that namespace.
     let functions: Api<SkyFunction> = match &settings.namespace {
@@ -129,6 +144,7 @@ pub async fn run(
         .as_ref()
         .map(|l| l.identity.clone())
         .unwrap_or_else(default_identity);
+    let cfg = settings.desired.clone();
     let context = {
         let (client, metrics) = (client.clone(), metrics.clone());
         move |functions| {
@@ -149,6 +165,17 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let stop = async move {
         let _ = stop_rx.await;
+    }
+    .shared();
+    // The pool, like the controller, only while this replica leads.
+    let pool_run = {
+        let (client, metrics) = (client.clone(), metrics.clone());
+        let stop = stop.clone();
+        async move {
+            if let Some((pool, namespace)) = pool {
+                pool_manager::run(client, namespace, cfg, pool, metrics, stop).await;
+            }
+        }
     };
     let watchdog = {
         let shutdown = shutdown.clone();
@@ -166,9 +193,10 @@ pub async fn run(
             elector
         }
     };
-    let (elector, ()) = tokio::join!(
+    let (elector, (), ()) = tokio::join!(
         watchdog,
-        controller::run(client, settings.namespace.as_deref(), context, stop)
+        controller::run(client, settings.namespace.as_deref(), context, stop),
+        pool_run,
     );
     metrics.leader.set(0);
     if let Some(e) = elector {

@@ -10,7 +10,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct OperatorMetrics {
@@ -22,6 +23,14 @@ pub struct OperatorMetrics {
     pub duration: Histogram,
     /// 1 while this replica holds the lease.
     pub leader: IntGauge,
+    /// The warm pool's pods by runtime and state (`available`, `claimed`, `starting`), as the
+    /// leader sees them.
+    pub pool_pods: IntGaugeVec,
+    /// Pool pods created, by runtime.
+    pub pool_created: IntCounterVec,
+    /// Pool pods deleted, by runtime and reason (`excess`, `stale_template`, `exited`,
+    /// `function_gone`, `outdated`, `took_over`, `idle`).
+    pub pool_retired: IntCounterVec,
     /// Set once the CRD is found and the controller runs (or stands by).
     pub ready: AtomicBool,
 }
@@ -56,16 +65,43 @@ impl OperatorMetrics {
             "skython_operator_leader",
             "1 while this replica leads and reconciles",
         )?;
+        let pool_pods = IntGaugeVec::new(
+            Opts::new(
+                "skython_operator_pool_pods",
+                "Warm pool pods by runtime and state (available, claimed, starting)",
+            ),
+            &["runtime", "state"],
+        )?;
+        let pool_created = IntCounterVec::new(
+            Opts::new(
+                "skython_operator_pool_pods_created_total",
+                "Warm pool pods created, by runtime",
+            ),
+            &["runtime"],
+        )?;
+        let pool_retired = IntCounterVec::new(
+            Opts::new(
+                "skython_operator_pool_pods_retired_total",
+                "Warm pool pods deleted, by runtime and reason",
+            ),
+            &["runtime", "reason"],
+        )?;
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(failures.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(leader.clone()))?;
+        registry.register(Box::new(pool_pods.clone()))?;
+        registry.register(Box::new(pool_created.clone()))?;
+        registry.register(Box::new(pool_retired.clone()))?;
         Ok(OperatorMetrics {
             registry,
             reconciles,
             failures,
             duration,
             leader,
+            pool_pods,
+            pool_created,
+            pool_retired,
             ready: AtomicBool::new(false),
         })
     }

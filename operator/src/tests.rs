@@ -1,12 +1,15 @@
 //! Table tests of the desired children over specs.
 
-use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::api::core::v1::{ConfigMap, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use skython_crds::{EnvVar, Runtime, SkyFunction, SkyFunctionSpec};
 use skython_runner_pod::wire;
 
-use crate::desired::{CHECKSUM_ANNOTATION, RUNNER_PORT, checksum, replicas};
-use crate::{DesiredError, OperatorConfig, child_name, desired};
+use crate::desired::{
+    CHECKSUM_ANNOTATION, POOL_TEMPLATE_ANNOTATION, RUNNER_PORT, checksum, pool_anchor,
+    pool_network_policy, pool_pod, replicas,
+};
+use crate::{DesiredError, OperatorConfig, PoolConfig, child_name, desired};
 
 fn function(name: &str, spec: SkyFunctionSpec) -> SkyFunction {
     let mut f = SkyFunction::new(name, spec);
@@ -394,4 +397,222 @@ fn a_pod_being_removed_has_time_to_finish_a_call_of_the_whole_timeout() {
         .spec
         .and_then(|p| p.termination_grace_period_seconds);
     assert_eq!(grace, Some(615), "the timeout, the drain and slack");
+}
+
+// ---- The warm pool's pods and policy.
+
+fn pool() -> PoolConfig {
+    PoolConfig {
+        size: 3,
+        size_full: 0,
+        refill_per_second: 1.0,
+        cpu: "250m".into(),
+        memory: "512Mi".into(),
+        name: "skython-pool".into(),
+        public_key: "ab".repeat(32),
+    }
+}
+
+fn anchor() -> ConfigMap {
+    let mut a = pool_anchor("fns", &pool());
+    a.metadata.uid = Some("anchor-uid".into());
+    a
+}
+
+fn env_of(pod: &PodSpec) -> Vec<(String, String)> {
+    pod.containers[0]
+        .env
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            let value = e
+                .value
+                .unwrap_or_else(|| e.value_from.unwrap().field_ref.unwrap().field_path.clone());
+            (e.name, value)
+        })
+        .collect()
+}
+
+#[test]
+fn a_pool_pod_has_the_function_pods_profile_without_a_function() {
+    let cfg = OperatorConfig {
+        runtime_class: Some("gvisor".into()),
+        gateway_url: Some("http://10.96.0.20:80".into()),
+        ..Default::default()
+    };
+    let function_pod = pod(&cfg);
+    let p = pool_pod(Runtime::Standard, &anchor(), &cfg, &pool()).unwrap();
+    let spec = p.spec.unwrap();
+    assert_eq!(spec.security_context, function_pod.security_context);
+    assert_eq!(spec.runtime_class_name.as_deref(), Some("gvisor"));
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    let (c, fc) = (&spec.containers[0], &function_pod.containers[0]);
+    assert_eq!(c.security_context, fc.security_context);
+    assert_eq!(c.readiness_probe, fc.readiness_probe);
+    assert_eq!(c.liveness_probe, fc.liveness_probe);
+    assert_eq!(c.args.clone().unwrap(), ["runner", "--port", "8080"]);
+    let mounts: Vec<_> = c
+        .volume_mounts
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.mount_path)
+        .collect();
+    assert_eq!(mounts, ["/tmp", wire::TOKEN_DIR], "no function mounted");
+    let r = c.resources.clone().unwrap();
+    assert_eq!(r.requests, r.limits);
+    assert_eq!(r.limits.unwrap()["memory"].0, "512Mi");
+    assert_eq!(spec.termination_grace_period_seconds, Some(915));
+}
+
+#[test]
+fn a_pool_pod_knows_its_runtime_the_pool_key_and_its_own_uid() {
+    let cfg = OperatorConfig {
+        gateway_url: Some("http://10.96.0.20:80".into()),
+        ..Default::default()
+    };
+    let p = pool_pod(Runtime::Full, &anchor(), &cfg, &pool()).unwrap();
+    let env = env_of(p.spec.as_ref().unwrap());
+    for want in [
+        (wire::ENV_POOL_RUNTIME, "full"),
+        (wire::ENV_POOL_PUBLIC_KEY, pool().public_key.as_str()),
+        (wire::ENV_POD_UID, "metadata.uid"),
+        (wire::ENV_POD_IP, "status.podIP"),
+        (wire::ENV_TOKEN_FILE, wire::TOKEN_FILE),
+        (wire::ENV_GATEWAY_URL, "http://10.96.0.20:80"),
+    ] {
+        assert!(
+            env.contains(&(want.0.to_string(), want.1.to_string())),
+            "{want:?} not in {env:?}"
+        );
+    }
+    assert!(!env.iter().any(|(k, _)| k == "SKYTHON_FUNCTION_DIR"));
+    assert_eq!(
+        p.spec.unwrap().containers[0].image.as_deref(),
+        Some(cfg.runner_image_full.as_str())
+    );
+}
+
+#[test]
+fn a_pool_pod_is_labelled_by_runtime_named_by_the_pool_and_owned_by_the_anchor() {
+    let p = pool_pod(
+        Runtime::Standard,
+        &anchor(),
+        &OperatorConfig::default(),
+        &pool(),
+    )
+    .unwrap();
+    let m = p.metadata;
+    assert_eq!(m.generate_name.as_deref(), Some("skython-pool-standard-"));
+    assert_eq!(m.name, None);
+    assert_eq!(m.namespace.as_deref(), Some("fns"));
+    let labels = m.labels.unwrap();
+    assert_eq!(labels[wire::POOL_LABEL], "standard");
+    assert_eq!(labels["app.kubernetes.io/name"], "skython-runner");
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "skython-operator");
+    assert!(!labels.contains_key("skython.io/function"));
+    let owner = &m.owner_references.unwrap()[0];
+    assert_eq!(
+        (
+            owner.kind.as_str(),
+            owner.name.as_str(),
+            owner.uid.as_str(),
+            owner.controller
+        ),
+        ("ConfigMap", "skython-pool", "anchor-uid", Some(true))
+    );
+}
+
+#[test]
+fn the_pool_template_hash_changes_with_the_pod_and_only_then() {
+    let hash = |cfg: &OperatorConfig, pool: &PoolConfig, runtime| {
+        pool_pod(runtime, &anchor(), cfg, pool)
+            .unwrap()
+            .metadata
+            .annotations
+            .unwrap()[POOL_TEMPLATE_ANNOTATION]
+            .clone()
+    };
+    let (cfg, p) = (OperatorConfig::default(), pool());
+    let base = hash(&cfg, &p, Runtime::Standard);
+    assert_eq!(base, hash(&cfg, &p, Runtime::Standard));
+    assert_ne!(base, hash(&cfg, &p, Runtime::Full));
+    let image = OperatorConfig {
+        runner_image: "skython/runner:next".into(),
+        ..Default::default()
+    };
+    assert_ne!(base, hash(&image, &p, Runtime::Standard));
+    let key = PoolConfig {
+        public_key: "cd".repeat(32),
+        ..pool()
+    };
+    assert_ne!(base, hash(&cfg, &key, Runtime::Standard));
+    let bigger = PoolConfig {
+        size: 10,
+        refill_per_second: 5.0,
+        ..pool()
+    };
+    assert_eq!(
+        base,
+        hash(&cfg, &bigger, Runtime::Standard),
+        "sizes are not in the pod"
+    );
+}
+
+#[test]
+fn the_pool_policy_admits_the_gateway_and_lets_unclaimed_pods_reach_nothing() {
+    let np = pool_network_policy(&anchor(), &OperatorConfig::default(), &pool()).unwrap();
+    assert_eq!(np.metadata.name.as_deref(), Some("skython-pool"));
+    assert_eq!(np.metadata.owner_references.unwrap()[0].uid, "anchor-uid");
+    let spec = np.spec.unwrap();
+    let selector: Vec<_> = spec
+        .pod_selector
+        .unwrap()
+        .match_expressions
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.key, r.operator))
+        .collect();
+    assert_eq!(
+        selector,
+        [
+            (wire::POOL_LABEL.to_string(), "Exists".to_string()),
+            (
+                "skython.io/function".to_string(),
+                "DoesNotExist".to_string()
+            ),
+        ]
+    );
+    assert_eq!(spec.policy_types.unwrap(), ["Ingress", "Egress"]);
+    assert!(spec.egress.unwrap_or_default().is_empty(), "no egress rule");
+    let ingress = &spec.ingress.unwrap()[0];
+    assert_eq!(
+        ingress.from.clone().unwrap()[0]
+            .pod_selector
+            .clone()
+            .unwrap()
+            .match_labels
+            .unwrap()["app.kubernetes.io/name"],
+        "skython-gateway"
+    );
+    assert_eq!(
+        ingress.ports.clone().unwrap()[0].port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(RUNNER_PORT))
+    );
+}
+
+#[test]
+fn pool_objects_need_an_anchor_with_a_uid() {
+    let unsaved = pool_anchor("fns", &pool());
+    assert_eq!(
+        pool_pod(
+            Runtime::Standard,
+            &unsaved,
+            &OperatorConfig::default(),
+            &pool()
+        )
+        .unwrap_err(),
+        DesiredError::MissingMetadata("uid")
+    );
 }

@@ -47,6 +47,13 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- .Values.metrics.token.existingSecret | default (printf "%s-metrics" (include "skython.fullname" .)) -}}
 {{- end -}}
 
+{{/* The warm pool: its anchor ConfigMap (owner of the pool's pods and NetworkPolicy, in the
+functions' namespace) and the Secret both the operator and the gateways derive the pool's key
+from, mounted in both at skython.poolKeyFile. */}}
+{{- define "skython.pool" -}}{{ include "skython.fullname" . }}-pool{{- end -}}
+{{- define "skython.poolKeySecret" -}}{{ include "skython.fullname" . }}-pool-key{{- end -}}
+{{- define "skython.poolKeyFile" -}}/etc/skython/pool/secret{{- end -}}
+
 {{/* The Service's port as an environment variable the kubelet sets (Service links): the
 operator's pods learn the gateway's ClusterIP this way, with no DNS. */}}
 {{- define "skython.gatewayServiceEnv" -}}
@@ -73,11 +80,12 @@ http://$({{ include "skython.gatewayServiceEnv" . }}):{{ .Values.gateway.service
 {{- end -}}
 
 {{/* A generated secret value, the same across upgrades: read back from the cluster when the
-Secret exists. */}}
+Secret exists. Under the key "token" unless .key says otherwise. */}}
 {{- define "skython.keptSecret" -}}
+{{- $key := .key | default "token" -}}
 {{- $existing := lookup "v1" "Secret" .root.Release.Namespace .name -}}
-{{- if and $existing (index $existing.data "token") -}}
-{{- index $existing.data "token" -}}
+{{- if and $existing (index $existing.data $key) -}}
+{{- index $existing.data $key -}}
 {{- else -}}
 {{- printf "%s%s" .prefix (randAlphaNum 48) | b64enc -}}
 {{- end -}}
