@@ -453,7 +453,7 @@ impl Platform for ClusterPlatform {
             g.reset();
         }
         for rt in [skython_crds::Runtime::Standard, skython_crds::Runtime::Full] {
-            let n = self.pods.pool_available(rt);
+            let n = self.pods.pool_available(rt, None);
             m.pool_pods.with_label_values(&[rt.as_str()]).set(n as i64);
         }
         for (

@@ -117,6 +117,8 @@ pub struct PoolPodView {
     pub port: u16,
     pub ready: bool,
     pub deleting: bool,
+    /// The runner container's memory limit: a function that asks for more is not claimed onto it.
+    pub memory_bytes: Option<u64>,
 }
 
 impl PoolPodView {
@@ -131,7 +133,14 @@ impl PoolPodView {
             _ => return None,
         };
         let b = basics(pod)?;
+        let memory_bytes = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.resources.as_ref()?.limits.as_ref()?.get("memory"))
+            .and_then(|q| skython_crds::parse_memory_bytes(&q.0));
         Some(PoolPodView {
+            memory_bytes,
             uid: b.uid,
             name: b.name,
             namespace: pod.namespace()?,
@@ -300,26 +309,30 @@ impl Pods {
         }
     }
 
-    /// Takes a claimable pool pod of `runtime` for a claim (the oldest seen first is as good as
-    /// any: all are alike); it is offered to nobody else afterwards.
-    pub fn take_pool_pod(&self, runtime: Runtime) -> Option<(PoolPodView, SocketAddr)> {
+    /// Takes a claimable pool pod of `runtime` with at least `memory` bytes (any will do: all
+    /// are alike) for a claim; it is offered to nobody else afterwards.
+    pub fn take_pool_pod(
+        &self,
+        runtime: Runtime,
+        memory: Option<u64>,
+    ) -> Option<(PoolPodView, SocketAddr)> {
         let mut inner = self.inner();
         let (uid, addr) = inner
             .pool
             .values()
-            .filter(|p| p.runtime == runtime)
+            .filter(|p| p.runtime == runtime && fits(p, memory))
             .find_map(|p| Some((p.uid.clone(), p.claimable_at()?)))?;
         let pod = inner.pool.remove(&uid)?;
         inner.taken.insert(uid);
         Some((pod, addr))
     }
 
-    /// Claimable pool pods of `runtime` now.
-    pub fn pool_available(&self, runtime: Runtime) -> usize {
+    /// Claimable pool pods of `runtime` (with at least `memory` bytes) now.
+    pub fn pool_available(&self, runtime: Runtime, memory: Option<u64>) -> usize {
         self.inner()
             .pool
             .values()
-            .filter(|p| p.runtime == runtime && p.claimable_at().is_some())
+            .filter(|p| p.runtime == runtime && fits(p, memory) && p.claimable_at().is_some())
             .count()
     }
 
@@ -447,6 +460,14 @@ impl Pods {
     /// When the function last went from no routable pod to some (for cold-start metrics).
     pub fn became_routable(&self, f: &FunctionRef) -> Option<Instant> {
         self.inner().became_routable.get(f).copied()
+    }
+}
+
+/// Whether a pool pod has the memory a function asks for (a pod that states no limit has).
+fn fits(p: &PoolPodView, memory: Option<u64>) -> bool {
+    match (p.memory_bytes, memory) {
+        (Some(has), Some(wants)) => has >= wants,
+        _ => true,
     }
 }
 
@@ -699,6 +720,7 @@ mod tests {
             port: 8080,
             ready,
             deleting: false,
+            memory_bytes: Some(256 << 20),
         }
     }
 
@@ -713,15 +735,18 @@ mod tests {
     fn only_ready_pool_pods_of_the_runtime_are_taken_and_each_once() {
         let pods = Pods::new();
         pods.apply_pool(pool_pod("p1", false));
-        assert!(pods.take_pool_pod(Runtime::Standard).is_none(), "not ready");
-        assert!(pods.take_pool_pod(Runtime::Full).is_none());
+        assert!(
+            pods.take_pool_pod(Runtime::Standard, None).is_none(),
+            "not ready"
+        );
+        assert!(pods.take_pool_pod(Runtime::Full, None).is_none());
         pods.apply_pool(pool_pod("p1", true));
-        assert_eq!(pods.pool_available(Runtime::Standard), 1);
-        let (taken, addr) = pods.take_pool_pod(Runtime::Standard).unwrap();
+        assert_eq!(pods.pool_available(Runtime::Standard, None), 1);
+        let (taken, addr) = pods.take_pool_pod(Runtime::Standard, None).unwrap();
         assert_eq!((taken.uid.as_str(), addr.port()), ("p1", 8080));
         pods.apply_pool(pool_pod("p1", true));
         assert!(
-            pods.take_pool_pod(Runtime::Standard).is_none(),
+            pods.take_pool_pod(Runtime::Standard, None).is_none(),
             "a taken pod is never offered again, whatever the watch says"
         );
     }
@@ -775,7 +800,7 @@ mod tests {
         assert!(pods.pod("p1").is_some());
         assert!(pods.pod("p2").is_none());
         assert_eq!(
-            pods.pool_available(Runtime::Standard),
+            pods.pool_available(Runtime::Standard, None),
             0,
             "p1 is not offered"
         );
@@ -788,5 +813,20 @@ mod tests {
         pods.apply(pod("d1", Some("10.88.1.2"), true));
         assert_eq!(pods.own_pods(&f("hello")), 1);
         assert_eq!(pods.backends(&f("hello")).len(), 2);
+    }
+
+    #[test]
+    fn a_function_that_asks_for_more_memory_than_a_pool_pod_has_is_not_claimed_onto_it() {
+        let pods = Pods::new();
+        pods.apply_pool(pool_pod("p1", true));
+        assert_eq!(pods.pool_available(Runtime::Standard, Some(1 << 30)), 0);
+        assert!(
+            pods.take_pool_pod(Runtime::Standard, Some(1 << 30))
+                .is_none()
+        );
+        assert!(
+            pods.take_pool_pod(Runtime::Standard, Some(128 << 20))
+                .is_some()
+        );
     }
 }

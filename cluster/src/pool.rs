@@ -63,6 +63,11 @@ pub fn claim_patch(f: &SkyFunction, claimed_by: &str, at: jiff::Timestamp) -> se
     })
 }
 
+/// The memory the function asks for per pod (a pool pod with less would fail it).
+fn memory(t: &Target) -> Option<u64> {
+    skython_crds::parse_memory_bytes(&t.object.spec.resources.memory)
+}
+
 /// How one attempt at a pool pod ended.
 #[derive(Debug)]
 enum Attempt {
@@ -126,7 +131,7 @@ impl Pool {
             if !should_claim(self.pods.own_pods(&t.function), *n, t.concurrency, waiting) {
                 return;
             }
-            if self.pods.pool_available(runtime) == 0 {
+            if self.pods.pool_available(runtime, memory(t)) == 0 {
                 self.metrics
                     .pool_claims
                     .with_label_values(&[label[0], "miss"])
@@ -153,7 +158,8 @@ impl Pool {
     async fn claim(&self, t: &Target) {
         let runtime = t.object.spec.runtime.as_str();
         for _ in 0..CLAIM_ATTEMPTS {
-            let Some((pod, addr)) = self.pods.take_pool_pod(t.object.spec.runtime) else {
+            let Some((pod, addr)) = self.pods.take_pool_pod(t.object.spec.runtime, memory(t))
+            else {
                 self.metrics
                     .pool_claims
                     .with_label_values(&[runtime, "miss"])
