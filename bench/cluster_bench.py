@@ -417,7 +417,7 @@ class Stack:
             key.write_text(os.urandom(32).hex())
             gateway_pool = ["--pool-key-file", str(key)]
             operator_pool = gateway_pool + ["--pool-size", str(POOL_SIZE), "--pool-refill-per-second", "2",
-                                            "--pool-cpu", "100m", "--pool-memory", "256Mi"]
+                                            "--pool-cpu", "500m", "--pool-memory", "256Mi"]
         env = {**os.environ, "SKYTHON_ADMIN_TOKEN": TOKEN, "SKYTHON_PYTHON": args.python,
                "SKYTHON_LOG": os.environ.get("SKYTHON_LOG", "warn")}
         ns = k.namespace
@@ -846,7 +846,7 @@ def report(args, results, loads, elapsed):
     pool = results.get("pool")
     if pool:
         lines += ["## The warm pool", "",
-                  f"A second namespace: the operator keeps {POOL_SIZE} pool pods (100m, 256Mi, refilled at "
+                  f"A second namespace: the operator keeps {POOL_SIZE} pool pods (500m, 256Mi, refilled at "
                   "2 per second), the gateway claims them. A hit: a function never called (its Deployment "
                   "cannot start: it asks for 8 CPUs), called once a pool pod is claimable, through the "
                   f"gateway, request in to answer out. A miss: {POOL_SIZE + 1} such functions (100m) called "

@@ -108,9 +108,14 @@ struct PoolArgs {
     /// capped so that a burst of claims does not flood the API server and the node).
     #[arg(long, env = "SKYTHON_POOL_REFILL_PER_SECOND", default_value_t = 1.0, value_parser = parse_rate)]
     pool_refill_per_second: f64,
-    /// CPU of each pool pod (request and limit).
+    /// CPU each pool pod requests (what it reserves on its node while it idles).
     #[arg(long, env = "SKYTHON_POOL_CPU", default_value = "250m", value_parser = parse_cpu)]
     pool_cpu: String,
+    /// CPU each pool pod may use (its limit): its start (importing the runtime's libraries) and
+    /// a claim's specialisation, which a call waits for, run at this speed. A claimed pod keeps it
+    /// until its function's own pods serve.
+    #[arg(long, env = "SKYTHON_POOL_CPU_LIMIT", default_value = "1", value_parser = parse_cpu)]
+    pool_cpu_limit: String,
     /// Memory of each pool pod (request and limit).
     #[arg(long, env = "SKYTHON_POOL_MEMORY", default_value = "512Mi", value_parser = parse_memory)]
     pool_memory: String,
@@ -140,6 +145,7 @@ impl PoolArgs {
             size_full: self.pool_size_full,
             refill_per_second: self.pool_refill_per_second,
             cpu: self.pool_cpu,
+            cpu_limit: self.pool_cpu_limit,
             memory: self.pool_memory,
             name: self.pool_name,
             public_key: key.public_hex(),

@@ -158,6 +158,9 @@ impl Release {
             format!("image.tag={IMAGE_TAG}"),
             "gateway.adminToken.existingSecret=e2e-admin".into(),
             format!("crds.install={owns_crd}"),
+            // The test node has two CPUs: a small pool, reserving little.
+            "pool.size=2".into(),
+            "pool.resources.cpu=50m".into(),
         ];
         for s in base.into_iter().chain(sets.iter().map(|s| s.to_string())) {
             args.extend(["--set".into(), s]);

@@ -170,6 +170,7 @@ fn every_option_of_the_values_file_shows_in_the_manifests() {
         "--pool-size-full=1",
         "--pool-refill-per-second=2.5",
         "--pool-cpu=500m",
+        "--pool-cpu-limit=2",
         "--pool-memory=768Mi",
         "--log=debug",
     ] {

@@ -138,9 +138,13 @@ fn five_cold_calls_with_a_warm_pool_all_succeed_on_claimed_pods() {
         );
     }
     times.sort();
-    eprintln!(
+    // Written to stderr itself, not through eprintln!, which the test harness captures.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
         "5 cold calls on a warm pool (request in, answer out, through the gateway): median {:?}, max {:?}",
-        times[2], times[4]
+        times[2],
+        times[4]
     );
     assert_eq!(claims(&s, "hit"), 5.0);
 }
@@ -221,12 +225,13 @@ fn a_burst_of_three_times_the_pool_succeeds_with_pool_hits_and_the_deployment_sc
     let _one = one_at_a_time();
     let (s, _secret) = pool_stack("pool-burst", 2, 1.0);
     let nap = "import time\n\ndef nap() -> str:\n    time.sleep(0.3)\n    return 'ok'\n";
-    at_zero(
-        &s,
+    // One call per pod: six calls want six pods, the pool has two.
+    s.apply(
+        "nap",
         "nap",
         nap,
-        small(),
-        json!({"maxReplicas": 3, "idleSecondsToZero": 5}),
+        json!({"replicas": 0, "concurrency": 1,
+               "scaling": {"maxReplicas": 3, "idleSecondsToZero": 5}}),
     );
     wait_pool(&s, 2, Duration::from_secs(120));
     let url = format!("{}/fn/admin/nap", s.gateway.url);

@@ -136,8 +136,11 @@ pub struct PoolConfig {
     pub size_full: u32,
     /// At most this many pool pods created per second per runtime.
     pub refill_per_second: f64,
-    /// Each pool pod's CPU and memory (requests and limits alike).
+    /// Each pool pod's CPU request, and the limit it may use: more than it idles at, so that
+    /// its start and a claim's specialisation (the call's wait) run at speed.
     pub cpu: String,
+    pub cpu_limit: String,
+    /// Each pool pod's memory (request and limit alike).
     pub memory: String,
     /// The anchor ConfigMap's and the pool NetworkPolicy's name, and the prefix of the pods'.
     pub name: String,
@@ -322,6 +325,7 @@ pub fn desired(f: &SkyFunction, cfg: &OperatorConfig) -> Result<Children, Desire
             ],
             env,
             cpu: &spec.resources.cpu,
+            cpu_limit: None,
             memory: &spec.resources.memory,
             termination_grace_seconds: termination_grace_seconds(spec),
             function_config_map: Some(child.clone()),
@@ -390,8 +394,9 @@ struct RunnerPod<'a> {
     args: Vec<String>,
     /// Before the environment every runner pod gets (its own identity, its token, the gateway).
     env: Vec<EnvVar>,
-    /// Requests and limits alike.
+    /// Requests and limits alike, but for a CPU limit above the request where set.
     cpu: &'a str,
+    cpu_limit: Option<&'a str>,
     memory: &'a str,
     termination_grace_seconds: i64,
     /// The function's ConfigMap, mounted at [`FUNCTION_DIR`]; a pool pod has none (it is sent
@@ -418,6 +423,10 @@ fn runner_pod(p: RunnerPod, cfg: &OperatorConfig) -> PodSpec {
         ("memory".to_string(), Quantity(p.memory.to_string())),
     ]
     .into();
+    let mut limits = resources.clone();
+    if let Some(cpu) = p.cpu_limit {
+        limits.insert("cpu".to_string(), Quantity(cpu.to_string()));
+    }
     let probe = |path: &str, period: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -496,8 +505,8 @@ fn runner_pod(p: RunnerPod, cfg: &OperatorConfig) -> PodSpec {
         }]),
         env: Some(env),
         resources: Some(ResourceRequirements {
-            requests: Some(resources.clone()),
-            limits: Some(resources),
+            requests: Some(resources),
+            limits: Some(limits),
             ..Default::default()
         }),
         // Every second: the gateway hears of a new pod from its announcement; Ready (what the
@@ -607,6 +616,7 @@ pub fn pool_pod(
                 env_from_field(wire::ENV_POD_UID, "metadata.uid"),
             ],
             cpu: &pool.cpu,
+            cpu_limit: Some(&pool.cpu_limit),
             memory: &pool.memory,
             // Claimed, it may serve any function: the longest timeout a function may have.
             termination_grace_seconds: MAX_TIMEOUT_SECONDS + 15,

@@ -407,6 +407,7 @@ fn pool() -> PoolConfig {
         size_full: 0,
         refill_per_second: 1.0,
         cpu: "250m".into(),
+        cpu_limit: "1".into(),
         memory: "512Mi".into(),
         name: "skython-pool".into(),
         public_key: "ab".repeat(32),
@@ -461,9 +462,26 @@ fn a_pool_pod_has_the_function_pods_profile_without_a_function() {
         .collect();
     assert_eq!(mounts, ["/tmp", wire::TOKEN_DIR], "no function mounted");
     let r = c.resources.clone().unwrap();
-    assert_eq!(r.requests, r.limits);
-    assert_eq!(r.limits.unwrap()["memory"].0, "512Mi");
+    let (requests, limits) = (r.requests.unwrap(), r.limits.unwrap());
+    assert_eq!(
+        (&requests["memory"].0, &limits["memory"].0),
+        (&"512Mi".into(), &"512Mi".into())
+    );
     assert_eq!(spec.termination_grace_period_seconds, Some(915));
+}
+
+#[test]
+fn a_pool_pod_requests_its_cpu_and_may_burst_to_its_limit() {
+    let p = pool_pod(
+        Runtime::Standard,
+        &anchor(),
+        &OperatorConfig::default(),
+        &pool(),
+    )
+    .unwrap();
+    let r = p.spec.unwrap().containers[0].resources.clone().unwrap();
+    assert_eq!(r.requests.unwrap()["cpu"].0, "250m");
+    assert_eq!(r.limits.unwrap()["cpu"].0, "1");
 }
 
 #[test]
