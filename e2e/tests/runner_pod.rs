@@ -125,12 +125,7 @@ fn a_runner_pod_serves_its_function_at_post_root() {
         (404, json!("not_found"))
     );
 
-    let metrics = c
-        .get(format!("{url}/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = metrics_of(&url);
     assert!(
         metrics.contains(r#"skython_calls_total{function="alice/calc",outcome="ok"} 2"#),
         "{metrics}"
@@ -672,12 +667,7 @@ fn a_signed_specialise_answers_200_and_then_the_pod_serves_the_function() {
     eprintln!("specialised in {} ms", body["specialiseMs"]);
     assert_eq!(pool.get("/readyz"), (200, json!("ready")));
     assert_eq!(pool.call(r#"{"a": 1, "b": 2}"#), (200, json!(3)));
-    let metrics = http()
-        .get(format!("{}/metrics", pool.url))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = metrics_of(&pool.url);
     assert!(
         metrics.contains(r#"skython_calls_total{function="alice/calc",outcome="ok"} 1"#),
         "{metrics}"
@@ -818,4 +808,14 @@ fn a_pool_runner_without_the_pool_key_stops_naming_the_variable() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(wire::ENV_POOL_PUBLIC_KEY), "{key:?}: {err}");
     }
+}
+
+/// A runner's `/metrics` text.
+fn metrics_of(url: &str) -> String {
+    http()
+        .get(format!("{url}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap()
 }

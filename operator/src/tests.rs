@@ -435,6 +435,17 @@ fn env_of(pod: &PodSpec) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A standard pool pod with the default settings.
+fn standard_pool_pod() -> k8s_openapi::api::core::v1::Pod {
+    pool_pod(
+        Runtime::Standard,
+        &anchor(),
+        &OperatorConfig::default(),
+        &pool(),
+    )
+    .unwrap()
+}
+
 #[test]
 fn a_pool_pod_has_the_function_pods_profile_without_a_function() {
     let cfg = OperatorConfig {
@@ -472,13 +483,7 @@ fn a_pool_pod_has_the_function_pods_profile_without_a_function() {
 
 #[test]
 fn a_pool_pod_requests_its_cpu_and_may_burst_to_its_limit() {
-    let p = pool_pod(
-        Runtime::Standard,
-        &anchor(),
-        &OperatorConfig::default(),
-        &pool(),
-    )
-    .unwrap();
+    let p = standard_pool_pod();
     let r = p.spec.unwrap().containers[0].resources.clone().unwrap();
     assert_eq!(r.requests.unwrap()["cpu"].0, "250m");
     assert_eq!(r.limits.unwrap()["cpu"].0, "1");
@@ -514,13 +519,7 @@ fn a_pool_pod_knows_its_runtime_the_pool_key_and_its_own_uid() {
 
 #[test]
 fn a_pool_pod_is_labelled_by_runtime_named_by_the_pool_and_owned_by_the_anchor() {
-    let p = pool_pod(
-        Runtime::Standard,
-        &anchor(),
-        &OperatorConfig::default(),
-        &pool(),
-    )
-    .unwrap();
+    let p = standard_pool_pod();
     let m = p.metadata;
     assert_eq!(m.generate_name.as_deref(), Some("skython-pool-standard-"));
     assert_eq!(m.name, None);
