@@ -94,18 +94,30 @@ pub async fn shutdown_signal() {
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn termination_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+    terminated().await
+}
+
+/// Resolves on SIGTERM or SIGINT received from now on: the handlers are installed at once, not
+/// when the future is first polled. A container's first process has no default action for
+/// SIGTERM (the kernel drops it), so one that is still starting when its pod is deleted would
+/// otherwise hold the kubelet for the pod's whole grace period.
+pub fn terminated() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
+    Box::pin(async move {
+        tokio::select! { () = recv(term.as_mut()) => {}, () = recv(int.as_mut()) => {} }
+    })
+}
+
+/// The next signal of `s`; never without one.
+async fn recv(s: Option<&mut tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
         }
-    };
-    tokio::select! { () = ctrl_c => {}, () = term => {} }
+        None => std::future::pending().await,
+    }
 }
 
 /// Gives work in flight 10 s, then exits the process.

@@ -118,7 +118,10 @@ async fn run_function(args: RunnerArgs) -> anyhow::Result<()> {
         .preload
         .clone()
         .unwrap_or_else(|| skython_runner_pod::preload::imported_modules(&spec.source).join(","));
-    let zygote = start_zygote(&args, Some(preload)).await?;
+    let mut terminated = crate::terminated();
+    let Some(zygote) = start_zygote(&args, Some(preload), &mut terminated).await? else {
+        return Ok(());
+    };
     let announced = Arc::new(AnnouncedToken::default());
     let limits = args.limits.limits();
     let pod = RunnerPod::new(zygote, &spec, limits, state(&gateway), announced.clone()).await?;
@@ -142,7 +145,7 @@ async fn run_function(args: RunnerArgs) -> anyhow::Result<()> {
     let shutdown = {
         let pod = pod.clone();
         async move {
-            crate::termination_signal().await;
+            terminated.await;
             drain(&pod, &stopping, drain_delay).await;
         }
     };
@@ -159,7 +162,11 @@ async fn run_pool(args: RunnerArgs, runtime: Runtime) -> anyhow::Result<()> {
         Runtime::Standard => None,
         Runtime::Full => Some(crate::up::FULL_RUNTIME_PRELOAD.to_string()),
     };
-    let zygote = start_zygote(&args, args.preload.clone().or(preload)).await?;
+    let mut terminated = crate::terminated();
+    let preload = args.preload.clone().or(preload);
+    let Some(zygote) = start_zygote(&args, preload, &mut terminated).await? else {
+        return Ok(());
+    };
     let announced = Arc::new(AnnouncedToken::default());
     let limits = args.limits.limits();
     let pool = PoolPod::new(zygote, identity, limits, state(&gateway), announced.clone());
@@ -182,7 +189,7 @@ async fn run_pool(args: RunnerArgs, runtime: Runtime) -> anyhow::Result<()> {
     let shutdown = {
         let pool = pool.clone();
         async move {
-            crate::termination_signal().await;
+            terminated.await;
             match pool.pod() {
                 Some(pod) => drain(&pod, &stopping, drain_delay).await,
                 None => {
@@ -250,8 +257,14 @@ fn state(gateway: &Option<(Gateway, IpAddr)>) -> Arc<dyn StateHandler> {
     }
 }
 
-/// Starts the zygote, importing `preload` (`None`: the runtime's default list).
-async fn start_zygote(args: &RunnerArgs, preload: Option<String>) -> anyhow::Result<Arc<Zygote>> {
+/// Starts the zygote, importing `preload` (`None`: the runtime's default list); `None` when the
+/// process is told to stop meanwhile (importing the scientific stack takes seconds on a small
+/// CPU limit, and a pod deleted as it starts should go at once).
+async fn start_zygote(
+    args: &RunnerArgs,
+    preload: Option<String>,
+    terminated: &mut (impl std::future::Future<Output = ()> + Unpin),
+) -> anyhow::Result<Option<Arc<Zygote>>> {
     skython_runner::install_python_files(&args.runtime_dir).with_context(|| {
         format!(
             "writing the runtime's Python files to {}",
@@ -268,14 +281,19 @@ async fn start_zygote(args: &RunnerArgs, preload: Option<String>) -> anyhow::Res
         sandbox: Sandbox::None,
         egress_dir: None,
     }));
-    let hello = zygote
-        .start()
-        .await
-        .with_context(|| format!("starting the Python runtime {}", args.python.display()))?;
+    let hello = tokio::select! {
+        hello = zygote.start() => hello,
+        () = terminated => {
+            tracing::info!("stopping before the runtime started");
+            return Ok(None);
+        }
+    };
+    let hello =
+        hello.with_context(|| format!("starting the Python runtime {}", args.python.display()))?;
     if !hello.missing.is_empty() {
         tracing::warn!("the runtime lacks: {}", hello.missing.join("; "));
     }
-    Ok(zygote)
+    Ok(Some(zygote))
 }
 
 async fn listen(port: u16) -> anyhow::Result<TcpListener> {

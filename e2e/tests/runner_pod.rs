@@ -728,6 +728,33 @@ fn an_unspecialised_pool_runner_exits_promptly_on_sigterm() {
     );
 }
 
+/// A pod deleted as it starts: the runtime's imports take seconds on a small CPU limit, and a
+/// container's first process that does not handle SIGTERM yet ignores it, holding the kubelet
+/// for the pod's whole grace period.
+#[test]
+fn a_runner_stopped_while_its_runtime_starts_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = dir.path().join("runtime");
+    std::fs::create_dir_all(&runtime).unwrap();
+    std::fs::write(
+        runtime.join("slowstart.py"),
+        "import time\ntime.sleep(60)\n",
+    )
+    .unwrap();
+    let mut cmd = pool_runner(dir.path(), free_port());
+    cmd.args(["--preload", "slowstart"])
+        .stderr(Stdio::inherit());
+    let mut runner = Process(cmd.spawn().expect("start skython runner --pool"));
+    std::thread::sleep(Duration::from_secs(1));
+    let asked = std::time::Instant::now();
+    assert_eq!(runner.terminate(), Some(0), "stopped by its own handler");
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        asked.elapsed()
+    );
+}
+
 #[test]
 fn a_pool_runner_announces_itself_only_once_specialised() {
     let gateway = FakeGateway::start();
