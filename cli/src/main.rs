@@ -33,7 +33,8 @@ enum Command {
     Up(up::UpArgs),
     /// Run the gateway on Kubernetes: SkyFunctions are the functions, runner pods serve them.
     Gateway(Box<gateway::GatewayArgs>),
-    /// Serve one function in a runner pod (what the operator's Deployments run).
+    /// Serve one function in a runner pod (what the operator's Deployments run), or wait for one
+    /// as a warm pool pod (--pool).
     Runner(runner::RunnerArgs),
     /// Run the SkyFunction operator against a Kubernetes cluster.
     Operator(operator::OperatorArgs),
