@@ -124,21 +124,20 @@ impl Pool {
     /// function's waiting calls when the pod serves.
     pub fn claim_for(self: &Arc<Self>, t: &Target, waiting: u32) {
         let runtime = t.object.spec.runtime;
-        let label = [runtime.as_str()];
         {
             let mut pending = self.pending();
-            let n = pending.entry(t.function.clone()).or_default();
-            if !should_claim(self.pods.own_pods(&t.function), *n, t.concurrency, waiting) {
+            let n = pending.get(&t.function).copied().unwrap_or(0);
+            if !should_claim(self.pods.own_pods(&t.function), n, t.concurrency, waiting) {
                 return;
             }
             if self.pods.pool_available(runtime, memory(t)) == 0 {
                 self.metrics
                     .pool_claims
-                    .with_label_values(&[label[0], "miss"])
+                    .with_label_values(&[runtime.as_str(), "miss"])
                     .inc();
                 return;
             }
-            *n += 1;
+            pending.insert(t.function.clone(), n + 1);
         }
         let pool = self.clone();
         let t = t.clone();

@@ -457,3 +457,28 @@ pub fn memory_holds(pid: u32, needle: &[u8]) -> bool {
     }
     false
 }
+
+/// A call in a thread of its own: its status and error code (empty when it succeeded).
+pub fn spawn_call(url: &str, body: &str) -> std::thread::JoinHandle<(u16, String)> {
+    let (url, body) = (url.to_string(), body.to_string());
+    std::thread::spawn(move || {
+        let r = reqwest::blocking::Client::new()
+            .post(url)
+            .body(body)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .expect("an answer");
+        let status = r.status().as_u16();
+        let body: Value = r.json().unwrap_or_default();
+        (
+            status,
+            body["error"]["code"].as_str().unwrap_or("").to_string(),
+        )
+    })
+}
+
+/// `n` calls at once; their answers.
+pub fn burst(url: &str, n: usize) -> Vec<(u16, String)> {
+    let calls: Vec<_> = (0..n).map(|_| spawn_call(url, "{}")).collect();
+    calls.into_iter().map(|c| c.join().unwrap()).collect()
+}

@@ -7,33 +7,10 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use skython_e2e::cluster::{Stack, ready_condition, runner_pid, small, start_gateway};
+use skython_e2e::cluster::{
+    Stack, burst, ready_condition, runner_pid, small, spawn_call, start_gateway,
+};
 use skython_e2e::{eventually, free_port};
-
-/// A call in a thread of its own: its status and error code (empty when it succeeded).
-fn spawn_call(url: &str, body: &str) -> std::thread::JoinHandle<(u16, String)> {
-    let (url, body) = (url.to_string(), body.to_string());
-    std::thread::spawn(move || {
-        let r = reqwest::blocking::Client::new()
-            .post(url)
-            .body(body)
-            .timeout(Duration::from_secs(60))
-            .send()
-            .expect("an answer");
-        let status = r.status().as_u16();
-        let body: Value = r.json().unwrap_or_default();
-        (
-            status,
-            body["error"]["code"].as_str().unwrap_or("").to_string(),
-        )
-    })
-}
-
-/// `n` calls at once; their answers.
-fn burst(url: &str, n: usize) -> Vec<(u16, String)> {
-    let calls: Vec<_> = (0..n).map(|_| spawn_call(url, "{}")).collect();
-    calls.into_iter().map(|c| c.join().unwrap()).collect()
-}
 
 /// A function that sleeps `s` seconds (by default `default_seconds`) and answers "ok".
 fn nap(default_seconds: f64) -> String {

@@ -9,7 +9,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use skython_e2e::cluster::{Stack, memory_holds, process_tree, runner_pid, small};
+use skython_e2e::cluster::{
+    Stack, burst, memory_holds, process_tree, runner_pid, small, spawn_call,
+};
 use skython_e2e::eventually;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -64,7 +66,9 @@ fn at_zero(s: &Stack, name: &str, source: &str, resources: Value, scaling: Value
     );
 }
 
-const NEVER_FITS: fn() -> Value = || json!({"cpu": "8", "memory": "128Mi"});
+fn never_fits() -> Value {
+    json!({"cpu": "8", "memory": "128Mi"})
+}
 
 /// The pool's pods as the API shows them: (unclaimed and Ready, claimed).
 fn pool_pods(s: &Stack) -> (Vec<Value>, Vec<Value>) {
@@ -154,7 +158,7 @@ fn a_claimed_pod_serves_one_function_for_its_life_and_never_returns_to_the_pool(
     let _one = one_at_a_time();
     let (s, _secret) = pool_stack("pool-dedicated", 2, 1.0);
     let idle = json!({"idleSecondsToZero": 3});
-    at_zero(&s, "first", WHO, NEVER_FITS(), idle.clone());
+    at_zero(&s, "first", WHO, never_fits(), idle.clone());
     at_zero(&s, "second", WHO, small(), idle);
     wait_pool(&s, 2, Duration::from_secs(120));
     let (status, first) = s.gateway.call("admin/first", json!({}));
@@ -190,7 +194,7 @@ fn an_unclaimed_pool_pod_holds_no_function_code() {
         &s,
         "marked",
         &source,
-        NEVER_FITS(),
+        never_fits(),
         json!({"idleSecondsToZero": 300}),
     );
     wait_pool(&s, 2, Duration::from_secs(120));
@@ -234,22 +238,7 @@ fn a_burst_of_three_times_the_pool_succeeds_with_pool_hits_and_the_deployment_sc
                "scaling": {"maxReplicas": 3, "idleSecondsToZero": 5}}),
     );
     wait_pool(&s, 2, Duration::from_secs(120));
-    let url = format!("{}/fn/admin/nap", s.gateway.url);
-    let calls: Vec<_> = (0..6)
-        .map(|_| {
-            let url = url.clone();
-            std::thread::spawn(move || {
-                let r = reqwest::blocking::Client::new()
-                    .post(url)
-                    .body("{}")
-                    .timeout(Duration::from_secs(60))
-                    .send()
-                    .expect("an answer");
-                (r.status().as_u16(), r.text().unwrap_or_default())
-            })
-        })
-        .collect();
-    let got: Vec<(u16, String)> = calls.into_iter().map(|c| c.join().unwrap()).collect();
+    let got = burst(&format!("{}/fn/admin/nap", s.gateway.url), 6);
     assert!(
         got.iter().all(|(status, _)| *status == 200),
         "every call of the burst succeeds: {got:?}"
@@ -267,25 +256,15 @@ fn the_pool_refills_after_claims_at_the_capped_rate() {
     let _one = one_at_a_time();
     let (s, _secret) = pool_stack("pool-refill", 3, 0.5);
     for i in 0..3 {
-        at_zero(&s, &format!("who{i}"), WHO, NEVER_FITS(), json!({}));
+        at_zero(&s, &format!("who{i}"), WHO, never_fits(), json!({}));
     }
     wait_pool(&s, 3, Duration::from_secs(120));
     let before: Vec<String> = pool_pods(&s).0.iter().map(name).collect();
     let calls: Vec<_> = (0..3)
-        .map(|i| {
-            let gw = s.gateway.url.clone();
-            std::thread::spawn(move || {
-                reqwest::blocking::Client::new()
-                    .post(format!("{gw}/fn/admin/who{i}"))
-                    .body("{}")
-                    .timeout(Duration::from_secs(60))
-                    .send()
-                    .map(|r| r.status().as_u16())
-            })
-        })
+        .map(|i| spawn_call(&format!("{}/fn/admin/who{i}", s.gateway.url), "{}"))
         .collect();
     for c in calls {
-        assert_eq!(c.join().unwrap().ok(), Some(200));
+        assert_eq!(c.join().unwrap(), (200, String::new()));
     }
     assert_eq!(claims(&s, "hit"), 3.0);
     let mut fresh = Vec::new();

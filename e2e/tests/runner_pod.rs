@@ -459,19 +459,7 @@ fn on_sigterm_the_runner_announces_draining_and_still_answers_during_the_drain_d
     let url = format!("http://127.0.0.1:{port}");
     wait_ready(&http(), &url);
 
-    let status = Command::new("kill")
-        .args(["-TERM", &p.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(
-        eventually(Duration::from_secs(2), || gateway
-            .seen()
-            .announcements
-            .iter()
-            .any(|(_, a)| a.draining)),
-        "announced draining at once"
-    );
+    sigterm_announces_draining(&p, &gateway);
     // A new connection, as the gateway would open.
     let (status, body) = send(http().post(format!("{url}/")));
     assert_eq!((status, body), (200, json!("still here")));
@@ -788,19 +776,7 @@ fn on_sigterm_a_specialised_pool_runner_drains_like_a_functions_pod() {
     assert_eq!(pool.specialise(POD_UID, ADD).0, 200);
     gateway.announcements(1, Duration::from_secs(2));
 
-    let status = Command::new("kill")
-        .args(["-TERM", &pool.process.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(
-        eventually(Duration::from_secs(2), || gateway
-            .seen()
-            .announcements
-            .iter()
-            .any(|(_, a)| a.draining)),
-        "announced draining at once"
-    );
+    sigterm_announces_draining(&pool.process, &gateway);
     assert_eq!(
         pool.call(r#"{"a": 1, "b": 1}"#),
         (200, json!(2)),
@@ -839,4 +815,21 @@ fn metrics_of(url: &str) -> String {
         .unwrap()
         .text()
         .unwrap()
+}
+
+/// Sends SIGTERM to `process` and sees it announce that it drains, at once.
+fn sigterm_announces_draining(process: &Process, gateway: &FakeGateway) {
+    let status = Command::new("kill")
+        .args(["-TERM", &process.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        eventually(Duration::from_secs(2), || gateway
+            .seen()
+            .announcements
+            .iter()
+            .any(|(_, a)| a.draining)),
+        "announced draining at once"
+    );
 }
