@@ -63,6 +63,24 @@ pub fn claim_patch(f: &SkyFunction, claimed_by: &str, at: jiff::Timestamp) -> se
     })
 }
 
+/// What a pool pod is sent: the function as its Deployment's pods see it, and its entry
+/// function when the operator has read it (the pod then need not).
+pub fn specialise_request(
+    pod_uid: &str,
+    function: &FunctionRef,
+    f: &SkyFunction,
+) -> wire::Specialise {
+    wire::Specialise {
+        pod_uid: pod_uid.to_string(),
+        function: function.to_string(),
+        spec: skython_crds::SkyFunctionSpec {
+            replicas: None,
+            ..f.spec.clone()
+        },
+        entrypoint: f.checked_entrypoint().map(String::from),
+    }
+}
+
 /// The memory the function asks for per pod (a pool pod with less would fail it).
 fn memory(t: &Target) -> Option<u64> {
     skython_crds::parse_memory_bytes(&t.object.spec.resources.memory)
@@ -214,14 +232,7 @@ impl Pool {
     }
 
     async fn specialise(&self, pod: &PoolPodView, addr: SocketAddr, t: &Target) -> Attempt {
-        let request = wire::Specialise {
-            pod_uid: pod.uid.clone(),
-            function: t.function.to_string(),
-            spec: skython_crds::SkyFunctionSpec {
-                replicas: None,
-                ..t.object.spec.clone()
-            },
-        };
+        let request = specialise_request(&pod.uid, &t.function, &t.object);
         let body = match serde_json::to_vec(&request) {
             Ok(b) => b,
             Err(e) => return Attempt::Failed(format!("encoding the function: {e}")),
@@ -305,6 +316,37 @@ mod tests {
             "a pod of concurrency 4 serves four"
         );
         assert!(should_claim(0, 1, 4, 5));
+    }
+
+    #[test]
+    fn a_specialise_request_names_the_entry_function_the_operator_read() {
+        let mut f = SkyFunction::new(
+            "alice.hello",
+            skython_crds::SkyFunctionSpec::new("alice", "hello", "def hello(): pass"),
+        );
+        f.spec.replicas = Some(3);
+        f.metadata.generation = Some(1);
+        let function = FunctionRef {
+            namespace: "fns".into(),
+            name: "alice.hello".into(),
+        };
+        let unread = specialise_request("uid-1", &function, &f);
+        assert_eq!(
+            unread.entrypoint, None,
+            "no status yet: the pod reads the source"
+        );
+        assert_eq!(unread.spec.replicas, None, "the pod has no say in scaling");
+        assert_eq!(unread.function, "fns/alice.hello");
+        f.status = Some(skython_crds::SkyFunctionStatus {
+            observed_generation: Some(1),
+            signature: Some(skython_crds::Signature {
+                entrypoint: "hello".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let read = specialise_request("uid-1", &function, &f);
+        assert_eq!(read.entrypoint.as_deref(), Some("hello"));
     }
 
     #[test]

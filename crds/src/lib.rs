@@ -361,6 +361,22 @@ impl SkyFunctionStatus {
     }
 }
 
+impl SkyFunction {
+    /// The entry function of the current source, when the operator has read it: the status
+    /// describes this generation and its source was valid (an invalid one keeps the previous
+    /// signature). Lets a pod skip its own reading of the source.
+    pub fn checked_entrypoint(&self) -> Option<&str> {
+        let status = self.status.as_ref()?;
+        let current = status.observed_generation.is_some()
+            && status.observed_generation == self.metadata.generation;
+        let valid = status
+            .ready_condition()
+            .is_none_or(|c| c.reason != "InvalidSource");
+        let signature = status.signature.as_ref().filter(|_| current && valid)?;
+        Some(signature.entrypoint.as_str())
+    }
+}
+
 /// The CustomResourceDefinition as YAML (`skython crdgen`; committed in `helm/skython/files/`).
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;
@@ -437,5 +453,57 @@ mod crd_tests {
         ] {
             assert!(y.contains(needle), "missing {needle:?} in\n{y}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A function at generation 2 whose status says `reason` for `observed` with entry `main`.
+    fn with_status(observed: Option<i64>, reason: &str) -> SkyFunction {
+        let mut f = SkyFunction::new("f", SkyFunctionSpec::new("alice", "f", "def main(): pass"));
+        f.metadata.generation = Some(2);
+        f.status = Some(SkyFunctionStatus {
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                reason: reason.into(),
+                message: String::new(),
+                observed_generation: observed,
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    jiff::Timestamp::UNIX_EPOCH,
+                ),
+            }],
+            observed_generation: observed,
+            signature: Some(Signature {
+                entrypoint: "main".into(),
+                ..Signature::default()
+            }),
+            ..SkyFunctionStatus::default()
+        });
+        f
+    }
+
+    #[test]
+    fn the_entrypoint_read_for_this_generation_is_known() {
+        assert_eq!(
+            with_status(Some(2), "Available").checked_entrypoint(),
+            Some("main")
+        );
+    }
+
+    #[test]
+    fn an_entrypoint_read_for_an_older_generation_is_not_known() {
+        assert_eq!(with_status(Some(1), "Available").checked_entrypoint(), None);
+        assert_eq!(with_status(None, "Available").checked_entrypoint(), None);
+    }
+
+    #[test]
+    fn an_invalid_source_has_no_known_entrypoint() {
+        assert_eq!(
+            with_status(Some(2), "InvalidSource").checked_entrypoint(),
+            None
+        );
     }
 }

@@ -580,18 +580,32 @@ impl PoolRunner {
 
     /// A specialise request for `source`, naming `pod_uid`, signed with the pool key.
     fn specialise(&self, pod_uid: &str, source: &str) -> (u16, Value) {
-        let body = specialise_body(pod_uid, source);
-        self.specialise_with(&body, &pool_key().sign(&body))
+        self.sign_and_specialise(&specialise_body(pod_uid, source))
+    }
+
+    fn sign_and_specialise(&self, body: &[u8]) -> (u16, Value) {
+        self.specialise_with(body, &pool_key().sign(body))
     }
 }
 
-fn specialise_body(pod_uid: &str, source: &str) -> Vec<u8> {
-    let request = json!({
+fn specialise_request(pod_uid: &str, source: &str) -> Value {
+    json!({
         "podUid": pod_uid,
         "function": "alice/calc",
         "spec": {"owner": "alice", "endpoint": "calc", "source": source,
                  "timeoutSeconds": 5, "concurrency": 2},
-    });
+    })
+}
+
+fn specialise_body(pod_uid: &str, source: &str) -> Vec<u8> {
+    specialise_request(pod_uid, source).to_string().into_bytes()
+}
+
+/// A specialise request that names the entry function, as a gateway does once the operator
+/// has read the source.
+fn specialise_body_naming(entrypoint: &str, source: &str) -> Vec<u8> {
+    let mut request = specialise_request(POD_UID, source);
+    request["entrypoint"] = json!(entrypoint);
     request.to_string().into_bytes()
 }
 
@@ -660,6 +674,31 @@ fn a_signed_specialise_answers_200_and_then_the_pod_serves_the_function() {
         metrics.contains(r#"skython_calls_total{function="alice/calc",outcome="ok"} 1"#),
         "{metrics}"
     );
+}
+
+#[test]
+fn a_specialise_naming_the_entry_function_serves_it_without_reading_the_source_again() {
+    let pool = PoolRunner::start();
+    // Two public functions and no `entrypoint` in the spec: the pod's own reading of the
+    // source would refuse it as ambiguous, so a 200 shows the request's name was used.
+    let source = "def calc(a: int, b: int):\n    return a + b\n\n\
+                  def double(a: int, b: int):\n    return 2 * (a + b)\n";
+    let (status, body) = pool.sign_and_specialise(&specialise_body_naming("double", source));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(pool.call(r#"{"a": 1, "b": 2}"#), (200, json!(6)));
+}
+
+#[test]
+fn a_specialise_naming_an_entry_function_the_source_lacks_answers_422_load_error() {
+    let pool = PoolRunner::start();
+    let (status, body) = pool.sign_and_specialise(&specialise_body_naming("nowhere", ADD));
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (422, json!("load_error"))
+    );
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("nowhere"), "{body}");
+    assert_eq!(pool.get("/readyz").0, 503, "never claimable again");
 }
 
 #[test]

@@ -259,7 +259,9 @@ impl PoolPod {
         let span = tracing::info_span!("pool", function = %label);
         let pool = self.clone();
         let work = async move {
-            let outcome = pool.load(&request.spec).await;
+            let outcome = pool
+                .load(&request.spec, request.entrypoint.as_deref())
+                .await;
             let why = outcome.as_ref().map(|_| ()).map_err(|e| e.message.clone());
             pool.claim.send_modify(|c| c.end(why));
             let specialise_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -276,16 +278,21 @@ impl PoolPod {
             .map_err(|e| ApiError::internal(format!("specialising stopped: {e}")))?
     }
 
-    /// Becomes the function's pod and loads it in a first worker.
-    async fn load(&self, spec: &skython_crds::SkyFunctionSpec) -> Result<(), ApiError> {
-        let pod = RunnerPod::new(
-            self.zygote.clone(),
-            spec,
-            self.limits.clone(),
-            self.state.clone(),
-            self.announced.clone(),
-        )
-        .await
+    /// Becomes the function's pod and loads it in a first worker; reads the source first
+    /// unless the request says what its entry function is.
+    async fn load(
+        &self,
+        spec: &skython_crds::SkyFunctionSpec,
+        entrypoint: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let (zygote, limits) = (self.zygote.clone(), self.limits.clone());
+        let (state, announced) = (self.state.clone(), self.announced.clone());
+        let pod = match entrypoint {
+            Some(entrypoint) => {
+                RunnerPod::checked(zygote, spec, entrypoint, limits, state, announced)
+            }
+            None => RunnerPod::new(zygote, spec, limits, state, announced).await,
+        }
         .map_err(refusal)?;
         let router = pod.clone().router();
         // Only the one request `Claim::begin` let through gets here.
@@ -387,6 +394,7 @@ mod tests {
             pod_uid: pod_uid.into(),
             function: "alice/calc".into(),
             spec,
+            entrypoint: None,
         })
         .unwrap()
     }

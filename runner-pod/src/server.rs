@@ -122,6 +122,26 @@ impl RunnerPod {
             Inspection::Ok { signature } => signature,
             Inspection::Invalid { error } => return Err(PodError::Source(Box::new(error))),
         };
+        Self::checked(
+            zygote,
+            spec,
+            &signature.entrypoint,
+            limits,
+            state,
+            announced,
+        )
+    }
+
+    /// As [`RunnerPod::new`], for a source whose entry function was found already (by the
+    /// operator, for a pool pod's claim): a source that does not define it fails to load.
+    pub fn checked(
+        zygote: Arc<Zygote>,
+        spec: &SkyFunctionSpec,
+        entrypoint: &str,
+        limits: Limits,
+        state: Arc<dyn StateHandler>,
+        announced: Arc<AnnouncedToken>,
+    ) -> Result<Arc<Self>, PodError> {
         let mut pool_limits = pool_limits(spec, &limits);
         // A pod exists to serve: one worker stays loaded however long it idles.
         pool_limits.min_workers = pool_limits.min_workers.max(1);
@@ -130,7 +150,7 @@ impl RunnerPod {
             timeout: Duration::from_secs(spec.timeout_seconds.into()),
             pool: WorkerPool::new(
                 zygote,
-                worker_spec(spec, &signature.entrypoint, &limits),
+                worker_spec(spec, entrypoint, &limits),
                 pool_limits,
                 state,
             ),

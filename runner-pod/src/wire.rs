@@ -146,6 +146,11 @@ pub struct Specialise {
     pub function: String,
     /// The function as its Deployment's pods see it (`function.json`, source included).
     pub spec: skython_crds::SkyFunctionSpec,
+    /// The entry function, when the operator has read it from this source already
+    /// ([`skython_crds::SkyFunction::checked_entrypoint`]): the pod then skips its own reading
+    /// of the source (a fork of the zygote, a good part of a claim's time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
