@@ -108,6 +108,11 @@ struct PoolArgs {
     /// capped so that a burst of claims does not flood the API server and the node).
     #[arg(long, env = "SKYTHON_POOL_REFILL_PER_SECOND", default_value_t = 1.0, value_parser = parse_rate)]
     pool_refill_per_second: f64,
+    /// Seconds a pool short of its size waits while functions' own pods start (a call waits
+    /// for each): on a small node a refilling pool pod, importing its libraries, would slow
+    /// them. Past this, the pool refills at its rate until full. 0: never wait.
+    #[arg(long, env = "SKYTHON_POOL_REFILL_YIELD_SECONDS", default_value_t = 5.0, value_parser = parse_seconds)]
+    pool_refill_yield_seconds: f64,
     /// CPU each pool pod requests (what it reserves on its node while it idles).
     #[arg(long, env = "SKYTHON_POOL_CPU", default_value = "250m", value_parser = parse_cpu)]
     pool_cpu: String,
@@ -144,6 +149,7 @@ impl PoolArgs {
             size: self.pool_size,
             size_full: self.pool_size_full,
             refill_per_second: self.pool_refill_per_second,
+            refill_yield_seconds: self.pool_refill_yield_seconds,
             cpu: self.pool_cpu,
             cpu_limit: self.pool_cpu_limit,
             memory: self.pool_memory,
@@ -159,6 +165,13 @@ fn parse_rate(s: &str) -> Result<f64, String> {
         _ => Err(format!(
             "expected pods per second, at least 0.001, got {s:?}"
         )),
+    }
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && (0.0..=3600.0).contains(&r) => Ok(r),
+        _ => Err(format!("expected seconds, 0 to 3600, got {s:?}")),
     }
 }
 

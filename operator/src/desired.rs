@@ -136,6 +136,8 @@ pub struct PoolConfig {
     pub size_full: u32,
     /// At most this many pool pods created per second per runtime.
     pub refill_per_second: f64,
+    /// How long a short pool waits for functions' pods that are starting before it refills.
+    pub refill_yield_seconds: f64,
     /// Each pool pod's CPU request, and the limit it may use: more than it idles at, so that
     /// its start and a claim's specialisation (the call's wait) run at speed.
     pub cpu: String,

@@ -40,10 +40,22 @@ pub struct PlanSettings {
     pub targets: Vec<Target>,
     /// At least this long between two creations of one runtime's pods (the capped refill).
     pub refill_interval: SignedDuration,
+    /// How long a short pool waits while functions' own pods start ([`functions_starting`]):
+    /// a refilling pool pod would compete with them for the node and the API server, and
+    /// those are calls waiting. Past it, the pool refills at its rate until full.
+    pub refill_yield: SignedDuration,
 }
 
-/// What the plan sees: the pool's pods (label [`wire::POOL_LABEL`]), and the SkyFunctions and
-/// their Deployments of the pool's namespace.
+/// What the plan remembers between runs, per runtime: its last creation (the rate), and since
+/// when the pool has been short of its size (how long it has yielded).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Refills {
+    pub last_created: HashMap<Runtime, Timestamp>,
+    pub short_since: HashMap<Runtime, Timestamp>,
+}
+
+/// What the plan sees: the runner pods (the pool's, label [`wire::POOL_LABEL`], and the
+/// functions'), and the SkyFunctions and their Deployments of the pool's namespace.
 #[derive(Debug, Default)]
 pub struct Observed<'a> {
     pub pods: Vec<&'a Pod>,
@@ -128,11 +140,15 @@ fn function_label(pod: &Pod) -> Option<&str> {
     pod.labels().get(FUNCTION_LABEL).map(String::as_str)
 }
 
-fn is_ready(pod: &Pod) -> bool {
+fn has_condition(pod: &Pod, type_: &str) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    has_condition(pod, "Ready")
 }
 
 fn has_exited(pod: &Pod) -> bool {
@@ -156,9 +172,36 @@ pub fn state(pod: &Pod) -> Option<PodState> {
     })
 }
 
+/// Whether functions' own pods are starting: a function whose Deployment has fewer pods than
+/// it asks for (they are about to be made), or a function's pod placed on a node and not Ready
+/// yet. Pods no node can take (Pending, unscheduled) do not count: they load nothing.
+pub fn functions_starting(observed: &Observed) -> bool {
+    let to_be_made = observed.functions.iter().any(|f| {
+        let name = f.metadata.name.as_deref();
+        let deployment = observed
+            .deployments
+            .iter()
+            .find(|d| d.labels().get(FUNCTION_LABEL).map(String::as_str) == name);
+        deployment.is_some_and(|d| {
+            let made = d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+            crate::desired::replicas(&f.spec) > made
+        })
+    });
+    let loading = observed.pods.iter().any(|p| {
+        runtime_label(p).is_none()
+            && function_label(p).is_some()
+            && !is_deleting(p)
+            && !has_exited(p)
+            && !is_ready(p)
+            && has_condition(p, "PodScheduled")
+    });
+    to_be_made || loading
+}
+
 /// What to do now. Unclaimed pods of the current template count toward each runtime's size:
-/// below it, one more is created once the refill interval since the last creation has passed;
-/// above it, the excess goes (pods not Ready first, then the newest). Pods of an older template
+/// below it, one more is created once the refill interval since the last creation has passed,
+/// unless functions' pods are starting and the pool has not yielded to them for
+/// `refill_yield` yet; above it, the excess goes (pods not Ready first, then the newest). Pods of an older template
 /// go once the current ones are Ready and enough, so the pool never runs dry for a change.
 /// Claimed pods are retired when their function is gone or changed, its Deployment took over,
 /// or it idled at zero replicas; exited pods are deleted.
@@ -166,8 +209,9 @@ pub fn plan(
     now: Timestamp,
     settings: &PlanSettings,
     observed: &Observed,
-    last_created: &HashMap<Runtime, Timestamp>,
+    refills: &mut Refills,
 ) -> Vec<PoolAction> {
+    let starting = functions_starting(observed);
     let mut actions = Vec::new();
     let delete = |pod: &Pod, function: Option<&str>, reason| PoolAction::Delete {
         pod: pod.name_any(),
@@ -205,13 +249,18 @@ pub fn plan(
             .partition(|p| p.annotations().get(POOL_TEMPLATE_ANNOTATION) == Some(&target.template));
         let size = usize::try_from(target.size).unwrap_or(usize::MAX);
         if fresh.len() < size {
-            let due = last_created.get(&target.runtime).is_none_or(|last| {
-                last.saturating_add(settings.refill_interval)
-                    .is_ok_and(|next| next <= now)
-            });
-            if due {
+            let short_since = *refills.short_since.entry(target.runtime).or_insert(now);
+            let due = refills
+                .last_created
+                .get(&target.runtime)
+                .is_none_or(|last| elapsed(now, *last, settings.refill_interval));
+            let yields = starting && !elapsed(now, short_since, settings.refill_yield);
+            if due && !yields {
+                refills.last_created.insert(target.runtime, now);
                 actions.push(PoolAction::Create(target.runtime));
             }
+        } else {
+            refills.short_since.remove(&target.runtime);
         }
         if fresh.len() > size {
             fresh.sort_by_key(|p| {
@@ -236,6 +285,11 @@ pub fn plan(
         actions.push(delete(pod, None, Reason::StaleTemplate));
     }
     actions
+}
+
+/// Whether `span` has passed between `since` and `now`.
+fn elapsed(now: Timestamp, since: Timestamp, span: SignedDuration) -> bool {
+    since.saturating_add(span).is_ok_and(|end| end <= now)
 }
 
 /// Why a claimed pod should go now, if it should.

@@ -1,6 +1,7 @@
 //! The warm pool's loop, run by the leader: it makes sure the pool's anchor ConfigMap exists,
-//! applies the pool's NetworkPolicy, watches the anchor, the pool's pods, the SkyFunctions and
-//! their Deployments, and applies [`crate::pool::plan`] on every change and every 250 ms.
+//! applies the pool's NetworkPolicy, watches the anchor, the runner pods (the pool's and the
+//! functions'), the SkyFunctions and their Deployments, and applies [`crate::pool::plan`] on
+//! every change and every 250 ms.
 //! Decisions live in [`crate::pool`] and [`crate::desired`]; this module only does the I/O.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -18,7 +19,6 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use skython_crds::{Runtime, SkyFunction};
-use skython_runner_pod::wire;
 use tokio::sync::Notify;
 
 use crate::controller::MANAGER;
@@ -28,7 +28,8 @@ use crate::desired::{
 };
 use crate::metrics::OperatorMetrics;
 use crate::pool::{
-    Observed, PlanSettings, PodState, PoolAction, RUNTIMES, Target, plan, runtime_label, state,
+    Observed, PlanSettings, PodState, PoolAction, RUNTIMES, Refills, Target, plan, runtime_label,
+    state,
 };
 
 /// How often the plan runs without a change (a refill that is due, an idle claim).
@@ -39,6 +40,9 @@ const RETRY: Duration = Duration::from_secs(5);
 /// it is counted as the loop left it, so that a slow watch neither doubles a creation nor
 /// repeats a deletion.
 const SETTLE: Duration = Duration::from_secs(30);
+/// The pool's pods and the functions' (both are runner pods the operator made).
+const RUNNER_PODS_SELECTOR: &str =
+    "app.kubernetes.io/name=skython-runner,app.kubernetes.io/managed-by=skython-operator";
 
 /// Runs the pool in `namespace` until `stop` resolves.
 pub async fn run(
@@ -54,10 +58,11 @@ pub async fn run(
         &namespace,
         watcher::Config::default().fields(&format!("metadata.name={}", pool.name)),
     );
+    // The functions' pods too: the pool yields to those that are starting.
     let pods = watched::<Pod>(
         &client,
         &namespace,
-        watcher::Config::default().labels(wire::POOL_LABEL),
+        watcher::Config::default().labels(RUNNER_PODS_SELECTOR),
     );
     let functions = watched::<SkyFunction>(&client, &namespace, watcher::Config::default());
     let deployments = watched::<Deployment>(
@@ -194,6 +199,7 @@ impl Manager {
             size = pool.size,
             size_full = pool.size_full,
             refill_per_second = pool.refill_per_second,
+            refill_yield_seconds = pool.refill_yield_seconds,
             "warm pool running"
         );
         // With no anchor, no pool: unclaimed pods go, claimed ones are still retired in time.
@@ -206,11 +212,12 @@ impl Manager {
                 })
                 .to_vec(),
             refill_interval: SignedDuration::MAX,
+            refill_yield: SignedDuration::ZERO,
         };
         let mut anchored: Option<Anchored> = None;
         let mut retry_at = Instant::now();
         let mut in_flight = InFlight::default();
-        let mut last_created: HashMap<Runtime, Timestamp> = HashMap::new();
+        let mut refills = Refills::default();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -255,10 +262,9 @@ impl Manager {
             self.count(&observed.pods);
             let settings = anchored.as_ref().map_or(&no_pool, |a| &a.settings);
             let now = Timestamp::now();
-            for action in plan(now, settings, &observed, &last_created) {
+            for action in plan(now, settings, &observed, &mut refills) {
                 match action {
                     PoolAction::Create(runtime) => {
-                        last_created.insert(runtime, now);
                         let template = anchored
                             .as_ref()
                             .and_then(|a| a.templates.iter().find(|(r, _)| *r == runtime));
@@ -338,6 +344,8 @@ impl Manager {
                 .collect(),
             refill_interval: SignedDuration::try_from_secs_f64(1.0 / self.pool.refill_per_second)
                 .unwrap_or(SignedDuration::MAX),
+            refill_yield: SignedDuration::try_from_secs_f64(self.pool.refill_yield_seconds)
+                .unwrap_or(SignedDuration::ZERO),
         };
         Ok(Anchored {
             uid: anchor.metadata.uid.clone().unwrap_or_default(),

@@ -406,6 +406,7 @@ fn pool() -> PoolConfig {
         size: 3,
         size_full: 0,
         refill_per_second: 1.0,
+        refill_yield_seconds: 5.0,
         cpu: "250m".into(),
         cpu_limit: "1".into(),
         memory: "512Mi".into(),
@@ -568,6 +569,7 @@ fn the_pool_template_hash_changes_with_the_pod_and_only_then() {
     let bigger = PoolConfig {
         size: 10,
         refill_per_second: 5.0,
+        refill_yield_seconds: 0.0,
         ..pool()
     };
     assert_eq!(

@@ -33,6 +33,7 @@ fn settings(standard: u32, full: u32) -> PlanSettings {
             },
         ],
         refill_interval: SignedDuration::from_secs(1),
+        refill_yield: SignedDuration::from_secs(5),
     }
 }
 
@@ -132,7 +133,7 @@ fn plan_for(
         functions: functions.iter().collect(),
         deployments: deployments.iter().collect(),
     };
-    plan(at(NOW), s, &observed, &HashMap::new())
+    plan(at(NOW), s, &observed, &mut Refills::default())
 }
 
 /// The deletions, as `<pod> <reason>`.
@@ -165,17 +166,141 @@ fn an_empty_pool_creates_one_pod_of_each_runtime_with_a_size() {
 fn the_next_pod_waits_for_the_refill_interval_since_the_last_creation() {
     let s = settings(3, 0);
     let observed = Observed::default();
-    let last = |ago_ms| {
-        HashMap::from([(
-            Runtime::Standard,
-            at(NOW) - SignedDuration::from_millis(ago_ms),
-        )])
+    let mut refills = Refills {
+        last_created: HashMap::from([(Runtime::Standard, at(NOW))]),
+        ..Refills::default()
     };
-    assert_eq!(plan(at(NOW), &s, &observed, &last(999)), []);
+    let later = |ms| at(NOW) + SignedDuration::from_millis(ms);
+    assert_eq!(plan(later(999), &s, &observed, &mut refills), []);
     assert_eq!(
-        plan(at(NOW), &s, &observed, &last(1000)),
+        plan(later(1000), &s, &observed, &mut refills),
         [PoolAction::Create(Runtime::Standard)]
     );
+    assert_eq!(refills.last_created[&Runtime::Standard], later(1000));
+    assert_eq!(plan(later(1999), &s, &observed, &mut refills), []);
+}
+
+/// A function pod of `f`: `scheduled` on a node or not, Ready or not.
+fn function_pod(f: &str, scheduled: bool, ready: bool) -> Pod {
+    let condition = |type_: &str, ok: bool| PodCondition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        ..Default::default()
+    };
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(format!("{f}-pod")),
+            labels: Some([(FUNCTION_LABEL.to_string(), f.to_string())].into()),
+            ..Default::default()
+        },
+        status: Some(PodStatus {
+            phase: Some(if scheduled { "Running" } else { "Pending" }.into()),
+            conditions: Some(vec![
+                condition("PodScheduled", scheduled),
+                condition("Ready", ready),
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// `deployment` with `made` pods existing.
+fn deployment_with(function: &str, desired: i32, made: i32) -> Deployment {
+    let mut d = deployment(function, desired, 0);
+    if let Some(s) = d.status.as_mut() {
+        s.replicas = Some(made);
+    }
+    d
+}
+
+fn scaled(name: &str, replicas: u32) -> SkyFunction {
+    let mut f = function(name, "uid-f");
+    f.spec.replicas = Some(replicas);
+    f
+}
+
+#[test]
+fn functions_start_while_their_pods_are_to_be_made_or_placed_and_not_ready() {
+    let starting = |pods: &[Pod], functions: &[SkyFunction], deployments: &[Deployment]| {
+        functions_starting(&Observed {
+            pods: pods.iter().collect(),
+            functions: functions.iter().collect(),
+            deployments: deployments.iter().collect(),
+        })
+    };
+    let woken = [scaled("f", 1)];
+    assert!(
+        starting(&[], &woken, &[deployment_with("f", 0, 0)]),
+        "scaled up, no pod made yet"
+    );
+    assert!(!starting(&[], &woken, &[deployment_with("f", 1, 1)]));
+    assert!(
+        !starting(&[], &woken, &[]),
+        "no Deployment (an invalid source, an endpoint taken): nothing starts"
+    );
+    assert!(starting(&[function_pod("f", true, false)], &[], &[]));
+    assert!(!starting(&[function_pod("f", true, true)], &[], &[]));
+    assert!(
+        !starting(&[function_pod("f", false, false)], &[], &[]),
+        "no node takes it: it loads nothing"
+    );
+    assert!(
+        !starting(&[pod("p", "t-std", false, 1)], &[], &[]),
+        "the pool's own pods are not functions'"
+    );
+}
+
+#[test]
+fn a_short_pool_yields_to_starting_function_pods_for_the_refill_yield() {
+    let s = settings(1, 0);
+    let pods = [function_pod("f", true, false)];
+    let observed = Observed {
+        pods: pods.iter().collect(),
+        ..Observed::default()
+    };
+    let mut refills = Refills::default();
+    let later = |secs| at(NOW) + SignedDuration::from_secs(secs);
+    assert_eq!(plan(at(NOW), &s, &observed, &mut refills), []);
+    assert_eq!(plan(later(4), &s, &observed, &mut refills), []);
+    assert_eq!(
+        plan(later(5), &s, &observed, &mut refills),
+        [PoolAction::Create(Runtime::Standard)],
+        "yielded long enough"
+    );
+}
+
+#[test]
+fn a_short_pool_refills_as_soon_as_no_function_pod_starts() {
+    let s = settings(1, 0);
+    let mut refills = Refills::default();
+    let pods = [function_pod("f", true, false)];
+    let starting = Observed {
+        pods: pods.iter().collect(),
+        ..Observed::default()
+    };
+    assert_eq!(plan(at(NOW), &s, &starting, &mut refills), []);
+    let later = at(NOW) + SignedDuration::from_secs(1);
+    assert_eq!(
+        plan(later, &s, &Observed::default(), &mut refills),
+        [PoolAction::Create(Runtime::Standard)]
+    );
+}
+
+#[test]
+fn a_full_pool_forgets_how_long_it_was_short() {
+    let s = settings(1, 0);
+    let mut refills = Refills {
+        short_since: HashMap::from([(Runtime::Standard, at(NOW - 60))]),
+        ..Refills::default()
+    };
+    let pods = [pod("a", "t-std", true, 9)];
+    let full = Observed {
+        pods: pods.iter().collect(),
+        ..Observed::default()
+    };
+    assert_eq!(plan(at(NOW), &s, &full, &mut refills), []);
+    assert!(refills.short_since.is_empty());
 }
 
 #[test]
@@ -270,7 +395,7 @@ fn a_claimed_pod_serving_its_function_stays_and_does_not_count_toward_the_size()
             &settings(1, 0),
             &pods,
             std::slice::from_ref(&f),
-            &[deployment("alice-f", 1, 0)]
+            &[deployment_with("alice-f", 1, 1)]
         ),
         [PoolAction::Create(Runtime::Standard)]
     );
