@@ -174,11 +174,12 @@ impl ClusterPlatform {
                     pods.clone(),
                     p.key.clone(),
                     p.claimed_by.clone(),
+                    poke.clone(),
                     metrics.clone(),
                 )?;
                 Arc::new(move |t: &Target, waiting: u32| pool.claim_for(t, waiting))
             }
-            None => Arc::new(|_: &Target, _| {}),
+            None => Arc::new(|_: &Target, _| false),
         };
         let router = Arc::new(Router::new(
             pods.clone(),

@@ -27,7 +27,7 @@ use skython_runner_pod::wire::{self, PoolKey};
 use crate::FunctionRef;
 use crate::metrics::ClusterMetrics;
 use crate::pods::{FUNCTION_LABEL, PodView, Pods, PoolPodView};
-use crate::router::Target;
+use crate::router::{ScaleUp, Target};
 
 /// How long a pool pod may take to load a function (its own imports included).
 const SPECIALISE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -98,6 +98,23 @@ enum Attempt {
     Failed(String),
 }
 
+/// Versions of functions that failed to load in a pool pod. They are not claimed for again:
+/// each try would burn another pool pod (a broken function called in a loop would drain the
+/// pool); their calls take the Deployment path, whose pods report the error.
+#[derive(Debug, Default)]
+pub struct LoadFailures(HashMap<FunctionRef, String>);
+
+impl LoadFailures {
+    pub fn record(&mut self, f: &FunctionRef, version: &str) {
+        self.0.insert(f.clone(), version.to_string());
+    }
+
+    /// Whether `version` of `f` failed to load in a pool pod (a newer version may be claimed).
+    pub fn blocks(&self, f: &FunctionRef, version: &str) -> bool {
+        self.0.get(f).is_some_and(|v| v == version)
+    }
+}
+
 pub struct Pool {
     client: kube::Client,
     pods: Arc<Pods>,
@@ -105,9 +122,12 @@ pub struct Pool {
     /// This gateway's name in the claim annotation.
     claimed_by: String,
     http: reqwest::Client,
+    /// Asks for the function's scale-up when a claim that covered its calls ends without a pod.
+    scale_up: ScaleUp,
     metrics: Arc<ClusterMetrics>,
     /// Claims under way, per function.
     pending: Mutex<HashMap<FunctionRef, u32>>,
+    load_failures: Mutex<LoadFailures>,
 }
 
 impl Pool {
@@ -116,6 +136,7 @@ impl Pool {
         pods: Arc<Pods>,
         key: Arc<PoolKey>,
         claimed_by: String,
+        scale_up: ScaleUp,
         metrics: Arc<ClusterMetrics>,
     ) -> Result<Arc<Self>, reqwest::Error> {
         let http = reqwest::Client::builder()
@@ -128,8 +149,10 @@ impl Pool {
             key,
             claimed_by,
             http,
+            scale_up,
             metrics,
             pending: Mutex::default(),
+            load_failures: Mutex::default(),
         }))
     }
 
@@ -137,30 +160,44 @@ impl Pool {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn load_failures(&self) -> std::sync::MutexGuard<'_, LoadFailures> {
+        self.load_failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// A call of `t` waits with `waiting - 1` others: claims a pool pod for it if one is due
-    /// and there is one. Returns at once; the claim goes on in its own task and wakes the
-    /// function's waiting calls when the pod serves.
-    pub fn claim_for(self: &Arc<Self>, t: &Target, waiting: u32) {
+    /// and there is one. Returns at once, with whether claims under way cover the call; the
+    /// claim goes on in its own task and wakes the function's waiting calls when the pod
+    /// serves (or asks for the function's scale-up when it ends without a pod).
+    pub fn claim_for(self: &Arc<Self>, t: &Target, waiting: u32) -> bool {
         let runtime = t.object.spec.runtime;
+        if self
+            .load_failures()
+            .blocks(&t.function, &checksum(&t.object))
+        {
+            return false;
+        }
         {
             let mut pending = self.pending();
             let n = pending.get(&t.function).copied().unwrap_or(0);
-            if !should_claim(self.pods.own_pods(&t.function), n, t.concurrency, waiting) {
-                return;
+            let own_pods = self.pods.own_pods(&t.function);
+            if !should_claim(own_pods, n, t.concurrency, waiting) {
+                return own_pods == 0 && n > 0;
             }
             if self.pods.pool_available(runtime, memory(t)) == 0 {
                 self.metrics
                     .pool_claims
                     .with_label_values(&[runtime.as_str(), "miss"])
                     .inc();
-                return;
+                return false;
             }
             pending.insert(t.function.clone(), n + 1);
         }
         let pool = self.clone();
         let t = t.clone();
         tokio::spawn(async move {
-            pool.claim(&t).await;
+            if !pool.claim(&t).await {
+                (pool.scale_up)(&t.function);
+            }
             let mut pending = pool.pending();
             if let Some(n) = pending.get_mut(&t.function) {
                 *n = n.saturating_sub(1);
@@ -169,10 +206,12 @@ impl Pool {
                 }
             }
         });
+        true
     }
 
-    /// Tries pool pods until one serves `t` (or none is left, or the function cannot load).
-    async fn claim(&self, t: &Target) {
+    /// Tries pool pods until one serves `t` (or none is left, or the function cannot load);
+    /// whether one does.
+    async fn claim(&self, t: &Target) -> bool {
         let runtime = t.object.spec.runtime.as_str();
         for _ in 0..CLAIM_ATTEMPTS {
             let Some((pod, addr)) = self.pods.take_pool_pod(t.object.spec.runtime, memory(t))
@@ -181,7 +220,7 @@ impl Pool {
                     .pool_claims
                     .with_label_values(&[runtime, "miss"])
                     .inc();
-                return;
+                return false;
             };
             let started = Instant::now();
             let attempt = self.specialise(&pod, addr, t).await;
@@ -212,7 +251,7 @@ impl Pool {
                         from_pool: true,
                     });
                     self.record(&pod, t).await;
-                    return;
+                    return true;
                 }
                 Attempt::Refused => {
                     tracing::debug!(function = %t.label, pod = %pod.name, "a pool pod was claimed by another gateway first");
@@ -223,12 +262,15 @@ impl Pool {
                 Attempt::Failed(why) => {
                     // The function's code may have run there: the pod is the function's now
                     // (recorded, so the operator retires it and no gateway offers it again).
-                    tracing::warn!(function = %t.label, pod = %pod.name, "the function did not load in a pool pod: {why}");
+                    tracing::warn!(function = %t.label, pod = %pod.name, "the function did not load in a pool pod (its calls take the Deployment path from now on): {why}");
+                    self.load_failures()
+                        .record(&t.function, &checksum(&t.object));
                     self.record(&pod, t).await;
-                    return;
+                    return false;
                 }
             }
         }
+        false
     }
 
     async fn specialise(&self, pod: &PoolPodView, addr: SocketAddr, t: &Target) -> Attempt {
@@ -316,6 +358,27 @@ mod tests {
             "a pod of concurrency 4 serves four"
         );
         assert!(should_claim(0, 1, 4, 5));
+    }
+
+    #[test]
+    fn a_version_that_failed_to_load_is_not_claimed_for_again_but_a_new_one_is() {
+        let f = FunctionRef {
+            namespace: "fns".into(),
+            name: "alice.hello".into(),
+        };
+        let mut failures = LoadFailures::default();
+        assert!(!failures.blocks(&f, "v1"));
+        failures.record(&f, "v1");
+        assert!(failures.blocks(&f, "v1"));
+        assert!(
+            !failures.blocks(&f, "v2"),
+            "a fixed version may be claimed for"
+        );
+        let other = FunctionRef {
+            name: "bob.hello".into(),
+            ..f.clone()
+        };
+        assert!(!failures.blocks(&other, "v1"));
     }
 
     #[test]

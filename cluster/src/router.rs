@@ -1,8 +1,9 @@
 //! Calls to runner pods: the ready pod with the fewest calls in flight (below the function's
 //! `concurrency`), over keep-alive connections; otherwise a bounded wait for one.
 //!
-//! A call that finds its function without a pod wakes the autoscaler at once (no tick to wait
-//! for), may claim a warm pool pod (`pool`), and waits with the others in the function's queue: a full queue answers 503
+//! A call that finds its function without a pod may claim a warm pool pod (`pool`); unless a
+//! claim covers it, it wakes the autoscaler at once (no tick to wait for). It waits with the
+//! others in the function's queue: a full queue answers 503
 //! `queue_full`, a wait past the deadline 504 `cold_start_timeout` (or `queue_timeout` when
 //! pods existed but stayed busy). A call is sent once: a refused connection (nothing reached
 //! the pod) tries another pod, anything after that is the call's answer (502 when the pod
@@ -69,7 +70,9 @@ pub type ScaleUp = Arc<dyn Fn(&FunctionRef) + Send + Sync>;
 
 /// Offered each call that starts to wait, with the number of calls waiting: may claim a pool pod
 /// for the function (in the background; the pod wakes the waiting calls when it serves).
-pub type Claim = Arc<dyn Fn(&Target, u32) + Send + Sync>;
+/// Returns whether a claim under way covers the call: then the function's scale-up is left to
+/// the autoscaler's next look (and to the claim, should it fail), off the claim's path.
+pub type Claim = Arc<dyn Fn(&Target, u32) -> bool + Send + Sync>;
 
 pub struct Router {
     pods: Arc<Pods>,
@@ -212,15 +215,19 @@ impl Router {
                     ));
                 }
                 queued = Some(Queued::new(counters.clone()));
+                let claimed = (self.claim)(t, counters.queued.load(Ordering::Relaxed));
                 if backends.is_empty() {
                     cold = true;
                     self.metrics
                         .cold_starts
                         .with_label_values(&[&t.label])
                         .inc();
-                    (self.scale_up)(&t.function);
+                    // A scale write now would put the API server, the operator and the
+                    // Deployment's pod on the node's CPUs while the claimed pod loads.
+                    if !claimed {
+                        (self.scale_up)(&t.function);
+                    }
                 }
-                (self.claim)(t, counters.queued.load(Ordering::Relaxed));
             }
             let left = self.config.queue_timeout.saturating_sub(arrived.elapsed());
             if tokio::time::timeout(left, notified).await.is_err() {
@@ -534,7 +541,7 @@ mod tests {
         });
         let metrics = Arc::new(ClusterMetrics::new().unwrap());
         let no_scaling: ScaleUp = Arc::new(|_: &FunctionRef| {});
-        let no_pool: Claim = Arc::new(|_: &Target, _| {});
+        let no_pool: Claim = Arc::new(|_: &Target, _| false);
         let router = Router::new(
             pods.clone(),
             RouterConfig::default(),
@@ -637,6 +644,38 @@ mod tests {
                 started: 4
             }
         );
+    }
+
+    /// Scale-ups a cold call asks for (no pod at all) when a claim does or does not cover it.
+    async fn scale_ups_of_a_cold_call(claim_covers: bool) -> usize {
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = asked.clone();
+        let scale_up: ScaleUp = Arc::new(move |_: &FunctionRef| {
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
+        let claim: Claim = Arc::new(move |_: &Target, _| claim_covers);
+        let (_, _, t) = router_to("127.0.0.1:9".parse().unwrap());
+        let config = RouterConfig {
+            queue_timeout: Duration::from_millis(50),
+            ..RouterConfig::default()
+        };
+        let metrics = Arc::new(ClusterMetrics::new().unwrap());
+        let router = Router::new(Pods::new(), config, scale_up, claim, metrics).unwrap();
+        let waited = router
+            .call(&t, Bytes::new(), "r1", &Caller::Anonymous)
+            .await;
+        assert!(waited.is_err(), "no pod ever comes");
+        asked.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn a_cold_call_a_pool_claim_covers_leaves_the_scale_up_to_the_autoscaler() {
+        assert_eq!(scale_ups_of_a_cold_call(true).await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_cold_call_no_claim_covers_asks_for_a_scale_up_at_once() {
+        assert_eq!(scale_ups_of_a_cold_call(false).await, 1);
     }
 
     #[test]

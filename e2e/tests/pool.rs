@@ -249,6 +249,34 @@ fn a_burst_of_three_times_the_pool_succeeds_with_pool_hits_and_the_deployment_sc
     assert!(replicas >= 1, "the Deployment scaled up too: {replicas}");
 }
 
+/// A function whose module fails to import burns the one pool pod it was claimed onto; its
+/// later cold calls are not claimed for (a broken function called in a loop would drain the
+/// pool) and take the Deployment path.
+#[test]
+fn a_function_that_fails_to_load_in_a_pool_pod_burns_that_pod_only() {
+    let _one = one_at_a_time();
+    let (s, _secret) = pool_stack("pool-broken", 2, 1.0);
+    let broken = "import no_such_module_here\n\ndef broken():\n    return 1\n";
+    at_zero(&s, "broken", broken, small(), json!({}));
+    wait_pool(&s, 2, Duration::from_secs(120));
+    let url = format!("{}/fn/admin/broken", s.gateway.url);
+    // Left waiting for a pod that never loads the function either; not joined.
+    let _first = spawn_call(&url, "{}");
+    assert!(
+        eventually(Duration::from_secs(30), || claims(&s, "failed") == 1.0),
+        "the first call's claim failed: {} failed claims",
+        claims(&s, "failed")
+    );
+    wait_pool(&s, 1, Duration::from_secs(120));
+    let _second = spawn_call(&url, "{}");
+    std::thread::sleep(Duration::from_secs(3));
+    let tried: f64 = ["hit", "miss", "refused", "failed"]
+        .iter()
+        .map(|o| claims(&s, o))
+        .sum();
+    assert_eq!(tried, 1.0, "the second call claimed nothing");
+}
+
 /// Claims three pods at once; the operator replaces them one at a time, no faster than the
 /// refill rate (0.5 per second: creation times, in whole seconds, at least a second apart).
 #[test]

@@ -138,16 +138,26 @@ fn compare_and_set_has_exactly_one_winner_per_round(store_args: &[&str]) {
 /// A counter written as "load, then store expecting what was loaded, until it wins" counts every
 /// call: a compare-and-set on a value (not only on a missing key) never lets two callers win
 /// over the same value. (It expects `load`'s `None`, not a default: `expect=0` would not match
-/// the missing key.)
+/// the missing key.) Like any such loop it backs off, with jitter, after a lost round: without,
+/// the same caller can lose round after round on a busy machine (one CI run saw a call lose for
+/// its whole 30 s timeout on the MongoDB test server).
 fn a_compare_and_set_retry_loop_loses_no_update(store_args: &[&str]) {
     let s = Skython::start(store_args);
-    let source = "from skython import load, store\n\n\
+    let source = "import random, time\n\
+                  from skython import load, store\n\n\
                   def main():\n    \
+                      lost = 0\n    \
                       while True:\n        \
                           n = load('n')\n        \
                           if store('n', (n or 0) + 1, expect=n):\n            \
-                              return (n or 0) + 1\n";
-    s.deploy_ok("cas-counter", source, json!({"concurrency": CLIENTS}));
+                              return (n or 0) + 1\n        \
+                          lost += 1\n        \
+                          time.sleep(random.random() * min(0.05, 0.001 * 2 ** lost))\n";
+    s.deploy_ok(
+        "cas-counter",
+        source,
+        json!({"concurrency": CLIENTS, "timeoutSeconds": 120}),
+    );
     let answers = from_clients(&s, "admin/cas-counter", 100, |_, _| json!({}));
     let mut seen: Vec<u64> = answers
         .into_iter()
