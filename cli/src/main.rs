@@ -89,13 +89,8 @@ fn init_logging(filter: &str) -> anyhow::Result<()> {
 
 /// Resolves on Ctrl-C or SIGTERM, then gives work in flight 10 s before the process exits.
 pub async fn shutdown_signal() {
-    termination_signal().await;
+    terminated().await;
     exit_when_busy_after_10_s();
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn termination_signal() {
-    terminated().await
 }
 
 /// Resolves on SIGTERM or SIGINT received from now on: the handlers are installed at once, not

@@ -464,7 +464,7 @@ pub async fn serve_app(
     })?;
     let drain = Duration::from_secs(10);
     let shutdown = async move {
-        crate::termination_signal().await;
+        crate::terminated().await;
         crate::exit_when_busy_after(lame_duck + drain);
     };
     serve(

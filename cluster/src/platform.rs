@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use skython_crds::SkyFunction;
+use skython_crds::{SkyFunction, reason};
 use skython_gateway::Limits;
 use skython_gateway::Metrics;
 use skython_gateway::access::CallPolicy;
@@ -44,7 +44,9 @@ fn reported(r: &FunctionRecord) -> bool {
             c.status == "True"
                 || matches!(
                     c.reason.as_str(),
-                    "InvalidSource" | "EndpointTaken" | "ProgressDeadlineExceeded"
+                    reason::INVALID_SOURCE
+                        | reason::ENDPOINT_TAKEN
+                        | reason::PROGRESS_DEADLINE_EXCEEDED
                 )
         })
 }
@@ -347,7 +349,7 @@ fn refuse_unservable(f: &SkyFunction) -> ApiResult<()> {
     let Some(c) = status.ready_condition() else {
         return Ok(());
     };
-    if c.status != "True" && c.reason == "InvalidSource" && status.signature.is_none() {
+    if c.status != "True" && c.reason == reason::INVALID_SOURCE && status.signature.is_none() {
         return Err(ApiError::new(
             ErrorCode::FunctionUnavailable,
             format!("the function cannot run: {}", c.message),

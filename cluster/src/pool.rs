@@ -170,18 +170,20 @@ impl Pool {
     /// serves (or asks for the function's scale-up when it ends without a pod).
     pub fn claim_for(self: &Arc<Self>, t: &Target, waiting: u32) -> bool {
         let runtime = t.object.spec.runtime;
-        if self
-            .load_failures()
-            .blocks(&t.function, &checksum(&t.object))
-        {
-            return false;
-        }
         {
             let mut pending = self.pending();
             let n = pending.get(&t.function).copied().unwrap_or(0);
             let own_pods = self.pods.own_pods(&t.function);
             if !should_claim(own_pods, n, t.concurrency, waiting) {
                 return own_pods == 0 && n > 0;
+            }
+            // Only now: the checksum hashes the source, and calls queueing behind busy pods
+            // pass here too.
+            if self
+                .load_failures()
+                .blocks(&t.function, &checksum(&t.object))
+            {
+                return false;
             }
             if self.pods.pool_available(runtime, memory(t)) == 0 {
                 self.metrics

@@ -355,6 +355,14 @@ impl SkyFunctionSpec {
     }
 }
 
+/// Reasons of the `Ready` condition that the operator writes and the gateway acts on: each
+/// needs a person (a Warning event), and the function serves no new version until then.
+pub mod reason {
+    pub const INVALID_SOURCE: &str = "InvalidSource";
+    pub const ENDPOINT_TAKEN: &str = "EndpointTaken";
+    pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
+}
+
 impl SkyFunctionStatus {
     pub fn ready_condition(&self) -> Option<&Condition> {
         self.conditions.iter().find(|c| c.type_ == "Ready")
@@ -371,7 +379,7 @@ impl SkyFunction {
             && status.observed_generation == self.metadata.generation;
         let valid = status
             .ready_condition()
-            .is_none_or(|c| c.reason != "InvalidSource");
+            .is_none_or(|c| c.reason != reason::INVALID_SOURCE);
         let signature = status.signature.as_ref().filter(|_| current && valid)?;
         Some(signature.entrypoint.as_str())
     }
@@ -502,7 +510,7 @@ mod tests {
     #[test]
     fn an_invalid_source_has_no_known_entrypoint() {
         assert_eq!(
-            with_status(Some(2), "InvalidSource").checked_entrypoint(),
+            with_status(Some(2), reason::INVALID_SOURCE).checked_entrypoint(),
             None
         );
     }

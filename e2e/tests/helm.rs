@@ -752,16 +752,8 @@ fn an_upgrade_to_a_new_image_tag_drops_no_calls() {
     // Every pod runs the new image: the release's and the functions' at once, the warm pool's
     // as the operator replaces them (at its refill rate).
     let mut images = BTreeSet::new();
-    let only_next = |images: &BTreeSet<String>| {
-        images
-            .iter()
-            .all(|i| i.ends_with(&format!(":{NEXT_IMAGE_TAG}")))
-            && !images.iter().any(|i| i.ends_with(&format!(":{IMAGE_TAG}")))
-    };
-    r.wait_until(
-        "every pod on the new image",
-        Duration::from_secs(120),
-        || {
+    assert!(
+        eventually(Duration::from_secs(120), || {
             images = r.k.get("pods").unwrap()["items"]
                 .as_array()
                 .unwrap()
@@ -775,10 +767,14 @@ fn an_upgrade_to_a_new_image_tag_drops_no_calls() {
                 })
                 .filter(|i| !i.contains("secantus"))
                 .collect();
-            only_next(&images)
-        },
+            images
+                .iter()
+                .all(|i| i.ends_with(&format!(":{NEXT_IMAGE_TAG}")))
+                && !images.iter().any(|i| i.ends_with(&format!(":{IMAGE_TAG}")))
+        }),
+        "not every pod runs the new image after 120 s: {images:?}\n{}",
+        r.story()
     );
-    assert!(only_next(&images), "images after the upgrade: {images:?}");
     let calls = calls.load(Ordering::Relaxed);
     let failures = failures.lock().unwrap();
     println!(

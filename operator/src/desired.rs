@@ -66,6 +66,9 @@ pub const MAX_TIMEOUT_SECONDS: i64 = 900;
 const TOKEN_EXPIRATION_SECONDS: i64 = 3600;
 /// Selects every object the operator manages (children carry this label).
 pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=skython-operator";
+/// Selects the runner pods the operator made: the functions' and the warm pool's.
+pub const RUNNER_PODS_SELECTOR: &str =
+    "app.kubernetes.io/name=skython-runner,app.kubernetes.io/managed-by=skython-operator";
 
 /// What the operator is told by its own configuration, not by the function.
 #[derive(Debug, Clone, PartialEq)]

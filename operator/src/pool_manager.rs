@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use crate::controller::MANAGER;
 use crate::desired::{
     DesiredError, MANAGED_BY_SELECTOR, OperatorConfig, POOL_TEMPLATE_ANNOTATION, PoolConfig,
-    pool_anchor, pool_network_policy, pool_pod,
+    RUNNER_PODS_SELECTOR, pool_anchor, pool_network_policy, pool_pod,
 };
 use crate::metrics::OperatorMetrics;
 use crate::pool::{
@@ -40,9 +40,6 @@ const RETRY: Duration = Duration::from_secs(5);
 /// it is counted as the loop left it, so that a slow watch neither doubles a creation nor
 /// repeats a deletion.
 const SETTLE: Duration = Duration::from_secs(30);
-/// The pool's pods and the functions' (both are runner pods the operator made).
-const RUNNER_PODS_SELECTOR: &str =
-    "app.kubernetes.io/name=skython-runner,app.kubernetes.io/managed-by=skython-operator";
 
 /// Runs the pool in `namespace` until `stop` resolves.
 pub async fn run(

@@ -5,7 +5,7 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
-use skython_crds::{Signature, SkyFunction, SkyFunctionStatus, endpoint_holder};
+use skython_crds::{Signature, SkyFunction, SkyFunctionStatus, endpoint_holder, reason};
 use skython_runner::SourceError;
 
 use crate::desired::{child_name, selector_string};
@@ -74,7 +74,7 @@ impl Readiness {
     pub fn is_warning(&self) -> bool {
         matches!(
             self.reason,
-            "InvalidSource" | "ProgressDeadlineExceeded" | "EndpointTaken"
+            reason::INVALID_SOURCE | reason::PROGRESS_DEADLINE_EXCEEDED | reason::ENDPOINT_TAKEN
         )
     }
 }
@@ -87,7 +87,7 @@ pub fn readiness(o: &Observed) -> Readiness {
     if let Claim::TakenBy(holder) = o.claim {
         return Readiness {
             ready: false,
-            reason: "EndpointTaken",
+            reason: reason::ENDPOINT_TAKEN,
             message: format!(
                 "SkyFunction {holder} claimed this owner/endpoint first and serves it; this one \
                  runs no pods until that one is deleted or changes its endpoint"
@@ -103,7 +103,7 @@ pub fn readiness(o: &Observed) -> Readiness {
         };
         return Readiness {
             ready: false,
-            reason: "InvalidSource",
+            reason: reason::INVALID_SOURCE,
             message: format!("{}{kept}", source_error_message(e)),
         };
     }
@@ -144,7 +144,7 @@ pub fn readiness(o: &Observed) -> Readiness {
     if let Some(c) = stalled {
         return Readiness {
             ready: false,
-            reason: "ProgressDeadlineExceeded",
+            reason: reason::PROGRESS_DEADLINE_EXCEEDED,
             message: c
                 .message
                 .clone()

@@ -6,8 +6,8 @@ use skython_crds::{EnvVar, Runtime, SkyFunction, SkyFunctionSpec};
 use skython_runner_pod::wire;
 
 use crate::desired::{
-    CHECKSUM_ANNOTATION, POOL_TEMPLATE_ANNOTATION, RUNNER_PORT, checksum, pool_anchor,
-    pool_network_policy, pool_pod, replicas,
+    CHECKSUM_ANNOTATION, POOL_TEMPLATE_ANNOTATION, RUNNER_PODS_SELECTOR, RUNNER_PORT, checksum,
+    pool_anchor, pool_network_policy, pool_pod, replicas,
 };
 use crate::{DesiredError, OperatorConfig, PoolConfig, child_name, desired};
 
@@ -634,4 +634,21 @@ fn pool_objects_need_an_anchor_with_a_uid() {
         .unwrap_err(),
         DesiredError::MissingMetadata("uid")
     );
+}
+
+#[test]
+fn the_runner_pods_selector_selects_a_functions_pods_and_the_pool_pods() {
+    let c = desired(&function("alice-add", add()), &OperatorConfig::default()).unwrap();
+    let function_pod = c.deployment.spec.template.metadata.unwrap();
+    let pool = standard_pool_pod().metadata;
+    for labels in [function_pod.labels.unwrap(), pool.labels.unwrap()] {
+        for pair in RUNNER_PODS_SELECTOR.split(',') {
+            let (key, value) = pair.split_once('=').unwrap();
+            assert_eq!(
+                labels.get(key).map(String::as_str),
+                Some(value),
+                "{labels:?}"
+            );
+        }
+    }
 }
