@@ -610,7 +610,7 @@ impl Scaler {
             .panic
             .with_label_values(&[&label])
             .set(i64::from(d.panic));
-        if !leading || d.replicas == current {
+        if !writes(d.replicas, current, load, leading) {
             return;
         }
         let started = Instant::now();
@@ -643,6 +643,15 @@ impl Scaler {
     }
 }
 
+/// Whether a decision is written now: by the leader, when it changes the count, unless it is a
+/// scale-up the pool pods being claimed for the function cover. Those count as its replicas
+/// once their claims are recorded; written before, the operator would start pods of the
+/// function's own that the claimed ones make useless.
+fn writes(decided: u32, current: u32, load: Load, leading: bool) -> bool {
+    let covered = decided > current && decided <= current.saturating_add(load.claiming);
+    leading && decided != current && !covered
+}
+
 #[derive(Debug, thiserror::Error)]
 enum ApiError {
     #[error(transparent)]
@@ -673,6 +682,30 @@ mod tests {
     use super::*;
 
     const TICK: Duration = Duration::from_millis(100);
+
+    #[test]
+    fn a_scale_up_waits_for_the_claims_that_cover_it() {
+        let claiming = |n| Load {
+            claiming: n,
+            ..Load::default()
+        };
+        assert!(
+            !writes(1, 0, claiming(1), true),
+            "one claim covers one replica"
+        );
+        assert!(!writes(2, 0, claiming(2), true));
+        assert!(
+            writes(3, 0, claiming(2), true),
+            "the burst needs more than the claims"
+        );
+        assert!(writes(1, 0, claiming(0), true));
+        assert!(
+            writes(0, 1, claiming(1), true),
+            "a scale-down is not a claim's"
+        );
+        assert!(!writes(1, 1, claiming(0), true), "no change");
+        assert!(!writes(1, 0, claiming(0), false), "not leading");
+    }
 
     fn bounds(target: u32, min: u32, max: u32, idle_secs: u64) -> Bounds {
         Bounds {

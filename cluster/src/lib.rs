@@ -50,4 +50,7 @@ pub struct Load {
     /// Calls that arrived, ever: a change between two samples means calls came and went
     /// in between (short calls are in flight for less than a sampling interval).
     pub started: u64,
+    /// Pool pods being claimed for it, their claims not yet recorded on the pods: the operator
+    /// will count them as its replicas, so a scale-up they cover waits for them.
+    pub claiming: u32,
 }

@@ -51,6 +51,14 @@ pub struct FunctionLoad {
     pub in_flight: u32,
     pub queued: u32,
     pub started: u64,
+    /// Left out at 0, so that a leader of the previous version (which denies unknown fields)
+    /// reads most reports during an upgrade.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub claiming: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Adds the fresh reports' counts to `local`.
@@ -68,6 +76,7 @@ pub fn sum(
             e.in_flight = e.in_flight.saturating_add(l.in_flight);
             e.queued = e.queued.saturating_add(l.queued);
             e.started = e.started.wrapping_add(l.started);
+            e.claiming = e.claiming.saturating_add(l.claiming);
         }
     }
     local
@@ -165,6 +174,7 @@ impl Peers {
                     in_flight: l.in_flight,
                     queued: l.queued,
                     started: l.started,
+                    claiming: l.claiming,
                 })
                 .collect();
             let report = LoadReport {
@@ -252,6 +262,7 @@ mod tests {
             in_flight,
             queued,
             started,
+            claiming: 0,
         }
     }
 
@@ -264,6 +275,7 @@ mod tests {
                 in_flight: 2,
                 queued: 1,
                 started: 10,
+                claiming: 1,
             },
         )]);
         let reports = HashMap::from([
@@ -271,7 +283,16 @@ mod tests {
                 "http://b".to_string(),
                 (now, vec![load(f("a"), 3, 0, 5), load(f("z"), 1, 0, 1)]),
             ),
-            ("http://c".to_string(), (now, vec![load(f("a"), 1, 4, 2)])),
+            (
+                "http://c".to_string(),
+                (
+                    now,
+                    vec![FunctionLoad {
+                        claiming: 2,
+                        ..load(f("a"), 1, 4, 2)
+                    }],
+                ),
+            ),
         ]);
         let total = sum(local, &reports, now);
         assert_eq!(
@@ -279,7 +300,8 @@ mod tests {
             Load {
                 in_flight: 6,
                 queued: 5,
-                started: 17
+                started: 17,
+                claiming: 3,
             }
         );
         assert_eq!(
@@ -287,7 +309,8 @@ mod tests {
             Load {
                 in_flight: 1,
                 queued: 0,
-                started: 1
+                started: 1,
+                claiming: 0,
             }
         );
     }
@@ -315,5 +338,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.loads[0].queued, 2);
+    }
+
+    #[test]
+    fn a_report_with_no_claims_under_way_reads_as_before() {
+        let json = serde_json::to_value(load(f("a"), 1, 0, 1)).unwrap();
+        assert!(json.get("claiming").is_none(), "{json}");
+        let claiming = FunctionLoad {
+            claiming: 2,
+            ..load(f("a"), 1, 0, 1)
+        };
+        let back: FunctionLoad =
+            serde_json::from_value(serde_json::to_value(&claiming).unwrap()).unwrap();
+        assert_eq!(back, claiming);
     }
 }

@@ -169,16 +169,20 @@ impl ClusterPlatform {
                 }
             })
         };
-        let claim: Claim = match &config.pool {
-            Some(p) => {
-                let pool = Pool::new(
-                    client.clone(),
-                    pods.clone(),
-                    p.key.clone(),
-                    p.claimed_by.clone(),
-                    poke.clone(),
-                    metrics.clone(),
-                )?;
+        let pool = match &config.pool {
+            Some(p) => Some(Pool::new(
+                client.clone(),
+                pods.clone(),
+                p.key.clone(),
+                p.claimed_by.clone(),
+                poke.clone(),
+                metrics.clone(),
+            )?),
+            None => None,
+        };
+        let claim: Claim = match &pool {
+            Some(pool) => {
+                let pool = pool.clone();
                 Arc::new(move |t: &Target, waiting: u32| pool.claim_for(t, waiting))
             }
             None => Arc::new(|_: &Target, _| false),
@@ -193,10 +197,14 @@ impl ClusterPlatform {
         let local: DemandSource = {
             let router = Arc::downgrade(&router);
             Arc::new(move || {
-                router
+                let mut loads: HashMap<FunctionRef, Load> = router
                     .upgrade()
                     .map(|r| r.load().into_iter().map(|(f, (_, l))| (f, l)).collect())
-                    .unwrap_or_default()
+                    .unwrap_or_default();
+                for (f, n) in pool.as_ref().map(|p| p.claiming()).unwrap_or_default() {
+                    loads.entry(f).or_default().claiming = n;
+                }
+                loads
             })
         };
         let demand: DemandSource = match &peers {

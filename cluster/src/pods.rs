@@ -46,8 +46,6 @@ pub struct PodView {
     pub port: u16,
     pub ready: bool,
     pub deleting: bool,
-    /// A pool pod claimed for the function (not one of its Deployment's).
-    pub from_pool: bool,
 }
 
 /// What any runner pod shows: uid, name, IP, port, readiness, deletion.
@@ -101,7 +99,6 @@ impl PodView {
             port: b.port,
             ready: b.ready,
             deleting: b.deleting,
-            from_pool: pod.labels().contains_key(POOL_LABEL),
         })
     }
 }
@@ -188,7 +185,6 @@ pub struct Backend {
     pub uid: String,
     pub name: String,
     pub addr: SocketAddr,
-    pub from_pool: bool,
     in_flight: AtomicU32,
     /// Set when the pod may take no new calls (gone from the routable set, or refused a
     /// connection); calls already sent finish.
@@ -291,14 +287,6 @@ impl Pods {
             .get(uid)
             .or_else(|| inner.claimed.get(uid))
             .cloned()
-    }
-
-    /// How many of the function's routable pods are its own (not claimed from the pool).
-    pub fn own_pods(&self, f: &FunctionRef) -> usize {
-        self.inner()
-            .backends
-            .get(f)
-            .map_or(0, |b| b.iter().filter(|b| !b.from_pool).count())
     }
 
     /// An unclaimed pool pod appeared or changed.
@@ -511,7 +499,6 @@ fn rebuild(inner: &mut Inner, f: &FunctionRef) {
                 uid: pod.uid.clone(),
                 name: pod.name.clone(),
                 addr,
-                from_pool: pod.from_pool,
                 in_flight: AtomicU32::new(0),
                 retired: AtomicBool::new(false),
             })
@@ -602,7 +589,6 @@ mod tests {
             port: 8080,
             ready,
             deleting: false,
-            from_pool: false,
         }
     }
 
@@ -726,7 +712,6 @@ mod tests {
 
     fn claimed(uid: &str) -> PodView {
         PodView {
-            from_pool: true,
             ..pod(uid, Some("10.88.1.50"), true)
         }
     }
@@ -756,11 +741,6 @@ mod tests {
         let pods = Pods::new();
         pods.add_claimed(claimed("p1"));
         assert_eq!(pods.backends(&f("hello")).len(), 1);
-        assert_eq!(
-            pods.own_pods(&f("hello")),
-            0,
-            "a pool pod is not the function's own"
-        );
         assert_eq!(pods.pod("p1").unwrap().function, f("hello"));
     }
 
@@ -804,15 +784,6 @@ mod tests {
             0,
             "p1 is not offered"
         );
-    }
-
-    #[test]
-    fn own_pods_count_the_deployments_pods_only() {
-        let pods = Pods::new();
-        pods.add_claimed(claimed("p1"));
-        pods.apply(pod("d1", Some("10.88.1.2"), true));
-        assert_eq!(pods.own_pods(&f("hello")), 1);
-        assert_eq!(pods.backends(&f("hello")).len(), 2);
     }
 
     #[test]

@@ -34,19 +34,30 @@ const SPECIALISE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pool pods tried for one claim when they refuse (taken by another replica) or cannot be reached.
 const CLAIM_ATTEMPTS: usize = 3;
 
-/// Whether one more pool pod should be claimed for a function: only while it has no pod of its
-/// own (a cold start; warm functions scale through their Deployment), and only as many as the
-/// waiting calls need (`concurrency` calls per pod), counting the claims under way.
-pub fn should_claim(own_pods: usize, pending: u32, concurrency: u32, waiting: u32) -> bool {
-    own_pods == 0 && pending.saturating_mul(concurrency.max(1)) < waiting
+/// Whether one more pool pod should be claimed for a function: only while no pod serves it (a
+/// cold start, and the burst that came with it: the claims under way count), and only as many
+/// as the waiting calls need (`concurrency` calls per pod). Once a pod serves, more calls wait
+/// for it or for the Deployment's pods, which the autoscaler scales: a function under load
+/// does not keep taking the pool's pods as they are made.
+pub fn should_claim(pods: usize, pending: u32, concurrency: u32, waiting: u32) -> bool {
+    pods == 0 && pending.saturating_mul(concurrency.max(1)) < waiting
 }
+
+/// The longest load error kept on a burnt pod's annotation (the gateway logs all of it).
+const LOAD_ERROR_ANNOTATED: usize = 1000;
 
 /// The merge patch recording a claim on the Pod: the function's labels (its NetworkPolicy and
 /// every gateway's routing select by them), who claimed it and when, the version it serves,
-/// and the SkyFunction as its only owner and controller.
-pub fn claim_patch(f: &SkyFunction, claimed_by: &str, at: jiff::Timestamp) -> serde_json::Value {
+/// and the SkyFunction as its only owner and controller. `load_error`: why the function did
+/// not load there (the pod serves nothing; the operator retires it).
+pub fn claim_patch(
+    f: &SkyFunction,
+    claimed_by: &str,
+    at: jiff::Timestamp,
+    load_error: Option<&str>,
+) -> serde_json::Value {
     let owner = f.controller_owner_ref(&());
-    serde_json::json!({
+    let mut patch = serde_json::json!({
         "metadata": {
             "labels": {
                 FUNCTION_LABEL: f.metadata.name,
@@ -60,7 +71,16 @@ pub fn claim_patch(f: &SkyFunction, claimed_by: &str, at: jiff::Timestamp) -> se
             },
             "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
         }
-    })
+    });
+    if let Some(e) = load_error {
+        let mut e = e.trim().to_string();
+        if let Some((cut, _)) = e.char_indices().nth(LOAD_ERROR_ANNOTATED) {
+            e.truncate(cut);
+            e.push_str("… (cut; the gateway's log has all of it)");
+        }
+        patch["metadata"]["annotations"][wire::LOAD_FAILED_ANNOTATION] = e.into();
+    }
+    patch
 }
 
 /// What a pool pod is sent: the function as its Deployment's pods see it, and its entry
@@ -160,6 +180,11 @@ impl Pool {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Claims under way (specialising, or not yet recorded on the pod), per function.
+    pub fn claiming(&self) -> HashMap<FunctionRef, u32> {
+        self.pending().clone()
+    }
+
     fn load_failures(&self) -> std::sync::MutexGuard<'_, LoadFailures> {
         self.load_failures.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -173,9 +198,9 @@ impl Pool {
         {
             let mut pending = self.pending();
             let n = pending.get(&t.function).copied().unwrap_or(0);
-            let own_pods = self.pods.own_pods(&t.function);
-            if !should_claim(own_pods, n, t.concurrency, waiting) {
-                return own_pods == 0 && n > 0;
+            let pods = self.pods.backends(&t.function).len();
+            if !should_claim(pods, n, t.concurrency, waiting) {
+                return pods == 0 && n > 0;
             }
             // Only now: the checksum hashes the source, and calls queueing behind busy pods
             // pass here too.
@@ -197,15 +222,19 @@ impl Pool {
         let pool = self.clone();
         let t = t.clone();
         tokio::spawn(async move {
-            if !pool.claim(&t).await {
-                (pool.scale_up)(&t.function);
-            }
-            let mut pending = pool.pending();
-            if let Some(n) = pending.get_mut(&t.function) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    pending.remove(&t.function);
+            let claimed = pool.claim(&t).await;
+            {
+                let mut pending = pool.pending();
+                if let Some(n) = pending.get_mut(&t.function) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        pending.remove(&t.function);
+                    }
                 }
+            }
+            // After the claim is off the books: the autoscaler holds scale-ups claims cover.
+            if !claimed {
+                (pool.scale_up)(&t.function);
             }
         });
         true
@@ -250,9 +279,8 @@ impl Pool {
                         port: addr.port(),
                         ready: true,
                         deleting: false,
-                        from_pool: true,
                     });
-                    self.record(&pod, t).await;
+                    self.record(&pod, t, None).await;
                     return true;
                 }
                 Attempt::Refused => {
@@ -267,7 +295,7 @@ impl Pool {
                     tracing::warn!(function = %t.label, pod = %pod.name, "the function did not load in a pool pod (its calls take the Deployment path from now on): {why}");
                     self.load_failures()
                         .record(&t.function, &checksum(&t.object));
-                    self.record(&pod, t).await;
+                    self.record(&pod, t, Some(&why)).await;
                     return false;
                 }
             }
@@ -308,9 +336,10 @@ impl Pool {
     /// Writes the claim on the Pod (after the call has its pod: off the call's path). A pod
     /// whose claim cannot be recorded keeps serving this gateway; the others take it for
     /// unclaimed until the write lands, and their specialise is refused.
-    async fn record(&self, pod: &PoolPodView, t: &Target) {
+    async fn record(&self, pod: &PoolPodView, t: &Target, load_error: Option<&str>) {
         let api: kube::Api<Pod> = kube::Api::namespaced(self.client.clone(), &pod.namespace);
-        let patch = claim_patch(&t.object, &self.claimed_by, jiff::Timestamp::now());
+        let now = jiff::Timestamp::now();
+        let patch = claim_patch(&t.object, &self.claimed_by, now, load_error);
         let started = Instant::now();
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=5 {
@@ -343,7 +372,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_function_with_its_own_pods_claims_nothing() {
+    fn a_function_a_pod_serves_claims_nothing() {
         assert!(!should_claim(1, 0, 1, 10));
     }
 
@@ -423,7 +452,7 @@ mod tests {
         f.metadata.namespace = Some("fns".into());
         f.metadata.uid = Some("uid-1".into());
         let at: jiff::Timestamp = "2026-12-07T03:00:00Z".parse().unwrap();
-        let p = claim_patch(&f, "gw-1", at);
+        let p = claim_patch(&f, "gw-1", at, None);
         let m = &p["metadata"];
         assert_eq!(m["labels"][FUNCTION_LABEL], "alice.hello");
         assert_eq!(m["labels"]["skython.io/owner"], "alice");
@@ -438,5 +467,30 @@ mod tests {
         assert_eq!(owners.len(), 1, "the pool's anchor is no longer an owner");
         assert_eq!(owners[0]["uid"], "uid-1");
         assert_eq!(owners[0]["controller"], true);
+        assert!(m["annotations"][wire::LOAD_FAILED_ANNOTATION].is_null());
+    }
+
+    #[test]
+    fn a_claim_whose_function_did_not_load_says_why_on_the_pod() {
+        let f = SkyFunction::new(
+            "alice.hello",
+            skython_crds::SkyFunctionSpec::new("alice", "hello", "import nope"),
+        );
+        let at = jiff::Timestamp::UNIX_EPOCH;
+        let p = claim_patch(&f, "gw-1", at, Some("No module named 'nope'\n"));
+        assert_eq!(
+            p["metadata"]["annotations"][wire::LOAD_FAILED_ANNOTATION],
+            "No module named 'nope'"
+        );
+        let long = "é".repeat(5000);
+        let p = claim_patch(&f, "gw-1", at, Some(&long));
+        let kept = p["metadata"]["annotations"][wire::LOAD_FAILED_ANNOTATION]
+            .as_str()
+            .unwrap();
+        assert!(kept.starts_with(&"é".repeat(LOAD_ERROR_ANNOTATED)));
+        assert!(
+            kept.ends_with("(cut; the gateway's log has all of it)"),
+            "{kept}"
+        );
     }
 }

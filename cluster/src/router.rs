@@ -133,6 +133,7 @@ impl Router {
                     in_flight: n.in_flight.load(Ordering::Relaxed),
                     queued: n.queued.load(Ordering::Relaxed),
                     started: n.started.load(Ordering::Relaxed),
+                    claiming: 0,
                 };
                 (f.clone(), (label.clone(), load))
             })
@@ -496,7 +497,6 @@ mod tests {
                 port: 8080,
                 ready: true,
                 deleting: false,
-                from_pool: false,
             });
         }
         (pods, f)
@@ -537,7 +537,6 @@ mod tests {
             port: addr.port(),
             ready: true,
             deleting: false,
-            from_pool: false,
         });
         let metrics = Arc::new(ClusterMetrics::new().unwrap());
         let no_scaling: ScaleUp = Arc::new(|_: &FunctionRef| {});
@@ -641,7 +640,8 @@ mod tests {
             Load {
                 in_flight: 0,
                 queued: 0,
-                started: 4
+                started: 4,
+                claiming: 0,
             }
         );
     }

@@ -166,9 +166,8 @@ impl FakeDemand {
         self.0.lock().unwrap().insert(
             f.clone(),
             Load {
-                in_flight: 0,
                 queued,
-                started: 0,
+                ..Load::default()
             },
         );
     }

@@ -249,6 +249,97 @@ fn a_burst_of_three_times_the_pool_succeeds_with_pool_hits_and_the_deployment_sc
     assert!(replicas >= 1, "the Deployment scaled up too: {replicas}");
 }
 
+/// The function's Deployment, as the API shows it.
+fn deployment_replicas(s: &Stack, function: &str) -> i64 {
+    s.k.get(&format!("deployment skyfn-{function}"))
+        .and_then(|d| d["spec"]["replicas"].as_i64())
+        .unwrap_or(-1)
+}
+
+/// A claimed pod counts toward its function's replicas: after a pool hit the function wants one
+/// replica and has it ready (the claimed pod), and its Deployment starts no pod of its own.
+#[test]
+fn a_pool_hit_is_a_replica_of_its_function_and_starts_no_pod_of_its_own() {
+    let _one = one_at_a_time();
+    let (s, _secret) = pool_stack("pool-counted", 1, 1.0);
+    at_zero(
+        &s,
+        "counted",
+        WHO,
+        small(),
+        json!({"idleSecondsToZero": 30}),
+    );
+    wait_pool(&s, 1, Duration::from_secs(120));
+    let (status, body) = s.gateway.call("admin/counted", json!({}));
+    assert_eq!(status, 200, "{body}");
+    let claimed = body.as_str().unwrap_or_default().to_string();
+    assert!(claimed.starts_with(POOL_POD_PREFIX), "{claimed}");
+    let mut seen = (0, 0);
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            seen = s.replicas("counted");
+            seen == (1, 1)
+        }),
+        "the function wants one replica and has it ready (wanted, ready): {seen:?}"
+    );
+    // Long enough for the operator to have acted on the scale and the autoscaler to resample.
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            deployment_replicas(&s, "counted"),
+            0,
+            "the Deployment stays at zero"
+        );
+        let pods: Vec<String> = s.pods("counted").iter().map(name).collect();
+        assert_eq!(
+            pods,
+            std::slice::from_ref(&claimed),
+            "only the claimed pod runs the function"
+        );
+    }
+}
+
+/// Load beyond what the claimed pod serves scales the function's own Deployment to all it
+/// needs; once its pods are ready the claimed pod is retired, and no call fails meanwhile.
+#[test]
+fn under_sustained_load_the_deployment_takes_over_and_the_claimed_pod_retires() {
+    let _one = one_at_a_time();
+    let (s, _secret) = pool_stack("pool-takeover", 1, 1.0);
+    let nap = "import socket, time\n\ndef nap() -> str:\n    time.sleep(0.2)\n    return socket.gethostname()\n";
+    s.apply(
+        "nap",
+        "nap",
+        nap,
+        json!({"replicas": 0, "concurrency": 1,
+               "scaling": {"maxReplicas": 3, "idleSecondsToZero": 30}}),
+    );
+    wait_pool(&s, 1, Duration::from_secs(120));
+    let url = format!("{}/fn/admin/nap", s.gateway.url);
+    let (status, first) = s.gateway.call("admin/nap", json!({}));
+    assert_eq!(status, 200, "{first}");
+    let claimed = first.as_str().unwrap_or_default().to_string();
+    assert!(claimed.starts_with(POOL_POD_PREFIX), "{claimed}");
+    let started = Instant::now();
+    let mut answers = Vec::new();
+    while s.k.get(&format!("pod {claimed}")).is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "the claimed pod {claimed} was never retired; Deployment replicas {}",
+            deployment_replicas(&s, "nap")
+        );
+        answers.extend(burst(&url, 3));
+    }
+    assert!(
+        answers.iter().all(|(status, _)| *status == 200),
+        "every call under load succeeds: {answers:?}"
+    );
+    let ready =
+        s.k.get("deployment skyfn-nap")
+            .and_then(|d| d["status"]["readyReplicas"].as_i64())
+            .unwrap_or(0);
+    assert!(ready >= 1, "the Deployment's pods serve: {ready} ready");
+}
+
 /// A function whose module fails to import burns the one pool pod it was claimed onto; its
 /// later cold calls are not claimed for (a broken function called in a loop would drain the
 /// pool) and take the Deployment path.

@@ -9,22 +9,25 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use skython_crds::SkyFunction;
 use tracing::Instrument;
 
-use crate::desired::{Children, DesiredError, MANAGED_BY_SELECTOR, OperatorConfig, desired};
+use crate::desired::{
+    CLAIMED_PODS_SELECTOR, Children, DesiredError, MANAGED_BY_SELECTOR, OperatorConfig, desired,
+};
 use crate::inspect::SourceInspector;
 use crate::metrics::OperatorMetrics;
+use crate::pool::serving_claims;
 use crate::status::{
     Claim, Observed, Readiness, SourceCheck, claim, next_status, readiness, source_error_message,
 };
@@ -63,6 +66,8 @@ pub struct Context {
     /// Every `SkyFunction` the controller watches (its reflector's store): who holds which
     /// endpoint.
     pub functions: Store<SkyFunction>,
+    /// The pool pods claimed for functions: they count toward their replicas.
+    pub claimed_pods: Store<Pod>,
     pub config: OperatorConfig,
     pub inspector: SourceInspector,
     pub metrics: Arc<OperatorMetrics>,
@@ -75,6 +80,7 @@ impl Context {
     pub fn new(
         client: Client,
         functions: Store<SkyFunction>,
+        claimed_pods: Store<Pod>,
         config: OperatorConfig,
         inspector: SourceInspector,
         metrics: Arc<OperatorMetrics>,
@@ -84,6 +90,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             functions,
+            claimed_pods,
             config,
             inspector,
             metrics,
@@ -165,9 +172,10 @@ async fn reconcile_function(f: Arc<SkyFunction>, ctx: Arc<Context>) -> Result<Ac
     let check = ctx.inspector.check(&f.spec).await?;
     let deployments = Api::<Deployment>::namespaced(ctx.client.clone(), &ns);
     let child = crate::desired::child_name(&name);
+    let claimed = serving_claims(&f, ctx.claimed_pods.state().iter().map(AsRef::as_ref));
     let deployment = match (&claim, &check) {
         (Claim::Holds, SourceCheck::Valid(_)) => {
-            let children = desired(&f, &ctx.config)?;
+            let children = desired(&f, &ctx.config, claimed)?;
             Some(apply_children(&ctx.client, &ns, &children).await?)
         }
         // Another function serves the endpoint: this one runs no pods (those of an endpoint it
@@ -203,6 +211,7 @@ async fn reconcile_function(f: Arc<SkyFunction>, ctx: Arc<Context>) -> Result<Ac
         claim: &claim,
         check: &check,
         deployment: deployment.as_ref(),
+        claimed,
     };
     let status = next_status(
         &f,
@@ -292,11 +301,12 @@ pub fn error_policy(f: Arc<SkyFunction>, error: &Error, ctx: Arc<Context>) -> Ac
 }
 
 /// Runs the controller until `shutdown` resolves, then lets reconciles in flight finish.
-/// `context` makes the reconcilers' context from the controller's store of functions.
+/// `context` makes the reconcilers' context from the controller's stores of functions and of
+/// claimed pool pods.
 pub async fn run(
     client: Client,
     namespace: Option<&str>,
-    context: impl FnOnce(Store<SkyFunction>) -> Context,
+    context: impl FnOnce(Store<SkyFunction>, Store<Pod>) -> Context,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
@@ -314,8 +324,18 @@ pub async fn run(
         api::<SkyFunction>(&client, namespace),
         watcher::Config::default(),
     );
-    let ctx = Arc::new(context(controller.store()));
+    // Claimed pods trigger their function's reconcile (its owner) once the store has them.
+    let (claimed_pods, writer) = reflector::store();
+    let claimed = watcher(
+        api::<Pod>(&client, namespace),
+        watcher::Config::default().labels(CLAIMED_PODS_SELECTOR),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .touched_objects();
+    let ctx = Arc::new(context(controller.store(), claimed_pods));
     controller
+        .owns_stream(claimed)
         .owns(api::<Deployment>(&client, namespace), children.clone())
         .owns(api::<ConfigMap>(&client, namespace), children.clone())
         .owns(api::<Service>(&client, namespace), children.clone())

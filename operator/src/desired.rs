@@ -20,9 +20,10 @@
 //!                                            from the gateway only, no egress)
 //! ```
 //!
-//! The Deployment's replica count is `spec.replicas` (the `scale` subresource, written by the
+//! The function's replica count is `spec.replicas` (the `scale` subresource, written by the
 //! gateway's autoscaler) within the function's bounds. It is the one field of the spec the pods do
-//! not see: scaling never changes the pod template, so it never rolls the pods.
+//! not see: scaling never changes the pod template, so it never rolls the pods. Pool pods claimed
+//! for the function count toward it ([`deployment_replicas`]).
 
 use std::collections::BTreeMap;
 
@@ -69,6 +70,9 @@ pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=skython-oper
 /// Selects the runner pods the operator made: the functions' and the warm pool's.
 pub const RUNNER_PODS_SELECTOR: &str =
     "app.kubernetes.io/name=skython-runner,app.kubernetes.io/managed-by=skython-operator";
+/// Selects the pool pods gateways claimed for a function.
+pub const CLAIMED_PODS_SELECTOR: &str = "app.kubernetes.io/name=skython-runner,\
+    app.kubernetes.io/managed-by=skython-operator,skython.io/pool,skython.io/function";
 
 /// What the operator is told by its own configuration, not by the function.
 #[derive(Debug, Clone, PartialEq)]
@@ -229,6 +233,19 @@ pub fn replicas(spec: &SkyFunctionSpec) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
+/// The Deployment's replicas when `claimed` pool pods serve the function: none while they are
+/// as many as it wants (a pool hit or a short burst starts no pod of its own, and the pods idle
+/// out together); all it wants once it wants more, so that its own pods take over and the
+/// claimed ones retire when those are ready (nothing serves less meanwhile).
+pub fn deployment_replicas(spec: &SkyFunctionSpec, claimed: usize) -> i32 {
+    let wanted = replicas(spec);
+    if usize::try_from(wanted).is_ok_and(|n| n <= claimed) {
+        0
+    } else {
+        wanted
+    }
+}
+
 /// The spec as the pods see it (`function.json`, the checksum): without `replicas`, which only
 /// the Deployment needs.
 fn pod_spec(f: &SkyFunction) -> SkyFunctionSpec {
@@ -272,7 +289,12 @@ pub fn termination_grace_seconds(spec: &skython_crds::SkyFunctionSpec) -> i64 {
     i64::from(spec.timeout_seconds) + 15
 }
 
-pub fn desired(f: &SkyFunction, cfg: &OperatorConfig) -> Result<Children, DesiredError> {
+/// The children of `f`, whose `claimed` pool pods serve (see [`deployment_replicas`]).
+pub fn desired(
+    f: &SkyFunction,
+    cfg: &OperatorConfig,
+    claimed: usize,
+) -> Result<Children, DesiredError> {
     let name = f
         .metadata
         .name
@@ -340,7 +362,7 @@ pub fn desired(f: &SkyFunction, cfg: &OperatorConfig) -> Result<Children, Desire
     let deployment = Deployment {
         metadata: meta.clone(),
         spec: DeploymentSpec {
-            replicas: Some(replicas(spec)),
+            replicas: Some(deployment_replicas(spec, claimed)),
             selector: LabelSelector {
                 match_labels: Some(selector(f)),
                 ..Default::default()

@@ -147,10 +147,11 @@ pub async fn run(
     let cfg = settings.desired.clone();
     let context = {
         let (client, metrics) = (client.clone(), metrics.clone());
-        move |functions| {
+        move |functions, claimed_pods| {
             controller::Context::new(
                 client.clone(),
                 functions,
+                claimed_pods,
                 settings.desired,
                 inspector,
                 metrics,

@@ -76,6 +76,8 @@ pub enum Reason {
     FunctionGone,
     /// Claimed by an older version of its function.
     Outdated,
+    /// Its function failed to load in it: it serves nothing.
+    LoadFailed,
     /// Its function's Deployment has all its replicas ready.
     TookOver,
     /// Its function was scaled to zero and the claim is older than `idleSecondsToZero`.
@@ -90,6 +92,7 @@ impl Reason {
             Reason::Exited => "exited",
             Reason::FunctionGone => "function_gone",
             Reason::Outdated => "outdated",
+            Reason::LoadFailed => "load_failed",
             Reason::TookOver => "took_over",
             Reason::Idle => "idle",
         }
@@ -172,24 +175,14 @@ pub fn state(pod: &Pod) -> Option<PodState> {
     })
 }
 
-/// Whether functions' own pods are starting: a function whose Deployment has fewer pods than
-/// it asks for (they are about to be made), or a function's pod placed on a node and not Ready
-/// yet. Pods no node can take (Pending, unscheduled) do not count: they load nothing.
+/// Whether functions' own pods are starting: a Deployment with fewer pods than it asks for
+/// (they are about to be made), or a function's pod placed on a node and not Ready yet. Pods no
+/// node can take (Pending, unscheduled) do not count: they load nothing.
 pub fn functions_starting(observed: &Observed) -> bool {
-    // Pods made per function, from its Deployment (the plan runs every 250 ms: no search per
-    // function).
-    let made: HashMap<&str, i32> = observed
-        .deployments
-        .iter()
-        .filter_map(|d| {
-            let function = d.labels().get(FUNCTION_LABEL)?;
-            let made = d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-            Some((function.as_str(), made))
-        })
-        .collect();
-    let to_be_made = observed.functions.iter().any(|f| {
-        let made = f.metadata.name.as_deref().and_then(|n| made.get(n));
-        made.is_some_and(|made| crate::desired::replicas(&f.spec) > *made)
+    let to_be_made = observed.deployments.iter().any(|d| {
+        let asked = d.spec.replicas.unwrap_or(1);
+        let made = d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+        asked > made
     });
     let loading = observed.pods.iter().any(|p| {
         runtime_label(p).is_none()
@@ -202,14 +195,46 @@ pub fn functions_starting(observed: &Observed) -> bool {
     to_be_made || loading
 }
 
+/// How many claimed pool pods serve the current version of `f` (they count toward its
+/// replicas: [`crate::desired::deployment_replicas`]).
+pub fn serving_claims<'a>(f: &SkyFunction, pods: impl IntoIterator<Item = &'a Pod>) -> usize {
+    pods.into_iter()
+        .filter(|p| {
+            runtime_label(p).is_some()
+                && function_label(p).is_some_and(|n| f.metadata.name.as_deref() == Some(n))
+                && claimed_by(p, f)
+                && serves_version_of(p, f)
+                && !p.annotations().contains_key(wire::LOAD_FAILED_ANNOTATION)
+                && !is_deleting(p)
+                && !has_exited(p)
+                && is_ready(p)
+        })
+        .count()
+}
+
+/// Whether a pod claimed for a function named as `f` was claimed for `f` itself (not for a
+/// deleted function of the same name).
+fn claimed_by(pod: &Pod, f: &SkyFunction) -> bool {
+    let owner = pod
+        .owner_references()
+        .iter()
+        .find(|o| o.kind == "SkyFunction" && o.controller == Some(true));
+    owner.map(|o| o.uid.as_str()) == f.metadata.uid.as_deref()
+}
+
+/// Whether a claimed pod serves the current version of `f`.
+fn serves_version_of(pod: &Pod, f: &SkyFunction) -> bool {
+    pod.annotations().get(CHECKSUM_ANNOTATION) == Some(&checksum(f))
+}
+
 /// What to do now. Unclaimed pods of the current template count toward each runtime's size:
 /// below it, one more is created once the refill interval since the last creation has passed,
 /// unless functions' pods are starting and the pool has not yielded to them for `refill_yield`
 /// yet; above it, the excess goes (pods not Ready first, then the newest). Pods of an older
 /// template go once the current ones are Ready and enough, so the pool never runs dry for a
 /// change.
-/// Claimed pods are retired when their function is gone or changed, its Deployment took over,
-/// or it idled at zero replicas; exited pods are deleted.
+/// Claimed pods are retired when their function is gone or changed, failed to load in them,
+/// its Deployment took over, or it idled at zero replicas; exited pods are deleted.
 pub fn plan(
     now: Timestamp,
     settings: &PlanSettings,
@@ -306,15 +331,14 @@ fn retirement(now: Timestamp, pod: &Pod, function: &str, observed: &Observed) ->
     else {
         return Some(Reason::FunctionGone);
     };
-    let owner = pod
-        .owner_references()
-        .iter()
-        .find(|o| o.kind == "SkyFunction" && o.controller == Some(true));
-    if owner.map(|o| o.uid.as_str()) != f.metadata.uid.as_deref() {
+    if !claimed_by(pod, f) {
         return Some(Reason::FunctionGone);
     }
-    if pod.annotations().get(CHECKSUM_ANNOTATION) != Some(&checksum(f)) {
+    if !serves_version_of(pod, f) {
         return Some(Reason::Outdated);
+    }
+    if pod.annotations().contains_key(wire::LOAD_FAILED_ANNOTATION) {
+        return Some(Reason::LoadFailed);
     }
     let deployment = observed
         .deployments
@@ -327,7 +351,8 @@ fn retirement(now: Timestamp, pod: &Pod, function: &str, observed: &Observed) ->
             .as_ref()
             .and_then(|s| s.ready_replicas)
             .unwrap_or(0);
-        if ready >= desired.max(1) {
+        // Zero asked: the claimed pods are all the function wants.
+        if desired >= 1 && ready >= desired {
             return Some(Reason::TookOver);
         }
     }

@@ -46,6 +46,8 @@ pub struct Observed<'a> {
     pub claim: &'a Claim,
     pub check: &'a SourceCheck,
     pub deployment: Option<&'a Deployment>,
+    /// Claimed pool pods serving the function: replicas too.
+    pub claimed: usize,
 }
 
 /// The `Ready` condition's substance.
@@ -127,6 +129,16 @@ pub fn readiness(o: &Observed) -> Readiness {
     let updated = st.updated_replicas.unwrap_or(0);
     let ready = st.ready_replicas.unwrap_or(0);
     let total = st.replicas.unwrap_or(0);
+    if observed && desired == 0 && o.claimed > 0 {
+        return Readiness {
+            ready: true,
+            reason: "Available",
+            message: format!(
+                "{} ready: claimed pool pods serve, the Deployment runs none",
+                o.claimed
+            ),
+        };
+    }
     if observed && desired == 0 {
         return Readiness {
             ready: true,
@@ -195,7 +207,8 @@ pub fn next_status(
         (Claim::Holds, SourceCheck::Valid(sig)) => (Some(sig.clone()), url(f, gateway_url)),
     };
     let counts = o.deployment.and_then(|d| d.status.as_ref());
-    let count = |n: Option<i32>| n.map_or(0, |n| u32::try_from(n).unwrap_or(0));
+    let claimed = u32::try_from(o.claimed).unwrap_or(u32::MAX);
+    let count = |n: Option<i32>| n.map_or(0, |n| u32::try_from(n).unwrap_or(0)) + claimed;
     SkyFunctionStatus {
         conditions: vec![condition],
         ready_replicas: count(counts.and_then(|s| s.ready_replicas)),
@@ -275,6 +288,7 @@ mod tests {
             claim: &Claim::Holds,
             check,
             deployment: d,
+            claimed: 0,
         }
     }
 
@@ -404,6 +418,21 @@ mod tests {
     }
 
     #[test]
+    fn claimed_pool_pods_count_as_ready_replicas() {
+        let f = function();
+        let (d, check) = (scaled(2, 2, 0, 0, 0, 0), valid());
+        let o = Observed {
+            claimed: 2,
+            ..seen(&check, Some(&d))
+        };
+        let s = next_status(&f, &o, None, jiff::Timestamp::now());
+        assert_eq!((s.replicas, s.ready_replicas), (2, 2));
+        let r = readiness(&o);
+        assert!(r.ready, "{r:?}");
+        assert!(r.message.contains("claimed pool pods"), "{}", r.message);
+    }
+
+    #[test]
     fn a_function_scaled_to_zero_is_ready() {
         // Still one pod, terminating: it does not count against zero.
         for d in [scaled(2, 2, 0, 0, 0, 0), scaled(2, 2, 0, 1, 1, 1)] {
@@ -472,6 +501,7 @@ mod tests {
             claim: &taken,
             check: &valid(),
             deployment: None,
+            claimed: 0,
         };
         let r = readiness(&o);
         assert_eq!((r.ready, r.reason), (false, "EndpointTaken"));
@@ -486,6 +516,7 @@ mod tests {
             claim: &taken,
             check: &broken,
             deployment: None,
+            claimed: 0,
         };
         assert_eq!(readiness(&o).reason, "EndpointTaken");
     }

@@ -7,7 +7,7 @@ use skython_runner_pod::wire;
 
 use crate::desired::{
     CHECKSUM_ANNOTATION, POOL_TEMPLATE_ANNOTATION, RUNNER_PODS_SELECTOR, RUNNER_PORT, checksum,
-    pool_anchor, pool_network_policy, pool_pod, replicas,
+    deployment_replicas, pool_anchor, pool_network_policy, pool_pod, replicas,
 };
 use crate::{DesiredError, OperatorConfig, PoolConfig, child_name, desired};
 
@@ -28,7 +28,7 @@ fn add() -> SkyFunctionSpec {
 
 #[test]
 fn runner_pods_meet_the_restricted_profile() {
-    let c = desired(&function("alice-add", add()), &OperatorConfig::default()).unwrap();
+    let c = desired(&function("alice-add", add()), &OperatorConfig::default(), 0).unwrap();
     let pod = c.deployment.spec.template.spec.unwrap();
     assert_eq!(pod.automount_service_account_token, Some(false));
     let psc = pod.security_context.unwrap();
@@ -74,7 +74,7 @@ fn resources_env_replicas_and_runtime_class_follow_the_spec() {
         runtime_class: Some("gvisor".into()),
         ..Default::default()
     };
-    let c = desired(&function("alice-add", spec), &cfg).unwrap();
+    let c = desired(&function("alice-add", spec), &cfg, 0).unwrap();
     let d = c.deployment.spec;
     assert_eq!(d.replicas, Some(3));
     let pod = d.template.spec.unwrap();
@@ -88,7 +88,7 @@ fn resources_env_replicas_and_runtime_class_follow_the_spec() {
             .any(|e| e.name == "MODE" && e.value.as_deref() == Some("fast"))
     );
     // Zero minimum replicas still runs one until scale-to-zero lands.
-    let c = desired(&function("alice-add", add()), &OperatorConfig::default()).unwrap();
+    let c = desired(&function("alice-add", add()), &OperatorConfig::default(), 0).unwrap();
     assert_eq!(c.deployment.spec.replicas, Some(1));
 }
 
@@ -102,7 +102,7 @@ fn each_runtime_runs_in_the_image_that_carries_its_libraries() {
     let image = |runtime| {
         let mut spec = add();
         spec.runtime = runtime;
-        let c = desired(&function("alice-add", spec), &cfg).unwrap();
+        let c = desired(&function("alice-add", spec), &cfg, 0).unwrap();
         c.deployment.spec.template.spec.unwrap().containers[0]
             .image
             .clone()
@@ -119,7 +119,7 @@ fn each_runtime_runs_in_the_image_that_carries_its_libraries() {
 
 #[test]
 fn every_child_is_owned_and_selects_only_its_pods() {
-    let c = desired(&function("alice-add", add()), &OperatorConfig::default()).unwrap();
+    let c = desired(&function("alice-add", add()), &OperatorConfig::default(), 0).unwrap();
     for meta in [
         &c.config_map.metadata,
         &c.deployment.metadata,
@@ -141,7 +141,7 @@ fn every_child_is_owned_and_selects_only_its_pods() {
 
 #[test]
 fn network_policy_admits_the_gateway_and_denies_internal_egress() {
-    let closed = desired(&function("alice-add", add()), &OperatorConfig::default()).unwrap();
+    let closed = desired(&function("alice-add", add()), &OperatorConfig::default(), 0).unwrap();
     let np = closed.network_policy.spec.unwrap();
     assert_eq!(np.policy_types.unwrap(), ["Ingress", "Egress"]);
     let egress = np.egress.unwrap();
@@ -164,7 +164,7 @@ fn network_policy_admits_the_gateway_and_denies_internal_egress() {
 
     let mut spec = add();
     spec.network = skython_crds::Network::Internet;
-    let c = desired(&function("alice-add", spec), &OperatorConfig::default()).unwrap();
+    let c = desired(&function("alice-add", spec), &OperatorConfig::default(), 0).unwrap();
     let np = c.network_policy.spec.unwrap();
     assert_eq!(np.policy_types.unwrap(), ["Ingress", "Egress"]);
     let from = &np.ingress.unwrap()[0].from.clone().unwrap()[0];
@@ -193,12 +193,12 @@ fn network_policy_admits_the_gateway_and_denies_internal_egress() {
 }
 
 fn closed_gateway_rule() -> k8s_openapi::api::networking::v1::NetworkPolicyEgressRule {
-    let c = desired(&function("alice-add", add()), &OperatorConfig::default()).unwrap();
+    let c = desired(&function("alice-add", add()), &OperatorConfig::default(), 0).unwrap();
     c.network_policy.spec.unwrap().egress.unwrap().remove(0)
 }
 
 fn pod(cfg: &OperatorConfig) -> PodSpec {
-    desired(&function("alice-add", add()), cfg)
+    desired(&function("alice-add", add()), cfg, 0)
         .unwrap()
         .deployment
         .spec
@@ -304,8 +304,30 @@ fn the_deployment_runs_the_wanted_replicas_within_the_bounds() {
     spec.replicas = None;
     assert_eq!(replicas(&spec), 5);
     spec.replicas = Some(3);
-    let c = desired(&function("alice-add", spec), &OperatorConfig::default()).unwrap();
+    let c = desired(&function("alice-add", spec), &OperatorConfig::default(), 0).unwrap();
     assert_eq!(c.deployment.spec.replicas, Some(5));
+}
+
+#[test]
+fn claimed_pool_pods_as_many_as_wanted_leave_the_deployment_at_zero() {
+    let mut spec = add();
+    spec.replicas = Some(2);
+    assert_eq!(deployment_replicas(&spec, 2), 0);
+    assert_eq!(deployment_replicas(&spec, 3), 0);
+    let c = desired(&function("alice-add", spec), &OperatorConfig::default(), 2).unwrap();
+    assert_eq!(c.deployment.spec.replicas, Some(0));
+}
+
+#[test]
+fn wanting_more_than_the_claimed_pods_asks_the_deployment_for_all_of_it() {
+    let mut spec = add();
+    spec.replicas = Some(3);
+    // All three, not the one missing: the Deployment's pods take over from the claimed ones.
+    assert_eq!(deployment_replicas(&spec, 2), 3);
+    assert_eq!(deployment_replicas(&spec, 0), 3);
+    spec.replicas = Some(0);
+    spec.scaling.min_replicas = 0;
+    assert_eq!(deployment_replicas(&spec, 0), 0);
 }
 
 #[test]
@@ -315,7 +337,7 @@ fn scaling_never_rolls_the_pods() {
     spec.replicas = Some(7);
     let b = function("alice-add", spec);
     let cfg = OperatorConfig::default();
-    let (ca, cb) = (desired(&a, &cfg).unwrap(), desired(&b, &cfg).unwrap());
+    let (ca, cb) = (desired(&a, &cfg, 0).unwrap(), desired(&b, &cfg, 0).unwrap());
     assert_eq!(checksum(&a), checksum(&b));
     assert_eq!(
         ca.deployment.spec.template, cb.deployment.spec.template,
@@ -337,7 +359,7 @@ fn a_source_change_rolls_the_pods_and_nothing_else_does() {
     let b = function("alice-add", spec);
     assert_ne!(checksum(&a), checksum(&b));
     let ann = |f: &SkyFunction| {
-        desired(f, &OperatorConfig::default())
+        desired(f, &OperatorConfig::default(), 0)
             .unwrap()
             .deployment
             .spec
@@ -375,12 +397,12 @@ fn missing_metadata_is_an_error_not_a_panic() {
     let mut f = function("alice-add", add());
     f.metadata.uid = None;
     assert_eq!(
-        desired(&f, &OperatorConfig::default()),
+        desired(&f, &OperatorConfig::default(), 0),
         Err(DesiredError::MissingMetadata("uid"))
     );
     f.metadata.namespace = None;
     assert_eq!(
-        desired(&f, &OperatorConfig::default()),
+        desired(&f, &OperatorConfig::default(), 0),
         Err(DesiredError::MissingMetadata("namespace"))
     );
 }
@@ -389,7 +411,7 @@ fn missing_metadata_is_an_error_not_a_panic() {
 fn a_pod_being_removed_has_time_to_finish_a_call_of_the_whole_timeout() {
     let mut spec = add();
     spec.timeout_seconds = 600;
-    let c = desired(&function("alice-add", spec), &OperatorConfig::default()).unwrap();
+    let c = desired(&function("alice-add", spec), &OperatorConfig::default(), 0).unwrap();
     let grace = c
         .deployment
         .spec
@@ -638,7 +660,7 @@ fn pool_objects_need_an_anchor_with_a_uid() {
 
 #[test]
 fn the_runner_pods_selector_selects_a_functions_pods_and_the_pool_pods() {
-    let c = desired(&function("alice-add", add()), &OperatorConfig::default()).unwrap();
+    let c = desired(&function("alice-add", add()), &OperatorConfig::default(), 0).unwrap();
     let function_pod = c.deployment.spec.template.metadata.unwrap();
     let pool = standard_pool_pod().metadata;
     for labels in [function_pod.labels.unwrap(), pool.labels.unwrap()] {

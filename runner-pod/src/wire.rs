@@ -132,6 +132,8 @@ pub const ENV_POOL_RUNTIME: &str = "SKYTHON_POOL";
 /// serves (the operator's checksum annotation, `skython.io/function-checksum`).
 pub const CLAIMED_BY_ANNOTATION: &str = "skython.io/claimed-by";
 pub const CLAIMED_AT_ANNOTATION: &str = "skython.io/claimed-at";
+/// Set (to the error) on a claimed pool pod whose function failed to load: it serves nothing.
+pub const LOAD_FAILED_ANNOTATION: &str = "skython.io/load-failed";
 
 /// `POST SPECIALISE_PATH`: "serve this function from now on". Answered 200 once a worker has
 /// loaded it (the pod is then the function's, for its life); 401 for a bad signature, 403 for

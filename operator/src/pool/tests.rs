@@ -214,41 +214,71 @@ fn deployment_with(function: &str, desired: i32, made: i32) -> Deployment {
     d
 }
 
-fn scaled(name: &str, replicas: u32) -> SkyFunction {
-    let mut f = function(name, "uid-f");
-    f.spec.replicas = Some(replicas);
-    f
-}
-
 #[test]
 fn functions_start_while_their_pods_are_to_be_made_or_placed_and_not_ready() {
-    let starting = |pods: &[Pod], functions: &[SkyFunction], deployments: &[Deployment]| {
+    let starting = |pods: &[Pod], deployments: &[Deployment]| {
         functions_starting(&Observed {
             pods: pods.iter().collect(),
-            functions: functions.iter().collect(),
+            functions: vec![],
             deployments: deployments.iter().collect(),
         })
     };
-    let woken = [scaled("f", 1)];
     assert!(
-        starting(&[], &woken, &[deployment_with("f", 0, 0)]),
+        starting(&[], &[deployment_with("f", 1, 0)]),
         "scaled up, no pod made yet"
     );
-    assert!(!starting(&[], &woken, &[deployment_with("f", 1, 1)]));
+    assert!(!starting(&[], &[deployment_with("f", 1, 1)]));
     assert!(
-        !starting(&[], &woken, &[]),
-        "no Deployment (an invalid source, an endpoint taken): nothing starts"
+        !starting(&[], &[deployment_with("f", 0, 0)]),
+        "at zero (claimed pods serve it, or nothing calls it)"
     );
-    assert!(starting(&[function_pod("f", true, false)], &[], &[]));
-    assert!(!starting(&[function_pod("f", true, true)], &[], &[]));
+    assert!(starting(&[function_pod("f", true, false)], &[]));
+    assert!(!starting(&[function_pod("f", true, true)], &[]));
     assert!(
-        !starting(&[function_pod("f", false, false)], &[], &[]),
+        !starting(&[function_pod("f", false, false)], &[]),
         "no node takes it: it loads nothing"
     );
     assert!(
-        !starting(&[pod("p", "t-std", false, 1)], &[], &[]),
+        !starting(&[pod("p", "t-std", false, 1)], &[]),
         "the pool's own pods are not functions'"
     );
+}
+
+#[test]
+fn claimed_pods_serving_the_current_version_count_for_their_function() {
+    let f = function("alice-f", "u1");
+    let serving = claimed("c", &f, 1);
+    assert_eq!(serving_claims(&f, [&serving]), 1);
+    let mut not_ready = serving.clone();
+    not_ready.status = pod("c", "t-std", false, 1).status;
+    let mut failed = serving.clone();
+    failed
+        .metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert(wire::LOAD_FAILED_ANNOTATION.into(), "no module".into());
+    let mut deleting = serving.clone();
+    deleting.metadata.deletion_timestamp = Some(Time(at(NOW)));
+    let mut newer = f.clone();
+    newer.spec.source = "def f():\n    return 2\n".into();
+    let other = function("alice-g", "u2");
+    let cases = [
+        (&not_ready, &f, "not ready"),
+        (&failed, &f, "its function failed to load"),
+        (&deleting, &f, "being deleted"),
+        (&serving, &newer, "of an older version"),
+        (
+            &serving,
+            &function("alice-f", "u3"),
+            "of a function deleted and made again",
+        ),
+        (&claimed("d", &other, 1), &f, "another function's"),
+        (&function_pod("alice-f", true, true), &f, "the Deployment's"),
+    ];
+    for (pod, f, why) in cases {
+        assert_eq!(serving_claims(f, [pod]), 0, "{why}");
+    }
 }
 
 #[test]
@@ -443,7 +473,27 @@ fn a_claimed_pod_is_retired_once_the_deployment_has_its_replicas_ready() {
     assert_eq!(retired(deployment("alice-f", 1, 1)), 1);
     assert_eq!(retired(deployment("alice-f", 2, 1)), 0, "one of two ready");
     assert_eq!(retired(deployment("alice-f", 0, 0)), 0, "at zero");
+    assert_eq!(
+        retired(deployment("alice-f", 0, 1)),
+        0,
+        "asked for none (the claimed pods serve), one still leaving"
+    );
     assert_eq!(retired(deployment("bob-g", 1, 1)), 0, "another function's");
+}
+
+#[test]
+fn a_claimed_pod_its_function_failed_to_load_in_is_retired() {
+    let f = function("alice-f", "u1");
+    let mut pod = claimed("c", &f, 1);
+    pod.metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert(wire::LOAD_FAILED_ANNOTATION.into(), "no module".into());
+    assert_eq!(
+        deleted(&plan_for(&settings(0, 0), &[pod], &[f], &[])),
+        ["c load_failed"]
+    );
 }
 
 #[test]
