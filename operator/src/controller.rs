@@ -1,6 +1,11 @@
 //! The reconcile loop: for each `SkyFunction`, check the source, apply the desired children with
 //! server-side apply, and write the status when it changed. Decisions live in [`crate::desired`]
 //! and [`crate::status`]; this module only does the I/O.
+//!
+//! A function is reconciled on every change of its children (a Deployment's status changes a
+//! few times per pod started), so a child is applied only when what the operator wants of it
+//! changed, or the child did since the operator applied it ([`Applied`]): on a busy node the
+//! API server's time goes to the pods that calls wait for, not to applies that change nothing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,7 +19,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -61,13 +66,19 @@ impl Error {
     }
 }
 
-pub struct Context {
-    pub client: Client,
-    /// Every `SkyFunction` the controller watches (its reflector's store): who holds which
-    /// endpoint.
+/// What the controller watches, as stores the reconciler reads.
+pub struct Watched {
+    /// Every `SkyFunction`: who holds which endpoint.
     pub functions: Store<SkyFunction>,
     /// The pool pods claimed for functions: they count toward their replicas.
     pub claimed_pods: Store<Pod>,
+    pub children: ChildStores,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub watched: Watched,
+    applied: Applied,
     pub config: OperatorConfig,
     pub inspector: SourceInspector,
     pub metrics: Arc<OperatorMetrics>,
@@ -79,8 +90,7 @@ pub struct Context {
 impl Context {
     pub fn new(
         client: Client,
-        functions: Store<SkyFunction>,
-        claimed_pods: Store<Pod>,
+        watched: Watched,
         config: OperatorConfig,
         inspector: SourceInspector,
         metrics: Arc<OperatorMetrics>,
@@ -89,8 +99,8 @@ impl Context {
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
-            functions,
-            claimed_pods,
+            watched,
+            applied: Applied::default(),
             config,
             inspector,
             metrics,
@@ -134,25 +144,123 @@ where
     })
 }
 
-/// Applies every child; returns the Deployment as the API server has it now.
-async fn apply_children(client: &Client, ns: &str, c: &Children) -> Result<Deployment, Error> {
-    apply(
-        &Api::<ConfigMap>::namespaced(client.clone(), ns),
-        &c.config_map,
-    )
-    .await?;
-    apply(&Api::<Service>::namespaced(client.clone(), ns), &c.service).await?;
-    apply(
-        &Api::<NetworkPolicy>::namespaced(client.clone(), ns),
-        &c.network_policy,
-    )
-    .await?;
+/// A child as the operator last applied it: a hash of what it applied, and the child's version
+/// the API server answered with.
+#[derive(Debug, Clone, PartialEq)]
+struct Record {
+    wanted: String,
+    version: Option<String>,
+}
+
+/// A child: its kind, namespace and name.
+type ChildKey = (String, String, String);
+
+/// What the operator applied to each child (in memory: a new operator applies everything once).
+#[derive(Default)]
+pub struct Applied(Mutex<HashMap<ChildKey, Record>>);
+
+/// The version of a child that tells whether someone else changed it: a Deployment's
+/// `generation` (its spec; its status changes with every pod), any other child's
+/// `resourceVersion`.
+fn version<K: Resource<DynamicType = ()>>(obj: &K) -> Option<String> {
+    if K::kind(&()) == "Deployment" {
+        obj.meta().generation.map(|g| g.to_string())
+    } else {
+        obj.meta().resource_version.clone()
+    }
+}
+
+/// Whether a child needs applying: nothing recorded, something else wanted, or the child
+/// changed since the operator applied it.
+fn needs_apply(record: Option<&Record>, wanted: &str, live: Option<&str>) -> bool {
+    record.is_none_or(|r| r.wanted != wanted || live.is_none() || r.version.as_deref() != live)
+}
+
+fn hash_of<K: Serialize>(obj: &K) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(
+        serde_json::to_vec(obj).unwrap_or_default(),
+    ))
+}
+
+impl Applied {
+    fn records(&self) -> std::sync::MutexGuard<'_, HashMap<ChildKey, Record>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies `obj` unless the watch's copy of the child (in `store`) is as the operator left
+    /// it and the operator still wants the same of it; returns the child as it is now.
+    async fn apply<K>(&self, client: &Client, obj: &K, store: &Store<K>) -> Result<K, Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let ns = obj.meta().namespace.clone().unwrap_or_default();
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let key = (K::kind(&()).to_string(), ns.clone(), name);
+        let wanted = hash_of(obj);
+        if let Some(live) = store.get(&ObjectRef::from_obj(obj))
+            && !needs_apply(
+                self.records().get(&key),
+                &wanted,
+                version(live.as_ref()).as_deref(),
+            )
+        {
+            return Ok((*live).clone());
+        }
+        let applied = apply(&Api::<K>::namespaced(client.clone(), &ns), obj).await?;
+        self.records().insert(
+            key,
+            Record {
+                wanted,
+                version: version(&applied),
+            },
+        );
+        Ok(applied)
+    }
+
+    /// Forgets the children of deleted functions, once they are many.
+    fn prune(&self, functions: &Store<SkyFunction>) {
+        let functions = functions.state();
+        let mut records = self.records();
+        // Four children per function; prune rarely.
+        if records.len() <= 8 * functions.len() + 64 {
+            return;
+        }
+        let children: std::collections::HashSet<(String, String)> = functions
+            .iter()
+            .filter_map(|f| Some((f.namespace()?, crate::desired::child_name(&f.name_any()))))
+            .collect();
+        records.retain(|(_, ns, name), _| children.contains(&(ns.clone(), name.clone())));
+    }
+}
+
+/// The watched children of the functions, the store of each kind.
+#[derive(Clone)]
+pub struct ChildStores {
+    pub config_maps: Store<ConfigMap>,
+    pub services: Store<Service>,
+    pub network_policies: Store<NetworkPolicy>,
+    pub deployments: Store<Deployment>,
+}
+
+/// Applies the children that need it (see [`Applied`]); returns the Deployment as it is now.
+async fn apply_children(ctx: &Context, c: &Children) -> Result<Deployment, Error> {
+    let (client, stores, applied) = (&ctx.client, &ctx.watched.children, &ctx.applied);
+    applied
+        .apply(client, &c.config_map, &stores.config_maps)
+        .await?;
+    applied.apply(client, &c.service, &stores.services).await?;
+    applied
+        .apply(client, &c.network_policy, &stores.network_policies)
+        .await?;
     // Last, so that the pods find their ConfigMap.
-    apply(
-        &Api::<Deployment>::namespaced(client.clone(), ns),
-        &c.deployment,
-    )
-    .await
+    applied
+        .apply(client, &c.deployment, &stores.deployments)
+        .await
 }
 
 pub async fn reconcile(f: Arc<SkyFunction>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -167,16 +275,22 @@ async fn reconcile_function(f: Arc<SkyFunction>, ctx: Arc<Context>) -> Result<Ac
         .namespace()
         .ok_or(DesiredError::MissingMetadata("namespace"))?;
     // Before the first list is in, an older claim may be missing: wait for it.
-    let _ = ctx.functions.wait_until_ready().await;
-    let claim = claim(&f, ctx.functions.state().iter().map(AsRef::as_ref));
+    let functions = &ctx.watched.functions;
+    let _ = functions.wait_until_ready().await;
+    let claim = claim(&f, functions.state().iter().map(AsRef::as_ref));
     let check = ctx.inspector.check(&f.spec).await?;
     let deployments = Api::<Deployment>::namespaced(ctx.client.clone(), &ns);
     let child = crate::desired::child_name(&name);
-    let claimed = serving_claims(&f, ctx.claimed_pods.state().iter().map(AsRef::as_ref));
+    let claimed = serving_claims(
+        &f,
+        ctx.watched.claimed_pods.state().iter().map(AsRef::as_ref),
+    );
     let deployment = match (&claim, &check) {
         (Claim::Holds, SourceCheck::Valid(_)) => {
             let children = desired(&f, &ctx.config, claimed)?;
-            Some(apply_children(&ctx.client, &ns, &children).await?)
+            let deployment = apply_children(&ctx, &children).await?;
+            ctx.applied.prune(functions);
+            Some(deployment)
         }
         // Another function serves the endpoint: this one runs no pods (those of an endpoint it
         // held before are stopped; its other children cost nothing and are reused later).
@@ -300,13 +414,38 @@ pub fn error_policy(f: Arc<SkyFunction>, error: &Error, ctx: Arc<Context>) -> Ac
     Action::requeue(delay)
 }
 
+/// A store of `K` in `namespace` filled by a watch of `config`, and the objects the watch
+/// touches (once they are in the store), to trigger their owners' reconciles.
+fn store_and_triggers<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let triggers = watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+    (store, triggers)
+}
+
 /// Runs the controller until `shutdown` resolves, then lets reconciles in flight finish.
-/// `context` makes the reconcilers' context from the controller's stores of functions and of
-/// claimed pool pods.
+/// `context` makes the reconcilers' context from the stores the controller watches.
 pub async fn run(
     client: Client,
     namespace: Option<&str>,
-    context: impl FnOnce(Store<SkyFunction>, Store<Pod>) -> Context,
+    context: impl FnOnce(Watched) -> Context,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
@@ -324,22 +463,36 @@ pub async fn run(
         api::<SkyFunction>(&client, namespace),
         watcher::Config::default(),
     );
-    // Claimed pods trigger their function's reconcile (its owner) once the store has them.
-    let (claimed_pods, writer) = reflector::store();
-    let claimed = watcher(
+    // Claimed pods and children trigger their function's reconcile (their owner), once the
+    // stores the reconcile reads have them.
+    let (claimed_pods, claimed) = store_and_triggers(
         api::<Pod>(&client, namespace),
         watcher::Config::default().labels(CLAIMED_PODS_SELECTOR),
-    )
-    .default_backoff()
-    .reflect(writer)
-    .touched_objects();
-    let ctx = Arc::new(context(controller.store(), claimed_pods));
+    );
+    let (deployments, deployment_changes) =
+        store_and_triggers(api::<Deployment>(&client, namespace), children.clone());
+    let (config_maps, config_map_changes) =
+        store_and_triggers(api::<ConfigMap>(&client, namespace), children.clone());
+    let (services, service_changes) =
+        store_and_triggers(api::<Service>(&client, namespace), children.clone());
+    let (network_policies, network_policy_changes) =
+        store_and_triggers(api::<NetworkPolicy>(&client, namespace), children);
+    let ctx = Arc::new(context(Watched {
+        functions: controller.store(),
+        claimed_pods,
+        children: ChildStores {
+            config_maps,
+            services,
+            network_policies,
+            deployments,
+        },
+    }));
     controller
         .owns_stream(claimed)
-        .owns(api::<Deployment>(&client, namespace), children.clone())
-        .owns(api::<ConfigMap>(&client, namespace), children.clone())
-        .owns(api::<Service>(&client, namespace), children.clone())
-        .owns(api::<NetworkPolicy>(&client, namespace), children)
+        .owns_stream(deployment_changes)
+        .owns_stream(config_map_changes)
+        .owns_stream(service_changes)
+        .owns_stream(network_policy_changes)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -353,6 +506,49 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(wanted: &str, version: &str) -> Record {
+        Record {
+            wanted: wanted.into(),
+            version: Some(version.into()),
+        }
+    }
+
+    #[test]
+    fn a_child_as_the_operator_left_it_and_still_wanted_so_is_not_applied_again() {
+        assert!(!needs_apply(Some(&record("h1", "7")), "h1", Some("7")));
+    }
+
+    #[test]
+    fn a_child_is_applied_when_the_operator_wants_something_else_of_it() {
+        assert!(needs_apply(Some(&record("h1", "7")), "h2", Some("7")));
+    }
+
+    #[test]
+    fn a_child_someone_else_changed_is_applied_again() {
+        assert!(needs_apply(Some(&record("h1", "7")), "h1", Some("8")));
+        assert!(needs_apply(Some(&record("h1", "7")), "h1", None));
+    }
+
+    #[test]
+    fn a_child_the_operator_has_no_record_of_is_applied() {
+        assert!(needs_apply(None, "h1", Some("7")));
+    }
+
+    #[test]
+    fn a_deployments_version_is_its_generation_and_other_childrens_their_resource_version() {
+        let mut d = Deployment::default();
+        d.metadata.generation = Some(3);
+        d.metadata.resource_version = Some("991".into());
+        assert_eq!(
+            version(&d).as_deref(),
+            Some("3"),
+            "its status changes often"
+        );
+        let mut c = ConfigMap::default();
+        c.metadata.resource_version = Some("992".into());
+        assert_eq!(version(&c).as_deref(), Some("992"));
+    }
 
     #[test]
     fn backoff_doubles_up_to_five_minutes() {

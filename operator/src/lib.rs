@@ -147,11 +147,10 @@ pub async fn run(
     let cfg = settings.desired.clone();
     let context = {
         let (client, metrics) = (client.clone(), metrics.clone());
-        move |functions, claimed_pods| {
+        move |watched| {
             controller::Context::new(
                 client.clone(),
-                functions,
-                claimed_pods,
+                watched,
                 settings.desired,
                 inspector,
                 metrics,
