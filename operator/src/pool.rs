@@ -25,6 +25,11 @@ use crate::desired::{CHECKSUM_ANNOTATION, FUNCTION_LABEL, POOL_TEMPLATE_ANNOTATI
 
 pub const RUNTIMES: [Runtime; 2] = [Runtime::Standard, Runtime::Full];
 
+/// How long a short pool waits after a claim before it refills: claims come with the burst that
+/// made them, whose misses scale their functions' Deployments a moment later; the pool then
+/// yields to those pods ([`functions_starting`]) instead of starting a pod beside them.
+pub const CLAIM_SETTLE: SignedDuration = SignedDuration::from_secs(1);
+
 /// What the pool holds for one runtime: `size` unclaimed pods made from the `template` whose
 /// hash is this ([`POOL_TEMPLATE_ANNOTATION`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -195,6 +200,17 @@ pub fn functions_starting(observed: &Observed) -> bool {
     to_be_made || loading
 }
 
+/// Whether a pool pod was claimed within `span` before `now`.
+pub fn claimed_within(now: Timestamp, span: SignedDuration, observed: &Observed) -> bool {
+    observed.pods.iter().any(|p| {
+        runtime_label(p).is_some()
+            && p.annotations()
+                .get(wire::CLAIMED_AT_ANNOTATION)
+                .and_then(|t| t.parse::<Timestamp>().ok())
+                .is_some_and(|at| !elapsed(now, at, span))
+    })
+}
+
 /// How many claimed pool pods serve the current version of `f` (they count toward its
 /// replicas: [`crate::desired::deployment_replicas`]).
 pub fn serving_claims<'a>(f: &SkyFunction, pods: impl IntoIterator<Item = &'a Pod>) -> usize {
@@ -229,8 +245,8 @@ fn serves_version_of(pod: &Pod, f: &SkyFunction) -> bool {
 
 /// What to do now. Unclaimed pods of the current template count toward each runtime's size:
 /// below it, one more is created once the refill interval since the last creation has passed,
-/// unless functions' pods are starting and the pool has not yielded to them for `refill_yield`
-/// yet; above it, the excess goes (pods not Ready first, then the newest). Pods of an older
+/// unless functions' pods are starting (or a pod was claimed in the last [`CLAIM_SETTLE`]) and
+/// the pool has not yielded to them for `refill_yield` yet; above it, the excess goes (pods not Ready first, then the newest). Pods of an older
 /// template go once the current ones are Ready and enough, so the pool never runs dry for a
 /// change.
 /// Claimed pods are retired when their function is gone or changed, failed to load in them,
@@ -241,7 +257,7 @@ pub fn plan(
     observed: &Observed,
     refills: &mut Refills,
 ) -> Vec<PoolAction> {
-    let starting = functions_starting(observed);
+    let busy = functions_starting(observed) || claimed_within(now, CLAIM_SETTLE, observed);
     let mut actions = Vec::new();
     let delete = |pod: &Pod, function: Option<&str>, reason| PoolAction::Delete {
         pod: pod.name_any(),
@@ -284,7 +300,7 @@ pub fn plan(
                 .last_created
                 .get(&target.runtime)
                 .is_none_or(|last| elapsed(now, *last, settings.refill_interval));
-            let yields = starting && !elapsed(now, short_since, settings.refill_yield);
+            let yields = busy && !elapsed(now, short_since, settings.refill_yield);
             if due && !yields {
                 refills.last_created.insert(target.runtime, now);
                 actions.push(PoolAction::Create(target.runtime));

@@ -301,6 +301,25 @@ fn a_short_pool_yields_to_starting_function_pods_for_the_refill_yield() {
 }
 
 #[test]
+fn a_short_pool_waits_a_moment_after_a_claim_for_the_bursts_deployments() {
+    let s = settings(1, 0);
+    let f = function("alice-f", "u1");
+    let pods = [claimed("c", &f, 0)];
+    let just_claimed = Observed {
+        pods: pods.iter().collect(),
+        functions: vec![&f],
+        ..Observed::default()
+    };
+    let mut refills = Refills::default();
+    assert_eq!(plan(at(NOW), &s, &just_claimed, &mut refills), []);
+    assert_eq!(
+        plan(at(NOW) + CLAIM_SETTLE, &s, &just_claimed, &mut refills),
+        [PoolAction::Create(Runtime::Standard)],
+        "no Deployment scaled meanwhile"
+    );
+}
+
+#[test]
 fn a_short_pool_refills_as_soon_as_no_function_pod_starts() {
     let s = settings(1, 0);
     let mut refills = Refills::default();
