@@ -109,8 +109,9 @@ struct PoolArgs {
     #[arg(long, env = "SKYTHON_POOL_REFILL_PER_SECOND", default_value_t = 1.0, value_parser = parse_rate)]
     pool_refill_per_second: f64,
     /// Seconds a pool short of its size waits while functions' own pods start (a call waits
-    /// for each): on a small node a refilling pool pod, importing its libraries, would slow
-    /// them. Past this, the pool refills at its rate until full. 0: never wait.
+    /// for each; and for a second after a claim, whose burst's misses scale their Deployments
+    /// a moment later): on a small node a refilling pool pod, importing its libraries, would
+    /// slow them. Past this, the pool refills at its rate until full. 0: never wait.
     #[arg(long, env = "SKYTHON_POOL_REFILL_YIELD_SECONDS", default_value_t = 5.0, value_parser = parse_seconds)]
     pool_refill_yield_seconds: f64,
     /// CPU each pool pod requests (what it reserves on its node while it idles).
@@ -118,7 +119,7 @@ struct PoolArgs {
     pool_cpu: String,
     /// CPU each pool pod may use (its limit): its start (importing the runtime's libraries) and
     /// a claim's specialisation, which a call waits for, run at this speed. A claimed pod keeps it
-    /// until its function's own pods serve.
+    /// for its life (it serves as one of its function's replicas).
     #[arg(long, env = "SKYTHON_POOL_CPU_LIMIT", default_value = "1", value_parser = parse_cpu)]
     pool_cpu_limit: String,
     /// Memory of each pool pod (request and limit).

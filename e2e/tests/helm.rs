@@ -169,6 +169,7 @@ fn every_option_of_the_values_file_shows_in_the_manifests() {
         "--pool-size=5",
         "--pool-size-full=1",
         "--pool-refill-per-second=2.5",
+        "--pool-refill-yield-seconds=3",
         "--pool-cpu=500m",
         "--pool-cpu-limit=2",
         "--pool-memory=768Mi",
@@ -348,6 +349,28 @@ fn a_wrong_typed_value_is_refused_naming_it() {
     );
     let err = render(&["--set", "gateway.signup=everyone"]).unwrap_err();
     assert!(err.contains("/gateway/signup"), "{err}");
+}
+
+/// `helm --set` passes a fractional number as a string: the chart takes it, and refuses one
+/// that is no positive number.
+#[test]
+fn a_fractional_refill_rate_given_with_set_is_taken() {
+    let objs = objects(
+        &render(&[
+            "--set",
+            "pool.refillPerSecond=0.5",
+            "--set",
+            "pool.refillYieldSeconds=2.5",
+        ])
+        .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let o = args_of(find(&objs, "Deployment", "sky-skython-operator"));
+    assert!(o.contains(&"--pool-refill-per-second=0.5".to_string()), "{o:?}");
+    assert!(o.contains(&"--pool-refill-yield-seconds=2.5".to_string()), "{o:?}");
+    for wrong in ["pool.refillPerSecond=0", "pool.refillPerSecond=fast"] {
+        let err = render(&["--set", wrong]).unwrap_err();
+        assert!(err.contains("/pool/refillPerSecond"), "{wrong}: {err}");
+    }
 }
 
 #[test]
