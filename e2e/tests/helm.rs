@@ -365,8 +365,14 @@ fn a_fractional_refill_rate_given_with_set_is_taken() {
         .unwrap_or_else(|e| panic!("{e}")),
     );
     let o = args_of(find(&objs, "Deployment", "sky-skython-operator"));
-    assert!(o.contains(&"--pool-refill-per-second=0.5".to_string()), "{o:?}");
-    assert!(o.contains(&"--pool-refill-yield-seconds=2.5".to_string()), "{o:?}");
+    assert!(
+        o.contains(&"--pool-refill-per-second=0.5".to_string()),
+        "{o:?}"
+    );
+    assert!(
+        o.contains(&"--pool-refill-yield-seconds=2.5".to_string()),
+        "{o:?}"
+    );
     for wrong in ["pool.refillPerSecond=0", "pool.refillPerSecond=fast"] {
         let err = render(&["--set", wrong]).unwrap_err();
         assert!(err.contains("/pool/refillPerSecond"), "{wrong}: {err}");

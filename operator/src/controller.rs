@@ -1,11 +1,7 @@
 //! The reconcile loop: for each `SkyFunction`, check the source, apply the desired children with
 //! server-side apply, and write the status when it changed. Decisions live in [`crate::desired`]
 //! and [`crate::status`]; this module only does the I/O.
-//!
-//! A function is reconciled on every change of its children (a Deployment's status changes a
-//! few times per pod started), so a child is applied only when what the operator wants of it
-//! changed, or the child did since the operator applied it ([`Applied`]): on a busy node the
-//! API server's time goes to the pods that calls wait for, not to applies that change nothing.
+//! Children are applied by [`crate::children`], only those that need it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,16 +15,16 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use skython_crds::SkyFunction;
 use tracing::Instrument;
 
+use crate::children::{Applied, ChildStores, apply_children};
 use crate::desired::{
-    CLAIMED_PODS_SELECTOR, Children, DesiredError, MANAGED_BY_SELECTOR, OperatorConfig, desired,
+    CLAIMED_PODS_SELECTOR, DesiredError, MANAGED_BY_SELECTOR, OperatorConfig, desired,
 };
 use crate::inspect::SourceInspector;
 use crate::metrics::OperatorMetrics;
@@ -122,147 +118,6 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs(1u64 << failures.min(9)).min(Duration::from_secs(300))
 }
 
-async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K, Error>
-where
-    K: Resource<Scope = NamespaceResourceScope>
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + std::fmt::Debug,
-    K::DynamicType: Default,
-{
-    let name = obj.meta().name.clone().unwrap_or_default();
-    api.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await
-    .map_err(|source| Error::Kube {
-        action: format!("applying {} {name}", K::kind(&K::DynamicType::default())),
-        source,
-    })
-}
-
-/// A child as the operator last applied it: a hash of what it applied, and the child's version
-/// the API server answered with.
-#[derive(Debug, Clone, PartialEq)]
-struct Record {
-    wanted: String,
-    version: Option<String>,
-}
-
-/// A child: its kind, namespace and name.
-type ChildKey = (String, String, String);
-
-/// What the operator applied to each child (in memory: a new operator applies everything once).
-#[derive(Default)]
-pub struct Applied(Mutex<HashMap<ChildKey, Record>>);
-
-/// The version of a child that tells whether someone else changed it: a Deployment's
-/// `generation` (its spec; its status changes with every pod), any other child's
-/// `resourceVersion`.
-fn version<K: Resource<DynamicType = ()>>(obj: &K) -> Option<String> {
-    if K::kind(&()) == "Deployment" {
-        obj.meta().generation.map(|g| g.to_string())
-    } else {
-        obj.meta().resource_version.clone()
-    }
-}
-
-/// Whether a child needs applying: nothing recorded, something else wanted, or the child
-/// changed since the operator applied it.
-fn needs_apply(record: Option<&Record>, wanted: &str, live: Option<&str>) -> bool {
-    record.is_none_or(|r| r.wanted != wanted || live.is_none() || r.version.as_deref() != live)
-}
-
-fn hash_of<K: Serialize>(obj: &K) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(
-        serde_json::to_vec(obj).unwrap_or_default(),
-    ))
-}
-
-impl Applied {
-    fn records(&self) -> std::sync::MutexGuard<'_, HashMap<ChildKey, Record>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Applies `obj` unless the watch's copy of the child (in `store`) is as the operator left
-    /// it and the operator still wants the same of it; returns the child as it is now.
-    async fn apply<K>(&self, client: &Client, obj: &K, store: &Store<K>) -> Result<K, Error>
-    where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + Serialize
-            + DeserializeOwned
-            + std::fmt::Debug,
-    {
-        let ns = obj.meta().namespace.clone().unwrap_or_default();
-        let name = obj.meta().name.clone().unwrap_or_default();
-        let key = (K::kind(&()).to_string(), ns.clone(), name);
-        let wanted = hash_of(obj);
-        if let Some(live) = store.get(&ObjectRef::from_obj(obj))
-            && !needs_apply(
-                self.records().get(&key),
-                &wanted,
-                version(live.as_ref()).as_deref(),
-            )
-        {
-            return Ok((*live).clone());
-        }
-        let applied = apply(&Api::<K>::namespaced(client.clone(), &ns), obj).await?;
-        self.records().insert(
-            key,
-            Record {
-                wanted,
-                version: version(&applied),
-            },
-        );
-        Ok(applied)
-    }
-
-    /// Forgets the children of deleted functions, once they are many.
-    fn prune(&self, functions: &Store<SkyFunction>) {
-        let functions = functions.state();
-        let mut records = self.records();
-        // Four children per function; prune rarely.
-        if records.len() <= 8 * functions.len() + 64 {
-            return;
-        }
-        let children: std::collections::HashSet<(String, String)> = functions
-            .iter()
-            .filter_map(|f| Some((f.namespace()?, crate::desired::child_name(&f.name_any()))))
-            .collect();
-        records.retain(|(_, ns, name), _| children.contains(&(ns.clone(), name.clone())));
-    }
-}
-
-/// The watched children of the functions, the store of each kind.
-#[derive(Clone)]
-pub struct ChildStores {
-    pub config_maps: Store<ConfigMap>,
-    pub services: Store<Service>,
-    pub network_policies: Store<NetworkPolicy>,
-    pub deployments: Store<Deployment>,
-}
-
-/// Applies the children that need it (see [`Applied`]); returns the Deployment as it is now.
-async fn apply_children(ctx: &Context, c: &Children) -> Result<Deployment, Error> {
-    let (client, stores, applied) = (&ctx.client, &ctx.watched.children, &ctx.applied);
-    applied
-        .apply(client, &c.config_map, &stores.config_maps)
-        .await?;
-    applied.apply(client, &c.service, &stores.services).await?;
-    applied
-        .apply(client, &c.network_policy, &stores.network_policies)
-        .await?;
-    // Last, so that the pods find their ConfigMap.
-    applied
-        .apply(client, &c.deployment, &stores.deployments)
-        .await
-}
-
 pub async fn reconcile(f: Arc<SkyFunction>, ctx: Arc<Context>) -> Result<Action, Error> {
     let span = tracing::info_span!("reconcile", function = %key(&f));
     reconcile_function(f, ctx).instrument(span).await
@@ -277,6 +132,8 @@ async fn reconcile_function(f: Arc<SkyFunction>, ctx: Arc<Context>) -> Result<Ac
     // Before the first list is in, an older claim may be missing: wait for it.
     let functions = &ctx.watched.functions;
     let _ = functions.wait_until_ready().await;
+    // Likewise, a function's claimed pods: without them it would start pods of its own.
+    let _ = ctx.watched.claimed_pods.wait_until_ready().await;
     let claim = claim(&f, functions.state().iter().map(AsRef::as_ref));
     let check = ctx.inspector.check(&f.spec).await?;
     let deployments = Api::<Deployment>::namespaced(ctx.client.clone(), &ns);
@@ -288,7 +145,9 @@ async fn reconcile_function(f: Arc<SkyFunction>, ctx: Arc<Context>) -> Result<Ac
     let deployment = match (&claim, &check) {
         (Claim::Holds, SourceCheck::Valid(_)) => {
             let children = desired(&f, &ctx.config, claimed)?;
-            let deployment = apply_children(&ctx, &children).await?;
+            let w = &ctx.watched;
+            let deployment =
+                apply_children(&ctx.client, &w.children, &ctx.applied, &children).await?;
             ctx.applied.prune(functions);
             Some(deployment)
         }
@@ -506,49 +365,6 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn record(wanted: &str, version: &str) -> Record {
-        Record {
-            wanted: wanted.into(),
-            version: Some(version.into()),
-        }
-    }
-
-    #[test]
-    fn a_child_as_the_operator_left_it_and_still_wanted_so_is_not_applied_again() {
-        assert!(!needs_apply(Some(&record("h1", "7")), "h1", Some("7")));
-    }
-
-    #[test]
-    fn a_child_is_applied_when_the_operator_wants_something_else_of_it() {
-        assert!(needs_apply(Some(&record("h1", "7")), "h2", Some("7")));
-    }
-
-    #[test]
-    fn a_child_someone_else_changed_is_applied_again() {
-        assert!(needs_apply(Some(&record("h1", "7")), "h1", Some("8")));
-        assert!(needs_apply(Some(&record("h1", "7")), "h1", None));
-    }
-
-    #[test]
-    fn a_child_the_operator_has_no_record_of_is_applied() {
-        assert!(needs_apply(None, "h1", Some("7")));
-    }
-
-    #[test]
-    fn a_deployments_version_is_its_generation_and_other_childrens_their_resource_version() {
-        let mut d = Deployment::default();
-        d.metadata.generation = Some(3);
-        d.metadata.resource_version = Some("991".into());
-        assert_eq!(
-            version(&d).as_deref(),
-            Some("3"),
-            "its status changes often"
-        );
-        let mut c = ConfigMap::default();
-        c.metadata.resource_version = Some("992".into());
-        assert_eq!(version(&c).as_deref(), Some("992"));
-    }
 
     #[test]
     fn backoff_doubles_up_to_five_minutes() {

@@ -3,8 +3,10 @@
 //! - [`desired`]: the children of a function (ConfigMap, Deployment, Service, NetworkPolicy) as
 //!   plain values;
 //! - [`status`]: what the function's status says, from the source check and the Deployment;
-//! - [`controller`]: the kube-runtime loop that applies the children (server-side apply) and
-//!   writes the status when it changed;
+//! - [`controller`]: the kube-runtime loop that applies the children and writes the status when
+//!   it changed;
+//! - [`children`]: applies a function's children (server-side apply), only those whose wanted
+//!   state or live object changed since;
 //! - [`leader`]: Lease-based leader election, so several replicas are safe;
 //! - [`inspect`]: reads sources without running them (syntax errors with their line);
 //! - [`pool`] and [`pool_manager`]: the warm pool of unspecialised runner pods that gateways
@@ -14,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod children;
 pub mod controller;
 pub mod desired;
 pub mod inspect;
