@@ -273,9 +273,9 @@ pub fn error_policy(f: Arc<SkyFunction>, error: &Error, ctx: Arc<Context>) -> Ac
     Action::requeue(delay)
 }
 
-/// A store of `K` in `namespace` filled by a watch of `config`, and the objects the watch
-/// touches (once they are in the store), to trigger their owners' reconciles.
-fn store_and_triggers<K>(
+/// A store of `K` filled by a watch of `config`, and the objects the watch touches (each once
+/// the store has it), to trigger their owners' reconciles.
+pub(crate) fn store_and_triggers<K>(
     api: Api<K>,
     config: watcher::Config,
 ) -> (

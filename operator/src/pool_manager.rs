@@ -14,14 +14,14 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use skython_crds::{Runtime, SkyFunction};
 use tokio::sync::Notify;
 
-use crate::controller::MANAGER;
+use crate::controller::{MANAGER, store_and_triggers};
 use crate::desired::{
     DesiredError, MANAGED_BY_SELECTOR, OperatorConfig, POOL_TEMPLATE_ANNOTATION, PoolConfig,
     RUNNER_PODS_SELECTOR, pool_anchor, pool_network_policy, pool_pod,
@@ -96,22 +96,17 @@ type Events = stream::BoxStream<'static, Result<(), watcher::Error>>;
 /// A store of `K` in `namespace` and the watch that fills it.
 fn watched<K>(client: &Client, namespace: &str, config: watcher::Config) -> (Store<K>, Events)
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
         + DeserializeOwned
         + std::fmt::Debug
         + Send
         + Sync
         + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    let (store, writer) = reflector::store();
-    let events = watcher(Api::<K>::namespaced(client.clone(), namespace), config)
-        .default_backoff()
-        .reflect(writer)
-        .map(|e| e.map(drop))
-        .boxed();
-    (store, events)
+    let api = Api::<K>::namespaced(client.clone(), namespace);
+    let (store, changes) = store_and_triggers(api, config);
+    (store, changes.map(|e| e.map(drop)).boxed())
 }
 
 /// Reads the watches (the stores fill as they are read), and says when something changed.
