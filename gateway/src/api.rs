@@ -102,6 +102,8 @@ impl FunctionView {
         r: FunctionRecord,
         viewer: Option<&AuthUser>,
     ) -> ApiResult<Self> {
+        // As in a listing: the counts include every call finished before the page was asked.
+        app.recorder.flush().await;
         let s = app
             .store
             .function_stats(&r.spec.owner, &r.spec.endpoint)

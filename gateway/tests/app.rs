@@ -297,3 +297,25 @@ async fn a_view_says_who_may_call_a_function_whose_access_is_unset() {
     assert!(body["access"].is_null(), "{text}");
     assert_eq!(body["effectiveAccess"], "public");
 }
+
+#[tokio::test]
+async fn a_functions_page_counts_every_call_finished_before_it_was_asked() {
+    let g = gateway(None).await;
+    for i in 0..3 {
+        g.state.recorder.record(skython_store::Invocation {
+            request_id: format!("r{i}"),
+            owner: "alice".into(),
+            endpoint: "weather".into(),
+            started_at: jiff::Timestamp::now(),
+            duration_ms: 1.0,
+            status: 200,
+            outcome: "ok".into(),
+            error: None,
+            logs: String::new(),
+            cold_start: false,
+        });
+    }
+    let (status, page) = g.get("/api/v1/functions/alice/weather", Some(ALICE)).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(json(&page)["stats"]["calls"], 3, "{page}");
+}
