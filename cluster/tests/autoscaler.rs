@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kube::api::{Api, ApiResource, DynamicObject, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use prometheus::{Encoder, Registry, TextEncoder};
@@ -83,51 +82,9 @@ impl Drop for Namespaced {
     }
 }
 
-/// The SkyFunction CRD must have the `scale` subresource and `spec.replicas` in its schema (the
-/// branch that adds them to the CRD is not merged here). When the cluster's lacks them, they are
-/// added to it, keeping everything else as it is.
-async fn ensure_scale_subresource(client: &kube::Client) {
-    let crds = Api::<CustomResourceDefinition>::all(client.clone());
-    for _ in 0..5 {
-        let crd = crds
-            .get("skyfunctions.skython.io")
-            .await
-            .expect("the SkyFunction CRD is installed");
-        let mut v = serde_json::to_value(&crd).expect("CRD as JSON");
-        let version = &mut v["spec"]["versions"][0];
-        if version["subresources"]["scale"].is_object() {
-            return;
-        }
-        eprintln!("the cluster's SkyFunction CRD has no scale subresource: adding it");
-        version["subresources"]["scale"] = serde_json::json!({
-            "specReplicasPath": ".spec.replicas",
-            "statusReplicasPath": ".status.replicas",
-            "labelSelectorPath": ".status.selector",
-        });
-        let props = &mut version["schema"]["openAPIV3Schema"]["properties"];
-        props["spec"]["properties"]["replicas"] = serde_json::json!({"type": "integer", "format": "uint32", "minimum": 0, "nullable": true});
-        props["status"]["properties"]["replicas"] =
-            serde_json::json!({"type": "integer", "format": "uint32", "minimum": 0});
-        props["status"]["properties"]["selector"] =
-            serde_json::json!({"type": "string", "nullable": true});
-        let updated: CustomResourceDefinition = serde_json::from_value(v).expect("CRD");
-        match crds
-            .replace("skyfunctions.skython.io", &PostParams::default(), &updated)
-            .await
-        {
-            Ok(_) => return,
-            // Someone else changed it meanwhile: look again.
-            Err(kube::Error::Api(e)) if e.code == 409 => continue,
-            Err(e) => panic!("updating the CRD: {e}"),
-        }
-    }
-    panic!("could not update the SkyFunction CRD");
-}
-
-/// Creates the SkyFunction; the API to read it back untyped (with `spec.replicas`, which the
-/// SkyFunction type of this branch does not have).
-async fn function(client: &kube::Client, ns: &str, name: &str) -> Api<DynamicObject> {
-    ensure_scale_subresource(client).await;
+/// Creates the SkyFunction (the generated CRD installed first); the API to read it back.
+async fn function(client: &kube::Client, ns: &str, name: &str) -> Api<SkyFunction> {
+    skython_e2e::cluster::install_crd();
     let api = Api::<SkyFunction>::namespaced(client.clone(), ns);
     let mut spec = SkyFunctionSpec::new("scale", name, "def main():\n    return 1\n");
     // This cluster's API server reads an empty string as null (and refuses it): say something.
@@ -138,7 +95,7 @@ async fn function(client: &kube::Client, ns: &str, name: &str) -> Api<DynamicObj
     api.create(&PostParams::default(), &SkyFunction::new(name, spec))
         .await
         .expect("create the SkyFunction");
-    Api::namespaced_with(client.clone(), ns, &ApiResource::erase::<SkyFunction>(&()))
+    api
 }
 
 /// The gateway's reflector of SkyFunctions, here of one namespace.
@@ -188,13 +145,13 @@ fn lease(ns: &str, identity: &str) -> LeaseConfig {
 }
 
 /// `spec.replicas` (the scale subresource cannot say "unset": Kubernetes 1.20 answers 500).
-async fn replicas(api: &Api<DynamicObject>, name: &str) -> Option<i64> {
+async fn replicas(api: &Api<SkyFunction>, name: &str) -> Option<u32> {
     let obj = api.get(name).await.expect("read the SkyFunction");
-    obj.data["spec"]["replicas"].as_i64()
+    obj.spec.replicas
 }
 
 /// Polls `spec.replicas` until it is `want`; how long that took.
-async fn wait_for(api: &Api<DynamicObject>, name: &str, want: i64, within: Duration) -> Duration {
+async fn wait_for(api: &Api<SkyFunction>, name: &str, want: u32, within: Duration) -> Duration {
     let start = Instant::now();
     loop {
         let now = replicas(api, name).await;

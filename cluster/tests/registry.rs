@@ -8,14 +8,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, ResourceExt};
 use skython_cluster::registry::Registry;
 use skython_crds::{SkyFunction, SkyFunctionSpec};
 use skython_store::{FunctionFilter, FunctionRecord};
-
-const CRD: &str = "skyfunctions.skython.io";
 
 /// A namespace of this test's own, deleted when the test ends (pass or fail).
 struct Cluster {
@@ -53,13 +50,7 @@ impl Cluster {
             .await
             .expect("a client config from the kubeconfig");
         let client = Client::try_from(config).expect("a Kubernetes client");
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        if crds.get_opt(CRD).await.expect("reading CRDs").is_none() {
-            eprintln!(
-                "skipped: the cluster lacks the {CRD} CRD (kubectl apply -f helm/skython/files/{CRD}.yaml)"
-            );
-            return None;
-        }
+        skython_e2e::cluster::install_crd();
         let cluster = Cluster {
             client,
             kubeconfig,

@@ -129,22 +129,41 @@ impl Kubectl {
     }
 }
 
-/// The generated CRD installed (structural schema, printer columns, subresources) and a fresh
-/// namespace `skython-e2e-<tag>-<pid>`, deleted when the returned guard drops.
-pub fn fresh_namespace(tag: &str) -> (Kubectl, Cleanup) {
-    let namespace = format!("skython-e2e-{tag}-{}", std::process::id());
-    let k = Kubectl::new(&namespace);
+/// Installs the generated CRD (structural schema, printer columns, subresources), or brings it
+/// up to date, and waits until it is served. Every time (a helm test removes it), but one call
+/// at a time: a process's tests run in parallel, and on a fresh cluster two `kubectl apply`s that
+/// both find no CRD both create it, the second failing (AlreadyExists). Another process may do
+/// the same meanwhile, hence the retry.
+pub fn install_crd() {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let k = Kubectl::new("default");
     let crd = std::fs::read_to_string(
         crate::repo_root().join("helm/skython/files/skyfunctions.skython.io.yaml"),
     )
     .expect("the generated CRD");
-    k.apply(&crd);
+    let mut attempts = 0;
+    while let Err(e) = k.try_run(&["apply", "-f", "-"], Some(&crd)) {
+        attempts += 1;
+        assert!(
+            e.contains("AlreadyExists") && attempts < 3,
+            "installing the CRD: {e}"
+        );
+    }
     k.run(&[
         "wait",
         "--for=condition=Established",
         "crd/skyfunctions.skython.io",
         "--timeout=60s",
     ]);
+}
+
+/// The generated CRD installed ([`install_crd`]) and a fresh namespace
+/// `skython-e2e-<tag>-<pid>`, deleted when the returned guard drops.
+pub fn fresh_namespace(tag: &str) -> (Kubectl, Cleanup) {
+    install_crd();
+    let namespace = format!("skython-e2e-{tag}-{}", std::process::id());
+    let k = Kubectl::new(&namespace);
     k.apply(&format!(
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n"
     ));
