@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
@@ -74,6 +75,8 @@ pub struct Watched {
 pub struct Context {
     pub client: Client,
     pub watched: Watched,
+    /// Resolves once the functions and the claimed pods are listed ([`stores_ready`]).
+    stores_ready: Shared<BoxFuture<'static, ()>>,
     applied: Applied,
     pub config: OperatorConfig,
     pub inspector: SourceInspector,
@@ -95,6 +98,7 @@ impl Context {
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            stores_ready: stores_ready(&watched),
             watched,
             applied: Applied::default(),
             config,
@@ -107,6 +111,20 @@ impl Context {
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
         self.failures.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Resolves, for every reconcile that awaits a clone of it, once the functions and the claimed
+/// pods have their first list. Not `Store::wait_until_ready` in each reconcile: kube-runtime's
+/// wakes only the task that polled it last (a oneshot receiver keeps one waker), and the
+/// reconciles that a restarted operator starts at once would wait forever but one.
+fn stores_ready(w: &Watched) -> Shared<BoxFuture<'static, ()>> {
+    let (functions, claimed_pods) = (w.functions.clone(), w.claimed_pods.clone());
+    async move {
+        let _ = functions.wait_until_ready().await;
+        let _ = claimed_pods.wait_until_ready().await;
+    }
+    .boxed()
+    .shared()
 }
 
 fn key(f: &SkyFunction) -> String {
@@ -129,11 +147,10 @@ async fn reconcile_function(f: Arc<SkyFunction>, ctx: Arc<Context>) -> Result<Ac
     let ns = f
         .namespace()
         .ok_or(DesiredError::MissingMetadata("namespace"))?;
-    // Before the first list is in, an older claim may be missing: wait for it.
+    // Before the first lists are in, an older claim may be missing, and claimed pods that
+    // serve the function (without them it would start pods of its own): wait for them.
+    ctx.stores_ready.clone().await;
     let functions = &ctx.watched.functions;
-    let _ = functions.wait_until_ready().await;
-    // Likewise, a function's claimed pods: without them it would start pods of its own.
-    let _ = ctx.watched.claimed_pods.wait_until_ready().await;
     let claim = claim(&f, functions.state().iter().map(AsRef::as_ref));
     let check = ctx.inspector.check(&f.spec).await?;
     let deployments = Api::<Deployment>::namespaced(ctx.client.clone(), &ns);
@@ -365,6 +382,34 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn every_reconcile_waiting_for_the_stores_wakes_when_they_are_listed() {
+        let (functions, mut functions_writer) = reflector::store::<SkyFunction>();
+        let (claimed_pods, mut pods_writer) = reflector::store::<Pod>();
+        let watched = Watched {
+            functions,
+            claimed_pods,
+            children: ChildStores {
+                config_maps: reflector::store().0,
+                services: reflector::store().0,
+                network_policies: reflector::store().0,
+                deployments: reflector::store().0,
+            },
+        };
+        let ready = stores_ready(&watched);
+        let waiting: Vec<_> = (0..3).map(|_| tokio::spawn(ready.clone())).collect();
+        // All of them wait before the lists are in.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        functions_writer.apply_watcher_event(&watcher::Event::InitDone);
+        pods_writer.apply_watcher_event(&watcher::Event::InitDone);
+        for w in waiting {
+            tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .expect("woken")
+                .unwrap();
+        }
+    }
 
     #[test]
     fn backoff_doubles_up_to_five_minutes() {
