@@ -130,9 +130,16 @@ class Pool(unittest.TestCase):
         self.assertEqual(cb.percentile([7], 99), 7)
 
     def test_pool_targets_are_met_or_missed_on_their_thresholds(self):
-        results = {"pool": {"hits": [0.02] * 19 + [0.3], "misses": [0.6, 0.9], "idle_pss_mib": [96]}}
+        results = {"pool": {"hits": [0.02] * 19 + [0.3], "idle_pss_mib": [96],
+                            "misses": [{"seconds": 0.6, "phases": {}}, {"seconds": 0.9, "phases": {}}]}}
         verdicts = {what.rsplit(":", 1)[-1].strip(): met for what, _, met in cb.targets(results)}
         self.assertTrue(verdicts["p50 ≤ 50 ms"])
         self.assertFalse(verdicts["p99 ≤ 200 ms"], "one slow hit in twenty is the p99")
         self.assertTrue(verdicts["max ≤ 1 s"])
 
+    def test_each_pool_miss_is_listed_with_its_phases(self):
+        misses = [{"seconds": 0.6, "phases": {"scale": 0.004, "port_open": 0.55}},
+                  {"seconds": 0.9, "phases": {"scale": 0.006, "port_open": 0.85}}]
+        table = "\n".join(cb.cold_table(cb.cold_summary(misses, None), "pool miss (2)"))
+        self.assertIn("| each run (s) | 0.600, 0.900 |", table)
+        self.assertIn("| gateway phase: port_open |", table)
