@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use skython_e2e::cluster::{Kubectl, Operator, fresh_namespace, ready_condition};
+use skython_e2e::cluster::{Kubectl, Operator, fresh_namespace, ready_condition, small};
 use skython_e2e::eventually;
 
 const POD_START: Duration = Duration::from_secs(240);
@@ -153,6 +153,11 @@ fn a_skyfunction_lives_its_whole_life_on_a_real_cluster() {
     );
     let np = k.get("networkpolicy skyfn-hello").unwrap();
     assert_eq!(np["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+    // The pods read the function from their own annotation: the kubelet fetches no ConfigMap.
+    assert_eq!(
+        pod["volumes"][0]["downwardAPI"]["items"][0]["path"], "function.json",
+        "{pod}"
+    );
 
     // The pod becomes Ready and POST / on its IP returns the function's result.
     let ip = serving_pod(&k, "hello");
@@ -456,6 +461,37 @@ fn a_second_claim_of_an_endpoint_gets_endpoint_taken_and_no_pods() {
         "deployment skyfn-hello-copy",
         Duration::from_secs(60),
         |_| true,
+    );
+    drop(cleanup);
+}
+
+#[test]
+fn a_function_too_large_for_an_annotation_is_served_from_its_config_map() {
+    let (k, cleanup) = fresh_namespace("large");
+    let runtime = tempfile::tempdir().unwrap();
+    let _operator = Operator::start(&k, runtime.path());
+    // 150 kB: over the 128 KiB a pod's annotation holds, well under the 1 MiB a source may be.
+    let padding = format!("# {}\n", "x".repeat(98)).repeat(1500);
+    let source = format!("{padding}def double(n: int) -> int:\n    return n * 2\n");
+    let function = json!({
+        "apiVersion": "skython.io/v1alpha1",
+        "kind": "SkyFunction",
+        "metadata": {"name": "large"},
+        "spec": {"owner": "alice", "endpoint": "large", "source": source,
+                 "resources": small()},
+    });
+    k.apply(&function.to_string());
+
+    let ip = serving_pod(&k, "large");
+    assert_eq!(call(&ip, json!({"n": 21})), (200, json!(42)));
+    let template = &k.get("deployment skyfn-large").unwrap()["spec"]["template"];
+    assert!(
+        template["metadata"]["annotations"]["skython.io/function.json"].is_null(),
+        "the spec is not in the pod's annotations"
+    );
+    assert_eq!(
+        template["spec"]["volumes"][0]["configMap"]["name"],
+        "skyfn-large"
     );
     drop(cleanup);
 }

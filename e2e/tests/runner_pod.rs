@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 use skython_e2e::{Process, eventually, free_port, skython_bin};
 use skython_runner_pod::wire::{self, Announce};
 
-/// Writes the two files the operator's ConfigMap holds.
+/// Writes the two files a function's ConfigMap holds (its pods mount them when `function.json`
+/// is too large for their own annotation).
 fn function_dir(source: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = json!({"owner": "alice", "endpoint": "calc", "source": "ignored: source.py wins",

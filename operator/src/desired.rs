@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! SkyFunction ─owns─▶ ConfigMap (source.py, function.json)
-//!             ├─owns─▶ Deployment ─▶ runner pods (mount the ConfigMap; checksum rolls them)
+//!             ├─owns─▶ Deployment ─▶ runner pods (function.json from their own annotation, or
+//!             │                       from the ConfigMap when too large; checksum rolls them)
 //!             ├─owns─▶ Service (port 80 → the pods' "http" port)
 //!             └─owns─▶ NetworkPolicy (ingress from the gateway only; egress to the gateway,
 //!                                     and DNS + internet for `network: internet`)
@@ -29,11 +30,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
-    SecurityContext, Service, ServiceAccountTokenProjection, ServicePort, ServiceSpec, Volume,
-    VolumeMount, VolumeProjection,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
+    DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext, Service,
+    ServiceAccountTokenProjection, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
@@ -47,12 +48,24 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use sha2::{Digest, Sha256};
 use skython_crds::{Network, Runtime, SkyFunction, SkyFunctionSpec};
+use skython_runner_pod::server::{SOURCE_FILE, SPEC_FILE};
 use skython_runner_pod::wire;
 
 /// The runner container's HTTP port (`POST /` calls the function).
 pub const RUNNER_PORT: i32 = 8080;
-/// Where the ConfigMap is mounted in runner pods.
+/// Where a function's files are mounted in its runner pods.
 pub const FUNCTION_DIR: &str = "/etc/skython/function";
+/// The pod template's annotation that holds `function.json` (the spec, source included) when
+/// it is at most [`INLINE_SPEC_BYTES`]; the pods read it as a file through the downward API.
+pub const SPEC_ANNOTATION: &str = "skython.io/function.json";
+/// The largest `function.json` a pod reads from its own annotation (annotations may hold
+/// 256 KiB in all); a larger one is mounted from the function's ConfigMap.
+///
+/// Why not always the ConfigMap: the kubelet reads a pod's annotations from the pod, but fetches
+/// a ConfigMap, and a new pod's first fetch may be refused for a moment (the API server's node
+/// authorizer has not linked the pod to the ConfigMap yet); the kubelet then retries 1.4 to
+/// 1.7 s later, which one cold start in a few paid on the test node.
+pub const INLINE_SPEC_BYTES: usize = 128 * 1024;
 pub const CHECKSUM_ANNOTATION: &str = "skython.io/function-checksum";
 pub const FUNCTION_LABEL: &str = "skython.io/function";
 /// The name of the projected token's file in [`wire::TOKEN_DIR`].
@@ -318,12 +331,19 @@ pub fn desired(
     };
     let spec = &f.spec;
     let function_json = serde_json::to_string_pretty(&pod_spec(f)).unwrap_or_default();
+    let mut pod_annotations = BTreeMap::from([(CHECKSUM_ANNOTATION.to_string(), checksum(f))]);
+    let files = if function_json.len() <= INLINE_SPEC_BYTES {
+        pod_annotations.insert(SPEC_ANNOTATION.to_string(), function_json.clone());
+        FunctionFiles::Annotation
+    } else {
+        FunctionFiles::ConfigMap(child.clone())
+    };
     let config_map = ConfigMap {
         metadata: meta.clone(),
         data: Some(
             [
-                ("source.py".to_string(), spec.source.clone()),
-                ("function.json".to_string(), function_json),
+                (SOURCE_FILE.to_string(), spec.source.clone()),
+                (SPEC_FILE.to_string(), function_json),
             ]
             .into(),
         ),
@@ -355,7 +375,7 @@ pub fn desired(
             cpu_limit: None,
             memory: &spec.resources.memory,
             termination_grace_seconds: termination_grace_seconds(spec),
-            function_config_map: Some(child.clone()),
+            function_files: Some(files),
         },
         cfg,
     );
@@ -370,7 +390,7 @@ pub fn desired(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels(f)),
-                    annotations: Some([(CHECKSUM_ANNOTATION.to_string(), checksum(f))].into()),
+                    annotations: Some(pod_annotations),
                     ..Default::default()
                 }),
                 spec: Some(pod),
@@ -426,9 +446,50 @@ struct RunnerPod<'a> {
     cpu_limit: Option<&'a str>,
     memory: &'a str,
     termination_grace_seconds: i64,
-    /// The function's ConfigMap, mounted at [`FUNCTION_DIR`]; a pool pod has none (it is sent
-    /// its function when claimed).
-    function_config_map: Option<String>,
+    /// Where the pod reads its function's files from; a pool pod has none (it is sent its
+    /// function when claimed).
+    function_files: Option<FunctionFiles>,
+}
+
+/// Where a function's pods read its files (mounted at [`FUNCTION_DIR`]) from.
+enum FunctionFiles {
+    /// `function.json` from the pod's own [`SPEC_ANNOTATION`], through the downward API.
+    Annotation,
+    /// `source.py` and `function.json` from this ConfigMap (a spec over [`INLINE_SPEC_BYTES`]).
+    ConfigMap(String),
+}
+
+impl FunctionFiles {
+    fn volume(self) -> Volume {
+        let mut volume = Volume {
+            name: "function".into(),
+            ..Default::default()
+        };
+        match self {
+            FunctionFiles::Annotation => {
+                volume.downward_api = Some(DownwardAPIVolumeSource {
+                    items: Some(vec![DownwardAPIVolumeFile {
+                        path: SPEC_FILE.into(),
+                        // As the API server defaults it: the list is atomic, so an item that
+                        // differs from the stored one makes every apply a write.
+                        field_ref: Some(ObjectFieldSelector {
+                            api_version: Some("v1".into()),
+                            field_path: format!("metadata.annotations['{SPEC_ANNOTATION}']"),
+                        }),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                });
+            }
+            FunctionFiles::ConfigMap(name) => {
+                volume.config_map = Some(ConfigMapVolumeSource {
+                    name,
+                    ..Default::default()
+                });
+            }
+        }
+        volume
+    }
 }
 
 /// A runner pod: no API token, non-root, RuntimeDefault seccomp, read-only root, no
@@ -465,21 +526,14 @@ fn runner_pod(p: RunnerPod, cfg: &OperatorConfig) -> PodSpec {
     };
     let mut volume_mounts = Vec::new();
     let mut volumes = Vec::new();
-    if let Some(config_map) = p.function_config_map {
+    if let Some(files) = p.function_files {
         volume_mounts.push(VolumeMount {
             name: "function".into(),
             mount_path: FUNCTION_DIR.into(),
             read_only: Some(true),
             ..Default::default()
         });
-        volumes.push(Volume {
-            name: "function".into(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: config_map,
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        volumes.push(files.volume());
     }
     volume_mounts.extend([
         VolumeMount {
@@ -647,7 +701,7 @@ pub fn pool_pod(
             memory: &pool.memory,
             // Claimed, it may serve any function: the longest timeout a function may have.
             termination_grace_seconds: MAX_TIMEOUT_SECONDS + 15,
-            function_config_map: None,
+            function_files: None,
         },
         cfg,
     );

@@ -6,8 +6,9 @@ use skython_crds::{EnvVar, Runtime, SkyFunction, SkyFunctionSpec};
 use skython_runner_pod::wire;
 
 use crate::desired::{
-    CHECKSUM_ANNOTATION, POOL_TEMPLATE_ANNOTATION, RUNNER_PODS_SELECTOR, RUNNER_PORT, checksum,
-    deployment_replicas, pool_anchor, pool_network_policy, pool_pod, replicas,
+    CHECKSUM_ANNOTATION, INLINE_SPEC_BYTES, POOL_TEMPLATE_ANNOTATION, RUNNER_PODS_SELECTOR,
+    RUNNER_PORT, SPEC_ANNOTATION, checksum, deployment_replicas, pool_anchor, pool_network_policy,
+    pool_pod, replicas,
 };
 use crate::{DesiredError, OperatorConfig, PoolConfig, child_name, desired};
 
@@ -137,6 +138,60 @@ fn every_child_is_owned_and_selects_only_its_pods() {
     let sel = c.service.spec.unwrap().selector.unwrap();
     assert_eq!(sel["skython.io/function"], "alice-add");
     assert_eq!(c.config_map.data.unwrap()["source.py"], add().source);
+}
+
+/// The Deployment's pod template: its annotations and its `function` volume.
+fn function_files(
+    spec: SkyFunctionSpec,
+) -> (
+    std::collections::BTreeMap<String, String>,
+    k8s_openapi::api::core::v1::Volume,
+) {
+    let template = desired(&function("alice-add", spec), &OperatorConfig::default(), 0)
+        .unwrap()
+        .deployment
+        .spec
+        .template;
+    let volume = template.spec.unwrap().volumes.unwrap().remove(0);
+    assert_eq!(volume.name, "function");
+    (template.metadata.unwrap().annotations.unwrap(), volume)
+}
+
+#[test]
+fn a_functions_pods_read_its_spec_from_their_own_annotation_not_a_config_map() {
+    let (annotations, volume) = function_files(add());
+    let spec: SkyFunctionSpec = serde_json::from_str(&annotations[SPEC_ANNOTATION]).unwrap();
+    assert_eq!(spec, add(), "the whole spec, source included");
+    assert!(
+        volume.config_map.is_none(),
+        "the kubelet fetches no ConfigMap"
+    );
+    let files = volume.downward_api.unwrap().items.unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].path, "function.json");
+    assert_eq!(
+        files[0].field_ref.as_ref().unwrap().field_path,
+        "metadata.annotations['skython.io/function.json']"
+    );
+}
+
+#[test]
+fn a_spec_too_large_for_an_annotation_is_mounted_from_the_config_map() {
+    let mut spec = add();
+    spec.source
+        .push_str(&"# padding\n".repeat(INLINE_SPEC_BYTES / 10));
+    let c = desired(
+        &function("alice-add", spec.clone()),
+        &OperatorConfig::default(),
+        0,
+    )
+    .unwrap();
+    assert_eq!(c.config_map.data.unwrap()["source.py"], spec.source);
+    let (annotations, volume) = function_files(spec);
+    assert!(!annotations.contains_key(SPEC_ANNOTATION));
+    assert!(annotations.contains_key(CHECKSUM_ANNOTATION));
+    assert!(volume.downward_api.is_none());
+    assert_eq!(volume.config_map.unwrap().name, "skyfn-alice-add");
 }
 
 #[test]

@@ -302,6 +302,39 @@ mod tests {
     }
 
     #[test]
+    fn a_function_json_alone_is_the_whole_function() {
+        // What a pod reads from its own annotation: no source.py beside it.
+        let dir = tempfile::tempdir().unwrap();
+        let spec = SkyFunctionSpec::new("alice", "add", "def add(a, b):\n    return a + b\n");
+        std::fs::write(
+            dir.path().join(SPEC_FILE),
+            serde_json::to_string(&spec).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(read_function(dir.path()).unwrap(), spec);
+    }
+
+    #[test]
+    fn source_py_wins_over_the_specs_copy_of_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = SkyFunctionSpec::new("alice", "add", "stale");
+        std::fs::write(
+            dir.path().join(SPEC_FILE),
+            serde_json::to_string(&spec).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join(SOURCE_FILE),
+            "def add(a, b):\n    return a + b\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read_function(dir.path()).unwrap().source,
+            "def add(a, b):\n    return a + b\n"
+        );
+    }
+
+    #[test]
     fn a_call_without_the_caller_header_is_anonymous() {
         assert_eq!(caller(&HeaderMap::new()).unwrap(), Caller::Anonymous);
     }
