@@ -25,7 +25,8 @@ use tracing::Instrument;
 
 use crate::children::{Applied, ChildStores, apply_children};
 use crate::desired::{
-    CLAIMED_PODS_SELECTOR, DesiredError, MANAGED_BY_SELECTOR, OperatorConfig, desired,
+    CLAIMED_PODS_SELECTOR, DesiredError, MANAGED_BY_SELECTOR, OperatorConfig, SPEC_ANNOTATION,
+    desired,
 };
 use crate::inspect::SourceInspector;
 use crate::metrics::OperatorMetrics;
@@ -311,9 +312,20 @@ where
     let (store, writer) = reflector::store();
     let triggers = watcher(api, config)
         .default_backoff()
+        .modify(slim)
         .reflect(writer)
         .touched_objects();
     (store, triggers)
+}
+
+/// What a store keeps of an object: not its managed fields, nor a pod's copy of its function
+/// ([`SPEC_ANNOTATION`], up to 128 KiB a pod), which no decision reads.
+fn slim<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(SPEC_ANNOTATION);
+    }
 }
 
 /// Runs the controller until `shutdown` resolves, then lets reconciles in flight finish.
@@ -382,6 +394,18 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_keeps_no_pods_copy_of_its_function_nor_managed_fields() {
+        let checksum = (crate::desired::CHECKSUM_ANNOTATION.to_string(), "c1".to_string());
+        let mut pod = Pod::default();
+        pod.metadata.annotations =
+            Some([(SPEC_ANNOTATION.into(), "{}".into()), checksum.clone()].into());
+        pod.metadata.managed_fields = Some(vec![Default::default()]);
+        slim(&mut pod);
+        assert_eq!(pod.metadata.annotations, Some([checksum].into()));
+        assert_eq!(pod.metadata.managed_fields, None);
+    }
 
     #[tokio::test]
     async fn every_reconcile_waiting_for_the_stores_wakes_when_they_are_listed() {
