@@ -397,7 +397,10 @@ mod tests {
 
     #[test]
     fn a_store_keeps_no_pods_copy_of_its_function_nor_managed_fields() {
-        let checksum = (crate::desired::CHECKSUM_ANNOTATION.to_string(), "c1".to_string());
+        let checksum = (
+            crate::desired::CHECKSUM_ANNOTATION.to_string(),
+            "c1".to_string(),
+        );
         let mut pod = Pod::default();
         pod.metadata.annotations =
             Some([(SPEC_ANNOTATION.into(), "{}".into()), checksum.clone()].into());

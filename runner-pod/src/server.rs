@@ -301,37 +301,38 @@ mod tests {
         headers
     }
 
-    #[test]
-    fn a_function_json_alone_is_the_whole_function() {
-        // What a pod reads from its own annotation: no source.py beside it.
+    const ADD: &str = "def add(a, b):\n    return a + b\n";
+
+    /// A function directory with `function.json` (the spec of `add` with `spec_source`) and,
+    /// if given, `source.py`.
+    fn function_dir(spec_source: &str, source_py: Option<&str>) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        let spec = SkyFunctionSpec::new("alice", "add", "def add(a, b):\n    return a + b\n");
+        let spec = SkyFunctionSpec::new("alice", "add", spec_source);
         std::fs::write(
             dir.path().join(SPEC_FILE),
             serde_json::to_string(&spec).unwrap(),
         )
         .unwrap();
-        assert_eq!(read_function(dir.path()).unwrap(), spec);
+        if let Some(source) = source_py {
+            std::fs::write(dir.path().join(SOURCE_FILE), source).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn a_function_json_alone_is_the_whole_function() {
+        // What a pod reads from its own annotation: no source.py beside it.
+        let dir = function_dir(ADD, None);
+        assert_eq!(
+            read_function(dir.path()).unwrap(),
+            SkyFunctionSpec::new("alice", "add", ADD)
+        );
     }
 
     #[test]
     fn source_py_wins_over_the_specs_copy_of_the_source() {
-        let dir = tempfile::tempdir().unwrap();
-        let spec = SkyFunctionSpec::new("alice", "add", "stale");
-        std::fs::write(
-            dir.path().join(SPEC_FILE),
-            serde_json::to_string(&spec).unwrap(),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join(SOURCE_FILE),
-            "def add(a, b):\n    return a + b\n",
-        )
-        .unwrap();
-        assert_eq!(
-            read_function(dir.path()).unwrap().source,
-            "def add(a, b):\n    return a + b\n"
-        );
+        let dir = function_dir("stale", Some(ADD));
+        assert_eq!(read_function(dir.path()).unwrap().source, ADD);
     }
 
     #[test]
