@@ -333,7 +333,8 @@ impl Stack {
     }
 
     /// Applies a SkyFunction with kubectl (with small resources: the test node has 2 CPUs, and
-    /// pods that do not fit stay Pending).
+    /// pods that do not fit stay Pending), and waits until the gateway knows it: it learns of
+    /// it from its watch, a moment after kubectl returns (a call in between is a 404).
     pub fn apply(&self, name: &str, endpoint: &str, source: &str, spec: Value) {
         let mut full = json!({"owner": "admin", "endpoint": endpoint, "source": source, "resources": small(),
                 "access": "public"});
@@ -347,6 +348,15 @@ impl Stack {
             "spec": full,
         });
         self.k.apply(&obj.to_string());
+        let path = format!("/functions/admin/{endpoint}");
+        assert!(
+            eventually(Duration::from_secs(30), || self
+                .gateway
+                .api(reqwest::Method::GET, &path, None)
+                .0
+                == 200),
+            "the gateway never learnt of admin/{endpoint}"
+        );
     }
 
     pub fn replicas(&self, name: &str) -> (i64, i64) {
