@@ -1,6 +1,6 @@
 //! The autoscaler's loop against the real API server of the test cluster (no operator): a fake
 //! demand source, a SkyFunction in a namespace of its own, and `spec.replicas` read back through
-//! the scale subresource. Skipped, saying why, when there is no cluster.
+//! the scale subresource. Needs the test cluster (`make test` starts it).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,24 +19,6 @@ use skython_cluster::autoscaler::{Autoscaler, AutoscalerConfig, DemandSource};
 use skython_cluster::{FunctionRef, Load};
 use skython_crds::{SkyFunction, SkyFunctionSpec};
 use skython_operator::leader::LeaseConfig;
-
-fn kubeconfig() -> Option<PathBuf> {
-    let path = std::env::var_os("SKYTHON_KUBECONFIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/skython/cluster/admin.kubeconfig")
-        });
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipped: no cluster ({} is missing; set SKYTHON_KUBECONFIG or start one with `bash e2e/cluster/up.sh`)",
-            path.display()
-        );
-        None
-    }
-}
 
 /// A namespace of the test's own, deleted when the test ends (passed or not).
 struct Namespaced {
@@ -176,10 +158,7 @@ fn render(registry: &Registry) -> String {
 
 #[tokio::test]
 async fn the_leader_writes_demand_as_replicas_and_returns_to_zero_after_idle() {
-    let Some(kubeconfig) = kubeconfig() else {
-        return;
-    };
-    let t = Namespaced::new(kubeconfig, "leader").await;
+    let t = Namespaced::new(skython_e2e::cluster::kubeconfig(), "leader").await;
     let api = function(&t.client, &t.ns, "burst").await;
     let f = FunctionRef {
         namespace: t.ns.clone(),
@@ -262,10 +241,7 @@ async fn the_leader_writes_demand_as_replicas_and_returns_to_zero_after_idle() {
 
 #[tokio::test]
 async fn a_follower_decides_but_does_not_write() {
-    let Some(kubeconfig) = kubeconfig() else {
-        return;
-    };
-    let t = Namespaced::new(kubeconfig, "follower").await;
+    let t = Namespaced::new(skython_e2e::cluster::kubeconfig(), "follower").await;
     let api = function(&t.client, &t.ns, "busy").await;
     // Another gateway holds the Lease for the whole test.
     let held = Lease {

@@ -1,6 +1,5 @@
 //! `Registry` against a real API server: each test in a namespace of its own, with the
-//! SkyFunction CRD installed. Skipped (saying why) where no test cluster is configured:
-//! `$SKYTHON_KUBECONFIG`, else `~/.cache/skython/cluster/admin.kubeconfig`.
+//! SkyFunction CRD installed. Needs the test cluster (`make test` starts it).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -31,20 +30,9 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
-    /// The test cluster with a fresh namespace, or `None` (printing why) where there is none.
-    async fn new(test: &str) -> Option<Cluster> {
-        let kubeconfig = match std::env::var_os("SKYTHON_KUBECONFIG") {
-            Some(p) => PathBuf::from(p),
-            None => PathBuf::from(std::env::var_os("HOME")?)
-                .join(".cache/skython/cluster/admin.kubeconfig"),
-        };
-        if !kubeconfig.exists() {
-            eprintln!(
-                "skipped: no test cluster ({} does not exist)",
-                kubeconfig.display()
-            );
-            return None;
-        }
+    /// The test cluster with a fresh namespace.
+    async fn new(test: &str) -> Cluster {
+        let kubeconfig = skython_e2e::cluster::kubeconfig();
         let kc = Kubeconfig::read_from(&kubeconfig).expect("reading the kubeconfig");
         let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
             .await
@@ -57,7 +45,7 @@ impl Cluster {
             namespace: format!("skython-seam-{}-{test}", std::process::id()),
         };
         cluster.kubectl(&["create", "namespace", &cluster.namespace], None);
-        Some(cluster)
+        cluster
     }
 
     fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
@@ -140,9 +128,7 @@ fn function(owner: &str, endpoint: &str, source: &str) -> FunctionRecord {
 
 #[tokio::test]
 async fn a_created_function_is_read_at_once() {
-    let Some(c) = Cluster::new("create").await else {
-        return;
-    };
+    let c = Cluster::new("create").await;
     let registry = c.registry().await;
     let created = registry
         .create(&function("alice", "weather", "def main(): return 1"))
@@ -166,9 +152,7 @@ async fn a_created_function_is_read_at_once() {
 
 #[tokio::test]
 async fn a_second_create_of_an_endpoint_conflicts() {
-    let Some(c) = Cluster::new("twice").await else {
-        return;
-    };
+    let c = Cluster::new("twice").await;
     let registry = c.registry().await;
     let record = function("alice", "weather", "def main(): return 1");
     registry.create(&record).await.unwrap();
@@ -187,9 +171,7 @@ async fn a_second_create_of_an_endpoint_conflicts() {
 
 #[tokio::test]
 async fn a_create_conflicts_with_a_function_applied_by_hand() {
-    let Some(c) = Cluster::new("taken").await else {
-        return;
-    };
+    let c = Cluster::new("taken").await;
     let registry = c.registry().await;
     c.apply_by_hand(&registry, "hand-made", "alice", "tool")
         .await;
@@ -207,9 +189,7 @@ async fn a_create_conflicts_with_a_function_applied_by_hand() {
 
 #[tokio::test]
 async fn a_function_applied_by_hand_is_replaced_where_it_lives() {
-    let Some(c) = Cluster::new("replace").await else {
-        return;
-    };
+    let c = Cluster::new("replace").await;
     let registry = c.registry().await;
     c.apply_by_hand(&registry, "hand-made", "alice", "tool")
         .await;
@@ -245,9 +225,7 @@ async fn a_function_applied_by_hand_is_replaced_where_it_lives() {
 
 #[tokio::test]
 async fn a_replace_from_a_stale_generation_conflicts() {
-    let Some(c) = Cluster::new("stale").await else {
-        return;
-    };
+    let c = Cluster::new("stale").await;
     let registry = c.registry().await;
     let record = function("alice", "weather", "def main(): return 1");
     registry.create(&record).await.unwrap();
@@ -273,9 +251,7 @@ async fn a_replace_from_a_stale_generation_conflicts() {
 
 #[tokio::test]
 async fn a_deleted_function_is_gone_at_once() {
-    let Some(c) = Cluster::new("delete").await else {
-        return;
-    };
+    let c = Cluster::new("delete").await;
     let registry = c.registry().await;
     registry
         .create(&function("alice", "weather", "def main(): return 1"))
