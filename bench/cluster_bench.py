@@ -909,7 +909,7 @@ def main():
     p.add_argument("--burst-seconds", type=int, help="the burst's length (default 30, --quick 10)")
     p.add_argument("--warm-cpu", default="1", help="CPU of the warm-call pod")
     p.add_argument("--pool-only", action="store_true",
-                   help="only the warm pool's measures (about 2 minutes)")
+                   help="only the warm pool's measures (about 3 minutes; writes cluster-pool.md)")
     p.add_argument("--miss-rounds", type=int, default=POOL_MISS_ROUNDS,
                    help=f"pool misses measured (default {POOL_MISS_ROUNDS})")
     p.add_argument("--wrk", action="store_true",
